@@ -13,9 +13,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # Portable flags only: AVX2+FMA code is compiled per function with
 # __attribute__((target("avx2,fma"))) and chosen at run time (csrc/cpu_features.h),
 # so the same binary runs on a machine without AVX2.
-cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+cxx_flags = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 if os.environ.get("FASTCONV_DEBUG_BUILD"):
-    cxx_flags = ["-O0", "-g", "-std=c++17"]
+    cxx_flags = ["-O0", "-g"]
 
 setup(
     name="fastconv",

@@ -1,0 +1,74 @@
+// The one binding file: op schemas, CPU kernels bound to them, and the small
+// Python module fastconv._C (debug switches, workspace queries, blocking).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "blocking.h"
+#include "cpu_features.h"
+#include "ops.h"
+
+// Every algorithm family gets the same three ops. Padding is
+// (top, bottom, left, right) so PyTorch's asymmetric 'same' needs no copy.
+#define FASTCONV_DEFINE_ALGO(m, name)                                                        \
+  m.def(#name                                                                                \
+        "_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, " \
+        "int[2] dilation, int groups, str activation=\"none\") -> Tensor");                  \
+  m.def(#name                                                                                \
+        "_conv2d_grad_input(Tensor grad_output, Tensor weight, int[4] input_size, "          \
+        "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor");            \
+  m.def(#name                                                                                \
+        "_conv2d_grad_weight(Tensor grad_output, Tensor input, int[4] weight_size, "        \
+        "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor");
+
+#define FASTCONV_IMPL_ALGO(m, name)                                          \
+  m.impl(#name "_conv2d", &fastconv::name##_conv2d);                         \
+  m.impl(#name "_conv2d_grad_input", &fastconv::name##_conv2d_grad_input);   \
+  m.impl(#name "_conv2d_grad_weight", &fastconv::name##_conv2d_grad_weight);
+
+TORCH_LIBRARY(fastconv, m) {
+  FASTCONV_DEFINE_ALGO(m, reference)
+  FASTCONV_DEFINE_ALGO(m, im2col)
+  FASTCONV_DEFINE_ALGO(m, direct)
+  FASTCONV_DEFINE_ALGO(m, depthwise)
+}
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  FASTCONV_IMPL_ALGO(m, reference)
+  FASTCONV_IMPL_ALGO(m, im2col)
+  FASTCONV_IMPL_ALGO(m, direct)
+  FASTCONV_IMPL_ALGO(m, depthwise)
+}
+
+namespace {
+
+int64_t im2col_workspace_bytes_py(std::vector<int64_t> input_size, std::vector<int64_t> weight_size,
+                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                  std::vector<int64_t> dilation, int64_t groups,
+                                  int64_t element_size) {
+  const auto p = fastconv::make_params("fastconv.im2col_workspace_bytes", input_size, weight_size,
+                                       stride, padding, dilation, groups);
+  return fastconv::im2col_workspace_bytes(p, element_size);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastconv C++ extension: CPU convolution kernels registered as torch.ops.fastconv.*";
+  m.def("set_debug_poison", &fastconv::set_debug_poison,
+        "Fill every new output with NaN before kernels write it (tests use this).");
+  m.def("debug_poison", &fastconv::debug_poison);
+  m.def("cpu_has_avx2_fma", &fastconv::cpu_has_avx2_fma,
+        "Whether this CPU runs the AVX2+FMA code paths.");
+  m.def("set_force_portable", &fastconv::set_force_portable,
+        "Force the portable (non-AVX2) code paths, to test them on an AVX2 machine.");
+  m.def("im2col_workspace_bytes", &im2col_workspace_bytes_py,
+        "Column-buffer bytes im2col allocates for (input_size, weight_size, stride, "
+        "padding[4], dilation, groups, element_size).");
+  m.def("blocking", [] {
+    namespace b = fastconv::blocking;
+    pybind11::dict d;
+    d["im2col_max_workspace_bytes"] = b::kIm2colMaxWorkspaceBytes;
+    d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
+    return d;
+  }, "The kernels' blocking parameters (read by fastconv explain).");
+}

@@ -1,0 +1,30 @@
+"""fastconv: hand-written convolution kernels (C++ on the CPU, Triton on the GPU),
+drop-in modules, a benchmark against cuDNN/oneDNN, and a memory-access explainer."""
+from __future__ import annotations
+
+from . import _cpu  # noqa: F401  (registers the CPU algorithms)
+from . import _triton  # noqa: F401  (registers the Triton algorithms when triton imports)
+from . import _C
+from .functional import conv2d, conv_spec, flops, select
+from .registry import Algorithm, algorithms
+from .spec import ConvSpec
+
+__version__ = "0.1.0"
+
+
+def im2col_workspace_bytes(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                           dtype=None) -> int:
+    """Bytes of column buffer algo='im2col' allocates for this conv (bounded by tiling)."""
+    import torch
+
+    dtype = dtype or torch.float32
+    x = torch.empty(tuple(input_shape), device="meta", dtype=dtype)
+    w = torch.empty(tuple(weight_shape), device="meta", dtype=dtype)
+    x4, _, spec = conv_spec(x, w, None, stride, padding, dilation, groups)
+    return _C.im2col_workspace_bytes(list(x4.shape), list(w.shape), list(spec.stride),
+                                     list(spec.padding), list(spec.dilation), groups,
+                                     spec.element_size)
+
+
+__all__ = ["conv2d", "conv_spec", "flops", "select", "algorithms", "Algorithm", "ConvSpec",
+           "im2col_workspace_bytes"]

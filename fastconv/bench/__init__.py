@@ -1,0 +1,1 @@
+"""fastconv bench: timing fastconv against PyTorch (cuDNN / oneDNN) and the equivalent GEMM."""

@@ -1,0 +1,25 @@
+"""The `fastconv` command: `fastconv bench ...` and `fastconv explain ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from .bench import cli as bench_cli
+
+    bench_cli.add_parser(sub)
+    try:
+        from .explain import cli as explain_cli
+    except ImportError:
+        explain_cli = None
+    if explain_cli is not None:
+        explain_cli.add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

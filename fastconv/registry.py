@@ -1,0 +1,124 @@
+"""The one place an algorithm plugs in.
+
+Each Algorithm names its ops (torch.ops.fastconv.<op>_conv2d, _grad_input,
+_grad_weight), the devices and dtypes it runs on, when it applies, and later a
+cost model. Dispatch (`fastconv.conv2d`), `fastconv bench` and
+`fastconv explain` all read this registry; nothing else lists algorithms.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .spec import ConvSpec
+
+# Returns None when the algorithm applies to the spec, else the reason it doesn't.
+Applicability = Callable[[ConvSpec], Optional[str]]
+
+
+def triton_interpret() -> bool:
+    """Triton's interpreter runs Triton kernels on CPU tensors (used by CI)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    op: str  # op prefix: torch.ops.fastconv.<op>_conv2d and its two gradients
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    summary: str
+    constraints: str
+    applicable: Applicability = lambda spec: None
+    # Included in algo="auto" and in benchmarks by default.
+    public: bool = True
+    # Devices that only work in a special mode (Triton on CPU under TRITON_INTERPRET=1).
+    interpreted_devices: tuple[str, ...] = ()
+    # Filled by fastconv.explain: spec -> modelled bytes per memory level.
+    cost_model: Optional[Callable] = field(default=None, compare=False)
+
+    @property
+    def forward(self):
+        return getattr(torch.ops.fastconv, f"{self.op}_conv2d")
+
+    @property
+    def grad_input(self):
+        return getattr(torch.ops.fastconv, f"{self.op}_conv2d_grad_input")
+
+    @property
+    def grad_weight(self):
+        return getattr(torch.ops.fastconv, f"{self.op}_conv2d_grad_weight")
+
+    def runs_on(self, device: str) -> bool:
+        if device in self.devices:
+            return True
+        return device in self.interpreted_devices and triton_interpret()
+
+    def why_not(self, spec: ConvSpec) -> Optional[str]:
+        """None if this algorithm can run `spec`, else a sentence saying why not."""
+        if not self.runs_on(spec.device):
+            where = ", ".join(self.devices)
+            extra = (f" ({', '.join(self.interpreted_devices)} only with TRITON_INTERPRET=1)"
+                     if self.interpreted_devices else "")
+            return f"algo={self.name!r} runs on {where}{extra}, not on {spec.device}"
+        if spec.dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"algo={self.name!r} supports dtypes {names}, not {str(spec.dtype).replace('torch.', '')}"
+        return self.applicable(spec)
+
+    def __str__(self) -> str:
+        return f"{self.name:18s} [{', '.join(self.devices)}] {self.summary}. Applies: {self.constraints}"
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register(algo: Algorithm) -> Algorithm:
+    if algo.name in _REGISTRY:
+        raise ValueError(f"algorithm {algo.name!r} is already registered")
+    _REGISTRY[algo.name] = algo
+    return algo
+
+
+def get(name: str) -> Algorithm:
+    if name not in _REGISTRY:
+        known = ", ".join(["auto", *_REGISTRY])
+        raise ValueError(f"unknown algo {name!r}; expected one of: {known}")
+    return _REGISTRY[name]
+
+
+def algorithms(device: Optional[str] = None, *, include_internal: bool = False) -> list[Algorithm]:
+    """Registered algorithms, optionally only those that run on `device`."""
+    out = [a for a in _REGISTRY.values() if include_internal or a.public]
+    if device is not None:
+        out = [a for a in out if a.runs_on(device)]
+    return out
+
+
+def applicable(spec: ConvSpec) -> list[Algorithm]:
+    return [a for a in algorithms(spec.device) if a.why_not(spec) is None]
+
+
+def choose(spec: ConvSpec) -> Algorithm:
+    """The algo="auto" heuristic. Documented in the README; keep the two in step.
+
+    CPU: depthwise shapes (groups == C_in) go to `depthwise`; 1x1 stride-1 convs are
+    a plain GEMM and go to `im2col` (no column copy is made); other dense/grouped
+    shapes go to `direct` when each group has at least a register tile of output
+    channels, else `im2col`.
+    CUDA: depthwise shapes go to `triton_depthwise`, everything else to `triton_igemm`.
+    """
+    if spec.device == "cuda":
+        name = "triton_depthwise" if spec.is_depthwise else "triton_igemm"
+        return get(name)
+    if spec.is_depthwise:
+        return get("depthwise")
+    if spec.R == 1 and spec.S == 1 and spec.stride == (1, 1):
+        return get("im2col")
+    from . import _heuristics
+
+    return get(_heuristics.cpu_dense_choice(spec))
+
