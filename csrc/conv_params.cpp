@@ -77,10 +77,12 @@ void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& wei
   }
 }
 
+bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
 at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Tensor& weight) {
-  if (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
-      weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast)
-    return at::MemoryFormat::ChannelsLast;
+  if (is_channels_last(input) || is_channels_last(weight)) return at::MemoryFormat::ChannelsLast;
   return at::MemoryFormat::Contiguous;
 }
 

@@ -38,6 +38,8 @@ void check_same(const char* op, const char* name_a, const at::Tensor& a, const c
                 const at::Tensor& b);
 void check_float_cpu(const char* op, const char* name, const at::Tensor& t);
 
+// Whether a 4-D tensor is laid out NHWC (also for empty tensors).
+bool is_channels_last(const at::Tensor& t);
 // PyTorch's rule: the output is channels_last when input or weight is.
 at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Tensor& weight);
 

@@ -67,7 +67,9 @@ at::Tensor reference_conv2d_grad_input(const at::Tensor& grad_output, const at::
                   grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
               op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
               ", ", p.Ho, ", ", p.Wo, "]");
-  auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  auto gin = new_output(input_size, grad_output.options(),
+                        is_channels_last(grad_output) ? at::MemoryFormat::ChannelsLast
+                                                      : at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "reference_conv2d_grad_input", [&] {
     const scalar_t* dy = grad_output.data_ptr<scalar_t>();
     const scalar_t* w = weight.data_ptr<scalar_t>();

@@ -21,11 +21,14 @@ def output_size(input_size, weight_size, stride, padding, dilation):
     return [n, k, ho, wo]
 
 
+def is_channels_last(t) -> bool:
+    return t.dim() == 4 and suggest_memory_format(t) == torch.channels_last
+
+
 def output_memory_format(input, weight):
     """PyTorch's rule (and the kernels'): channels_last if input or weight is."""
-    cl = torch.channels_last
-    if suggest_memory_format(input) == cl or suggest_memory_format(weight) == cl:
-        return cl
+    if is_channels_last(input) or is_channels_last(weight):
+        return torch.channels_last
     return torch.contiguous_format
 
 
@@ -76,7 +79,7 @@ def register_family(op: str, *, fake: bool = True) -> None:
         @torch.library.register_fake(qual + "_grad_input")
         def _fake_gin(grad_output, weight, input_size, stride, padding, dilation, groups):
             return grad_output.new_empty(input_size).contiguous(
-                memory_format=suggest_memory_format(grad_output))
+                memory_format=output_memory_format(grad_output, grad_output))
 
         @torch.library.register_fake(qual + "_grad_weight")
         def _fake_gw(grad_output, input, weight_size, stride, padding, dilation, groups):
