@@ -14,5 +14,21 @@ constexpr int64_t kIm2colMaxWorkspaceBytes = 4 << 20;
 // Smallest pixel tile, so the GEMM stays efficient for very deep reductions.
 constexpr int64_t kIm2colMinTilePixels = 64;
 
+// direct: weights are packed [group][Kg/8 blocks][Cg][R][S][8] so that one
+// AVX2 vector holds 8 output channels of one (c, r, s) tap.
+constexpr int64_t kDirectOcBlock = 8;
+// Register tile of the forward kernel: kDirectOcVectors vectors of output
+// channels x kDirectPixelTile output pixels = 12 ymm accumulators, plus the
+// weight vectors and one broadcast: 15 of the 16 ymm registers.
+constexpr int64_t kDirectOcVectors = 2;
+constexpr int64_t kDirectPixelTile = 6;
+// When a group has a single oc block (Kg <= 8) the tile is 1 vector x this
+// many pixels, again 12 accumulators.
+constexpr int64_t kDirectPixelTileSingle = 12;
+// Output rows per parallel task: tasks are (n, group, oc-vector pair, row block).
+constexpr int64_t kDirectRowBlock = 4;
+// grad_weight: accumulators are kDirectOcVectors x this many (r, s) taps.
+constexpr int64_t kDirectGradWeightTapTile = 6;
+
 }  // namespace blocking
 }  // namespace fastconv

@@ -1,23 +1,708 @@
-// direct: placeholder that forwards to the reference loop nest until the tuned
-// kernel lands (being written in this session).
+// direct: convolution without a column buffer. Weights are packed once into
+// [group][Kg/8 blocks][Cg][R][S][8] (8 output channels innermost, zero-padded
+// tail block), so one AVX2 vector holds 8 output channels of one (c, r, s) tap.
+// The micro-kernel keeps a register tile of kDirectOcVectors x 8 output
+// channels by kDirectPixelTile output pixels in ymm accumulators for the whole
+// Cg*R*S reduction: for every tap it loads the weight vectors and broadcasts
+// one input value per pixel. Output rows are split into border pixels (some
+// taps fall into the padding: a one-pixel tile with a clipped tap range) and
+// interior pixels (no bounds checks). Bias and activation are applied when the
+// tile is written, in the output's memory format.
+//
+// Backward uses the same engine:
+//  - grad_input is a transposed convolution. Output rows/cols are split into
+//    stride phases (ih mod stride_h, iw mod stride_w); each phase is a plain
+//    stride-1 direct convolution of grad_output with a sub-kernel of flipped
+//    taps (every stride-th tap) and channel-transposed weights.
+//  - grad_weight correlates input with grad_output (packed 8 output channels
+//    innermost); each task owns one (group, oc-vector pair, input channel)
+//    and so a disjoint slice of grad_weight: no races, a fixed summation order.
+//
+// The plain loop nest of the same blocked algorithm (no vectors, no register
+// tile) is direct_naive_conv2d, kept below for tests and for reading.
+#include <array>
+#include <utility>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "blocking.h"
+#include "cpu_features.h"
 #include "ops.h"
 
 namespace fastconv {
 
+namespace {
+
+using blocking::kDirectGradWeightTapTile;
+using blocking::kDirectOcVectors;
+using blocking::kDirectPixelTile;
+using blocking::kDirectPixelTileSingle;
+using blocking::kDirectRowBlock;
+constexpr int kB = int(blocking::kDirectOcBlock);  // lanes per weight vector
+static_assert(kB == 8, "the AVX2 kernels hold 8 float output channels per ymm register");
+static_assert(kDirectOcVectors == 2, "the oc-vector pair is hard-wired in the task split");
+constexpr int kMaxTile = int(kDirectPixelTileSingle);
+static_assert(kDirectPixelTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
+static_assert(kDirectGradWeightTapTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
+
+inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// ---------------------------------------------------------------------------
+// The forward engine: y[n, g*Ko + k, oh, ow] = act(bias + sum_{c, r, s}
+//   x[n, g*Cr + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] * wp[g][k/8][c][r][s][k%8])
+// with out-of-range input reading as zero. ph/pw are signed offsets (grad_input
+// phases use negative ones); x and y are read/written through their strides.
+template <typename T>
+struct Problem {
+  int64_t N, G, Cr, Ko;  // Cr: reduction channels per group; Ko: output channels per group
+  int64_t H, W, Ho, Wo, R, S;
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t xn, xc, xh, xw;
+  int64_t yn, yk, yh, yw;
+  const T* x;
+  const T* wp;
+  T* y;
+  const T* bias;  // Ko * G values or nullptr
+  Activation act;
+};
+
+// One register tile's reduction: OCV weight vectors x PT pixels.
+template <typename T>
+struct FwdTile {
+  const T* x;  // input at (c = 0, first tap row, first tap col, pixel 0)
+  const T* w;  // packed weight at (oc block 0, c = 0, same tap)
+  int64_t nc, nr, ns;
+  int64_t x_c, x_r, x_s, x_p;
+  int64_t w_c, w_r, w_kb;
+  T* out;  // [OCV][PT][8]
+};
+
+template <typename T, int OCV, int PT>
+void fwd_tile_portable(const FwdTile<T>& a) {
+  T acc[OCV][PT][kB] = {};
+  for (int64_t c = 0; c < a.nc; ++c)
+    for (int64_t r = 0; r < a.nr; ++r) {
+      const T* xr = a.x + c * a.x_c + r * a.x_r;
+      const T* wr = a.w + c * a.w_c + r * a.w_r;
+      for (int64_t s = 0; s < a.ns; ++s) {
+        const T* xs = xr + s * a.x_s;
+        const T* ws = wr + s * kB;
+        for (int p = 0; p < PT; ++p) {
+          const T xv = xs[p * a.x_p];
+          for (int o = 0; o < OCV; ++o)
+            for (int j = 0; j < kB; ++j) acc[o][p][j] += ws[o * a.w_kb + j] * xv;
+        }
+      }
+    }
+  for (int o = 0; o < OCV; ++o)
+    for (int p = 0; p < PT; ++p)
+      for (int j = 0; j < kB; ++j) a.out[(o * PT + p) * kB + j] = acc[o][p][j];
+}
+
+#if FASTCONV_X86
+template <int OCV, int PT>
+FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
+  __m256 acc[OCV][PT];
+  for (int o = 0; o < OCV; ++o)
+    for (int p = 0; p < PT; ++p) acc[o][p] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < a.nc; ++c)
+    for (int64_t r = 0; r < a.nr; ++r) {
+      const float* xr = a.x + c * a.x_c + r * a.x_r;
+      const float* wr = a.w + c * a.w_c + r * a.w_r;
+      for (int64_t s = 0; s < a.ns; ++s) {
+        const float* xs = xr + s * a.x_s;
+        const float* ws = wr + s * kB;
+        __m256 w[OCV];
+        for (int o = 0; o < OCV; ++o) w[o] = _mm256_loadu_ps(ws + o * a.w_kb);
+        for (int p = 0; p < PT; ++p) {
+          const __m256 xv = _mm256_broadcast_ss(xs + p * a.x_p);
+          for (int o = 0; o < OCV; ++o) acc[o][p] = _mm256_fmadd_ps(w[o], xv, acc[o][p]);
+        }
+      }
+    }
+  for (int o = 0; o < OCV; ++o)
+    for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.out + (o * PT + p) * kB, acc[o][p]);
+}
+#endif
+
+// grad_weight tile: OCV vectors of 8 output channels x NT taps (one r, NT
+// consecutive s) of one input channel, summed over (n, rows, interior pixels).
+template <typename T>
+struct GwTile {
+  const T* x;   // input at (n = 0, c, first row's ih, first pixel's iw for tap 0)
+  const T* dy;  // packed grad_output at (n = 0, g, first oc block, first row, first pixel)
+  int64_t nn, nrows, npix;
+  int64_t x_n, x_row, x_p, x_t;
+  int64_t dy_n, dy_row, dy_kb;  // pixel stride is 8
+  T* out;  // [OCV][NT][8]
+};
+
+template <typename T, int OCV, int NT>
+void gw_tile_portable(const GwTile<T>& a) {
+  T acc[OCV][NT][kB] = {};
+  for (int64_t n = 0; n < a.nn; ++n)
+    for (int64_t row = 0; row < a.nrows; ++row) {
+      const T* xr = a.x + n * a.x_n + row * a.x_row;
+      const T* dr = a.dy + n * a.dy_n + row * a.dy_row;
+      for (int64_t i = 0; i < a.npix; ++i)
+        for (int t = 0; t < NT; ++t) {
+          const T xv = xr[i * a.x_p + t * a.x_t];
+          for (int o = 0; o < OCV; ++o)
+            for (int j = 0; j < kB; ++j) acc[o][t][j] += dr[o * a.dy_kb + i * kB + j] * xv;
+        }
+    }
+  for (int o = 0; o < OCV; ++o)
+    for (int t = 0; t < NT; ++t)
+      for (int j = 0; j < kB; ++j) a.out[(o * NT + t) * kB + j] = acc[o][t][j];
+}
+
+#if FASTCONV_X86
+template <int OCV, int NT>
+FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
+  __m256 acc[OCV][NT];
+  for (int o = 0; o < OCV; ++o)
+    for (int t = 0; t < NT; ++t) acc[o][t] = _mm256_setzero_ps();
+  for (int64_t n = 0; n < a.nn; ++n)
+    for (int64_t row = 0; row < a.nrows; ++row) {
+      const float* xr = a.x + n * a.x_n + row * a.x_row;
+      const float* dr = a.dy + n * a.dy_n + row * a.dy_row;
+      for (int64_t i = 0; i < a.npix; ++i) {
+        __m256 d[OCV];
+        for (int o = 0; o < OCV; ++o) d[o] = _mm256_loadu_ps(dr + o * a.dy_kb + i * kB);
+        const float* xi = xr + i * a.x_p;
+        for (int t = 0; t < NT; ++t) {
+          const __m256 xv = _mm256_broadcast_ss(xi + t * a.x_t);
+          for (int o = 0; o < OCV; ++o) acc[o][t] = _mm256_fmadd_ps(d[o], xv, acc[o][t]);
+        }
+      }
+    }
+  for (int o = 0; o < OCV; ++o)
+    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(a.out + (o * NT + t) * kB, acc[o][t]);
+}
+#endif
+
+// Kernel tables indexed [ocv - 1][tile width]; width 0 is unused.
+template <typename Fn>
+struct Table {
+  std::array<Fn, kMaxTile + 1> one{};  // ocv == 1: widths 1..kDirectPixelTileSingle
+  std::array<Fn, kMaxTile + 1> two{};  // ocv == 2: widths 1..kDirectPixelTile
+  Fn get(int64_t ocv, int64_t width) const { return ocv == 1 ? one[width] : two[width]; }
+};
+
+template <typename T> using FwdFn = void (*)(const FwdTile<T>&);
+template <typename T> using GwFn = void (*)(const GwTile<T>&);
+
+template <typename T, size_t... I>
+Table<FwdFn<T>> make_fwd_portable(std::index_sequence<I...>) {
+  Table<FwdFn<T>> t;
+  ((t.one[I + 1] = &fwd_tile_portable<T, 1, int(I) + 1>), ...);
+  ((I < kDirectPixelTile ? (t.two[I + 1] = &fwd_tile_portable<T, 2, int(I % kDirectPixelTile) + 1>)
+                         : nullptr), ...);
+  return t;
+}
+template <typename T, size_t... I>
+Table<GwFn<T>> make_gw_portable(std::index_sequence<I...>) {
+  Table<GwFn<T>> t;
+  ((t.one[I + 1] = &gw_tile_portable<T, 1, int(I) + 1>), ...);
+  ((I < kDirectGradWeightTapTile
+        ? (t.two[I + 1] = &gw_tile_portable<T, 2, int(I % kDirectGradWeightTapTile) + 1>)
+        : nullptr), ...);
+  return t;
+}
+#if FASTCONV_X86
+template <size_t... I>
+Table<FwdFn<float>> make_fwd_avx2(std::index_sequence<I...>) {
+  Table<FwdFn<float>> t;
+  ((t.one[I + 1] = &fwd_tile_avx2<1, int(I) + 1>), ...);
+  ((I < kDirectPixelTile ? (t.two[I + 1] = &fwd_tile_avx2<2, int(I % kDirectPixelTile) + 1>)
+                         : nullptr), ...);
+  return t;
+}
+template <size_t... I>
+Table<GwFn<float>> make_gw_avx2(std::index_sequence<I...>) {
+  Table<GwFn<float>> t;
+  ((t.one[I + 1] = &gw_tile_avx2<1, int(I) + 1>), ...);
+  ((I < kDirectGradWeightTapTile
+        ? (t.two[I + 1] = &gw_tile_avx2<2, int(I % kDirectGradWeightTapTile) + 1>)
+        : nullptr), ...);
+  return t;
+}
+#endif
+
+template <typename T>
+const Table<FwdFn<T>>& fwd_table() {
+  static const auto portable = make_fwd_portable<T>(std::make_index_sequence<kMaxTile>());
+#if FASTCONV_X86
+  if constexpr (std::is_same_v<T, float>) {
+    static const auto avx2 = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+    if (use_avx2_fma()) return avx2;
+  }
+#endif
+  return portable;
+}
+template <typename T>
+const Table<GwFn<T>>& gw_table() {
+  static const auto portable = make_gw_portable<T>(std::make_index_sequence<kMaxTile>());
+#if FASTCONV_X86
+  if constexpr (std::is_same_v<T, float>) {
+    static const auto avx2 = make_gw_avx2(std::make_index_sequence<kMaxTile>());
+    if (use_avx2_fma()) return avx2;
+  }
+#endif
+  return portable;
+}
+
+// Writes one finished tile (buf[OCV][np][8]) at output row oh, columns
+// ow0..ow0+np-1, channels 0..nk-1 of the tile, with bias and activation.
+template <typename T>
+inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk, T* y,
+                       const T* bias, int64_t oh, int64_t ow0) {
+  T* base = y + oh * P.yh + ow0 * P.yw;
+  if (P.yk == 1) {  // NHWC: 8 contiguous channels per pixel
+    for (int64_t p = 0; p < np; ++p) {
+      T* yp = base + p * P.yw;
+      for (int64_t k = 0; k < nk; ++k) {
+        const T v = buf[((k / kB) * np + p) * kB + k % kB] + (bias ? bias[k] : T(0));
+        yp[k] = activate(v, P.act);
+      }
+    }
+  } else {  // NCHW: one pixel run per channel
+    for (int64_t k = 0; k < nk; ++k) {
+      T* yk = base + k * P.yk;
+      const T b = bias ? bias[k] : T(0);
+      const T* bk = buf + (k / kB) * np * kB + k % kB;
+      for (int64_t p = 0; p < np; ++p) yk[p * P.yw] = activate(bk[p * kB] + b, P.act);
+    }
+  }
+}
+
+template <typename T>
+void run_forward(const Problem<T>& P) {
+  if (P.N == 0 || P.Ho == 0 || P.Wo == 0 || P.G == 0 || P.Ko == 0) return;
+  const auto& tab = fwd_table<T>();
+  const int64_t KB = ceil_div(P.Ko, kB);
+  const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors;
+  const int64_t NP = ceil_div(KB, ocv_max);
+  const int64_t RB = ceil_div(P.Ho, kDirectRowBlock);
+  const int64_t w_r = P.S * kB, w_c = P.R * w_r, w_kb = P.Cr * w_c;
+  // Interior columns: every tap s in [0, S) lands inside the input row.
+  const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
+  const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
+  at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) T buf[kMaxTile * kB];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t rb = item % RB, pb = (item / RB) % NP, g = (item / (RB * NP)) % P.G,
+                    n = item / (RB * NP * P.G);
+      const int64_t kb0 = pb * ocv_max, ocv = std::min(ocv_max, KB - kb0);
+      const int64_t pt_max = ocv == 1 ? kDirectPixelTileSingle : kDirectPixelTile;
+      const int64_t nk = std::min<int64_t>(ocv * kB, P.Ko - kb0 * kB);
+      const T* xg = P.x + n * P.xn + g * P.Cr * P.xc;
+      const T* wg = P.wp + (g * KB + kb0) * w_kb;
+      T* yg = P.y + n * P.yn + (g * P.Ko + kb0 * kB) * P.yk;
+      const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * kB : nullptr;
+      FwdTile<T> t;
+      t.nc = P.Cr;
+      t.x_c = P.xc; t.x_r = P.dh * P.xh; t.x_s = P.dw * P.xw; t.x_p = P.sw * P.xw;
+      t.w_c = w_c; t.w_r = w_r; t.w_kb = w_kb;
+      t.out = buf;
+      const int64_t oh_end = std::min(P.Ho, (rb + 1) * kDirectRowBlock);
+      for (int64_t oh = rb * kDirectRowBlock; oh < oh_end; ++oh) {
+        // Rows: only the taps r that land inside the input.
+        const int64_t ih0 = oh * P.sh - P.ph;
+        const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
+        const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
+        t.nr = r_hi - r_lo;
+        const T* xrow = t.nr ? xg + (ih0 + r_lo * P.dh) * P.xh : xg;
+        const T* wrow = wg + r_lo * w_r;
+        auto border = [&](int64_t ow) {
+          const int64_t iw0 = ow * P.sw - P.pw;
+          const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
+          const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
+          t.ns = s_hi - s_lo;
+          t.x = t.ns ? xrow + (iw0 + s_lo * P.dw) * P.xw : xrow;
+          t.w = wrow + s_lo * kB;
+          tab.get(ocv, 1)(t);
+          store_tile(P, buf, 1, nk, yg, bg, oh, ow);
+        };
+        for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+        t.ns = P.S;
+        t.w = wrow;
+        for (int64_t ow = ow_lo; ow < ow_hi; ow += pt_max) {
+          const int64_t np = std::min(pt_max, ow_hi - ow);
+          t.x = xrow + (ow * P.sw - P.pw) * P.xw;
+          tab.get(ocv, np)(t);
+          store_tile(P, buf, np, nk, yg, bg, oh, ow);
+        }
+        for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Packing.
+
+// weight [K, Cg, R, S] (any strides) -> [G][KB][Cg][R][S][8], zero-padded.
+template <typename T>
+void pack_weight(const at::Tensor& weight, int64_t G, T* out) {
+  const int64_t K = weight.size(0), Cg = weight.size(1), R = weight.size(2), S = weight.size(3);
+  const int64_t Kg = K / G, KB = ceil_div(Kg, kB);
+  const T* w = weight.data_ptr<T>();
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2), s3 = weight.stride(3);
+  at::parallel_for(0, G * KB, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t gb = begin; gb < end; ++gb) {
+      const int64_t g = gb / KB, kb = gb % KB;
+      T* o = out + gb * Cg * R * S * kB;
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t j = 0; j < kB; ++j) {
+              const int64_t k = kb * kB + j;
+              *o++ = k < Kg ? w[(g * Kg + k) * s0 + c * s1 + r * s2 + s * s3] : T(0);
+            }
+    }
+  });
+}
+
+int64_t packed_blocks(int64_t Kg) { return ceil_div(Kg, kB); }
+
+void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& input,
+                  const ConvParams& p) {
+  check_same(op, "input", input, "packed_weight", packed);
+  const std::vector<int64_t> want = {p.groups, packed_blocks(p.Kg()), p.Cg, p.R, p.S, kB};
+  TORCH_CHECK(packed.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
+              packed.sizes(), ", expected ", at::IntArrayRef(want),
+              " (from direct_pack_weight(weight, groups))");
+  TORCH_CHECK(packed.is_contiguous(), op, ": packed_weight must be contiguous");
+}
+
+template <typename T>
+Problem<T> forward_problem(const ConvParams& p, const at::Tensor& input, const T* wp,
+                           at::Tensor& out, const T* bias, Activation act) {
+  Problem<T> P;
+  P.N = p.N; P.G = p.groups; P.Cr = p.Cg; P.Ko = p.Kg();
+  P.H = p.H; P.W = p.W; P.Ho = p.Ho; P.Wo = p.Wo; P.R = p.R; P.S = p.S;
+  P.sh = p.stride_h; P.sw = p.stride_w; P.ph = p.pad_top; P.pw = p.pad_left;
+  P.dh = p.dil_h; P.dw = p.dil_w;
+  P.xn = input.stride(0); P.xc = input.stride(1); P.xh = input.stride(2); P.xw = input.stride(3);
+  P.yn = out.stride(0); P.yk = out.stride(1); P.yh = out.stride(2); P.yw = out.stride(3);
+  P.x = input.data_ptr<T>();
+  P.wp = wp;
+  P.y = out.data_ptr<T>();
+  P.bias = bias;
+  P.act = act;
+  return P;
+}
+
+at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Tensor& packed,
+                          const ConvParams& p, const c10::optional<at::Tensor>& bias,
+                          Activation act, at::MemoryFormat fmt) {
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct", [&] {
+    run_forward(forward_problem<scalar_t>(p, input, packed.data_ptr<scalar_t>(), out,
+                                          has_bias ? b.data_ptr<scalar_t>() : nullptr, act));
+  });
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Ops.
+
+at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups) {
+  const char* op = "fastconv::direct_pack_weight";
+  check_float_cpu(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
+              weight.dim(), "-D");
+  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  TORCH_CHECK(weight.size(0) % groups == 0, op, ": groups=", groups,
+              " does not divide out_channels=", weight.size(0));
+  const int64_t Kg = weight.size(0) / groups;
+  auto packed = at::empty({groups, packed_blocks(Kg), weight.size(1), weight.size(2),
+                           weight.size(3), kB}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "direct", [&] {
+    pack_weight<scalar_t>(weight, groups, packed.data_ptr<scalar_t>());
+  });
+  return packed;
+}
+
+at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups,
+                                c10::string_view activation) {
+  const char* op = "fastconv::direct_conv2d_packed";
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_inputs(op, input, packed_weight, bias, p);
+  check_packed(op, packed_weight, input, p);
+  const auto act = parse_activation(std::string(activation));
+  // The packed weight has no memory format of its own: the output follows the input.
+  return forward_packed(op, input, packed_weight, p, bias, act, input.suggest_memory_format());
+}
+
 at::Tensor direct_conv2d(const at::Tensor& input, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       c10::string_view activation) {
-  return reference_conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
+                         const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         c10::string_view activation) {
+  const char* op = "fastconv::direct_conv2d";
+  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  check_inputs(op, input, weight, bias, p);
+  const auto act = parse_activation(std::string(activation));
+  const auto packed = direct_pack_weight(weight, groups);
+  return forward_packed(op, input, packed, p, bias, act, conv_memory_format(input, weight));
 }
+
 at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                                  at::IntArrayRef input_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return reference_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+                                    at::IntArrayRef input_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef dilation,
+                                    int64_t groups) {
+  const char* op = "fastconv::direct_conv2d_grad_input";
+  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "weight", weight);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
+                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
+              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
+              ", ", p.Ho, ", ", p.Wo, "]");
+  auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  if (gin.numel() == 0) return gin;
+  const int64_t Kg = p.Kg(), CB = ceil_div(p.Cg, kB);
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "direct", [&] {
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    const int64_t ws0 = weight.stride(0), ws1 = weight.stride(1), ws2 = weight.stride(2),
+                  ws3 = weight.stride(3);
+    // Taps of one phase along one axis: dx[st*a + phi] gets dy[a + e0 + j*D] * w[tap_j]
+    // for the taps tap_j = r with (phi + pad - r*dil) divisible by st, largest r first.
+    struct Taps {
+      std::vector<int64_t> r;
+      int64_t e0 = 0, D = 1;
+    };
+    auto taps = [](int64_t phi, int64_t pad, int64_t dil, int64_t st, int64_t R) {
+      Taps t;
+      for (int64_t r = R - 1; r >= 0; --r) {
+        const int64_t v = phi + pad - r * dil;
+        if (((v % st) + st) % st == 0) t.r.push_back(r);
+      }
+      if (!t.r.empty()) {
+        t.e0 = (phi + pad - t.r[0] * dil) / st;  // exact
+        t.D = t.r.size() > 1 ? (t.r[0] - t.r[1]) * dil / st : 1;
+      }
+      return t;
+    };
+    for (int64_t fh = 0; fh < std::min(p.stride_h, p.H); ++fh)
+      for (int64_t fw = 0; fw < std::min(p.stride_w, p.W); ++fw) {
+        const Taps th = taps(fh, p.pad_top, p.dil_h, p.stride_h, p.R);
+        const Taps tw = taps(fw, p.pad_left, p.dil_w, p.stride_w, p.S);
+        if (th.r.empty() || tw.r.empty()) {  // no tap reaches this phase
+          gin.slice(2, fh, p.H, p.stride_h).slice(3, fw, p.W, p.stride_w).zero_();
+          continue;
+        }
+        const int64_t Rp = th.r.size(), Sp = tw.r.size();
+        // Channel-transposed, phase sub-kernel: [G][Cg/8][Kg][Rp][Sp][8].
+        auto packed = at::empty({p.groups, CB, Kg, Rp, Sp, kB}, weight.options());
+        scalar_t* wp = packed.data_ptr<scalar_t>();
+        at::parallel_for(0, p.groups * CB, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t gb = begin; gb < end; ++gb) {
+            const int64_t g = gb / CB, cb = gb % CB;
+            scalar_t* o = wp + gb * Kg * Rp * Sp * kB;
+            for (int64_t k = 0; k < Kg; ++k)
+              for (int64_t jr = 0; jr < Rp; ++jr)
+                for (int64_t js = 0; js < Sp; ++js)
+                  for (int64_t j = 0; j < kB; ++j) {
+                    const int64_t c = cb * kB + j;
+                    *o++ = c < p.Cg ? w[(g * Kg + k) * ws0 + c * ws1 + th.r[jr] * ws2 + tw.r[js] * ws3]
+                                    : scalar_t(0);
+                  }
+          }
+        });
+        Problem<scalar_t> P;
+        P.N = p.N; P.G = p.groups; P.Cr = Kg; P.Ko = p.Cg;
+        P.H = p.Ho; P.W = p.Wo;
+        P.Ho = ceil_div(p.H - fh, p.stride_h); P.Wo = ceil_div(p.W - fw, p.stride_w);
+        P.R = Rp; P.S = Sp;
+        P.sh = 1; P.sw = 1; P.ph = -th.e0; P.pw = -tw.e0; P.dh = th.D; P.dw = tw.D;
+        P.xn = grad_output.stride(0); P.xc = grad_output.stride(1);
+        P.xh = grad_output.stride(2); P.xw = grad_output.stride(3);
+        P.yn = gin.stride(0); P.yk = gin.stride(1);
+        P.yh = gin.stride(2) * p.stride_h; P.yw = gin.stride(3) * p.stride_w;
+        P.x = grad_output.data_ptr<scalar_t>();
+        P.wp = wp;
+        P.y = gin.data_ptr<scalar_t>() + fh * gin.stride(2) + fw * gin.stride(3);
+        P.bias = nullptr;
+        P.act = Activation::None;
+        run_forward(P);
+      }
+  });
+  return gin;
 }
+
 at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return reference_conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups);
+                                     at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation,
+                                     int64_t groups) {
+  const char* op = "fastconv::direct_conv2d_grad_weight";
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "input", input);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
+                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
+              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
+              ", ", p.Ho, ", ", p.Wo, "]");
+  auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
+  const int64_t G = p.groups, Kg = p.Kg(), KB = ceil_div(Kg, kB), Ho = p.Ho, Wo = p.Wo;
+  const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors, NP = ceil_div(KB, ocv_max);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct", [&] {
+    using T = scalar_t;
+    // grad_output packed [N][G][KB][Ho][Wo][8] (zero-padded channel tail), so
+    // that 8 output channels of one pixel are one vector in either layout.
+    auto dyp_t = at::empty({p.N, G, KB, Ho, Wo, kB}, grad_output.options());
+    T* dyp = dyp_t.data_ptr<T>();
+    const T* dy = grad_output.data_ptr<T>();
+    const int64_t ds0 = grad_output.stride(0), ds1 = grad_output.stride(1),
+                  ds2 = grad_output.stride(2), ds3 = grad_output.stride(3);
+    at::parallel_for(0, p.N * G * KB, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t kb = item % KB, g = (item / KB) % G, n = item / (KB * G);
+        T* o = dyp + item * Ho * Wo * kB;
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow)
+            for (int64_t j = 0; j < kB; ++j) {
+              const int64_t k = kb * kB + j;
+              *o++ = k < Kg ? dy[n * ds0 + (g * Kg + k) * ds1 + oh * ds2 + ow * ds3] : T(0);
+            }
+      }
+    });
+    const T* x = input.data_ptr<T>();
+    const int64_t xn = input.stride(0), xc = input.stride(1), xh = input.stride(2), xw = input.stride(3);
+    T* dw = gw.data_ptr<T>();
+    const auto& tab = gw_table<T>();
+    const int64_t RS = p.R * p.S;
+    at::parallel_for(0, G * NP * p.Cg, 1, [&](int64_t begin, int64_t end) {
+      alignas(64) T buf[kMaxTile * kB];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t c = item % p.Cg, pb = (item / p.Cg) % NP, g = item / (p.Cg * NP);
+        const int64_t kb0 = pb * ocv_max, ocv = std::min(ocv_max, KB - kb0);
+        const int64_t nt_max = ocv == 1 ? kDirectPixelTileSingle : kDirectGradWeightTapTile;
+        const int64_t nk = std::min<int64_t>(ocv * kB, Kg - kb0 * kB);
+        const T* xg = x + (g * p.Cg + c) * xc;
+        const T* dyg = dyp + (g * KB + kb0) * Ho * Wo * kB;
+        GwTile<T> t;
+        t.nn = p.N;
+        t.x_n = xn; t.x_row = p.stride_h * xh; t.x_p = p.stride_w * xw; t.x_t = p.dil_w * xw;
+        t.dy_n = G * KB * Ho * Wo * kB; t.dy_row = Wo * kB; t.dy_kb = Ho * Wo * kB;
+        t.out = buf;
+        for (int64_t r = 0; r < p.R; ++r) {
+          // Output rows whose input row ih = oh*sh - pad + r*dil exists.
+          const int64_t oh_lo = clamp64(ceil_div(p.pad_top - r * p.dil_h, p.stride_h), 0, Ho);
+          const int64_t oh_hi =
+              clamp64(floor_div(p.H - 1 + p.pad_top - r * p.dil_h, p.stride_h) + 1, oh_lo, Ho);
+          for (int64_t s0 = 0; s0 < p.S; s0 += nt_max) {
+            const int64_t nt = std::min(nt_max, p.S - s0);
+            // Interior columns: all nt taps inside the input row.
+            const int64_t ow_lo = clamp64(ceil_div(p.pad_left - s0 * p.dil_w, p.stride_w), 0, Wo);
+            const int64_t ow_hi = clamp64(
+                floor_div(p.W - 1 + p.pad_left - (s0 + nt - 1) * p.dil_w, p.stride_w) + 1, ow_lo, Wo);
+            const int64_t ih_lo = oh_lo * p.stride_h - p.pad_top + r * p.dil_h;
+            t.nrows = oh_hi - oh_lo;
+            t.npix = ow_hi - ow_lo;
+            t.x = xg + (t.nrows ? ih_lo * xh : 0) +
+                  (t.npix ? (ow_lo * p.stride_w - p.pad_left + s0 * p.dil_w) * xw : 0);
+            t.dy = dyg + (oh_lo * Wo + ow_lo) * kB;
+            if (t.nrows && t.npix) {
+              tab.get(ocv, nt)(t);
+            } else {
+              std::fill(buf, buf + ocv * nt * kB, T(0));
+            }
+            // Border columns, tap by tap with bounds checks.
+            for (int64_t n = 0; n < p.N; ++n)
+              for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
+                const T* xr = xg + n * xn + (oh * p.stride_h - p.pad_top + r * p.dil_h) * xh;
+                const T* dr = dyg + n * t.dy_n + oh * Wo * kB;
+                auto edge = [&](int64_t ow) {
+                  for (int64_t tt = 0; tt < nt; ++tt) {
+                    const int64_t iw = ow * p.stride_w - p.pad_left + (s0 + tt) * p.dil_w;
+                    if (iw < 0 || iw >= p.W) continue;
+                    const T xv = xr[iw * xw];
+                    for (int64_t o = 0; o < ocv; ++o)
+                      for (int j = 0; j < kB; ++j)
+                        buf[(o * nt + tt) * kB + j] += dr[o * t.dy_kb + ow * kB + j] * xv;
+                  }
+                };
+                for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+                for (int64_t ow = ow_hi; ow < Wo; ++ow) edge(ow);
+              }
+            for (int64_t k = 0; k < nk; ++k)
+              for (int64_t tt = 0; tt < nt; ++tt)
+                dw[((g * Kg + kb0 * kB + k) * p.Cg + c) * RS + r * p.S + s0 + tt] =
+                    buf[((k / kB) * nt + tt) * kB + k % kB];
+          }
+        }
+      }
+    });
+  });
+  return gw;
 }
+
+// The same blocked algorithm as plain loops: packed weights, one block of 8
+// output channels at a time, no vectors, no register tile, bounds checks on
+// every tap. Tests compare the tuned kernel with it.
+at::Tensor direct_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view activation) {
+  const char* op = "fastconv::direct_naive_conv2d";
+  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  check_inputs(op, input, weight, bias, p);
+  const auto act = parse_activation(std::string(activation));
+  const auto packed = direct_pack_weight(weight, groups);
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), conv_memory_format(input, weight));
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct", [&] {
+    using T = scalar_t;
+    const T* x = input.data_ptr<T>();
+    const T* wp = packed.data_ptr<T>();
+    const T* bp = has_bias ? b.data_ptr<T>() : nullptr;
+    T* y = out.data_ptr<T>();
+    const int64_t Kg = p.Kg(), KB = ceil_div(Kg, kB);
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t g = 0; g < p.groups; ++g)
+        for (int64_t kb = 0; kb < KB; ++kb)
+          for (int64_t oh = 0; oh < p.Ho; ++oh)
+            for (int64_t ow = 0; ow < p.Wo; ++ow) {
+              T acc[kB] = {};
+              for (int64_t c = 0; c < p.Cg; ++c)
+                for (int64_t r = 0; r < p.R; ++r) {
+                  const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+                  if (ih < 0 || ih >= p.H) continue;
+                  for (int64_t s = 0; s < p.S; ++s) {
+                    const int64_t iw = ow * p.stride_w - p.pad_left + s * p.dil_w;
+                    if (iw < 0 || iw >= p.W) continue;
+                    const T xv = x[n * input.stride(0) + (g * p.Cg + c) * input.stride(1) +
+                                   ih * input.stride(2) + iw * input.stride(3)];
+                    const T* wv = wp + ((((g * KB + kb) * p.Cg + c) * p.R + r) * p.S + s) * kB;
+                    for (int j = 0; j < kB; ++j) acc[j] += wv[j] * xv;
+                  }
+                }
+              for (int j = 0; j < kB; ++j) {
+                const int64_t k = kb * kB + j;
+                if (k >= Kg) break;
+                const int64_t ko = g * Kg + k;
+                y[n * out.stride(0) + ko * out.stride(1) + oh * out.stride(2) + ow * out.stride(3)] =
+                    activate(acc[j] + (bp ? bp[ko] : T(0)), act);
+              }
+            }
+  });
+  return out;
+}
+
 }  // namespace fastconv

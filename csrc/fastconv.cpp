@@ -25,10 +25,31 @@
   m.impl(#name "_conv2d_grad_input", &fastconv::name##_conv2d_grad_input);   \
   m.impl(#name "_conv2d_grad_weight", &fastconv::name##_conv2d_grad_weight);
 
+// direct's extra ops: pack the weight once (modules cache it), run on the
+// packed weight, and the plain loop nest of the blocked algorithm (tests).
+namespace fastconv {
+at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups);
+at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, int64_t groups,
+                                c10::string_view activation);
+at::Tensor direct_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view activation);
+}  // namespace fastconv
+
 TORCH_LIBRARY(fastconv, m) {
   FASTCONV_DEFINE_ALGO(m, reference)
   FASTCONV_DEFINE_ALGO(m, im2col)
   FASTCONV_DEFINE_ALGO(m, direct)
+  m.def("direct_pack_weight(Tensor weight, int groups) -> Tensor");
+  m.def("direct_conv2d_packed(Tensor input, Tensor packed_weight, int[4] weight_size, "
+        "Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, int groups, "
+        "str activation=\"none\") -> Tensor");
+  m.def("direct_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
   FASTCONV_DEFINE_ALGO(m, depthwise)
 }
 
@@ -36,6 +57,9 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   FASTCONV_IMPL_ALGO(m, reference)
   FASTCONV_IMPL_ALGO(m, im2col)
   FASTCONV_IMPL_ALGO(m, direct)
+  m.impl("direct_pack_weight", &fastconv::direct_pack_weight);
+  m.impl("direct_conv2d_packed", &fastconv::direct_conv2d_packed);
+  m.impl("direct_naive_conv2d", &fastconv::direct_naive_conv2d);
   FASTCONV_IMPL_ALGO(m, depthwise)
 }
 
@@ -69,6 +93,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     pybind11::dict d;
     d["im2col_max_workspace_bytes"] = b::kIm2colMaxWorkspaceBytes;
     d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
+    d["direct_oc_block"] = b::kDirectOcBlock;
+    d["direct_oc_vectors"] = b::kDirectOcVectors;
+    d["direct_pixel_tile"] = b::kDirectPixelTile;
+    d["direct_pixel_tile_single"] = b::kDirectPixelTileSingle;
+    d["direct_row_block"] = b::kDirectRowBlock;
+    d["direct_grad_weight_tap_tile"] = b::kDirectGradWeightTapTile;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads the ops into torch.ops.fastconv)
-from ._ops import register_family
+from ._ops import output_memory_format, output_size, register_family
 from .registry import Algorithm, register
 from .spec import ConvSpec
 
@@ -37,3 +37,94 @@ register(Algorithm(
     name="depthwise", op="depthwise", devices=("cpu",), dtypes=_DTYPES,
     summary="direct depthwise, vectorized over channels (NHWC) or pixels (NCHW)",
     constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only))
+
+
+# --- direct's extra ops: weight packing (cached by modules), the packed forward,
+# and the plain loop nest of the blocked algorithm (tests compare against it).
+_DIRECT_OC_BLOCK = _C.blocking()["direct_oc_block"]
+
+
+def direct_packed_shape(weight_size, groups):
+    """Shape of direct_pack_weight(weight, groups): [G][ceil(Kg/8)][Cg][R][S][8]."""
+    k, cg, r, s = weight_size
+    kg = k // groups
+    return [groups, -(-kg // _DIRECT_OC_BLOCK), cg, r, s, _DIRECT_OC_BLOCK]
+
+
+def direct_unpack_weight(packed, weight_size, groups):
+    """Inverse of direct_pack_weight in torch ops (differentiable)."""
+    k, cg, r, s = weight_size
+    kg = k // groups
+    w = packed.permute(0, 1, 5, 2, 3, 4).reshape(groups, -1, cg, r, s)[:, :kg]
+    return w.reshape(k, cg, r, s)
+
+
+@torch.library.register_fake("fastconv::direct_pack_weight")
+def _fake_direct_pack(weight, groups):
+    return weight.new_empty(direct_packed_shape(list(weight.shape), groups))
+
+
+@torch.library.register_fake("fastconv::direct_conv2d_packed")
+def _fake_direct_packed(input, packed_weight, weight_size, bias, stride, padding, dilation, groups,
+                        activation="none"):
+    size = output_size(input.shape, weight_size, stride, padding, dilation)
+    return input.new_empty(size).contiguous(memory_format=output_memory_format(input, input))
+
+
+@torch.library.register_fake("fastconv::direct_naive_conv2d")
+def _fake_direct_naive(input, weight, bias, stride, padding, dilation, groups, activation="none"):
+    size = output_size(input.shape, weight.shape, stride, padding, dilation)
+    return input.new_empty(size).contiguous(memory_format=output_memory_format(input, weight))
+
+
+def _pack_setup(ctx, inputs, output):
+    weight, groups = inputs
+    ctx.weight_size, ctx.groups = list(weight.shape), groups
+
+
+def _pack_backward(ctx, grad):
+    return direct_unpack_weight(grad, ctx.weight_size, ctx.groups), None
+
+
+torch.library.register_autograd("fastconv::direct_pack_weight", _pack_backward,
+                                setup_context=_pack_setup)
+
+
+def _packed_setup(ctx, inputs, output):
+    input, packed, weight_size, bias, stride, padding, dilation, groups, *rest = inputs
+    ctx.activation = rest[0] if rest else "none"
+    ctx.has_bias = bias is not None
+    ctx.geom = (list(weight_size), stride, padding, dilation, groups)
+    out = output if ctx.activation in ("relu", "relu6") else None
+    ctx.save_for_backward(input, packed, bias, out)
+
+
+def _packed_backward(ctx, grad):
+    input, packed, bias, out = ctx.saved_tensors
+    weight_size, stride, padding, dilation, groups = ctx.geom
+    ops = torch.ops.fastconv
+    act = ctx.activation
+    if act in ("relu", "relu6"):
+        grad = grad * ((out > 0) & (out < 6)) if act == "relu6" else grad * (out > 0)
+    elif act != "none":  # SiLU/GELU need the pre-activation: recompute it.
+        z = ops.direct_conv2d_packed(input, packed, weight_size, bias, stride, padding, dilation,
+                                     groups, "none")
+        grad = (torch.ops.aten.silu_backward(grad, z) if act == "silu"
+                else torch.ops.aten.gelu_backward(grad, z))
+    need_in, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3))
+    g_in = g_w = g_b = None
+    if need_in:
+        weight = direct_unpack_weight(packed, weight_size, groups)
+        g_in = ops.direct_conv2d_grad_input(grad, weight, list(input.shape), stride, padding,
+                                            dilation, groups)
+    if need_w:
+        g_w = ops.direct_pack_weight(
+            ops.direct_conv2d_grad_weight(grad, input, weight_size, stride, padding, dilation,
+                                          groups), groups)
+    if ctx.has_bias and need_b:
+        g_b = grad.sum((0, 2, 3))
+    return g_in, g_w, None, g_b, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::direct_conv2d_packed", _packed_backward,
+                                setup_context=_packed_setup)

@@ -1,0 +1,231 @@
+"""The direct algorithm (csrc/direct.cpp): forward, both gradients, the packed-weight
+op and the plain loop nest, against torch.nn.functional.conv2d."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from fastconv._cpu import direct_packed_shape, direct_unpack_weight
+from fastconv._ops import apply_activation
+
+ops = torch.ops.fastconv
+
+# (N, C, H, W, K, R, S, stride, padding (top, bottom, left, right), dilation, groups)
+CASES = [
+    (2, 8, 9, 10, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # one oc-vector pair
+    (1, 5, 11, 13, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),     # odd oc-block count
+    (2, 6, 10, 9, 12, 3, 2, (2, 1), (0, 1, 2, 0), (1, 1), 1),      # non-square, asymmetric pad
+    (1, 4, 15, 14, 16, 5, 3, (2, 3), (2, 1, 1, 2), (1, 2), 1),     # stride 2x3, dilation
+    (2, 6, 12, 12, 9, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 3),      # groups, Kg=3 (tail)
+    (1, 8, 8, 9, 20, 1, 3, (1, 2), (0, 0, 1, 1), (1, 1), 2),       # groups, Kg=10
+    (1, 3, 23, 21, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),     # stem-like 7x7 s2
+    (2, 4, 7, 7, 8, 3, 3, (3, 3), (1, 1, 1, 1), (1, 1), 1),        # stride > kernel reach
+    (1, 4, 6, 6, 16, 2, 2, (2, 2), (0, 1, 0, 1), (1, 1), 1),       # 'same'-style even kernel
+    (1, 2, 5, 30, 16, 3, 3, (1, 1), (4, 0, 5, 3), (1, 1), 1),      # pad larger than kernel
+    (1, 4, 9, 9, 32, 4, 4, (2, 2), (1, 2, 2, 1), (2, 1), 1),       # 2 full pairs, dil/stride mix
+    (1, 3, 6, 40, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),       # Kg=8: 1x12 tile
+    (1, 6, 5, 5, 6, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2),        # 1x1, Kg=3
+    (1, 16, 4, 4, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 16),     # depthwise through direct
+]
+IDS = [f"case{i}" for i in range(len(CASES))]
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+@pytest.fixture(params=["avx2", "portable"])
+def path(request):
+    if request.param == "avx2" and not fastconv._C.cpu_has_avx2_fma():
+        pytest.skip("CPU has no AVX2+FMA")
+    fastconv._C.set_force_portable(request.param == "portable")
+    yield request.param
+    fastconv._C.set_force_portable(False)
+
+
+def ref_conv(x, w, b, stride, padding, dilation, groups):
+    top, bottom, left, right = padding
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
+
+
+def make(case, dtype, layout, bias=True, seed=0):
+    n, c, h, wd, k, r, s, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
+    w = torch.randn(k, c // groups, r, s, generator=g, dtype=dtype)
+    b = torch.randn(k, generator=g, dtype=dtype) if bias else None
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b, stride, padding, dilation, groups
+
+
+def close(a, b, dtype, scale=1.0):
+    tol = TOL[dtype]
+    torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def geometry(x, w, stride, padding, dilation, groups):
+    return list(stride), list(padding), list(dilation), groups
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_and_grads(case, layout, dtype, path):
+    x, w, b, stride, padding, dilation, groups = make(case, dtype, layout)
+    geo = (list(stride), list(padding), list(dilation), groups)
+    y = ops.direct_conv2d(x, w, b, *geo)
+    # Reference gradients in float64 for a tight comparison.
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = ref_conv(xd, wd, b.double(), stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    assert y.is_contiguous(memory_format=torch.channels_last if layout == "nhwc"
+                           else torch.contiguous_format)
+    reduction = w.shape[1] * w.shape[2] * w.shape[3]
+    close(y.double(), ref.detach(), dtype, scale=reduction ** 0.5)
+    gy = torch.randn(ref.shape, dtype=torch.float64)
+    gx_ref, gw_ref = torch.autograd.grad(ref, (xd, wd), gy)
+    gyt = gy.to(dtype).contiguous(memory_format=torch.channels_last if layout == "nhwc"
+                                  else torch.contiguous_format)
+    gx = ops.direct_conv2d_grad_input(gyt, w, list(x.shape), *geo)
+    gw = ops.direct_conv2d_grad_weight(gyt, x, list(w.shape), *geo)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    close(gx.double(), gx_ref, dtype, scale=reduction ** 0.5)
+    pixels = gy.shape[0] * gy.shape[2] * gy.shape[3]
+    close(gw.double(), gw_ref, dtype, scale=pixels ** 0.5)
+
+
+@pytest.mark.parametrize("case", CASES[:7], ids=IDS[:7])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_naive_loop_nest_and_packed(case, layout):
+    x, w, b, stride, padding, dilation, groups = make(case, torch.float64, layout)
+    geo = (list(stride), list(padding), list(dilation), groups)
+    ref = ref_conv(x, w, b, stride, padding, dilation, groups)
+    close(ops.direct_naive_conv2d(x, w, b, *geo), ref, torch.float64)
+    packed = ops.direct_pack_weight(w, groups)
+    assert list(packed.shape) == direct_packed_shape(list(w.shape), groups)
+    # The tail block's padding channels are zero.
+    kg = w.shape[0] // groups
+    if kg % 8:
+        assert packed[:, -1, ..., kg % 8:].abs().sum() == 0
+    torch.testing.assert_close(direct_unpack_weight(packed, list(w.shape), groups), w,
+                               rtol=0, atol=0)
+    y_packed = ops.direct_conv2d_packed(x, packed, list(w.shape), b, *geo)
+    assert torch.equal(y_packed, ops.direct_conv2d(x, w, b, *geo))
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6", "silu", "gelu"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_bias_activation(activation, layout, dtype, path):
+    x, w, b, stride, padding, dilation, groups = make(CASES[1], dtype, layout)
+    x = x * 2  # put values on both sides of relu6's upper knee
+    geo = (list(stride), list(padding), list(dilation), groups)
+    ref = apply_activation(ref_conv(x.double(), w.double(), b.double(), stride, padding,
+                                    dilation, groups), activation)
+    close(ops.direct_conv2d(x, w, b, *geo, activation).double(), ref, dtype, scale=10)
+    close(ops.direct_naive_conv2d(x, w, b, *geo, activation).double(), ref, dtype, scale=10)
+
+
+def test_no_bias_and_weight_channels_last():
+    x, w, _, stride, padding, dilation, groups = make(CASES[3], torch.float64, "nchw", bias=False)
+    w = w.contiguous(memory_format=torch.channels_last)
+    y = ops.direct_conv2d(x, w, None, list(stride), list(padding), list(dilation), groups)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # PyTorch's rule
+    close(y, ref_conv(x, w, None, stride, padding, dilation, groups), torch.float64)
+
+
+def test_batch_zero():
+    x, w, b, stride, padding, dilation, groups = make(CASES[2], torch.float64, "nchw")
+    x = x[:0]
+    geo = (list(stride), list(padding), list(dilation), groups)
+    y = ops.direct_conv2d(x, w, b, *geo)
+    ref = ref_conv(x, w, b, stride, padding, dilation, groups)
+    assert y.shape == ref.shape
+    gx = ops.direct_conv2d_grad_input(torch.empty_like(ref), w, list(x.shape), *geo)
+    assert gx.shape == x.shape
+    gw = ops.direct_conv2d_grad_weight(torch.empty_like(ref), x, list(w.shape), *geo)
+    assert torch.equal(gw, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_non_contiguous(dtype, path):
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(2, 10, 13, 17, generator=g, dtype=dtype)
+    x = base[:, 1:9:2, 1:, ::2]                     # strided in every dim
+    w = torch.randn(3, 12, 3, 3, generator=g, dtype=dtype).permute(1, 0, 2, 3)[:, :2]  # [12,2,3,3]
+    w = w[:, :, :, :]  # non-contiguous view
+    assert not x.is_contiguous() and not w.is_contiguous()
+    b = torch.randn(12, generator=g, dtype=dtype)
+    geo = ([1, 2], [1, 0, 2, 1], [1, 1], 2)
+    ref = ref_conv(x.double(), w.double(), b.double(), (1, 2), (1, 0, 2, 1), (1, 1), 2)
+    close(ops.direct_conv2d(x, w, b, *geo).double(), ref, dtype, scale=5)
+    gy = torch.randn(ref.shape, generator=g, dtype=dtype).transpose(2, 3).contiguous().transpose(2, 3)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    gx_ref, gw_ref = torch.autograd.grad(
+        ref_conv(xd, wd, None, (1, 2), (1, 0, 2, 1), (1, 1), 2), (xd, wd), gy.double())
+    close(ops.direct_conv2d_grad_input(gy, w, list(x.shape), *geo).double(), gx_ref, dtype, scale=5)
+    close(ops.direct_conv2d_grad_weight(gy, x, list(w.shape), *geo).double(), gw_ref, dtype,
+          scale=10)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_threads_give_identical_results(layout):
+    x, w, b, stride, padding, dilation, groups = make(CASES[10], torch.float32, layout)
+    geo = (list(stride), list(padding), list(dilation), groups)
+    gy = torch.randn(ops.direct_conv2d(x, w, b, *geo).shape)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((ops.direct_conv2d(x, w, b, *geo),
+                            ops.direct_conv2d_grad_input(gy, w, list(x.shape), *geo),
+                            ops.direct_conv2d_grad_weight(gy, x, list(w.shape), *geo)))
+    finally:
+        torch.set_num_threads(old)
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "silu"])
+def test_packed_autograd(activation):
+    """Gradients flow through direct_pack_weight + direct_conv2d_packed to the weight."""
+    x, w, b, stride, padding, dilation, groups = make(CASES[4], torch.float64, "nchw")
+    geo = (list(stride), list(padding), list(dilation), groups)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    packed = ops.direct_pack_weight(w, groups)
+    y = ops.direct_conv2d_packed(x, packed, list(w.shape), b, *geo, activation)
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, w, b), gy)
+    ref = apply_activation(ref_conv(x, w, b, stride, padding, dilation, groups), activation)
+    want = torch.autograd.grad(ref, (x, w, b), gy)
+    for a, c in zip(got, want):
+        close(a, c, torch.float64)
+
+
+def test_functional_autograd_through_direct():
+    x, w, b, *_ = make(CASES[0], torch.float64, "nhwc")
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    y = fastconv.conv2d(x, w, b, stride=1, padding=1, algo="direct")
+    ref = F.conv2d(x, w, b, padding=1)
+    gy = torch.randn_like(ref)
+    for a, c in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
+        close(a, c, torch.float64)
+
+
+def test_bad_packed_weight_is_rejected():
+    x, w, b, stride, padding, dilation, groups = make(CASES[0], torch.float32, "nchw")
+    packed = ops.direct_pack_weight(w, groups)
+    geo = (list(stride), list(padding), list(dilation), groups)
+    with pytest.raises(RuntimeError, match="packed_weight has shape"):
+        ops.direct_conv2d_packed(x, packed[:, :1], list(w.shape), b, *geo)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        ops.direct_conv2d_packed(x, packed.double(), list(w.shape), b, *geo)
+    with pytest.raises(RuntimeError, match="does not divide"):
+        ops.direct_pack_weight(w, 3)
+
+
+def test_blocking_constants_exported():
+    b = fastconv._C.blocking()
+    assert b["direct_oc_block"] == 8
+    assert b["direct_oc_vectors"] * b["direct_pixel_tile"] <= 12  # accumulators in 16 ymm
+    for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_tap_tile"):
+        assert b[key] > 0
