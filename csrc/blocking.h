@@ -29,6 +29,35 @@ constexpr int64_t kDirectPixelTileSingle = 12;
 constexpr int64_t kDirectRowBlock = 4;
 // grad_weight: accumulators are kDirectOcVectors x this many (r, s) taps.
 constexpr int64_t kDirectGradWeightTapTile = 6;
+// depthwise (csrc/depthwise.cpp). Depthwise is bandwidth-bound (~2*R*S flops
+// per ~8 bytes moved), so the tiles aim at keeping every loaded vector busy and
+// every input row in L1 while it is used, not at peak FMA throughput.
+// Lanes per vector: 8 floats in an AVX2 register (the portable path keeps the
+// same lane blocks so the compiler can vectorize it).
+constexpr int64_t kDepthwiseVecWidth = 8;
+// NHWC register tile: output pixels x channel vectors; each weight vector is
+// loaded once per tap and used by every pixel of the tile (4x2 = 8 accumulators).
+constexpr int64_t kDepthwiseNhwcPixelTile = 4;
+constexpr int64_t kDepthwiseNhwcChanVecs = 2;
+// NHWC parallel task: one output row x this many channels.
+constexpr int64_t kDepthwiseNhwcChannelGroup = 64;
+// NCHW register tile: this many width vectors of one output row (32 outputs).
+constexpr int64_t kDepthwiseNchwWidthVecs = 4;
+// NCHW parallel task: a block of output rows of one channel; the input rows the
+// block reads are copied once into a zero-padded, stride-phase-split buffer.
+constexpr int64_t kDepthwiseRowTile = 16;
+// grad_weight: the reduction over N*Ho is split into chunks of output rows
+// chosen from the problem alone (never from the thread count), each chunk
+// writes its own partial sums, and the chunks are added in order, so the
+// result is bitwise the same for any number of threads.
+constexpr int64_t kDepthwiseGradWeightMinChunkRows = 4;
+constexpr int64_t kDepthwiseGradWeightMaxChunks = 64;
+constexpr int64_t kDepthwiseGradWeightMaxPartialBytes = 16 << 20;
+// grad_weight NCHW: kernel columns accumulated per sweep of a grad_output row
+// (each loaded grad_output vector feeds this many taps).
+constexpr int64_t kDepthwiseGradWeightTapGroup = 6;
+// grad_weight NHWC: independent accumulators per channel vector (hides FMA latency).
+constexpr int64_t kDepthwiseGradWeightUnroll = 4;
 
 }  // namespace blocking
 }  // namespace fastconv

@@ -1,23 +1,1042 @@
-// depthwise: placeholder that forwards to the reference loop nest until the tuned
-// kernel lands (being written in this session).
+// depthwise: direct depthwise convolution on the CPU, forward and both gradients.
+//
+// groups == in_channels, weight (K, 1, R, S) with K = M * C: output channel k
+// reads input channel k / M (M is the channel multiplier). float32 runs AVX2+FMA
+// kernels chosen at run time; float64 (and CPUs without AVX2) run a portable
+// path with the same blocking, written as fixed-width lane loops the compiler
+// vectorizes.
+//
+// Depthwise does ~2*R*S flops per output element against ~8 bytes moved, so it
+// is bandwidth-bound: the kernels stream each input row through L1 while it is
+// used and keep every loaded vector busy, rather than chase peak FMA rate.
+//  * NHWC (channels_last): vectors run over channels. The weight is packed once
+//    per call as [R][S][K] so each tap is one contiguous vector load, shared by a
+//    register tile of kDepthwiseNhwcPixelTile pixels x kDepthwiseNhwcChanVecs
+//    channel vectors. Interior pixels (every tap in bounds) run without checks;
+//    border pixels compute their valid tap range. For M > 1 the input is first
+//    expanded to K channels, so the kernels only ever see M = 1.
+//  * NCHW: vectors run over output width. The input rows a block of output rows
+//    reads are copied once into a zero-padded buffer split into stride phases
+//    (phase q holds padded columns q, q+sw, q+2sw, ...), so every tap of every
+//    output row is one contiguous unaligned load, for any stride, padding and
+//    dilation, with no bounds checks. An output row is then a sum over a list
+//    of (buffer pointer, weight) taps.
+//  * grad_input is a correlation of grad_output with the flipped kernel. With
+//    stride > 1 each input column phase rho (iw = sw*j + rho) sees its own subset
+//    of kernel columns, and each input row its own subset of kernel rows, so the
+//    gradient is computed per phase from tap lists (no zero insertion).
+//  * grad_weight reduces over N*Ho*Wo for each (k, r, s). The output rows are cut
+//    into chunks fixed by the problem size; each chunk writes its own partial
+//    sums and the chunks are added in a fixed order: deterministic for any
+//    number of threads.
+//
+// depthwise_naive_conv2d below is the plain per-channel loop nest the tuned
+// kernels are checked against (and what they replace).
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "blocking.h"
+#include "cpu_features.h"
 #include "ops.h"
+
+#if FASTCONV_X86
+#include <immintrin.h>
+#endif
 
 namespace fastconv {
 
+namespace {
+
+using namespace blocking;
+
+constexpr int64_t kVec = kDepthwiseVecWidth;
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+inline int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+void check_depthwise(const char* op, const ConvParams& p) {
+  TORCH_CHECK(p.groups == p.C && p.Cg == 1 && p.K % p.C == 0, op,
+              ": needs a depthwise convolution (groups == in_channels, weight (K, 1, R, S) with K "
+              "a multiple of in_channels); got in_channels=",
+              p.C, ", groups=", p.groups, ", weight (", p.K, ", ", p.Cg, ", ", p.R, ", ", p.S, ")");
+}
+
+template <typename T>
+bool use_avx2() {
+  return std::is_same<T, float>::value && use_avx2_fma();
+}
+
+// ---------------------------------------------------------------------------
+// The plain loop nest: one channel at a time, bounds checked per tap, no
+// vectors, no blocking. Every tuned path below computes exactly this.
+// ---------------------------------------------------------------------------
+template <typename T>
+void naive_forward(const T* x, const T* w, const T* b, T* y, const ConvParams& p, Activation act) {
+  const int64_t M = p.K / p.C;
+  at::parallel_for(0, p.N * p.K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nk = begin; nk < end; ++nk) {
+      const int64_t n = nk / p.K, k = nk % p.K, c = k / M;
+      const T* xc = x + (n * p.C + c) * p.H * p.W;
+      const T* wk = w + k * p.R * p.S;
+      T* yk = y + nk * p.Ho * p.Wo;
+      for (int64_t oh = 0; oh < p.Ho; ++oh)
+        for (int64_t ow = 0; ow < p.Wo; ++ow) {
+          T acc = 0;
+          for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+            if (ih < 0 || ih >= p.H) continue;
+            for (int64_t s = 0; s < p.S; ++s) {
+              const int64_t iw = ow * p.stride_w - p.pad_left + s * p.dil_w;
+              if (iw < 0 || iw >= p.W) continue;
+              acc += xc[ih * p.W + iw] * wk[r * p.S + s];
+            }
+          }
+          yk[oh * p.Wo + ow] = activate(acc + (b ? b[k] : T(0)), act);
+        }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Leaf kernels, AVX2+FMA (float32). Helpers carry the target attribute too, so
+// they inline; no lambdas here (a lambda would not inherit the target).
+// ---------------------------------------------------------------------------
+#if FASTCONV_X86
+FASTCONV_TARGET_AVX2 inline __m256i tail_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <bool Masked>
+FASTCONV_TARGET_AVX2 inline __m256 load8(const float* p, __m256i mask) {
+  if constexpr (Masked) return _mm256_maskload_ps(p, mask);
+  else return _mm256_loadu_ps(p);
+}
+
+// Stores act(v) to p[0..n). ReLU/ReLU6 stay in registers; SiLU/GELU need exp/erf,
+// applied to the just-stored lanes while they are in L1.
+template <bool Masked>
+FASTCONV_TARGET_AVX2 inline void store8(float* p, __m256 v, __m256i mask, int64_t n, Activation act) {
+  if (act == Activation::ReLU) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  if (act == Activation::ReLU6)
+    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.f));
+  if constexpr (Masked) _mm256_maskstore_ps(p, mask, v);
+  else _mm256_storeu_ps(p, v);
+  if (act == Activation::SiLU || act == Activation::GELU)
+    for (int64_t i = 0; i < (Masked ? n : kVec); ++i) p[i] = activate(p[i], act);
+}
+
+FASTCONV_TARGET_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// out[j] = act(bias + sum_t ws[t] * ptrs[t][j]) for j < L. ptrs[t][j] must be
+// readable for j < round_up(L, 8) (the row buffers guarantee it).
+FASTCONV_TARGET_AVX2 void row_taps_avx2(float* out, int64_t L, const float* const* ptrs,
+                                        const float* ws, int64_t nt, float bias, Activation act) {
+  constexpr int V = kDepthwiseNchwWidthVecs;
+  const __m256 bv = _mm256_set1_ps(bias);
+  const __m256i all = _mm256_set1_epi32(-1);
+  int64_t j = 0;
+  for (; j + kVec * V <= L; j += kVec * V) {
+    __m256 acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < nt; ++t) {
+      const float* p = ptrs[t] + j;
+      const __m256 wv = _mm256_broadcast_ss(ws + t);
+      for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(p + kVec * v), wv, acc[v]);
+    }
+    for (int v = 0; v < V; ++v) store8<false>(out + j + kVec * v, _mm256_add_ps(acc[v], bv), all, kVec, act);
+  }
+  for (; j < L; j += kVec) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t t = 0; t < nt; ++t)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t] + j), _mm256_broadcast_ss(ws + t), acc);
+    acc = _mm256_add_ps(acc, bv);
+    if (j + kVec <= L) store8<false>(out + j, acc, all, kVec, act);
+    else store8<true>(out + j, acc, tail_mask(L - j), L - j, act);
+  }
+}
+#endif
+
+// Portable twin of row_taps_avx2.
+template <typename T>
+void row_taps_portable(T* out, int64_t L, const T* const* ptrs, const T* ws, int64_t nt, T bias,
+                       Activation act) {
+  for (int64_t j = 0; j < L; j += kVec) {
+    T acc[kVec] = {};
+    for (int64_t t = 0; t < nt; ++t) {
+      const T* p = ptrs[t] + j;
+      const T w = ws[t];
+      for (int64_t l = 0; l < kVec; ++l) acc[l] += p[l] * w;
+    }
+    const int64_t n = std::min(kVec, L - j);
+    for (int64_t l = 0; l < n; ++l) out[j + l] = activate(acc[l] + bias, act);
+  }
+}
+
+template <typename T>
+void row_taps(bool avx2, T* out, int64_t L, const T* const* ptrs, const T* ws, int64_t nt, T bias,
+              Activation act) {
+#if FASTCONV_X86
+  if constexpr (std::is_same<T, float>::value)
+    if (avx2) return row_taps_avx2(out, L, ptrs, ws, nt, bias, act);
+#endif
+  row_taps_portable(out, L, ptrs, ws, nt, bias, act);
+}
+
+// ---------------------------------------------------------------------------
+// NCHW: zero-padded, stride-phase-split input rows.
+// Row b of the buffer is input row ih_lo + b, stored as sw phases of Lq
+// elements: phase q, element j = padded column sw*j + q = input column
+// sw*j + q - pl (zero outside [0, W)). Output column ow, kernel column s reads
+// padded column ow*sw + s*dw = phase (s*dw) % sw, element ow + (s*dw) / sw.
+// ---------------------------------------------------------------------------
+struct PhaseRows {
+  int64_t sw, pl, Lq;
+  int64_t row_elems() const { return sw * Lq; }
+  static PhaseRows make(const ConvParams& p) {
+    // Readable for j < round_up(Wo, 8) after the largest tap offset.
+    return {p.stride_w, p.pad_left, round_up(p.Wo, kVec) + (p.S - 1) * p.dil_w / p.stride_w};
+  }
+  // Element offset of kernel column s inside a buffer row.
+  int64_t tap_offset(int64_t s, int64_t dw) const { return ((s * dw) % sw) * Lq + (s * dw) / sw; }
+};
+
+template <typename T>
+void build_phase_rows(const T* plane, int64_t W, int64_t ih_lo, int64_t nrows, const PhaseRows& pr,
+                      T* buf) {
+  for (int64_t b = 0; b < nrows; ++b) {
+    const T* src = plane + (ih_lo + b) * W;
+    for (int64_t q = 0; q < pr.sw; ++q) {
+      T* dst = buf + (b * pr.sw + q) * pr.Lq;
+      const int64_t j0 = std::min(pr.Lq, std::max<int64_t>(0, ceil_div(pr.pl - q, pr.sw)));
+      const int64_t j1 = std::min(pr.Lq, std::max(j0, floor_div(W - 1 + pr.pl - q, pr.sw) + 1));
+      std::fill(dst, dst + j0, T(0));
+      if (pr.sw == 1) {
+        std::memcpy(dst + j0, src + j0 - pr.pl, (j1 - j0) * sizeof(T));
+      } else {
+        const T* s = src + q - pr.pl;
+        for (int64_t j = j0; j < j1; ++j) dst[j] = s[pr.sw * j];
+      }
+      std::fill(dst + j1, dst + pr.Lq, T(0));
+    }
+  }
+}
+
+template <typename T>
+void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams& p, Activation act) {
+  const int64_t M = p.K / p.C, RS = p.R * p.S;
+  const PhaseRows pr = PhaseRows::make(p);
+  std::vector<int64_t> tap_off(p.S);
+  for (int64_t s = 0; s < p.S; ++s) tap_off[s] = pr.tap_offset(s, p.dil_w);
+  const int64_t nrb = ceil_div(p.Ho, kDepthwiseRowTile);
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, p.N * p.C * nrb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf, ws(RS);
+    std::vector<const T*> ptrs(RS);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task % nrb, nc = task / nrb, n = nc / p.C, c = nc % p.C;
+      const int64_t oh0 = rb * kDepthwiseRowTile, oh1 = std::min(p.Ho, oh0 + kDepthwiseRowTile);
+      const int64_t ih_lo = std::max<int64_t>(0, oh0 * p.stride_h - p.pad_top);
+      const int64_t ih_hi = std::min(p.H, (oh1 - 1) * p.stride_h - p.pad_top + (p.R - 1) * p.dil_h + 1);
+      const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
+      buf.resize(std::max<int64_t>(1, nrows * pr.row_elems()));
+      build_phase_rows(x + nc * p.H * p.W, p.W, ih_lo, nrows, pr, buf.data());
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t k = c * M + m;
+        const T* wk = w + k * RS;
+        const T bk = bias ? bias[k] : T(0);
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          int64_t nt = 0;
+          for (int64_t r = 0; r < p.R; ++r) {
+            const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+            if (ih < 0 || ih >= p.H) continue;
+            const T* row = buf.data() + (ih - ih_lo) * pr.row_elems();
+            for (int64_t s = 0; s < p.S; ++s, ++nt) {
+              ptrs[nt] = row + tap_off[s];
+              ws[nt] = wk[r * p.S + s];
+            }
+          }
+          row_taps(avx2, y + ((n * p.K + k) * p.Ho + oh) * p.Wo, p.Wo, ptrs.data(), ws.data(), nt,
+                   bk, act);
+        }
+      }
+    }
+  });
+}
+
+// grad_input, NCHW. dx[ih][iw] = sum over (m, r, s) with ih + pt - r*dh = sh*oh
+// and iw + pl - s*dw = sw*ow (0 <= oh < Ho, 0 <= ow < Wo) of dy[k][oh][ow]*w[k][r][s].
+// For iw = sw*j + rho the valid s and the offset ow - j depend only on rho, so
+// each phase is a row_taps over zero-padded grad_output rows.
+template <typename T>
+void grad_input_nchw(const T* dy, const T* w, T* dx, const ConvParams& p) {
+  const int64_t M = p.K / p.C, RS = p.R * p.S, sw = p.stride_w, sh = p.stride_h;
+  const int64_t Lphase = ceil_div(p.W, sw);  // columns of phase 0, the longest
+  // Offsets o = (rho + pl - s*dw) / sw lie in [-PL, omax].
+  const int64_t PL = std::max<int64_t>(0, -floor_div(p.pad_left - (p.S - 1) * p.dil_w, sw));
+  const int64_t omax = floor_div(sw - 1 + p.pad_left, sw);
+  const int64_t Lb = PL + std::max(p.Wo, round_up(Lphase, kVec) + std::max<int64_t>(0, omax));
+  const int64_t nrb = ceil_div(p.H, kDepthwiseRowTile);
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, p.N * p.C * nrb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf, ws(M * RS), tmp(round_up(Lphase, kVec));
+    std::vector<const T*> ptrs(M * RS);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task % nrb, nc = task / nrb, n = nc / p.C, c = nc % p.C;
+      const int64_t ih0 = rb * kDepthwiseRowTile, ih1 = std::min(p.H, ih0 + kDepthwiseRowTile);
+      const int64_t oh_lo =
+          std::max<int64_t>(0, ceil_div(ih0 + p.pad_top - (p.R - 1) * p.dil_h, sh));
+      const int64_t oh_hi = std::min(p.Ho, floor_div(ih1 - 1 + p.pad_top, sh) + 1);
+      const int64_t nrows = std::max<int64_t>(0, oh_hi - oh_lo);
+      buf.resize(std::max<int64_t>(1, M * nrows * Lb));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t b = 0; b < nrows; ++b) {
+          T* row = buf.data() + (m * nrows + b) * Lb;
+          const T* src = dy + ((n * p.K + c * M + m) * p.Ho + oh_lo + b) * p.Wo;
+          std::fill(row, row + PL, T(0));
+          std::memcpy(row + PL, src, p.Wo * sizeof(T));
+          std::fill(row + PL + p.Wo, row + Lb, T(0));
+        }
+      for (int64_t ih = ih0; ih < ih1; ++ih) {
+        T* dst = dx + (nc * p.H + ih) * p.W;
+        for (int64_t rho = 0; rho < std::min(sw, p.W); ++rho) {
+          int64_t nt = 0;
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t k = c * M + m;
+            for (int64_t r = 0; r < p.R; ++r) {
+              const int64_t th = ih + p.pad_top - r * p.dil_h;
+              if (th < 0) break;
+              if (th % sh) continue;
+              const int64_t oh = th / sh;
+              if (oh >= p.Ho) continue;
+              const T* row = buf.data() + (m * nrows + oh - oh_lo) * Lb + PL;
+              for (int64_t s = 0; s < p.S; ++s) {
+                const int64_t tw = rho + p.pad_left - s * p.dil_w;
+                if (floor_mod(tw, sw)) continue;
+                ptrs[nt] = row + floor_div(tw, sw);
+                ws[nt++] = w[k * RS + r * p.S + s];
+              }
+            }
+          }
+          if (sw == 1) {
+            row_taps(avx2, dst, p.W, ptrs.data(), ws.data(), nt, T(0), Activation::None);
+          } else {
+            const int64_t L = ceil_div(p.W - rho, sw);
+            row_taps(avx2, tmp.data(), L, ptrs.data(), ws.data(), nt, T(0), Activation::None);
+            for (int64_t j = 0; j < L; ++j) dst[sw * j + rho] = tmp[j];
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// grad_weight chunking (shared by both layouts): output rows (n, oh), flattened,
+// are cut into nchunks chunks of rows_per_chunk rows, from the problem alone.
+// ---------------------------------------------------------------------------
+struct Chunks {
+  int64_t nchunks, rows_per_chunk;
+  static Chunks make(const ConvParams& p, int64_t elem_size) {
+    const int64_t rows = p.N * p.Ho;
+    const int64_t partial_bytes = p.K * p.R * p.S * elem_size;
+    int64_t n = std::min(ceil_div(rows, kDepthwiseGradWeightMinChunkRows), kDepthwiseGradWeightMaxChunks);
+    n = std::min(n, std::max<int64_t>(1, kDepthwiseGradWeightMaxPartialBytes / partial_bytes));
+    n = std::max<int64_t>(1, n);
+    const int64_t per = ceil_div(rows, n);
+    return {ceil_div(rows, per), per};
+  }
+};
+
+#if FASTCONV_X86
+// out[g] += sum over rows i, columns j < Wo of dyrows[i][j] * xrows[i][offs[g] + j].
+// Two accumulator sets (even/odd vectors) hide the FMA latency for small G.
+template <int G>
+FASTCONV_TARGET_AVX2 void gw_rows_avx2(const float* const* dyrows, const float* const* xrows,
+                                       int64_t nrows, int64_t Wo, const int64_t* offs, float* out) {
+  __m256 a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
+  const int64_t full = Wo / kVec * kVec;
+  const __m256i mask = tail_mask(Wo - full);
+  for (int64_t i = 0; i < nrows; ++i) {
+    const float* d = dyrows[i];
+    const float* xr = xrows[i];
+    int64_t j = 0;
+    for (; j + 2 * kVec <= full; j += 2 * kVec) {
+      const __m256 d0 = _mm256_loadu_ps(d + j), d1 = _mm256_loadu_ps(d + j + kVec);
+      for (int g = 0; g < G; ++g) {
+        a0[g] = _mm256_fmadd_ps(d0, _mm256_loadu_ps(xr + offs[g] + j), a0[g]);
+        a1[g] = _mm256_fmadd_ps(d1, _mm256_loadu_ps(xr + offs[g] + j + kVec), a1[g]);
+      }
+    }
+    for (; j < full; j += kVec) {
+      const __m256 d0 = _mm256_loadu_ps(d + j);
+      for (int g = 0; g < G; ++g) a0[g] = _mm256_fmadd_ps(d0, _mm256_loadu_ps(xr + offs[g] + j), a0[g]);
+    }
+    if (full < Wo) {
+      // Masked grad_output lanes are zero; the buffer lanes they meet are finite.
+      const __m256 d1 = _mm256_maskload_ps(d + full, mask);
+      for (int g = 0; g < G; ++g) a1[g] = _mm256_fmadd_ps(d1, _mm256_loadu_ps(xr + offs[g] + full), a1[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) out[g] += hsum8(_mm256_add_ps(a0[g], a1[g]));
+}
+
+void gw_rows_avx2_any(const float* const* dyrows, const float* const* xrows, int64_t nrows,
+                      int64_t Wo, const int64_t* offs, int64_t G, float* out) {
+  static_assert(kDepthwiseGradWeightTapGroup == 6, "update the switch below");
+  switch (G) {
+    case 1: return gw_rows_avx2<1>(dyrows, xrows, nrows, Wo, offs, out);
+    case 2: return gw_rows_avx2<2>(dyrows, xrows, nrows, Wo, offs, out);
+    case 3: return gw_rows_avx2<3>(dyrows, xrows, nrows, Wo, offs, out);
+    case 4: return gw_rows_avx2<4>(dyrows, xrows, nrows, Wo, offs, out);
+    case 5: return gw_rows_avx2<5>(dyrows, xrows, nrows, Wo, offs, out);
+    default: return gw_rows_avx2<6>(dyrows, xrows, nrows, Wo, offs, out);
+  }
+}
+#endif
+
+template <typename T>
+void gw_rows_portable(const T* const* dyrows, const T* const* xrows, int64_t nrows, int64_t Wo,
+                      const int64_t* offs, int64_t G, T* out) {
+  for (int64_t g = 0; g < G; ++g) {
+    T acc[kVec] = {};
+    for (int64_t i = 0; i < nrows; ++i) {
+      const T* d = dyrows[i];
+      const T* xr = xrows[i] + offs[g];
+      int64_t j = 0;
+      for (; j + kVec <= Wo; j += kVec)
+        for (int64_t l = 0; l < kVec; ++l) acc[l] += d[j + l] * xr[j + l];
+      for (int64_t l = 0; j + l < Wo; ++l) acc[l] += d[j + l] * xr[j + l];
+    }
+    T sum = 0;
+    for (int64_t l = 0; l < kVec; ++l) sum += acc[l];
+    out[g] += sum;
+  }
+}
+
+// Adds the chunks' partial sums in chunk order. part is [nchunks][K][R*S] when
+// rs_major is false, [nchunks][R*S][K] when true.
+template <typename T>
+void combine_chunks(const std::vector<T>& part, int64_t nchunks, int64_t K, int64_t RS,
+                    bool rs_major, T* gw) {
+  at::parallel_for(0, K * RS, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t k = i / RS, rs = i % RS;
+      const int64_t at = rs_major ? rs * K + k : i;
+      T sum = 0;
+      for (int64_t ch = 0; ch < nchunks; ++ch) sum += part[ch * K * RS + at];
+      gw[i] = sum;
+    }
+  });
+}
+
+template <typename T>
+void grad_weight_nchw(const T* dy, const T* x, T* gw, const ConvParams& p) {
+  const int64_t M = p.K / p.C, RS = p.R * p.S, G = kDepthwiseGradWeightTapGroup;
+  const PhaseRows pr = PhaseRows::make(p);
+  std::vector<int64_t> tap_off(p.S);
+  for (int64_t s = 0; s < p.S; ++s) tap_off[s] = pr.tap_offset(s, p.dil_w);
+  const Chunks ch = Chunks::make(p, sizeof(T));
+  std::vector<T> part(ch.nchunks * p.K * RS);
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, ch.nchunks * p.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf;
+    std::vector<const T*> dyrows, xrows;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task / p.C, c = task % p.C;
+      for (int64_t m = 0; m < M; ++m)
+        std::fill_n(part.data() + (chunk * p.K + c * M + m) * RS, RS, T(0));
+      const int64_t g1 = std::min(p.N * p.Ho, (chunk + 1) * ch.rows_per_chunk);
+      for (int64_t g = chunk * ch.rows_per_chunk; g < g1;) {
+        // One image's run of output rows inside the chunk.
+        const int64_t n = g / p.Ho, oh_a = g % p.Ho, oh_b = std::min(p.Ho, oh_a + (g1 - g));
+        g += oh_b - oh_a;
+        const int64_t ih_lo = std::max<int64_t>(0, oh_a * p.stride_h - p.pad_top);
+        const int64_t ih_hi =
+            std::min(p.H, (oh_b - 1) * p.stride_h - p.pad_top + (p.R - 1) * p.dil_h + 1);
+        const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
+        if (nrows == 0) continue;
+        buf.resize(nrows * pr.row_elems());
+        build_phase_rows(x + (n * p.C + c) * p.H * p.W, p.W, ih_lo, nrows, pr, buf.data());
+        dyrows.resize(oh_b - oh_a);
+        xrows.resize(oh_b - oh_a);
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t k = c * M + m;
+          T* slab = part.data() + (chunk * p.K + k) * RS;
+          const T* dyk = dy + (n * p.K + k) * p.Ho * p.Wo;
+          for (int64_t r = 0; r < p.R; ++r) {
+            int64_t nr = 0;
+            for (int64_t oh = oh_a; oh < oh_b; ++oh) {
+              const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+              if (ih < 0 || ih >= p.H) continue;
+              dyrows[nr] = dyk + oh * p.Wo;
+              xrows[nr++] = buf.data() + (ih - ih_lo) * pr.row_elems();
+            }
+            if (nr == 0) continue;
+            for (int64_t s0 = 0; s0 < p.S; s0 += G) {
+              const int64_t gs = std::min(G, p.S - s0);
+#if FASTCONV_X86
+              if constexpr (std::is_same<T, float>::value)
+                if (avx2) {
+                  gw_rows_avx2_any(dyrows.data(), xrows.data(), nr, p.Wo, tap_off.data() + s0, gs,
+                                   slab + r * p.S + s0);
+                  continue;
+                }
+#endif
+              gw_rows_portable(dyrows.data(), xrows.data(), nr, p.Wo, tap_off.data() + s0, gs,
+                               slab + r * p.S + s0);
+            }
+          }
+        }
+      }
+    }
+  });
+  combine_chunks(part, ch.nchunks, p.K, RS, false, gw);
+}
+
+// ---------------------------------------------------------------------------
+// NHWC. x is in K-channel space (expanded when M > 1), w packed [R][S][K].
+// ---------------------------------------------------------------------------
+struct NhwcGeom {
+  int64_t H, W, K, R, S, Ho, Wo, sh, sw, pt, pl, dh, dw;
+  int64_t ow_lo, ow_hi;  // interior output columns: every kernel column in bounds
+  explicit NhwcGeom(const ConvParams& p)
+      : H(p.H), W(p.W), K(p.K), R(p.R), S(p.S), Ho(p.Ho), Wo(p.Wo), sh(p.stride_h),
+        sw(p.stride_w), pt(p.pad_top), pl(p.pad_left), dh(p.dil_h), dw(p.dil_w) {
+    ow_lo = std::min(Wo, ceil_div(pl, sw));
+    ow_hi = std::min(Wo, std::max(ow_lo, floor_div(W - 1 - (S - 1) * dw + pl, sw) + 1));
+  }
+  // Valid kernel rows for output row oh: [r0, r1).
+  void row_range(int64_t oh, int64_t* ih0, int64_t* r0, int64_t* r1) const {
+    *ih0 = oh * sh - pt;
+    *r0 = std::max<int64_t>(0, ceil_div(-*ih0, dh));
+    *r1 = std::min(R, floor_div(H - 1 - *ih0, dh) + 1);
+  }
+  void col_range(int64_t ow, int64_t* iw0, int64_t* s0, int64_t* s1) const {
+    *iw0 = ow * sw - pl;
+    *s0 = std::max<int64_t>(0, ceil_div(-*iw0, dw));
+    *s1 = std::min(S, floor_div(W - 1 - *iw0, dw) + 1);
+  }
+};
+
+#if FASTCONV_X86
+// One border (or leftover) output pixel, channels [k0, k0 + 8V).
+template <int V, bool Masked>
+FASTCONV_TARGET_AVX2 inline void nhwc_fwd_pixel_avx2(const float* x_img, const float* wp,
+                                                     float* y_row, const NhwcGeom& g, int64_t ih0,
+                                                     int64_t r0, int64_t r1, int64_t ow, int64_t k0,
+                                                     __m256i mask, int64_t nk, const __m256* bv,
+                                                     Activation act) {
+  int64_t iw0, s0, s1;
+  g.col_range(ow, &iw0, &s0, &s1);
+  __m256 acc[V];
+  for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x_img + (ih0 + r * g.dh) * g.W * g.K + k0;
+    const float* wr = wp + r * g.S * g.K + k0;
+    for (int64_t s = s0; s < s1; ++s) {
+      const float* xp = xr + (iw0 + s * g.dw) * g.K;
+      const float* wq = wr + s * g.K;
+      for (int v = 0; v < V; ++v)
+        acc[v] = _mm256_fmadd_ps(load8<Masked>(xp + kVec * v, mask), load8<Masked>(wq + kVec * v, mask), acc[v]);
+    }
+  }
+  float* yp = y_row + ow * g.K + k0;
+  for (int v = 0; v < V; ++v) store8<Masked>(yp + kVec * v, _mm256_add_ps(acc[v], bv[v]), mask, nk, act);
+}
+
+// One output row, channels [k0, k0 + 8V) (or the nk < 8 channels of a masked tail).
+template <int V, bool Masked>
+FASTCONV_TARGET_AVX2 void nhwc_fwd_row_avx2(const float* x_img, const float* wp, const float* bias,
+                                            float* y_row, const NhwcGeom& g, int64_t oh, int64_t k0,
+                                            int64_t nk, Activation act) {
+  constexpr int P = kDepthwiseNhwcPixelTile;
+  const __m256i mask = tail_mask(nk);
+  __m256 bv[V];
+  for (int v = 0; v < V; ++v)
+    bv[v] = bias ? load8<Masked>(bias + k0 + kVec * v, mask) : _mm256_setzero_ps();
+  int64_t ih0, r0, r1;
+  g.row_range(oh, &ih0, &r0, &r1);
+  int64_t ow = 0;
+  for (; ow < g.ow_lo; ++ow)
+    nhwc_fwd_pixel_avx2<V, Masked>(x_img, wp, y_row, g, ih0, r0, r1, ow, k0, mask, nk, bv, act);
+  const int64_t px = g.sw * g.K;  // input step between neighbouring output pixels
+  for (; ow + P <= g.ow_hi; ow += P) {
+    __m256 acc[P][V];
+    for (int q = 0; q < P; ++q)
+      for (int v = 0; v < V; ++v) acc[q][v] = _mm256_setzero_ps();
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x_img + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * g.K + k0;
+      const float* wr = wp + r * g.S * g.K + k0;
+      for (int64_t s = 0; s < g.S; ++s) {
+        const float* xs = xr + s * g.dw * g.K;
+        __m256 wv[V];
+        for (int v = 0; v < V; ++v) wv[v] = load8<Masked>(wr + s * g.K + kVec * v, mask);
+        for (int q = 0; q < P; ++q)
+          for (int v = 0; v < V; ++v)
+            acc[q][v] = _mm256_fmadd_ps(load8<Masked>(xs + q * px + kVec * v, mask), wv[v], acc[q][v]);
+      }
+    }
+    for (int q = 0; q < P; ++q)
+      for (int v = 0; v < V; ++v)
+        store8<Masked>(y_row + (ow + q) * g.K + k0 + kVec * v, _mm256_add_ps(acc[q][v], bv[v]), mask,
+                       nk, act);
+  }
+  for (; ow < g.Wo; ++ow)
+    nhwc_fwd_pixel_avx2<V, Masked>(x_img, wp, y_row, g, ih0, r0, r1, ow, k0, mask, nk, bv, act);
+}
+
+FASTCONV_TARGET_AVX2 void nhwc_fwd_avx2(const float* x_img, const float* wp, const float* bias,
+                                        float* y_row, const NhwcGeom& g, int64_t oh, int64_t k0,
+                                        int64_t k1, Activation act) {
+  constexpr int V = kDepthwiseNhwcChanVecs;
+  int64_t k = k0;
+  for (; k + kVec * V <= k1; k += kVec * V)
+    nhwc_fwd_row_avx2<V, false>(x_img, wp, bias, y_row, g, oh, k, kVec * V, act);
+  for (; k + kVec <= k1; k += kVec) nhwc_fwd_row_avx2<1, false>(x_img, wp, bias, y_row, g, oh, k, kVec, act);
+  if (k < k1) nhwc_fwd_row_avx2<1, true>(x_img, wp, bias, y_row, g, oh, k, k1 - k, act);
+}
+#endif
+
+template <typename T>
+void nhwc_fwd_portable(const T* x_img, const T* wp, const T* bias, T* y_row, const NhwcGeom& g,
+                       int64_t oh, int64_t k0, int64_t k1, Activation act) {
+  int64_t ih0, r0, r1;
+  g.row_range(oh, &ih0, &r0, &r1);
+  for (int64_t kb = k0; kb < k1; kb += kVec) {
+    const int64_t nk = std::min(kVec, k1 - kb);
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      int64_t iw0, s0, s1;
+      g.col_range(ow, &iw0, &s0, &s1);
+      T acc[kVec] = {};
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t s = s0; s < s1; ++s) {
+          const T* xp = x_img + ((ih0 + r * g.dh) * g.W + iw0 + s * g.dw) * g.K + kb;
+          const T* wq = wp + (r * g.S + s) * g.K + kb;
+          for (int64_t l = 0; l < nk; ++l) acc[l] += xp[l] * wq[l];
+        }
+      T* yp = y_row + ow * g.K + kb;
+      for (int64_t l = 0; l < nk; ++l) yp[l] = activate(acc[l] + (bias ? bias[kb + l] : T(0)), act);
+    }
+  }
+}
+
+template <typename T>
+void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParams& p, Activation act) {
+  const NhwcGeom g(p);
+  const int64_t ncg = ceil_div(p.K, kDepthwiseNhwcChannelGroup);
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, p.N * p.Ho * ncg, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t cg = task % ncg, row = task / ncg, n = row / p.Ho, oh = row % p.Ho;
+      const int64_t k0 = cg * kDepthwiseNhwcChannelGroup;
+      const int64_t k1 = std::min(p.K, k0 + kDepthwiseNhwcChannelGroup);
+      const T* x_img = xk + n * p.H * p.W * p.K;
+      T* y_row = y + row * p.Wo * p.K;
+#if FASTCONV_X86
+      if constexpr (std::is_same<T, float>::value)
+        if (avx2) {
+          nhwc_fwd_avx2(x_img, wp, bias, y_row, g, oh, k0, k1, act);
+          continue;
+        }
+#endif
+      nhwc_fwd_portable(x_img, wp, bias, y_row, g, oh, k0, k1, act);
+    }
+  });
+}
+
+// grad_input, NHWC, in K-channel space: dst[iw][k - k0] = sum over the row's
+// (r, oh) taps and the column's (s, ow) taps of dy[oh][ow][k] * w[r][s][k].
+struct GinTaps {
+  const int64_t *row_r, *row_oh;
+  int64_t nrow;
+  const int64_t *col_start, *col_s, *col_ow;  // column iw: [col_start[iw], col_start[iw+1])
+};
+
+#if FASTCONV_X86
+template <int V, bool Masked>
+FASTCONV_TARGET_AVX2 void nhwc_gin_row_avx2(const float* dy_img, const float* wp, const NhwcGeom& g,
+                                            const GinTaps& t, int64_t k0, int64_t nk, float* dst,
+                                            int64_t dst_stride) {
+  const __m256i mask = tail_mask(nk);
+  for (int64_t iw = 0; iw < g.W; ++iw) {
+    // Two accumulator sets over alternating taps hide the FMA latency.
+    __m256 a0[V], a1[V];
+    for (int v = 0; v < V; ++v) a0[v] = a1[v] = _mm256_setzero_ps();
+    const int64_t j0 = t.col_start[iw], j1 = t.col_start[iw + 1];
+    for (int64_t i = 0; i < t.nrow; ++i) {
+      const float* dyr = dy_img + t.row_oh[i] * g.Wo * g.K + k0;
+      const float* wr = wp + t.row_r[i] * g.S * g.K + k0;
+      int64_t j = j0;
+      for (; j + 2 <= j1; j += 2) {
+        const float* d0 = dyr + t.col_ow[j] * g.K;
+        const float* d1 = dyr + t.col_ow[j + 1] * g.K;
+        const float* w0 = wr + t.col_s[j] * g.K;
+        const float* w1 = wr + t.col_s[j + 1] * g.K;
+        for (int v = 0; v < V; ++v) {
+          a0[v] = _mm256_fmadd_ps(load8<Masked>(d0 + kVec * v, mask), load8<Masked>(w0 + kVec * v, mask), a0[v]);
+          a1[v] = _mm256_fmadd_ps(load8<Masked>(d1 + kVec * v, mask), load8<Masked>(w1 + kVec * v, mask), a1[v]);
+        }
+      }
+      if (j < j1) {
+        const float* d0 = dyr + t.col_ow[j] * g.K;
+        const float* w0 = wr + t.col_s[j] * g.K;
+        for (int v = 0; v < V; ++v)
+          a0[v] = _mm256_fmadd_ps(load8<Masked>(d0 + kVec * v, mask), load8<Masked>(w0 + kVec * v, mask), a0[v]);
+      }
+    }
+    for (int v = 0; v < V; ++v)
+      store8<Masked>(dst + iw * dst_stride + kVec * v, _mm256_add_ps(a0[v], a1[v]), mask, nk,
+                     Activation::None);
+  }
+}
+
+FASTCONV_TARGET_AVX2 void nhwc_gin_avx2(const float* dy_img, const float* wp, const NhwcGeom& g,
+                                        const GinTaps& t, int64_t k0, int64_t k1, float* dst,
+                                        int64_t dst_stride) {
+  constexpr int V = kDepthwiseNhwcChanVecs;
+  int64_t k = k0;
+  for (; k + kVec * V <= k1; k += kVec * V)
+    nhwc_gin_row_avx2<V, false>(dy_img, wp, g, t, k, kVec * V, dst + (k - k0), dst_stride);
+  for (; k + kVec <= k1; k += kVec)
+    nhwc_gin_row_avx2<1, false>(dy_img, wp, g, t, k, kVec, dst + (k - k0), dst_stride);
+  if (k < k1) nhwc_gin_row_avx2<1, true>(dy_img, wp, g, t, k, k1 - k, dst + (k - k0), dst_stride);
+}
+#endif
+
+template <typename T>
+void nhwc_gin_portable(const T* dy_img, const T* wp, const NhwcGeom& g, const GinTaps& t, int64_t k0,
+                       int64_t k1, T* dst, int64_t dst_stride) {
+  for (int64_t kb = k0; kb < k1; kb += kVec) {
+    const int64_t nk = std::min(kVec, k1 - kb);
+    for (int64_t iw = 0; iw < g.W; ++iw) {
+      T acc[kVec] = {};
+      for (int64_t i = 0; i < t.nrow; ++i)
+        for (int64_t j = t.col_start[iw]; j < t.col_start[iw + 1]; ++j) {
+          const T* d = dy_img + (t.row_oh[i] * g.Wo + t.col_ow[j]) * g.K + kb;
+          const T* wq = wp + (t.row_r[i] * g.S + t.col_s[j]) * g.K + kb;
+          for (int64_t l = 0; l < nk; ++l) acc[l] += d[l] * wq[l];
+        }
+      for (int64_t l = 0; l < nk; ++l) dst[iw * dst_stride + kb - k0 + l] = acc[l];
+    }
+  }
+}
+
+template <typename T>
+void grad_input_nhwc(const T* dy, const T* wp, T* dx, const ConvParams& p) {
+  const NhwcGeom g(p);
+  const int64_t M = p.K / p.C;
+  // Column taps: input column iw gets (s, ow) with iw + pl - s*dw = sw*ow.
+  std::vector<int64_t> col_start(p.W + 1), col_s, col_ow;
+  for (int64_t iw = 0; iw < p.W; ++iw) {
+    col_start[iw] = col_s.size();
+    for (int64_t s = 0; s < p.S; ++s) {
+      const int64_t tw = iw + p.pad_left - s * p.dil_w;
+      if (tw < 0 || tw % p.stride_w || tw / p.stride_w >= p.Wo) continue;
+      col_s.push_back(s);
+      col_ow.push_back(tw / p.stride_w);
+    }
+  }
+  col_start[p.W] = col_s.size();
+  // Tasks: one input row x a group of input channels (all M outputs of each).
+  const int64_t cgroup = std::max<int64_t>(1, kDepthwiseNhwcChannelGroup / M);
+  const int64_t ncg = ceil_div(p.C, cgroup);
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, p.N * p.H * ncg, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> row_r(p.R), row_oh(p.R);
+    std::vector<T> tmp(M > 1 ? p.W * cgroup * M : 0);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t cg = task % ncg, row = task / ncg, n = row / p.H, ih = row % p.H;
+      const int64_t c0 = cg * cgroup, c1 = std::min(p.C, c0 + cgroup);
+      const int64_t k0 = c0 * M, k1 = c1 * M;
+      GinTaps t{row_r.data(), row_oh.data(), 0, col_start.data(), col_s.data(), col_ow.data()};
+      for (int64_t r = 0; r < p.R; ++r) {
+        const int64_t th = ih + p.pad_top - r * p.dil_h;
+        if (th < 0 || th % p.stride_h || th / p.stride_h >= p.Ho) continue;
+        row_r[t.nrow] = r;
+        row_oh[t.nrow++] = th / p.stride_h;
+      }
+      const T* dy_img = dy + n * p.Ho * p.Wo * p.K;
+      T* dx_row = dx + row * p.W * p.C;
+      // M == 1: write straight into dx; else into tmp (K space), then sum the M.
+      T* dst = M == 1 ? dx_row + c0 : tmp.data();
+      const int64_t dst_stride = M == 1 ? p.C : k1 - k0;
+      bool done = false;
+#if FASTCONV_X86
+      if constexpr (std::is_same<T, float>::value)
+        if (avx2) {
+          nhwc_gin_avx2(dy_img, wp, g, t, k0, k1, dst, dst_stride);
+          done = true;
+        }
+#endif
+      if (!done) nhwc_gin_portable(dy_img, wp, g, t, k0, k1, dst, dst_stride);
+      if (M > 1)
+        for (int64_t iw = 0; iw < p.W; ++iw)
+          for (int64_t c = c0; c < c1; ++c) {
+            const T* src = tmp.data() + iw * dst_stride + (c - c0) * M;
+            T sum = 0;
+            for (int64_t m = 0; m < M; ++m) sum += src[m];
+            dx_row[iw * p.C + c] = sum;
+          }
+    }
+  });
+}
+
+#if FASTCONV_X86
+// dst[0..8V) += sum over i < n of dy[i*K + .] * x[i*xstep + .], channels from k0.
+template <int V, bool Masked>
+FASTCONV_TARGET_AVX2 void nhwc_gw_seg_avx2(const float* dy, const float* x, int64_t n, int64_t K,
+                                           int64_t xstep, float* dst, __m256i mask) {
+  constexpr int U = kDepthwiseGradWeightUnroll;
+  __m256 acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + U <= n; i += U)
+    for (int u = 0; u < U; ++u) {
+      const float* d = dy + (i + u) * K;
+      const float* xp = x + (i + u) * xstep;
+      for (int v = 0; v < V; ++v)
+        acc[u][v] = _mm256_fmadd_ps(load8<Masked>(d + kVec * v, mask), load8<Masked>(xp + kVec * v, mask), acc[u][v]);
+    }
+  for (; i < n; ++i)
+    for (int v = 0; v < V; ++v)
+      acc[0][v] = _mm256_fmadd_ps(load8<Masked>(dy + i * K + kVec * v, mask),
+                                  load8<Masked>(x + i * xstep + kVec * v, mask), acc[0][v]);
+  for (int v = 0; v < V; ++v) {
+    __m256 s = acc[0][v];
+    for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][v]);
+    s = _mm256_add_ps(load8<Masked>(dst + kVec * v, mask), s);
+    if constexpr (Masked) _mm256_maskstore_ps(dst + kVec * v, mask, s);
+    else _mm256_storeu_ps(dst + kVec * v, s);
+  }
+}
+
+FASTCONV_TARGET_AVX2 void nhwc_gw_avx2(const float* dy, const float* x, int64_t n, int64_t K,
+                                       int64_t xstep, int64_t k0, int64_t k1, float* dst) {
+  constexpr int V = kDepthwiseNhwcChanVecs;
+  const __m256i all = _mm256_set1_epi32(-1);
+  int64_t k = k0;
+  for (; k + kVec * V <= k1; k += kVec * V) nhwc_gw_seg_avx2<V, false>(dy + k, x + k, n, K, xstep, dst + k, all);
+  for (; k + kVec <= k1; k += kVec) nhwc_gw_seg_avx2<1, false>(dy + k, x + k, n, K, xstep, dst + k, all);
+  if (k < k1) nhwc_gw_seg_avx2<1, true>(dy + k, x + k, n, K, xstep, dst + k, tail_mask(k1 - k));
+}
+#endif
+
+template <typename T>
+void nhwc_gw_portable(const T* dy, const T* x, int64_t n, int64_t K, int64_t xstep, int64_t k0,
+                      int64_t k1, T* dst) {
+  for (int64_t kb = k0; kb < k1; kb += kVec) {
+    const int64_t nk = std::min(kVec, k1 - kb);
+    T acc[kVec] = {};
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t l = 0; l < nk; ++l) acc[l] += dy[i * K + kb + l] * x[i * xstep + kb + l];
+    for (int64_t l = 0; l < nk; ++l) dst[kb + l] += acc[l];
+  }
+}
+
+template <typename T>
+void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
+  const int64_t RS = p.R * p.S, K = p.K;
+  const Chunks ch = Chunks::make(p, sizeof(T));
+  const int64_t ncg = ceil_div(K, kDepthwiseNhwcChannelGroup);
+  std::vector<T> part(ch.nchunks * RS * K);  // [chunk][r][s][k]
+  const bool avx2 = use_avx2<T>();
+  at::parallel_for(0, ch.nchunks * ncg, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t chunk = task / ncg, cg = task % ncg;
+      const int64_t k0 = cg * kDepthwiseNhwcChannelGroup, k1 = std::min(K, k0 + kDepthwiseNhwcChannelGroup);
+      T* slab = part.data() + chunk * RS * K;
+      for (int64_t rs = 0; rs < RS; ++rs) std::fill(slab + rs * K + k0, slab + rs * K + k1, T(0));
+      const int64_t g1 = std::min(p.N * p.Ho, (chunk + 1) * ch.rows_per_chunk);
+      for (int64_t g = chunk * ch.rows_per_chunk; g < g1; ++g) {
+        const int64_t n = g / p.Ho, oh = g % p.Ho;
+        const T* dyrow = dy + g * p.Wo * K;
+        for (int64_t r = 0; r < p.R; ++r) {
+          const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+          if (ih < 0 || ih >= p.H) continue;
+          const T* xrow = xk + (n * p.H + ih) * p.W * K;
+          for (int64_t s = 0; s < p.S; ++s) {
+            // Output columns whose input column is in bounds: one contiguous range.
+            const int64_t off = s * p.dil_w - p.pad_left;
+            const int64_t lo = std::max<int64_t>(0, ceil_div(-off, p.stride_w));
+            const int64_t hi = std::min(p.Wo, floor_div(p.W - 1 - off, p.stride_w) + 1);
+            if (lo >= hi) continue;
+            const T* d = dyrow + lo * K;
+            const T* xp = xrow + (lo * p.stride_w + off) * K;
+            T* dst = slab + (r * p.S + s) * K;
+#if FASTCONV_X86
+            if constexpr (std::is_same<T, float>::value)
+              if (avx2) {
+                nhwc_gw_avx2(d, xp, hi - lo, K, p.stride_w * K, k0, k1, dst);
+                continue;
+              }
+#endif
+            nhwc_gw_portable(d, xp, hi - lo, K, p.stride_w * K, k0, k1, dst);
+          }
+        }
+      }
+    }
+  });
+  combine_chunks(part, ch.nchunks, K, RS, true, gw);
+}
+
+// x (NHWC, C channels) -> K channels, channel k = x channel k / M.
+template <typename T>
+at::Tensor expand_channels_nhwc(const at::Tensor& x, int64_t M) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto out = at::empty({N, C * M, H, W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const T* src = x.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, N * H * W, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t m = 0; m < M; ++m) dst[(i * C + c) * M + m] = src[i * C + c];
+  });
+  return out;
+}
+
+// weight (K, 1, R, S) -> [R][S][K], so a tap is one contiguous channel vector.
+template <typename T>
+std::vector<T> pack_weight_rsk(const at::Tensor& w) {
+  const int64_t K = w.size(0), RS = w.size(2) * w.size(3);
+  const T* src = w.data_ptr<T>();
+  std::vector<T> out(RS * K);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t rs = 0; rs < RS; ++rs) out[rs * K + k] = src[k * RS + rs];
+  return out;
+}
+
+void check_grad_output(const char* op, const at::Tensor& go, const ConvParams& p) {
+  TORCH_CHECK(go.dim() == 4 && go.size(0) == p.N && go.size(1) == p.K && go.size(2) == p.Ho &&
+                  go.size(3) == p.Wo,
+              op, ": grad_output has shape ", go.sizes(), ", expected [", p.N, ", ", p.K, ", ",
+              p.Ho, ", ", p.Wo, "]");
+}
+
+}  // namespace
+
+at::Tensor depthwise_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  c10::string_view activation) {
+  const char* op = "fastconv::depthwise_naive_conv2d";
+  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  check_inputs(op, input, weight, bias, p);
+  check_depthwise(op, p);
+  const auto act = parse_activation(std::string(activation));
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), at::MemoryFormat::Contiguous);
+  if (out.numel() == 0) return out.contiguous(conv_memory_format(input, weight));
+  const auto x = input.contiguous();
+  const auto w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_naive_conv2d", [&] {
+    naive_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                            has_bias ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                            p, act);
+  });
+  return out.contiguous(conv_memory_format(input, weight));
+}
+
 at::Tensor depthwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
-                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                       c10::string_view activation) {
-  return reference_conv2d(input, weight, bias, stride, padding, dilation, groups, activation);
+                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            c10::string_view activation) {
+  const char* op = "fastconv::depthwise_conv2d";
+  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  check_inputs(op, input, weight, bias, p);
+  check_depthwise(op, p);
+  const auto act = parse_activation(std::string(activation));
+  const auto fmt = conv_memory_format(input, weight);
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+  if (out.numel() == 0) return out;
+  const auto w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const auto b = has_bias ? bias->contiguous() : at::Tensor();
+  const int64_t M = p.K / p.C;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_conv2d", [&] {
+    const scalar_t* bp = has_bias ? b.data_ptr<scalar_t>() : nullptr;
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+      if (M > 1) x = expand_channels_nhwc<scalar_t>(x, M);
+      const auto wp = pack_weight_rsk<scalar_t>(w);
+      forward_nhwc<scalar_t>(x.data_ptr<scalar_t>(), wp.data(), bp, out.data_ptr<scalar_t>(), p, act);
+    } else {
+      const auto x = input.contiguous();
+      forward_nchw<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp,
+                             out.data_ptr<scalar_t>(), p, act);
+    }
+  });
+  return out;
 }
+
 at::Tensor depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
-                                  at::IntArrayRef input_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return reference_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation, groups);
+                                       at::IntArrayRef input_size, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       int64_t groups) {
+  const char* op = "fastconv::depthwise_conv2d_grad_input";
+  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "weight", weight);
+  check_depthwise(op, p);
+  check_grad_output(op, grad_output, p);
+  const auto fmt = grad_output.suggest_memory_format();
+  auto gin = new_output(input_size, grad_output.options(), fmt);
+  if (gin.numel() == 0) return gin;
+  const auto w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_conv2d_grad_input", [&] {
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+      const auto wp = pack_weight_rsk<scalar_t>(w);
+      grad_input_nhwc<scalar_t>(dy.data_ptr<scalar_t>(), wp.data(), gin.data_ptr<scalar_t>(), p);
+    } else {
+      const auto dy = grad_output.contiguous();
+      grad_input_nchw<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                gin.data_ptr<scalar_t>(), p);
+    }
+  });
+  return gin;
 }
+
 at::Tensor depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef weight_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return reference_conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation, groups);
+                                        at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation,
+                                        int64_t groups) {
+  const char* op = "fastconv::depthwise_conv2d_grad_weight";
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "input", input);
+  check_depthwise(op, p);
+  check_grad_output(op, grad_output, p);
+  auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
+  if (p.N == 0) return gw.zero_();
+  const int64_t M = p.K / p.C;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "depthwise_conv2d_grad_weight", [&] {
+    if (grad_output.suggest_memory_format() == at::MemoryFormat::ChannelsLast) {
+      const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+      auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+      if (M > 1) x = expand_channels_nhwc<scalar_t>(x, M);
+      grad_weight_nhwc<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                 gw.data_ptr<scalar_t>(), p);
+    } else {
+      const auto dy = grad_output.contiguous();
+      const auto x = input.contiguous();
+      grad_weight_nchw<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                 gw.data_ptr<scalar_t>(), p);
+    }
+  });
+  return gw;
 }
+
 }  // namespace fastconv

@@ -7,6 +7,15 @@
 #include "cpu_features.h"
 #include "ops.h"
 
+namespace fastconv {
+// depthwise.cpp: the plain per-channel loop nest the tuned depthwise kernels are
+// checked against (forward only; same arguments as depthwise_conv2d).
+at::Tensor depthwise_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  c10::string_view activation);
+}  // namespace fastconv
+
 // Every algorithm family gets the same three ops. Padding is
 // (top, bottom, left, right) so PyTorch's asymmetric 'same' needs no copy.
 #define FASTCONV_DEFINE_ALGO(m, name)                                                        \
@@ -51,6 +60,8 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("direct_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
   FASTCONV_DEFINE_ALGO(m, depthwise)
+  m.def("depthwise_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
@@ -61,6 +72,7 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("direct_conv2d_packed", &fastconv::direct_conv2d_packed);
   m.impl("direct_naive_conv2d", &fastconv::direct_naive_conv2d);
   FASTCONV_IMPL_ALGO(m, depthwise)
+  m.impl("depthwise_naive_conv2d", &fastconv::depthwise_naive_conv2d);
 }
 
 namespace {
@@ -99,6 +111,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["direct_pixel_tile_single"] = b::kDirectPixelTileSingle;
     d["direct_row_block"] = b::kDirectRowBlock;
     d["direct_grad_weight_tap_tile"] = b::kDirectGradWeightTapTile;
+    d["depthwise_vec_width"] = b::kDepthwiseVecWidth;
+    d["depthwise_nhwc_pixel_tile"] = b::kDepthwiseNhwcPixelTile;
+    d["depthwise_nhwc_chan_vecs"] = b::kDepthwiseNhwcChanVecs;
+    d["depthwise_nhwc_channel_group"] = b::kDepthwiseNhwcChannelGroup;
+    d["depthwise_nchw_width_vecs"] = b::kDepthwiseNchwWidthVecs;
+    d["depthwise_row_tile"] = b::kDepthwiseRowTile;
+    d["depthwise_grad_weight_min_chunk_rows"] = b::kDepthwiseGradWeightMinChunkRows;
+    d["depthwise_grad_weight_max_chunks"] = b::kDepthwiseGradWeightMaxChunks;
+    d["depthwise_grad_weight_max_partial_bytes"] = b::kDepthwiseGradWeightMaxPartialBytes;
+    d["depthwise_grad_weight_tap_group"] = b::kDepthwiseGradWeightTapGroup;
+    d["depthwise_grad_weight_unroll"] = b::kDepthwiseGradWeightUnroll;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
 }

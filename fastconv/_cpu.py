@@ -21,6 +21,16 @@ def _depthwise_only(spec: ConvSpec):
 for _op in ("reference", "im2col", "direct", "depthwise"):
     register_family(_op)
 
+
+# The depthwise kernels' plain loop nest (forward only), kept reachable for tests.
+@torch.library.register_fake("fastconv::depthwise_naive_conv2d")
+def _fake_depthwise_naive(input, weight, bias, stride, padding, dilation, groups, activation="none"):
+    from ._ops import output_memory_format, output_size
+
+    size = output_size(input.shape, weight.shape, stride, padding, dilation)
+    return input.new_empty(size).contiguous(memory_format=output_memory_format(input, weight))
+
+
 register(Algorithm(
     name="reference", op="reference", devices=("cpu",), dtypes=_DTYPES, public=False,
     summary="the plain seven-loop nest, no blocking (the baseline kernels are checked against)",

@@ -1,0 +1,214 @@
+"""algo='depthwise' (csrc/depthwise.cpp): forward, grad_input and grad_weight against
+torch.nn.functional.conv2d, over kernel sizes, strides, dilations, padding, channel
+multipliers, layouts, dtypes and both code paths (AVX2 and the portable one)."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+from fastconv._ops import apply_activation
+
+HAS_AVX2 = fastconv._C.cpu_has_avx2_fma()
+
+# (N, C, H, W, M, (R, S), stride, padding, dilation); padding is an int/pair or 'same'.
+GEOMETRIES = {
+    "k1": (2, 8, 9, 11, 1, (1, 1), 1, 0, 1),
+    "k3": (2, 16, 12, 13, 1, (3, 3), 1, 1, 1),
+    "k3_s2_tail": (2, 19, 13, 15, 1, (3, 3), 2, 1, 1),
+    "k3_wide": (1, 24, 6, 70, 1, (3, 3), 1, 1, 1),
+    "k3_many_channels": (1, 70, 8, 9, 1, (3, 3), 1, 1, 1),
+    "k5_d2": (1, 24, 14, 17, 1, (5, 5), 1, 4, 2),
+    "k5_tall": (1, 4, 40, 37, 1, (5, 5), 1, 2, 1),
+    "k7": (2, 12, 16, 20, 1, (7, 7), 1, 3, 1),
+    "k13_s2": (1, 9, 20, 23, 1, (13, 13), 2, 6, 1),
+    "k31": (1, 5, 33, 35, 1, (31, 31), 1, 15, 1),
+    "m2": (2, 6, 10, 11, 2, (3, 3), 1, 1, 1),
+    "m3_s2": (2, 5, 11, 12, 3, (3, 3), 2, 1, 1),
+    "m3_k5_same": (1, 7, 9, 10, 3, (5, 5), 1, "same", 1),
+    "rect_asym": (2, 10, 11, 14, 1, (3, 5), (2, 1), (1, 3), (1, 2)),
+    "even_same": (2, 9, 10, 12, 1, (4, 4), 1, "same", 1),
+    "even_same_d2": (1, 11, 12, 13, 1, (2, 6), 1, "same", 2),
+    "s3_d2": (1, 10, 14, 16, 1, (3, 3), 3, 1, 2),
+    "s4_gaps": (2, 8, 13, 15, 1, (2, 2), 4, 0, 1),
+    "pad_gt_kernel": (1, 8, 6, 7, 1, (3, 3), 1, 4, 1),
+}
+
+# (dtype, path): float32 runs the AVX2 kernels or the forced-portable ones.
+PATHS = [(torch.float32, "avx2"), (torch.float32, "portable"), (torch.float64, "portable")]
+
+
+@contextlib.contextmanager
+def code_path(path):
+    if path == "avx2" and not HAS_AVX2:
+        pytest.skip("CPU has no AVX2+FMA")
+    fastconv._C.set_force_portable(path == "portable")
+    try:
+        yield
+    finally:
+        fastconv._C.set_force_portable(False)
+
+
+def tol(dtype):
+    return dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+
+
+def make(n, c, h, w, m, ks, dtype, layout, bias=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+    wt = torch.randn(c * m, 1, *ks, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(c * m, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, wt, b
+
+
+def check_against_torch(x, wt, b, stride, padding, dilation, activation=None, grads=True):
+    """Forward (and both gradients, plus bias) of algo='depthwise' against F.conv2d
+    evaluated in float64 on the same values."""
+    dtype, groups = x.dtype, x.shape[1]
+    leaves = [t.detach().clone().requires_grad_(grads) for t in (x, wt)]
+    leaves.append(None if b is None else b.detach().clone().requires_grad_(grads))
+    ref_leaves = [None if t is None else t.detach().double().requires_grad_(grads) for t in leaves]
+    out = fastconv.conv2d(leaves[0], leaves[1], leaves[2], stride, padding, dilation, groups,
+                          algo="depthwise", activation=activation)
+    ref = F.conv2d(ref_leaves[0], ref_leaves[1], ref_leaves[2], stride, padding, dilation, groups)
+    ref = apply_activation(ref, activation or "none")
+    assert out.dtype == dtype and out.shape == ref.shape
+    torch.testing.assert_close(out, ref.to(dtype), **tol(dtype))
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    if not grads:
+        return
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g = g.to(dtype).contiguous(memory_format=torch.channels_last
+                               if out.is_contiguous(memory_format=torch.channels_last)
+                               and not out.is_contiguous() else torch.contiguous_format)
+    out.backward(g)
+    ref.backward(g.double())
+    for got, want in zip(leaves, ref_leaves):
+        if got is None:
+            continue
+        scale = want.grad.abs().max().item() + 1.0
+        torch.testing.assert_close(got.grad, want.grad.to(dtype), rtol=tol(dtype)["rtol"],
+                                   atol=tol(dtype)["atol"] * scale)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+@pytest.mark.parametrize("geom", list(GEOMETRIES), ids=list(GEOMETRIES))
+def test_forward_and_grads(geom, dtype, path, layout):
+    n, c, h, w, m, ks, stride, padding, dilation = GEOMETRIES[geom]
+    x, wt, _ = make(n, c, h, w, m, ks, dtype, layout)
+    with code_path(path):
+        check_against_torch(x, wt, None, stride, padding, dilation)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu", "gelu"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+def test_bias_activation(activation, dtype, path, layout):
+    x, wt, b = make(2, 20, 9, 11, 1, (3, 3), dtype, layout, bias=True, seed=3)
+    x = x * 3  # so relu6 clips at both ends
+    with code_path(path):
+        check_against_torch(x, wt, b, 1, 1, 1, activation=activation)
+        x2, wt2, b2 = make(1, 5, 8, 9, 2, (5, 5), dtype, layout, bias=True, seed=4)
+        check_against_torch(x2, wt2, b2, 2, 2, 1, activation=activation, grads=False)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+def test_batch_zero(dtype, path, layout):
+    x, wt, b = make(0, 6, 7, 8, 2, (3, 3), dtype, layout, bias=True)
+    with code_path(path):
+        x.requires_grad_(True)
+        wt.requires_grad_(True)
+        out = fastconv.conv2d(x, wt, b, 1, 1, 1, 6, algo="depthwise")
+        assert out.shape == (0, 12, 7, 8)
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+        assert torch.equal(wt.grad, torch.zeros_like(wt))
+
+
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+def test_non_contiguous(dtype, path):
+    x, wt, b = make(2, 8, 21, 19, 2, (3, 3), dtype, "nchw", bias=True)
+    xs = x[:, :, ::2, 1:]  # strided view, neither NCHW- nor NHWC-contiguous
+    xp = x.permute(0, 1, 3, 2)  # transposed spatial dims
+    wt_nc = torch.cat([wt, wt], dim=3)[..., ::2]  # non-contiguous weight
+    assert not xs.is_contiguous() and not xp.is_contiguous() and not wt_nc.is_contiguous()
+    with code_path(path):
+        check_against_torch(xs, wt, b, 2, 1, 1)
+        check_against_torch(xp, wt_nc, None, 1, (2, 1), (2, 1))
+
+
+def test_naive_loop_nest_matches_torch():
+    """The plain reference loop nest kept beside the tuned kernels."""
+    for geom in ("k3_s2_tail", "rect_asym", "m3_s2", "pad_gt_kernel"):
+        n, c, h, w, m, ks, stride, padding, dilation = GEOMETRIES[geom]
+        x, wt, b = make(n, c, h, w, m, ks, torch.float64, "nchw", bias=True)
+        _, _, spec = fastconv.conv_spec(x, wt, b, stride, padding, dilation, c)
+        for act in ("none", "relu6"):
+            out = torch.ops.fastconv.depthwise_naive_conv2d(
+                x, wt, b, list(spec.stride), list(spec.padding), list(spec.dilation), c, act)
+            ref = apply_activation(F.conv2d(x, wt, b, stride, padding, dilation, c), act)
+            torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+            tuned = torch.ops.fastconv.depthwise_conv2d(
+                x, wt, b, list(spec.stride), list(spec.padding), list(spec.dilation), c, act)
+            torch.testing.assert_close(tuned, out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_same_result_for_1_and_2_threads(layout):
+    """Forward and both gradients (grad_weight is a split reduction) are bitwise the
+    same whatever the thread count."""
+    x, wt, _ = make(3, 24, 30, 31, 1, (5, 5), torch.float32, layout, seed=7)
+    spec = fastconv.conv_spec(x, wt, None, 1, 2, 1, 24)[2]
+    args = (list(spec.stride), list(spec.padding), list(spec.dilation), 24)
+    ops = torch.ops.fastconv
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y = ops.depthwise_conv2d(x, wt, None, *args)
+            gi = ops.depthwise_conv2d_grad_input(y, wt, list(x.shape), *args)
+            gw = ops.depthwise_conv2d_grad_weight(y, x, list(wt.shape), *args)
+            results.append((y, gi, gw))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_dense_conv_rejected_with_reason():
+    x = torch.randn(1, 8, 6, 6)
+    w = torch.randn(16, 4, 3, 3)
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        fastconv.conv2d(x, w, groups=2, algo="depthwise")
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        fastconv.conv2d(x, torch.randn(8, 8, 3, 3), algo="depthwise")
+    # The op itself refuses too (people call torch.ops directly).
+    with pytest.raises(RuntimeError, match="needs a depthwise convolution"):
+        torch.ops.fastconv.depthwise_conv2d(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 2)
+
+
+def test_auto_picks_depthwise():
+    x, wt, _ = make(1, 8, 6, 6, 1, (3, 3), torch.float32, "nchw")
+    _, _, spec = fastconv.conv_spec(x, wt, None, 1, 1, 1, 8)
+    assert fastconv.select(spec).name == "depthwise"
+
+
+def test_blocking_exported():
+    b = fastconv._C.blocking()
+    for key in ("depthwise_vec_width", "depthwise_nhwc_pixel_tile", "depthwise_nhwc_chan_vecs",
+                "depthwise_nchw_width_vecs", "depthwise_row_tile"):
+        assert b[key] > 0
+
+
+def test_opcheck():
+    x, wt, b = make(2, 4, 7, 8, 2, (3, 3), torch.float64, "nhwc", bias=True)
+    args = ([1, 2], [1, 1, 1, 1], [1, 1], 4, "relu")
+    torch.library.opcheck(torch.ops.fastconv.depthwise_conv2d, (x, wt, b, *args))
+    torch.library.opcheck(torch.ops.fastconv.depthwise_naive_conv2d, (x, wt, b, *args))
