@@ -201,7 +201,7 @@ class TileTuner:
 
 
 def launch_meta(cfg: dict) -> tuple[dict, dict]:
-    """Split a config into kernel constexprs and launch options."""
-    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages")}
+    """Split a config into kernel constexprs and launch options (KIND picks the kernel)."""
+    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "KIND")}
     opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     return meta, opts

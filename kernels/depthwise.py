@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TileTuner, activation_code, apply_activation, is_channels_last,
-                      launch_meta, needs_int64, new_output)
+from ._common import (TileTuner, activation_code, apply_activation, dot_args, dot_precision,
+                      is_channels_last, launch_meta, mma, needs_int64, new_output)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -65,6 +65,17 @@ NHWC_CONFIGS = [
     dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=64, num_warps=2, num_stages=1),
 ]
 INTERPRET_CONFIG = dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=4)
+UNROLL_TAPS = 49  # up to 7x7 the tap loops are unrolled (compile time grows with taps)
+
+
+@triton.jit
+def _dw_tap(acc, x_chan, w_chan, ih, iw, pix_ok, k_ok, H, W, sxh, sxw, w_off, ACC_DTYPE: tl.constexpr):
+    """One tap: acc[p, c] += x[ih[p], iw[p], c] * w[c, tap] (zero outside the image)."""
+    ok = pix_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    xv = tl.load(x_chan[None, :] + (ih * sxh + iw * sxw)[:, None], mask=ok[:, None] & k_ok[None, :],
+                 other=0.0)
+    wv = tl.load(w_chan + w_off, mask=k_ok, other=0.0)
+    return acc + xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
 
 
 @triton.jit
@@ -74,7 +85,7 @@ def _dw_fwd_kernel(
     sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, UNROLL: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -99,16 +110,16 @@ def _dw_fwd_kernel(
     ih0 = oh * SH - PT
     iw0 = ow * SW - PL
     acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
-    for r in range(R):
-        ih = ih0 + r * DH
-        row_ok = pix_ok & (ih >= 0) & (ih < H)
-        x_row = x_chan[None, :] + (ih * sxh)[:, None]
-        for s in range(S):
-            iw = iw0 + s * DW
-            ok = row_ok & (iw >= 0) & (iw < W)
-            xv = tl.load(x_row + (iw * sxw)[:, None], mask=ok[:, None] & k_ok[None, :], other=0.0)
-            wv = tl.load(w_chan + r * swr + s * sws, mask=k_ok, other=0.0)
-            acc += xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+    if UNROLL:  # small kernels: unrolled, so row/column masks are shared between taps
+        for r in tl.static_range(R):
+            for s in tl.static_range(S):
+                acc = _dw_tap(acc, x_chan, w_chan, ih0 + r * DH, iw0 + s * DW, pix_ok, k_ok,
+                              H, W, sxh, sxw, r * swr + s * sws, ACC_DTYPE)
+    else:
+        for r in range(R):
+            for s in range(S):
+                acc = _dw_tap(acc, x_chan, w_chan, ih0 + r * DH, iw0 + s * DW, pix_ok, k_ok,
+                              H, W, sxh, sxw, r * swr + s * sws, ACC_DTYPE)
     if HAS_BIAS:
         acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC_DTYPE)[None, :]
     acc = apply_activation(acc, ACT)
@@ -116,8 +127,83 @@ def _dw_fwd_kernel(
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=pix_ok[:, None] & k_ok[None, :])
 
 
+# --------------------------------------------------------------------------------------
+# Forward, large kernels on the tensor cores ("Toeplitz"): for one channel and output tile
+# [BLOCK_H, BLOCK_W], each kernel row r is one small GEMM
+#     acc[i, wo] += sum_j A_r[i, j] * T_r[j, wo]
+#     A_r[i, j]  = x[oh_i*sh - pt + r*dh, ow0*sw - pl + j]        (KW input columns)
+#     T_r[j, wo] = w[r, s]  where j = wo*sw + s*dw, else 0        (banded weight row)
+# The band wastes KW/S of the MACs (about 2x for 31x31 with BLOCK_W=32) but runs on the
+# tensor cores, and each loaded input feeds BLOCK_W outputs instead of one: a direct
+# 31x31 loop is bound by one L1 load per FMA. Used for bf16/fp16, and fp32 under TF32.
+# --------------------------------------------------------------------------------------
+TOEPLITZ_CONFIGS = [
+    dict(KIND="toeplitz", BLOCK_H=32, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=64, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=16, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=64, BLOCK_W=16, num_warps=4, num_stages=2),
+]
+TOEPLITZ_INTERPRET_CONFIG = dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=16)
+TOEPLITZ_MIN_S = 9  # narrower kernels waste too much of the band (and are memory-bound anyway)
+
+
+@triton.jit
+def _dw_fwd_toeplitz_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W,
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    NEED_I64: tl.constexpr, IS_FP32: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, KW: tl.constexpr,
+):
+    nk = tl.program_id(0)
+    t = tl.program_id(1)
+    n = nk // K
+    k = nk % K
+    ci = k // MULT
+    oh = (t // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ow0 = (t % TILES_W) * BLOCK_W
+    ow = ow0 + tl.arange(0, BLOCK_W)
+    j = tl.arange(0, KW)
+    iw = ow0 * SW - PL + j
+    col_ok = (iw >= 0) & (iw < W)
+    d = j[:, None] - (tl.arange(0, BLOCK_W) * SW)[None, :]   # window offset of tap s: s*dw
+    s_idx = d // DW
+    t_ok = (d >= 0) & (d % DW == 0) & (s_idx < S)
+    if NEED_I64:
+        n = n.to(tl.int64)
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        iw = iw.to(tl.int64)
+    x_chan = x_ptr + n * sxn + ci * sxc
+    w_chan = w_ptr + k * swk
+    acc = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for r in range(R):
+        ih = oh * SH - PT + r * DH
+        row_ok = (ih >= 0) & (ih < H)
+        a = tl.load(x_chan + (ih * sxh)[:, None] + (iw * sxw)[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        band = tl.load(w_chan + r * swr + s_idx * sws, mask=t_ok, other=0.0)
+        acc = mma(a, band, acc, True, IS_FP32, PREC, UPCAST, tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k).to(tl.float32)
+    acc = apply_activation(acc, ACT)
+    y_off = n * syn + k * syk + (oh * syh)[:, None] + (ow * syw)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty),
+             mask=(oh < Ho)[:, None] & (ow < Wo)[None, :])
+
+
 _fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
 _fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Large kernels: the tuner races the tensor-core band against the direct loop.
+_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS[:3],
+                             TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS[:3],
+                                TOEPLITZ_INTERPRET_CONFIG)
 
 
 def _out_hw(h, w, r, s, stride, padding, dilation):
@@ -151,6 +237,17 @@ def _prune_for(ho, wo, k):
     return prune
 
 
+def _prune_large(ho, wo, k):
+    direct = _prune_for(ho, wo, k)
+
+    def prune(cfg):
+        if cfg.get("KIND") != "toeplitz":
+            return direct(cfg)
+        return (cfg["BLOCK_W"] <= max(16, triton.next_power_of_2(wo))
+                and cfg["BLOCK_H"] <= max(16, triton.next_power_of_2(ho)))
+    return prune
+
+
 def _key(x, w, stride, padding, dilation, extra=""):
     cl = "cl" if is_channels_last(x) else "nchw"
     return (f"{tuple(x.shape)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
@@ -176,17 +273,37 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
         meta, opts = launch_meta(cfg)
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
+        if cfg.get("KIND") == "toeplitz":
+            # Rows of one channel must be contiguous for the A tiles: channels_last input is
+            # transposed once (a few us against a compute-bound conv); the output is written
+            # through its strides in whatever layout it has.
+            xt = x.contiguous()
+            kw = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
+                                                + (s - 1) * dilation[1] + 1))
+            d = dot_args(x.dtype)
+            _dw_fwd_toeplitz_kernel[(n * k, tiles_hw)](
+                xt, w, b, y, h, wd, ho, wo, k, k // c, tiles_w,
+                *xt.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+                R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64 or needs_int64(xt),
+                IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
+            return
         grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
         _dw_fwd_kernel[grid](
             x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
             *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
             R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64,
-            ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+            ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
 
     tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
-    cfg = tuner.pick(_key(x, w, stride, padding, dilation, "cl" if cl else ""), x.device, launch,
-                     _prune_for(ho, wo, k))
+    prune = _prune_for(ho, wo, k)
+    if s >= TOEPLITZ_MIN_S and (x.dtype in (torch.float16, torch.bfloat16)
+                                or dot_precision(x.dtype) == "tf32"):
+        tuner = _fwd_tuner_large_cl if is_channels_last(y) else _fwd_tuner_large
+        prune = _prune_large(ho, wo, k)
+    cfg = tuner.pick(_key(x, w, stride, padding, dilation, ("cl" if cl else "")
+                          + dot_precision(x.dtype)), x.device, launch, prune)
     launch(cfg)
     return y
 
@@ -196,13 +313,27 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
 #   where oh*sh = h + pt - r*dh and ow*sw = w + pl - s*dw exactly.
 # --------------------------------------------------------------------------------------
 @triton.jit
+def _dw_tap_transposed(acc, dy_chan, w_chan, th, tw, pix_ok, c_ok, Ho, Wo, SH, SW, syh, syw, w_off,
+                       ACC_DTYPE: tl.constexpr):
+    """One tap of grad_input: the output pixel (th/sh, tw/sw) this input pixel fed, if any."""
+    oh = th // SH
+    ow = tw // SW
+    ok = (pix_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0) & (oh < Ho)
+          & (ow < Wo))
+    g = tl.load(dy_chan[None, :] + (oh * syh + ow * syw)[:, None], mask=ok[:, None] & c_ok[None, :],
+                other=0.0)
+    wv = tl.load(w_chan + w_off, mask=c_ok, other=0.0)
+    return acc + g.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+
+
+@triton.jit
 def _dw_bwd_input_kernel(
     dy_ptr, w_ptr, dx_ptr,
     H, W, Ho, Wo, C, MULT, TILES_W, TILES_HW,
     syn, syk, syh, syw, swk, swr, sws, sxn, sxc, sxh, sxw,
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -224,18 +355,18 @@ def _dw_bwd_input_kernel(
         k = c * MULT + m
         dy_chan = dy_ptr + n * syn + k * syk
         w_chan = w_ptr + k * swk
-        for r in range(R):
-            th = ih + PT - r * DH
-            oh = th // SH
-            row_ok = pix_ok & (th >= 0) & (th % SH == 0) & (oh < Ho)
-            dy_row = dy_chan[None, :] + (oh * syh)[:, None]
-            for s in range(S):
-                tw = iw + PL - s * DW
-                ow = tw // SW
-                ok = row_ok & (tw >= 0) & (tw % SW == 0) & (ow < Wo)
-                g = tl.load(dy_row + (ow * syw)[:, None], mask=ok[:, None] & c_ok[None, :], other=0.0)
-                wv = tl.load(w_chan + r * swr + s * sws, mask=c_ok, other=0.0)
-                acc += g.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+        if UNROLL:
+            for r in tl.static_range(R):
+                for s in tl.static_range(S):
+                    acc = _dw_tap_transposed(acc, dy_chan, w_chan, ih + PT - r * DH,
+                                             iw + PL - s * DW, pix_ok, c_ok, Ho, Wo, SH, SW,
+                                             syh, syw, r * swr + s * sws, ACC_DTYPE)
+        else:
+            for r in range(R):
+                for s in range(S):
+                    acc = _dw_tap_transposed(acc, dy_chan, w_chan, ih + PT - r * DH,
+                                             iw + PL - s * DW, pix_ok, c_ok, Ho, Wo, SH, SW,
+                                             syh, syw, r * swr + s * sws, ACC_DTYPE)
     x_off = (n * sxn + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :]
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & c_ok[None, :])
 
@@ -271,7 +402,8 @@ def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
             dy, w, dx, h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
             *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), **meta, **opts)
+            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
+            **meta, **opts)
 
     tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
     key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"

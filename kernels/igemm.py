@@ -64,7 +64,9 @@ FWD_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
 ]
-INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16)
+INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+# fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
+FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
 
 
 @triton.jit
@@ -176,6 +178,12 @@ def _check(x, w, name):
                          f"{tuple(w.shape)}")
 
 
+def _pick(tuner, key, t, launch, prune):
+    if t.dtype == torch.float64 and t.device.type == "cuda":
+        return FP64_CONFIG
+    return tuner.pick(key, t.device, launch, prune)
+
+
 def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
@@ -225,7 +233,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
-    cfg = _fwd_tuner.pick(key, x.device, launch, _k_prune(cg * r * s, kg, cg))
+    cfg = _pick(_fwd_tuner, key, x, launch, _k_prune(cg * r * s, kg, cg))
     launch(cfg)
     return y
 
@@ -352,7 +360,7 @@ def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
-    cfg = _bwd_input_tuner.pick(key, dy.device, launch, _k_prune(kg * r * s, cg, kg))
+    cfg = _pick(_bwd_input_tuner, key, dy, launch, _k_prune(kg * r * s, cg, kg))
     launch(cfg)
     return dx
 
@@ -484,7 +492,7 @@ def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
                          and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
     if q == 0:
         return torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    cfg = _bwd_weight_tuner.pick(key, x.device, launch, prune)
+    cfg = _pick(_bwd_weight_tuner, key, x, launch, prune)
     part = launch(cfg)
     dw = new_output(tuple(weight_size), x, False)
     torch.sum(part, dim=0, out=dw) if part.dtype == dw.dtype else dw.copy_(part.sum(0))
