@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One call on the GPU machine, from the repository root: build the extension, run the
+# gpu-marked tests, then the benchmarks. Everything lands under $OUT (default ./gpu_out).
+# Knobs (environment): PYTEST_ARGS (default "-m gpu tests"), KBENCH_ARGS (extra arguments
+# for benchmarks/triton_vs_cudnn.py), TEST_TIMEOUT / BENCH_TIMEOUT / KBENCH_TIMEOUT (s).
+set -o pipefail
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export FASTCONV_CACHE_DIR=${FASTCONV_CACHE_DIR:-$OUT/cache}
+PY=${PYTHON:-python3}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+
+MAX_JOBS=16 $PY -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3 || exit 1
+
+# Correctness first. Tests compile one tile per kernel (FASTCONV_TUNE=0) and run in 8
+# processes (compilation dominates); they share the GPU, which is fine for correctness.
+FASTCONV_TUNE=0 timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -n 8 -p no:cacheprovider \
+  --maxfail=30 ${PYTEST_ARGS:--m gpu tests} > "$OUT/gpu_tests.log" 2>&1
+tail -25 "$OUT/gpu_tests.log"
+
+# The bench helper's suite, if this checkout has it (the placeholder has no --suite).
+if $PY -m fastconv bench --help 2>/dev/null | grep -q -- "--suite"; then
+  timeout ${BENCH_TIMEOUT:-300} $PY -m fastconv bench --device cuda --suite all --out "$OUT/bench" 2>&1 | tail -20
+fi
+
+# Our kernels against cuDNN on every suite layer (tunes tiles on first sight of a shape).
+timeout ${KBENCH_TIMEOUT:-400} $PY benchmarks/triton_vs_cudnn.py --out "$OUT" ${KBENCH_ARGS:-} 2>&1 \
+  | grep -v "^ " | tail -70

@@ -1,0 +1,207 @@
+"""Shared by the Triton kernel families: the fused epilogue, output allocation,
+64-bit index detection, dot precision, and the on-disk tile tuner.
+
+The tuner replaces triton.autotune so that (a) a choice is cached on disk across
+processes, keyed by device name + triton version + shape key, and (b) under
+TRITON_INTERPRET=1 one small fixed config runs with no timing at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
+INT32_LIMIT = 2**31 - 1
+TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16,
+               torch.bfloat16: tl.bfloat16, torch.float64: tl.float64}
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def activation_code(activation: str) -> int:
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"fastconv: unknown activation {activation!r}; expected one of "
+                         f"{', '.join(ACTIVATION_CODES)}")
+    return ACTIVATION_CODES[activation]
+
+
+@triton.jit
+def apply_activation(x, ACT: tl.constexpr):
+    """Epilogue activation on an fp32 (or fp64) accumulator tile."""
+    if ACT == 1:
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:
+        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+    elif ACT == 3:
+        x = x / (1.0 + tl.exp(-x))
+    elif ACT == 4:
+        # Exact (erf) GELU, as torch.nn.functional.gelu's default.
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return x
+
+
+@triton.jit
+def mma(a, b, acc, USE_DOT: tl.constexpr, IS_FP32: tl.constexpr, PREC: tl.constexpr,
+        UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """acc += a @ b. fp32 operands use PREC ("tf32"/"ieee"); 16-bit ones the tensor cores'
+    native mode. UPCAST: the interpreter's bf16 dot is wrong (triton 3.9 multiplies the raw
+    bits), so there 16-bit operands go through fp32 -- exact, since their products are.
+    USE_DOT=False (fp64): a broadcast multiply-sum on the CUDA cores."""
+    if USE_DOT:
+        if UPCAST:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        elif IS_FP32:
+            acc = tl.dot(a, b, acc, input_precision=PREC)
+        else:
+            acc = tl.dot(a, b, acc)
+    else:
+        acc += tl.sum(a[:, :, None].to(ACC_DTYPE) * b[None, :, :].to(ACC_DTYPE), axis=1)
+    return acc
+
+
+def dot_args(dtype: torch.dtype) -> dict:
+    """The constexprs `mma` takes, for operands of `dtype`."""
+    return dict(USE_DOT=dtype != torch.float64, IS_FP32=dtype == torch.float32,
+                PREC=dot_precision(dtype),
+                UPCAST=interpreting() and dtype in (torch.float16, torch.bfloat16),
+                ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """Largest element offset a kernel can form for `t` (sum of (size-1)*stride)."""
+    return sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0) + 1
+
+
+def needs_int64(*tensors) -> bool:
+    """True when some element offset does not fit int32: kernels then index in int64."""
+    return any(max_offset(t) > INT32_LIMIT for t in tensors if t is not None)
+
+
+def new_output(size, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+    if os.environ.get("FASTCONV_POISON") == "1":
+        out.fill_(float("nan"))
+    return out
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 dots are TF32 iff torch.backends.cudnn.allow_tf32 (what cuDNN would do)."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def cache_dir() -> str:
+    return os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                "fastconv")
+
+
+class TileTuner:
+    """Times each candidate config once per shape key and remembers the winner,
+    in memory and in a JSON file shared by all processes.
+
+    `configs` is a list of dicts: constexpr meta-parameters plus num_warps/num_stages.
+    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps.
+    """
+
+    _lock = threading.Lock()
+    _disk: dict | None = None
+    FILE = "triton_tiles.json"
+
+    def __init__(self, name: str, configs: list[dict], interpret_config: dict):
+        self.name = name
+        self.configs = configs
+        self.interpret_config = interpret_config
+        self.memory: dict[str, dict] = {}
+
+    @classmethod
+    def _path(cls) -> str:
+        return os.path.join(cache_dir(), cls.FILE)
+
+    @classmethod
+    def _load_disk(cls) -> dict:
+        if cls._disk is None:
+            try:
+                with open(cls._path()) as f:
+                    cls._disk = json.load(f)
+            except (OSError, ValueError):
+                cls._disk = {}
+        return cls._disk
+
+    @classmethod
+    def _save(cls, key: str, cfg: dict) -> None:
+        path = cls._path()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:  # merge with what other processes wrote meanwhile
+                with open(path) as f:
+                    disk = json.load(f)
+            except (OSError, ValueError):
+                disk = {}
+            disk.update(cls._load_disk())
+            disk[key] = cfg
+            cls._disk = disk
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(disk, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs re-tuning
+
+    def pick(self, shape_key, device: torch.device, launch, prune=None) -> dict:
+        """`launch(cfg)` runs the kernel once with config cfg."""
+        if interpreting() or device.type != "cuda":
+            return self.interpret_config
+        key = f"{self.name}|{device_name(device)}|triton-{triton.__version__}|{shape_key}"
+        if key in self.memory:
+            return self.memory[key]
+        with self._lock:
+            disk = self._load_disk()
+            if key in disk:
+                self.memory[key] = disk[key]
+                return disk[key]
+        candidates = [c for c in self.configs if prune is None or prune(c)] or self.configs[:1]
+        if os.environ.get("FASTCONV_TUNE", "1") == "0" or len(candidates) == 1:
+            best = candidates[0]
+        else:
+            best, best_t = None, float("inf")
+            for cfg in candidates:
+                try:
+                    t = triton.testing.do_bench(lambda: launch(cfg), warmup=3, rep=15,
+                                                return_mode="median")
+                except Exception:  # e.g. out of shared memory for this tile
+                    continue
+                if t < best_t:
+                    best, best_t = cfg, t
+            if best is None:
+                raise RuntimeError(f"fastconv: no {self.name} tile config compiled for {shape_key}")
+        self.memory[key] = best
+        with self._lock:
+            self._save(key, best)
+        return best
+
+
+def launch_meta(cfg: dict) -> tuple[dict, dict]:
+    """Split a config into kernel constexprs and launch options (KIND picks the kernel)."""
+    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "KIND")}
+    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
+    return meta, opts

@@ -1,0 +1,545 @@
+"""Direct depthwise convolution in Triton (algo="triton_depthwise"): groups == C_in, channel
+multiplier MULT = K / C >= 1, kernels 1x1 .. 31x31, any stride/padding/dilation.
+
+    y[n, k, oh, ow] = sum_{r,s} x[n, k // MULT, oh*sh - pt + r*dh, ow*sw - pl + s*dw] * w[k, 0, r, s]
+
+Each program owns a tile of BLOCK_H x BLOCK_W output pixels times BLOCK_C output channels
+and loops over the taps; the shifted input tiles overlap, so after the first tap they come
+from L1/L2 and DRAM sees each input byte about once. The tile shape picks the layout:
+NCHW tiles are wide in W with one channel (rows are contiguous), channels_last tiles are
+wide in C (channels are contiguous). Both read through strides, no layout copies.
+
+Backward: grad_input is the same loop over taps with the index map inverted
+(oh = (h + pt - r*dh) / sh when exact); grad_weight is a reduction over N*Ho*Wo per
+(channel, tap), split into SPLIT chunks whose fp32 partial sums go to a buffer and are
+added in a fixed order -- deterministic always, no atomics.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (TileTuner, activation_code, apply_activation, dot_args, dot_precision,
+                      is_channels_last, launch_meta, mma, needs_int64, new_output)
+
+
+def reference_conv2d(x, w, bias, stride, padding, dilation):
+    """The plain loop nest the kernel implements: one shifted multiply-add per tap."""
+    n, c, h, wd = x.shape
+    k, _, r_, s_ = w.shape
+    mult = k // c
+    xp = torch.nn.functional.pad(x, (padding[2], padding[3], padding[0], padding[1]))
+    xp = xp.repeat_interleave(mult, dim=1)
+    ho = (h + padding[0] + padding[1] - dilation[0] * (r_ - 1) - 1) // stride[0] + 1
+    wo = (wd + padding[2] + padding[3] - dilation[1] * (s_ - 1) - 1) // stride[1] + 1
+    y = x.new_zeros(n, k, ho, wo)
+    for r in range(r_):
+        for s in range(s_):
+            h0, w0 = r * dilation[0], s * dilation[1]
+            y += xp[:, :, h0:h0 + stride[0] * (ho - 1) + 1:stride[0],
+                    w0:w0 + stride[1] * (wo - 1) + 1:stride[1]] * w[:, 0, r, s].view(1, -1, 1, 1)
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------
+# NCHW: one channel, a wide row tile (coalesced along W). channels_last: a channel vector.
+NCHW_CONFIGS = [
+    dict(BLOCK_H=8, BLOCK_W=64, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(BLOCK_H=16, BLOCK_W=32, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(BLOCK_H=4, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
+    dict(BLOCK_H=16, BLOCK_W=64, BLOCK_C=1, num_warps=8, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=32, BLOCK_C=1, num_warps=2, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=2, num_warps=2, num_stages=1),
+]
+NHWC_CONFIGS = [
+    dict(BLOCK_H=4, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(BLOCK_H=2, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=8, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(BLOCK_H=4, BLOCK_W=4, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=8, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=64, num_warps=2, num_stages=1),
+]
+INTERPRET_CONFIG = dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=4)
+UNROLL_TAPS = 49  # up to 7x7 the tap loops are unrolled (compile time grows with taps)
+
+
+@triton.jit
+def _dw_tap(acc, x_chan, w_chan, ih, iw, pix_ok, k_ok, H, W, sxh, sxw, w_off, ACC_DTYPE: tl.constexpr):
+    """One tap: acc[p, c] += x[ih[p], iw[p], c] * w[c, tap] (zero outside the image)."""
+    ok = pix_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    xv = tl.load(x_chan[None, :] + (ih * sxh + iw * sxw)[:, None], mask=ok[:, None] & k_ok[None, :],
+                 other=0.0)
+    wv = tl.load(w_chan + w_off, mask=k_ok, other=0.0)
+    return acc + xv.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+
+
+@triton.jit
+def _dw_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W, TILES_HW,
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = pid // TILES_HW
+    t = pid % TILES_HW
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    oh = (t // TILES_W) * BLOCK_H + p // BLOCK_W
+    ow = (t % TILES_W) * BLOCK_W + p % BLOCK_W
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    if NEED_I64:
+        n = n.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    pix_ok = (oh < Ho) & (ow < Wo)
+    x_chan = x_ptr + n * sxn + ci * sxc     # [BLOCK_C]
+    w_chan = w_ptr + k * swk                # [BLOCK_C]
+    ih0 = oh * SH - PT
+    iw0 = ow * SW - PL
+    acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    if UNROLL:  # small kernels: unrolled, so row/column masks are shared between taps
+        for r in tl.static_range(R):
+            for s in tl.static_range(S):
+                acc = _dw_tap(acc, x_chan, w_chan, ih0 + r * DH, iw0 + s * DW, pix_ok, k_ok,
+                              H, W, sxh, sxw, r * swr + s * sws, ACC_DTYPE)
+    else:
+        for r in range(R):
+            for s in range(S):
+                acc = _dw_tap(acc, x_chan, w_chan, ih0 + r * DH, iw0 + s * DW, pix_ok, k_ok,
+                              H, W, sxh, sxw, r * swr + s * sws, ACC_DTYPE)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    acc = apply_activation(acc, ACT)
+    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (k * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=pix_ok[:, None] & k_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------
+# Forward, large kernels on the tensor cores ("Toeplitz"): for one channel and output tile
+# [BLOCK_H, BLOCK_W], each kernel row r is one small GEMM
+#     acc[i, wo] += sum_j A_r[i, j] * T_r[j, wo]
+#     A_r[i, j]  = x[oh_i*sh - pt + r*dh, ow0*sw - pl + j]        (KW input columns)
+#     T_r[j, wo] = w[r, s]  where j = wo*sw + s*dw, else 0        (banded weight row)
+# The band wastes KW/S of the MACs (about 2x for 31x31 with BLOCK_W=32) but runs on the
+# tensor cores, and each loaded input feeds BLOCK_W outputs instead of one: a direct
+# 31x31 loop is bound by one L1 load per FMA. Used for bf16/fp16, and fp32 under TF32.
+# --------------------------------------------------------------------------------------
+TOEPLITZ_CONFIGS = [
+    dict(KIND="toeplitz", BLOCK_H=32, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=64, BLOCK_W=32, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=16, num_warps=4, num_stages=2),
+    dict(KIND="toeplitz", BLOCK_H=64, BLOCK_W=16, num_warps=4, num_stages=2),
+]
+TOEPLITZ_INTERPRET_CONFIG = dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=16)
+TOEPLITZ_MIN_S = 9  # narrower kernels waste too much of the band (and are memory-bound anyway)
+
+
+@triton.jit
+def _dw_fwd_toeplitz_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W,
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    NEED_I64: tl.constexpr, IS_FP32: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, KW: tl.constexpr,
+):
+    nk = tl.program_id(0)
+    t = tl.program_id(1)
+    n = nk // K
+    k = nk % K
+    ci = k // MULT
+    oh = (t // TILES_W) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ow0 = (t % TILES_W) * BLOCK_W
+    ow = ow0 + tl.arange(0, BLOCK_W)
+    j = tl.arange(0, KW)
+    iw = ow0 * SW - PL + j
+    col_ok = (iw >= 0) & (iw < W)
+    d = j[:, None] - (tl.arange(0, BLOCK_W) * SW)[None, :]   # window offset of tap s: s*dw
+    s_idx = d // DW
+    t_ok = (d >= 0) & (d % DW == 0) & (s_idx < S)
+    if NEED_I64:
+        n = n.to(tl.int64)
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        iw = iw.to(tl.int64)
+    x_chan = x_ptr + n * sxn + ci * sxc
+    w_chan = w_ptr + k * swk
+    acc = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for r in range(R):
+        ih = oh * SH - PT + r * DH
+        row_ok = (ih >= 0) & (ih < H)
+        a = tl.load(x_chan + (ih * sxh)[:, None] + (iw * sxw)[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        band = tl.load(w_chan + r * swr + s_idx * sws, mask=t_ok, other=0.0)
+        acc = mma(a, band, acc, True, IS_FP32, PREC, UPCAST, tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k).to(tl.float32)
+    acc = apply_activation(acc, ACT)
+    y_off = n * syn + k * syk + (oh * syh)[:, None] + (ow * syw)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty),
+             mask=(oh < Ho)[:, None] & (ow < Wo)[None, :])
+
+
+_fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
+_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Large kernels: the tuner races the tensor-core band against the direct loop.
+_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS[:3],
+                             TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS[:3],
+                                TOEPLITZ_INTERPRET_CONFIG)
+
+
+def _out_hw(h, w, r, s, stride, padding, dilation):
+    ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _check(x, w, groups, name):
+    if x.dtype != w.dtype:
+        raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"fastconv.{name}: unsupported dtype {x.dtype}")
+    c, k = x.shape[1], w.shape[0]
+    if groups != c or w.shape[1] != 1 or k % c:
+        raise ValueError(f"fastconv.{name}: needs a depthwise conv (groups == in_channels, "
+                         f"weight (k*in_channels, 1, R, S)); got input channels {c}, weight "
+                         f"{tuple(w.shape)}, groups={groups}")
+
+
+def _prune_for(ho, wo, k):
+    """Skip tiles far larger than the image or the channel count."""
+    def prune(cfg):
+        return (cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo))
+                and cfg["BLOCK_H"] <= max(2, triton.next_power_of_2(ho))
+                and cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
+    return prune
+
+
+def _prune_large(ho, wo, k):
+    direct = _prune_for(ho, wo, k)
+
+    def prune(cfg):
+        if cfg.get("KIND") != "toeplitz":
+            return direct(cfg)
+        return (cfg["BLOCK_W"] <= max(16, triton.next_power_of_2(wo))
+                and cfg["BLOCK_H"] <= max(16, triton.next_power_of_2(ho)))
+    return prune
+
+
+def _key(x, w, stride, padding, dilation, extra=""):
+    cl = "cl" if is_channels_last(x) else "nchw"
+    return (f"{tuple(x.shape)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+            f"|{x.dtype}|{cl}{extra}")
+
+
+def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
+    _check(x, w, groups, "triton_depthwise_conv2d")
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"fastconv.triton_depthwise_conv2d: empty output {ho}x{wo}")
+    cl = is_channels_last(x) or is_channels_last(w)
+    y = new_output((n, k, ho, wo), x, cl)
+    if y.numel() == 0:
+        return y
+    act = activation_code(activation)
+    i64 = needs_int64(x, w, y)
+    b = bias if bias is not None else w
+
+    def launch(cfg):
+        meta, opts = launch_meta(cfg)
+        tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+        tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
+        if cfg.get("KIND") == "toeplitz":
+            # Rows of one channel must be contiguous for the A tiles: channels_last input is
+            # transposed once (a few us against a compute-bound conv); the output is written
+            # through its strides in whatever layout it has.
+            xt = x.contiguous()
+            kw = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
+                                                + (s - 1) * dilation[1] + 1))
+            d = dot_args(x.dtype)
+            _dw_fwd_toeplitz_kernel[(n * k, tiles_hw)](
+                xt, w, b, y, h, wd, ho, wo, k, k // c, tiles_w,
+                *xt.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+                R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64 or needs_int64(xt),
+                IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
+            return
+        grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
+        _dw_fwd_kernel[grid](
+            x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
+            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64,
+            ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
+
+    tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
+    prune = _prune_for(ho, wo, k)
+    if s >= TOEPLITZ_MIN_S and (x.dtype in (torch.float16, torch.bfloat16)
+                                or dot_precision(x.dtype) == "tf32"):
+        tuner = _fwd_tuner_large_cl if is_channels_last(y) else _fwd_tuner_large
+        prune = _prune_large(ho, wo, k)
+    cfg = tuner.pick(_key(x, w, stride, padding, dilation, ("cl" if cl else "")
+                          + dot_precision(x.dtype)), x.device, launch, prune)
+    launch(cfg)
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# grad_input: dx[n, c, h, w] = sum_{m < MULT} sum_{r,s} dy[n, c*MULT + m, oh, ow] * w[c*MULT + m, 0, r, s]
+#   where oh*sh = h + pt - r*dh and ow*sw = w + pl - s*dw exactly.
+# --------------------------------------------------------------------------------------
+@triton.jit
+def _dw_tap_transposed(acc, dy_chan, w_chan, th, tw, pix_ok, c_ok, Ho, Wo, SH, SW, syh, syw, w_off,
+                       ACC_DTYPE: tl.constexpr):
+    """One tap of grad_input: the output pixel (th/sh, tw/sw) this input pixel fed, if any."""
+    oh = th // SH
+    ow = tw // SW
+    ok = (pix_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0) & (oh < Ho)
+          & (ow < Wo))
+    g = tl.load(dy_chan[None, :] + (oh * syh + ow * syw)[:, None], mask=ok[:, None] & c_ok[None, :],
+                other=0.0)
+    wv = tl.load(w_chan + w_off, mask=c_ok, other=0.0)
+    return acc + g.to(ACC_DTYPE) * wv.to(ACC_DTYPE)[None, :]
+
+
+@triton.jit
+def _dw_bwd_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    H, W, Ho, Wo, C, MULT, TILES_W, TILES_HW,
+    syn, syk, syh, syw, swk, swr, sws, sxn, sxc, sxh, sxw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    UNROLL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = pid // TILES_HW
+    t = pid % TILES_HW
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    ih = (t // TILES_W) * BLOCK_H + p // BLOCK_W
+    iw = (t % TILES_W) * BLOCK_W + p % BLOCK_W
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    if NEED_I64:
+        n = n.to(tl.int64)
+        ih = ih.to(tl.int64)
+        iw = iw.to(tl.int64)
+        c = c.to(tl.int64)
+    pix_ok = (ih < H) & (iw < W)
+    acc = tl.zeros((BLOCK_H * BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    for m in range(MULT):
+        k = c * MULT + m
+        dy_chan = dy_ptr + n * syn + k * syk
+        w_chan = w_ptr + k * swk
+        if UNROLL:
+            for r in tl.static_range(R):
+                for s in tl.static_range(S):
+                    acc = _dw_tap_transposed(acc, dy_chan, w_chan, ih + PT - r * DH,
+                                             iw + PL - s * DW, pix_ok, c_ok, Ho, Wo, SH, SW,
+                                             syh, syw, r * swr + s * sws, ACC_DTYPE)
+        else:
+            for r in range(R):
+                for s in range(S):
+                    acc = _dw_tap_transposed(acc, dy_chan, w_chan, ih + PT - r * DH,
+                                             iw + PL - s * DW, pix_ok, c_ok, Ho, Wo, SH, SW,
+                                             syh, syw, r * swr + s * sws, ACC_DTYPE)
+    x_off = (n * sxn + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :]
+    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & c_ok[None, :])
+
+
+_bwd_input_tuner_nchw = TileTuner("dw_bwd_input_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
+_bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+
+
+def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
+    n, c, h, wd = input_size
+    k, _, r, s = w.shape
+    if dy.dtype != w.dtype:
+        raise TypeError(f"fastconv.triton_depthwise_conv2d_grad_input: dtypes differ "
+                        f"({dy.dtype} vs {w.dtype})")
+    if groups != c or w.shape[1] != 1 or k % c or dy.shape[1] != k:
+        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_input: not a depthwise conv: "
+                         f"input_size {tuple(input_size)}, weight {tuple(w.shape)}, groups={groups}")
+    ho, wo = dy.shape[2], dy.shape[3]
+    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation):
+        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_input: grad_output "
+                         f"{tuple(dy.shape)} does not match input_size {tuple(input_size)}")
+    dx = new_output((n, c, h, wd), dy, is_channels_last(dy))
+    if dx.numel() == 0:
+        return dx
+    i64 = needs_int64(dy, w, dx)
+
+    def launch(cfg):
+        meta, opts = launch_meta(cfg)
+        tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
+        tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
+        grid = (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"]))
+        _dw_bwd_input_kernel[grid](
+            dy, w, dx, h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
+            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
+            **meta, **opts)
+
+    tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
+    key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
+           f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
+    cfg = tuner.pick(key, dy.device, launch, _prune_for(h, wd, c))
+    launch(cfg)
+    return dx
+
+
+# --------------------------------------------------------------------------------------
+# grad_weight: dw[k, 0, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * x[n, k // MULT, ih, iw]
+# Grid (tap, channel block, split); the tap is the fastest axis so that the R*S programs
+# reading one chunk of dy run together and share it through L2.
+# --------------------------------------------------------------------------------------
+WGRAD_NCHW_CONFIGS = [
+    dict(BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(BLOCK_P=512, BLOCK_C=2, num_warps=4, num_stages=1),
+    dict(BLOCK_P=2048, BLOCK_C=1, num_warps=8, num_stages=1),
+    dict(BLOCK_P=256, BLOCK_C=4, num_warps=4, num_stages=1),
+]
+WGRAD_NHWC_CONFIGS = [
+    dict(BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(BLOCK_P=16, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
+]
+WGRAD_INTERPRET_CONFIG = dict(BLOCK_P=64, BLOCK_C=4)
+WGRAD_PROGRAMS_PER_SM = 4  # the split aims at this many programs per SM
+
+
+@triton.jit
+def _dw_bwd_weight_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    H, W, Ho, Wo, K, MULT, Q, CHUNK,
+    syn, syk, syh, syw, sxn, sxc, sxh, sxw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    tap = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    split = tl.program_id(2)
+    r = tap // S
+    s = tap % S
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    if NEED_I64:
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    hw_o = Ho * Wo
+    q_lo = split * CHUNK
+    q_hi = tl.minimum(q_lo + CHUNK, Q)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    for q0 in range(q_lo, q_hi, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        q_ok = q < q_hi
+        n = q // hw_o
+        pq = q % hw_o
+        oh = pq // Wo
+        ow = pq % Wo
+        if NEED_I64:
+            n = n.to(tl.int64)
+            oh = oh.to(tl.int64)
+            ow = ow.to(tl.int64)
+        ih = oh * SH - PT + r * DH
+        iw = ow * SW - PL + s * DW
+        x_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        g = tl.load(dy_ptr + (n * syn + oh * syh + ow * syw)[:, None] + (k * syk)[None, :],
+                    mask=q_ok[:, None] & k_ok[None, :], other=0.0)
+        xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + (ci * sxc)[None, :],
+                     mask=x_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += g.to(ACC_DTYPE) * xv.to(ACC_DTYPE)
+    part = tl.sum(acc, axis=0)
+    base = (split.to(tl.int64) * (R * S) + tap) * K
+    tl.store(part_ptr + base + k, part, mask=k_ok)
+
+
+_wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
+_wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
+
+
+def _num_sms(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
+    k, _, r, s = weight_size
+    n, c, h, wd = x.shape
+    if dy.dtype != x.dtype:
+        raise TypeError(f"fastconv.triton_depthwise_conv2d_grad_weight: dtypes differ "
+                        f"({dy.dtype} vs {x.dtype})")
+    if groups != c or weight_size[1] != 1 or k % c or dy.shape[1] != k:
+        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_weight: not a depthwise conv: "
+                         f"input {tuple(x.shape)}, weight_size {tuple(weight_size)}, groups={groups}")
+    ho, wo = dy.shape[2], dy.shape[3]
+    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation):
+        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_weight: grad_output "
+                         f"{tuple(dy.shape)} does not match input {tuple(x.shape)}")
+    q = n * ho * wo
+    if q == 0:
+        return torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
+    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+    i64 = needs_int64(dy, x)
+    sms = _num_sms(x.device)
+
+    def plan(meta):
+        programs = r * s * triton.cdiv(k, meta["BLOCK_C"])
+        want = max(1, (WGRAD_PROGRAMS_PER_SM * sms) // programs)
+        split = max(1, min(want, triton.cdiv(q, meta["BLOCK_P"])))
+        chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_P"]) * meta["BLOCK_P"]
+        return triton.cdiv(q, chunk), chunk
+
+    def launch(cfg):
+        meta, opts = launch_meta(cfg)
+        split, chunk = plan(meta)
+        part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
+        grid = (r * s, triton.cdiv(k, meta["BLOCK_C"]), split)
+        _dw_bwd_weight_kernel[grid](
+            dy, x, part, h, wd, ho, wo, k, k // c, q, chunk,
+            *dy.stride(), *x.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+        return part
+
+    tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
+    key = (f"{tuple(x.shape)}|{tuple(weight_size)}|{tuple(stride)}{tuple(padding)}"
+           f"{tuple(dilation)}|{x.dtype}|{'cl' if is_channels_last(x) else 'nchw'}"
+           f"{'cl' if is_channels_last(dy) else 'nchw'}")
+    cfg = tuner.pick(key, x.device, launch,
+                     lambda cfg: cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
+    part = launch(cfg)
+    # Fixed-order reduction over the split: the same bits on every run.
+    dw = part.sum(0).t().reshape(k, 1, r, s).to(x.dtype)
+    out = new_output(tuple(weight_size), x, False)
+    out.copy_(dw)
+    return out

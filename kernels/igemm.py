@@ -1,0 +1,499 @@
+"""Implicit-GEMM convolution in Triton (algo="triton_igemm"): forward, grad_input, grad_weight.
+
+Forward as a GEMM per group g:  Y[m, j] = sum_kk A[m, kk] * B[kk, j]
+  m  = (n, oh, ow)             M = N*Ho*Wo
+  j  = output channel in g      N = K/groups
+  kk = ((r*S + s), c)           K = (C/groups)*R*S   (c innermost: contiguous in channels_last)
+  A[m, kk] = x[n, g*Cg + c, oh*sh - pt + r*dh, ow*sw - pl + s*dw]  (0 outside the image)
+  B[kk, j] = w[g*Kg + j, c, r, s]
+A is never materialized (no im2col buffer): each tile is gathered straight from the input
+through its strides, so NCHW and channels_last are both read in place.
+
+Two reduction loops:
+  * CHANNEL_BLOCKED (Cg % BLOCK_K == 0): taps outer, channel blocks inner; the image-border
+    mask depends on the pixel only, and the channel offsets are a plain arange.
+  * flattened (any Cg, e.g. ResNeXt's 4 channels per group or a 3-channel stem): kk is
+    decomposed per tile into (r, s, c).
+PLAIN_GEMM (1x1, stride 1, no padding, dense pixels) drops the spatial decomposition: the
+input is read as the matrix [N, C, H*W] / [N, H*W, C].
+fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
+path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (TileTuner, activation_code, apply_activation, dot_args, dot_precision,
+                      is_channels_last, launch_meta, mma, needs_int64, new_output)
+
+
+def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
+    """The plain loop nest the kernel implements (taps outer, GEMM over channels inner)."""
+    n, c, h, wd = x.shape
+    k, cg, r_, s_ = w.shape
+    kg = k // groups
+    xp = torch.nn.functional.pad(x, (padding[2], padding[3], padding[0], padding[1]))
+    ho = (h + padding[0] + padding[1] - dilation[0] * (r_ - 1) - 1) // stride[0] + 1
+    wo = (wd + padding[2] + padding[3] - dilation[1] * (s_ - 1) - 1) // stride[1] + 1
+    y = x.new_zeros(n, k, ho, wo)
+    for g in range(groups):
+        for r in range(r_):
+            for s in range(s_):
+                h0, w0 = r * dilation[0], s * dilation[1]
+                patch = xp[:, g * cg:(g + 1) * cg, h0:h0 + stride[0] * (ho - 1) + 1:stride[0],
+                           w0:w0 + stride[1] * (wo - 1) + 1:stride[1]]
+                y[:, g * kg:(g + 1) * kg] += torch.einsum("nchw,kc->nkhw", patch,
+                                                         w[g * kg:(g + 1) * kg, :, r, s])
+    if bias is not None:
+        y += bias.view(1, -1, 1, 1)
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------
+FWD_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+]
+INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+# fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
+FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
+
+
+@triton.jit
+def _igemm_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, M, Cg, Kg,
+    sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syh, syw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    tiles_n = tl.cdiv(Kg, BLOCK_N)
+    pid_m = pid // tiles_n
+    pid_n = pid % tiles_n
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    j_ok = offs_j < Kg
+    hw_o = Ho * Wo
+    n = offs_m // hw_o
+    p = offs_m % hw_o
+    oh = p // Wo
+    ow = p % Wo
+    kout = g * Kg + offs_j
+    c0 = g * Cg
+    if NEED_I64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        kout = kout.to(tl.int64)
+        c0 = c0.to(tl.int64)
+    ih0 = oh * SH - PT
+    iw0 = ow * SW - PL
+    x_row = x_ptr + n * sxn + c0 * sxc  # [BLOCK_M] pointers to pixel (n, ., 0, 0) of group g
+    w_col = w_ptr + kout * swk          # [BLOCK_N]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    rk = tl.arange(0, BLOCK_K)
+
+    if CHANNEL_BLOCKED:
+        for rs in range(R * S):
+            r = rs // S
+            s = rs % S
+            if PLAIN_GEMM:
+                a_row = x_row + p * sxw
+                sp_ok = m_ok
+            else:
+                ih = ih0 + r * DH
+                iw = iw0 + s * DW
+                sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                a_row = x_row + ih * sxh + iw * sxw
+            b_col = w_col + r * swr + s * sws
+            for cb in range(0, Cg, BLOCK_K):
+                c = cb + rk
+                if NEED_I64:
+                    c = c.to(tl.int64)
+                a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
+                b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
+                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    else:
+        KRED = Cg * R * S
+        for kb in range(0, KRED, BLOCK_K):
+            kk = kb + rk
+            k_ok = kk < KRED
+            c = kk % Cg
+            rs = kk // Cg
+            r = rs // S
+            s = rs % S
+            if NEED_I64:
+                c = c.to(tl.int64)
+            ih = ih0[:, None] + (r * DH)[None, :]
+            iw = iw0[:, None] + (s * DW)[None, :]
+            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+            a = tl.load(x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
+            b = tl.load(w_col[None, :] + (c * swc + r * swr + s * sws)[:, None],
+                        mask=k_ok[:, None] & j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
+        acc += bias[None, :]
+    acc = apply_activation(acc, ACT)
+    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+
+
+_fwd_tuner = TileTuner("igemm_fwd", FWD_CONFIGS, INTERPRET_CONFIG)
+
+
+def _out_hw(h, w, r, s, stride, padding, dilation):
+    ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _check(x, w, name):
+    if x.dtype != w.dtype:
+        raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"fastconv.{name}: unsupported dtype {x.dtype}")
+    if x.dim() != 4 or w.dim() != 4:
+        raise ValueError(f"fastconv.{name}: expected 4-D tensors, got {tuple(x.shape)} and "
+                         f"{tuple(w.shape)}")
+
+
+def _pick(tuner, key, t, launch, prune):
+    if t.dtype == torch.float64 and t.device.type == "cuda":
+        return FP64_CONFIG
+    return tuner.pick(key, t.device, launch, prune)
+
+
+def _layout_key(t):
+    return "cl" if is_channels_last(t) else "nchw"
+
+
+def _k_prune(kred, kg, blocked_div):
+    """Tiles no wider than the problem (BLOCK_N <= pow2(Kg), BLOCK_K <= pow2(K))."""
+    def prune(cfg):
+        if cfg["BLOCK_N"] > max(16, triton.next_power_of_2(kg)):
+            return False
+        if cfg["BLOCK_K"] > max(16, triton.next_power_of_2(kred)):
+            return False
+        return True
+    return prune
+
+
+def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
+    _check(x, w, "triton_igemm_conv2d")
+    n, c, h, wd = x.shape
+    k, cg, r, s = w.shape
+    if c != cg * groups or k % groups:
+        raise ValueError(f"fastconv.triton_igemm_conv2d: input {tuple(x.shape)} and weight "
+                         f"{tuple(w.shape)} do not match groups={groups}")
+    kg = k // groups
+    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
+    y = new_output((n, k, ho, wo), x, is_channels_last(x) or is_channels_last(w))
+    m = n * ho * wo
+    if m == 0:
+        return y
+    plain = (r == 1 and s == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
+             and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
+    act = activation_code(activation)
+    i64 = needs_int64(x, w, y)
+    b = bias if bias is not None else w
+
+    def launch(cfg):
+        meta, opts = launch_meta(cfg)
+        blocked = cg % meta["BLOCK_K"] == 0
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        _igemm_fwd_kernel[grid](
+            x, w, b, y, h, wd, ho, wo, m, cg, kg,
+            *x.stride(), *w.stride(), *y.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, HAS_BIAS=bias is not None, ACT=act, CHANNEL_BLOCKED=blocked,
+            PLAIN_GEMM=plain and blocked, NEED_I64=i64, **dot_args(x.dtype), **meta, **opts)
+
+    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+           f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
+    cfg = _pick(_fwd_tuner, key, x, launch, _k_prune(cg * r * s, kg, cg))
+    launch(cfg)
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# grad_input: a transposed convolution, as an implicit GEMM over input pixels.
+#   dX[m, c] = sum_{kk=(r,s,k)} dY[n, g*Kg+k, ho, wo] * w[g*Kg+k, c, r, s]
+#   with ho = (h + pt - r*dh) / sh when that divides exactly and lands in [0, Ho).
+# --------------------------------------------------------------------------------------
+BWD_INPUT_CONFIGS = FWD_CONFIGS
+
+
+@triton.jit
+def _igemm_bwd_input_kernel(
+    dy_ptr, w_ptr, dx_ptr,
+    H, W, Ho, Wo, M, Cg, Kg,
+    syn, syk, syh, syw, swk, swc, swr, sws, sxn, sxc, sxh, sxw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    tiles_n = tl.cdiv(Cg, BLOCK_N)
+    pid_m = pid // tiles_n
+    pid_n = pid % tiles_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    j_ok = offs_j < Cg
+    hw = H * W
+    n = offs_m // hw
+    p = offs_m % hw
+    ih = p // W
+    iw = p % W
+    cin = g * Cg + offs_j
+    k0 = g * Kg
+    if NEED_I64:
+        n = n.to(tl.int64)
+        ih = ih.to(tl.int64)
+        iw = iw.to(tl.int64)
+        cin = cin.to(tl.int64)
+        k0 = k0.to(tl.int64)
+    dy_row = dy_ptr + n * syn + k0 * syk
+    w_col = w_ptr + k0 * swk + offs_j * swc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    rk = tl.arange(0, BLOCK_K)
+
+    if CHANNEL_BLOCKED:
+        for rs in range(R * S):
+            r = rs // S
+            s = rs % S
+            th = ih + PT - r * DH
+            tw = iw + PL - s * DW
+            oh = th // SH
+            ow = tw // SW
+            sp_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
+                     & (oh < Ho) & (ow < Wo))
+            a_row = dy_row + oh * syh + ow * syw
+            b_col = w_col + r * swr + s * sws
+            for kb in range(0, Kg, BLOCK_K):
+                kk = kb + rk
+                if NEED_I64:
+                    kk = kk.to(tl.int64)
+                a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
+                b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
+                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    else:
+        KRED = Kg * R * S
+        for kb in range(0, KRED, BLOCK_K):
+            kq = kb + rk
+            q_ok = kq < KRED
+            kk = kq % Kg
+            rs = kq // Kg
+            r = rs // S
+            s = rs % S
+            if NEED_I64:
+                kk = kk.to(tl.int64)
+            th = ih[:, None] + PT - (r * DH)[None, :]
+            tw = iw[:, None] + PL - (s * DW)[None, :]
+            oh = th // SH
+            ow = tw // SW
+            a_ok = (m_ok[:, None] & q_ok[None, :] & (th >= 0) & (tw >= 0) & (th % SH == 0)
+                    & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
+            a = tl.load(dy_row[:, None] + kk[None, :] * syk + oh * syh + ow * syw, mask=a_ok,
+                        other=0.0)
+            b = tl.load(w_col[None, :] + (kk * swk + r * swr + s * sws)[:, None],
+                        mask=q_ok[:, None] & j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+
+    x_off = (n * sxn + ih * sxh + iw * sxw)[:, None] + (cin * sxc)[None, :]
+    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+
+
+_bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
+
+
+def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
+    _check(dy, w, "triton_igemm_conv2d_grad_input")
+    n, c, h, wd = input_size
+    k, cg, r, s = w.shape
+    kg = k // groups
+    ho, wo = dy.shape[2], dy.shape[3]
+    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
+        raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
+                         f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
+    dx = new_output((n, c, h, wd), dy, is_channels_last(dy))
+    m = n * h * wd
+    if m == 0:
+        return dx
+    i64 = needs_int64(dy, w, dx)
+
+    def launch(cfg):
+        meta, opts = launch_meta(cfg)
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
+        _igemm_bwd_input_kernel[grid](
+            dy, w, dx, h, wd, ho, wo, m, cg, kg,
+            *dy.stride(), *w.stride(), *dx.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0, NEED_I64=i64,
+            **dot_args(dy.dtype), **meta, **opts)
+
+    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+           f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
+    cfg = _pick(_bwd_input_tuner, key, dy, launch, _k_prune(kg * r * s, cg, kg))
+    launch(cfg)
+    return dx
+
+
+# --------------------------------------------------------------------------------------
+# grad_weight: dW[i, (c, r, s)] = sum_{q=(n, oh, ow)} dY[n, g*Kg+i, oh, ow] * x[n, g*Cg+c, ih, iw]
+# The reduction (N*Ho*Wo) is long and the output small, so the reduction is split into
+# SPLIT chunks written to an fp32 buffer and summed in a fixed order: deterministic, no atomics.
+# --------------------------------------------------------------------------------------
+BWD_WEIGHT_CONFIGS = [
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+]
+WGRAD_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)
+
+
+@triton.jit
+def _igemm_bwd_weight_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    H, W, Ho, Wo, Q, Cg, Kg, CHUNK,
+    syn, syk, syh, syw, sxn, sxc, sxh, sxw,
+    SH, SW, PT, PL, DH, DW,
+    R: tl.constexpr, S: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    split = tl.program_id(2)
+    JRED = Cg * R * S
+    tiles_n = tl.cdiv(JRED, BLOCK_N)
+    pid_m = pid // tiles_n
+    pid_n = pid % tiles_n
+    offs_i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # output channel in group
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # (r, s, c), c innermost
+    i_ok = offs_i < Kg
+    j_ok = offs_j < JRED
+    c = offs_j % Cg
+    rs = offs_j // Cg
+    r = rs // S
+    s = rs % S
+    kout = g * Kg + offs_i
+    cin = g * Cg + c
+    if NEED_I64:
+        kout = kout.to(tl.int64)
+        cin = cin.to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    q_lo = split * CHUNK
+    q_hi = tl.minimum(q_lo + CHUNK, Q)
+    hw_o = Ho * Wo
+    for qb in range(q_lo, q_hi, BLOCK_K):
+        q = qb + tl.arange(0, BLOCK_K)
+        q_ok = q < q_hi
+        n = q // hw_o
+        pq = q % hw_o
+        oh = pq // Wo
+        ow = pq % Wo
+        if NEED_I64:
+            n = n.to(tl.int64)
+            oh = oh.to(tl.int64)
+            ow = ow.to(tl.int64)
+        a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
+                    mask=i_ok[:, None] & q_ok[None, :], other=0.0)
+        ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
+        iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
+        b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
+                    mask=b_ok, other=0.0)
+        acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    # partial buffer [SPLIT, K, Cg, R, S] (contiguous, the weight's own order)
+    w_off = (kout * JRED)[:, None] + (c * (R * S) + rs)[None, :]
+    base = split.to(tl.int64) * (Kg * JRED * tl.num_programs(1))
+    tl.store(part_ptr + base + w_off, acc, mask=i_ok[:, None] & j_ok[None, :])
+
+
+_bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTERPRET_CONFIG)
+SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
+
+
+def _num_sms(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
+    _check(dy, x, "triton_igemm_conv2d_grad_weight")
+    k, cg, r, s = weight_size
+    n, c, h, wd = x.shape
+    kg = k // groups
+    ho, wo = dy.shape[2], dy.shape[3]
+    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
+        raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
+                         f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
+                         f"weight_size {tuple(weight_size)}")
+    q = n * ho * wo
+    jred = cg * r * s
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    i64 = needs_int64(dy, x)
+    sms = _num_sms(x.device)
+
+    def plan(meta):
+        tiles = triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]) * groups
+        want = max(1, (SM_TARGET_PROGRAMS * sms) // tiles)
+        split = max(1, min(want, triton.cdiv(q, 4 * meta["BLOCK_K"])))
+        chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_K"]) * meta["BLOCK_K"]
+        return triton.cdiv(q, chunk), chunk
+
+    def launch(cfg, part=None):
+        meta, opts = launch_meta(cfg)
+        split, chunk = plan(meta)
+        if part is None:
+            part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
+        grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
+        _igemm_bwd_weight_kernel[grid](
+            dy, x, part, h, wd, ho, wo, q, cg, kg, chunk,
+            *dy.stride(), *x.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            R=r, S=s, NEED_I64=i64, **dot_args(x.dtype), **meta, **opts)
+        return part
+
+    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+           f"g{groups}|{x.dtype}|{_layout_key(dy)}{_layout_key(x)}|{dot_precision(x.dtype)}")
+    prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
+                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
+    if q == 0:
+        return torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
+    cfg = _pick(_bwd_weight_tuner, key, x, launch, prune)
+    part = launch(cfg)
+    dw = new_output(tuple(weight_size), x, False)
+    torch.sum(part, dim=0, out=dw) if part.dtype == dw.dtype else dw.copy_(part.sum(0))
+    return dw

@@ -1,0 +1,291 @@
+"""The Triton kernels (algo="triton_igemm", "triton_depthwise") against F.conv2d.
+
+Runs on CUDA, or on the CPU under Triton's interpreter. Triton reads TRITON_INTERPRET
+when a kernel is decorated, so the interpreter must be on before anything imports
+triton: CI runs this module in its own process,
+
+    TRITON_INTERPRET=1 python -m pytest -q tests/test_triton.py
+
+Shapes are tiny because the interpreter executes every program in Python.
+The full-size matrix (real layer shapes, every dtype/layout) is in test_triton_gpu.py.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+
+triton = pytest.importorskip("triton")
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+if not (CUDA or INTERPRET):
+    pytest.skip("Triton kernels need a CUDA device or the interpreter: run "
+                "`TRITON_INTERPRET=1 python -m pytest tests/test_triton.py` in its own process",
+                allow_module_level=True)
+DEVICE = "cuda" if CUDA else "cpu"
+
+# ||out - ref|| / ||ref|| bounds (reference: float64 on the same, already-rounded inputs).
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+TF32_TOL = 3e-3
+ACTIVATIONS = ("none", "relu", "relu6", "silu", "gelu")
+
+
+def rel_err(out, ref):
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert not torch.isnan(out).any(), "NaN in output: an element was not written"
+    out, ref = out.double().cpu(), ref.double().cpu()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def layout(t, cl):
+    return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
+
+
+def make(xs, ws, dtype, cl, bias=True, requires_grad=False):
+    x = layout(torch.randn(xs, dtype=torch.float64).to(dtype), cl).to(DEVICE)
+    w = layout((torch.randn(ws, dtype=torch.float64) / (ws[1] * ws[2] * ws[3]) ** 0.5).to(dtype),
+               cl).to(DEVICE)
+    b = torch.randn(ws[0], dtype=torch.float64).to(dtype).to(DEVICE) if bias else None
+    for t in (x, w, b):
+        if t is not None:
+            t.requires_grad_(requires_grad)
+    return x, w, b
+
+
+def ref_conv(x, w, b, stride, padding, dilation, groups, activation=None):
+    y = F.conv2d(x.detach().double().cpu(), w.detach().double().cpu(),
+                 None if b is None else b.detach().double().cpu(), stride, padding, dilation, groups)
+    return fastconv._ops.apply_activation(y, activation or "none")
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32():
+    """fp32 tests below are IEEE unless a test turns TF32 on."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
+# (N, C, H, W), (K, C/g, R, S), stride, padding, dilation, groups
+IGEMM_CASES = {
+    "dense3x3": ((2, 8, 9, 10), (16, 8, 3, 3), 1, 1, 1, 1),
+    "strided_nonsquare": ((1, 6, 11, 9), (8, 6, 3, 2), (2, 1), (1, 0), 1, 1),
+    "dilated": ((1, 4, 12, 12), (8, 4, 3, 3), 1, 2, 2, 1),
+    "same_even_kernel": ((1, 5, 7, 8), (6, 5, 4, 4), 1, "same", 1, 1),
+    "grouped_cg2": ((1, 8, 8, 8), (8, 2, 3, 3), 1, 1, 1, 4),
+    "grouped_blocked": ((1, 64, 6, 6), (32, 32, 3, 3), (2, 2), 1, 1, 2),
+    "depthwise_shape": ((1, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8),
+    "plain1x1": ((2, 32, 5, 7), (24, 32, 1, 1), 1, 0, 1, 1),
+    "1x1_strided": ((1, 16, 7, 7), (16, 16, 1, 1), 2, 0, 1, 1),
+}
+
+
+def _check_forward(algo, case, dtype, cl, activation=None, tol=None):
+    xs, ws, st, pad, dil, g = case
+    x, w, b = make(xs, ws, dtype, cl)
+    out = fastconv.conv2d(x, w, b, st, pad, dil, g, algo=algo, activation=activation)
+    assert out.dtype == dtype and out.device.type == DEVICE
+    assert out.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert rel_err(out, ref_conv(x, w, b, st, pad, dil, g, activation)) < (tol or TOL[dtype])
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", list(IGEMM_CASES))
+def test_igemm_forward_fp32(name, cl):
+    _check_forward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16],
+                         ids=["fp64", "fp16", "bf16"])
+@pytest.mark.parametrize("name", ["dense3x3", "grouped_cg2", "plain1x1", "same_even_kernel"])
+def test_igemm_forward_dtypes(name, dtype):
+    _check_forward("triton_igemm", IGEMM_CASES[name], dtype, name == "plain1x1")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS[1:])
+@pytest.mark.parametrize("algo,case", [
+    ("triton_igemm", IGEMM_CASES["dense3x3"]),
+    ("triton_depthwise", ((1, 6, 7, 9), (6, 1, 3, 3), 1, 1, 1, 6)),
+], ids=["igemm", "depthwise"])
+def test_epilogue(algo, case, activation):
+    # ReLU6 clips at 6: scale up so that some outputs land above it.
+    _check_forward(algo, case, torch.float32, False, activation)
+
+
+def test_mixed_layouts_follow_pytorch_rule():
+    """Output is channels_last iff input or weight is; a channels_last weight alone counts."""
+    x = torch.randn(1, 8, 6, 6, device=DEVICE)
+    w = layout(torch.randn(8, 8, 3, 3, device=DEVICE), True)
+    out = fastconv.conv2d(x, w, padding=1, algo="triton_igemm")
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, ref_conv(x, w, None, 1, 1, 1, 1)) < TOL[torch.float32]
+    out2 = fastconv.conv2d(x, w[:, :1].contiguous(), padding=1, groups=8, algo="triton_depthwise")
+    assert rel_err(out2, ref_conv(x, w[:, :1], None, 1, 1, 1, 8)) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+def test_tf32_flag(tf32):
+    """cudnn.allow_tf32 picks the dot precision. IEEE must be exact to fp32 rounding; TF32
+    (10-bit mantissa operands) lands near 1e-4..1e-3 on the GPU. The interpreter computes
+    dots in fp32 either way, so there only the IEEE bound and the TF32 bound are checked."""
+    torch.backends.cudnn.allow_tf32 = tf32
+    xs, ws = (2, 32, 8, 8), (32, 32, 3, 3)
+    x, w, b = make(xs, ws, torch.float32, False)
+    err = rel_err(fastconv.conv2d(x, w, b, padding=1, algo="triton_igemm"),
+                  ref_conv(x, w, b, 1, 1, 1, 1))
+    if tf32:
+        assert err < TF32_TOL
+        if CUDA:
+            assert err > 1e-6, "allow_tf32=True but the result is IEEE-exact: TF32 not used"
+    else:
+        assert err < TOL[torch.float32]
+
+
+def _check_backward(algo, case, dtype, cl, activation=None):
+    xs, ws, st, pad, dil, g = case
+    x, w, b = make(xs, ws, dtype, cl, requires_grad=True)
+    out = fastconv.conv2d(x, w, b, st, pad, dil, g, algo=algo, activation=activation)
+    grad = layout(torch.randn(out.shape, dtype=torch.float64).to(dtype), cl).to(DEVICE)
+    gx, gw, gb = torch.autograd.grad(out, (x, w, b), grad)
+    xr, wr, br = (t.detach().double().cpu().requires_grad_() for t in (x, w, b))
+    ref = fastconv._ops.apply_activation(F.conv2d(xr, wr, br, st, pad, dil, g), activation or "none")
+    rx, rw, rb = torch.autograd.grad(ref, (xr, wr, br), grad.double().cpu())
+    tol = TOL[dtype] if dtype != torch.float32 else 1e-5
+    assert rel_err(gx, rx) < tol
+    assert rel_err(gw, rw) < tol
+    assert rel_err(gb, rb) < tol
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", ["dense3x3", "strided_nonsquare", "dilated", "same_even_kernel",
+                                  "grouped_cg2", "grouped_blocked", "plain1x1"])
+def test_igemm_backward(name, cl):
+    _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+def test_igemm_backward_dtypes(dtype):
+    _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], dtype, False)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_backward_through_epilogue(activation):
+    _check_backward("triton_igemm", IGEMM_CASES["dense3x3"], torch.float32, False, activation)
+    _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, True, activation)
+
+
+# (N, C, H, W), (C*mult, 1, R, S), stride, padding, dilation, groups=C
+DW_CASES = {
+    "k3": ((2, 6, 7, 9), (6, 1, 3, 3), 1, 1, 1, 6),
+    "k3_s2_mult2": ((1, 4, 9, 8), (8, 1, 3, 3), 2, 1, 1, 4),
+    "k5_dil2": ((1, 5, 11, 10), (5, 1, 5, 5), 1, 4, 2, 5),
+    "k4_same": ((1, 3, 6, 7), (3, 1, 4, 4), 1, "same", 1, 3),
+    "k7x3_s21": ((1, 4, 10, 9), (4, 1, 7, 3), (2, 1), (3, 1), 1, 4),
+    "k1": ((1, 8, 5, 5), (16, 1, 1, 1), 1, 0, 1, 8),
+    "k13": ((1, 4, 9, 10), (4, 1, 13, 13), 1, 6, 1, 4),
+    "k31": ((1, 2, 6, 5), (2, 1, 31, 31), 1, 15, 1, 2),
+}
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", list(DW_CASES))
+def test_depthwise_forward_fp32(name, cl):
+    _check_forward("triton_depthwise", DW_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16],
+                         ids=["fp64", "fp16", "bf16"])
+@pytest.mark.parametrize("name", ["k3_s2_mult2", "k5_dil2"])
+def test_depthwise_forward_dtypes(name, dtype):
+    _check_forward("triton_depthwise", DW_CASES[name], dtype, name == "k5_dil2")
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", ["k3", "k3_s2_mult2", "k5_dil2", "k4_same", "k7x3_s21", "k13"])
+def test_depthwise_backward(name, cl):
+    _check_backward("triton_depthwise", DW_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=["fp64", "fp16"])
+def test_depthwise_backward_dtypes(dtype):
+    _check_backward("triton_depthwise", DW_CASES["k3_s2_mult2"], dtype, True)
+
+
+def test_depthwise_grad_weight_is_deterministic():
+    x = torch.randn(2, 8, 12, 12, device=DEVICE)
+    dy = torch.randn(2, 8, 12, 12, device=DEVICE)
+    gw = torch.ops.fastconv.triton_depthwise_conv2d_grad_weight
+    a = gw(dy, x, [8, 1, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 8)
+    b = gw(dy, x, [8, 1, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 8)
+    assert torch.equal(a, b)
+
+
+def test_reference_loop_nests_match_fconv():
+    """The plain loop nests kept beside the kernels are what the kernels compute."""
+    from fastconv.kernels import depthwise, igemm
+
+    xs, ws, st, pad, dil, g = IGEMM_CASES["grouped_cg2"]
+    x, w, b = make(xs, ws, torch.float64, False)
+    ref = ref_conv(x, w, b, st, pad, dil, g)
+    assert rel_err(igemm.reference_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), g), ref) < 1e-12
+    xs, ws, st, pad, dil, g = DW_CASES["k3_s2_mult2"]
+    x, w, b = make(xs, ws, torch.float64, False)
+    ref = ref_conv(x, w, b, st, pad, dil, g)
+    assert rel_err(depthwise.reference_conv2d(x, w, b, (2, 2), (1, 1, 1, 1), (1, 1)), ref) < 1e-12
+
+
+def test_auto_picks_triton_on_cuda_or_interpreter():
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    spec = fastconv.conv_spec(x, torch.randn(4, 1, 3, 3, device=DEVICE), groups=4)[2]
+    assert fastconv.algorithms  # registry is importable
+    names = [a.name for a in fastconv.registry.applicable(spec)]
+    assert "triton_depthwise" in names and "triton_igemm" in names
+
+
+def test_errors_are_clear(monkeypatch):
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="depthwise"):
+        fastconv.conv2d(x, torch.randn(4, 4, 3, 3, device=DEVICE), algo="triton_depthwise")
+    with pytest.raises(TypeError, match="dtype"):
+        torch.ops.fastconv.triton_igemm_conv2d(x, torch.randn(4, 4, 3, 3, device=DEVICE).half(),
+                                               None, [1, 1], [0, 0, 0, 0], [1, 1], 1)
+    with pytest.raises(ValueError, match="activation"):
+        torch.ops.fastconv.triton_igemm_conv2d(x, torch.randn(4, 4, 3, 3, device=DEVICE), None,
+                                               [1, 1], [0, 0, 0, 0], [1, 1], 1, "tanh")
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            torch.ops.fastconv.triton_igemm_conv2d(x, torch.randn(4, 4, 3, 3), None, [1, 1],
+                                                   [0, 0, 0, 0], [1, 1], 1)
+
+
+def test_tuning_cache_roundtrip(tmp_path, monkeypatch):
+    """The tile choice is written to $FASTCONV_CACHE_DIR and read back by a fresh tuner."""
+    from fastconv.kernels import _common
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_common.TileTuner, "_disk", None)
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    calls = []
+    tuner = _common.TileTuner("unit", [dict(A=1), dict(A=2)], dict(A=0))
+    fake_cuda = torch.device("cuda", 0) if CUDA else torch.device("meta")
+
+    if not CUDA:  # the tuner only tunes on CUDA; pretend, with a fixed cost per config
+        monkeypatch.setattr(_common, "device_name", lambda d: "fake-gpu")
+        monkeypatch.setattr(_common.triton.testing, "do_bench",
+                            lambda fn, **kw: (fn(), 1.0 if calls[-1]["A"] == 2 else 2.0)[1])
+        fake_cuda = type("D", (), {"type": "cuda"})()
+    best = tuner.pick("shape", fake_cuda, lambda cfg: calls.append(cfg))
+    assert best in (dict(A=1), dict(A=2)) and calls
+    if not CUDA:
+        assert best == dict(A=2)
+    monkeypatch.setattr(_common.TileTuner, "_disk", None)
+    fresh = _common.TileTuner("unit", [dict(A=1), dict(A=2)], dict(A=0))
+    calls.clear()
+    assert fresh.pick("shape", fake_cuda, lambda cfg: calls.append(cfg)) == best
+    assert not calls, "a second tuner re-timed a cached shape"
+    assert (tmp_path / _common.TileTuner.FILE).exists()

@@ -1,0 +1,137 @@
+"""The full correctness matrix of the Triton kernels on CUDA against F.conv2d: real layer
+shapes (ResNet-50, ResNeXt-50 32x4d, MobileNetV2, ConvNeXt-T, RepLKNet-31B) at a small
+batch, forward and both gradients, every dtype and layout, TF32 on and off, and the
+2^31-element index boundary. Marked `gpu`: skipped without a CUDA device.
+
+The layer tables are defined here on purpose (the bench helper keeps its own).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv
+
+pytestmark = pytest.mark.gpu
+BATCH = 2
+
+# (C, K, H, R, stride, groups): square images and kernels, padding R // 2.
+RESNET50 = [
+    (3, 64, 224, 7, 2, 1),
+    (64, 64, 56, 1, 1, 1), (64, 64, 56, 3, 1, 1), (64, 256, 56, 1, 1, 1), (256, 64, 56, 1, 1, 1),
+    (256, 128, 56, 1, 1, 1), (128, 128, 56, 3, 2, 1), (128, 512, 28, 1, 1, 1),
+    (256, 512, 56, 1, 2, 1), (512, 128, 28, 1, 1, 1), (128, 128, 28, 3, 1, 1),
+    (512, 256, 28, 1, 1, 1), (256, 256, 28, 3, 2, 1), (256, 1024, 14, 1, 1, 1),
+    (512, 1024, 28, 1, 2, 1), (1024, 256, 14, 1, 1, 1), (256, 256, 14, 3, 1, 1),
+    (1024, 512, 14, 1, 1, 1), (512, 512, 14, 3, 2, 1), (512, 2048, 7, 1, 1, 1),
+    (1024, 2048, 14, 1, 2, 1), (2048, 512, 7, 1, 1, 1), (512, 512, 7, 3, 1, 1),
+]
+RESNEXT50_GROUPED = [
+    (128, 128, 56, 3, 1, 32), (256, 256, 56, 3, 2, 32), (256, 256, 28, 3, 1, 32),
+    (512, 512, 28, 3, 2, 32), (512, 512, 14, 3, 1, 32), (1024, 1024, 14, 3, 2, 32),
+    (1024, 1024, 7, 3, 1, 32),
+]
+MOBILENETV2_DW = [
+    (32, 32, 112, 3, 1, 32), (96, 96, 112, 3, 2, 96), (144, 144, 56, 3, 1, 144),
+    (144, 144, 56, 3, 2, 144), (192, 192, 28, 3, 1, 192), (192, 192, 28, 3, 2, 192),
+    (384, 384, 14, 3, 1, 384), (576, 576, 14, 3, 1, 576), (576, 576, 14, 3, 2, 576),
+    (960, 960, 7, 3, 1, 960),
+]
+CONVNEXT_T_DW = [(96, 96, 56, 7, 1, 96), (192, 192, 28, 7, 1, 192), (384, 384, 14, 7, 1, 384),
+                 (768, 768, 7, 7, 1, 768)]
+REPLKNET31B_DW = [(128, 128, 56, 31, 1, 128), (256, 256, 28, 29, 1, 256),
+                  (512, 512, 14, 27, 1, 512), (1024, 1024, 7, 13, 1, 1024)]
+
+LAYERS = ([("resnet50", l) for l in RESNET50] + [("resnext50", l) for l in RESNEXT50_GROUPED]
+          + [("mobilenetv2", l) for l in MOBILENETV2_DW] + [("convnext_t", l) for l in CONVNEXT_T_DW]
+          + [("replknet31b", l) for l in REPLKNET31B_DW])
+VARIANTS = {  # name: (dtype, tf32, forward tolerance)
+    "fp32": (torch.float32, False, 1e-5),
+    "tf32": (torch.float32, True, 3e-3),
+    "bf16": (torch.bfloat16, False, 1e-2),
+    "fp16": (torch.float16, False, 1e-2),
+}
+
+
+def rel_err(out, ref):
+    assert out.shape == ref.shape
+    assert not torch.isnan(out).any(), "NaN in output: an element was not written"
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def _ids(layers):
+    return [f"{net}-C{c}K{k}-{h}-{r}x{r}-s{s}-g{g}" for net, (c, k, h, r, s, g) in layers]
+
+
+@pytest.fixture
+def tf32_flag():
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("net,layer", LAYERS, ids=_ids(LAYERS))
+def test_layer(net, layer, variant, cl, tf32_flag):
+    dtype, tf32, tol = VARIANTS[variant]
+    torch.backends.cudnn.allow_tf32 = tf32
+    c, k, h, r, s, g = layer
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    # Large depthwise kernels are compute-heavy in fp64: one image there.
+    n = 1 if r > 7 else BATCH
+    x = torch.randn(n, c, h, h, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    w = (torch.randn(k, c // g, r, r, device="cuda") / (c // g * r * r) ** 0.5).to(dtype)
+    w = w.contiguous(memory_format=fmt)
+    b = torch.randn(k, device="cuda").to(dtype)
+    x.requires_grad_()
+    w.requires_grad_()
+    b.requires_grad_()
+    out = fastconv.conv2d(x, w, b, s, r // 2, 1, g)
+    assert out.is_contiguous(memory_format=fmt)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xr, wr, br, s, r // 2, 1, g)
+    assert rel_err(out, ref) < tol
+    if variant in ("fp16",) and net == "resnet50":
+        return  # fp16 gradients: covered by bf16 and the smaller nets
+    grad = torch.randn_like(out)
+    gx, gw, gb = torch.autograd.grad(out, (x, w, b), grad)
+    rx, rw, rb = torch.autograd.grad(ref, (xr, wr, br), grad.double())
+    # Gradients reduce over far more terms (grad_weight: N*Ho*Wo); bound them looser.
+    gtol = tol * (4 if dtype != torch.float32 or tf32 else 10)
+    assert rel_err(gx, rx) < gtol
+    assert rel_err(gw, rw) < gtol
+    assert rel_err(gb, rb) < gtol
+
+
+@pytest.mark.parametrize("algo", ["triton_igemm", "triton_depthwise"])
+def test_index_past_int32(algo):
+    """A tensor just over 2^31 elements: every offset must be formed in int64."""
+    c, h = 16, 11586  # 16 * 11586^2 = 2_147_766_336 > 2^31
+    assert c * h * h > 2**31
+    torch.manual_seed(0)
+    x = torch.randn(1, c, h, h, device="cuda", dtype=torch.float16)
+    cg = 1 if algo == "triton_depthwise" else c
+    w = (torch.randn(c, cg, 3, 3, device="cuda") / (3 * cg) ).to(torch.float16)
+    out = fastconv.conv2d(x, w, None, 1, 1, 1, c // cg, algo=algo)
+    ref = F.conv2d(x, w, None, 1, 1, 1, c // cg)
+    # Compare the tail (beyond 2^31) and the head, in float32 to keep memory in check.
+    for sl in (slice(0, 64), slice(h - 64, h)):
+        assert rel_err(out[:, :, sl].float(), ref[:, :, sl].float()) < 1e-2
+    assert not torch.isnan(out[:, -1]).any()
+    del out, ref
+    if algo == "triton_depthwise":
+        dy = torch.randn_like(x)
+        gx = torch.ops.fastconv.triton_depthwise_conv2d_grad_input(
+            dy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], c)
+        rx = torch.nn.grad.conv2d_input(list(x.shape), w, dy, 1, 1, 1, c)
+        for sl in (slice(0, 64), slice(h - 64, h)):
+            assert rel_err(gx[:, :, sl].float(), rx[:, :, sl].float()) < 1e-2
+
+
+def test_depthwise_grad_weight_deterministic_cuda():
+    x = torch.randn(32, 144, 56, 56, device="cuda")
+    dy = torch.randn(32, 144, 56, 56, device="cuda")
+    args = ([144, 1, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 144)
+    a = torch.ops.fastconv.triton_depthwise_conv2d_grad_weight(dy, x, *args)
+    b = torch.ops.fastconv.triton_depthwise_conv2d_grad_weight(dy, x, *args)
+    assert torch.equal(a, b)
