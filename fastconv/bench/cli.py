@@ -94,8 +94,10 @@ def run(args) -> int:
             printed.append(True)
         bar.write(report.terminal_line(row))
 
-    result = runner.run(opts, on_row=on_row)
-    print("\n".join(machine.header_lines(result.header)), file=sys.stderr)
+    def on_header(header):
+        print("\n".join(machine.header_lines(header)), flush=True)
+
+    result = runner.run(opts, on_row=on_row, on_header=on_header)
     print(report.terminal_summary(result.rows))
     bad = [r for r in result.rows if not r["ok"]]
     for r in bad:

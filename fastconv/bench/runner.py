@@ -227,8 +227,9 @@ class Runner:
         }
 
 
-def run(opts: Options, on_row=None) -> Result:
-    """Time every layer of the chosen suites; `on_row(row)` is called as each row completes."""
+def run(opts: Options, on_row=None, on_header=None) -> Result:
+    """Time every layer of the chosen suites. `on_header(header)` is called once the machine is
+    measured, `on_row(row, bar)` as each row completes."""
     from tqdm import tqdm
 
     r = Runner(opts)
@@ -237,6 +238,8 @@ def run(opts: Options, on_row=None) -> Result:
         for name in opts.algos:
             registry.get(name)  # unknown names fail before any timing
     result = Result(header=r.header())
+    if on_header is not None:
+        on_header(result.header)
     work = [(layer, p) for layer in layers for p in r.passes()]
     bar = tqdm(work, desc="fastconv bench", unit="layer", disable=None if opts.progress else True,
                dynamic_ncols=True, leave=False)
