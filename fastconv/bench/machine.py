@@ -17,7 +17,7 @@ from .timing import measure
 # Ceiling workloads: a copy larger than the last-level cache (twice it, within these bounds), and a
 # square matmul large enough to reach the library's peak on this device.
 COPY_BYTES_MIN = 64 << 20
-COPY_BYTES_MAX = {"cpu": 1 << 30, "cuda": 2 << 30}
+COPY_BYTES_MAX = {"cpu": 512 << 20, "cuda": 2 << 30}
 MATMUL_SIZE = {"cpu": 1024, "cuda": 8192}
 
 
@@ -114,6 +114,8 @@ def describe(device: str, dtype: torch.dtype, threads: int) -> dict:
         "threads": threads,
         "dtype": str(dtype).replace("torch.", ""),
         "tf32": tf32_flags(),
+        # Other processes compete for the cores; keep this next to the numbers.
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     if device == "cuda":
         h["device_name"] = torch.cuda.get_device_name()
@@ -129,7 +131,7 @@ def ceilings(device: str, dtype: torch.dtype, threads: int, repeats: int = 5,
     `copy_nbytes`, default twice the last-level cache) and matmul rate (torch.mm in `dtype`)."""
     elem = torch.empty((), dtype=dtype).element_size()
     n_copy = (copy_nbytes or copy_bytes(device)) // elem
-    src = torch.randn(n_copy, device=device).to(dtype)
+    src = torch.empty(n_copy, device=device, dtype=dtype).uniform_(-1, 1)
     dst = torch.empty_like(src)
     t_copy = measure(lambda: dst.copy_(src), device, repeats=repeats, threads=threads)
     copy_gbps = 2 * n_copy * elem / (t_copy.median_ms * 1e-3) / 1e9
@@ -156,7 +158,8 @@ def header_lines(h: dict) -> list[str]:
     tf = h["tf32"]
     lines = [
         f"device: {h['device']} — {h['device_name']}" + (f" ({h['cpu_flags']})" if h["device"] == "cpu" else ""),
-        f"threads: {h['threads']} (of {h['cpu_count']} logical CPUs)",
+        f"threads: {h['threads']} (of {h['cpu_count']} logical CPUs); load average at start "
+        f"{h.get('loadavg_at_start')} (1/5/15 min)",
         f"torch {h['torch']}, triton {h['triton']}, oneDNN {h['onednn']} (mkldnn available: "
         f"{h['mkldnn_available']}), cuDNN {h['cudnn']}" + (f", CUDA {h.get('cuda')}" if h["device"] == "cuda" else ""),
         f"fastconv {h['fastconv']} (commit {h['fastconv_commit']}), python {h['python']}, host {h['host']}, {h['date_utc']} UTC",

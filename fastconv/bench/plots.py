@@ -67,7 +67,7 @@ def speedup_plot(rows, header, path: str) -> None:
 
 def roofline_plot(rows, header, path: str) -> None:
     c = header.get("ceilings")
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     fwd = [r for r in rows if r["pass"] == rows[0]["pass"]] if rows else []
     ai = [r["intensity"] for r in fwd] or [1.0]
     lo, hi = min(ai) / 2, max(ai) * 2
@@ -111,7 +111,7 @@ def roofline_plot(rows, header, path: str) -> None:
     ax.set_ylabel("achieved GFLOP/s")
     ax.set_title(f"roofline ({rows[0]['pass'] if rows else 'fwd'})\n{_subtitle(header)}", fontsize=9)
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
