@@ -1,28 +1,112 @@
-"""Placeholder CLI wiring; the benchmark suite replaces this module."""
+"""`fastconv bench`: time fastconv's algorithms against PyTorch on real networks' conv layers.
+
+Every row is measured in one run: each applicable fastconv algorithm (from the registry), PyTorch's
+F.conv2d (cuDNN / oneDNN / slow_conv2d, named), the equivalent GEMM through torch.mm (bmm over
+groups), F.unfold + matmul, and (conv_vs_linear) nn.Linear. Writes results.csv, results.json,
+summary.md, speedup.png, roofline.png and conv_vs_linear.png to --out.
+"""
 from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import tables
+
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="time fastconv against PyTorch on real layer tables")
-    p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("bench", help="time fastconv against PyTorch on real layer tables",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--suite", nargs="+", default=["all"], choices=(*tables.SUITES, "all"),
+                   metavar="SUITE", help=f"one or more of {', '.join(tables.SUITES)}, all (default: all)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size for every layer (default: the table's N, else 1 on cpu / 32 on cuda)")
+    p.add_argument("--algo", nargs="+", default=None, metavar="ALGO",
+                   help="registered algorithm names (default: every applicable public algorithm)")
+    p.add_argument("--backward", action="store_true", help="also time forward+backward")
+    p.add_argument("--quick", action="store_true",
+                   help="representative subset of each table, shorter measurements")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="minimum timed samples per measurement (default 5, --quick 3)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (fixed for the whole run and recorded; default: torch's)")
+    p.add_argument("--tf32", choices=("on", "off"), default="on",
+                   help="CUDA float32: allow TF32 in cuBLAS/cuDNN, as Triton's tl.dot does by default")
+    p.add_argument("--out", default="bench-out", help="output directory (default bench-out/)")
+    p.add_argument("--copy-mib", type=int, default=None,
+                   help="size of the copy-bandwidth ceiling's tensor (default: twice the last-level cache)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.set_defaults(func=run)
+    return p
 
 
-def run(args):
-    import time
-
+def options_from_args(args):
     import torch
-    import torch.nn.functional as F
 
-    import fastconv
+    from .runner import Options
 
-    x = torch.randn(1, 64, 56, 56)
-    w = torch.randn(64, 64, 3, 3)
-    for algo in ("im2col", "direct"):
-        fastconv.conv2d(x, w, padding=1, algo=algo)
-        t = time.perf_counter()
-        fastconv.conv2d(x, w, padding=1, algo=algo)
-        print(algo, f"{(time.perf_counter() - t) * 1e3:.2f} ms")
-    t = time.perf_counter()
-    F.conv2d(x, w, padding=1)
-    print("torch", f"{(time.perf_counter() - t) * 1e3:.2f} ms")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("fastconv bench: --device cuda but torch.cuda.is_available() is False")
+    dtype = getattr(torch, args.dtype)
+    if device == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        raise SystemExit(f"fastconv bench: dtype {args.dtype} is not supported on cpu (float32, float64)")
+    if args.batch is not None and args.batch < 1:
+        raise SystemExit(f"fastconv bench: --batch must be >= 1, got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"fastconv bench: --threads must be >= 1, got {args.threads}")
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 5)
+    if repeats < 1:
+        raise SystemExit(f"fastconv bench: --repeats must be >= 1, got {repeats}")
+    if args.algo is not None:
+        from .. import registry
+
+        for name in args.algo:
+            try:
+                registry.get(name)
+            except ValueError as e:
+                raise SystemExit(f"fastconv bench: {e}")
+    return Options(device=device, suites=args.suite, dtype=dtype, layout=args.layout, batch=args.batch,
+                   algos=args.algo, backward=args.backward, quick=args.quick, repeats=repeats,
+                   threads=args.threads, tf32=args.tf32 == "on", copy_mib=args.copy_mib)
+
+
+def run(args) -> int:
+    import fastconv  # noqa: F401  (registers the algorithms)
+
+    from . import machine, plots, report, runner
+
+    opts = options_from_args(args)
+    os.makedirs(args.out, exist_ok=True)
+    print("fastconv bench: measuring this machine's ceilings...", file=sys.stderr)
+
+    printed = []
+
+    def on_row(row, bar):
+        if not printed:
+            bar.write(report.terminal_header())
+            printed.append(True)
+        bar.write(report.terminal_line(row))
+
+    def on_header(header):
+        print("\n".join(machine.header_lines(header)), flush=True)
+
+    result = runner.run(opts, on_row=on_row, on_header=on_header)
+    print(report.terminal_summary(result.rows))
+    bad = [r for r in result.rows if not r["ok"]]
+    for r in bad:
+        print(f"WARNING: {r['algo']} on {r['suite']}/{r['layer']}: max relative error "
+              f"{r['max_rel_err']:.3g} vs F.conv2d in float64", file=sys.stderr)
+
+    report.write_csv(result.rows, os.path.join(args.out, "results.csv"))
+    report.write_json(result, os.path.join(args.out, "results.json"))
+    names = [] if args.no_plots else plots.write_all(result.rows, result.header, args.out)
+    report.write_summary(result, os.path.join(args.out, "summary.md"), names)
+    print(f"wrote {', '.join(['results.csv', 'results.json', 'summary.md', *names])} to {args.out}/")
+    return 1 if bad else 0

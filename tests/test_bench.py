@@ -1,0 +1,329 @@
+"""fastconv bench: layer tables, FLOP/byte formulas, baselines, the timing harness, and the
+command end to end (CPU, in-process). No timing thresholds: timing is tested on its statistics."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import fastconv
+from fastconv import registry
+from fastconv.bench import baselines, report, tables, timing
+from fastconv.spec import ConvSpec
+
+ALL_LAYERS = [pytest.param(layer, id=f"{layer.suite}-{layer.label}")
+              for suite in tables.SUITES for layer in tables.load(suite)]
+
+
+def _meta(spec: ConvSpec):
+    x = torch.empty(spec.input_shape, device="meta")
+    w = torch.empty(spec.weight_shape, device="meta")
+    return x, w
+
+
+def _sym(spec):
+    t, b, l, r = spec.padding
+    assert t == b and l == r
+    return (t, l)
+
+
+# -- tables -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suite", tables.SUITES)
+def test_table_loads_and_names_its_source(suite):
+    layers = tables.load(suite)
+    assert layers, suite
+    src = tables.source(suite)
+    assert "Source:" in src
+    names = [(l.name, l.spec.N) for l in layers]
+    assert len(names) == len(set(names)), "duplicate layer rows"
+    assert any(l.quick for l in layers), "every suite needs a --quick representative"
+
+
+@pytest.mark.parametrize("layer", ALL_LAYERS)
+def test_table_layer_is_a_valid_conv(layer):
+    s = layer.spec
+    x, w = _meta(s)
+    _, _, spec = fastconv.conv_spec(x, w, None, s.stride, _sym(s), s.dilation, s.groups)
+    assert spec == s.with_(device="meta")
+    assert s.Ho >= 1 and s.Wo >= 1 and layer.count >= 1
+    # At least one public CPU algorithm runs every table layer.
+    assert registry.applicable(s)
+
+
+def test_tables_cover_the_brief():
+    r50 = tables.load("resnet50")
+    assert sum(l.count for l in r50) == 53  # every conv of ResNet-50
+    assert {(l.spec.R, l.spec.stride[0]) for l in r50} >= {(7, 2), (3, 1), (3, 2), (1, 1), (1, 2)}
+    mb = tables.load("mobilenetv2")
+    assert sum(l.count for l in mb) == 52
+    dw = [l.spec for l in mb if l.spec.is_depthwise]
+    assert {s.stride[0] for s in dw} == {1, 2} and all(s.R == 3 for s in dw)
+    assert sum(l.count for l in mb if l.spec.is_depthwise) == 17
+    cn = tables.load("convnext_t")
+    assert {(l.spec.C, l.spec.H) for l in cn if l.spec.is_depthwise and l.spec.R == 7} == \
+        {(96, 56), (192, 28), (384, 14), (768, 7)}
+    assert any(l.spec.R == 4 and l.spec.stride == (4, 4) for l in cn)
+    rep = tables.load("replknet")
+    assert [(l.spec.R, l.spec.C, l.spec.H) for l in rep] == \
+        [(31, 128, 56), (29, 256, 28), (27, 512, 14), (13, 1024, 7)]
+    assert all(l.spec.is_depthwise and l.spec.Ho == l.spec.H for l in rep)
+    rx = tables.load("resnext")
+    assert all(l.spec.groups == 32 and l.spec.R == 3 for l in rx)
+    cvl = tables.load("conv_vs_linear")
+    assert {l.spec.N for l in cvl} == {1, 64}
+    assert {(l.spec.C, l.spec.K, l.spec.R, l.spec.H) for l in cvl} == \
+        {(1024, 512, 1, 1), (3, 64, 3, 32), (3, 64, 7, 32)}
+
+
+def test_batch_override_and_dedup():
+    cvl = tables.load("conv_vs_linear", batch=1)
+    assert {l.spec.N for l in cvl} == {1} and len(cvl) == 3
+    r50 = tables.load("resnet50", default_batch=8, dtype=torch.float64, layout="nhwc")
+    assert all(l.spec.N == 8 and l.spec.dtype == torch.float64 and l.spec.layout == "nhwc" for l in r50)
+    with pytest.raises(ValueError, match="unknown suite"):
+        tables.load("vgg16")
+    assert tables.expand(["resnet50", "all"])[0] == "resnet50"
+    assert set(tables.expand(["all"])) == set(tables.SUITES)
+
+
+# -- FLOP and byte formulas ----------------------------------------------------------------------
+@pytest.mark.parametrize("layer", ALL_LAYERS)
+def test_flops_bytes_gemm_shape(layer):
+    s = layer.spec
+    x, w = _meta(s)
+    with FlopCounterMode(display=False) as fc:
+        out = F.conv2d(x, w, None, s.stride, _sym(s), s.dilation, s.groups)
+    assert s.flops == fc.get_total_flops()
+    e = s.element_size
+    assert s.min_bytes == (x.numel() + w.numel() + out.numel()) * e
+    assert tuple(out.shape) == s.output_shape
+    cols = F.unfold(x, (s.R, s.S), dilation=s.dilation, padding=_sym(s), stride=s.stride)
+    m, n, k = s.gemm_shape
+    assert (m, n * s.groups, k * s.groups) == (cols.shape[0] * cols.shape[2], s.K, cols.shape[1])
+    assert 2 * m * n * k * s.groups == s.flops
+
+
+# -- baselines -----------------------------------------------------------------------------------
+BASELINE_SPECS = [
+    ConvSpec(2, 6, 9, 8, 4, 3, 3, stride=(2, 1), padding=(1, 1, 1, 1), dilation=(1, 2), groups=2),
+    ConvSpec(1, 4, 7, 7, 8, 3, 2, padding=(0, 1, 1, 0), dtype=torch.float64),
+    ConvSpec(2, 5, 6, 6, 5, 3, 3, padding=(1, 1, 1, 1), groups=5, layout="nhwc"),
+    ConvSpec(3, 16, 1, 1, 8, 1, 1),
+]
+
+
+@pytest.mark.parametrize("spec", BASELINE_SPECS, ids=lambda s: s.describe())
+def test_baselines_compute_the_conv(spec):
+    xs, w = baselines.make_inputs(spec, n=2)
+    mf = torch.channels_last if spec.layout == "nhwc" else torch.contiguous_format
+    assert all(x.is_contiguous(memory_format=mf) for x in xs) and w.is_contiguous(memory_format=mf)
+    assert not torch.equal(xs[0], xs[1]) and xs[0].abs().min() >= 0 and xs[0].abs().max() > 0
+    t, b, l, r = spec.padding
+    ref = F.conv2d(F.pad(xs[0].double(), (l, r, t, b)), w.double(), None, spec.stride, 0,
+                   spec.dilation, spec.groups)
+    tol = dict(rtol=1e-4, atol=1e-4) if spec.dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(baselines.torch_conv_fn(spec)(xs[0], w).double(), ref, **tol)
+    torch.testing.assert_close(baselines.unfold_fn(spec)(xs[0], w).double(), ref, **tol)
+    for alg in registry.applicable(spec):
+        torch.testing.assert_close(baselines.fastconv_fn(alg, spec)(xs[0], w).double(), ref, **tol)
+    # The equivalent GEMM has the conv's FLOPs, and Linear computes the same product as mm.
+    a_pool, bmat = baselines.gemm_operands(spec, n=1)
+    name, gemm = baselines.gemm_fn(spec)
+    prod = gemm(a_pool[0], bmat)
+    assert 2 * prod.numel() * a_pool[0].shape[-1] == spec.flops
+    assert name == ("mm" if spec.groups == 1 else "bmm")
+    if spec.groups == 1:
+        torch.testing.assert_close(baselines.linear_fn(spec)(a_pool[0], bmat.t().contiguous()), prod)
+
+
+def test_backward_candidate_returns_both_grads():
+    spec = BASELINE_SPECS[0]
+    xs, w = baselines.make_inputs(spec, n=2)
+    c = baselines.candidate(baselines.torch_conv_fn(spec), xs, w, backward=True)
+    gx, gw = c()
+    assert gx.shape == xs[0].shape and gw.shape == w.shape
+    assert c.pool[0][1].grad is None  # gradients returned, not accumulated
+
+
+def test_torch_backend_is_named():
+    """ATen's own choice: oneDNN for float32 unless the conv is tiny (batch 1, 3x3, <= 20480 input
+    elements go to slow_conv2d); float64 always slow_conv2d."""
+    big = ConvSpec(1, 16, 64, 64, 16, 3, 3, padding=(1, 1, 1, 1))
+    small = big.with_(H=8, W=8)
+    names = {}
+    for spec in (big, small, big.with_(dtype=torch.float64)):
+        xs, w = baselines.make_inputs(spec, n=1)
+        names[spec] = baselines.torch_backend(spec, xs[0], w)
+    if torch.backends.mkldnn.is_available():
+        assert names[big].startswith("mkldnn")
+    assert names[small].startswith("slow_conv2d")
+    assert names[big.with_(dtype=torch.float64)].startswith("slow_conv2d")
+
+
+# -- timing harness ------------------------------------------------------------------------------
+def test_rotating_cycles_inputs():
+    seen = []
+    r = timing.Rotating(lambda a: seen.append(a), [(1,), (2,), (3,)])
+    for _ in range(7):
+        r()
+    assert seen == [1, 2, 3, 1, 2, 3, 1]
+
+
+class FakeClock:
+    """A deterministic workload: each call advances a fake clock by exactly `cost` seconds, except
+    the first `slow_calls` (first-call costs: allocation, compilation) which take 100x longer."""
+
+    def __init__(self, cost=1e-3, slow_calls=0):
+        self.now, self.cost, self.slow = 0.0, cost, slow_calls
+
+    def timer(self):
+        return self.now
+
+    def work(self):
+        self.now += self.cost * (100 if self.slow > 0 else 1)
+        self.slow -= 1
+
+
+def test_harness_reports_per_call_median_after_warmup():
+    clock = FakeClock(cost=1e-3, slow_calls=2)
+    t = timing.measure(clock.work, "cpu", repeats=5, timer=clock.timer)
+    assert t.median_ms == pytest.approx(1.0) and t.min_ms == pytest.approx(1.0)
+    assert t.max_ms == pytest.approx(1.0) and t.n >= 5
+    assert t.contains(t.median_ms)
+
+
+def test_harness_honours_repeats_for_slow_calls():
+    clock = FakeClock(cost=0.5)  # 500 ms a call: blocked_autorange alone would give one block
+    t = timing.measure(clock.work, "cpu", repeats=4, min_run_time=0.2, timer=clock.timer)
+    assert t.n >= 4 and t.median_ms == pytest.approx(500.0)
+
+
+def test_harness_is_stable_on_a_deterministic_workload():
+    """The median of the same measurement, repeated in one run, stays within the spread."""
+    a, b = torch.randn(96, 96), torch.randn(96, 96)
+    work = lambda: torch.mm(a, b)  # noqa: E731  (fixed work: same shapes, same data)
+    m1 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
+    m2 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
+    for m in (m1, m2):
+        assert m.min_ms <= m.q25_ms <= m.median_ms <= m.q75_ms <= m.max_ms and m.n >= 10
+    assert m1.contains(m2.median_ms) or m2.contains(m1.median_ms)
+
+
+def test_timing_from_samples():
+    t = timing.Timing.from_samples([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert (t.median_ms, t.min_ms, t.max_ms, t.n) == (3.0, 1.0, 100.0, 5)
+    assert t.q25_ms == 2.0 and t.q75_ms == 4.0
+    with pytest.raises(ValueError):
+        timing.Timing.from_samples([])
+    with pytest.raises(ValueError):
+        timing.measure(lambda: None, "cpu", repeats=0)
+
+
+@pytest.mark.gpu
+def test_harness_is_stable_on_gpu():
+    a, b = torch.randn(2048, 2048, device="cuda"), torch.randn(2048, 2048, device="cuda")
+    m1 = timing.measure(lambda: torch.mm(a, b), "cuda", repeats=20)
+    m2 = timing.measure(lambda: torch.mm(a, b), "cuda", repeats=20)
+    assert m1.n >= 20 and (m1.contains(m2.median_ms) or m2.contains(m1.median_ms))
+
+
+# -- the command end to end ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from fastconv.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["bench", "--device", "cpu", "--quick", "--suite", "conv_vs_linear", "--batch", "1",
+               "--repeats", "2", "--threads", "1", "--copy-mib", "16", "--out", str(out)])
+    return rc, out
+
+
+def test_quick_run_writes_every_output(quick_run):
+    rc, out = quick_run
+    assert rc == 0
+    for name in ("results.csv", "results.json", "summary.md", "speedup.png", "roofline.png",
+                 "conv_vs_linear.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("speedup.png", "roofline.png", "conv_vs_linear.png"):
+        import matplotlib.image
+
+        img = matplotlib.image.imread(str(out / name))
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0.01, name
+    summary = (out / "summary.md").read_text()
+    assert "geomean" in summary.lower() and "TF32" in summary and "ceilings" in summary
+
+
+def test_quick_run_csv_schema(quick_run):
+    _, out = quick_run
+    with open(out / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == tuple(report.CSV_COLUMNS)
+        rows = list(reader)
+    required = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
+                "groups", "device", "dtype", "layout", "algo", "time_ms", "torch_ms", "torch_backend",
+                "gemm_ms", "speedup", "gflops", "gbps", "unfold_ms", "linear_ms"]
+    assert set(required) <= set(reader.fieldnames)
+    specs = {(l.name, l.spec.N) for l in tables.load("conv_vs_linear", batch=1, quick=True)}
+    assert {(r["layer"], int(r["N"])) for r in rows} == specs
+    for r in rows:
+        spec = ConvSpec(int(r["N"]), int(r["C"]), int(r["H"]), int(r["W"]), int(r["K"]), int(r["R"]),
+                        int(r["S"]), groups=int(r["groups"]))
+        assert r["device"] == "cpu" and r["dtype"] == "float32" and r["ok"] == "True"
+        assert r["algo"] in {a.name for a in registry.applicable(spec)}
+        t, tq25, tq75 = float(r["time_ms"]), float(r["time_q25_ms"]), float(r["time_q75_ms"])
+        assert 0 < tq25 <= t <= tq75 and float(r["torch_ms"]) > 0
+        assert float(r["speedup"]) == pytest.approx(float(r["torch_ms"]) / t, rel=1e-4)
+        assert float(r["gflops"]) == pytest.approx(int(r["flops"]) / t / 1e6, rel=1e-4)
+        assert float(r["gemm_ms"]) > 0 and float(r["unfold_ms"]) > 0 and float(r["linear_ms"]) > 0
+    # Every applicable public algorithm is in the run by default.
+    for layer in tables.load("conv_vs_linear", batch=1, quick=True):
+        got = {r["algo"] for r in rows if r["layer"] == layer.name}
+        assert got == {a.name for a in registry.applicable(layer.spec)}
+
+
+def test_quick_run_json_header(quick_run):
+    _, out = quick_run
+    doc = json.loads((out / "results.json").read_text())
+    h = doc["header"]
+    for key in ("torch", "triton", "onednn", "mkldnn_available", "cudnn", "device_name", "threads", "tf32"):
+        assert key in h
+    assert h["threads"] == 1
+    assert h["ceilings"]["copy_gbps"] > 0 and h["ceilings"]["matmul_gflops"] > 0
+    assert len(doc["rows"]) > 0 and "conv_vs_linear" in doc["sources"]
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    from fastconv.cli import main
+
+    with pytest.raises(SystemExit, match="unknown algo"):
+        main(["bench", "--device", "cpu", "--algo", "winograd9000", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "cpu", "--suite", "vgg16", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not supported on cpu"):
+        main(["bench", "--device", "cpu", "--dtype", "float16", "--out", str(tmp_path)])
+
+
+def test_named_internal_algorithm_and_skips(tmp_path):
+    """--algo takes any registered name (the internal reference too); one that doesn't apply to a
+    layer is skipped with its reason, not an error."""
+    from fastconv.bench.runner import Options, run
+
+    res = run(Options(device="cpu", suites=["mobilenetv2"], quick=True, algos=["reference", "depthwise"],
+                      repeats=1, threads=1, progress=False, measure_ceilings=False))
+    algos = {(r["layer"], r["algo"]) for r in res.rows}
+    assert ("b8_expand_64to384", "reference") in algos and ("b8_expand_64to384", "depthwise") not in algos
+    assert ("b3_dw3x3_144", "depthwise") in algos
+    assert any(s[1] == "b8_expand_64to384" and s[2] == "depthwise" and "groups" in s[3] for s in res.skipped)
+    assert all(r["ok"] for r in res.rows)
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "--suite" in out.stdout and "--backward" in out.stdout
