@@ -130,7 +130,8 @@ def convert(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "a
     inplace: convert `model` itself (same module and Parameter objects); otherwise a
     deep copy is converted and returned.
 
-    Skipped, with the reason in the report: lazy modules not yet initialized,
+    A converted subclass becomes exactly fastconv.nn.Conv2d (its instance attributes
+    stay; ``revert`` restores the class). Skipped, with the reason in the report: lazy modules not yet initialized,
     subclasses that override forward, and dtypes/devices/geometries no fastconv
     algorithm runs. The report is at ``model.fastconv_report`` (print it).
     """
