@@ -473,14 +473,20 @@ def load_models_gpu():
 
 def test_models_gpu_dry_run(tmp_path):
     mod = load_models_gpu()
-    assert mod.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    argv = ["--dry-run", "--models", "tiny_resnet", "--reps", "1", "--out", str(tmp_path)]
+    assert mod.main(argv) == 0
     csv = (tmp_path / "models.csv").read_text().splitlines()
     md = (tmp_path / "models.md").read_text()
     header = csv[0].split(",")
     assert {"model", "precision", "mode", "fastconv_ms", "torch_ms", "speedup", "max_abs_err",
             "swapped", "skipped"} <= set(header)
     rows = [dict(zip(header, line.split(","))) for line in csv[1:]]
-    assert {r["mode"] for r in rows} == {"forward", "train_step"}
-    assert all(float(r["fastconv_ms"]) > 0 and float(r["torch_ms"]) > 0 for r in rows)
+    assert {r["mode"] for r in rows} == {"forward", "forward_fused", "train_step"}
+    assert {r["precision"] for r in rows} == {"tf32", "bf16_cl"} and len(rows) == 6
+    assert all(r["status"] == "ok" and float(r["fastconv_ms"]) > 0 and float(r["torch_ms"]) > 0
+               for r in rows)
+    # bfloat16 has no CPU kernels: every layer stays torch's, and the table says so.
+    assert {r["swapped"] for r in rows if r["precision"] == "bf16_cl"} == {"0"}
+    assert "no CPU kernels for torch.bfloat16" in md
     assert all(float(r["max_abs_err"]) < 1e-3 for r in rows)
     assert "| model |" in md

@@ -443,3 +443,20 @@ def test_block_algo_knob_reaches_every_conv():
     assert len(convs) == 5 and all(m.algo == "im2col" for m in convs)
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(blk.double()(x), fastconv.revert(blk)(x), **F64)
+
+
+def test_autocast_cpu_runs_in_float32():
+    # CPU autocast asks for bfloat16, which the CPU kernels lack: fastconv computes in fp32
+    # and mixed-dtype inputs (a bf16 activation from an autocast Linear) still work.
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
+    fast = fastconv.convert(ref)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref = ref(x)
+        y = fast(x)
+        y_mixed = fast[1](fast[0](x).to(torch.bfloat16))
+    assert y.dtype == torch.float32 and y_mixed.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref.float(), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(y_mixed, fast(x), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(y, fast(x))  # exactly the fp32 result

@@ -14,7 +14,8 @@ with ``requires_grad=False``) the module packs the weight once and reuses it. Th
 cache key is the weight's version counter, data pointer, shape, strides, device and
 dtype, so an optimizer step (in-place update), ``.to()``, ``load_state_dict`` and
 ``param.data = ...`` all invalidate it; ``_apply`` and ``_load_from_state_dict`` also
-drop it eagerly. Training, and anything under ``torch.compile``, uses the regular
+drop it eagerly. Under autocast, inputs, weight and bias are cast to the autocast
+dtype (float32 where fastconv has no kernel for it). Training, and anything under ``torch.compile``, uses the regular
 op with its registered autograd. The one change the key cannot see is an in-place
 write through ``weight.data`` (``.data`` does not share the version counter); call
 ``invalidate_packed_weight()`` after such a write.
@@ -53,6 +54,18 @@ def check_algo(algo) -> str:
     return algo
 
 
+def _autocast(input, weight, bias):
+    """Autocast's rule for convolutions: run in the autocast dtype (bf16/fp16), or in
+    float32 where fastconv has no kernels for it (the CPU kernels are fp32/fp64)."""
+    device = input.device.type
+    dtype = torch.get_autocast_dtype(device)
+    supported = _functional._CPU_DTYPES if device == "cpu" else _functional._GPU_DTYPES
+    if dtype not in supported:
+        dtype = torch.float32
+    cast = (lambda t: t if t is None or t.dtype == dtype else t.to(dtype))
+    return cast(input), cast(weight), cast(bias)
+
+
 class Conv2d(nn.Conv2d):
     """torch.nn.Conv2d on fastconv kernels (same constructor, plus ``algo`` and ``activation``).
 
@@ -82,6 +95,8 @@ class Conv2d(nn.Conv2d):
             padding = 0
         else:
             padding = self.padding
+        if torch.is_autocast_enabled(input.device.type):
+            input, weight, bias = _autocast(input, weight, bias)
         if self._may_use_packed(input, weight, bias):
             out = self._packed_forward(input, weight, bias, padding)
             if out is not None:
