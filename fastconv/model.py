@@ -100,6 +100,8 @@ def why_not_convertible(m: nn.Conv2d, algo: str = "auto") -> tuple[Optional[str]
                 "it computes"), None
     try:
         spec = module_spec(m)
+        if not registry.algorithms(spec.device):
+            return f"no fastconv algorithm is registered for device {spec.device!r}", None
         if spec.device == "cpu" and not registry.triton_interpret() and \
                 spec.dtype not in functional._CPU_DTYPES:
             return f"fastconv has no CPU kernels for {spec.dtype}", None

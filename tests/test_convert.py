@@ -423,6 +423,11 @@ def test_torch_compile_fullgraph_forward_backward():
     eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x), **F64)
+    # A fused model (BN folded, ReLU in the epilogue) compiles without breaks too.
+    fused = fastconv.fuse(eager)
+    compiled_fused = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled_fused(x), eager(x), **F64)
 
 
 def test_save_load_deepcopy_dtype_layout(tmp_path):

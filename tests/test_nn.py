@@ -350,6 +350,8 @@ BLOCKS = [
      conv, (2, 6, 7, 7), 6 * 2 * 9),
     ("depthwise_dilated", lambda: B.DepthwiseConv2d(4, 5, dilation=2, bias=True),
      conv, (2, 4, 9, 9), 4 * 25 + 4),
+    ("depthwise_rect", lambda: B.DepthwiseConv2d(4, (3, 5), dilation=(2, 1)),
+     conv, (1, 4, 7, 8), 4 * 15),
     ("pointwise", lambda: B.PointwiseConv2d(6, 10, stride=2, groups=2),
      conv, (2, 6, 5, 5), 10 * 3),
     ("dilated", lambda: B.DilatedConv2d(4, 6, 3, dilation=3), conv, (2, 4, 9, 8), 6 * 4 * 9 + 6),

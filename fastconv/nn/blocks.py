@@ -90,8 +90,9 @@ class DepthwiseConv2d(Conv2d):
                  device=None, dtype=None, *, algo: str = "auto",
                  activation: Optional[str] = None) -> None:
         if padding is None:
-            padding = _same_padding(kernel_size, dilation) if isinstance(kernel_size, int) and \
-                isinstance(dilation, int) else 0
+            ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+            dl = (dilation, dilation) if isinstance(dilation, int) else dilation
+            padding = tuple(_same_padding(k, d) for k, d in zip(ks, dl))
         super().__init__(channels, channels * channel_multiplier, kernel_size, stride, padding,
                          dilation, groups=channels, bias=bias, padding_mode=padding_mode,
                          device=device, dtype=dtype, algo=algo, activation=activation)
