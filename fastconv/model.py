@@ -94,6 +94,11 @@ def why_not_convertible(m: nn.Conv2d, algo: str = "auto") -> tuple[Optional[str]
     """(None, algorithm name) when fastconv can run this module, else (reason, None)."""
     if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
         return "lazy module with uninitialized parameters; convert after the first forward", None
+    if torch.nn.utils.parametrize.is_parametrized(m):
+        # Its class is a generated subclass whose properties compute the weight; swapping
+        # the class would drop them.
+        return ("parametrized (torch.nn.utils.parametrize); remove the parametrization "
+                "(parametrize.remove_parametrizations) and convert"), None
     cls = type(m)
     if cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward:
         return (f"{cls.__name__} overrides forward/_conv_forward; converting would change what "
@@ -135,7 +140,7 @@ def convert(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "a
     A converted subclass becomes exactly fastconv.nn.Conv2d (its instance attributes
     stay; ``revert`` restores the class). Skipped, with the reason in the report: lazy modules not yet initialized,
     subclasses that override forward, and dtypes/devices/geometries no fastconv
-    algorithm runs. The report is at ``model.fastconv_report`` (print it).
+    algorithm runs, and parametrized modules. The report is at ``model.fastconv_report`` (print it).
     """
     check_algo(algo)
     if not isinstance(model, nn.Module):

@@ -256,18 +256,20 @@ def test_skips_what_fastconv_cannot_run():
         nn.Conv2d(4, 4, 1).to(torch.bfloat16),
         nn.Conv2d(4, 4, 1, device="meta"),
         nn.Conv2d(4, 6, 1),
+        torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(6, 6, 1)),
     )
     fast = fastconv.convert(model, filter=lambda name, m: name != "5")
     rep = fast.fastconv_report
     assert [n for n, _ in rep.swapped] == ["0"]
     reasons = dict(rep.skipped)
+    assert "parametrized" in reasons["6"]
     assert "lazy" in reasons["1"]
     assert "overrides forward" in reasons["2"]
     assert "bfloat16" in reasons["3"]
     assert "meta" in reasons["4"]
     assert "filter" in reasons["5"]
     text = str(rep)
-    assert "1 swapped, 5 skipped" in text and "lazy" in text
+    assert "1 swapped, 6 skipped" in text and "lazy" in text
     assert type(fast[1]) is nn.LazyConv2d and type(fast[2]) is OverridingConv
     assert type(fast[3]) is nn.Conv2d and type(fast[5]) is nn.Conv2d
     with pytest.raises(ValueError, match="unknown algo"):
@@ -276,6 +278,21 @@ def test_skips_what_fastconv_cannot_run():
     lazy = nn.Sequential(nn.LazyConv2d(4, 3))
     lazy(torch.randn(1, 3, 5, 5))
     assert len(fastconv.convert(lazy).fastconv_report.swapped) == 1
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_hook_based_weight_norm_keeps_working():
+    # Old torch.nn.utils.weight_norm recomputes `weight` in a forward pre-hook (and cannot
+    # be deep-copied, so convert in place): the hook survives conversion.
+    conv = torch.nn.utils.weight_norm(nn.Conv2d(6, 6, 1))
+    y = torch.randn(1, 6, 3, 3)
+    want = conv(y)
+    fastconv.convert(conv, inplace=True)
+    assert isinstance(conv, FastConv2d) and len(conv.fastconv_report.swapped) == 1
+    torch.testing.assert_close(conv(y), want)
+    with torch.no_grad():
+        conv.weight_g.mul_(2)
+    torch.testing.assert_close(conv(y), 2 * want - conv.bias.reshape(1, -1, 1, 1))
 
 
 def test_explicit_algo_and_report_names_it():
