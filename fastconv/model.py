@@ -354,8 +354,10 @@ class _Fuser:
             i = j
 
 
-def fuse(model: nn.Module, *, algo: str = "auto", inplace: bool = False) -> nn.Module:
-    """Convert `model` and fold it for inference (it must be in eval mode).
+def fuse(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "auto",
+         inplace: bool = False) -> nn.Module:
+    """Convert `model` (``filter``, ``algo`` as in convert) and fold it for inference
+    (it must be in eval mode).
 
     Recognized patterns (a module is rewritten only when each piece is called exactly
     once and the conv's output feeds only the next piece):
@@ -381,7 +383,7 @@ def fuse(model: nn.Module, *, algo: str = "auto", inplace: bool = False) -> nn.M
                          f"call model.eval() first ({', '.join(training[:3])} in training mode)")
     if not inplace:
         model = copy.deepcopy(model)
-    conv_rep = report(convert(model, algo=algo, inplace=True))
+    conv_rep = report(convert(model, filter=filter, algo=algo, inplace=True))
     rep = ConversionReport("fuse", swapped=conv_rep.swapped, skipped=conv_rep.skipped)
     _Fuser(model, rep).run(model)
     return _finish(model, rep)

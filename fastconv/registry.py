@@ -65,10 +65,12 @@ class Algorithm:
         are used when the extension provides them."""
         if self.pack_weight is not None and self.forward_packed is not None:
             return self.pack_weight, self.forward_packed
-        ns = torch.ops.fastconv
-        if hasattr(ns, f"{self.op}_pack_weight") and hasattr(ns, f"{self.op}_conv2d_packed"):
-            return getattr(ns, f"{self.op}_pack_weight"), getattr(ns, f"{self.op}_conv2d_packed")
-        return None
+        if self.op not in _PACKED_OPS:  # looked up once: a failed torch.ops lookup is slow
+            ns = torch.ops.fastconv
+            names = (f"{self.op}_pack_weight", f"{self.op}_conv2d_packed")
+            _PACKED_OPS[self.op] = (tuple(getattr(ns, n) for n in names)
+                                    if all(hasattr(ns, n) for n in names) else None)
+        return _PACKED_OPS[self.op]
 
     def runs_on(self, device: str) -> bool:
         if device in self.devices:
@@ -92,6 +94,7 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, Algorithm] = {}
+_PACKED_OPS: dict[str, Optional[tuple]] = {}  # op prefix -> (pack, forward_packed) or None
 
 
 def register(algo: Algorithm) -> Algorithm:

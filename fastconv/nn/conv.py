@@ -98,13 +98,11 @@ class Conv2d(nn.Conv2d):
         if torch.is_autocast_enabled(input.device.type):
             input, weight, bias = _autocast(input, weight, bias)
         if self._may_use_packed(input, weight, bias):
-            out = self._packed_forward(input, weight, bias, padding)
-            if out is not None:
-                return out
+            return self._inference_forward(input, weight, bias, padding)
         return _functional.conv2d(input, weight, bias, self.stride, padding, self.dilation,
                                   self.groups, algo=self.algo, activation=self.activation)
 
-    # -- packed-weight inference ---------------------------------------------------
+    # -- inference: packed weights where the algorithm has them ----------------------
     @staticmethod
     def _may_use_packed(input, weight, bias) -> bool:
         if torch.compiler.is_compiling():
@@ -114,18 +112,20 @@ class Conv2d(nn.Conv2d):
             return False  # the packed ops have no autograd: training uses the regular op
         return not weight.is_inference()  # inference tensors have no version counter
 
-    def _packed_forward(self, input, weight, bias, padding):
+    def _inference_forward(self, input, weight, bias, padding):
+        # fastconv.conv2d's steps, with the spec computed once for both paths.
         x, unbatched, spec = _functional.conv_spec(input, weight, bias, self.stride, padding,
                                                    self.dilation, self.groups)
         alg = _functional.select(spec, self.algo)
+        act = "none" if self.activation is None else self.activation
+        args = (list(spec.stride), list(spec.padding), list(spec.dilation), self.groups, act)
         packing = alg.packing
         if packing is None:
-            return None
-        pack, forward_packed = packing
-        packed = self._packed_weight_for(alg.name, pack, weight)
-        act = "none" if self.activation is None else self.activation
-        out = forward_packed(x, packed, list(weight.shape), bias, list(spec.stride),
-                             list(spec.padding), list(spec.dilation), self.groups, act)
+            out = alg.forward(x, weight, bias, *args)
+        else:
+            pack, forward_packed = packing
+            packed = self._packed_weight_for(alg.name, pack, weight)
+            out = forward_packed(x, packed, list(weight.shape), bias, *args)
         return out.squeeze(0) if unbatched else out
 
     def _packed_weight_for(self, algo_name: str, pack, weight: torch.Tensor):
