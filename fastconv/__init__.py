@@ -8,6 +8,8 @@ from . import _C
 from .functional import conv2d, conv_spec, flops, select
 from .registry import Algorithm, algorithms
 from .spec import ConvSpec
+from . import nn  # noqa: E402  (drop-in modules)
+from .model import convert, fuse, revert  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -27,4 +29,4 @@ def im2col_workspace_bytes(input_shape, weight_shape, stride=1, padding=0, dilat
 
 
 __all__ = ["conv2d", "conv_spec", "flops", "select", "algorithms", "Algorithm", "ConvSpec",
-           "im2col_workspace_bytes"]
+           "im2col_workspace_bytes", "nn", "convert", "revert", "fuse"]

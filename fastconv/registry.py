@@ -39,6 +39,11 @@ class Algorithm:
     interpreted_devices: tuple[str, ...] = ()
     # Filled by fastconv.explain: spec -> modelled bytes per memory level.
     cost_model: Optional[Callable] = field(default=None, compare=False)
+    # Optional "prepare weight" step for inference (fastconv.nn.Conv2d caches the result):
+    # pack_weight(weight) -> packed, and forward_packed(input, packed, weight_size, bias,
+    # stride, padding[4], dilation, groups, activation) -> output. No autograd needed.
+    pack_weight: Optional[Callable] = field(default=None, compare=False)
+    forward_packed: Optional[Callable] = field(default=None, compare=False)
 
     @property
     def forward(self):
@@ -51,6 +56,21 @@ class Algorithm:
     @property
     def grad_weight(self):
         return getattr(torch.ops.fastconv, f"{self.op}_conv2d_grad_weight")
+
+    @property
+    def packing(self):
+        """(pack_weight, forward_packed), or None when this algorithm has no packed path.
+
+        Without explicit fields, ops named <op>_pack_weight and <op>_conv2d_packed
+        are used when the extension provides them."""
+        if self.pack_weight is not None and self.forward_packed is not None:
+            return self.pack_weight, self.forward_packed
+        if self.op not in _PACKED_OPS:  # looked up once: a failed torch.ops lookup is slow
+            ns = torch.ops.fastconv
+            names = (f"{self.op}_pack_weight", f"{self.op}_conv2d_packed")
+            _PACKED_OPS[self.op] = (tuple(getattr(ns, n) for n in names)
+                                    if all(hasattr(ns, n) for n in names) else None)
+        return _PACKED_OPS[self.op]
 
     def runs_on(self, device: str) -> bool:
         if device in self.devices:
@@ -74,6 +94,7 @@ class Algorithm:
 
 
 _REGISTRY: dict[str, Algorithm] = {}
+_PACKED_OPS: dict[str, Optional[tuple]] = {}  # op prefix -> (pack, forward_packed) or None
 
 
 def register(algo: Algorithm) -> Algorithm:
