@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "blocking.h"
+#include "cachesim.h"
 #include "cpu_features.h"
 #include "ops.h"
 
@@ -71,4 +72,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
+  fastconv::cachesim::bind(m);
 }
