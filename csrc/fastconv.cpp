@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "blocking.h"
+#include "cachesim.h"
 #include "cpu_features.h"
 #include "ops.h"
 
@@ -124,4 +125,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["depthwise_grad_weight_unroll"] = b::kDepthwiseGradWeightUnroll;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
+  fastconv::cachesim::bind(m);
 }

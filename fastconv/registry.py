@@ -104,6 +104,16 @@ def register(algo: Algorithm) -> Algorithm:
     return algo
 
 
+def set_cost_model(name: str, fn: Callable) -> Algorithm:
+    """Attach a cost model (spec -> {memory level: bytes}) to a registered
+    algorithm; fastconv.explain installs one per CPU algorithm on import."""
+    from dataclasses import replace
+
+    algo = replace(get(name), cost_model=fn)
+    _REGISTRY[name] = algo
+    return algo
+
+
 def get(name: str) -> Algorithm:
     if name not in _REGISTRY:
         known = ", ".join(["auto", *_REGISTRY])

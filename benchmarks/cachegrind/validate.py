@@ -1,0 +1,129 @@
+"""Model vs simulator vs cachegrind for every CPU algorithm on a few layers.
+
+    python benchmarks/cachegrind/validate.py [--out docs/cache-validation.json] [--quick]
+
+Cachegrind simulates two levels (D1 and LL) with the same policy as
+csrc/cachesim.cpp (LRU, write-allocate, non-inclusive, no prefetch). We give it
+this machine's L1d and L2 (the L3 the VM reports, 480 MiB, would hold every
+layer), run the real kernel once under it (run_one.py) and subtract a baseline
+run that does everything but the conv. The simulator replays the kernel's
+loop nest through the same two levels; the model evaluates its terms at the
+same two capacities. Compared: data references, D1 misses and LL misses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+from fastconv.explain import model as cmodel  # noqa: E402
+from fastconv.explain.machine import CacheLevel, cache_levels  # noqa: E402
+from fastconv.explain.simulate import simulate  # noqa: E402
+from fastconv.spec import ConvSpec  # noqa: E402
+
+# (name, N,C,H,W, K,Cg,R,S, stride, pad, groups)
+LAYERS = [
+    ("resnet conv3 3x3 64->64 28x28", (1, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1),
+    ("1x1 128->128 14x14", (1, 128, 14, 14), (128, 128, 1, 1), 1, 0, 1),
+    ("stem-like 3->32 3x3 s2 64x64", (1, 3, 64, 64), (32, 3, 3, 3), 2, 1, 1),
+    ("depthwise 3x3 64ch 28x28", (1, 64, 28, 28), (64, 1, 3, 3), 1, 1, 64),
+]
+
+
+def levels_for_cachegrind():
+    lv = cache_levels()
+    l1 = lv[0]
+    l2 = lv[1] if len(lv) > 1 else CacheLevel("L2", 2 << 20, 16, 64)
+    return [l1, CacheLevel("LL", l2.size, l2.ways, l2.line)]
+
+
+def cachegrind(algo, inp, wt, stride, pad, groups, layout, go, levels, python) -> dict:
+    l1, ll = levels
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "cg.out")
+        cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out}",
+               f"--D1={l1.size},{l1.ways},{l1.line}", f"--LL={ll.size},{ll.ways},{ll.line}",
+               f"--I1={32 << 10},8,64", python, os.path.join(HERE, "run_one.py"), algo,
+               ",".join(map(str, inp)), ",".join(map(str, wt)), str(stride), str(pad), str(groups), layout, go]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        text = open(out).read()
+    events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
+    summary = [int(v) for v in re.search(r"^summary: (.*)$", text, re.M).group(1).split()]
+    return dict(zip(events, summary))
+
+
+def counts_cg(d: dict) -> dict:
+    return {"refs": d["Dr"] + d["Dw"], "d1_misses": d["D1mr"] + d["D1mw"], "ll_misses": d["DLmr"] + d["DLmw"]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--algos", default="reference,im2col,direct,depthwise")
+    p.add_argument("--layouts", default="nchw,nhwc")
+    p.add_argument("--layers", default=None, help="indices into LAYERS, comma-separated")
+    p.add_argument("--no-cachegrind", action="store_true")
+    args = p.parse_args(argv)
+    levels = levels_for_cachegrind()
+    caps = {"L1": levels[0].size, "L2": levels[1].size}
+    b, missing = cmodel.blocking()
+    rows = []
+    layers = LAYERS if args.layers is None else [LAYERS[int(i)] for i in args.layers.split(",")]
+    for name, inp, wt, stride, pad, groups in layers:
+        for layout in args.layouts.split(","):
+            spec = ConvSpec(*inp, wt[0], wt[2], wt[3], (stride, stride), (pad,) * 4, (1, 1), groups, layout=layout)
+            for algo in args.algos.split(","):
+                if algo == "depthwise" and not spec.is_depthwise:
+                    continue
+                if algo == "reference" and spec.macs > 30e6:
+                    continue  # the plain loop nest is too slow under valgrind for big layers
+                m = cmodel.model(algo, spec, b).bytes_per_level(caps)
+                sim = simulate(algo, spec, [levels[0], CacheLevel("L2", levels[1].size, levels[1].ways, 64)],
+                               sample_accesses=0, reuse_histogram=False)
+                row = {"layer": name, "layout": layout, "algo": algo,
+                       "model": {"refs_bytes": m["L1"], "d1_misses": m["L2"] / 64, "ll_misses": m["DRAM"] / 64},
+                       "sim": {"refs": sim["accesses"], "d1_misses": sim["levels"]["L1"]["misses"],
+                               "ll_misses": sim["levels"]["L2"]["misses"]}}
+                if not args.no_cachegrind:
+                    py = sys.executable
+                    full = counts_cg(cachegrind(algo, inp, wt, stride, pad, groups, layout, "1", levels, py))
+                    base = counts_cg(cachegrind(algo, inp, wt, stride, pad, groups, layout, "0", levels, py))
+                    row["cachegrind"] = {k: full[k] - base[k] for k in full}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "blocking_defaults_used": missing, "rows": rows}
+    if args.out:
+        json.dump(res, open(args.out, "w"), indent=1)
+        print(markdown(res))
+    return res
+
+
+def _dev(a, b):
+    return "" if not b else f"{(a - b) / b:+.0%}"
+
+
+def markdown(res: dict) -> str:
+    """The table for docs/cache-validation.md: misses in thousands of lines."""
+    out = ["| layer | layout | algo | D1 misses model | sim | cachegrind | model/cg | sim/cg "
+           "| LL misses model | sim | cachegrind | model/cg | sim/cg | data refs sim | cachegrind |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        m, s, c = r["model"], r["sim"], r.get("cachegrind", {})
+        k = lambda v: f"{v / 1e3:.1f}" if v is not None else "-"  # noqa: E731
+        out.append(f"| {r['layer']} | {r['layout']} | {r['algo']} | {k(m['d1_misses'])} | {k(s['d1_misses'])} | "
+                   f"{k(c.get('d1_misses'))} | {_dev(m['d1_misses'], c.get('d1_misses'))} | "
+                   f"{_dev(s['d1_misses'], c.get('d1_misses'))} | {k(m['ll_misses'])} | {k(s['ll_misses'])} | "
+                   f"{k(c.get('ll_misses'))} | {_dev(m['ll_misses'], c.get('ll_misses'))} | "
+                   f"{_dev(s['ll_misses'], c.get('ll_misses'))} | {k(s['refs'])} | {k(c.get('refs'))} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1131 @@
+// Trace-driven cache simulator: the address streams of the CPU kernels' loop
+// nests, replayed through a set-associative LRU hierarchy (see cachesim.h for
+// the policy). The loop nests below follow the kernels (reference.cpp,
+// im2col.cpp, direct.cpp, depthwise.cpp) and read the same blocking constants;
+// each generator is a template over a "sink" that either simulates the access
+// or records it (for pictures).
+#include "cachesim.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "cpu_features.h"
+#if FASTCONV_X86
+#include <immintrin.h>
+#endif
+
+namespace fastconv {
+namespace cachesim {
+
+const char* operand_name(int op) {
+  static const char* names[] = {"input", "weight", "output", "column", "packed_weight",
+                                "pack_a", "pack_b"};
+  return (op >= 0 && op < kNumOperands) ? names[op] : "?";
+}
+
+namespace {
+
+// Named defaults for blocking constants a kernel branch may not export yet.
+// (The values are those of the kernels' designs; `fastconv explain` reports
+// which constants came from _C.blocking() and which from here.)
+constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 4 << 20;
+constexpr int64_t kDefaultIm2colMinTilePixels = 64;
+constexpr int64_t kDefaultIm2colItemChannels = 128;
+constexpr int64_t kDefaultIm2colItemPixels = 512;
+constexpr int64_t kDefaultDirectOcBlock = 8;
+constexpr int64_t kDefaultDirectOcVectors = 2;
+constexpr int64_t kDefaultDirectPixelTile = 6;
+constexpr int64_t kDefaultDirectPixelTileSingle = 12;
+constexpr int64_t kDefaultDirectRowBlock = 4;
+constexpr int64_t kDefaultDepthwiseVector = 8;
+constexpr int64_t kDefaultDepthwiseNhwcPixelTile = 4;
+constexpr int64_t kDefaultDepthwiseNhwcChanVecs = 2;
+constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 64;
+constexpr int64_t kDefaultDepthwiseNchwWidthVecs = 4;
+constexpr int64_t kDefaultDepthwiseRowTile = 16;
+// The BLAS GEMM im2col calls is modelled as a Goto/BLIS blocked GEMM with the
+// BLIS Haswell sgemm blocking (bli_cntx_init_haswell.c): MR x NR register tile,
+// MC x KC packed A block (L2), KC x NC packed B panel (L3).
+constexpr int64_t kDefaultGemmMR = 6;
+constexpr int64_t kDefaultGemmNR = 16;
+constexpr int64_t kDefaultGemmMC = 168;
+constexpr int64_t kDefaultGemmKC = 256;
+constexpr int64_t kDefaultGemmNC = 4080;
+// Vector register width in bytes (AVX2): a "vector access" is this wide.
+constexpr int64_t kVectorBytes = 32;
+
+int64_t get(const std::map<std::string, int64_t>& b, const char* key, int64_t dflt) {
+  auto it = b.find(key);
+  return it == b.end() ? dflt : it->second;
+}
+
+// Operands are placed far apart (1 TiB each) at 4 KiB-aligned bases, like
+// separate large allocations; offsets inside an operand are exact.
+constexpr uint64_t kOperandSpacing = uint64_t(1) << 40;
+inline uint64_t address(int op, int64_t byte_offset) {
+  return uint64_t(op + 1) * kOperandSpacing + uint64_t(byte_offset);
+}
+
+// ---------------------------------------------------------------- the cache
+
+struct Cache {
+  LevelConfig cfg;
+  int64_t sets, ways;
+  bool pow2;
+  std::vector<uint64_t> tags;  // per set, MRU first; (line << 1) | dirty; kEmpty if unused
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+
+  explicit Cache(const LevelConfig& c) : cfg(c) {
+    if (c.size_bytes <= 0 || c.ways <= 0 || c.line_bytes <= 0)
+      throw std::invalid_argument("cache level needs positive size, ways and line size");
+    if (c.size_bytes % (c.ways * c.line_bytes))
+      throw std::invalid_argument("cache size must be a multiple of ways * line size");
+    ways = c.ways;
+    sets = c.size_bytes / (c.ways * c.line_bytes);
+    pow2 = (sets & (sets - 1)) == 0;
+    tags.assign(size_t(sets * ways), kEmpty);
+  }
+  inline uint64_t* set_of(uint64_t line) {
+    const uint64_t s = pow2 ? (line & uint64_t(sets - 1)) : (line % uint64_t(sets));
+    return tags.data() + s * uint64_t(ways);
+  }
+  // Returns true on hit. On hit the line moves to MRU (and becomes dirty if
+  // `write`). On miss the line is inserted at MRU; `victim` gets the evicted
+  // entry (kEmpty if none).
+  inline bool access(uint64_t line, bool write, uint64_t& victim) {
+    uint64_t* t = set_of(line);
+    const uint64_t key = line << 1;
+    for (int64_t i = 0; i < ways; ++i) {
+      if ((t[i] & ~uint64_t(1)) == key && t[i] != kEmpty) {
+        const uint64_t v = t[i] | (write ? 1 : 0);
+        std::memmove(t + 1, t, size_t(i) * sizeof(uint64_t));
+        t[0] = v;
+        return true;
+      }
+    }
+    victim = t[ways - 1];
+    std::memmove(t + 1, t, size_t(ways - 1) * sizeof(uint64_t));
+    t[0] = key | (write ? 1 : 0);
+    return false;
+  }
+  // Marks a present line dirty without touching LRU order; false if absent.
+  inline bool mark_dirty(uint64_t line) {
+    uint64_t* t = set_of(line);
+    for (int64_t i = 0; i < ways; ++i)
+      if (t[i] != kEmpty && (t[i] >> 1) == line) { t[i] |= 1; return true; }
+    return false;
+  }
+};
+
+// Exact LRU stack distance (distinct lines since the last touch of a line):
+// a hash map line -> last time, and a Fenwick tree with a 1 at each line's
+// last-touch time. Times are compacted when the tree fills.
+class ReuseDistance {
+ public:
+  ReuseDistance() { rehash(1 << 16); bit_.assign(kMinTree + 1, 0); }
+
+  // Distance in lines, or -1 for a first touch.
+  int64_t touch(uint64_t line) {
+    if (now_ + 1 >= int64_t(bit_.size())) compact();
+    const int64_t t = ++now_;
+    int64_t& slot = find(line);
+    int64_t dist = -1;
+    if (slot != 0) {
+      dist = prefix(t - 1) - prefix(slot);
+      add(slot, -1);
+    } else {
+      ++live_;
+    }
+    slot = t;
+    add(t, 1);
+    if (2 * live_ > int64_t(keys_.size())) grow();
+    return dist;
+  }
+
+ private:
+  static constexpr int64_t kMinTree = 1 << 20;
+  static constexpr uint64_t kNoKey = ~uint64_t(0);
+  std::vector<uint64_t> keys_;
+  std::vector<int64_t> vals_;
+  std::vector<int32_t> bit_;
+  int64_t now_ = 0, live_ = 0;
+
+  static uint64_t mix(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+  }
+  int64_t& find(uint64_t key) {
+    const uint64_t mask = keys_.size() - 1;
+    uint64_t i = mix(key) & mask;
+    while (keys_[i] != kNoKey && keys_[i] != key) i = (i + 1) & mask;
+    if (keys_[i] == kNoKey) { keys_[i] = key; vals_[i] = 0; }
+    return vals_[i];
+  }
+  void rehash(size_t cap) {
+    std::vector<uint64_t> ok = std::move(keys_);
+    std::vector<int64_t> ov = std::move(vals_);
+    keys_.assign(cap, kNoKey);
+    vals_.assign(cap, 0);
+    for (size_t i = 0; i < ok.size(); ++i)
+      if (ok[i] != kNoKey) find(ok[i]) = ov[i];
+  }
+  void grow() { rehash(keys_.size() * 2); }
+  void add(int64_t i, int32_t v) {
+    for (; i < int64_t(bit_.size()); i += i & -i) bit_[size_t(i)] += v;
+  }
+  int64_t prefix(int64_t i) const {
+    int64_t s = 0;
+    for (; i > 0; i -= i & -i) s += bit_[size_t(i)];
+    return s;
+  }
+  // Renumber live last-touch times 1..live in order and rebuild the tree.
+  void compact() {
+    std::vector<std::pair<int64_t, size_t>> order;
+    order.reserve(size_t(live_));
+    for (size_t i = 0; i < keys_.size(); ++i)
+      if (keys_[i] != kNoKey && vals_[i] != 0) order.emplace_back(vals_[i], i);
+    std::sort(order.begin(), order.end());
+    const int64_t size = std::max<int64_t>(kMinTree, 4 * int64_t(order.size()));
+    bit_.assign(size_t(size + 1), 0);
+    for (size_t j = 0; j < order.size(); ++j) {
+      vals_[order[j].second] = int64_t(j + 1);
+      add(int64_t(j + 1), 1);
+    }
+    now_ = int64_t(order.size());
+  }
+};
+
+struct Counters {
+  std::vector<LevelStats> levels;
+  int64_t l1_bytes = 0, accesses = 0, reuse_cold = 0;
+  std::vector<int64_t> op_acc, op_l1_miss, op_last_miss, hist;
+  explicit Counters(size_t nlev)
+      : levels(nlev), op_acc(kNumOperands), op_l1_miss(kNumOperands), op_last_miss(kNumOperands),
+        hist(48) {}
+};
+
+// Simulates every access; counts only while a work unit is being counted.
+// Work units are the kernels' outermost independent iterations. To bound the
+// run time, windows of units spread over the whole range are counted: window
+// 0 starts cold at unit 0 and is counted as is (it holds the first touches of
+// data every unit shares, e.g. the weights); each later window follows a
+// warm-up that is simulated but not counted, and stands for all the units
+// after window 0: its counts are scaled by (units - window) / (its units).
+// Accesses outside any unit (weight packing) are counted as is.
+class SimSink {
+ public:
+  SimSink(const Options& opt, int64_t units_total)
+      : opt_(opt), fixed_(opt.levels.size()), sampled_(opt.levels.size()), first_(opt.levels.size()),
+        units_total_(units_total) {
+    if (opt.levels.empty()) throw std::invalid_argument("cache hierarchy needs at least one level");
+    for (auto& l : opt.levels) caches_.emplace_back(l);
+    line_bytes_ = opt.levels[0].line_bytes;
+    line_shift_ = 0;
+    while ((int64_t(1) << line_shift_) < line_bytes_) ++line_shift_;
+    if ((int64_t(1) << line_shift_) != line_bytes_)
+      throw std::invalid_argument("cache line size must be a power of two");
+    for (auto& l : opt.levels)
+      if (l.line_bytes != line_bytes_)
+        throw std::invalid_argument("all cache levels must have the same line size");
+    cur_ = &fixed_;
+  }
+
+  // Called at the start of work unit u; false = skip the unit entirely.
+  bool unit(int64_t u) {
+    if (u == 0) {
+      cur_ = &first_;
+      counted_first_ = 1;
+      return true;
+    }
+    if (!plan_ready_) {
+      // Decide after unit 0, from its access count.
+      plan_ready_ = true;
+      const int64_t per_unit = std::max<int64_t>(1, first_.accesses);
+      if (opt_.sample_accesses <= 0 || per_unit * units_total_ <= opt_.sample_accesses || units_total_ < 4) {
+        full_ = true;
+      } else {
+        const int64_t budget_units = std::max<int64_t>(2, opt_.sample_accesses / per_unit);
+        windows_ = std::min<int64_t>(8, budget_units);
+        window_ = std::max<int64_t>(1, budget_units / windows_);
+        period_ = units_total_ / windows_;
+        window_ = std::min(window_, period_ / 2 > 0 ? period_ / 2 : 1);
+        warm_ = std::min(std::max<int64_t>(1, window_ / 2), period_ - window_);
+      }
+    }
+    if (full_) {
+      cur_ = &first_;
+      ++counted_first_;
+      return true;
+    }
+    // Window i counts units [i*period + warm, i*period + warm + window) after
+    // warming on [i*period, i*period + warm); window 0 is [0, window), cold.
+    const int64_t i = u / period_, off = u - i * period_;
+    const int64_t w = i == 0 ? 0 : warm_;
+    if (i >= windows_ || off >= w + window_) { cur_ = nullptr; return false; }
+    if (off < w) { cur_ = nullptr; return true; }  // warm-up: simulate, don't count
+    if (i == 0) { cur_ = &first_; ++counted_first_; }
+    else { cur_ = &sampled_; ++counted_rest_; }
+    return true;
+  }
+  void end_units() { cur_ = &fixed_; }
+
+  inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    const uint64_t a = address(op, elem_offset * elem_size);
+    const uint64_t first = a >> line_shift_, last = (a + uint64_t(nbytes) - 1) >> line_shift_;
+    Counters* c = cur_;
+    if (c) { c->accesses++; c->l1_bytes += nbytes; c->op_acc[size_t(op)]++; }
+    for (uint64_t line = first; line <= last; ++line) {
+      if (opt_.reuse_histogram) {
+        const int64_t d = rd_.touch(line);
+        if (c) {
+          if (d < 0) c->reuse_cold++;
+          else c->hist[size_t(d == 0 ? 0 : 64 - __builtin_clzll(uint64_t(d)))]++;
+        }
+      }
+      for (size_t lv = 0; lv < caches_.size(); ++lv) {
+        uint64_t victim = Cache::kEmpty;
+        const bool hit = caches_[lv].access(line, write && lv == 0, victim);
+        if (victim != Cache::kEmpty && (victim & 1)) writeback(lv, victim >> 1, c);
+        if (c) {
+          auto& s = c->levels[lv];
+          s.accesses++;
+          if (hit) s.hits++; else s.misses++;
+          if (!hit && lv == 0) c->op_l1_miss[size_t(op)]++;
+          if (!hit && lv + 1 == caches_.size()) c->op_last_miss[size_t(op)]++;
+        }
+        if (hit) break;
+      }
+    }
+  }
+
+  Result result() const {
+    Result r;
+    // fixed_ and first_ as counted; sampled_ stands for every unit after window 0.
+    const int64_t rest_units = units_total_ - counted_first_;
+    const double scale = full_ || counted_rest_ == 0 ? 1.0 : double(rest_units) / double(counted_rest_);
+    auto sc = [&](int64_t f, int64_t s) { return f + int64_t(double(s) * scale + 0.5); };
+    Counters fixed(caches_.size());
+    add(fixed, fixed_);
+    add(fixed, first_);
+    r.levels.resize(caches_.size());
+    for (size_t i = 0; i < caches_.size(); ++i) {
+      const auto &f = fixed.levels[i], &s = sampled_.levels[i];
+      r.levels[i].accesses = sc(f.accesses, s.accesses);
+      r.levels[i].hits = sc(f.hits, s.hits);
+      r.levels[i].misses = sc(f.misses, s.misses);
+      r.levels[i].writebacks = sc(f.writebacks, s.writebacks);
+    }
+    r.l1_bytes = sc(fixed.l1_bytes, sampled_.l1_bytes);
+    r.accesses = sc(fixed.accesses, sampled_.accesses);
+    for (int op = 0; op < kNumOperands; ++op) {
+      r.operand_accesses.push_back(sc(fixed.op_acc[size_t(op)], sampled_.op_acc[size_t(op)]));
+      r.operand_l1_misses.push_back(sc(fixed.op_l1_miss[size_t(op)], sampled_.op_l1_miss[size_t(op)]));
+      r.operand_last_misses.push_back(sc(fixed.op_last_miss[size_t(op)], sampled_.op_last_miss[size_t(op)]));
+    }
+    if (opt_.reuse_histogram) {
+      for (size_t b = 0; b < fixed.hist.size(); ++b) r.reuse_hist.push_back(sc(fixed.hist[b], sampled_.hist[b]));
+      while (!r.reuse_hist.empty() && r.reuse_hist.back() == 0) r.reuse_hist.pop_back();
+      r.reuse_cold = sc(fixed.reuse_cold, sampled_.reuse_cold);
+    }
+    r.units_total = units_total_;
+    r.units_counted = full_ ? units_total_ : counted_first_ + counted_rest_;
+    r.scale = scale;
+    return r;
+  }
+
+ private:
+  static void add(Counters& a, const Counters& b) {
+    for (size_t i = 0; i < a.levels.size(); ++i) {
+      a.levels[i].accesses += b.levels[i].accesses; a.levels[i].hits += b.levels[i].hits;
+      a.levels[i].misses += b.levels[i].misses; a.levels[i].writebacks += b.levels[i].writebacks;
+    }
+    a.l1_bytes += b.l1_bytes; a.accesses += b.accesses; a.reuse_cold += b.reuse_cold;
+    for (size_t i = 0; i < a.op_acc.size(); ++i) {
+      a.op_acc[i] += b.op_acc[i]; a.op_l1_miss[i] += b.op_l1_miss[i]; a.op_last_miss[i] += b.op_last_miss[i];
+    }
+    for (size_t i = 0; i < a.hist.size(); ++i) a.hist[i] += b.hist[i];
+  }
+  void writeback(size_t lv, uint64_t line, Counters* c) {
+    if (c) c->levels[lv].writebacks++;
+    if (lv + 1 >= caches_.size()) return;  // to memory
+    if (caches_[lv + 1].mark_dirty(line)) return;
+    uint64_t victim = Cache::kEmpty;
+    caches_[lv + 1].access(line, true, victim);  // allocate the written-back line
+    if (victim != Cache::kEmpty && (victim & 1)) writeback(lv + 1, victim >> 1, c);
+  }
+
+  const Options& opt_;
+  std::vector<Cache> caches_;
+  ReuseDistance rd_;
+  Counters fixed_, sampled_, first_;
+  Counters* cur_;
+  int64_t line_bytes_, line_shift_;
+  int64_t units_total_, counted_first_ = 0, counted_rest_ = 0;
+  bool plan_ready_ = false, full_ = false;
+  int64_t windows_ = 1, window_ = 1, warm_ = 0, period_ = 1;
+};
+
+// Records the accesses of a range of units (for the access-pattern pictures).
+class RecordSink {
+ public:
+  // Accesses before the first unit (weight packing) belong to the range starting at 0.
+  RecordSink(int64_t u0, int64_t u1, int64_t max) : u0_(u0), u1_(u1), max_(max), on_(u0 == 0) {}
+  bool unit(int64_t u) { on_ = u >= u0_ && u < u1_; return on_ && int64_t(rows.size()) < max_; }
+  void end_units() { on_ = false; }
+  inline void access(int op, int64_t elem_offset, int64_t, int64_t nbytes, bool write) {
+    if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset, nbytes, write ? 1 : 0});
+  }
+  std::vector<std::vector<int64_t>> rows;
+
+ private:
+  int64_t u0_, u1_, max_;
+  bool on_;
+};
+
+// ------------------------------------------------------------ loop nests
+
+struct Layout {
+  const Geometry& g;
+  int64_t Ho, Wo;
+  explicit Layout(const Geometry& geo) : g(geo), Ho(geo.Ho()), Wo(geo.Wo()) {}
+  int64_t in(int64_t n, int64_t c, int64_t h, int64_t w) const {
+    return g.nhwc ? ((n * g.H + h) * g.W + w) * g.C + c : ((n * g.C + c) * g.H + h) * g.W + w;
+  }
+  int64_t out(int64_t n, int64_t k, int64_t h, int64_t w) const {
+    return g.nhwc ? ((n * Ho + h) * Wo + w) * g.K + k : ((n * g.K + k) * Ho + h) * Wo + w;
+  }
+  // The user's weight [K][Cg][R][S], channels_last ([K][R][S][Cg]) with NHWC.
+  int64_t wt(int64_t k, int64_t c, int64_t r, int64_t s) const {
+    return g.nhwc ? ((k * g.R + r) * g.S + s) * g.Cg() + c : ((k * g.Cg() + c) * g.R + r) * g.S + s;
+  }
+};
+
+// Emits a contiguous run of `count` elements as vector accesses.
+template <class Sink>
+inline void emit_run(Sink& sink, int op, int64_t off, int64_t count, int64_t e, bool write) {
+  const int64_t per = std::max<int64_t>(1, kVectorBytes / e);
+  for (int64_t i = 0; i < count; i += per)
+    sink.access(op, off + i, e, std::min(per, count - i) * e, write);
+}
+
+// reference.cpp: n, k, oh, ow, c, r, s; one scalar load of input and weight
+// per tap inside the image, one store per output. Units: (n, k).
+template <class Sink>
+void run_reference(Sink& sink, const Geometry& g) {
+  const Layout L(g);
+  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg();
+  for (int64_t nk = 0; nk < g.N * g.K; ++nk) {
+    if (!sink.unit(nk)) continue;
+    const int64_t n = nk / g.K, k = nk % g.K, grp = k / Kg;
+    for (int64_t oh = 0; oh < L.Ho; ++oh)
+      for (int64_t ow = 0; ow < L.Wo; ++ow) {
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t r = 0; r < g.R; ++r) {
+            const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t s = 0; s < g.S; ++s) {
+              const int64_t iw = ow * g.sw - g.pl + s * g.dw;
+              if (iw < 0 || iw >= g.W) continue;
+              sink.access(kInput, L.in(n, grp * Cg + c, ih, iw), e, e, false);
+              sink.access(kWeight, L.wt(k, c, r, s), e, e, false);
+            }
+          }
+        sink.access(kOutput, L.out(n, k, oh, ow), e, e, true);
+      }
+  }
+  sink.end_units();
+}
+
+// Goto/BLIS GEMM C[M x N] (+)= A[M x K] B[K x N]; A, B, C given by element
+// offset functions. Packs B into a KC x NC panel (NR-wide micro-panels) and A
+// into an MC x KC block (MR-tall micro-panels); the micro-kernel per k loads
+// NR elements of packed B as vectors and broadcasts MR elements of packed A.
+struct GemmBlocking { int64_t MR, NR, MC, KC, NC; };
+
+template <class Sink, class FA, class FB, class FC>
+void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, int64_t e,
+          int opA, FA a_off, int opB, FB b_off, FC c_off, bool a_contig_m, bool b_contig_n) {
+  for (int64_t jc = 0; jc < N; jc += gb.NC) {
+    const int64_t nc = std::min(gb.NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += gb.KC) {
+      const int64_t kc = std::min(gb.KC, K - pc);
+      // Pack B: micro-panel by micro-panel, row k by row k.
+      for (int64_t jr = 0; jr < nc; jr += gb.NR) {
+        const int64_t nr = std::min(gb.NR, nc - jr);
+        for (int64_t k = 0; k < kc; ++k) {
+          if (b_contig_n) emit_run(sink, opB, b_off(pc + k, jc + jr), nr, e, false);
+          else for (int64_t j = 0; j < nr; ++j) sink.access(opB, b_off(pc + k, jc + jr + j), e, e, false);
+          emit_run(sink, kPackB, (jr * kc) + k * gb.NR, gb.NR, e, true);
+        }
+      }
+      for (int64_t ic = 0; ic < M; ic += gb.MC) {
+        const int64_t mc = std::min(gb.MC, M - ic);
+        for (int64_t ir = 0; ir < mc; ir += gb.MR) {
+          const int64_t mr = std::min(gb.MR, mc - ir);
+          for (int64_t k = 0; k < kc; ++k) {
+            if (a_contig_m) emit_run(sink, opA, a_off(ic + ir, pc + k), mr, e, false);
+            else for (int64_t i = 0; i < mr; ++i) sink.access(opA, a_off(ic + ir + i, pc + k), e, e, false);
+            emit_run(sink, kPackA, ir * kc + k * gb.MR, gb.MR, e, true);
+          }
+        }
+        for (int64_t jr = 0; jr < nc; jr += gb.NR) {
+          const int64_t nr = std::min(gb.NR, nc - jr);
+          for (int64_t ir = 0; ir < mc; ir += gb.MR) {
+            const int64_t mr = std::min(gb.MR, mc - ir);
+            for (int64_t k = 0; k < kc; ++k) {
+              emit_run(sink, kPackB, jr * kc + k * gb.NR, gb.NR, e, false);
+              for (int64_t i = 0; i < gb.MR; ++i) sink.access(kPackA, ir * kc + k * gb.MR + i, e, e, false);
+            }
+            // C tile: read-modify-write after the first KC block, write before.
+            for (int64_t i = 0; i < mr; ++i) {
+              if (pc > 0) emit_run(sink, kOutput, c_off(ic + ir + i, jc + jr), nr, e, false);
+              emit_run(sink, kOutput, c_off(ic + ir + i, jc + jr), nr, e, true);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+struct Im2colPlan { int64_t tile, kdim, kall, tiles, total; bool direct_gemm; };
+
+// im2col.cpp's make_tiling: the column buffer holds every group's rows
+// (C*R*S per pixel); tiles are equalised so there is no sliver.
+Im2colPlan im2col_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+  const Layout L(g);
+  Im2colPlan p;
+  p.kdim = g.Cg() * g.R * g.S;
+  p.kall = g.C * g.R * g.S;
+  p.total = g.N * L.Ho * L.Wo;
+  const int64_t max_ws = get(b, "im2col_max_workspace_bytes", kDefaultIm2colMaxWorkspaceBytes);
+  const int64_t min_tile = get(b, "im2col_min_tile_pixels", kDefaultIm2colMinTilePixels);
+  int64_t tile = std::min(p.total, std::max(min_tile, max_ws / std::max<int64_t>(1, p.kall * g.elem)));
+  const int64_t count = (p.total + tile - 1) / tile;
+  p.tile = (p.total + count - 1) / count;
+  p.tiles = (p.total + p.tile - 1) / p.tile;
+  // A 1x1, stride-1, unpadded conv is already a GEMM: no column buffer.
+  p.direct_gemm = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
+                  g.pl == 0 && g.pr == 0;
+  return p;
+}
+
+// im2col.cpp (forward): per tile of P output pixels over flattened (n, oh, ow):
+// build the column buffer for all groups (NCHW: col[(ci, r, s)][P], one
+// output-row run at a time, zeros for padding; NHWC: col[p][(g, r, s, c)]);
+// then one BLAS GEMM per work item: NCHW items are (group, block of
+// `im2col_item_channels` output channels, image segment, block of
+// `im2col_item_pixels` pixels) computing out = W_g x col; NHWC items are
+// (group, block of pixels, block of channels) computing out = col x W_g^T;
+// each GEMM writes its block of the output in place. Units: tiles.
+template <class Sink>
+void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+  const Layout L(g);
+  const auto plan = im2col_plan(g, b);
+  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), HWo = L.Ho * L.Wo;
+  const int64_t Kd = plan.kdim, kall = plan.kall;
+  const int64_t item_ch = get(b, "im2col_item_channels", kDefaultIm2colItemChannels);
+  const int64_t item_px = get(b, "im2col_item_pixels", kDefaultIm2colItemPixels);
+  const GemmBlocking gb{get(b, "gemm_mr", kDefaultGemmMR), get(b, "gemm_nr", kDefaultGemmNR),
+                        get(b, "gemm_mc", kDefaultGemmMC), get(b, "gemm_kc", kDefaultGemmKC),
+                        get(b, "gemm_nc", kDefaultGemmNC)};
+  for (int64_t t = 0; t < plan.tiles; ++t) {
+    if (!sink.unit(t)) continue;
+    const int64_t p0 = t * plan.tile, p1 = std::min(plan.total, p0 + plan.tile), P = p1 - p0;
+    // Segments: the tile's pixels split at image boundaries.
+    struct Seg { int64_t n, q, len, off; };
+    std::vector<Seg> segs;
+    for (int64_t i = p0; i < p1;) {
+      const int64_t n = i / HWo, q = i % HWo, len = std::min(p1 - i, HWo - q);
+      segs.push_back({n, q, len, i - p0});
+      i += len;
+    }
+    auto pix = [&](int64_t p, int64_t& n, int64_t& oh, int64_t& ow) {
+      n = p / HWo; const int64_t hw = p % HWo; oh = hw / L.Wo; ow = hw % L.Wo;
+    };
+    if (!g.nhwc) {
+      if (!plan.direct_gemm) {
+        for (int64_t ci = 0; ci < g.C; ++ci)
+          for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) {
+              const int64_t dst = ((ci * g.R + r) * g.S + s) * P;
+              const int64_t off_w = s * g.dw - g.pl;
+              // Output columns whose input column is inside the image.
+              int64_t lo = off_w >= 0 ? 0 : (-off_w + g.sw - 1) / g.sw;
+              int64_t hi = g.W - off_w <= 0 ? 0 : (g.W - off_w + g.sw - 1) / g.sw;
+              lo = std::min(lo, L.Wo);
+              hi = std::min(std::max(hi, lo), L.Wo);
+              for (const auto& sg : segs) {
+                int64_t q = sg.q, off = sg.off;
+                while (q < sg.q + sg.len) {
+                  const int64_t oh = q / L.Wo, ow0 = q % L.Wo, len = std::min(L.Wo - ow0, sg.q + sg.len - q);
+                  const int64_t d = dst + off, ow1 = ow0 + len;
+                  const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+                  if (ih < 0 || ih >= g.H) {
+                    emit_run(sink, kColumn, d, len, e, true);
+                  } else {
+                    const int64_t a = std::min(std::max(lo, ow0), ow1), bb = std::min(std::max(hi, a), ow1);
+                    if (a > ow0) emit_run(sink, kColumn, d, a - ow0, e, true);
+                    if (bb > a) {
+                      if (g.sw == 1) {
+                        emit_run(sink, kInput, L.in(sg.n, ci, ih, a + off_w), bb - a, e, false);
+                        emit_run(sink, kColumn, d + (a - ow0), bb - a, e, true);
+                      } else {
+                        for (int64_t ow = a; ow < bb; ++ow) {
+                          sink.access(kInput, L.in(sg.n, ci, ih, ow * g.sw + off_w), e, e, false);
+                          sink.access(kColumn, d + (ow - ow0), e, e, true);
+                        }
+                      }
+                    }
+                    if (ow1 > bb) emit_run(sink, kColumn, d + (bb - ow0), ow1 - bb, e, true);
+                  }
+                  q += len;
+                  off += len;
+                }
+              }
+            }
+      }
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t m0 = 0; m0 < Kg; m0 += item_ch) {
+          const int64_t mn = std::min(item_ch, Kg - m0), k = grp * Kg + m0;
+          for (const auto& sg : segs)
+            for (int64_t c0 = 0; c0 < sg.len; c0 += item_px) {
+              const int64_t cn = std::min(item_px, sg.len - c0);
+              auto a_off = [&](int64_t i, int64_t kk) { return (k + i) * Kd + kk; };
+              auto c_off = [&](int64_t i, int64_t j) { return L.out(sg.n, k + i, 0, 0) + sg.q + c0 + j; };
+              if (plan.direct_gemm) {
+                auto b_off = [&](int64_t kk, int64_t j) { return L.in(sg.n, grp * Cg + kk, 0, 0) + sg.q + c0 + j; };
+                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kInput, b_off, c_off, false, true);
+              } else {
+                auto b_off = [&](int64_t kk, int64_t j) { return (grp * Kd + kk) * P + sg.off + c0 + j; };
+                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kColumn, b_off, c_off, false, true);
+              }
+            }
+        }
+    } else {
+      if (!plan.direct_gemm) {
+        for (int64_t i = p0; i < p1; ++i) {
+          int64_t n, oh, ow; pix(i, n, oh, ow);
+          const int64_t d = (i - p0) * kall;
+          for (int64_t grp = 0; grp < g.groups; ++grp)
+            for (int64_t r = 0; r < g.R; ++r) {
+              const int64_t dr = d + (grp * g.R + r) * g.S * Cg;
+              const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+              if (ih < 0 || ih >= g.H) { emit_run(sink, kColumn, dr, g.S * Cg, e, true); continue; }
+              for (int64_t s = 0; s < g.S; ++s) {
+                const int64_t iw = ow * g.sw - g.pl + s * g.dw;
+                if (iw >= 0 && iw < g.W) emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw), Cg, e, false);
+                emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+              }
+            }
+        }
+      }
+      for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t m0 = 0; m0 < P; m0 += item_px) {
+          const int64_t mn = std::min(item_px, P - m0);
+          for (int64_t c0 = 0; c0 < Kg; c0 += item_ch) {
+            const int64_t cn = std::min(item_ch, Kg - c0), k = grp * Kg + c0, px = p0 + m0;
+            auto b_off = [&](int64_t kk, int64_t j) { return (k + j) * Kd + kk; };
+            auto c_off = [&](int64_t i, int64_t j) { return (px + i) * g.K + k + j; };
+            if (plan.direct_gemm) {
+              auto a_off = [&](int64_t i, int64_t kk) { return (px + i) * g.C + grp * Cg + kk; };
+              gemm(sink, gb, mn, cn, Kd, e, kInput, a_off, kWeight, b_off, c_off, false, false);
+            } else {
+              auto a_off = [&](int64_t i, int64_t kk) { return (m0 + i) * kall + grp * Kd + kk; };
+              gemm(sink, gb, mn, cn, Kd, e, kColumn, a_off, kWeight, b_off, c_off, false, false);
+            }
+          }
+        }
+    }
+  }
+  sink.end_units();
+}
+
+struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks; };
+
+DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+  DirectPlan p;
+  p.vec = get(b, "direct_oc_block", kDefaultDirectOcBlock);
+  p.oc_blocks = (g.Kg() + p.vec - 1) / p.vec;
+  if (p.oc_blocks == 1) {
+    p.vectors = 1;
+    p.tile = get(b, "direct_pixel_tile_single", kDefaultDirectPixelTileSingle);
+  } else {
+    p.vectors = get(b, "direct_oc_vectors", kDefaultDirectOcVectors);
+    p.tile = get(b, "direct_pixel_tile", kDefaultDirectPixelTile);
+  }
+  p.oc_tiles = (p.oc_blocks + p.vectors - 1) / p.vectors;
+  p.row_block = get(b, "direct_row_block", kDefaultDirectRowBlock);
+  p.row_blocks = (g.Ho() + p.row_block - 1) / p.row_block;
+  return p;
+}
+
+// direct.cpp: weights packed once to [g][Kg/8][Cg][R][S][8]; tasks (n, group,
+// oc tile of `vectors` x 8 channels, block of output rows); per row and tile of
+// `tile` pixels: for c, r, s: load the weight vectors, broadcast one input per
+// pixel, FMA; then store the tile. Units: the tasks.
+template <class Sink>
+void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+  const Layout L(g);
+  const auto plan = direct_plan(g, b);
+  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), V8 = plan.vec;
+  const int64_t panel = Cg * g.R * g.S * V8;  // one packed 8-channel block
+  // Pack (outside the tasks): read the user's weight, write the packed copy.
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t kb = 0; kb < plan.oc_blocks; ++kb)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s) {
+            for (int64_t i = 0; i < V8; ++i)
+              if (kb * V8 + i < Kg) sink.access(kWeight, L.wt(grp * Kg + kb * V8 + i, c, r, s), e, e, false);
+            sink.access(kPackedWeight, (grp * plan.oc_blocks + kb) * panel + ((c * g.R + r) * g.S + s) * V8, e,
+                        V8 * e, true);
+          }
+  int64_t unit = 0;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+      for (int64_t ot = 0; ot < plan.oc_tiles; ++ot)
+        for (int64_t rb = 0; rb < plan.row_blocks; ++rb, ++unit) {
+          if (!sink.unit(unit)) continue;
+          const int64_t kb0 = ot * plan.vectors, nv = std::min(plan.vectors, plan.oc_blocks - kb0);
+          for (int64_t oh = rb * plan.row_block; oh < std::min(L.Ho, (rb + 1) * plan.row_block); ++oh)
+            for (int64_t ow0 = 0; ow0 < L.Wo; ow0 += plan.tile) {
+              const int64_t np = std::min(plan.tile, L.Wo - ow0);
+              for (int64_t c = 0; c < Cg; ++c)
+                for (int64_t r = 0; r < g.R; ++r) {
+                  const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+                  if (ih < 0 || ih >= g.H) continue;
+                  for (int64_t s = 0; s < g.S; ++s) {
+                    for (int64_t v = 0; v < nv; ++v)
+                      sink.access(kPackedWeight,
+                                  (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
+                                  V8 * e, false);
+                    for (int64_t j = 0; j < np; ++j) {
+                      const int64_t iw = (ow0 + j) * g.sw - g.pl + s * g.dw;
+                      if (iw >= 0 && iw < g.W) sink.access(kInput, L.in(n, grp * Cg + c, ih, iw), e, e, false);
+                    }
+                  }
+                }
+              // Store the tile: NHWC a vector per (pixel, 8 channels); NCHW a
+              // run of pixels per channel.
+              const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
+              if (g.nhwc) {
+                for (int64_t j = 0; j < np; ++j) emit_run(sink, kOutput, L.out(n, k0, oh, ow0 + j), nk, e, true);
+              } else {
+                for (int64_t k = 0; k < nk; ++k) emit_run(sink, kOutput, L.out(n, k0 + k, oh, ow0), np, e, true);
+              }
+            }
+        }
+  sink.end_units();
+}
+
+// depthwise.cpp (forward).
+// NHWC: the weight is packed once to [R][S][K] (and with a channel multiplier
+// M > 1 the input is first expanded to K channels, NHWC). Tasks are (n, output
+// row, group of `nhwc_channel_group` channels); per block of `chan_vecs` x 8
+// channels: border pixels one at a time (valid taps only), interior pixels in
+// tiles of `nhwc_pixel_tile`: per (r, s) load the weight vectors, then one
+// input vector per (pixel, channel vector); store the tile.
+// NCHW: tasks are (n, c, block of `row_tile` output rows): the input rows the
+// block reads are first copied into a zero-padded buffer (split into stride
+// phases), then per multiplier m and output row: per 4 x 8 outputs and tap,
+// broadcast the tap weight and load 4 vectors from the buffer; store.
+struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile; };
+
+DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
+  return {get(b, "depthwise_vec_width", kDefaultDepthwiseVector),
+          get(b, "depthwise_nhwc_pixel_tile", kDefaultDepthwiseNhwcPixelTile),
+          get(b, "depthwise_nhwc_chan_vecs", kDefaultDepthwiseNhwcChanVecs),
+          get(b, "depthwise_nhwc_channel_group", kDefaultDepthwiseNhwcChannelGroup),
+          get(b, "depthwise_nchw_width_vecs", kDefaultDepthwiseNchwWidthVecs),
+          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile)};
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+template <class Sink>
+void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+  const Layout L(g);
+  const auto dp = depthwise_plan(b);
+  const int64_t e = g.elem, M = std::max<int64_t>(1, g.K / g.C), RS = g.R * g.S, V8 = dp.vec;
+  if (g.nhwc) {
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t rs = 0; rs < RS; ++rs) {
+        sink.access(kWeight, L.wt(k, 0, rs / g.S, rs % g.S), e, e, false);
+        sink.access(kPackedWeight, rs * g.K + k, e, e, true);
+      }
+    // With M > 1 the kernel reads an expanded copy of the input (operand "column").
+    const int xop = M > 1 ? kColumn : kInput;
+    if (M > 1)
+      for (int64_t pix = 0; pix < g.N * g.H * g.W; ++pix)
+        for (int64_t k = 0; k < g.K; ++k) {
+          sink.access(kInput, pix * g.C + k / M, e, e, false);
+          sink.access(kColumn, pix * g.K + k, e, e, true);
+        }
+    auto xin = [&](int64_t n, int64_t h, int64_t w, int64_t k) { return ((n * g.H + h) * g.W + w) * g.K + k; };
+    const int64_t ncg = ceil_div(g.K, dp.channel_group);
+    const int64_t ow_lo = std::min(L.Wo, ceil_div(g.pl, g.sw));
+    const int64_t ow_hi = std::min(L.Wo, std::max(ow_lo, floor_div(g.W - 1 - (g.S - 1) * g.dw + g.pl, g.sw) + 1));
+    int64_t unit = 0;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t oh = 0; oh < L.Ho; ++oh)
+        for (int64_t cg = 0; cg < ncg; ++cg, ++unit) {
+          if (!sink.unit(unit)) continue;
+          const int64_t k0g = cg * dp.channel_group, k1g = std::min(g.K, k0g + dp.channel_group);
+          const int64_t ih0 = oh * g.sh - g.pt;
+          const int64_t r0 = std::max<int64_t>(0, ceil_div(-ih0, g.dh));
+          const int64_t r1 = std::min(g.R, floor_div(g.H - 1 - ih0, g.dh) + 1);
+          int64_t k = k0g;
+          while (k < k1g) {
+            // Blocks of chan_vecs vectors, then single vectors, then a masked tail.
+            const int64_t nv = k + V8 * dp.chan_vecs <= k1g ? dp.chan_vecs : 1;
+            const int64_t width = std::min(nv * V8, k1g - k);
+            auto vlen = [&](int64_t v) { return std::min(V8, width - v * V8) * e; };
+            auto pixel = [&](int64_t ow) {
+              const int64_t iw0 = ow * g.sw - g.pl;
+              const int64_t s0 = std::max<int64_t>(0, ceil_div(-iw0, g.dw));
+              const int64_t s1 = std::min(g.S, floor_div(g.W - 1 - iw0, g.dw) + 1);
+              for (int64_t r = r0; r < r1; ++r)
+                for (int64_t s = s0; s < s1; ++s)
+                  for (int64_t v = 0; v < nv; ++v) {
+                    sink.access(xop, xin(n, ih0 + r * g.dh, iw0 + s * g.dw, k + v * V8), e, vlen(v), false);
+                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                  }
+              for (int64_t v = 0; v < nv; ++v) sink.access(kOutput, L.out(n, k + v * V8, oh, ow), e, vlen(v), true);
+            };
+            int64_t ow = 0;
+            for (; ow < ow_lo; ++ow) pixel(ow);
+            for (; ow + dp.nhwc_pixels <= ow_hi; ow += dp.nhwc_pixels) {
+              for (int64_t r = r0; r < r1; ++r)
+                for (int64_t s = 0; s < g.S; ++s) {
+                  for (int64_t v = 0; v < nv; ++v)
+                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                  for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+                    for (int64_t v = 0; v < nv; ++v)
+                      sink.access(xop, xin(n, ih0 + r * g.dh, (ow + q) * g.sw - g.pl + s * g.dw, k + v * V8), e,
+                                  vlen(v), false);
+                }
+              for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+                for (int64_t v = 0; v < nv; ++v)
+                  sink.access(kOutput, L.out(n, k + v * V8, oh, ow + q), e, vlen(v), true);
+            }
+            for (; ow < L.Wo; ++ow) pixel(ow);
+            k += width;
+          }
+        }
+  } else {
+    // The per-task row buffer (operand "column", reused by every task).
+    const int64_t Lq = ceil_div(L.Wo, V8) * V8 + (g.S - 1) * g.dw / g.sw;
+    const int64_t row_elems = g.sw * Lq;
+    const int64_t nrb = ceil_div(L.Ho, dp.row_tile);
+    const int64_t block = V8 * dp.width_vecs;
+    int64_t unit = 0;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t rb = 0; rb < nrb; ++rb, ++unit) {
+          if (!sink.unit(unit)) continue;
+          const int64_t oh0 = rb * dp.row_tile, oh1 = std::min(L.Ho, oh0 + dp.row_tile);
+          const int64_t ih_lo = std::max<int64_t>(0, oh0 * g.sh - g.pt);
+          const int64_t ih_hi = std::min(g.H, (oh1 - 1) * g.sh - g.pt + (g.R - 1) * g.dh + 1);
+          const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
+          for (int64_t bi = 0; bi < nrows; ++bi)
+            for (int64_t q = 0; q < g.sw; ++q) {
+              const int64_t dst = (bi * g.sw + q) * Lq;
+              const int64_t j0 = std::min(Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
+              const int64_t j1 = std::min(Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
+              if (j0 > 0) emit_run(sink, kColumn, dst, j0, e, true);
+              const int64_t src = L.in(n, c, ih_lo + bi, 0) + q - g.pl;
+              if (g.sw == 1) {
+                emit_run(sink, kInput, src + j0, j1 - j0, e, false);
+                emit_run(sink, kColumn, dst + j0, j1 - j0, e, true);
+              } else {
+                for (int64_t j = j0; j < j1; ++j) {
+                  sink.access(kInput, src + g.sw * j, e, e, false);
+                  sink.access(kColumn, dst + j, e, e, true);
+                }
+              }
+              if (j1 < Lq) emit_run(sink, kColumn, dst + j1, Lq - j1, e, true);
+            }
+          for (int64_t m = 0; m < M; ++m) {
+            const int64_t k = c * M + m;
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+              // Taps of this row: (buffer offset, weight), weights read into a small array.
+              std::vector<int64_t> taps;
+              for (int64_t r = 0; r < g.R; ++r) {
+                const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+                if (ih < 0 || ih >= g.H) continue;
+                for (int64_t s = 0; s < g.S; ++s) {
+                  taps.push_back((ih - ih_lo) * row_elems + ((s * g.dw) % g.sw) * Lq + (s * g.dw) / g.sw);
+                  sink.access(kWeight, L.wt(k, 0, r, s), e, e, false);
+                }
+              }
+              const int64_t nt = int64_t(taps.size());
+              int64_t j = 0;
+              for (; j + block <= L.Wo; j += block) {
+                for (int64_t t = 0; t < nt; ++t) {
+                  sink.access(kPackA, t, e, e, false);  // the tap weight, broadcast from the small array
+                  for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kColumn, taps[size_t(t)] + j + v * V8, e, V8 * e, false);
+                }
+                for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kOutput, L.out(n, k, oh, j + v * V8), e, V8 * e, true);
+              }
+              for (; j < L.Wo; j += V8) {
+                for (int64_t t = 0; t < nt; ++t) {
+                  sink.access(kColumn, taps[size_t(t)] + j, e, V8 * e, false);
+                  sink.access(kPackA, t, e, e, false);
+                }
+                sink.access(kOutput, L.out(n, k, oh, j), e, std::min(V8, L.Wo - j) * e, true);
+              }
+            }
+          }
+        }
+  }
+  sink.end_units();
+}
+
+int64_t units_of(const std::string& algo, const Geometry& g, const std::map<std::string, int64_t>& b) {
+  if (algo == "reference") return g.N * g.K;
+  if (algo == "im2col") return im2col_plan(g, b).tiles;
+  if (algo == "direct") {
+    const auto p = direct_plan(g, b);
+    return g.N * g.groups * p.oc_tiles * p.row_blocks;
+  }
+  if (algo == "depthwise") {
+    const auto dp = depthwise_plan(b);
+    return g.nhwc ? g.N * g.Ho() * ceil_div(g.K, dp.channel_group) : g.N * g.C * ceil_div(g.Ho(), dp.row_tile);
+  }
+  throw std::invalid_argument("cachesim: unknown algorithm '" + algo +
+                              "'; expected reference, im2col, direct or depthwise");
+}
+
+void check_geometry(const std::string& algo, const Geometry& g) {
+  if (g.N <= 0 || g.C <= 0 || g.H <= 0 || g.W <= 0 || g.K <= 0 || g.R <= 0 || g.S <= 0)
+    throw std::invalid_argument("cachesim: sizes must be positive");
+  if (g.groups <= 0 || g.C % g.groups || g.K % g.groups)
+    throw std::invalid_argument("cachesim: groups must divide in and out channels");
+  if (g.sh <= 0 || g.sw <= 0 || g.dh <= 0 || g.dw <= 0 || g.pt < 0 || g.pb < 0 || g.pl < 0 || g.pr < 0)
+    throw std::invalid_argument("cachesim: stride/dilation must be positive, padding non-negative");
+  if (g.Ho() <= 0 || g.Wo() <= 0) throw std::invalid_argument("cachesim: empty output");
+  if (g.elem != 4 && g.elem != 8) throw std::invalid_argument("cachesim: element size must be 4 or 8");
+  if (algo == "depthwise" && !(g.groups == g.C && g.K % g.C == 0))
+    throw std::invalid_argument("cachesim: depthwise needs groups == in_channels");
+}
+
+template <class Sink>
+void run(const std::string& algo, Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+  if (algo == "reference") run_reference(sink, g);
+  else if (algo == "im2col") run_im2col(sink, g, b);
+  else if (algo == "direct") run_direct(sink, g, b);
+  else run_depthwise(sink, g, b);
+}
+
+}  // namespace
+
+Result simulate(const std::string& algo, const Geometry& g, const std::map<std::string, int64_t>& blocking,
+                const Options& opt) {
+  check_geometry(algo, g);
+  const int64_t units = units_of(algo, g, blocking);
+  SimSink sink(opt, units);
+  run(algo, sink, g, blocking);
+  return sink.result();
+}
+
+Result replay(const std::vector<int64_t>& addr, const std::vector<int64_t>& bytes,
+              const std::vector<bool>& write, const Options& opt) {
+  if (addr.size() != bytes.size() || addr.size() != write.size())
+    throw std::invalid_argument("replay: addresses, sizes and write flags must have the same length");
+  SimSink sink(opt, 1);
+  sink.unit(0);
+  for (size_t i = 0; i < addr.size(); ++i) {
+    if (addr[i] < 0 || bytes[i] <= 0) throw std::invalid_argument("replay: negative address or empty access");
+    sink.access(kInput, addr[i], 1, bytes[i], write[i]);
+  }
+  sink.end_units();
+  return sink.result();
+}
+
+std::vector<std::vector<int64_t>> record(const std::string& algo, const Geometry& g,
+                                         const std::map<std::string, int64_t>& blocking,
+                                         int64_t unit_begin, int64_t unit_end, int64_t max_records) {
+  check_geometry(algo, g);
+  units_of(algo, g, blocking);
+  RecordSink sink(unit_begin, unit_end, max_records);
+  run(algo, sink, g, blocking);
+  return sink.rows;
+}
+
+namespace {
+FASTCONV_TARGET_AVX2 float sum_avx2(const float* p, int64_t n) {
+#if FASTCONV_X86
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  float out[8];
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  float s = 0;
+  for (float v : out) s += v;
+  for (; i < n; ++i) s += p[i];
+  return s;
+#else
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  return s;
+#endif
+}
+float sum_portable(const float* p, int64_t n) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+  for (; i < n; ++i) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
+}  // namespace
+
+double read_bandwidth_gbs(int64_t bytes, int64_t reps) {
+  if (bytes < 1024 || reps <= 0) throw std::invalid_argument("read_bandwidth: need >= 1 KiB and reps > 0");
+  const int64_t n = bytes / int64_t(sizeof(float));
+  std::vector<float> buf(size_t(n), 1.0f);
+  const bool avx = use_avx2_fma();
+  volatile float sink = 0;
+  auto pass = [&] { return avx ? sum_avx2(buf.data(), n) : sum_portable(buf.data(), n); };
+  sink = sink + pass();  // warm the buffer into the caches it fits in
+  double best = 1e30;
+  // Best of a few timed batches: the ceiling, not the average.
+  for (int trial = 0; trial < 5; ++trial) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t r = 0; r < reps; ++r) sink = sink + pass();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::min(best, dt);
+  }
+  return double(n) * sizeof(float) * double(reps) / best / 1e9;
+}
+
+}  // namespace cachesim
+}  // namespace fastconv
+
+// ------------------------------------------------------------ Python binding
+
+// FASTCONV_CACHESIM_STANDALONE builds the simulator without torch (quick C++ tests).
+#ifndef FASTCONV_CACHESIM_STANDALONE
+// Plain pybind11 (not torch/extension.h): this file needs no tensors, and
+// compiles in a fraction of the time.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+namespace fastconv {
+namespace cachesim {
+namespace {
+
+namespace py = pybind11;
+
+Geometry geometry_from(const py::dict& d) {
+  Geometry g{};
+  auto i = [&](const char* k) { return d[k].cast<int64_t>(); };
+  g.N = i("N"); g.C = i("C"); g.H = i("H"); g.W = i("W"); g.K = i("K"); g.R = i("R"); g.S = i("S");
+  auto st = d["stride"].cast<std::vector<int64_t>>();
+  auto pd = d["padding"].cast<std::vector<int64_t>>();
+  auto dl = d["dilation"].cast<std::vector<int64_t>>();
+  if (st.size() != 2 || pd.size() != 4 || dl.size() != 2)
+    throw std::invalid_argument("geometry: stride[2], padding[4] = (top, bottom, left, right), dilation[2]");
+  g.sh = st[0]; g.sw = st[1]; g.pt = pd[0]; g.pb = pd[1]; g.pl = pd[2]; g.pr = pd[3];
+  g.dh = dl[0]; g.dw = dl[1];
+  g.groups = i("groups"); g.elem = i("elem");
+  const auto layout = d["layout"].cast<std::string>();
+  if (layout != "nchw" && layout != "nhwc") throw std::invalid_argument("geometry: layout must be nchw or nhwc");
+  g.nhwc = layout == "nhwc";
+  return g;
+}
+
+Options options_from(const std::vector<std::tuple<int64_t, int64_t, int64_t>>& levels, int64_t sample,
+                     bool hist) {
+  Options o;
+  for (auto& [size, ways, line] : levels) o.levels.push_back({size, ways, line});
+  o.sample_accesses = sample;
+  o.reuse_histogram = hist;
+  return o;
+}
+
+py::dict to_dict(const Result& r) {
+  py::dict d;
+  py::list levels;
+  for (auto& l : r.levels) {
+    py::dict x;
+    x["accesses"] = l.accesses; x["hits"] = l.hits; x["misses"] = l.misses; x["writebacks"] = l.writebacks;
+    levels.append(x);
+  }
+  d["levels"] = levels;
+  d["l1_bytes"] = r.l1_bytes;
+  d["accesses"] = r.accesses;
+  py::dict ops;
+  for (int op = 0; op < kNumOperands; ++op) {
+    if (r.operand_accesses[size_t(op)] == 0) continue;
+    py::dict x;
+    x["accesses"] = r.operand_accesses[size_t(op)];
+    x["l1_misses"] = r.operand_l1_misses[size_t(op)];
+    x["last_level_misses"] = r.operand_last_misses[size_t(op)];
+    ops[operand_name(op)] = x;
+  }
+  d["operands"] = ops;
+  d["reuse_hist"] = r.reuse_hist;
+  d["reuse_cold"] = r.reuse_cold;
+  d["units_total"] = r.units_total;
+  d["units_counted"] = r.units_counted;
+  d["scale"] = r.scale;
+  return d;
+}
+
+}  // namespace
+
+void bind(py::module_& m) {
+  m.def("cachesim_simulate",
+        [](const std::string& algo, py::dict geometry, std::map<std::string, int64_t> blocking,
+           std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, int64_t sample_accesses,
+           bool reuse_histogram) {
+          const Geometry g = geometry_from(geometry);
+          const Options o = options_from(levels, sample_accesses, reuse_histogram);
+          Result r;
+          {
+            py::gil_scoped_release nogil;
+            r = simulate(algo, g, blocking, o);
+          }
+          return to_dict(r);
+        },
+        py::arg("algo"), py::arg("geometry"), py::arg("blocking"), py::arg("levels"),
+        py::arg("sample_accesses") = 0, py::arg("reuse_histogram") = false,
+        "Replay algo's loop nest through an LRU hierarchy levels=[(size, ways, line), ...].");
+  m.def("cachesim_replay",
+        [](std::vector<int64_t> addr, std::vector<int64_t> bytes, std::vector<bool> write,
+           std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, bool reuse_histogram) {
+          const Options o = options_from(levels, 0, reuse_histogram);
+          return to_dict(replay(addr, bytes, write, o));
+        },
+        py::arg("addresses"), py::arg("sizes"), py::arg("writes"), py::arg("levels"),
+        py::arg("reuse_histogram") = false, "Replay raw byte addresses through an LRU hierarchy.");
+  m.def("cachesim_record",
+        [](const std::string& algo, py::dict geometry, std::map<std::string, int64_t> blocking,
+           int64_t unit_begin, int64_t unit_end, int64_t max_records) {
+          return record(algo, geometry_from(geometry), blocking, unit_begin, unit_end, max_records);
+        },
+        py::arg("algo"), py::arg("geometry"), py::arg("blocking"), py::arg("unit_begin"),
+        py::arg("unit_end"), py::arg("max_records"),
+        "Rows (operand, element offset, bytes, is_write) of the first accesses of some work units.");
+  m.def("cachesim_operands", [] {
+    std::vector<std::string> v;
+    for (int op = 0; op < kNumOperands; ++op) v.push_back(operand_name(op));
+    return v;
+  });
+  m.def("read_bandwidth_gbs", &read_bandwidth_gbs, py::arg("bytes"), py::arg("reps"),
+        "Best-of-5 read bandwidth (GB/s) summing a buffer of `bytes` `reps` times.");
+}
+
+}  // namespace cachesim
+}  // namespace fastconv
+#endif  // FASTCONV_CACHESIM_STANDALONE

@@ -1,0 +1,539 @@
+"""Analytic cache model: bytes each memory level delivers, per algorithm.
+
+Each algorithm's loop nest (the same nest the kernels run and cachesim.cpp
+replays, with the blocking constants of fastconv._C.blocking()) is summarised
+as a list of *terms*. A term is a number of bytes that has to come from below
+a cache unless the cache holds the data between two uses, together with the
+reuse distance of those uses: the bytes of distinct data touched in between.
+Under fully associative LRU a use hits iff its reuse distance is smaller than
+the cache, so
+
+    bytes delivered to a cache of capacity C = sum of terms with distance >= C
+
+Compulsory traffic (first touches) has infinite distance. The terms are the
+ones the brief asks for, by name: input re-reads across output-channel
+blocks, weight re-reads across pixel tiles, workspace writes and reads, and
+the finer ones inside a tile. Bytes are counted in whole cache lines where a
+loop touches contiguous runs (`run_bytes`). "L1" bytes are what the loads and
+stores ask for (register <-> L1), L2 the bytes L1 misses bring in, and so on;
+DRAM is what the last cache misses.
+
+The model is deliberately first order: no conflict misses (the simulator has
+them), no prefetching, no hardware write-combining; see docs/cache-validation.md
+for how far it lands from the simulator and from cachegrind.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..spec import ConvSpec
+
+INF = float("inf")
+LINE = 64
+
+# Named defaults, used only if fastconv._C.blocking() lacks a constant (kept
+# equal to the C++ defaults in csrc/cachesim.cpp).
+DEFAULT_BLOCKING = {
+    "im2col_max_workspace_bytes": 4 << 20,
+    "im2col_min_tile_pixels": 64,
+    "direct_oc_block": 8,
+    "direct_oc_vectors": 2,
+    "direct_pixel_tile": 6,
+    "direct_pixel_tile_single": 12,
+    "direct_row_block": 4,
+    "depthwise_vec_width": 8,
+    "depthwise_nhwc_pixel_tile": 4,
+    "depthwise_nhwc_chan_vecs": 2,
+    "depthwise_nhwc_channel_group": 64,
+    "depthwise_nchw_width_vecs": 4,
+    "depthwise_row_tile": 16,
+    "im2col_item_channels": 128,
+    "im2col_item_pixels": 512,
+    # The BLAS GEMM behind im2col, modelled as BLIS Haswell sgemm blocking.
+    "gemm_mr": 6,
+    "gemm_nr": 16,
+    "gemm_mc": 168,
+    "gemm_kc": 256,
+    "gemm_nc": 4080,
+}
+VECTOR_BYTES = 32  # AVX2
+# A read whose reuse distance is spread evenly over [0, D] is split into this
+# many terms of distances D/16, 3D/16, ...
+SLICES = 8
+
+
+def blocking() -> tuple[dict, list[str]]:
+    """(constants, names that fell back to DEFAULT_BLOCKING)."""
+    from .. import _C
+
+    got = dict(_C.blocking())
+    missing = [k for k in DEFAULT_BLOCKING if k not in got]
+    out = dict(DEFAULT_BLOCKING)
+    out.update(got)
+    return out, missing
+
+
+@dataclass
+class Term:
+    operand: str
+    what: str
+    bytes: float
+    distance: float  # reuse distance in bytes; INF = compulsory
+    # The part of `distance` made of short runs scattered over memory (their
+    # lines land in sets at random); the rest is long contiguous runs, which
+    # spread evenly over the sets.
+    scattered: float = 0.0
+
+
+@dataclass
+class Model:
+    algo: str
+    l1_bytes: dict = field(default_factory=dict)  # operand -> bytes the loads/stores ask for
+    terms: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def add(self, operand, what, nbytes, distance, scattered=0.0):
+        if nbytes > 0:
+            self.terms.append(Term(operand, what, float(nbytes), float(distance), float(min(scattered, distance))))
+
+    def traffic(self, capacity: float, ways: int = 0, line: int = LINE) -> float:
+        """Bytes a cache of `capacity` bytes pulls from below. ways=0: fully
+        associative LRU (a use misses iff its reuse distance >= capacity);
+        otherwise `ways`-way set-associative: a use misses when at least `ways`
+        of the distinct lines in between fall into its set; contiguous data
+        puts distance/sets lines in every set, scattered data a Poisson number."""
+        if ways <= 0:
+            return sum(t.bytes for t in self.terms if t.distance >= capacity)
+        sets = max(1, capacity // (ways * line))
+        return sum(t.bytes * miss_probability(t.distance, sets, ways, line, t.scattered) for t in self.terms)
+
+    def bytes_per_level(self, levels) -> dict:
+        """levels: ordered {cache name: bytes} (fully associative) or
+        {cache name: (bytes, ways, line)}. Returns {level: bytes delivered};
+        the level after the last cache is DRAM."""
+        names = list(levels)
+        out = {names[0]: float(sum(self.l1_bytes.values()))}
+        below = names[1:] + ["DRAM"]
+        for name, nxt in zip(names, below):
+            cfg = levels[name]
+            out[nxt] = self.traffic(*cfg) if isinstance(cfg, tuple) else self.traffic(cfg)
+        return out
+
+
+def miss_probability(distance: float, sets: int, ways: int, line: int = LINE, scattered: float = 0.0) -> float:
+    """P(a set receives >= `ways` of the distinct lines in between): the
+    contiguous part adds (distance - scattered)/line/sets lines to every set,
+    the scattered part a Poisson number with mean scattered/line/sets."""
+    if distance == INF:
+        return 1.0
+    even = (distance - scattered) / line / sets
+    lam = scattered / line / sets
+    need = ways - even  # scattered lines the set can still take before the reused line is evicted
+    if need <= 0:
+        return 1.0
+    if lam <= 0:
+        return 0.0
+
+    def p_at_least(k: int) -> float:  # P(Poisson(lam) >= k)
+        if k <= 0:
+            return 1.0
+        log_lam = math.log(lam)
+        below = sum(math.exp(-lam + j * log_lam - math.lgamma(j + 1)) for j in range(k))
+        return min(1.0, max(0.0, 1.0 - below))
+
+    lo = math.floor(need)
+    frac = need - lo
+    # Interpolate between the integer thresholds around a fractional `need`.
+    return (1 - frac) * p_at_least(lo) + frac * p_at_least(lo + 1)
+
+
+def run_bytes(nbytes: float, elem: int) -> float:
+    """Expected bytes of whole lines a contiguous run touches (element-aligned start)."""
+    if nbytes <= 0:
+        return 0.0
+    return float(LINE + nbytes - elem)
+
+
+def _valid_counts(out_len, in_len, k, stride, pad, dil):
+    """Per output index, how many of the k taps land inside the input."""
+    res = []
+    for o in range(out_len):
+        base = o * stride - pad
+        res.append(sum(1 for t in range(k) if 0 <= base + t * dil < in_len))
+    return res
+
+
+class Geo:
+    """Derived sizes of a spec used by every model."""
+
+    def __init__(self, s: ConvSpec):
+        self.s = s
+        self.e = s.element_size
+        self.Ho, self.Wo, self.Cg, self.Kg, self.G = s.Ho, s.Wo, s.Cg, s.Kg, s.groups
+        self.vh = _valid_counts(s.Ho, s.H, s.R, s.stride[0], s.padding[0], s.dilation[0])
+        self.vw = _valid_counts(s.Wo, s.W, s.S, s.stride[1], s.padding[2], s.dilation[1])
+        self.VH, self.VW = sum(self.vh), sum(self.vw)
+        self.input = s.N * s.C * s.H * s.W * self.e
+        self.weight = s.K * s.Cg * s.R * s.S * self.e
+        self.output = s.N * s.K * s.Ho * s.Wo * self.e
+        self.image = s.C * s.H * s.W * self.e  # one image, all channels
+
+
+def _gemm_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src_bytes_once,
+                b_src_distance, c_name="output", a_src_written=0.0, b_src_bytes_once=0.0):
+    """Terms of `reps` Goto GEMMs C[MxN] = A[MxK] B[KxN] (cachesim.cpp's gemm())."""
+    MR, NR, MC, KC, NC = b["gemm_mr"], b["gemm_nr"], b["gemm_mc"], b["gemm_kc"], b["gemm_nc"]
+    Mp = math.ceil(M / MR) * MR
+    Np = math.ceil(N / NR) * NR
+    n_nc, n_kc, n_mc = math.ceil(N / NC), math.ceil(K / KC), math.ceil(M / MC)
+    n_mr_total = sum(math.ceil(min(MC, M - ic) / MR) for ic in range(0, M, MC))
+    kc, nc, mc = min(KC, K), min(NC, N), min(MC, M)
+    bp_panel = kc * math.ceil(nc / NR) * NR * e
+    ap_block = math.ceil(mc / MR) * MR * kc * e
+    bp_micro, ap_micro, c_tile = kc * NR * e, kc * MR * e, MR * NR * e
+    # Loads and stores the kernels ask for.
+    m.l1_bytes[b_name] = m.l1_bytes.get(b_name, 0) + reps * K * N * e
+    m.l1_bytes[a_name] = m.l1_bytes.get(a_name, 0) + reps * n_nc * M * K * e
+    m.l1_bytes["pack_b"] = m.l1_bytes.get("pack_b", 0) + reps * (K * Np * e + K * Np * e * n_mr_total)
+    m.l1_bytes["pack_a"] = m.l1_bytes.get("pack_a", 0) + reps * n_nc * (Mp * K * e + Mp * K * e * math.ceil(N / NR))
+    m.l1_bytes[c_name] = m.l1_bytes.get(c_name, 0) + reps * (2 * n_kc - 1) * M * N * e
+    # B source: read once per GEMM for packing; its distance since it was
+    # last touched is b_src_distance (the column buffer just written, or the input).
+    if isinstance(b_src_distance, tuple):
+        # B is the freshly written column buffer, read back in the order written.
+        written, extra = b_src_distance
+        m.add(b_name, "GEMM packs B from the column buffer", reps * K * N * e, written + extra)
+    else:
+        m.add(b_name, "GEMM packs B (first touch)", b_src_bytes_once, INF)
+        m.add(b_name, "GEMM packs B (reads the B operand once per GEMM)", reps * K * N * e - b_src_bytes_once,
+              b_src_distance)
+    # A source re-read per NC panel; across GEMMs (tiles) it is the same
+    # weight, reused at the distance of one tile's footprint.
+    m.add(a_name, "GEMM packs A (first touch)", a_src_bytes_once, INF)
+    a_reads = reps * n_nc * M * K * e - a_src_bytes_once
+    # A written just before (the column buffer) and read back in the order it
+    # was written: under LRU the distance is the whole buffer for every line.
+    m.add(a_name, "GEMM packs A from the column buffer" if a_src_written else "GEMM re-packs A per GEMM item",
+          a_reads, a_src_written + bp_panel if a_src_written else unit_fp)
+    # Packed buffers: written (write-allocate) over and over; between two
+    # rewrites of the same bytes lies one KC panel (B) or one MC block (A).
+    pc_fp = bp_panel + 2 * M * kc * e + M * N * e
+    ic_fp = ap_block + bp_panel + mc * kc * e + mc * N * e
+    m.add("pack_b", "packed B buffer first touch", bp_panel, INF)
+    m.add("pack_b", "packed B rewritten per KC panel", reps * K * Np * e - bp_panel, pc_fp)
+    m.add("pack_a", "packed A buffer first touch", ap_block, INF)
+    m.add("pack_a", "packed A rewritten per MC block", reps * n_nc * Mp * K * e - ap_block, ic_fp)
+    # Micro-kernel reads of packed B: the first after packing is at the
+    # distance of the whole panel; across MC blocks likewise; across MR
+    # micro-tiles only one micro-panel of each apart.
+    m.add("pack_b", "micro-kernel reads packed B after packing", reps * K * Np * e * n_mc, bp_panel + ap_block)
+    m.add("pack_b", "packed-B micro-panel re-read per MR rows", reps * K * Np * e * (n_mr_total - n_mc),
+          bp_micro + ap_micro + c_tile)
+    # Packed A: re-read per NR micro-panel of B, one A block apart.
+    m.add("pack_a", "packed-A block re-read per NR columns", reps * n_nc * Mp * K * e * (math.ceil(N / NR) - 1),
+          ap_block + bp_micro)
+    m.add("pack_a", "micro-kernel reads packed A after packing", reps * n_nc * Mp * K * e, ap_block)
+    # C: read-modify-write once per KC panel, one panel's footprint apart.
+    m.add(c_name, "GEMM writes C (first touch)", reps * M * N * e, INF)
+    # The write right after the read hits; only the read may miss.
+    m.add(c_name, "C re-read per KC panel", reps * (n_kc - 1) * M * N * e, pc_fp)
+
+
+def model_reference(s: ConvSpec, b: dict) -> Model:
+    g = Geo(s)
+    e, m = g.e, Model("reference")
+    taps = s.N * s.K * s.Cg * g.VH * g.VW
+    m.l1_bytes = {"input": taps * e, "weight": taps * e, "output": g.output}
+    wk = s.Cg * s.R * s.S * e  # one output channel's filter
+    if s.layout == "nchw":
+        win = s.Cg * s.R * run_bytes(((s.S - 1) * s.dilation[1] + 1) * e, e)
+        row_in = s.Cg * s.R * run_bytes(s.W * e, e)
+    else:
+        win = s.R * s.S * run_bytes(s.Cg * e, e)
+        row_in = s.R * s.W * s.Cg * e
+    f_pix = wk + win + LINE
+    f_row = wk + row_in + s.Wo * e
+    f_k = wk + s.Cg * s.H * s.W * e + s.Ho * s.Wo * e
+    f_img = g.weight + g.image + s.K * s.Ho * s.Wo * e
+    m.add("weight", "filters (first touch)", g.weight, INF)
+    m.add("weight", "filter re-read per image", (s.N - 1) * g.weight, f_img)
+    m.add("input", "input (first touch)", g.input, INF)
+    m.add("input", "input re-read per output channel", s.N * (s.K - s.groups) * s.Cg * s.H * s.W * e, f_k)
+    rows_read = s.N * s.K * g.VH * (s.Cg * s.W * e if s.layout == "nchw" else s.W * s.Cg * e)
+    # NCHW rows are Cg*R separate runs of W elements: scattered over the sets.
+    m.add("input", "input rows re-read per output row", rows_read - s.N * s.K * s.Cg * s.H * s.W * e, f_row,
+          row_in if s.layout == "nchw" else 0.0)
+    per_pix = s.N * s.K * sum(v for v in g.vh) * s.Wo * (win / s.R)
+    m.add("input", "input window re-read per output pixel", per_pix - rows_read, f_pix, win)
+    m.add("output", "output (first touch)", g.output, INF)
+    m.notes.append("reference: the plain loop nest; the weight of one output channel stays in L1")
+    return m
+
+
+def im2col_tile(s: ConvSpec, b: dict) -> tuple[int, int, int, bool]:
+    """(pixels per tile, tiles, GEMM depth C/g*R*S, no column buffer) as im2col.cpp's make_tiling."""
+    kdim = s.Cg * s.R * s.S
+    kall = s.C * s.R * s.S
+    total = s.N * s.Ho * s.Wo
+    tile = min(total, max(b["im2col_min_tile_pixels"], b["im2col_max_workspace_bytes"] // max(1, kall * s.element_size)))
+    count = _ceil_div(total, tile)
+    tile = _ceil_div(total, count)
+    direct = (s.R == 1 and s.S == 1 and s.stride == (1, 1) and tuple(s.padding) == (0, 0, 0, 0))
+    return tile, _ceil_div(total, tile), kdim, direct
+
+
+def model_im2col(s: ConvSpec, b: dict) -> Model:
+    g = Geo(s)
+    e, m = g.e, Model("im2col")
+    P, T, kdim, direct = im2col_tile(s, b)
+    kall = s.C * s.R * s.S
+    pixels = s.N * s.Ho * s.Wo
+    col = 0 if direct else kall * P * e
+    ich, ipx = b["im2col_item_channels"], b["im2col_item_pixels"]
+    # GEMM items: NCHW (channels x pixels), NHWC (pixels x channels); mean sizes.
+    n_ch, n_px = _ceil_div(s.Kg, ich), _ceil_div(P, ipx)
+    ch, px = _ceil_div(s.Kg, n_ch), _ceil_div(P, n_px)
+    reps = T * s.groups * n_ch * n_px
+    kc = min(b["gemm_kc"], kdim)
+    item_fp = (kdim * (px + ch) + kc * (px + ch) + px * ch) * e  # sources, packed panels, C
+    rows_per_tile = P / s.Wo
+    in_win = s.C * min(s.H, rows_per_tile * s.stride[0] + (s.R - 1) * s.dilation[0]) * s.W * e
+    m.l1_bytes = {}
+    m.add("input", "input (first touch)", g.input, INF)
+    if not direct:
+        taps = s.N * g.VH * g.VW
+        m.l1_bytes = {"input": s.C * taps * e, "column": kall * pixels * e}
+        # The buffer is reused by every tile: only its first touch is compulsory.
+        m.add("column", "column buffer (first touch)", col, INF)
+        m.add("column", "column buffer rewritten per tile", (T - 1) * col, col + in_win)
+        m.add("input", "input rows shared by neighbouring tiles re-read", max(0.0, T * in_win - g.input), col + in_win)
+        if s.layout == "nchw":
+            # Loop ci, r, s over the tile's output-row runs.
+            pass_bytes = min(in_win / s.C, rows_per_tile * s.stride[0] * s.W * e + LINE)
+            m.add("input", "input re-read per filter row r (same channel)",
+                  T * s.C * max(0.0, s.R * pass_bytes - in_win / s.C), s.S * P * e + pass_bytes)
+            m.add("input", "input re-read per filter column s (same channel, row)",
+                  T * s.C * s.R * (s.S - 1) * pass_bytes, P * e + pass_bytes)
+        else:
+            # Loop over pixels, taps: runs of Cg channels; neighbouring pixels share taps.
+            pix_fp = s.R * s.S * run_bytes(s.Cg * e, e) + kall * e
+            rows = s.N * g.VH * s.W * s.C * e
+            m.add("input", "input re-read by neighbouring pixels", max(0.0, s.C * taps * e - rows), pix_fp * s.S)
+            m.add("input", "input rows re-read per output row", max(0.0, rows - T * in_win), s.Wo * pix_fp)
+    if s.layout == "nchw":
+        _gemm_terms(m, e, ch, px, kdim, b, a_name="weight", b_name="input" if direct else "column", reps=reps,
+                    unit_fp=item_fp, a_src_bytes_once=g.weight,
+                    b_src_distance=item_fp if direct else (col, in_win), b_src_bytes_once=g.input if direct else 0.0)
+    else:
+        _gemm_terms(m, e, px, ch, kdim, b, a_name="input" if direct else "column", b_name="weight", reps=reps,
+                    unit_fp=item_fp, a_src_bytes_once=g.input if direct else 0.0, b_src_distance=item_fp,
+                    a_src_written=0.0 if direct else col, b_src_bytes_once=g.weight)
+    if direct:
+        # The input is the GEMM operand itself: its first touch is counted there.
+        m.terms = [t for t in m.terms if not (t.operand == "input" and t.what == "input (first touch)")]
+        m.notes.append("im2col: 1x1 stride-1 conv, GEMM straight on the input (no column buffer)")
+    m.notes.append(f"im2col: {T} tile(s) of {P} pixels; column buffer {col / 1024:.0f} KiB; "
+                   f"{reps} GEMM items of ~{ch:.0f} channels x {px:.0f} pixels x {kdim} deep (BLAS "
+                   f"modelled as Goto GEMM MR={b['gemm_mr']} NR={b['gemm_nr']} MC={b['gemm_mc']} "
+                   f"KC={b['gemm_kc']} NC={b['gemm_nc']})")
+    return m
+
+
+def direct_plan(s: ConvSpec, b: dict):
+    vec = b["direct_oc_block"]
+    blocks = math.ceil(s.Kg / vec)
+    if blocks == 1:
+        vectors, tile = 1, b["direct_pixel_tile_single"]
+    else:
+        vectors, tile = b["direct_oc_vectors"], b["direct_pixel_tile"]
+    oc_tiles = math.ceil(blocks / vectors)
+    return vec, blocks, vectors, tile, oc_tiles
+
+
+def model_direct(s: ConvSpec, b: dict) -> Model:
+    g = Geo(s)
+    e, m = g.e, Model("direct")
+    vec, blocks, vectors, P, OT = direct_plan(s, b)
+    tiles_row = math.ceil(s.Wo / P)
+    panel = s.Cg * s.R * s.S * vec * e
+    packed = s.groups * blocks * panel
+    # Channels per oc tile (the last tile may hold fewer vectors).
+    nvs = [min(vectors, blocks - ot * vectors) for ot in range(OT)]
+    wt_tiles = [nv * panel for nv in nvs]
+    wt_avg = sum(wt_tiles) / OT
+    win_w = min(s.W, (P - 1) * s.stride[1] + (s.S - 1) * s.dilation[1] + 1)
+    if s.layout == "nchw":
+        tile_in = s.Cg * s.R * run_bytes(win_w * e, e)
+        row_in = s.Cg * s.R * run_bytes(s.W * e, e)
+        pass_bytes = lambda: s.Cg * run_bytes(win_w * e, e)  # noqa: E731  per valid filter row
+    else:
+        tile_in = s.R * run_bytes(win_w * s.Cg * e, e)
+        row_in = s.R * s.W * s.Cg * e
+        pass_bytes = lambda: run_bytes(win_w * s.Cg * e, e)  # noqa: E731
+    out_tile = vectors * vec * P * e
+    f_tile = wt_avg + tile_in + out_tile
+    # NCHW tile windows are Cg*R short runs, one per (channel, row): scattered.
+    sc_tile = tile_in if s.layout == "nchw" else 0.0
+    f_row = wt_avg + row_in + vectors * vec * s.Wo * e
+    f_task = wt_avg + s.Cg * s.H * s.W * e + vectors * vec * s.Ho * s.Wo * e
+    f_img = packed + g.image + s.K * s.Ho * s.Wo * e
+    # Loads and stores.
+    weight_loads = s.N * s.groups * sum(nvs) * vec * e * s.Cg * s.S * g.VH * tiles_row
+    m.l1_bytes = {"weight": g.weight, "packed_weight": packed + weight_loads,
+                  "input": s.N * s.groups * OT * s.Cg * g.VH * g.VW * e, "output": g.output}
+    # Packing, then the weights of one oc tile are re-read for every pixel tile.
+    m.add("weight", "weights read once to pack them", g.weight, INF)
+    m.add("packed_weight", "packed weights written (first touch)", packed, INF)
+    m.add("packed_weight", "packed weights first read after packing", packed, packed + g.weight)
+    uses = s.N * s.groups * sum(wt * s.Ho * tiles_row for wt in wt_tiles)
+    m.add("packed_weight", "weight re-read per pixel tile", uses - s.N * packed, f_tile, sc_tile)
+    m.add("packed_weight", "weights re-read per image", (s.N - 1) * packed, f_img)
+    # Input: compulsory, then re-read per oc tile, per output row, per pixel tile.
+    m.add("input", "input (first touch)", g.input, INF)
+    per_ot = s.N * s.groups * s.Cg * s.H * s.W * e
+    m.add("input", "input re-read per output-channel tile", (OT - 1) * per_ot, f_task)
+    rows_read = s.N * s.groups * OT * g.VH * (row_in / s.R)
+    m.add("input", "input rows re-read per output row", rows_read - OT * per_ot, f_row,
+          row_in if s.layout == "nchw" else 0.0)
+    tiles_read = s.N * s.groups * OT * g.VH * tiles_row * pass_bytes()
+    m.add("input", "input window re-read per pixel tile", tiles_read - rows_read, f_tile, sc_tile)
+    m.add("output", "output (first touch)", g.output, INF)
+    m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s); "
+                   f"weights per tile {wt_avg / 1024:.1f} KiB")
+    return m
+
+
+def _ceil_div(a, b):
+    return -((-a) // b)
+
+
+def model_depthwise(s: ConvSpec, b: dict) -> Model:
+    g = Geo(s)
+    e, m = g.e, Model("depthwise")
+    V = b["depthwise_vec_width"]
+    mult = max(1, s.K // s.C)
+    RS = s.R * s.S
+    m.add("output", "output (first touch)", g.output, INF)
+    m.add("input", "input (first touch)", g.input, INF)
+    if s.layout == "nhwc":
+        P, group = b["depthwise_nhwc_pixel_tile"], b["depthwise_nhwc_channel_group"]
+        sw, pl, dw = s.stride[1], s.padding[2], s.dilation[1]
+        ow_lo = min(s.Wo, _ceil_div(pl, sw))
+        ow_hi = min(s.Wo, max(ow_lo, (s.W - 1 - (s.S - 1) * dw + pl) // sw + 1))
+        ntiles = (ow_hi - ow_lo) // P
+        border = [ow for ow in range(s.Wo) if not (ow_lo <= ow < ow_lo + ntiles * P)]
+        border_taps = sum(g.vw[ow] for ow in border)
+        xk = s.N * s.H * s.W * s.K * e  # the kernel's input: x, or x expanded to K channels
+        w_all = RS * s.K * e
+        per_row = s.N * g.VH  # (n, oh, valid r) triples
+        m.l1_bytes = {
+            "weight": g.weight,
+            "packed_weight": w_all + per_row * (ntiles * s.S + border_taps) * s.K * e,
+            "input" if mult == 1 else "column": per_row * (ntiles * P * s.S + border_taps) * s.K * e,
+            "output": g.output,
+        }
+        xname = "input"
+        if mult > 1:
+            m.l1_bytes["input"] = g.input
+            m.l1_bytes["column"] = m.l1_bytes.get("column", 0) + xk
+            m.add("column", "input expanded to K channels (first touch)", xk, INF)
+            m.add("column", "expanded input read back", xk, xk + g.input)
+            xname = "column"
+        f_row = w_all + s.R * s.W * s.K * e + s.Wo * s.K * e
+        scattered = s.R * s.W * s.K * e if s.K > group else 0.0  # per-group slices of each pixel
+        m.add("weight", "weights read once to repack them", g.weight, INF)
+        m.add("packed_weight", "repacked weights (first touch)", w_all, INF)
+        m.add("packed_weight", "repacked weights first read", w_all, w_all + g.weight)
+        m.add("packed_weight", "weights re-read per output row", (s.N * s.Ho - 1) * w_all, f_row)
+        rows = s.N * g.VH * s.W * s.K * e
+        m.add(xname, "input rows re-read per output row", rows - xk, f_row, scattered)
+        m.notes.append(f"depthwise NHWC: tiles of {P} pixels x {b['depthwise_nhwc_chan_vecs']}x{V} channels, "
+                       f"tasks of one output row x {group} channels")
+    else:
+        row_tile, wv = b["depthwise_row_tile"], b["depthwise_nchw_width_vecs"]
+        sw = s.stride[1]
+        Lq = _ceil_div(s.Wo, V) * V + (s.S - 1) * s.dilation[1] // sw
+        row_elems = sw * Lq
+        nrb = _ceil_div(s.Ho, row_tile)
+        rows_copied = 0
+        for rb in range(nrb):
+            oh0, oh1 = rb * row_tile, min(s.Ho, (rb + 1) * row_tile)
+            lo = max(0, oh0 * s.stride[0] - s.padding[0])
+            hi = min(s.H, (oh1 - 1) * s.stride[0] - s.padding[0] + (s.R - 1) * s.dilation[0] + 1)
+            rows_copied += max(0, hi - lo)
+        buf = (min(s.H, (row_tile - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1)) * row_elems * e
+        nblk, ntail = s.Wo // (V * wv), _ceil_div(s.Wo % (V * wv), V)
+        taps = s.N * s.K * g.VH * s.S  # (n, k, oh, valid r, s)
+        m.l1_bytes = {
+            "input": s.N * s.C * rows_copied * s.W * e,  # approximately: the in-image part of each row
+            "column": s.N * s.C * rows_copied * row_elems * e + taps * ((nblk * wv + ntail) * V * e),
+            "weight": taps * e,
+            "pack_a": taps * (nblk + ntail) * e,
+            "output": g.output,
+        }
+        out_block = mult * row_tile * s.Wo * e
+        f_task = buf + out_block + min(s.H, row_tile * s.stride[0] + s.R) * s.W * e
+        m.add("weight", "weights (first touch)", g.weight, INF)
+        m.add("column", "row buffer (first touch)", buf, INF)
+        m.add("column", "row buffer rewritten per task", s.N * s.C * rows_copied * row_elems * e - buf, f_task)
+        m.add("input", "input rows shared by neighbouring row blocks re-read",
+              s.N * s.C * (rows_copied - s.H) * s.W * e, f_task)
+        m.add("weight", "weights re-read per row block", s.N * s.C * nrb * mult * RS * e - g.weight, f_task)
+        m.notes.append(f"depthwise NCHW: tasks of {row_tile} output rows of one channel; input rows copied to "
+                       f"a padded buffer of {buf / 1024:.1f} KiB; {wv}x{V} outputs per register tile")
+    return m
+
+
+CPU_MODELS = {
+    "reference": model_reference,
+    "im2col": model_im2col,
+    "direct": model_direct,
+    "depthwise": model_depthwise,
+}
+
+
+def model(algo: str, spec: ConvSpec, b: dict | None = None) -> Model:
+    if b is None:
+        b, _ = blocking()
+    if algo not in CPU_MODELS:
+        raise ValueError(f"no CPU cache model for algo {algo!r}; have {', '.join(CPU_MODELS)}")
+    return CPU_MODELS[algo](spec, b)
+
+
+def level_configs(levels) -> dict:
+    """{name: (size, ways, line)} of machine.CacheLevel objects, for bytes_per_level."""
+    return {lv.name: (lv.size, lv.ways, lv.line) for lv in levels}
+
+
+def cpu_cost_model(algo: str):
+    """The registry's cost_model for a CPU algorithm: spec -> {level: bytes}."""
+    def cost(spec: ConvSpec) -> dict:
+        from .machine import cache_levels
+
+        return model(algo, spec).bytes_per_level(level_configs(cache_levels()))
+
+    cost.__name__ = f"{algo}_cost_model"
+    return cost
+
+
+# GPU: implicit GEMM with output tiles BM x BN reads the input once per BN
+# column of tiles and the weights once per BM row of tiles from L2; HBM sees
+# each operand once when it fits in L2. Named tile defaults (the Triton
+# autotuner picks per shape; these are its most common choice).
+GPU_TILE_M, GPU_TILE_N = 128, 64
+
+
+def gpu_cost_model(spec: ConvSpec, l2_bytes: int) -> dict:
+    M, N, K = spec.gemm_shape
+    e = spec.element_size
+    a = M * K * e * spec.groups  # implicit im2col matrix (input gathered per tap)
+    w = spec.weight_shape[0] * K * e
+    out = spec.N * spec.K * spec.Ho * spec.Wo * e
+    if spec.is_depthwise:
+        l2 = spec.N * spec.K * spec.Ho * spec.Wo * spec.R * spec.S * e + w + out
+    else:
+        l2 = a * math.ceil(N / GPU_TILE_N) + w * math.ceil(M / GPU_TILE_M) + out
+    ws = spec.min_bytes - (spec.K * e if spec.bias else 0)
+    hbm = spec.min_bytes if ws <= l2_bytes else spec.min_bytes + spec.N * spec.C * spec.H * spec.W * e * (math.ceil(N / GPU_TILE_N) - 1)
+    return {"L2": float(l2), "HBM": float(hbm)}

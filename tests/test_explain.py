@@ -1,0 +1,196 @@
+"""fastconv explain: exact FLOP/byte formulas, the cache model on hand-analysable
+cases, the JSON schema, the pictures and --vs-linear."""
+import contextlib
+import io
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastconv import registry
+from fastconv.cli import main
+from fastconv.explain import model as cmodel
+from fastconv.explain.machine import CacheLevel, Ceilings
+from fastconv.explain.simulate import simulate
+from fastconv.spec import ConvSpec
+
+SPECS = [
+    ConvSpec(1, 3, 32, 32, 64, 3, 3, padding=(1, 1, 1, 1)),
+    ConvSpec(2, 16, 15, 13, 32, 5, 3, stride=(2, 1), padding=(2, 1, 0, 3), dilation=(1, 2)),
+    ConvSpec(1, 8, 9, 9, 16, 3, 3, padding=(1, 1, 1, 1), groups=4, dtype=torch.float64),
+    ConvSpec(3, 12, 10, 10, 24, 3, 3, padding=(1, 1, 1, 1), groups=12, bias=True),
+]
+
+
+def run_cli(*argv) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["explain", *argv]) == 0
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_flops_match_torch_flop_counter(spec):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(spec.input_shape, dtype=spec.dtype)
+    w = torch.randn(spec.weight_shape, dtype=spec.dtype)
+    xp = F.pad(x, (spec.padding[2], spec.padding[3], spec.padding[0], spec.padding[1]))
+    with FlopCounterMode(display=False) as fc:
+        y = F.conv2d(xp, w, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+    assert fc.get_total_flops() == spec.flops
+    assert tuple(y.shape) == spec.output_shape
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.describe())
+def test_min_bytes_is_each_tensor_once(spec):
+    e = spec.element_size
+    n = spec.N * spec.C * spec.H * spec.W + spec.K * spec.Cg * spec.R * spec.S
+    n += spec.N * spec.K * spec.Ho * spec.Wo + (spec.K if spec.bias else 0)
+    assert spec.min_bytes == n * e
+
+
+# Cache sizes for the hand computations: a 1x1 conv whose operands all fit in L1.
+CAPS = {"L1": 32 << 10, "L2": 1 << 20}
+
+
+def test_model_of_a_1x1_conv_that_fits_in_l1_is_compulsory_traffic():
+    spec = ConvSpec(1, 8, 4, 4, 8, 1, 1)  # input 512 B, weight 256 B, output 512 B
+    m = cmodel.model("direct", spec)
+    lb = m.bytes_per_level(CAPS)
+    # Below L1 only first touches: input, user weight, packed weight (8x8 written
+    # once), output. All sizes are whole lines.
+    assert lb["L2"] == lb["DRAM"] == 512 + 256 + 256 + 512
+    # L1: the loads and stores. Kg = 8 -> one 8-channel block, 1x12-pixel tiles:
+    # 4 rows x 1 tile x 8 channels: one 32-byte weight vector each; one 4-byte
+    # broadcast per (pixel, channel); 16 pixels x 8 outputs stored; packing
+    # reads 256 B and writes 256 B.
+    assert lb["L1"] == 256 + 256 + 4 * 8 * 32 + 16 * 8 * 4 + 16 * 8 * 4
+    # And the simulator agrees line for line.
+    sim = simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0)
+    assert sim["levels"]["L1"]["misses"] * 64 == lb["L2"]
+    assert sim["levels"]["L1"]["bytes"] == lb["L1"]
+
+
+def test_model_of_a_streaming_depthwise_conv():
+    # 1x1 depthwise NCHW = a per-channel scale: every input and output byte
+    # streams through once, the 64 scalar weights too; nothing is re-read.
+    spec = ConvSpec(1, 64, 32, 32, 64, 1, 1, groups=64)
+    m = cmodel.model("depthwise", spec)
+    plane = 32 * 32 * 4
+    for cap in (1 << 10, 32 << 10, 1 << 30):
+        assert m.traffic(cap) == 64 * plane * 2 + 64 * 4
+    sim = simulate("depthwise", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0)
+    assert sim["levels"]["L1"]["misses"] * 64 == 64 * plane * 2 + 64 * 4
+
+
+@pytest.mark.parametrize("algo,spec", [
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1))),
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1), layout="nhwc")),
+    ("im2col", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1))),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc")),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64)),
+])
+def test_model_tracks_the_simulator_below_l2(algo, spec):
+    """Bytes L2 misses pull from below: model within 25% of the simulator."""
+    levels = [CacheLevel("L1", 48 << 10, 12, 64), CacheLevel("L2", 2 << 20, 16, 64)]
+    sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False)
+    mod = cmodel.model(algo, spec).bytes_per_level({lv.name: lv.size for lv in levels})
+    s, m = sim["levels"]["DRAM"]["bytes"], mod["DRAM"]
+    assert abs(m - s) <= 0.25 * s, (m, s)
+
+
+def test_registry_cost_models_installed():
+    import fastconv.explain  # noqa: F401
+
+    for name in ("reference", "im2col", "direct", "depthwise"):
+        fn = registry.get(name).cost_model
+        assert fn is not None
+        out = fn(SPECS[0] if name != "depthwise" else SPECS[3])
+        assert set(out) >= {"L1", "DRAM"} and all(v > 0 for v in out.values())
+
+
+QUICK_CEILINGS = Ceilings(100.0, {"L1": 200.0, "L2": 100.0, "L3": 50.0, "DRAM": 20.0}, 1, "test")
+
+
+@pytest.fixture
+def quick_ceilings(monkeypatch):
+    from fastconv.explain import machine
+
+    monkeypatch.setattr(machine, "ceilings", lambda quick=False, refresh=False: QUICK_CEILINGS)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_json_schema(quick_ceilings, layout):
+    out = run_cli("--input", "1,8,12,12", "--weight", "16,8,3,3", "--padding", "1", "--layout", layout,
+                  "--simulate", "--measure", "--quick", "--json")
+    r = json.loads(out)
+    assert r["flops"] == 2 * 16 * 12 * 12 * 8 * 9
+    names = [a["algo"] for a in r["algorithms"]]
+    assert {"im2col", "direct"} <= set(names) and "depthwise" not in names
+    levels = ["L1", "L2", "L3", "DRAM"][: len(r["caches"])] + ["DRAM"]
+    for a in r["algorithms"]:
+        assert set(a) >= {"algo", "workspace_bytes", "min_bytes", "modeled_bytes", "simulated", "measured_ms"}
+        assert a["min_bytes"] == r["min_bytes"] == (8 * 144 + 16 * 72 + 16 * 144) * 4
+        assert list(a["modeled_bytes"]) == list(dict.fromkeys(levels))
+        for lv, s in a["simulated"].items():
+            assert set(s) >= {"accesses", "hits", "misses", "bytes"}
+            assert s["hits"] + s["misses"] == s["accesses"] or lv == "DRAM"
+        assert a["measured_ms"] > 0 and a["bound_ms"] > 0
+    ws = {a["algo"]: a["workspace_bytes"] for a in r["algorithms"]}
+    import fastconv
+
+    assert ws["im2col"] == fastconv.im2col_workspace_bytes((1, 8, 12, 12), (16, 8, 3, 3), padding=1)
+    assert ws["direct"] == 0
+
+
+def test_text_output_and_pictures(quick_ceilings, tmp_path):
+    out = run_cli("--input", "1,16,14,14", "--weight", "16,1,3,3", "--groups", "16", "--padding", "1",
+                  "--out", str(tmp_path), "--quick")
+    assert "depthwise" in out and "modelled" in out
+    for name in ("access_pattern.png", "reuse_distance.png", "roofline.png", "bytes_per_level.png"):
+        p = tmp_path / name
+        assert p.exists() and p.stat().st_size > 10_000, name
+
+
+def test_access_pattern_covers_the_tile_window():
+    from fastconv.explain.pictures import input_touch_map
+
+    spec = ConvSpec(1, 4, 8, 8, 16, 3, 3, padding=(1, 1, 1, 1))
+    order, count = input_touch_map("direct", spec)
+    # The first register tile covers 6 pixels of output row 0: input rows 0-1
+    # (row -1 is padding), columns 0-6, of all 4 channels.
+    touched = ~torch.isnan(torch.tensor(order))
+    assert int(touched.sum()) == 4 * 2 * 7
+    # Each input of row 0 or 1 meets one filter row (r = ih + 1) and up to 3 columns.
+    assert count.max() == 3
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(SystemExit, match="C/groups"):
+        run_cli("--input", "1,8,8,8", "--weight", "16,4,3,3")
+    with pytest.raises(SystemExit, match="empty"):
+        run_cli("--input", "1,8,2,2", "--weight", "16,8,3,3")
+    with pytest.raises(SystemExit, match="SUITE:NAME"):
+        run_cli("--layer", "resnet50")
+    with pytest.raises(SystemExit, match="layer"):
+        run_cli("--layer", "no_such_suite:no_such_layer")
+    with pytest.raises(SystemExit, match="depthwise"):
+        run_cli("--input", "1,8,8,8", "--weight", "16,8,3,3", "--algo", "depthwise")
+
+
+def test_vs_linear_runs():
+    from fastconv.explain import vs_linear
+
+    res = vs_linear.compare(batches=[1], device="cpu", min_run_time=0.01)
+    cases = [r for r in res["results"] if r["device"] == "cpu"]
+    assert len(cases) == 4
+    lin, c3, c7, eq = cases
+    assert lin["flops"] == 2 * 1024 * 512 and c3["flops"] == eq["flops"] == 2 * 64 * 32 * 32 * 27
+    assert c7["flops"] == 2 * 64 * 32 * 32 * 147
+    assert c3["gemm_shape"] == [1024, 64, 27] and lin["gemm_shape"] == [1, 512, 1024]
+    assert all(v > 0 for r in cases for v in r["times_ms"].values())
+    assert any("Equal FLOPs" in line for line in res["verdict"])
+    assert "Conv vs Linear" in vs_linear.format_text(res)
