@@ -138,7 +138,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
+def run_case(suite, layer, batch, dname, tf32, lay, direction, fh, compile_only=False):
     dtype = DTYPES[dname]
     torch.backends.cudnn.allow_tf32 = tf32
     x, w, kw = make_layer(layer, batch, dtype, lay == "nhwc")
@@ -149,6 +149,9 @@ def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
     if direction == "fwd":
         ours = lambda: fastconv.conv2d(x, w, None, **kw)  # noqa: E731
         theirs = lambda: F.conv2d(x, w, None, **kw)  # noqa: E731
+        if compile_only:
+            ours()
+            return None
         err = rel(ours(), theirs())
         nbytes = spec.min_bytes
         flops = spec.flops
@@ -164,11 +167,16 @@ def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
         def theirs():
             return torch.ops.aten.convolution_backward(dy, x, w, None, st, pad[:2], [1, 1],
                                                        False, [0, 0], g, [True, True, False])[:2]
+        if compile_only:
+            ours()
+            return None
         a, b = ours(), theirs()
         err = max(rel(a[0], b[0]), rel(a[1], b[1]))
         # dy and x read, dx and dw written (each once): the backward's own minimum.
         nbytes = 2 * spec.min_bytes
         flops = 2 * spec.flops
+    if compile_only:  # warm Triton's cache (FASTCONV_TUNE=compile): no timing
+        return None
     t_ours = graph_time(ours)
     t_theirs = graph_time(theirs)
     e_ours = bench(ours)
@@ -246,15 +254,23 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=0, help="at most this many layers per suite")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only run each case once with FASTCONV_TUNE=compile (warms Triton's cache)")
+    p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th case")
     args = p.parse_args(argv)
+    shard, nshards = map(int, args.shard.split("/"))
     os.makedirs(args.out, exist_ok=True)
     torch.backends.cudnn.benchmark = True
-    fh = open(os.path.join(args.out, "triton_vs_cudnn.log"), "w")
+    if args.compile_only:
+        os.environ["FASTCONV_TUNE"] = "compile"
+        fh = open(os.devnull, "w")
+    else:
+        fh = open(os.path.join(args.out, "triton_vs_cudnn.log"), "w")
     import triton
 
     log(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
         f"{triton.__version__}  cudnn {torch.backends.cudnn.version()}  batch {args.batch}", fh)
-    ceil = ceilings(fh)
+    ceil = ceilings(fh) if not args.compile_only else {}
     rows = []
     t0 = time.time()
     cases = []
@@ -264,6 +280,15 @@ def main(argv=None):
                 cases.append((suite, layer, dname, tf32, lay, "fwd"))
                 if suite in BACKWARD_SUITES and not args.no_backward:
                     cases.append((suite, layer, dname, tf32, lay, "bwd"))
+    cases = cases[shard::nshards]
+    if args.compile_only:
+        for case in cases:
+            try:
+                run_case(case[0], case[1], args.batch, *case[2:], fh, compile_only=True)
+            except Exception as e:
+                print(f"compile-only {case}: {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
+        return 0
     for case in cases:
         if time.time() - t0 > args.budget_s:
             log(f"budget reached: skipped {len(cases) - len(rows)} cases", fh)

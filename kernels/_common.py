@@ -139,7 +139,8 @@ class TileTuner:
     in memory and in a JSON file shared by all processes.
 
     `configs` is a list of dicts: constexpr meta-parameters plus num_warps/num_stages.
-    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps.
+    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps;
+    FASTCONV_TUNE=compile only compiles every candidate (to warm Triton's cache in parallel).
     """
 
     _lock = threading.Lock()
@@ -199,7 +200,17 @@ class TileTuner:
                 self.memory[key] = disk[key]
                 return disk[key]
         candidates = [c for c in self.configs if prune is None or prune(c)] or self.configs[:1]
-        if os.environ.get("FASTCONV_TUNE", "1") == "0" or len(candidates) == 1:
+        mode = os.environ.get("FASTCONV_TUNE", "1")
+        if mode == "compile":
+            # Warm Triton's on-disk kernel cache only (run in parallel processes before a
+            # timed session); nothing is timed or remembered.
+            for cfg in candidates:
+                try:
+                    launch(cfg)
+                except Exception:
+                    pass
+            return candidates[0]
+        if mode == "0" or len(candidates) == 1:
             best = candidates[0]
         else:
             best, best_t, times = None, float("inf"), []

@@ -472,13 +472,15 @@ WGRAD_NCHW_CONFIGS = [
     dict(TAP_BLOCK=8, BLOCK_P=256, BLOCK_C=1, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
 ]
+# Measured on an H200 (tune_log of benchmarks/results): TAP_BLOCK=1 wins most channels_last
+# shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
 WGRAD_NHWC_CONFIGS = [
-    dict(TAP_BLOCK=16, BLOCK_P=2, BLOCK_C=64, num_warps=4, num_stages=1),
-    dict(TAP_BLOCK=16, BLOCK_P=4, BLOCK_C=32, num_warps=4, num_stages=1),
-    dict(TAP_BLOCK=16, BLOCK_P=1, BLOCK_C=128, num_warps=4, num_stages=1),
-    dict(TAP_BLOCK=64, BLOCK_P=1, BLOCK_C=32, num_warps=4, num_stages=1),
-    dict(TAP_BLOCK=8, BLOCK_P=4, BLOCK_C=64, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=16, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=1, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=4, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=64, BLOCK_P=1, BLOCK_C=32, num_warps=4, num_stages=1),
 ]
 WGRAD_INTERPRET_CONFIG = dict(TAP_BLOCK=16, BLOCK_P=16, BLOCK_C=4)
 WGRAD_PROGRAMS_PER_SM = 8  # the split aims at this many programs per SM

@@ -298,3 +298,15 @@ def test_opcheck():
     w = torch.randn(2, 1, 3, 3, device=DEVICE)
     torch.library.opcheck(torch.ops.fastconv.triton_depthwise_conv2d,
                           (x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 2, "relu"))
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("variant", ["bf16", "tf32"])
+@pytest.mark.parametrize("name", ["k13", "k31"])
+def test_depthwise_large_kernel_tensor_core_path(name, variant, cl):
+    """Wide kernels in bf16 or under TF32 may run as banded GEMMs on the tensor cores
+    (the interpreter always takes that path there; on CUDA the tuner races it)."""
+    torch.backends.cudnn.allow_tf32 = variant == "tf32"
+    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    _check_forward("triton_depthwise", DW_CASES[name], dtype, cl, "relu",
+                   tol=TOL[torch.bfloat16] if variant == "bf16" else TF32_TOL)
