@@ -300,7 +300,7 @@ def main(argv=None):
             traceback.print_exc(file=fh)
             continue
         rows.append(row)
-        log(f"{row['suite']:18s} {row['layer']:52s} {row['dtype']}{'+tf32' if row['tf32'] else '':5s} "
+        log(f"{row['suite']:18s} {row['layer']:52s} {row['dtype']}{'+tf32' if row['tf32'] and row['dtype'] == 'fp32' else '':5s} "
             f"{row['layout']} {row['direction']} {row['algo']:16s} ours {row['us_fastconv']:9.1f}us "
             f"cudnn {row['us_cudnn']:9.1f}us x{row['speedup']:.2f} (eager x{row['speedup_eager']:.2f}) "
             f"{row['GBps_fastconv']:7.0f}GB/s "

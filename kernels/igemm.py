@@ -78,7 +78,8 @@ def _igemm_fwd_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -189,7 +190,7 @@ def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
 
-def _k_prune(kred, kg, blocked_div):
+def _k_prune(kred, kg):
     """Tiles no wider than the problem (BLOCK_N <= pow2(Kg), BLOCK_K <= pow2(K))."""
     def prune(cfg):
         if cfg["BLOCK_N"] > max(16, triton.next_power_of_2(kg)):
@@ -250,7 +251,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
     b0 = None if bias is None else bias.contiguous()
     cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
-                _k_prune(cg * r * s, kg, cg))
+                _k_prune(cg * r * s, kg))
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
@@ -395,7 +396,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
     cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx),
-                _k_prune(kg * r * s, cg, kg))
+                _k_prune(kg * r * s, cg))
 
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
