@@ -74,9 +74,36 @@ def log(msg, fh):
 
 
 def bench(fn, rep=60):
+    """Eager time per call (us): includes each side's host overhead when it exceeds the
+    GPU time (Python dispatch + Triton launch for fastconv, ATen + cuDNN for PyTorch)."""
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=10, rep=rep, return_mode="median") * 1e3  # us
+    return do_bench(fn, warmup=10, rep=rep, return_mode="median") * 1e3
+
+
+GRAPH_CALLS = 20
+
+
+def graph_time(fn, reps=15):
+    """GPU time per call (us): median over replays of a CUDA graph of GRAPH_CALLS calls,
+    so host overhead is out of the number on both sides."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / GRAPH_CALLS)
+    del g
+    return sorted(times)[len(times) // 2]
 
 
 def ceilings(fh):
@@ -111,7 +138,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
+def run_case(suite, layer, batch, dname, tf32, lay, direction, fh, compile_only=False):
     dtype = DTYPES[dname]
     torch.backends.cudnn.allow_tf32 = tf32
     x, w, kw = make_layer(layer, batch, dtype, lay == "nhwc")
@@ -122,6 +149,9 @@ def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
     if direction == "fwd":
         ours = lambda: fastconv.conv2d(x, w, None, **kw)  # noqa: E731
         theirs = lambda: F.conv2d(x, w, None, **kw)  # noqa: E731
+        if compile_only:
+            ours()
+            return None
         err = rel(ours(), theirs())
         nbytes = spec.min_bytes
         flops = spec.flops
@@ -137,16 +167,25 @@ def run_case(suite, layer, batch, dname, tf32, lay, direction, fh):
         def theirs():
             return torch.ops.aten.convolution_backward(dy, x, w, None, st, pad[:2], [1, 1],
                                                        False, [0, 0], g, [True, True, False])[:2]
+        if compile_only:
+            ours()
+            return None
         a, b = ours(), theirs()
         err = max(rel(a[0], b[0]), rel(a[1], b[1]))
         # dy and x read, dx and dw written (each once): the backward's own minimum.
         nbytes = 2 * spec.min_bytes
         flops = 2 * spec.flops
-    t_ours = bench(ours)
-    t_theirs = bench(theirs)
+    if compile_only:  # warm Triton's cache (FASTCONV_TUNE=compile): no timing
+        return None
+    t_ours = graph_time(ours)
+    t_theirs = graph_time(theirs)
+    e_ours = bench(ours)
+    e_theirs = bench(theirs)
     tol = TOL[dname] if not (dname == "fp32" and tf32) else 5e-3
     row.update(us_fastconv=round(t_ours, 2), us_cudnn=round(t_theirs, 2),
                speedup=round(t_theirs / t_ours, 3), rel_err=f"{err:.2e}", ok=err < tol,
+               us_fastconv_eager=round(e_ours, 2), us_cudnn_eager=round(e_theirs, 2),
+               speedup_eager=round(e_theirs / e_ours, 3),
                GBps_fastconv=round(nbytes / (t_ours * 1e-6) / 1e9, 1),
                TFLOPs_fastconv=round(flops / (t_ours * 1e-6) / 1e12, 2))
     return row
@@ -163,14 +202,17 @@ def summarize(rows, ceil, fh):
         key = (r["suite"], r["direction"], r["dtype"] + ("-tf32" if r["tf32"] and r["dtype"] == "fp32" else ""),
                r["layout"])
         groups.setdefault(key, []).append(r)
-    log("\n== summary: speedup = cuDNN time / fastconv time (geomean per group) ==", fh)
+    log("\n== summary: speedup = cuDNN time / fastconv time, geomean per group; GPU time from "
+        "CUDA-graph replays (eager = per-call time with host overhead) ==", fh)
     log(f"{'suite':20s} {'dir':4s} {'dtype':9s} {'layout':6s} {'n':>3s} {'geomean':>8s} "
-        f"{'min':>6s} {'max':>6s} {'%copyBW':>8s} {'ok':>3s}", fh)
+        f"{'min':>6s} {'max':>6s} {'eager':>6s} {'%copyBW':>8s} {'ok':>3s}", fh)
     for key, rs in sorted(groups.items()):
         sp = [r["speedup"] for r in rs]
         bw = geomean([r["GBps_fastconv"] for r in rs]) / ceil["copy_GBps"] * 100
+        eager = geomean([r["speedup_eager"] for r in rs])
         log(f"{key[0]:20s} {key[1]:4s} {key[2]:9s} {key[3]:6s} {len(rs):3d} {geomean(sp):8.2f} "
-            f"{min(sp):6.2f} {max(sp):6.2f} {bw:7.0f}% {'yes' if all(r['ok'] for r in rs) else 'NO':>3s}", fh)
+            f"{min(sp):6.2f} {max(sp):6.2f} {eager:6.2f} {bw:7.0f}% "
+            f"{'yes' if all(r['ok'] for r in rs) else 'NO':>3s}", fh)
     dw = [r["speedup"] for r in rows if r["suite"] in ("mobilenetv2_dw", "convnext_t_dw")
           and r["direction"] == "fwd"]
     if dw:
@@ -212,15 +254,23 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=0, help="at most this many layers per suite")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this")
+    p.add_argument("--compile-only", action="store_true",
+                   help="only run each case once with FASTCONV_TUNE=compile (warms Triton's cache)")
+    p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th case")
     args = p.parse_args(argv)
+    shard, nshards = map(int, args.shard.split("/"))
     os.makedirs(args.out, exist_ok=True)
     torch.backends.cudnn.benchmark = True
-    fh = open(os.path.join(args.out, "triton_vs_cudnn.log"), "w")
+    if args.compile_only:
+        os.environ["FASTCONV_TUNE"] = "compile"
+        fh = open(os.devnull, "w")
+    else:
+        fh = open(os.path.join(args.out, "triton_vs_cudnn.log"), "w")
     import triton
 
     log(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton "
         f"{triton.__version__}  cudnn {torch.backends.cudnn.version()}  batch {args.batch}", fh)
-    ceil = ceilings(fh)
+    ceil = ceilings(fh) if not args.compile_only else {}
     rows = []
     t0 = time.time()
     cases = []
@@ -230,6 +280,15 @@ def main(argv=None):
                 cases.append((suite, layer, dname, tf32, lay, "fwd"))
                 if suite in BACKWARD_SUITES and not args.no_backward:
                     cases.append((suite, layer, dname, tf32, lay, "bwd"))
+    cases = cases[shard::nshards]
+    if args.compile_only:
+        for case in cases:
+            try:
+                run_case(case[0], case[1], args.batch, *case[2:], fh, compile_only=True)
+            except Exception as e:
+                print(f"compile-only {case}: {type(e).__name__}: {e}", flush=True)
+            torch.cuda.empty_cache()
+        return 0
     for case in cases:
         if time.time() - t0 > args.budget_s:
             log(f"budget reached: skipped {len(cases) - len(rows)} cases", fh)
@@ -241,9 +300,10 @@ def main(argv=None):
             traceback.print_exc(file=fh)
             continue
         rows.append(row)
-        log(f"{row['suite']:18s} {row['layer']:52s} {row['dtype']}{'+tf32' if row['tf32'] else '':5s} "
+        log(f"{row['suite']:18s} {row['layer']:52s} {row['dtype']}{'+tf32' if row['tf32'] and row['dtype'] == 'fp32' else '':5s} "
             f"{row['layout']} {row['direction']} {row['algo']:16s} ours {row['us_fastconv']:9.1f}us "
-            f"cudnn {row['us_cudnn']:9.1f}us x{row['speedup']:.2f} {row['GBps_fastconv']:7.0f}GB/s "
+            f"cudnn {row['us_cudnn']:9.1f}us x{row['speedup']:.2f} (eager x{row['speedup_eager']:.2f}) "
+            f"{row['GBps_fastconv']:7.0f}GB/s "
             f"{row['TFLOPs_fastconv']:6.1f}TF err {row['rel_err']}", fh)
         torch.cuda.empty_cache()
     with open(os.path.join(args.out, "triton_vs_cudnn.csv"), "w", newline="") as f:

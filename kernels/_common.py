@@ -85,6 +85,25 @@ def needs_int64(*tensors) -> bool:
     return any(max_offset(t) > INT32_LIMIT for t in tensors if t is not None)
 
 
+class PlanCache(dict):
+    """geometry key -> run(...) closure: repeated calls skip checks, tuning lookups and
+    index-width analysis (host overhead is what small layers are made of)."""
+    MAX = 4096
+
+    def __setitem__(self, key, value):
+        if len(self) >= self.MAX:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
+    """Everything a plan depends on: shapes, strides, dtype, device, conv parameters, the
+    TF32 flag and whether there is a bias (its values and pointers are the call's own)."""
+    return (a.shape, a.stride(), b.shape, b.stride(), a.dtype, b.dtype, a.device,
+            tuple(stride), tuple(padding), tuple(dilation), groups, extra, bias is None,
+            torch.backends.cudnn.allow_tf32)
+
+
 def new_output(size, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
@@ -120,7 +139,8 @@ class TileTuner:
     in memory and in a JSON file shared by all processes.
 
     `configs` is a list of dicts: constexpr meta-parameters plus num_warps/num_stages.
-    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps.
+    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps;
+    FASTCONV_TUNE=compile only compiles every candidate (to warm Triton's cache in parallel).
     """
 
     _lock = threading.Lock()
@@ -180,24 +200,69 @@ class TileTuner:
                 self.memory[key] = disk[key]
                 return disk[key]
         candidates = [c for c in self.configs if prune is None or prune(c)] or self.configs[:1]
-        if os.environ.get("FASTCONV_TUNE", "1") == "0" or len(candidates) == 1:
-            best = candidates[0]
-        else:
-            best, best_t = None, float("inf")
+        mode = os.environ.get("FASTCONV_TUNE", "1")
+        if mode == "compile":
+            # Warm Triton's on-disk kernel cache only (run in parallel processes before a
+            # timed session); nothing is timed or remembered.
             for cfg in candidates:
                 try:
-                    t = triton.testing.do_bench(lambda: launch(cfg), warmup=3, rep=15,
-                                                return_mode="median")
-                except Exception:  # e.g. out of shared memory for this tile
+                    launch(cfg)
+                except Exception:
+                    pass
+            return candidates[0]
+        if mode == "0" or len(candidates) == 1:
+            best = candidates[0]
+        else:
+            best, best_t, times = None, float("inf"), []
+            for cfg in candidates:
+                try:
+                    t = gpu_time(lambda: launch(cfg))
+                except Exception as e:  # e.g. out of shared memory for this tile
+                    times.append((cfg, repr(e)[:80]))
                     continue
+                times.append((cfg, round(t * 1e3, 2)))
                 if t < best_t:
                     best, best_t = cfg, t
             if best is None:
                 raise RuntimeError(f"fastconv: no {self.name} tile config compiled for {shape_key}")
+            log = os.environ.get("FASTCONV_TUNE_LOG")
+            if log:  # every candidate's time (us), for reading the tuning afterwards
+                with open(log, "a") as f:
+                    f.write(json.dumps({"key": key, "times_us": times}) + "\n")
         self.memory[key] = best
         with self._lock:
             self._save(key, best)
         return best
+
+
+GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
+
+
+def gpu_time(fn, reps: int = 5) -> float:
+    """Median GPU time (ms) of one fn() call, from replays of a CUDA graph of several calls:
+    host launch overhead (tens of us from Python) must not hide a 10 us kernel. Falls back
+    to triton.testing.do_bench where capture is not possible."""
+    fn()  # compiles
+    torch.cuda.synchronize()
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(GRAPH_LAUNCHES):
+                fn()
+    except Exception:
+        return triton.testing.do_bench(fn, warmup=3, rep=15, return_mode="median")
+    g.replay()
+    times = []
+    for _ in range(reps):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / GRAPH_LAUNCHES)
+    del g
+    return sorted(times)[len(times) // 2]
 
 
 def launch_meta(cfg: dict) -> tuple[dict, dict]:

@@ -20,8 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TileTuner, activation_code, apply_activation, dot_args, dot_precision,
-                      is_channels_last, launch_meta, mma, needs_int64, new_output)
+from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
+                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
+                      plan_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -48,13 +49,16 @@ def reference_conv2d(x, w, bias, stride, padding, dilation):
 # Forward
 # --------------------------------------------------------------------------------------
 # NCHW: one channel, a wide row tile (coalesced along W). channels_last: a channel vector.
+# BLOCK_C > 1 in NCHW shares each pixel's index and border-mask arithmetic between channels.
 NCHW_CONFIGS = [
     dict(BLOCK_H=8, BLOCK_W=64, BLOCK_C=1, num_warps=4, num_stages=1),
-    dict(BLOCK_H=16, BLOCK_W=32, BLOCK_C=1, num_warps=4, num_stages=1),
-    dict(BLOCK_H=4, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
+    dict(BLOCK_H=4, BLOCK_W=64, BLOCK_C=4, num_warps=4, num_stages=1),
+    dict(BLOCK_H=2, BLOCK_W=64, BLOCK_C=8, num_warps=4, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=32, BLOCK_C=4, num_warps=4, num_stages=1),
+    dict(BLOCK_H=4, BLOCK_W=32, BLOCK_C=8, num_warps=4, num_stages=1),
     dict(BLOCK_H=16, BLOCK_W=64, BLOCK_C=1, num_warps=8, num_stages=1),
-    dict(BLOCK_H=8, BLOCK_W=32, BLOCK_C=1, num_warps=2, num_stages=1),
-    dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=2, num_warps=2, num_stages=1),
+    dict(BLOCK_H=16, BLOCK_W=16, BLOCK_C=4, num_warps=4, num_stages=1),
+    dict(BLOCK_H=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
 ]
 NHWC_CONFIGS = [
     dict(BLOCK_H=4, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
@@ -63,6 +67,8 @@ NHWC_CONFIGS = [
     dict(BLOCK_H=4, BLOCK_W=4, BLOCK_C=128, num_warps=4, num_stages=1),
     dict(BLOCK_H=8, BLOCK_W=8, BLOCK_C=64, num_warps=8, num_stages=1),
     dict(BLOCK_H=2, BLOCK_W=4, BLOCK_C=64, num_warps=2, num_stages=1),
+    dict(BLOCK_H=4, BLOCK_W=16, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(BLOCK_H=1, BLOCK_W=8, BLOCK_C=128, num_warps=2, num_stages=1),
 ]
 INTERPRET_CONFIG = dict(BLOCK_H=8, BLOCK_W=16, BLOCK_C=4)
 UNROLL_TAPS = 49  # up to 7x7 the tap loops are unrolled (compile time grows with taps)
@@ -199,10 +205,14 @@ def _dw_fwd_toeplitz_kernel(
 
 _fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
 _fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
-# Large kernels: the tuner races the tensor-core band against the direct loop.
-_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS[:3],
+# Large kernels: the tuner races the tensor-core band against the direct loop. All direct
+# tiles take part: on the H200 run in benchmarks/results (which had only the first two, both
+# pruned for images under 64 pixels wide) small images were left with the band alone, whose
+# 16x16 tiles waste most of a 7x7 or 14x14 plane (RepLKNet 13x13 @ 7x7: 375 us NCHW vs
+# 89 us for the direct channels_last tile).
+_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS,
                              TOEPLITZ_INTERPRET_CONFIG)
-_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS[:3],
+_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS,
                                 TOEPLITZ_INTERPRET_CONFIG)
 
 
@@ -254,7 +264,20 @@ def _key(x, w, stride, padding, dilation, extra=""):
             f"|{x.dtype}|{cl}{extra}")
 
 
+_fwd_plans = PlanCache()
+
+
 def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
+    key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
+    plan = _fwd_plans.get(key)
+    if plan is None:
+        plan = _fwd_plans[key] = _plan_conv2d(x, w, bias, stride, padding, dilation, groups,
+                                              activation)
+    return plan(x, w, bias)
+
+
+def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
+    """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
     _check(x, w, groups, "triton_depthwise_conv2d")
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
@@ -264,12 +287,12 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     cl = is_channels_last(x) or is_channels_last(w)
     y = new_output((n, k, ho, wo), x, cl)
     if y.numel() == 0:
-        return y
+        return lambda x, w, bias: new_output((n, k, ho, wo), x, cl)
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
-    b = bias if bias is not None else w
+    has_bias = bias is not None
 
-    def launch(cfg):
+    def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
@@ -285,7 +308,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
                 xt, w, b, y, h, wd, ho, wo, k, k // c, tiles_w,
                 *xt.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-                R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64 or needs_int64(xt),
+                R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or needs_int64(xt),
                 IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
             return
         grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
@@ -293,7 +316,7 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
             x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
             *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, HAS_BIAS=bias is not None, ACT=act, NEED_I64=i64,
+            R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
             ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
 
     tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
@@ -302,10 +325,16 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
                                 or dot_precision(x.dtype) == "tf32"):
         tuner = _fwd_tuner_large_cl if is_channels_last(y) else _fwd_tuner_large
         prune = _prune_large(ho, wo, k)
+    b0 = w if bias is None else bias.contiguous()
     cfg = tuner.pick(_key(x, w, stride, padding, dilation, ("cl" if cl else "")
-                          + dot_precision(x.dtype)), x.device, launch, prune)
-    launch(cfg)
-    return y
+                          + dot_precision(x.dtype)), x.device,
+                     lambda cfg: launch(cfg, x, w, b0, y), prune)
+
+    def run(x, w, bias):
+        y = new_output((n, k, ho, wo), x, cl)
+        launch(cfg, x, w, w if bias is None else bias.contiguous(), y)
+        return y
+    return run
 
 
 # --------------------------------------------------------------------------------------
@@ -375,7 +404,19 @@ _bwd_input_tuner_nchw = TileTuner("dw_bwd_input_nchw", NCHW_CONFIGS, INTERPRET_C
 _bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
 
 
+_bwd_input_plans = PlanCache()
+
+
 def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
+    key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
+    plan = _bwd_input_plans.get(key)
+    if plan is None:
+        plan = _bwd_input_plans[key] = _plan_grad_input(dy, w, input_size, stride, padding,
+                                                        dilation, groups)
+    return plan(dy, w)
+
+
+def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     n, c, h, wd = input_size
     k, _, r, s = w.shape
     if dy.dtype != w.dtype:
@@ -388,12 +429,13 @@ def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation):
         raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_input: grad_output "
                          f"{tuple(dy.shape)} does not match input_size {tuple(input_size)}")
-    dx = new_output((n, c, h, wd), dy, is_channels_last(dy))
+    cl = is_channels_last(dy)
+    dx = new_output((n, c, h, wd), dy, cl)
     if dx.numel() == 0:
-        return dx
+        return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
 
-    def launch(cfg):
+    def launch(cfg, dy, w, dx):
         meta, opts = launch_meta(cfg)
         tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
@@ -408,30 +450,44 @@ def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
     key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
-    cfg = tuner.pick(key, dy.device, launch, _prune_for(h, wd, c))
-    launch(cfg)
-    return dx
+    cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
+
+    def run(dy, w):
+        dx = new_output((n, c, h, wd), dy, cl)
+        launch(cfg, dy, w, dx)
+        return dx
+    return run
 
 
 # --------------------------------------------------------------------------------------
 # grad_weight: dw[k, 0, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * x[n, k // MULT, ih, iw]
-# Grid (tap, channel block, split); the tap is the fastest axis so that the R*S programs
-# reading one chunk of dy run together and share it through L2.
+# Each program owns TAP_BLOCK taps x BLOCK_C channels and one chunk of the N*Ho*Wo
+# reduction. Per step it loads a [BLOCK_P, BLOCK_C] tile of dy once and the matching input
+# pixels at every tap of its block, as one [TAP_BLOCK, BLOCK_P, BLOCK_C] tile (overlapping
+# shifts: L1 hits), and accumulates the products; the sum over pixels happens once at the
+# end. So dy is read once per tap block (once in all for kernels up to 4x4 / 8x8 blocks),
+# not once per tap. Grid (tap block, channel block, split).
 # --------------------------------------------------------------------------------------
 WGRAD_NCHW_CONFIGS = [
-    dict(BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
-    dict(BLOCK_P=512, BLOCK_C=2, num_warps=4, num_stages=1),
-    dict(BLOCK_P=2048, BLOCK_C=1, num_warps=8, num_stages=1),
-    dict(BLOCK_P=256, BLOCK_C=4, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=128, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=64, BLOCK_C=2, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=256, BLOCK_C=1, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=64, BLOCK_P=32, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=8, BLOCK_P=256, BLOCK_C=1, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
 ]
+# Measured on an H200 (tune_log of benchmarks/results): TAP_BLOCK=1 wins most channels_last
+# shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
 WGRAD_NHWC_CONFIGS = [
-    dict(BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
-    dict(BLOCK_P=16, BLOCK_C=128, num_warps=4, num_stages=1),
-    dict(BLOCK_P=64, BLOCK_C=32, num_warps=4, num_stages=1),
-    dict(BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=1, BLOCK_P=16, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=1, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(TAP_BLOCK=16, BLOCK_P=4, BLOCK_C=64, num_warps=8, num_stages=1),
+    dict(TAP_BLOCK=64, BLOCK_P=1, BLOCK_C=32, num_warps=4, num_stages=1),
 ]
-WGRAD_INTERPRET_CONFIG = dict(BLOCK_P=64, BLOCK_C=4)
-WGRAD_PROGRAMS_PER_SM = 4  # the split aims at this many programs per SM
+WGRAD_INTERPRET_CONFIG = dict(TAP_BLOCK=16, BLOCK_P=16, BLOCK_C=4)
+WGRAD_PROGRAMS_PER_SM = 8  # the split aims at this many programs per SM
 
 
 @triton.jit
@@ -441,11 +497,13 @@ def _dw_bwd_weight_kernel(
     syn, syk, syh, syw, sxn, sxc, sxh, sxw,
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    TAP_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    tap = tl.program_id(0)
+    tb = tl.program_id(0)
     pid_c = tl.program_id(1)
     split = tl.program_id(2)
+    tap = tb * TAP_BLOCK + tl.arange(0, TAP_BLOCK)
+    tap_ok = tap < R * S
     r = tap // S
     s = tap % S
     k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -454,10 +512,11 @@ def _dw_bwd_weight_kernel(
     if NEED_I64:
         k = k.to(tl.int64)
         ci = ci.to(tl.int64)
+    tap_off = (r * DH) * sxh + (s * DW) * sxw            # [T] offset of each tap
     hw_o = Ho * Wo
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
+    acc = tl.zeros((TAP_BLOCK, BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
     for q0 in range(q_lo, q_hi, BLOCK_P):
         q = q0 + tl.arange(0, BLOCK_P)
         q_ok = q < q_hi
@@ -469,17 +528,19 @@ def _dw_bwd_weight_kernel(
             n = n.to(tl.int64)
             oh = oh.to(tl.int64)
             ow = ow.to(tl.int64)
-        ih = oh * SH - PT + r * DH
-        iw = ow * SW - PL + s * DW
-        x_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         g = tl.load(dy_ptr + (n * syn + oh * syh + ow * syw)[:, None] + (k * syk)[None, :],
-                    mask=q_ok[:, None] & k_ok[None, :], other=0.0)
-        xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + (ci * sxc)[None, :],
-                     mask=x_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += g.to(ACC_DTYPE) * xv.to(ACC_DTYPE)
-    part = tl.sum(acc, axis=0)
-    base = (split.to(tl.int64) * (R * S) + tap) * K
-    tl.store(part_ptr + base + k, part, mask=k_ok)
+                    mask=q_ok[:, None] & k_ok[None, :], other=0.0)       # [P, C]
+        ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]                   # [T, P]
+        iw = (ow * SW - PL)[None, :] + (s * DW)[:, None]
+        x_ok = (tap_ok[:, None] & q_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+        x_pix = (n * sxn + (oh * SH - PT) * sxh + (ow * SW - PL) * sxw)[None, :] + tap_off[:, None]
+        xv = tl.load(x_ptr + x_pix[:, :, None] + (ci * sxc)[None, None, :],
+                     mask=x_ok[:, :, None] & k_ok[None, None, :], other=0.0)  # [T, P, C]
+        acc += xv.to(ACC_DTYPE) * g.to(ACC_DTYPE)[None, :, :]
+    part = tl.sum(acc, axis=1)                                              # [T, C]
+    base = split.to(tl.int64) * (R * S) * K
+    tl.store(part_ptr + base + (tap * K)[:, None] + k[None, :], part,
+             mask=tap_ok[:, None] & k_ok[None, :])
 
 
 _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
@@ -492,7 +553,19 @@ def _num_sms(device):
     return 2
 
 
+_bwd_weight_plans = PlanCache()
+
+
 def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
+    key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
+    plan = _bwd_weight_plans.get(key)
+    if plan is None:
+        plan = _bwd_weight_plans[key] = _plan_grad_weight(dy, x, weight_size, stride, padding,
+                                                          dilation, groups)
+    return plan(dy, x)
+
+
+def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     k, _, r, s = weight_size
     n, c, h, wd = x.shape
     if dy.dtype != x.dtype:
@@ -507,23 +580,23 @@ def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)}")
     q = n * ho * wo
     if q == 0:
-        return torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
+        return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     i64 = needs_int64(dy, x)
     sms = _num_sms(x.device)
 
     def plan(meta):
-        programs = r * s * triton.cdiv(k, meta["BLOCK_C"])
+        programs = triton.cdiv(r * s, meta["TAP_BLOCK"]) * triton.cdiv(k, meta["BLOCK_C"])
         want = max(1, (WGRAD_PROGRAMS_PER_SM * sms) // programs)
         split = max(1, min(want, triton.cdiv(q, meta["BLOCK_P"])))
         chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_P"]) * meta["BLOCK_P"]
         return triton.cdiv(q, chunk), chunk
 
-    def launch(cfg):
+    def launch(cfg, dy, x):
         meta, opts = launch_meta(cfg)
         split, chunk = plan(meta)
         part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
-        grid = (r * s, triton.cdiv(k, meta["BLOCK_C"]), split)
+        grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
         _dw_bwd_weight_kernel[grid](
             dy, x, part, h, wd, ho, wo, k, k // c, q, chunk,
             *dy.stride(), *x.stride(),
@@ -535,11 +608,14 @@ def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     key = (f"{tuple(x.shape)}|{tuple(weight_size)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{x.dtype}|{'cl' if is_channels_last(x) else 'nchw'}"
            f"{'cl' if is_channels_last(dy) else 'nchw'}")
-    cfg = tuner.pick(key, x.device, launch,
-                     lambda cfg: cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
-    part = launch(cfg)
-    # Fixed-order reduction over the split: the same bits on every run.
-    dw = part.sum(0).t().reshape(k, 1, r, s).to(x.dtype)
-    out = new_output(tuple(weight_size), x, False)
-    out.copy_(dw)
-    return out
+    cfg = tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x),
+                     lambda cfg: (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
+                                  and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s)))
+
+    def run(dy, x):
+        part = launch(cfg, dy, x)
+        # Fixed-order reduction over the split: the same bits on every run.
+        out = new_output(tuple(weight_size), x, False)
+        out.view(k, r * s).copy_(part.sum(0).t())
+        return out
+    return run

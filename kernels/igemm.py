@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TileTuner, activation_code, apply_activation, dot_args, dot_precision,
-                      is_channels_last, launch_meta, mma, needs_int64, new_output)
+from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
+                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
+                      plan_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
@@ -77,7 +78,8 @@ def _igemm_fwd_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -188,7 +190,7 @@ def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
 
-def _k_prune(kred, kg, blocked_div):
+def _k_prune(kred, kg):
     """Tiles no wider than the problem (BLOCK_N <= pow2(Kg), BLOCK_K <= pow2(K))."""
     def prune(cfg):
         if cfg["BLOCK_N"] > max(16, triton.next_power_of_2(kg)):
@@ -199,7 +201,20 @@ def _k_prune(kred, kg, blocked_div):
     return prune
 
 
+_fwd_plans = PlanCache()
+
+
 def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
+    key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
+    plan = _fwd_plans.get(key)
+    if plan is None:
+        plan = _fwd_plans[key] = _plan_conv2d(x, w, bias, stride, padding, dilation, groups,
+                                              activation)
+    return plan(x, w, bias)
+
+
+def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
+    """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
     _check(x, w, "triton_igemm_conv2d")
     n, c, h, wd = x.shape
     k, cg, r, s = w.shape
@@ -210,32 +225,39 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
-    y = new_output((n, k, ho, wo), x, is_channels_last(x) or is_channels_last(w))
+    cl = is_channels_last(x) or is_channels_last(w)
+    y = new_output((n, k, ho, wo), x, cl)
     m = n * ho * wo
     if m == 0:
-        return y
+        return lambda x, w, bias: new_output((n, k, ho, wo), x, cl)
     plain = (r == 1 and s == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
              and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
-    b = bias if bias is not None else w
+    dots = dot_args(x.dtype)
+    geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
+                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
-    def launch(cfg):
+    def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
         blocked = cg % meta["BLOCK_K"] == 0
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         _igemm_fwd_kernel[grid](
-            x, w, b, y, h, wd, ho, wo, m, cg, kg,
-            *x.stride(), *w.stride(), *y.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, HAS_BIAS=bias is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-            PLAIN_GEMM=plain and blocked, NEED_I64=i64, **dot_args(x.dtype), **meta, **opts)
+            x, w, w if b is None else b, y, *geometry,
+            R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
+            PLAIN_GEMM=plain and blocked, NEED_I64=i64, **dots, **meta, **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
-    cfg = _pick(_fwd_tuner, key, x, launch, _k_prune(cg * r * s, kg, cg))
-    launch(cfg)
-    return y
+    b0 = None if bias is None else bias.contiguous()
+    cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
+                _k_prune(cg * r * s, kg))
+
+    def run(x, w, bias):
+        y = new_output((n, k, ho, wo), x, cl)
+        launch(cfg, x, w, None if bias is None else bias.contiguous(), y)
+        return y
+    return run
 
 
 # --------------------------------------------------------------------------------------
@@ -333,7 +355,19 @@ def _igemm_bwd_input_kernel(
 _bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
 
 
+_bwd_input_plans = PlanCache()
+
+
 def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
+    key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
+    plan = _bwd_input_plans.get(key)
+    if plan is None:
+        plan = _bwd_input_plans[key] = _plan_grad_input(dy, w, input_size, stride, padding,
+                                                        dilation, groups)
+    return plan(dy, w)
+
+
+def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     _check(dy, w, "triton_igemm_conv2d_grad_input")
     n, c, h, wd = input_size
     k, cg, r, s = w.shape
@@ -342,27 +376,33 @@ def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
-    dx = new_output((n, c, h, wd), dy, is_channels_last(dy))
+    cl = is_channels_last(dy)
+    dx = new_output((n, c, h, wd), dy, cl)
     m = n * h * wd
     if m == 0:
-        return dx
+        return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
+    dots = dot_args(dy.dtype)
+    geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
+                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
-    def launch(cfg):
+    def launch(cfg, dy, w, dx):
         meta, opts = launch_meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
         _igemm_bwd_input_kernel[grid](
-            dy, w, dx, h, wd, ho, wo, m, cg, kg,
-            *dy.stride(), *w.stride(), *dx.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0, NEED_I64=i64,
-            **dot_args(dy.dtype), **meta, **opts)
+            dy, w, dx, *geometry, R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
+            NEED_I64=i64, **dots, **meta, **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
-    cfg = _pick(_bwd_input_tuner, key, dy, launch, _k_prune(kg * r * s, cg, kg))
-    launch(cfg)
-    return dx
+    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx),
+                _k_prune(kg * r * s, cg))
+
+    def run(dy, w):
+        dx = new_output((n, c, h, wd), dy, cl)
+        launch(cfg, dy, w, dx)
+        return dx
+    return run
 
 
 # --------------------------------------------------------------------------------------
@@ -450,7 +490,19 @@ def _num_sms(device):
     return 4
 
 
+_bwd_weight_plans = PlanCache()
+
+
 def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
+    key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
+    plan = _bwd_weight_plans.get(key)
+    if plan is None:
+        plan = _bwd_weight_plans[key] = _plan_grad_weight(dy, x, weight_size, stride, padding,
+                                                          dilation, groups)
+    return plan(dy, x)
+
+
+def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     _check(dy, x, "triton_igemm_conv2d_grad_weight")
     k, cg, r, s = weight_size
     n, c, h, wd = x.shape
@@ -461,10 +513,16 @@ def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
                          f"weight_size {tuple(weight_size)}")
     q = n * ho * wo
+    if q == 0:
+        return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
     jred = cg * r * s
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     i64 = needs_int64(dy, x)
     sms = _num_sms(x.device)
+    dots = dot_args(x.dtype)
+    geometry = (h, wd, ho, wo, q, cg, kg)
+    strides = (*dy.stride(), *x.stride(),
+               stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
     def plan(meta):
         tiles = triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]) * groups
@@ -473,27 +531,29 @@ def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_K"]) * meta["BLOCK_K"]
         return triton.cdiv(q, chunk), chunk
 
-    def launch(cfg, part=None):
+    def launch(cfg, dy, x):
         meta, opts = launch_meta(cfg)
         split, chunk = plan(meta)
-        if part is None:
-            part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
+        part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
         _igemm_bwd_weight_kernel[grid](
-            dy, x, part, h, wd, ho, wo, q, cg, kg, chunk,
-            *dy.stride(), *x.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, NEED_I64=i64, **dot_args(x.dtype), **meta, **opts)
+            dy, x, part, *geometry, chunk, *strides,
+            R=r, S=s, NEED_I64=i64, **dots, **meta, **opts)
         return part
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(dy)}{_layout_key(x)}|{dot_precision(x.dtype)}")
     prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
                          and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
-    if q == 0:
-        return torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    cfg = _pick(_bwd_weight_tuner, key, x, launch, prune)
-    part = launch(cfg)
-    dw = new_output(tuple(weight_size), x, False)
-    torch.sum(part, dim=0, out=dw) if part.dtype == dw.dtype else dw.copy_(part.sum(0))
-    return dw
+    cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
+
+    def run(dy, x):
+        part = launch(cfg, dy, x)
+        # Fixed-order sum over the split: the same bits on every run.
+        dw = new_output(tuple(weight_size), x, False)
+        if part.dtype == dw.dtype:
+            torch.sum(part, dim=0, out=dw)
+        else:
+            dw.copy_(part.sum(0))
+        return dw
+    return run
