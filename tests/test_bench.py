@@ -323,6 +323,20 @@ def test_named_internal_algorithm_and_skips(tmp_path):
     assert all(r["ok"] for r in res.rows)
 
 
+def test_backward_rows():
+    """--backward adds a fwd+bwd row per layer and algorithm, counting 3x the forward's FLOPs."""
+    from fastconv.bench.runner import Options, run
+
+    res = run(Options(device="cpu", suites=["conv_vs_linear"], batch=1, quick=True, algos=["im2col"],
+                      backward=True, repeats=1, threads=1, progress=False, measure_ceilings=False))
+    fwd = {r["layer"]: r for r in res.rows if r["pass"] == "fwd"}
+    bwd = {r["layer"]: r for r in res.rows if r["pass"] == "fwd+bwd"}
+    assert fwd.keys() == bwd.keys() and len(fwd) == 3
+    for name, r in bwd.items():
+        assert r["flops"] == 3 * fwd[name]["flops"] and r["time_ms"] > 0 and r["gemm_ms"] > 0
+        assert r["unfold_ms"] > 0 and r["linear_ms"] > 0
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True,
                          text=True, timeout=120)

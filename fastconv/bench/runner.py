@@ -124,9 +124,9 @@ class Runner:
         return ["fwd", "fwd+bwd"] if self.o.backward else ["fwd"]
 
     # -- timing --------------------------------------------------------------------------------
-    def time(self, fn) -> Timing:
+    def time(self, fn, warmup: int = 1) -> Timing:
         return measure(fn, self.device, repeats=self.o.repeats, min_run_time=self.min_run_time,
-                       rep_ms=self.rep_ms, threads=self.threads)
+                       rep_ms=self.rep_ms, threads=self.threads, warmup=warmup)
 
     def header(self) -> dict:
         h = machine.describe(self.device, self.o.dtype, self.threads)
@@ -200,12 +200,12 @@ class Runner:
         for alg in algs:
             fn = baselines.fastconv_fn(alg, spec)
             row = dict(base, algo=alg.name)
-            if ref is not None:
+            if ref is not None:  # this first call is also the warm-up
                 err = _rel_err(fn(xs[0], w), ref)
                 row.update(max_rel_err=err, ok=bool(err <= self.tol))
             else:
                 row.update(max_rel_err=math.nan, ok=True)
-            t = self.time(baselines.candidate(fn, xs, w, backward))
+            t = self.time(baselines.candidate(fn, xs, w, backward), warmup=0 if ref is not None else 1)
             row.update(t.as_dict("time"))
             row.update(self._derived(row, flops, nbytes))
             rows.append(row)
