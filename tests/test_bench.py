@@ -205,14 +205,23 @@ def test_harness_honours_repeats_for_slow_calls():
 
 
 def test_harness_is_stable_on_a_deterministic_workload():
-    """The median of the same measurement, repeated in one run, stays within the spread."""
+    """The median of the same measurement, repeated in one run, stays within the spread.
+
+    CI shares 2 cores with other jobs, whose load can change between two 0.2 s measurements; a
+    systematic harness defect (warm-up or first-call cost timed, per-block vs per-call mix-up,
+    blocks dropped) fails every attempt, a load change only one, so 3 attempts are allowed."""
     a, b = torch.randn(96, 96), torch.randn(96, 96)
     work = lambda: torch.mm(a, b)  # noqa: E731  (fixed work: same shapes, same data)
-    m1 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
-    m2 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
-    for m in (m1, m2):
-        assert m.min_ms <= m.q25_ms <= m.median_ms <= m.q75_ms <= m.max_ms and m.n >= 10
-    assert m1.contains(m2.median_ms) or m2.contains(m1.median_ms)
+    attempts = []
+    for _ in range(3):
+        m1 = timing.measure(work, "cpu", repeats=10, min_run_time=0.2, threads=1)
+        m2 = timing.measure(work, "cpu", repeats=10, min_run_time=0.2, threads=1)
+        for m in (m1, m2):
+            assert m.min_ms <= m.q25_ms <= m.median_ms <= m.q75_ms <= m.max_ms and m.n >= 10
+        attempts.append((m1, m2))
+        if m1.contains(m2.median_ms) or m2.contains(m1.median_ms):
+            return
+    pytest.fail(f"medians outside each other's spread in every attempt: {attempts}")
 
 
 def test_timing_from_samples():
@@ -296,6 +305,8 @@ def test_quick_run_json_header(quick_run):
     assert h["threads"] == 1
     assert h["ceilings"]["copy_gbps"] > 0 and h["ceilings"]["matmul_gflops"] > 0
     assert len(doc["rows"]) > 0 and "conv_vs_linear" in doc["sources"]
+    st = h["stability"]  # recorded, not asserted: a real run on a shared machine may be noisy
+    assert st["first_min_ms"] <= st["first_ms"] <= st["first_max_ms"] and st["again_ms"] > 0
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -321,6 +332,22 @@ def test_named_internal_algorithm_and_skips(tmp_path):
     assert ("b3_dw3x3_144", "depthwise") in algos
     assert any(s[1] == "b8_expand_64to384" and s[2] == "depthwise" and "groups" in s[3] for s in res.skipped)
     assert all(r["ok"] for r in res.rows)
+
+
+@pytest.mark.gpu
+def test_quick_run_on_gpu(tmp_path):
+    from fastconv.cli import main
+
+    rc = main(["bench", "--device", "cuda", "--quick", "--suite", "conv_vs_linear", "resnext",
+               "--repeats", "3", "--backward", "--out", str(tmp_path)])
+    assert rc == 0
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["device"] == "cuda" and float(r["torch_ms"]) > 0 for r in rows)
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+    assert any(r["torch_backend"].startswith("cudnn") for r in rows)
+    header = json.loads((tmp_path / "results.json").read_text())["header"]
+    assert header["device_name"] and header["cudnn"] and header["tf32"]["cudnn.benchmark"] is True
 
 
 def test_backward_rows():

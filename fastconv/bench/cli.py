@@ -99,6 +99,8 @@ def run(args) -> int:
 
     result = runner.run(opts, on_row=on_row, on_header=on_header)
     print(report.terminal_summary(result.rows))
+    if "stability" in result.header:
+        print(machine.header_lines(result.header)[-1])
     bad = [r for r in result.rows if not r["ok"]]
     for r in bad:
         print(f"WARNING: {r['algo']} on {r['suite']}/{r['layer']}: max relative error "

@@ -215,6 +215,17 @@ class Runner:
             rows.append(row)
         return rows
 
+    def stability_check(self, layer: tables.Layer, first_row: dict) -> dict:
+        """Re-measure the run's first measurement (PyTorch on the first layer) at the end: its new
+        median should lie within the first measurement's spread (min..max)."""
+        xs, w = baselines.make_inputs(layer.spec, seed=self.o.seed)
+        again = self.time(baselines.candidate(baselines.torch_conv_fn(layer.spec), xs, w,
+                                              first_row["pass"] == "fwd+bwd"))
+        lo, hi = first_row["torch_min_ms"], first_row["torch_max_ms"]
+        return {"layer": f"{layer.suite}/{layer.name}", "first_ms": first_row["torch_ms"],
+                "first_min_ms": lo, "first_max_ms": hi, "again_ms": again.median_ms,
+                "within_spread": bool(lo <= again.median_ms <= hi)}
+
     @staticmethod
     def _derived(row: dict, flops: int, nbytes: int) -> dict:
         t = row["time_ms"]
@@ -250,4 +261,6 @@ def run(opts: Options, on_row=None, on_header=None) -> Result:
             if on_row is not None:
                 on_row(row, bar)
     bar.close()
+    if result.rows:
+        result.header["stability"] = r.stability_check(layers[0], result.rows[0])
     return result
