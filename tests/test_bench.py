@@ -1,9 +1,6 @@
 """fastconv bench: layer tables, FLOP/byte formulas, baselines, the timing harness, and the
 command end to end (CPU, in-process). No timing thresholds: timing is tested on its statistics."""
-import csv
 import json
-import math
-import os
 import subprocess
 import sys
 
@@ -270,14 +267,14 @@ def test_quick_run_writes_every_output(quick_run):
 
 def test_quick_run_csv_schema(quick_run):
     _, out = quick_run
-    with open(out / "results.csv") as f:
-        reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == tuple(report.CSV_COLUMNS)
-        rows = list(reader)
+    text = (out / "results.csv").read_text()
+    assert text.startswith("# device: cpu") and "# TF32:" in text and "# ceilings (measured)" in text
+    rows = report.read_csv(str(out / "results.csv"))
+    assert tuple(rows[0].keys()) == tuple(report.CSV_COLUMNS)
     required = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
                 "groups", "device", "dtype", "layout", "algo", "time_ms", "torch_ms", "torch_backend",
                 "gemm_ms", "speedup", "gflops", "gbps", "unfold_ms", "linear_ms"]
-    assert set(required) <= set(reader.fieldnames)
+    assert set(required) <= set(report.CSV_COLUMNS)
     specs = {(l.name, l.spec.N) for l in tables.load("conv_vs_linear", batch=1, quick=True)}
     assert {(r["layer"], int(r["N"])) for r in rows} == specs
     for r in rows:
@@ -341,8 +338,7 @@ def test_quick_run_on_gpu(tmp_path):
     rc = main(["bench", "--device", "cuda", "--quick", "--suite", "conv_vs_linear", "resnext",
                "--repeats", "3", "--backward", "--out", str(tmp_path)])
     assert rc == 0
-    with open(tmp_path / "results.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = report.read_csv(str(tmp_path / "results.csv"))
     assert rows and all(r["device"] == "cuda" and float(r["torch_ms"]) > 0 for r in rows)
     assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
     assert any(r["torch_backend"].startswith("cudnn") for r in rows)

@@ -93,6 +93,7 @@ def run(args) -> int:
             bar.write(report.terminal_header())
             printed.append(True)
         bar.write(report.terminal_line(row))
+        sys.stdout.flush()  # rows appear as they finish, also when stdout is a log file
 
     def on_header(header):
         print("\n".join(machine.header_lines(header)), flush=True)
@@ -106,7 +107,7 @@ def run(args) -> int:
         print(f"WARNING: {r['algo']} on {r['suite']}/{r['layer']}: max relative error "
               f"{r['max_rel_err']:.3g} vs F.conv2d in float64", file=sys.stderr)
 
-    report.write_csv(result.rows, os.path.join(args.out, "results.csv"))
+    report.write_csv(result.rows, os.path.join(args.out, "results.csv"), result.header)
     report.write_json(result, os.path.join(args.out, "results.json"))
     names = [] if args.no_plots else plots.write_all(result.rows, result.header, args.out)
     report.write_summary(result, os.path.join(args.out, "summary.md"), names)

@@ -31,7 +31,10 @@ def _layers(rows):
 
 
 def _subtitle(h) -> str:
-    return f"{h['device_name']}, {h['dtype']} {h.get('layout')}, {h['threads']} threads, torch {h['torch']}"
+    lib = (f"cuDNN {h['cudnn']}, TF32 {'on' if h['tf32']['cudnn.allow_tf32'] else 'off'}"
+           if h["device"] == "cuda" else f"oneDNN {h['onednn']}")
+    return (f"{h['device_name']}, {h['dtype']} {h.get('layout')}, {h['threads']} threads, "
+            f"torch {h['torch']}, {lib}")
 
 
 def speedup_plot(rows, header, path: str) -> None:
@@ -52,6 +55,9 @@ def speedup_plot(rows, header, path: str) -> None:
         ax.barh(ys, xs, height=height, color=colors(j), label=f"{algo} (geomean {g:.3g}x)")
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
+    vals = [r["speedup"] for r in rows if r["algo"] and r["speedup"] == r["speedup"] and r["speedup"] > 0]
+    if vals:  # keep the 1x line inside, with room on both sides
+        ax.set_xlim(min(min(vals), 1.0) / 1.5, max(max(vals), 1.0) * 1.5)
     ax.set_yticks(range(n))
     ax.set_yticklabels([_label(rs[0]) for rs in layers.values()], fontsize=7)
     ax.invert_yaxis()

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from typing import Optional
 
 from . import machine, tables
 
@@ -28,12 +29,23 @@ def _clean(v):
     return v
 
 
-def write_csv(rows, path: str) -> None:
+def write_csv(rows, path: str, header: Optional[dict] = None) -> None:
+    """One row per (layer, pass, algo), preceded by the run's header as `# ` lines
+    (pandas: read_csv(path, comment="#"); or `read_csv` below)."""
     with open(path, "w", newline="") as f:
+        if header is not None:
+            for line in machine.header_lines(header):
+                f.write(f"# {line}\n")
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if _clean(r.get(k)) is None else _fmt_csv(r.get(k))) for k in CSV_COLUMNS})
+
+
+def read_csv(path: str) -> list[dict]:
+    """results.csv's rows (strings), its `# ` header lines skipped."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 def _fmt_csv(v):
