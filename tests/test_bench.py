@@ -306,6 +306,17 @@ def test_quick_run_json_header(quick_run):
     assert st["first_min_ms"] <= st["first_ms"] <= st["first_max_ms"] and st["again_ms"] > 0
 
 
+def test_replot_from_json(quick_run):
+    from fastconv.cli import main
+
+    _, out = quick_run
+    before = (out / "summary.md").read_text()
+    (out / "speedup.png").unlink()
+    assert main(["bench", "--replot", str(out)]) == 0
+    assert (out / "speedup.png").stat().st_size > 0
+    assert (out / "summary.md").read_text() == before
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     from fastconv.cli import main
 

@@ -65,6 +65,18 @@ def write_json(result, path: str) -> None:
         json.dump(doc, f, indent=1, default=str)
 
 
+def load_json(path: str):
+    """results.json back as a Result (None -> NaN in numeric fields), for --replot."""
+    from .runner import Result
+
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [{k: (math.nan if v is None and k not in ("algo", "torch_backend", "gemm_op") else v)
+             for k, v in r.items()} for r in doc["rows"]]
+    skipped = [(s["suite"], s["layer"], s["algo"], s["reason"]) for s in doc.get("skipped", [])]
+    return Result(header=doc["header"], rows=rows, skipped=skipped)
+
+
 def geomean(values) -> float:
     vals = [v for v in values if v is not None and v == v and v > 0]
     if not vals:
