@@ -287,10 +287,13 @@ def test_quick_run_csv_schema(quick_run):
         assert float(r["speedup"]) == pytest.approx(float(r["torch_ms"]) / t, rel=1e-4)
         assert float(r["gflops"]) == pytest.approx(int(r["flops"]) / t / 1e6, rel=1e-4)
         assert float(r["gemm_ms"]) > 0 and float(r["unfold_ms"]) > 0 and float(r["linear_ms"]) > 0
-    # Every applicable public algorithm is in the run by default.
+    # Every applicable public algorithm is in the run by default (none only interpreted).
+    from fastconv.bench.runner import default_algorithms
+
     for layer in tables.load("conv_vs_linear", batch=1, quick=True):
         got = {r["algo"] for r in rows if r["layer"] == layer.name}
-        assert got == {a.name for a in registry.applicable(layer.spec)}
+        want = {a.name for a in registry.applicable(layer.spec) if "cpu" in a.devices}
+        assert got == want == {a.name for a in default_algorithms(layer.spec)} and want
 
 
 def test_quick_run_json_header(quick_run):
@@ -369,6 +372,19 @@ def test_backward_rows():
     for name, r in bwd.items():
         assert r["flops"] == 3 * fwd[name]["flops"] and r["time_ms"] > 0 and r["gemm_ms"] > 0
         assert r["unfold_ms"] > 0 and r["linear_ms"] > 0
+
+
+def test_interpreted_algorithms_not_timed_by_default(monkeypatch):
+    from fastconv.bench.runner import default_algorithms
+
+    fake = registry.Algorithm(name="_bench_test_interpreted", op="reference", devices=("cuda",),
+                              dtypes=(torch.float32,), summary="test", constraints="any",
+                              interpreted_devices=("cpu",))
+    monkeypatch.setitem(registry._REGISTRY, fake.name, fake)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = ConvSpec(1, 8, 8, 8, 8, 3, 3)
+    assert fake in registry.applicable(spec) and fake not in default_algorithms(spec)
+    assert default_algorithms(spec)
 
 
 def test_python_dash_m_entry_point():

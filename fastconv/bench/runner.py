@@ -80,6 +80,10 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / max(ref.abs().max().item(), 1e-30)
 
 
+def default_algorithms(spec: ConvSpec) -> list[registry.Algorithm]:
+    return [a for a in registry.applicable(spec) if spec.device in a.devices]
+
+
 class Runner:
     def __init__(self, opts: Options):
         self.o = opts
@@ -107,9 +111,12 @@ class Runner:
         return out
 
     def algorithms(self, spec: ConvSpec) -> tuple[list[registry.Algorithm], list[tuple[str, str]]]:
-        """(algorithms to time, [(name, reason)] of those asked for that don't apply)."""
+        """(algorithms to time, [(name, reason)] of those asked for that don't apply).
+
+        By default every applicable public algorithm, except those that would only run interpreted
+        (Triton under TRITON_INTERPRET=1 on a CPU): timing an interpreter measures nothing."""
         if self.o.algos is None:
-            return registry.applicable(spec), []
+            return default_algorithms(spec), []
         run, skip = [], []
         for name in self.o.algos:
             alg = registry.get(name)
