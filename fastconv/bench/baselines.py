@@ -1,8 +1,8 @@
 """What each layer is timed with: fastconv's algorithms and the PyTorch baselines.
 
-Every candidate is a `Candidate`: a callable that runs one forward (or forward+backward) on the next
-input of a rotating pool of fresh random tensors, and the output of its first call (for the
-correctness check against F.conv2d).
+Each is a function of (input, weight); `candidate` turns it into the zero-argument callable the timer
+runs: one forward (or forward+backward) on the next input of a rotating pool of fresh random tensors.
+The weight stays fixed across calls, as in inference.
 """
 from __future__ import annotations
 
