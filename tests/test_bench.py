@@ -245,8 +245,10 @@ def quick_run(tmp_path_factory):
     from fastconv.cli import main
 
     out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
     rc = main(["bench", "--device", "cpu", "--quick", "--suite", "conv_vs_linear", "--batch", "1",
                "--repeats", "2", "--threads", "1", "--copy-mib", "16", "--out", str(out)])
+    assert torch.get_num_threads() == threads  # the run's --threads doesn't leak into the caller
     return rc, out
 
 

@@ -248,6 +248,19 @@ class Runner:
 def run(opts: Options, on_row=None, on_header=None) -> Result:
     """Time every layer of the chosen suites. `on_header(header)` is called once the machine is
     measured, `on_row(row, bar)` as each row completes."""
+    # The run sets torch's thread count and cuDNN/TF32 flags; give the caller's back afterwards
+    # (main() also runs in-process, e.g. from the test suite).
+    saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        return _run(opts, on_row, on_header)
+    finally:
+        torch.set_num_threads(saved[0])
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[1:]
+
+
+def _run(opts: Options, on_row, on_header) -> Result:
     from tqdm import tqdm
 
     r = Runner(opts)
