@@ -1,9 +1,6 @@
 """fastconv bench: layer tables, FLOP/byte formulas, baselines, the timing harness, and the
 command end to end (CPU, in-process). No timing thresholds: timing is tested on its statistics."""
-import csv
 import json
-import math
-import os
 import subprocess
 import sys
 
@@ -205,14 +202,23 @@ def test_harness_honours_repeats_for_slow_calls():
 
 
 def test_harness_is_stable_on_a_deterministic_workload():
-    """The median of the same measurement, repeated in one run, stays within the spread."""
+    """The median of the same measurement, repeated in one run, stays within the spread.
+
+    CI shares 2 cores with other jobs, whose load can change between two 0.2 s measurements; a
+    systematic harness defect (warm-up or first-call cost timed, per-block vs per-call mix-up,
+    blocks dropped) fails every attempt, a load change only one, so 3 attempts are allowed."""
     a, b = torch.randn(96, 96), torch.randn(96, 96)
     work = lambda: torch.mm(a, b)  # noqa: E731  (fixed work: same shapes, same data)
-    m1 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
-    m2 = timing.measure(work, "cpu", repeats=10, min_run_time=0.1, threads=1)
-    for m in (m1, m2):
-        assert m.min_ms <= m.q25_ms <= m.median_ms <= m.q75_ms <= m.max_ms and m.n >= 10
-    assert m1.contains(m2.median_ms) or m2.contains(m1.median_ms)
+    attempts = []
+    for _ in range(3):
+        m1 = timing.measure(work, "cpu", repeats=10, min_run_time=0.2, threads=1)
+        m2 = timing.measure(work, "cpu", repeats=10, min_run_time=0.2, threads=1)
+        for m in (m1, m2):
+            assert m.min_ms <= m.q25_ms <= m.median_ms <= m.q75_ms <= m.max_ms and m.n >= 10
+        attempts.append((m1, m2))
+        if m1.contains(m2.median_ms) or m2.contains(m1.median_ms):
+            return
+    pytest.fail(f"medians outside each other's spread in every attempt: {attempts}")
 
 
 def test_timing_from_samples():
@@ -239,8 +245,10 @@ def quick_run(tmp_path_factory):
     from fastconv.cli import main
 
     out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
     rc = main(["bench", "--device", "cpu", "--quick", "--suite", "conv_vs_linear", "--batch", "1",
                "--repeats", "2", "--threads", "1", "--copy-mib", "16", "--out", str(out)])
+    assert torch.get_num_threads() == threads  # the run's --threads doesn't leak into the caller
     return rc, out
 
 
@@ -261,14 +269,14 @@ def test_quick_run_writes_every_output(quick_run):
 
 def test_quick_run_csv_schema(quick_run):
     _, out = quick_run
-    with open(out / "results.csv") as f:
-        reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == tuple(report.CSV_COLUMNS)
-        rows = list(reader)
+    text = (out / "results.csv").read_text()
+    assert text.startswith("# device: cpu") and "# TF32:" in text and "# ceilings (measured)" in text
+    rows = report.read_csv(str(out / "results.csv"))
+    assert tuple(rows[0].keys()) == tuple(report.CSV_COLUMNS)
     required = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
                 "groups", "device", "dtype", "layout", "algo", "time_ms", "torch_ms", "torch_backend",
                 "gemm_ms", "speedup", "gflops", "gbps", "unfold_ms", "linear_ms"]
-    assert set(required) <= set(reader.fieldnames)
+    assert set(required) <= set(report.CSV_COLUMNS)
     specs = {(l.name, l.spec.N) for l in tables.load("conv_vs_linear", batch=1, quick=True)}
     assert {(r["layer"], int(r["N"])) for r in rows} == specs
     for r in rows:
@@ -281,10 +289,13 @@ def test_quick_run_csv_schema(quick_run):
         assert float(r["speedup"]) == pytest.approx(float(r["torch_ms"]) / t, rel=1e-4)
         assert float(r["gflops"]) == pytest.approx(int(r["flops"]) / t / 1e6, rel=1e-4)
         assert float(r["gemm_ms"]) > 0 and float(r["unfold_ms"]) > 0 and float(r["linear_ms"]) > 0
-    # Every applicable public algorithm is in the run by default.
+    # Every applicable public algorithm is in the run by default (none only interpreted).
+    from fastconv.bench.runner import default_algorithms
+
     for layer in tables.load("conv_vs_linear", batch=1, quick=True):
         got = {r["algo"] for r in rows if r["layer"] == layer.name}
-        assert got == {a.name for a in registry.applicable(layer.spec)}
+        want = {a.name for a in registry.applicable(layer.spec) if "cpu" in a.devices}
+        assert got == want == {a.name for a in default_algorithms(layer.spec)} and want
 
 
 def test_quick_run_json_header(quick_run):
@@ -296,6 +307,19 @@ def test_quick_run_json_header(quick_run):
     assert h["threads"] == 1
     assert h["ceilings"]["copy_gbps"] > 0 and h["ceilings"]["matmul_gflops"] > 0
     assert len(doc["rows"]) > 0 and "conv_vs_linear" in doc["sources"]
+    st = h["stability"]  # recorded, not asserted: a real run on a shared machine may be noisy
+    assert st["first_min_ms"] <= st["first_ms"] <= st["first_max_ms"] and st["again_ms"] > 0
+
+
+def test_replot_from_json(quick_run):
+    from fastconv.cli import main
+
+    _, out = quick_run
+    before = (out / "summary.md").read_text()
+    (out / "speedup.png").unlink()
+    assert main(["bench", "--replot", str(out)]) == 0
+    assert (out / "speedup.png").stat().st_size > 0
+    assert (out / "summary.md").read_text() == before
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
@@ -321,6 +345,48 @@ def test_named_internal_algorithm_and_skips(tmp_path):
     assert ("b3_dw3x3_144", "depthwise") in algos
     assert any(s[1] == "b8_expand_64to384" and s[2] == "depthwise" and "groups" in s[3] for s in res.skipped)
     assert all(r["ok"] for r in res.rows)
+
+
+@pytest.mark.gpu
+def test_quick_run_on_gpu(tmp_path):
+    from fastconv.cli import main
+
+    rc = main(["bench", "--device", "cuda", "--quick", "--suite", "conv_vs_linear", "resnext",
+               "--repeats", "3", "--backward", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = report.read_csv(str(tmp_path / "results.csv"))
+    assert rows and all(r["device"] == "cuda" and float(r["torch_ms"]) > 0 for r in rows)
+    assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+    assert any(r["torch_backend"].startswith("cudnn") for r in rows)
+    header = json.loads((tmp_path / "results.json").read_text())["header"]
+    assert header["device_name"] and header["cudnn"] and header["tf32"]["cudnn.benchmark"] is True
+
+
+def test_backward_rows():
+    """--backward adds a fwd+bwd row per layer and algorithm, counting 3x the forward's FLOPs."""
+    from fastconv.bench.runner import Options, run
+
+    res = run(Options(device="cpu", suites=["conv_vs_linear"], batch=1, quick=True, algos=["im2col"],
+                      backward=True, repeats=1, threads=1, progress=False, measure_ceilings=False))
+    fwd = {r["layer"]: r for r in res.rows if r["pass"] == "fwd"}
+    bwd = {r["layer"]: r for r in res.rows if r["pass"] == "fwd+bwd"}
+    assert fwd.keys() == bwd.keys() and len(fwd) == 3
+    for name, r in bwd.items():
+        assert r["flops"] == 3 * fwd[name]["flops"] and r["time_ms"] > 0 and r["gemm_ms"] > 0
+        assert r["unfold_ms"] > 0 and r["linear_ms"] > 0
+
+
+def test_interpreted_algorithms_not_timed_by_default(monkeypatch):
+    from fastconv.bench.runner import default_algorithms
+
+    fake = registry.Algorithm(name="_bench_test_interpreted", op="reference", devices=("cuda",),
+                              dtypes=(torch.float32,), summary="test", constraints="any",
+                              interpreted_devices=("cpu",))
+    monkeypatch.setitem(registry._REGISTRY, fake.name, fake)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    spec = ConvSpec(1, 8, 8, 8, 8, 3, 3)
+    assert fake in registry.applicable(spec) and fake not in default_algorithms(spec)
+    assert default_algorithms(spec)
 
 
 def test_python_dash_m_entry_point():

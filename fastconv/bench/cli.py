@@ -41,6 +41,8 @@ def add_parser(sub):
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out/)")
     p.add_argument("--copy-mib", type=int, default=None,
                    help="size of the copy-bandwidth ceiling's tensor (default: twice the last-level cache)")
+    p.add_argument("--replot", metavar="DIR", default=None,
+                   help="time nothing: rewrite DIR's PNGs and summary.md from DIR/results.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.set_defaults(func=run)
     return p
@@ -82,6 +84,12 @@ def run(args) -> int:
 
     from . import machine, plots, report, runner
 
+    if args.replot is not None:
+        result = report.load_json(os.path.join(args.replot, "results.json"))
+        names = plots.write_all(result.rows, result.header, args.replot)
+        report.write_summary(result, os.path.join(args.replot, "summary.md"), names)
+        print(f"wrote {', '.join(['summary.md', *names])} to {args.replot}/")
+        return 0
     opts = options_from_args(args)
     os.makedirs(args.out, exist_ok=True)
     print("fastconv bench: measuring this machine's ceilings...", file=sys.stderr)
@@ -93,18 +101,21 @@ def run(args) -> int:
             bar.write(report.terminal_header())
             printed.append(True)
         bar.write(report.terminal_line(row))
+        sys.stdout.flush()  # rows appear as they finish, also when stdout is a log file
 
     def on_header(header):
         print("\n".join(machine.header_lines(header)), flush=True)
 
     result = runner.run(opts, on_row=on_row, on_header=on_header)
     print(report.terminal_summary(result.rows))
+    if "stability" in result.header:
+        print(machine.header_lines(result.header)[-1])
     bad = [r for r in result.rows if not r["ok"]]
     for r in bad:
         print(f"WARNING: {r['algo']} on {r['suite']}/{r['layer']}: max relative error "
               f"{r['max_rel_err']:.3g} vs F.conv2d in float64", file=sys.stderr)
 
-    report.write_csv(result.rows, os.path.join(args.out, "results.csv"))
+    report.write_csv(result.rows, os.path.join(args.out, "results.csv"), result.header)
     report.write_json(result, os.path.join(args.out, "results.json"))
     names = [] if args.no_plots else plots.write_all(result.rows, result.header, args.out)
     report.write_summary(result, os.path.join(args.out, "summary.md"), names)

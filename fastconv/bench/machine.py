@@ -171,4 +171,9 @@ def header_lines(h: dict) -> list[str]:
         lines.append(f"ceilings (measured): copy {c['copy_gbps']:.1f} GB/s (read+write {c['copy_bytes'] >> 20} MiB; "
                      f"last-level cache {c['llc_bytes'] >> 20} MiB), "
                      f"matmul {c['matmul_gflops']:.1f} GFLOP/s (torch.mm {c['matmul_n']}^3, {h['dtype']})")
+    st = h.get("stability")
+    if st:
+        lines.append(f"stability: PyTorch on {st['layer']} re-measured at the end: {st['again_ms']:.4g} ms vs "
+                     f"{st['first_ms']:.4g} ms (spread {st['first_min_ms']:.4g}–{st['first_max_ms']:.4g}): "
+                     + ("within the spread" if st["within_spread"] else "OUTSIDE the spread (noisy machine)"))
     return lines

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from typing import Optional
 
 from . import machine, tables
 
@@ -28,12 +29,23 @@ def _clean(v):
     return v
 
 
-def write_csv(rows, path: str) -> None:
+def write_csv(rows, path: str, header: Optional[dict] = None) -> None:
+    """One row per (layer, pass, algo), preceded by the run's header as `# ` lines
+    (pandas: read_csv(path, comment="#"); or `read_csv` below)."""
     with open(path, "w", newline="") as f:
+        if header is not None:
+            for line in machine.header_lines(header):
+                f.write(f"# {line}\n")
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if _clean(r.get(k)) is None else _fmt_csv(r.get(k))) for k in CSV_COLUMNS})
+
+
+def read_csv(path: str) -> list[dict]:
+    """results.csv's rows (strings), its `# ` header lines skipped."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
 def _fmt_csv(v):
@@ -51,6 +63,18 @@ def write_json(result, path: str) -> None:
     }
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)
+
+
+def load_json(path: str):
+    """results.json back as a Result (None -> NaN in numeric fields), for --replot."""
+    from .runner import Result
+
+    with open(path) as f:
+        doc = json.load(f)
+    rows = [{k: (math.nan if v is None and k not in ("algo", "torch_backend", "gemm_op") else v)
+             for k, v in r.items()} for r in doc["rows"]]
+    skipped = [(s["suite"], s["layer"], s["algo"], s["reason"]) for s in doc.get("skipped", [])]
+    return Result(header=doc["header"], rows=rows, skipped=skipped)
 
 
 def geomean(values) -> float:

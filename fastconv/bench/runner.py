@@ -80,6 +80,10 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / max(ref.abs().max().item(), 1e-30)
 
 
+def default_algorithms(spec: ConvSpec) -> list[registry.Algorithm]:
+    return [a for a in registry.applicable(spec) if spec.device in a.devices]
+
+
 class Runner:
     def __init__(self, opts: Options):
         self.o = opts
@@ -107,9 +111,12 @@ class Runner:
         return out
 
     def algorithms(self, spec: ConvSpec) -> tuple[list[registry.Algorithm], list[tuple[str, str]]]:
-        """(algorithms to time, [(name, reason)] of those asked for that don't apply)."""
+        """(algorithms to time, [(name, reason)] of those asked for that don't apply).
+
+        By default every applicable public algorithm, except those that would only run interpreted
+        (Triton under TRITON_INTERPRET=1 on a CPU): timing an interpreter measures nothing."""
         if self.o.algos is None:
-            return registry.applicable(spec), []
+            return default_algorithms(spec), []
         run, skip = [], []
         for name in self.o.algos:
             alg = registry.get(name)
@@ -124,9 +131,9 @@ class Runner:
         return ["fwd", "fwd+bwd"] if self.o.backward else ["fwd"]
 
     # -- timing --------------------------------------------------------------------------------
-    def time(self, fn) -> Timing:
+    def time(self, fn, warmup: int = 1) -> Timing:
         return measure(fn, self.device, repeats=self.o.repeats, min_run_time=self.min_run_time,
-                       rep_ms=self.rep_ms, threads=self.threads)
+                       rep_ms=self.rep_ms, threads=self.threads, warmup=warmup)
 
     def header(self) -> dict:
         h = machine.describe(self.device, self.o.dtype, self.threads)
@@ -200,12 +207,12 @@ class Runner:
         for alg in algs:
             fn = baselines.fastconv_fn(alg, spec)
             row = dict(base, algo=alg.name)
-            if ref is not None:
+            if ref is not None:  # this first call is also the warm-up
                 err = _rel_err(fn(xs[0], w), ref)
                 row.update(max_rel_err=err, ok=bool(err <= self.tol))
             else:
                 row.update(max_rel_err=math.nan, ok=True)
-            t = self.time(baselines.candidate(fn, xs, w, backward))
+            t = self.time(baselines.candidate(fn, xs, w, backward), warmup=0 if ref is not None else 1)
             row.update(t.as_dict("time"))
             row.update(self._derived(row, flops, nbytes))
             rows.append(row)
@@ -214,6 +221,17 @@ class Runner:
             row.update(self._derived(row, flops, nbytes))
             rows.append(row)
         return rows
+
+    def stability_check(self, layer: tables.Layer, first_row: dict) -> dict:
+        """Re-measure the run's first measurement (PyTorch on the first layer) at the end: its new
+        median should lie within the first measurement's spread (min..max)."""
+        xs, w = baselines.make_inputs(layer.spec, seed=self.o.seed)
+        again = self.time(baselines.candidate(baselines.torch_conv_fn(layer.spec), xs, w,
+                                              first_row["pass"] == "fwd+bwd"))
+        lo, hi = first_row["torch_min_ms"], first_row["torch_max_ms"]
+        return {"layer": f"{layer.suite}/{layer.name}", "first_ms": first_row["torch_ms"],
+                "first_min_ms": lo, "first_max_ms": hi, "again_ms": again.median_ms,
+                "within_spread": bool(lo <= again.median_ms <= hi)}
 
     @staticmethod
     def _derived(row: dict, flops: int, nbytes: int) -> dict:
@@ -230,6 +248,19 @@ class Runner:
 def run(opts: Options, on_row=None, on_header=None) -> Result:
     """Time every layer of the chosen suites. `on_header(header)` is called once the machine is
     measured, `on_row(row, bar)` as each row completes."""
+    # The run sets torch's thread count and cuDNN/TF32 flags; give the caller's back afterwards
+    # (main() also runs in-process, e.g. from the test suite).
+    saved = (torch.get_num_threads(), torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        return _run(opts, on_row, on_header)
+    finally:
+        torch.set_num_threads(saved[0])
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved[1:]
+
+
+def _run(opts: Options, on_row, on_header) -> Result:
     from tqdm import tqdm
 
     r = Runner(opts)
@@ -250,4 +281,6 @@ def run(opts: Options, on_row=None, on_header=None) -> Result:
             if on_row is not None:
                 on_row(row, bar)
     bar.close()
+    if result.rows:
+        result.header["stability"] = r.stability_check(layers[0], result.rows[0])
     return result
