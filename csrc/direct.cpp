@@ -21,6 +21,7 @@
 // The plain loop nest of the same blocked algorithm (no vectors, no register
 // tile) is direct_naive_conv2d, kept below for tests and for reading.
 #include <array>
+#include <vector>
 #include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -72,32 +73,40 @@ struct Problem {
   Activation act;
 };
 
-// One register tile's reduction: OCV weight vectors x PT pixels.
+// One register tile's reduction: OCV weight vectors x PT pixels, over nc input
+// channels and ntap (r, s) taps. The taps come as offset tables (input and
+// packed-weight offsets of each tap), so the kernel runs one flat loop per
+// channel whatever R, S, dilation or the clipped tap range of a border pixel.
 template <typename T>
 struct FwdTile {
-  const T* x;  // input at (c = 0, first tap row, first tap col, pixel 0)
-  const T* w;  // packed weight at (oc block 0, c = 0, same tap)
-  int64_t nc, nr, ns;
-  int64_t x_c, x_r, x_s, x_p;
-  int64_t w_c, w_r, w_kb;
-  T* out;  // [OCV][PT][8]
+  const T* x;  // input at (c = 0, pixel 0); xoff[t] adds the tap's row/column
+  const T* w;  // packed weight at (oc block 0, c = 0); woff[t] adds the tap
+  int64_t nc, ntap;
+  const int64_t* xoff;
+  const int64_t* woff;
+  int64_t x_c, x_p, w_c, w_kb;
+  T* out;  // [OCV][PT][8], or nullptr when the kernel stores itself (below)
+  // Fused store (AVX2, NHWC, full channel vectors, none/relu/relu6): the
+  // kernel writes y[p * y_p + o * 8 + j] = act(acc + bias) directly.
+  T* y;
+  int64_t y_p;
+  const T* bias;
+  Activation act;
 };
 
 template <typename T, int OCV, int PT>
 void fwd_tile_portable(const FwdTile<T>& a) {
   T acc[OCV][PT][kB] = {};
-  for (int64_t c = 0; c < a.nc; ++c)
-    for (int64_t r = 0; r < a.nr; ++r) {
-      const T* xr = a.x + c * a.x_c + r * a.x_r;
-      const T* wr = a.w + c * a.w_c + r * a.w_r;
-      for (int64_t s = 0; s < a.ns; ++s) {
-        const T* xs = xr + s * a.x_s;
-        const T* ws = wr + s * kB;
-        for (int p = 0; p < PT; ++p) {
-          const T xv = xs[p * a.x_p];
-          for (int o = 0; o < OCV; ++o)
-            for (int j = 0; j < kB; ++j) acc[o][p][j] += ws[o * a.w_kb + j] * xv;
-        }
+  const T* xc = a.x;
+  const T* wc = a.w;
+  for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c)
+    for (int64_t t = 0; t < a.ntap; ++t) {
+      const T* xs = xc + a.xoff[t];
+      const T* ws = wc + a.woff[t];
+      for (int p = 0; p < PT; ++p) {
+        const T xv = xs[p * a.x_p];
+        for (int o = 0; o < OCV; ++o)
+          for (int j = 0; j < kB; ++j) acc[o][p][j] += ws[o * a.w_kb + j] * xv;
       }
     }
   for (int o = 0; o < OCV; ++o)
@@ -106,27 +115,80 @@ void fwd_tile_portable(const FwdTile<T>& a) {
 }
 
 #if FASTCONV_X86
+// Narrow tiles (border pixels, row tails) have too few accumulators to hide
+// the 4-cycle FMA latency on 2 FMA ports (8 chains needed): they split the
+// taps over U independent accumulator sets, summed at the end (fixed order).
+template <int OCV, int PT>
+FASTCONV_TARGET_AVX2 __attribute__((always_inline)) inline void fwd_step_avx2(
+    __m256 (&acc)[OCV][PT], const float* xs, const float* ws, int64_t xp, int64_t wkb) {
+  __m256 w[OCV];
+#pragma GCC unroll 4
+  for (int o = 0; o < OCV; ++o) w[o] = _mm256_loadu_ps(ws + o * wkb);
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+    const __m256 xv = _mm256_broadcast_ss(xs + p * xp);
+#pragma GCC unroll 4
+    for (int o = 0; o < OCV; ++o) acc[o][p] = _mm256_fmadd_ps(w[o], xv, acc[o][p]);
+  }
+}
+
 template <int OCV, int PT>
 FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
-  __m256 acc[OCV][PT];
+  constexpr int U = OCV * PT >= 8 ? 1 : (OCV * PT >= 4 ? 2 : 4);
+  __m256 acc[OCV][PT], acc1[OCV][PT], acc2[OCV][PT], acc3[OCV][PT];
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    for (int p = 0; p < PT; ++p) acc[o][p] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < a.nc; ++c)
-    for (int64_t r = 0; r < a.nr; ++r) {
-      const float* xr = a.x + c * a.x_c + r * a.x_r;
-      const float* wr = a.w + c * a.w_c + r * a.w_r;
-      for (int64_t s = 0; s < a.ns; ++s) {
-        const float* xs = xr + s * a.x_s;
-        const float* ws = wr + s * kB;
-        __m256 w[OCV];
-        for (int o = 0; o < OCV; ++o) w[o] = _mm256_loadu_ps(ws + o * a.w_kb);
-        for (int p = 0; p < PT; ++p) {
-          const __m256 xv = _mm256_broadcast_ss(xs + p * a.x_p);
-          for (int o = 0; o < OCV; ++o) acc[o][p] = _mm256_fmadd_ps(w[o], xv, acc[o][p]);
-        }
+    #pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p) acc[o][p] = acc1[o][p] = acc2[o][p] = acc3[o][p] = _mm256_setzero_ps();
+  const float* xc = a.x;
+  const float* wc = a.w;
+  const int64_t xp = a.x_p, wkb = a.w_kb, ntap = a.ntap;
+  const int64_t* xoff = a.xoff;
+  const int64_t* woff = a.woff;
+  for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c) {
+    int64_t t = 0;
+    if constexpr (U == 2) {
+      for (; t + 2 <= ntap; t += 2) {
+        fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
       }
     }
+    if constexpr (U == 4) {
+      for (; t + 4 <= ntap; t += 4) {
+        fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc2, xc + xoff[t + 2], wc + woff[t + 2], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc3, xc + xoff[t + 3], wc + woff[t + 3], xp, wkb);
+      }
+    }
+    for (; t < ntap; ++t) fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+  }
+  if constexpr (U > 1) {
+    #pragma GCC unroll 16
+    for (int o = 0; o < OCV; ++o)
+      #pragma GCC unroll 16
+      for (int p = 0; p < PT; ++p)
+        acc[o][p] = _mm256_add_ps(_mm256_add_ps(acc[o][p], acc1[o][p]),
+                                  _mm256_add_ps(acc2[o][p], acc3[o][p]));
+  }
+  if (a.y) {
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+    #pragma GCC unroll 16
+    for (int o = 0; o < OCV; ++o) {
+      const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + o * kB) : zero;
+      #pragma GCC unroll 16
+      for (int p = 0; p < PT; ++p) {
+        __m256 v = _mm256_add_ps(acc[o][p], b);
+        if (a.act == Activation::ReLU) v = _mm256_max_ps(v, zero);
+        if (a.act == Activation::ReLU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        _mm256_storeu_ps(a.y + p * a.y_p + o * kB, v);
+      }
+    }
+    return;
+  }
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
+    #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.out + (o * PT + p) * kB, acc[o][p]);
 }
 #endif
@@ -166,7 +228,9 @@ void gw_tile_portable(const GwTile<T>& a) {
 template <int OCV, int NT>
 FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
   __m256 acc[OCV][NT];
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
+    #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) acc[o][t] = _mm256_setzero_ps();
   for (int64_t n = 0; n < a.nn; ++n)
     for (int64_t row = 0; row < a.nrows; ++row) {
@@ -174,15 +238,20 @@ FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
       const float* dr = a.dy + n * a.dy_n + row * a.dy_row;
       for (int64_t i = 0; i < a.npix; ++i) {
         __m256 d[OCV];
+        #pragma GCC unroll 16
         for (int o = 0; o < OCV; ++o) d[o] = _mm256_loadu_ps(dr + o * a.dy_kb + i * kB);
         const float* xi = xr + i * a.x_p;
+        #pragma GCC unroll 16
         for (int t = 0; t < NT; ++t) {
           const __m256 xv = _mm256_broadcast_ss(xi + t * a.x_t);
+          #pragma GCC unroll 16
           for (int o = 0; o < OCV; ++o) acc[o][t] = _mm256_fmadd_ps(d[o], xv, acc[o][t]);
         }
       }
     }
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
+    #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(a.out + (o * NT + t) * kB, acc[o][t]);
 }
 #endif
@@ -192,6 +261,7 @@ template <typename Fn>
 struct Table {
   std::array<Fn, kMaxTile + 1> one{};  // ocv == 1: widths 1..kDirectPixelTileSingle
   std::array<Fn, kMaxTile + 1> two{};  // ocv == 2: widths 1..kDirectPixelTile
+  bool fused_store = false;  // the kernels can write NHWC output themselves (FwdTile::y)
   Fn get(int64_t ocv, int64_t width) const { return ocv == 1 ? one[width] : two[width]; }
 };
 
@@ -240,7 +310,11 @@ const Table<FwdFn<T>>& fwd_table() {
   static const auto portable = make_fwd_portable<T>(std::make_index_sequence<kMaxTile>());
 #if FASTCONV_X86
   if constexpr (std::is_same_v<T, float>) {
-    static const auto avx2 = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+    static const auto avx2 = [] {
+      auto t = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+      t.fused_store = true;
+      return t;
+    }();
     if (use_avx2_fma()) return avx2;
   }
 #endif
@@ -282,6 +356,13 @@ inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk
   }
 }
 
+// Splits n interior pixels into ceil(n / tile) tiles of near-equal width, so a
+// row never ends in a 1- or 2-pixel tile (13 -> 5, 4, 4 rather than 6, 6, 1).
+inline int64_t balanced_width(int64_t remaining, int64_t tile) {
+  const int64_t tiles = ceil_div(remaining, tile);
+  return ceil_div(remaining, tiles);
+}
+
 template <typename T>
 void run_forward(const Problem<T>& P) {
   if (P.N == 0 || P.Ho == 0 || P.Wo == 0 || P.G == 0 || P.Ko == 0) return;
@@ -294,8 +375,17 @@ void run_forward(const Problem<T>& P) {
   // Interior columns: every tap s in [0, S) lands inside the input row.
   const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
   const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
+  const bool can_fuse = tab.fused_store && P.yk == 1 &&
+                        (P.act == Activation::None || P.act == Activation::ReLU ||
+                         P.act == Activation::ReLU6);
   at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
     alignas(64) T buf[kMaxTile * kB];
+    // Tap tables: interior taps of the current row, and one border pixel's.
+    std::vector<int64_t> tables(4 * P.R * P.S);
+    int64_t* in_x = tables.data();
+    int64_t* in_w = in_x + P.R * P.S;
+    int64_t* bd_x = in_w + P.R * P.S;
+    int64_t* bd_w = bd_x + P.R * P.S;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t rb = item % RB, pb = (item / RB) % NP, g = (item / (RB * NP)) % P.G,
                     n = item / (RB * NP * P.G);
@@ -306,38 +396,48 @@ void run_forward(const Problem<T>& P) {
       const T* wg = P.wp + (g * KB + kb0) * w_kb;
       T* yg = P.y + n * P.yn + (g * P.Ko + kb0 * kB) * P.yk;
       const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * kB : nullptr;
+      const bool fuse = can_fuse && nk == ocv * kB;
       FwdTile<T> t;
       t.nc = P.Cr;
-      t.x_c = P.xc; t.x_r = P.dh * P.xh; t.x_s = P.dw * P.xw; t.x_p = P.sw * P.xw;
-      t.w_c = w_c; t.w_r = w_r; t.w_kb = w_kb;
+      t.x_c = P.xc; t.x_p = P.sw * P.xw; t.w_c = w_c; t.w_kb = w_kb;
       t.out = buf;
+      t.y = nullptr; t.y_p = P.yw; t.bias = bg; t.act = P.act;
       const int64_t oh_end = std::min(P.Ho, (rb + 1) * kDirectRowBlock);
       for (int64_t oh = rb * kDirectRowBlock; oh < oh_end; ++oh) {
         // Rows: only the taps r that land inside the input.
         const int64_t ih0 = oh * P.sh - P.ph;
         const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
         const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
-        t.nr = r_hi - r_lo;
-        const T* xrow = t.nr ? xg + (ih0 + r_lo * P.dh) * P.xh : xg;
-        const T* wrow = wg + r_lo * w_r;
+        int64_t nt = 0;
+        for (int64_t r = r_lo; r < r_hi; ++r)
+          for (int64_t s = 0; s < P.S; ++s, ++nt) {
+            in_x[nt] = (ih0 + r * P.dh) * P.xh + s * P.dw * P.xw;
+            in_w[nt] = (r * P.S + s) * kB;
+          }
         auto border = [&](int64_t ow) {
           const int64_t iw0 = ow * P.sw - P.pw;
           const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
           const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
-          t.ns = s_hi - s_lo;
-          t.x = t.ns ? xrow + (iw0 + s_lo * P.dw) * P.xw : xrow;
-          t.w = wrow + s_lo * kB;
+          int64_t bt = 0;
+          for (int64_t r = r_lo; r < r_hi; ++r)
+            for (int64_t s = s_lo; s < s_hi; ++s, ++bt) {
+              bd_x[bt] = (ih0 + r * P.dh) * P.xh + (iw0 + s * P.dw) * P.xw;
+              bd_w[bt] = (r * P.S + s) * kB;
+            }
+          t.x = xg; t.w = wg; t.ntap = bt; t.xoff = bd_x; t.woff = bd_w;
+          t.y = fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
           tab.get(ocv, 1)(t);
-          store_tile(P, buf, 1, nk, yg, bg, oh, ow);
+          if (!fuse) store_tile(P, buf, 1, nk, yg, bg, oh, ow);
         };
         for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-        t.ns = P.S;
-        t.w = wrow;
-        for (int64_t ow = ow_lo; ow < ow_hi; ow += pt_max) {
-          const int64_t np = std::min(pt_max, ow_hi - ow);
-          t.x = xrow + (ow * P.sw - P.pw) * P.xw;
+        t.w = wg; t.ntap = nt; t.xoff = in_x; t.woff = in_w;
+        for (int64_t ow = ow_lo; ow < ow_hi;) {
+          const int64_t np = balanced_width(ow_hi - ow, pt_max);
+          t.x = xg + (ow * P.sw - P.pw) * P.xw;
+          t.y = fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
           tab.get(ocv, np)(t);
-          store_tile(P, buf, np, nk, yg, bg, oh, ow);
+          if (!fuse) store_tile(P, buf, np, nk, yg, bg, oh, ow);
+          ow += np;
         }
         for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
       }
