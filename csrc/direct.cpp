@@ -86,10 +86,11 @@ struct FwdTile {
   const int64_t* woff;
   int64_t x_c, x_p, w_c, w_kb;
   T* out;  // [OCV][PT][8], or nullptr when the kernel stores itself (below)
-  // Fused store (AVX2, NHWC, full channel vectors, none/relu/relu6): the
-  // kernel writes y[p * y_p + o * 8 + j] = act(acc + bias) directly.
+  // Fused store (AVX2, full channel vectors, none/relu/relu6; NHWC or NCHW
+  // with contiguous rows): the kernel writes y[p * y_p + (o * 8 + j) * y_k]
+  // = act(acc + bias) directly, transposing in registers for NCHW.
   T* y;
-  int64_t y_p;
+  int64_t y_p, y_k;
   const T* bias;
   Activation act;
 };
@@ -173,16 +174,49 @@ FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
   }
   if (a.y) {
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int o = 0; o < OCV; ++o) {
       const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + o * kB) : zero;
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int p = 0; p < PT; ++p) {
         __m256 v = _mm256_add_ps(acc[o][p], b);
         if (a.act == Activation::ReLU) v = _mm256_max_ps(v, zero);
         if (a.act == Activation::ReLU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
-        _mm256_storeu_ps(a.y + p * a.y_p + o * kB, v);
+        acc[o][p] = v;
       }
+    }
+    if (a.y_k == 1) {  // NHWC: each accumulator is 8 contiguous channels of one pixel
+#pragma GCC unroll 16
+      for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 16
+        for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.y + p * a.y_p + o * kB, acc[o][p]);
+    } else {  // NCHW (y_p == 1): 8x8 register transpose, then one PT-pixel run per channel
+#pragma GCC unroll 16
+      for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 2
+        for (int p0 = 0; p0 < PT; p0 += 8) {
+          __m256 r[8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) r[i] = p0 + i < PT ? acc[o][p0 + i < PT ? p0 + i : 0] : zero;
+          const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+          const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+          const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+          const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+          const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+          const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+          const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+          const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+          const __m256 ch[8] = {
+              _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+              _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+              _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+              _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+          float* yo = a.y + o * kB * a.y_k + p0;
+          const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(PT - p0 >= 8 ? 8 : PT - p0),
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) _mm256_maskstore_ps(yo + j * a.y_k, m, ch[j]);
+        }
     }
     return;
   }
@@ -375,7 +409,7 @@ void run_forward(const Problem<T>& P) {
   // Interior columns: every tap s in [0, S) lands inside the input row.
   const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
   const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
-  const bool can_fuse = tab.fused_store && P.yk == 1 &&
+  const bool can_fuse = tab.fused_store && (P.yk == 1 || P.yw == 1) &&
                         (P.act == Activation::None || P.act == Activation::ReLU ||
                          P.act == Activation::ReLU6);
   at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
@@ -401,7 +435,7 @@ void run_forward(const Problem<T>& P) {
       t.nc = P.Cr;
       t.x_c = P.xc; t.x_p = P.sw * P.xw; t.w_c = w_c; t.w_kb = w_kb;
       t.out = buf;
-      t.y = nullptr; t.y_p = P.yw; t.bias = bg; t.act = P.act;
+      t.y = nullptr; t.y_p = P.yw; t.y_k = P.yk; t.bias = bg; t.act = P.act;
       const int64_t oh_end = std::min(P.Ho, (rb + 1) * kDirectRowBlock);
       for (int64_t oh = rb * kDirectRowBlock; oh < oh_end; ++oh) {
         // Rows: only the taps r that land inside the input.
