@@ -21,6 +21,7 @@
 // The plain loop nest of the same blocked algorithm (no vectors, no register
 // tile) is direct_naive_conv2d, kept below for tests and for reading.
 #include <array>
+#include <cstdlib>
 #include <vector>
 #include <utility>
 
@@ -85,7 +86,8 @@ struct FwdTile {
   const int64_t* xoff;
   const int64_t* woff;
   int64_t x_c, x_p, w_c, w_kb;
-  T* out;  // [OCV][PT][8], or nullptr when the kernel stores itself (below)
+  T* out;  // [OCV][PT][8]: partial sums in (when load_acc) and out (unless stored below)
+  bool load_acc;  // continue the sums of the previous input-channel block
   // Fused store (AVX2, full channel vectors, none/relu/relu6; NHWC or NCHW
   // with contiguous rows): the kernel writes y[p * y_p + (o * 8 + j) * y_k]
   // = act(acc + bias) directly, transposing in registers for NCHW.
@@ -98,6 +100,10 @@ struct FwdTile {
 template <typename T, int OCV, int PT>
 void fwd_tile_portable(const FwdTile<T>& a) {
   T acc[OCV][PT][kB] = {};
+  if (a.load_acc)
+    for (int o = 0; o < OCV; ++o)
+      for (int p = 0; p < PT; ++p)
+        for (int j = 0; j < kB; ++j) acc[o][p][j] = a.out[(o * PT + p) * kB + j];
   const T* xc = a.x;
   const T* wc = a.w;
   for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c)
@@ -140,7 +146,10 @@ FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
   #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
     #pragma GCC unroll 16
-    for (int p = 0; p < PT; ++p) acc[o][p] = acc1[o][p] = acc2[o][p] = acc3[o][p] = _mm256_setzero_ps();
+    for (int p = 0; p < PT; ++p) {
+      acc1[o][p] = acc2[o][p] = acc3[o][p] = _mm256_setzero_ps();
+      acc[o][p] = a.load_acc ? _mm256_loadu_ps(a.out + (o * PT + p) * kB) : acc1[o][p];
+    }
   const float* xc = a.x;
   const float* wc = a.w;
   const int64_t xp = a.x_p, wkb = a.w_kb, ntap = a.ntap;
@@ -390,6 +399,16 @@ inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk
   }
 }
 
+// Bytes of packed weights per input-channel block (kDirectCinBlockBytes);
+// FASTCONV_DIRECT_CIN_BLOCK_BYTES overrides it while tuning.
+inline int64_t cin_block_bytes() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("FASTCONV_DIRECT_CIN_BLOCK_BYTES");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : blocking::kDirectCinBlockBytes;
+  }();
+  return v;
+}
+
 // Splits n interior pixels into ceil(n / tile) tiles of near-equal width, so a
 // row never ends in a 1- or 2-pixel tile (13 -> 5, 4, 4 rather than 6, 6, 1).
 inline int64_t balanced_width(int64_t remaining, int64_t tile) {
@@ -409,11 +428,18 @@ void run_forward(const Problem<T>& P) {
   // Interior columns: every tap s in [0, S) lands inside the input row.
   const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
   const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
+  // Input-channel blocks: a block's packed weights for one oc-vector pair stay
+  // in L1 while every tile of the task's rows runs over them; partial sums wait
+  // in a per-task row buffer between blocks.
+  const int64_t cin_block = std::max<int64_t>(
+      1, cin_block_bytes() / (P.R * P.S * ocv_max * kB * int64_t(sizeof(T))));
+  const bool blocked = cin_block < P.Cr;
   const bool can_fuse = tab.fused_store && (P.yk == 1 || P.yw == 1) &&
                         (P.act == Activation::None || P.act == Activation::ReLU ||
                          P.act == Activation::ReLU6);
   at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
     alignas(64) T buf[kMaxTile * kB];
+    std::vector<T> partial(blocked ? kDirectRowBlock * P.Wo * ocv_max * kB : 0);
     // Tap tables: interior taps of the current row, and one border pixel's.
     std::vector<int64_t> tables(4 * P.R * P.S);
     int64_t* in_x = tables.data();
@@ -432,48 +458,62 @@ void run_forward(const Problem<T>& P) {
       const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * kB : nullptr;
       const bool fuse = can_fuse && nk == ocv * kB;
       FwdTile<T> t;
-      t.nc = P.Cr;
       t.x_c = P.xc; t.x_p = P.sw * P.xw; t.w_c = w_c; t.w_kb = w_kb;
-      t.out = buf;
-      t.y = nullptr; t.y_p = P.yw; t.y_k = P.yk; t.bias = bg; t.act = P.act;
-      const int64_t oh_end = std::min(P.Ho, (rb + 1) * kDirectRowBlock);
-      for (int64_t oh = rb * kDirectRowBlock; oh < oh_end; ++oh) {
-        // Rows: only the taps r that land inside the input.
-        const int64_t ih0 = oh * P.sh - P.ph;
-        const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
-        const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
-        int64_t nt = 0;
-        for (int64_t r = r_lo; r < r_hi; ++r)
-          for (int64_t s = 0; s < P.S; ++s, ++nt) {
-            in_x[nt] = (ih0 + r * P.dh) * P.xh + s * P.dw * P.xw;
-            in_w[nt] = (r * P.S + s) * kB;
-          }
-        auto border = [&](int64_t ow) {
-          const int64_t iw0 = ow * P.sw - P.pw;
-          const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
-          const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
-          int64_t bt = 0;
+      t.y_p = P.yw; t.y_k = P.yk; t.bias = bg; t.act = P.act;
+      const int64_t oh_begin = rb * kDirectRowBlock, oh_end = std::min(P.Ho, oh_begin + kDirectRowBlock);
+      for (int64_t c0 = 0; c0 < P.Cr; c0 += cin_block) {
+        const bool last = c0 + cin_block >= P.Cr;
+        t.nc = std::min(cin_block, P.Cr - c0);
+        t.load_acc = c0 > 0;
+        const T* xb = xg + c0 * P.xc;
+        const T* wb = wg + c0 * w_c;
+        for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+          // This tile's partial sums (blocked) or the tile buffer.
+          auto region = [&](int64_t ow) {
+            return blocked ? partial.data() + ((oh - oh_begin) * P.Wo + ow) * ocv * kB : buf;
+          };
+          auto finish = [&](int64_t ow, int64_t np) {
+            if (last && !fuse) store_tile(P, region(ow), np, nk, yg, bg, oh, ow);
+          };
+          // Rows: only the taps r that land inside the input.
+          const int64_t ih0 = oh * P.sh - P.ph;
+          const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
+          const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
+          int64_t nt = 0;
           for (int64_t r = r_lo; r < r_hi; ++r)
-            for (int64_t s = s_lo; s < s_hi; ++s, ++bt) {
-              bd_x[bt] = (ih0 + r * P.dh) * P.xh + (iw0 + s * P.dw) * P.xw;
-              bd_w[bt] = (r * P.S + s) * kB;
+            for (int64_t s = 0; s < P.S; ++s, ++nt) {
+              in_x[nt] = (ih0 + r * P.dh) * P.xh + s * P.dw * P.xw;
+              in_w[nt] = (r * P.S + s) * kB;
             }
-          t.x = xg; t.w = wg; t.ntap = bt; t.xoff = bd_x; t.woff = bd_w;
-          t.y = fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
-          tab.get(ocv, 1)(t);
-          if (!fuse) store_tile(P, buf, 1, nk, yg, bg, oh, ow);
-        };
-        for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-        t.w = wg; t.ntap = nt; t.xoff = in_x; t.woff = in_w;
-        for (int64_t ow = ow_lo; ow < ow_hi;) {
-          const int64_t np = balanced_width(ow_hi - ow, pt_max);
-          t.x = xg + (ow * P.sw - P.pw) * P.xw;
-          t.y = fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
-          tab.get(ocv, np)(t);
-          if (!fuse) store_tile(P, buf, np, nk, yg, bg, oh, ow);
-          ow += np;
+          auto border = [&](int64_t ow) {
+            const int64_t iw0 = ow * P.sw - P.pw;
+            const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
+            const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
+            int64_t bt = 0;
+            for (int64_t r = r_lo; r < r_hi; ++r)
+              for (int64_t s = s_lo; s < s_hi; ++s, ++bt) {
+                bd_x[bt] = (ih0 + r * P.dh) * P.xh + (iw0 + s * P.dw) * P.xw;
+                bd_w[bt] = (r * P.S + s) * kB;
+              }
+            t.x = xb; t.w = wb; t.ntap = bt; t.xoff = bd_x; t.woff = bd_w;
+            t.out = region(ow);
+            t.y = last && fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
+            tab.get(ocv, 1)(t);
+            finish(ow, 1);
+          };
+          for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+          t.w = wb; t.ntap = nt; t.xoff = in_x; t.woff = in_w;
+          for (int64_t ow = ow_lo; ow < ow_hi;) {
+            const int64_t np = balanced_width(ow_hi - ow, pt_max);
+            t.x = xb + (ow * P.sw - P.pw) * P.xw;
+            t.out = region(ow);
+            t.y = last && fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
+            tab.get(ocv, np)(t);
+            finish(ow, np);
+            ow += np;
+          }
+          for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
         }
-        for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
       }
     }
   });

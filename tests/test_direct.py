@@ -26,6 +26,8 @@ CASES = [
     (1, 3, 6, 40, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),       # Kg=8: 1x12 tile
     (1, 6, 5, 5, 6, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2),        # 1x1, Kg=3
     (1, 16, 4, 4, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 16),     # depthwise through direct
+    (1, 40, 6, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # input-channel blocks (28 + 12)
+    (1, 12, 9, 9, 16, 7, 7, (1, 1), (3, 2, 3, 3), (1, 1), 1),      # 7x7: blocks of 5 channels
 ]
 IDS = [f"case{i}" for i in range(len(CASES))]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
