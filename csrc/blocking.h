@@ -32,8 +32,9 @@ constexpr int64_t kDirectPixelTileSingle = 12;
 constexpr int64_t kDirectCinBlockBytes = 16 << 10;
 // Output rows per parallel task: tasks are (n, group, oc-vector pair, row block).
 constexpr int64_t kDirectRowBlock = 4;
-// grad_weight: accumulators are kDirectOcVectors x this many (r, s) taps.
-constexpr int64_t kDirectGradWeightTapTile = 6;
+// grad_weight: a tile is kDirectOcVectors x 8 output channels x this many
+// input channels x up to 12 / (vectors x channels) taps of one kernel row.
+constexpr int64_t kDirectGradWeightChannelTile = 2;
 
 }  // namespace blocking
 }  // namespace fastconv

@@ -37,7 +37,7 @@ namespace fastconv {
 
 namespace {
 
-using blocking::kDirectGradWeightTapTile;
+using blocking::kDirectGradWeightChannelTile;
 using blocking::kDirectOcVectors;
 using blocking::kDirectPixelTile;
 using blocking::kDirectPixelTileSingle;
@@ -47,7 +47,6 @@ static_assert(kB == 8, "the AVX2 kernels hold 8 float output channels per ymm re
 static_assert(kDirectOcVectors == 2, "the oc-vector pair is hard-wired in the task split");
 constexpr int kMaxTile = int(kDirectPixelTileSingle);
 static_assert(kDirectPixelTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
-static_assert(kDirectGradWeightTapTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
 
 inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
   return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -236,66 +235,77 @@ FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
 }
 #endif
 
-// grad_weight tile: OCV vectors of 8 output channels x NT taps (one r, NT
-// consecutive s) of one input channel, summed over (n, rows, interior pixels).
+// grad_weight tile: OCV vectors of 8 output channels x NCH input channels x
+// NT taps (one r, NT consecutive s), summed over (n, rows, interior pixels).
+// Two input channels share each grad_output vector load: 2 dy loads + NCH*NT
+// broadcasts feed OCV*NCH*NT (12) FMAs, as in the forward tile.
 template <typename T>
 struct GwTile {
   const T* x;   // input at (n = 0, c, first row's ih, first pixel's iw for tap 0)
   const T* dy;  // packed grad_output at (n = 0, g, first oc block, first row, first pixel)
   int64_t nn, nrows, npix;
-  int64_t x_n, x_row, x_p, x_t;
+  int64_t x_n, x_row, x_p, x_t, x_ch;
   int64_t dy_n, dy_row, dy_kb;  // pixel stride is 8
-  T* out;  // [OCV][NT][8]
+  T* out;  // [OCV][NCH][NT][8]
 };
 
-template <typename T, int OCV, int NT>
+template <typename T, int OCV, int NCH, int NT>
 void gw_tile_portable(const GwTile<T>& a) {
-  T acc[OCV][NT][kB] = {};
+  T acc[OCV][NCH][NT][kB] = {};
   for (int64_t n = 0; n < a.nn; ++n)
     for (int64_t row = 0; row < a.nrows; ++row) {
       const T* xr = a.x + n * a.x_n + row * a.x_row;
       const T* dr = a.dy + n * a.dy_n + row * a.dy_row;
       for (int64_t i = 0; i < a.npix; ++i)
-        for (int t = 0; t < NT; ++t) {
-          const T xv = xr[i * a.x_p + t * a.x_t];
-          for (int o = 0; o < OCV; ++o)
-            for (int j = 0; j < kB; ++j) acc[o][t][j] += dr[o * a.dy_kb + i * kB + j] * xv;
-        }
+        for (int ch = 0; ch < NCH; ++ch)
+          for (int t = 0; t < NT; ++t) {
+            const T xv = xr[ch * a.x_ch + i * a.x_p + t * a.x_t];
+            for (int o = 0; o < OCV; ++o)
+              for (int j = 0; j < kB; ++j) acc[o][ch][t][j] += dr[o * a.dy_kb + i * kB + j] * xv;
+          }
     }
   for (int o = 0; o < OCV; ++o)
-    for (int t = 0; t < NT; ++t)
-      for (int j = 0; j < kB; ++j) a.out[(o * NT + t) * kB + j] = acc[o][t][j];
+    for (int ch = 0; ch < NCH; ++ch)
+      for (int t = 0; t < NT; ++t)
+        for (int j = 0; j < kB; ++j) a.out[((o * NCH + ch) * NT + t) * kB + j] = acc[o][ch][t][j];
 }
 
 #if FASTCONV_X86
-template <int OCV, int NT>
+template <int OCV, int NCH, int NT>
 FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
-  __m256 acc[OCV][NT];
-  #pragma GCC unroll 16
+  __m256 acc[OCV][NCH][NT];
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    #pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) acc[o][t] = _mm256_setzero_ps();
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) acc[o][ch][t] = _mm256_setzero_ps();
   for (int64_t n = 0; n < a.nn; ++n)
     for (int64_t row = 0; row < a.nrows; ++row) {
       const float* xr = a.x + n * a.x_n + row * a.x_row;
       const float* dr = a.dy + n * a.dy_n + row * a.dy_row;
       for (int64_t i = 0; i < a.npix; ++i) {
         __m256 d[OCV];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int o = 0; o < OCV; ++o) d[o] = _mm256_loadu_ps(dr + o * a.dy_kb + i * kB);
         const float* xi = xr + i * a.x_p;
-        #pragma GCC unroll 16
-        for (int t = 0; t < NT; ++t) {
-          const __m256 xv = _mm256_broadcast_ss(xi + t * a.x_t);
-          #pragma GCC unroll 16
-          for (int o = 0; o < OCV; ++o) acc[o][t] = _mm256_fmadd_ps(d[o], xv, acc[o][t]);
-        }
+#pragma GCC unroll 16
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+          for (int t = 0; t < NT; ++t) {
+            const __m256 xv = _mm256_broadcast_ss(xi + ch * a.x_ch + t * a.x_t);
+#pragma GCC unroll 16
+            for (int o = 0; o < OCV; ++o) acc[o][ch][t] = _mm256_fmadd_ps(d[o], xv, acc[o][ch][t]);
+          }
       }
     }
-  #pragma GCC unroll 16
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    #pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(a.out + (o * NT + t) * kB, acc[o][t]);
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t)
+        _mm256_storeu_ps(a.out + ((o * NCH + ch) * NT + t) * kB, acc[o][ch][t]);
 }
 #endif
 
@@ -319,14 +329,17 @@ Table<FwdFn<T>> make_fwd_portable(std::index_sequence<I...>) {
                          : nullptr), ...);
   return t;
 }
+// grad_weight kernels indexed by gw_index(ocv, nch, nt).
+constexpr int kGwMaxTaps = 6;
+constexpr int kGwKernels = 2 * 2 * kGwMaxTaps;
+inline int gw_index(int64_t ocv, int64_t nch, int64_t nt) {
+  return int(((ocv - 1) * 2 + (nch - 1)) * kGwMaxTaps + (nt - 1));
+}
+template <typename T> using GwTable = std::array<GwFn<T>, kGwKernels>;
 template <typename T, size_t... I>
-Table<GwFn<T>> make_gw_portable(std::index_sequence<I...>) {
-  Table<GwFn<T>> t;
-  ((t.one[I + 1] = &gw_tile_portable<T, 1, int(I) + 1>), ...);
-  ((I < kDirectGradWeightTapTile
-        ? (t.two[I + 1] = &gw_tile_portable<T, 2, int(I % kDirectGradWeightTapTile) + 1>)
-        : nullptr), ...);
-  return t;
+GwTable<T> make_gw_portable(std::index_sequence<I...>) {
+  return {&gw_tile_portable<T, int(I) / (2 * kGwMaxTaps) + 1, int(I) / kGwMaxTaps % 2 + 1,
+                            int(I) % kGwMaxTaps + 1>...};
 }
 #if FASTCONV_X86
 template <size_t... I>
@@ -338,13 +351,9 @@ Table<FwdFn<float>> make_fwd_avx2(std::index_sequence<I...>) {
   return t;
 }
 template <size_t... I>
-Table<GwFn<float>> make_gw_avx2(std::index_sequence<I...>) {
-  Table<GwFn<float>> t;
-  ((t.one[I + 1] = &gw_tile_avx2<1, int(I) + 1>), ...);
-  ((I < kDirectGradWeightTapTile
-        ? (t.two[I + 1] = &gw_tile_avx2<2, int(I % kDirectGradWeightTapTile) + 1>)
-        : nullptr), ...);
-  return t;
+GwTable<float> make_gw_avx2(std::index_sequence<I...>) {
+  return {&gw_tile_avx2<int(I) / (2 * kGwMaxTaps) + 1, int(I) / kGwMaxTaps % 2 + 1,
+                        int(I) % kGwMaxTaps + 1>...};
 }
 #endif
 
@@ -364,11 +373,11 @@ const Table<FwdFn<T>>& fwd_table() {
   return portable;
 }
 template <typename T>
-const Table<GwFn<T>>& gw_table() {
-  static const auto portable = make_gw_portable<T>(std::make_index_sequence<kMaxTile>());
+const GwTable<T>& gw_table() {
+  static const auto portable = make_gw_portable<T>(std::make_index_sequence<kGwKernels>());
 #if FASTCONV_X86
   if constexpr (std::is_same_v<T, float>) {
-    static const auto avx2 = make_gw_avx2(std::make_index_sequence<kMaxTile>());
+    static const auto avx2 = make_gw_avx2(std::make_index_sequence<kGwKernels>());
     if (use_avx2_fma()) return avx2;
   }
 #endif
@@ -760,18 +769,25 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
     T* dw = gw.data_ptr<T>();
     const auto& tab = gw_table<T>();
     const int64_t RS = p.R * p.S;
-    at::parallel_for(0, G * NP * p.Cg, 1, [&](int64_t begin, int64_t end) {
+    const int64_t CP = ceil_div(p.Cg, kDirectGradWeightChannelTile);
+    // Each task owns grad_weight[oc pair][channel pair][:][:]: no races, fixed order.
+    at::parallel_for(0, G * NP * CP, 1, [&](int64_t begin, int64_t end) {
       alignas(64) T buf[kMaxTile * kB];
+      alignas(64) T edge_buf[kMaxTile * kB];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t c = item % p.Cg, pb = (item / p.Cg) % NP, g = item / (p.Cg * NP);
+        const int64_t cp = item % CP, pb = (item / CP) % NP, g = item / (CP * NP);
+        const int64_t c = cp * kDirectGradWeightChannelTile;
+        const int64_t nch = std::min(kDirectGradWeightChannelTile, p.Cg - c);
         const int64_t kb0 = pb * ocv_max, ocv = std::min(ocv_max, KB - kb0);
-        const int64_t nt_max = ocv == 1 ? kDirectPixelTileSingle : kDirectGradWeightTapTile;
+        // At most 12 accumulators: OCV x NCH x NT.
+        const int64_t nt_max = std::min<int64_t>(kGwMaxTaps, kMaxTile / (ocv * nch));
         const int64_t nk = std::min<int64_t>(ocv * kB, Kg - kb0 * kB);
         const T* xg = x + (g * p.Cg + c) * xc;
         const T* dyg = dyp + (g * KB + kb0) * Ho * Wo * kB;
         GwTile<T> t;
         t.nn = p.N;
         t.x_n = xn; t.x_row = p.stride_h * xh; t.x_p = p.stride_w * xw; t.x_t = p.dil_w * xw;
+        t.x_ch = xc;
         t.dy_n = G * KB * Ho * Wo * kB; t.dy_row = Wo * kB; t.dy_kb = Ho * Wo * kB;
         t.out = buf;
         for (int64_t r = 0; r < p.R; ++r) {
@@ -779,8 +795,8 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
           const int64_t oh_lo = clamp64(ceil_div(p.pad_top - r * p.dil_h, p.stride_h), 0, Ho);
           const int64_t oh_hi =
               clamp64(floor_div(p.H - 1 + p.pad_top - r * p.dil_h, p.stride_h) + 1, oh_lo, Ho);
-          for (int64_t s0 = 0; s0 < p.S; s0 += nt_max) {
-            const int64_t nt = std::min(nt_max, p.S - s0);
+          for (int64_t s0 = 0, nt = 0; s0 < p.S; s0 += nt) {
+            nt = balanced_width(p.S - s0, nt_max);
             // Interior columns: all nt taps inside the input row.
             const int64_t ow_lo = clamp64(ceil_div(p.pad_left - s0 * p.dil_w, p.stride_w), 0, Wo);
             const int64_t ow_hi = clamp64(
@@ -792,32 +808,34 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                   (t.npix ? (ow_lo * p.stride_w - p.pad_left + s0 * p.dil_w) * xw : 0);
             t.dy = dyg + (oh_lo * Wo + ow_lo) * kB;
             if (t.nrows && t.npix) {
-              tab.get(ocv, nt)(t);
+              tab[gw_index(ocv, nch, nt)](t);
             } else {
-              std::fill(buf, buf + ocv * nt * kB, T(0));
+              std::fill(buf, buf + ocv * nch * nt * kB, T(0));
             }
-            // Border columns, tap by tap with bounds checks.
-            for (int64_t n = 0; n < p.N; ++n)
-              for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                const T* xr = xg + n * xn + (oh * p.stride_h - p.pad_top + r * p.dil_h) * xh;
-                const T* dr = dyg + n * t.dy_n + oh * Wo * kB;
-                auto edge = [&](int64_t ow) {
-                  for (int64_t tt = 0; tt < nt; ++tt) {
-                    const int64_t iw = ow * p.stride_w - p.pad_left + (s0 + tt) * p.dil_w;
-                    if (iw < 0 || iw >= p.W) continue;
-                    const T xv = xr[iw * xw];
-                    for (int64_t o = 0; o < ocv; ++o)
-                      for (int j = 0; j < kB; ++j)
-                        buf[(o * nt + tt) * kB + j] += dr[o * t.dy_kb + ow * kB + j] * xv;
-                  }
-                };
-                for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-                for (int64_t ow = ow_hi; ow < Wo; ++ow) edge(ow);
+            // Border columns: each tap alone over the columns where it (but not
+            // every tap of the chunk) lands inside the input, added to the sums.
+            for (int64_t tt = 0; tt < nt && t.nrows; ++tt) {
+              const int64_t sd = (s0 + tt) * p.dil_w;
+              const int64_t lo_t = clamp64(ceil_div(p.pad_left - sd, p.stride_w), 0, Wo);
+              const int64_t hi_t = clamp64(floor_div(p.W - 1 + p.pad_left - sd, p.stride_w) + 1, lo_t, Wo);
+              const int64_t ranges[2][2] = {{lo_t, std::min(ow_lo, hi_t)}, {std::max(ow_hi, lo_t), hi_t}};
+              for (const auto& rg : ranges) {
+                if (rg[1] <= rg[0]) continue;
+                GwTile<T> e = t;
+                e.npix = rg[1] - rg[0];
+                e.x = xg + ih_lo * xh + (rg[0] * p.stride_w - p.pad_left + sd) * xw;
+                e.dy = dyg + (oh_lo * Wo + rg[0]) * kB;
+                e.out = edge_buf;
+                tab[gw_index(ocv, nch, 1)](e);
+                for (int64_t oc = 0; oc < ocv * nch; ++oc)
+                  for (int j = 0; j < kB; ++j) buf[(oc * nt + tt) * kB + j] += edge_buf[oc * kB + j];
               }
+            }
             for (int64_t k = 0; k < nk; ++k)
-              for (int64_t tt = 0; tt < nt; ++tt)
-                dw[((g * Kg + kb0 * kB + k) * p.Cg + c) * RS + r * p.S + s0 + tt] =
-                    buf[((k / kB) * nt + tt) * kB + k % kB];
+              for (int64_t ch = 0; ch < nch; ++ch)
+                for (int64_t tt = 0; tt < nt; ++tt)
+                  dw[((g * Kg + kb0 * kB + k) * p.Cg + c + ch) * RS + r * p.S + s0 + tt] =
+                      buf[(((k / kB) * nch + ch) * nt + tt) * kB + k % kB];
           }
         }
       }

@@ -99,7 +99,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["direct_pixel_tile_single"] = b::kDirectPixelTileSingle;
     d["direct_row_block"] = b::kDirectRowBlock;
     d["direct_cin_block_bytes"] = b::kDirectCinBlockBytes;
-    d["direct_grad_weight_tap_tile"] = b::kDirectGradWeightTapTile;
+    d["direct_grad_weight_channel_tile"] = b::kDirectGradWeightChannelTile;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
 }

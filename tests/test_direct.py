@@ -229,5 +229,5 @@ def test_blocking_constants_exported():
     b = fastconv._C.blocking()
     assert b["direct_oc_block"] == 8
     assert b["direct_oc_vectors"] * b["direct_pixel_tile"] <= 12  # accumulators in 16 ymm
-    for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_tap_tile"):
+    for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_channel_tile"):
         assert b[key] > 0
