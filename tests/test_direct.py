@@ -231,3 +231,16 @@ def test_blocking_constants_exported():
     assert b["direct_oc_vectors"] * b["direct_pixel_tile"] <= 12  # accumulators in 16 ymm
     for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_channel_tile"):
         assert b[key] > 0
+
+
+def test_opcheck_extra_ops():
+    """Schemas, fake kernels and autograd registration of direct's extra ops."""
+    x = torch.randn(1, 6, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64)
+    pk = ops.direct_pack_weight(w.detach(), 2).requires_grad_()
+    geo = ([1, 1], [1, 1, 1, 1], [1, 1], 2)
+    torch.library.opcheck(ops.direct_pack_weight, (w, 2))
+    torch.library.opcheck(ops.direct_conv2d_packed,
+                          (x.requires_grad_(), pk, [12, 3, 3, 3], b, *geo, "relu"))
+    torch.library.opcheck(ops.direct_naive_conv2d, (x.detach(), w.detach(), b, *geo, "none"))
