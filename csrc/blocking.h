@@ -25,10 +25,16 @@ constexpr int64_t kDirectPixelTile = 6;
 // When a group has a single oc block (Kg <= 8) the tile is 1 vector x this
 // many pixels, again 12 accumulators.
 constexpr int64_t kDirectPixelTileSingle = 12;
+// Input-channel cache blocking: the reduction over Cg runs in blocks whose
+// packed weights (block x R x S x kDirectOcVectors x 8 floats) take at most
+// this many bytes, so they stay in L1 (48 KiB here) across all tiles of a
+// task's rows; partial sums wait in a row buffer between blocks.
+constexpr int64_t kDirectCinBlockBytes = 16 << 10;
 // Output rows per parallel task: tasks are (n, group, oc-vector pair, row block).
 constexpr int64_t kDirectRowBlock = 4;
-// grad_weight: accumulators are kDirectOcVectors x this many (r, s) taps.
-constexpr int64_t kDirectGradWeightTapTile = 6;
+// grad_weight: a tile is kDirectOcVectors x 8 output channels x this many
+// input channels x up to 12 / (vectors x channels) taps of one kernel row.
+constexpr int64_t kDirectGradWeightChannelTile = 2;
 // depthwise (csrc/depthwise.cpp). Depthwise is bandwidth-bound (~2*R*S flops
 // per ~8 bytes moved), so the tiles aim at keeping every loaded vector busy and
 // every input row in L1 while it is used, not at peak FMA throughput.

@@ -21,6 +21,9 @@
 // The plain loop nest of the same blocked algorithm (no vectors, no register
 // tile) is direct_naive_conv2d, kept below for tests and for reading.
 #include <array>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 #include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -35,7 +38,7 @@ namespace fastconv {
 
 namespace {
 
-using blocking::kDirectGradWeightTapTile;
+using blocking::kDirectGradWeightChannelTile;
 using blocking::kDirectOcVectors;
 using blocking::kDirectPixelTile;
 using blocking::kDirectPixelTileSingle;
@@ -45,7 +48,6 @@ static_assert(kB == 8, "the AVX2 kernels hold 8 float output channels per ymm re
 static_assert(kDirectOcVectors == 2, "the oc-vector pair is hard-wired in the task split");
 constexpr int kMaxTile = int(kDirectPixelTileSingle);
 static_assert(kDirectPixelTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
-static_assert(kDirectGradWeightTapTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
 
 inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
   return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -72,118 +74,302 @@ struct Problem {
   Activation act;
 };
 
-// One register tile's reduction: OCV weight vectors x PT pixels.
+// One register tile's reduction: OCV weight vectors x PT pixels, over nc input
+// channels and ntap (r, s) taps. The taps come as offset tables (input and
+// packed-weight offsets of each tap), so the kernel runs one flat loop per
+// channel whatever R, S, dilation or the clipped tap range of a border pixel.
 template <typename T>
 struct FwdTile {
-  const T* x;  // input at (c = 0, first tap row, first tap col, pixel 0)
-  const T* w;  // packed weight at (oc block 0, c = 0, same tap)
-  int64_t nc, nr, ns;
-  int64_t x_c, x_r, x_s, x_p;
-  int64_t w_c, w_r, w_kb;
-  T* out;  // [OCV][PT][8]
+  const T* x;  // input at (c = 0, pixel 0); xoff[t] adds the tap's row/column
+  const T* w;  // packed weight at (oc block 0, c = 0); woff[t] adds the tap
+  int64_t nc, ntap;
+  const int64_t* xoff;
+  const int64_t* woff;
+  int64_t x_c, x_p, w_c, w_kb;
+  T* out;  // [OCV][PT][8]: partial sums in (when load_acc) and out (unless stored below)
+  bool load_acc;  // continue the sums of the previous input-channel block
+  // Fused store (AVX2, full channel vectors, none/relu/relu6; NHWC or NCHW
+  // with contiguous rows): the kernel writes y[p * y_p + (o * 8 + j) * y_k]
+  // = act(acc + bias) directly, transposing in registers for NCHW.
+  T* y;
+  int64_t y_p, y_k;
+  const T* bias;
+  Activation act;
 };
+
+// The portable kernels hold one 8-lane block of output channels as Q 16-byte
+// GCC/Clang vector-extension values (2 for float, 4 for double): 16 bytes is
+// native SIMD on baseline x86-64 (SSE2) and on Arm (NEON), so the compiler
+// keeps the same register tile without intrinsics. (One 32-byte generic vector
+// made GCC broadcast scalars through the stack: 25x slower, measured.)
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(16)));
+  static constexpr int Q = int(kB * sizeof(T) / 16);
+};
+template <typename T>
+inline typename Lanes<T>::type load_lanes(const T* p) {
+  typename Lanes<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store_lanes(T* p, const typename Lanes<T>::type& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+constexpr int kLanesPerPart(int bytes) { return 16 / bytes; }
 
 template <typename T, int OCV, int PT>
 void fwd_tile_portable(const FwdTile<T>& a) {
-  T acc[OCV][PT][kB] = {};
-  for (int64_t c = 0; c < a.nc; ++c)
-    for (int64_t r = 0; r < a.nr; ++r) {
-      const T* xr = a.x + c * a.x_c + r * a.x_r;
-      const T* wr = a.w + c * a.w_c + r * a.w_r;
-      for (int64_t s = 0; s < a.ns; ++s) {
-        const T* xs = xr + s * a.x_s;
-        const T* ws = wr + s * kB;
-        for (int p = 0; p < PT; ++p) {
-          const T xv = xs[p * a.x_p];
-          for (int o = 0; o < OCV; ++o)
-            for (int j = 0; j < kB; ++j) acc[o][p][j] += ws[o * a.w_kb + j] * xv;
-        }
+  using V = typename Lanes<T>::type;
+  constexpr int Q = Lanes<T>::Q, L = kLanesPerPart(sizeof(T));
+  V acc[OCV][PT][Q];
+#pragma GCC unroll 16
+  for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p)
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q)
+        acc[o][p][q] = a.load_acc ? load_lanes(a.out + (o * PT + p) * kB + q * L) : V{};
+  const T* xc = a.x;
+  const T* wc = a.w;
+  for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c)
+    for (int64_t t = 0; t < a.ntap; ++t) {
+      const T* xs = xc + a.xoff[t];
+      const T* ws = wc + a.woff[t];
+      V w[OCV][Q];
+#pragma GCC unroll 16
+      for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q) w[o][q] = load_lanes(ws + o * a.w_kb + q * L);
+#pragma GCC unroll 16
+      for (int p = 0; p < PT; ++p) {
+        const T xv = xs[p * a.x_p];
+#pragma GCC unroll 16
+        for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) acc[o][p][q] += w[o][q] * xv;
       }
     }
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 16
     for (int p = 0; p < PT; ++p)
-      for (int j = 0; j < kB; ++j) a.out[(o * PT + p) * kB + j] = acc[o][p][j];
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) store_lanes(a.out + (o * PT + p) * kB + q * L, acc[o][p][q]);
 }
 
 #if FASTCONV_X86
+// Narrow tiles (border pixels, row tails) have too few accumulators to hide
+// the 4-cycle FMA latency on 2 FMA ports (8 chains needed): they split the
+// taps over U independent accumulator sets, summed at the end (fixed order).
+template <int OCV, int PT>
+FASTCONV_TARGET_AVX2 __attribute__((always_inline)) inline void fwd_step_avx2(
+    __m256 (&acc)[OCV][PT], const float* xs, const float* ws, int64_t xp, int64_t wkb) {
+  __m256 w[OCV];
+#pragma GCC unroll 4
+  for (int o = 0; o < OCV; ++o) w[o] = _mm256_loadu_ps(ws + o * wkb);
+#pragma GCC unroll 16
+  for (int p = 0; p < PT; ++p) {
+    const __m256 xv = _mm256_broadcast_ss(xs + p * xp);
+#pragma GCC unroll 4
+    for (int o = 0; o < OCV; ++o) acc[o][p] = _mm256_fmadd_ps(w[o], xv, acc[o][p]);
+  }
+}
+
 template <int OCV, int PT>
 FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
-  __m256 acc[OCV][PT];
+  constexpr int U = OCV * PT >= 8 ? 1 : (OCV * PT >= 4 ? 2 : 4);
+  __m256 acc[OCV][PT], acc1[OCV][PT], acc2[OCV][PT], acc3[OCV][PT];
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    for (int p = 0; p < PT; ++p) acc[o][p] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < a.nc; ++c)
-    for (int64_t r = 0; r < a.nr; ++r) {
-      const float* xr = a.x + c * a.x_c + r * a.x_r;
-      const float* wr = a.w + c * a.w_c + r * a.w_r;
-      for (int64_t s = 0; s < a.ns; ++s) {
-        const float* xs = xr + s * a.x_s;
-        const float* ws = wr + s * kB;
-        __m256 w[OCV];
-        for (int o = 0; o < OCV; ++o) w[o] = _mm256_loadu_ps(ws + o * a.w_kb);
-        for (int p = 0; p < PT; ++p) {
-          const __m256 xv = _mm256_broadcast_ss(xs + p * a.x_p);
-          for (int o = 0; o < OCV; ++o) acc[o][p] = _mm256_fmadd_ps(w[o], xv, acc[o][p]);
-        }
+    #pragma GCC unroll 16
+    for (int p = 0; p < PT; ++p) {
+      acc1[o][p] = acc2[o][p] = acc3[o][p] = _mm256_setzero_ps();
+      acc[o][p] = a.load_acc ? _mm256_loadu_ps(a.out + (o * PT + p) * kB) : acc1[o][p];
+    }
+  const float* xc = a.x;
+  const float* wc = a.w;
+  const int64_t xp = a.x_p, wkb = a.w_kb, ntap = a.ntap;
+  const int64_t* xoff = a.xoff;
+  const int64_t* woff = a.woff;
+  for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c) {
+    int64_t t = 0;
+    if constexpr (U == 2) {
+      for (; t + 2 <= ntap; t += 2) {
+        fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
       }
     }
+    if constexpr (U == 4) {
+      for (; t + 4 <= ntap; t += 4) {
+        fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc2, xc + xoff[t + 2], wc + woff[t + 2], xp, wkb);
+        fwd_step_avx2<OCV, PT>(acc3, xc + xoff[t + 3], wc + woff[t + 3], xp, wkb);
+      }
+    }
+    for (; t < ntap; ++t) fwd_step_avx2<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+  }
+  if constexpr (U > 1) {
+    #pragma GCC unroll 16
+    for (int o = 0; o < OCV; ++o)
+      #pragma GCC unroll 16
+      for (int p = 0; p < PT; ++p)
+        acc[o][p] = _mm256_add_ps(_mm256_add_ps(acc[o][p], acc1[o][p]),
+                                  _mm256_add_ps(acc2[o][p], acc3[o][p]));
+  }
+  if (a.y) {
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+#pragma GCC unroll 16
+    for (int o = 0; o < OCV; ++o) {
+      const __m256 b = a.bias ? _mm256_loadu_ps(a.bias + o * kB) : zero;
+#pragma GCC unroll 16
+      for (int p = 0; p < PT; ++p) {
+        __m256 v = _mm256_add_ps(acc[o][p], b);
+        if (a.act == Activation::ReLU) v = _mm256_max_ps(v, zero);
+        if (a.act == Activation::ReLU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        acc[o][p] = v;
+      }
+    }
+    if (a.y_k == 1) {  // NHWC: each accumulator is 8 contiguous channels of one pixel
+#pragma GCC unroll 16
+      for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 16
+        for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.y + p * a.y_p + o * kB, acc[o][p]);
+    } else {  // NCHW (y_p == 1): 8x8 register transpose, then one PT-pixel run per channel
+#pragma GCC unroll 16
+      for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 2
+        for (int p0 = 0; p0 < PT; p0 += 8) {
+          __m256 r[8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) r[i] = p0 + i < PT ? acc[o][p0 + i < PT ? p0 + i : 0] : zero;
+          const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+          const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+          const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+          const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+          const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+          const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+          const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+          const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+          const __m256 ch[8] = {
+              _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+              _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+              _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+              _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+          float* yo = a.y + o * kB * a.y_k + p0;
+          const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(PT - p0 >= 8 ? 8 : PT - p0),
+                                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) _mm256_maskstore_ps(yo + j * a.y_k, m, ch[j]);
+        }
+    }
+    return;
+  }
+  #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
+    #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.out + (o * PT + p) * kB, acc[o][p]);
 }
 #endif
 
-// grad_weight tile: OCV vectors of 8 output channels x NT taps (one r, NT
-// consecutive s) of one input channel, summed over (n, rows, interior pixels).
+// grad_weight tile: OCV vectors of 8 output channels x NCH input channels x
+// NT taps (one r, NT consecutive s), summed over (n, rows, interior pixels).
+// Two input channels share each grad_output vector load: 2 dy loads + NCH*NT
+// broadcasts feed OCV*NCH*NT (12) FMAs, as in the forward tile.
 template <typename T>
 struct GwTile {
   const T* x;   // input at (n = 0, c, first row's ih, first pixel's iw for tap 0)
   const T* dy;  // packed grad_output at (n = 0, g, first oc block, first row, first pixel)
   int64_t nn, nrows, npix;
-  int64_t x_n, x_row, x_p, x_t;
+  int64_t x_n, x_row, x_p, x_t, x_ch;
   int64_t dy_n, dy_row, dy_kb;  // pixel stride is 8
-  T* out;  // [OCV][NT][8]
+  T* out;  // [OCV][NCH][NT][8]
 };
 
-template <typename T, int OCV, int NT>
+template <typename T, int OCV, int NCH, int NT>
 void gw_tile_portable(const GwTile<T>& a) {
-  T acc[OCV][NT][kB] = {};
+  using V = typename Lanes<T>::type;
+  constexpr int Q = Lanes<T>::Q, L = kLanesPerPart(sizeof(T));
+  V acc[OCV][NCH][NT][Q];
+#pragma GCC unroll 16
+  for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q) acc[o][ch][t][q] = V{};
   for (int64_t n = 0; n < a.nn; ++n)
     for (int64_t row = 0; row < a.nrows; ++row) {
       const T* xr = a.x + n * a.x_n + row * a.x_row;
       const T* dr = a.dy + n * a.dy_n + row * a.dy_row;
-      for (int64_t i = 0; i < a.npix; ++i)
-        for (int t = 0; t < NT; ++t) {
-          const T xv = xr[i * a.x_p + t * a.x_t];
-          for (int o = 0; o < OCV; ++o)
-            for (int j = 0; j < kB; ++j) acc[o][t][j] += dr[o * a.dy_kb + i * kB + j] * xv;
-        }
+      for (int64_t i = 0; i < a.npix; ++i) {
+        V d[OCV][Q];
+#pragma GCC unroll 16
+        for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) d[o][q] = load_lanes(dr + o * a.dy_kb + i * kB + q * L);
+#pragma GCC unroll 16
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+          for (int t = 0; t < NT; ++t) {
+            const T xv = xr[ch * a.x_ch + i * a.x_p + t * a.x_t];
+#pragma GCC unroll 16
+            for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 4
+              for (int q = 0; q < Q; ++q) acc[o][ch][t][q] += d[o][q] * xv;
+          }
+      }
     }
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    for (int t = 0; t < NT; ++t)
-      for (int j = 0; j < kB; ++j) a.out[(o * NT + t) * kB + j] = acc[o][t][j];
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t)
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q)
+          store_lanes(a.out + ((o * NCH + ch) * NT + t) * kB + q * L, acc[o][ch][t][q]);
 }
 
 #if FASTCONV_X86
-template <int OCV, int NT>
+template <int OCV, int NCH, int NT>
 FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
-  __m256 acc[OCV][NT];
+  __m256 acc[OCV][NCH][NT];
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    for (int t = 0; t < NT; ++t) acc[o][t] = _mm256_setzero_ps();
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) acc[o][ch][t] = _mm256_setzero_ps();
   for (int64_t n = 0; n < a.nn; ++n)
     for (int64_t row = 0; row < a.nrows; ++row) {
       const float* xr = a.x + n * a.x_n + row * a.x_row;
       const float* dr = a.dy + n * a.dy_n + row * a.dy_row;
       for (int64_t i = 0; i < a.npix; ++i) {
         __m256 d[OCV];
+#pragma GCC unroll 16
         for (int o = 0; o < OCV; ++o) d[o] = _mm256_loadu_ps(dr + o * a.dy_kb + i * kB);
         const float* xi = xr + i * a.x_p;
-        for (int t = 0; t < NT; ++t) {
-          const __m256 xv = _mm256_broadcast_ss(xi + t * a.x_t);
-          for (int o = 0; o < OCV; ++o) acc[o][t] = _mm256_fmadd_ps(d[o], xv, acc[o][t]);
-        }
+#pragma GCC unroll 16
+        for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+          for (int t = 0; t < NT; ++t) {
+            const __m256 xv = _mm256_broadcast_ss(xi + ch * a.x_ch + t * a.x_t);
+#pragma GCC unroll 16
+            for (int o = 0; o < OCV; ++o) acc[o][ch][t] = _mm256_fmadd_ps(d[o], xv, acc[o][ch][t]);
+          }
       }
     }
+#pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
-    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(a.out + (o * NT + t) * kB, acc[o][t]);
+#pragma GCC unroll 16
+    for (int ch = 0; ch < NCH; ++ch)
+#pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t)
+        _mm256_storeu_ps(a.out + ((o * NCH + ch) * NT + t) * kB, acc[o][ch][t]);
 }
 #endif
 
@@ -192,6 +378,7 @@ template <typename Fn>
 struct Table {
   std::array<Fn, kMaxTile + 1> one{};  // ocv == 1: widths 1..kDirectPixelTileSingle
   std::array<Fn, kMaxTile + 1> two{};  // ocv == 2: widths 1..kDirectPixelTile
+  bool fused_store = false;  // the kernels can write NHWC output themselves (FwdTile::y)
   Fn get(int64_t ocv, int64_t width) const { return ocv == 1 ? one[width] : two[width]; }
 };
 
@@ -206,14 +393,17 @@ Table<FwdFn<T>> make_fwd_portable(std::index_sequence<I...>) {
                          : nullptr), ...);
   return t;
 }
+// grad_weight kernels indexed by gw_index(ocv, nch, nt).
+constexpr int kGwMaxTaps = 6;
+constexpr int kGwKernels = 2 * 2 * kGwMaxTaps;
+inline int gw_index(int64_t ocv, int64_t nch, int64_t nt) {
+  return int(((ocv - 1) * 2 + (nch - 1)) * kGwMaxTaps + (nt - 1));
+}
+template <typename T> using GwTable = std::array<GwFn<T>, kGwKernels>;
 template <typename T, size_t... I>
-Table<GwFn<T>> make_gw_portable(std::index_sequence<I...>) {
-  Table<GwFn<T>> t;
-  ((t.one[I + 1] = &gw_tile_portable<T, 1, int(I) + 1>), ...);
-  ((I < kDirectGradWeightTapTile
-        ? (t.two[I + 1] = &gw_tile_portable<T, 2, int(I % kDirectGradWeightTapTile) + 1>)
-        : nullptr), ...);
-  return t;
+GwTable<T> make_gw_portable(std::index_sequence<I...>) {
+  return {&gw_tile_portable<T, int(I) / (2 * kGwMaxTaps) + 1, int(I) / kGwMaxTaps % 2 + 1,
+                            int(I) % kGwMaxTaps + 1>...};
 }
 #if FASTCONV_X86
 template <size_t... I>
@@ -225,13 +415,9 @@ Table<FwdFn<float>> make_fwd_avx2(std::index_sequence<I...>) {
   return t;
 }
 template <size_t... I>
-Table<GwFn<float>> make_gw_avx2(std::index_sequence<I...>) {
-  Table<GwFn<float>> t;
-  ((t.one[I + 1] = &gw_tile_avx2<1, int(I) + 1>), ...);
-  ((I < kDirectGradWeightTapTile
-        ? (t.two[I + 1] = &gw_tile_avx2<2, int(I % kDirectGradWeightTapTile) + 1>)
-        : nullptr), ...);
-  return t;
+GwTable<float> make_gw_avx2(std::index_sequence<I...>) {
+  return {&gw_tile_avx2<int(I) / (2 * kGwMaxTaps) + 1, int(I) / kGwMaxTaps % 2 + 1,
+                        int(I) % kGwMaxTaps + 1>...};
 }
 #endif
 
@@ -240,18 +426,22 @@ const Table<FwdFn<T>>& fwd_table() {
   static const auto portable = make_fwd_portable<T>(std::make_index_sequence<kMaxTile>());
 #if FASTCONV_X86
   if constexpr (std::is_same_v<T, float>) {
-    static const auto avx2 = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+    static const auto avx2 = [] {
+      auto t = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+      t.fused_store = true;
+      return t;
+    }();
     if (use_avx2_fma()) return avx2;
   }
 #endif
   return portable;
 }
 template <typename T>
-const Table<GwFn<T>>& gw_table() {
-  static const auto portable = make_gw_portable<T>(std::make_index_sequence<kMaxTile>());
+const GwTable<T>& gw_table() {
+  static const auto portable = make_gw_portable<T>(std::make_index_sequence<kGwKernels>());
 #if FASTCONV_X86
   if constexpr (std::is_same_v<T, float>) {
-    static const auto avx2 = make_gw_avx2(std::make_index_sequence<kMaxTile>());
+    static const auto avx2 = make_gw_avx2(std::make_index_sequence<kGwKernels>());
     if (use_avx2_fma()) return avx2;
   }
 #endif
@@ -282,6 +472,23 @@ inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk
   }
 }
 
+// Bytes of packed weights per input-channel block (kDirectCinBlockBytes);
+// FASTCONV_DIRECT_CIN_BLOCK_BYTES overrides it while tuning.
+inline int64_t cin_block_bytes() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("FASTCONV_DIRECT_CIN_BLOCK_BYTES");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : blocking::kDirectCinBlockBytes;
+  }();
+  return v;
+}
+
+// Splits n interior pixels into ceil(n / tile) tiles of near-equal width, so a
+// row never ends in a 1- or 2-pixel tile (13 -> 5, 4, 4 rather than 6, 6, 1).
+inline int64_t balanced_width(int64_t remaining, int64_t tile) {
+  const int64_t tiles = ceil_div(remaining, tile);
+  return ceil_div(remaining, tiles);
+}
+
 template <typename T>
 void run_forward(const Problem<T>& P) {
   if (P.N == 0 || P.Ho == 0 || P.Wo == 0 || P.G == 0 || P.Ko == 0) return;
@@ -294,8 +501,24 @@ void run_forward(const Problem<T>& P) {
   // Interior columns: every tap s in [0, S) lands inside the input row.
   const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
   const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
+  // Input-channel blocks: a block's packed weights for one oc-vector pair stay
+  // in L1 while every tile of the task's rows runs over them; partial sums wait
+  // in a per-task row buffer between blocks.
+  const int64_t cin_block = std::max<int64_t>(
+      1, cin_block_bytes() / (P.R * P.S * ocv_max * kB * int64_t(sizeof(T))));
+  const bool blocked = cin_block < P.Cr;
+  const bool can_fuse = tab.fused_store && (P.yk == 1 || P.yw == 1) &&
+                        (P.act == Activation::None || P.act == Activation::ReLU ||
+                         P.act == Activation::ReLU6);
   at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
     alignas(64) T buf[kMaxTile * kB];
+    std::vector<T> partial(blocked ? kDirectRowBlock * P.Wo * ocv_max * kB : 0);
+    // Tap tables: interior taps of the current row, and one border pixel's.
+    std::vector<int64_t> tables(4 * P.R * P.S);
+    int64_t* in_x = tables.data();
+    int64_t* in_w = in_x + P.R * P.S;
+    int64_t* bd_x = in_w + P.R * P.S;
+    int64_t* bd_w = bd_x + P.R * P.S;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t rb = item % RB, pb = (item / RB) % NP, g = (item / (RB * NP)) % P.G,
                     n = item / (RB * NP * P.G);
@@ -306,40 +529,64 @@ void run_forward(const Problem<T>& P) {
       const T* wg = P.wp + (g * KB + kb0) * w_kb;
       T* yg = P.y + n * P.yn + (g * P.Ko + kb0 * kB) * P.yk;
       const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * kB : nullptr;
+      const bool fuse = can_fuse && nk == ocv * kB;
       FwdTile<T> t;
-      t.nc = P.Cr;
-      t.x_c = P.xc; t.x_r = P.dh * P.xh; t.x_s = P.dw * P.xw; t.x_p = P.sw * P.xw;
-      t.w_c = w_c; t.w_r = w_r; t.w_kb = w_kb;
-      t.out = buf;
-      const int64_t oh_end = std::min(P.Ho, (rb + 1) * kDirectRowBlock);
-      for (int64_t oh = rb * kDirectRowBlock; oh < oh_end; ++oh) {
-        // Rows: only the taps r that land inside the input.
-        const int64_t ih0 = oh * P.sh - P.ph;
-        const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
-        const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
-        t.nr = r_hi - r_lo;
-        const T* xrow = t.nr ? xg + (ih0 + r_lo * P.dh) * P.xh : xg;
-        const T* wrow = wg + r_lo * w_r;
-        auto border = [&](int64_t ow) {
-          const int64_t iw0 = ow * P.sw - P.pw;
-          const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
-          const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
-          t.ns = s_hi - s_lo;
-          t.x = t.ns ? xrow + (iw0 + s_lo * P.dw) * P.xw : xrow;
-          t.w = wrow + s_lo * kB;
-          tab.get(ocv, 1)(t);
-          store_tile(P, buf, 1, nk, yg, bg, oh, ow);
-        };
-        for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-        t.ns = P.S;
-        t.w = wrow;
-        for (int64_t ow = ow_lo; ow < ow_hi; ow += pt_max) {
-          const int64_t np = std::min(pt_max, ow_hi - ow);
-          t.x = xrow + (ow * P.sw - P.pw) * P.xw;
-          tab.get(ocv, np)(t);
-          store_tile(P, buf, np, nk, yg, bg, oh, ow);
+      t.x_c = P.xc; t.x_p = P.sw * P.xw; t.w_c = w_c; t.w_kb = w_kb;
+      t.y_p = P.yw; t.y_k = P.yk; t.bias = bg; t.act = P.act;
+      const int64_t oh_begin = rb * kDirectRowBlock, oh_end = std::min(P.Ho, oh_begin + kDirectRowBlock);
+      for (int64_t c0 = 0; c0 < P.Cr; c0 += cin_block) {
+        const bool last = c0 + cin_block >= P.Cr;
+        t.nc = std::min(cin_block, P.Cr - c0);
+        t.load_acc = c0 > 0;
+        const T* xb = xg + c0 * P.xc;
+        const T* wb = wg + c0 * w_c;
+        for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+          // This tile's partial sums (blocked) or the tile buffer.
+          auto region = [&](int64_t ow) {
+            return blocked ? partial.data() + ((oh - oh_begin) * P.Wo + ow) * ocv * kB : buf;
+          };
+          auto finish = [&](int64_t ow, int64_t np) {
+            if (last && !fuse) store_tile(P, region(ow), np, nk, yg, bg, oh, ow);
+          };
+          // Rows: only the taps r that land inside the input.
+          const int64_t ih0 = oh * P.sh - P.ph;
+          const int64_t r_lo = clamp64(ceil_div(-ih0, P.dh), 0, P.R);
+          const int64_t r_hi = clamp64(floor_div(P.H - 1 - ih0, P.dh) + 1, r_lo, P.R);
+          int64_t nt = 0;
+          for (int64_t r = r_lo; r < r_hi; ++r)
+            for (int64_t s = 0; s < P.S; ++s, ++nt) {
+              in_x[nt] = (ih0 + r * P.dh) * P.xh + s * P.dw * P.xw;
+              in_w[nt] = (r * P.S + s) * kB;
+            }
+          auto border = [&](int64_t ow) {
+            const int64_t iw0 = ow * P.sw - P.pw;
+            const int64_t s_lo = clamp64(ceil_div(-iw0, P.dw), 0, P.S);
+            const int64_t s_hi = clamp64(floor_div(P.W - 1 - iw0, P.dw) + 1, s_lo, P.S);
+            int64_t bt = 0;
+            for (int64_t r = r_lo; r < r_hi; ++r)
+              for (int64_t s = s_lo; s < s_hi; ++s, ++bt) {
+                bd_x[bt] = (ih0 + r * P.dh) * P.xh + (iw0 + s * P.dw) * P.xw;
+                bd_w[bt] = (r * P.S + s) * kB;
+              }
+            t.x = xb; t.w = wb; t.ntap = bt; t.xoff = bd_x; t.woff = bd_w;
+            t.out = region(ow);
+            t.y = last && fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
+            tab.get(ocv, 1)(t);
+            finish(ow, 1);
+          };
+          for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+          t.w = wb; t.ntap = nt; t.xoff = in_x; t.woff = in_w;
+          for (int64_t ow = ow_lo; ow < ow_hi;) {
+            const int64_t np = balanced_width(ow_hi - ow, pt_max);
+            t.x = xb + (ow * P.sw - P.pw) * P.xw;
+            t.out = region(ow);
+            t.y = last && fuse ? yg + oh * P.yh + ow * P.yw : nullptr;
+            tab.get(ocv, np)(t);
+            finish(ow, np);
+            ow += np;
+          }
+          for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
         }
-        for (int64_t ow = ow_hi; ow < P.Wo; ++ow) border(ow);
       }
     }
   });
@@ -586,18 +833,25 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
     T* dw = gw.data_ptr<T>();
     const auto& tab = gw_table<T>();
     const int64_t RS = p.R * p.S;
-    at::parallel_for(0, G * NP * p.Cg, 1, [&](int64_t begin, int64_t end) {
+    const int64_t CP = ceil_div(p.Cg, kDirectGradWeightChannelTile);
+    // Each task owns grad_weight[oc pair][channel pair][:][:]: no races, fixed order.
+    at::parallel_for(0, G * NP * CP, 1, [&](int64_t begin, int64_t end) {
       alignas(64) T buf[kMaxTile * kB];
+      alignas(64) T edge_buf[kMaxTile * kB];
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t c = item % p.Cg, pb = (item / p.Cg) % NP, g = item / (p.Cg * NP);
+        const int64_t cp = item % CP, pb = (item / CP) % NP, g = item / (CP * NP);
+        const int64_t c = cp * kDirectGradWeightChannelTile;
+        const int64_t nch = std::min(kDirectGradWeightChannelTile, p.Cg - c);
         const int64_t kb0 = pb * ocv_max, ocv = std::min(ocv_max, KB - kb0);
-        const int64_t nt_max = ocv == 1 ? kDirectPixelTileSingle : kDirectGradWeightTapTile;
+        // At most 12 accumulators: OCV x NCH x NT.
+        const int64_t nt_max = std::min<int64_t>(kGwMaxTaps, kMaxTile / (ocv * nch));
         const int64_t nk = std::min<int64_t>(ocv * kB, Kg - kb0 * kB);
         const T* xg = x + (g * p.Cg + c) * xc;
         const T* dyg = dyp + (g * KB + kb0) * Ho * Wo * kB;
         GwTile<T> t;
         t.nn = p.N;
         t.x_n = xn; t.x_row = p.stride_h * xh; t.x_p = p.stride_w * xw; t.x_t = p.dil_w * xw;
+        t.x_ch = xc;
         t.dy_n = G * KB * Ho * Wo * kB; t.dy_row = Wo * kB; t.dy_kb = Ho * Wo * kB;
         t.out = buf;
         for (int64_t r = 0; r < p.R; ++r) {
@@ -605,8 +859,8 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
           const int64_t oh_lo = clamp64(ceil_div(p.pad_top - r * p.dil_h, p.stride_h), 0, Ho);
           const int64_t oh_hi =
               clamp64(floor_div(p.H - 1 + p.pad_top - r * p.dil_h, p.stride_h) + 1, oh_lo, Ho);
-          for (int64_t s0 = 0; s0 < p.S; s0 += nt_max) {
-            const int64_t nt = std::min(nt_max, p.S - s0);
+          for (int64_t s0 = 0, nt = 0; s0 < p.S; s0 += nt) {
+            nt = balanced_width(p.S - s0, nt_max);
             // Interior columns: all nt taps inside the input row.
             const int64_t ow_lo = clamp64(ceil_div(p.pad_left - s0 * p.dil_w, p.stride_w), 0, Wo);
             const int64_t ow_hi = clamp64(
@@ -618,32 +872,34 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                   (t.npix ? (ow_lo * p.stride_w - p.pad_left + s0 * p.dil_w) * xw : 0);
             t.dy = dyg + (oh_lo * Wo + ow_lo) * kB;
             if (t.nrows && t.npix) {
-              tab.get(ocv, nt)(t);
+              tab[gw_index(ocv, nch, nt)](t);
             } else {
-              std::fill(buf, buf + ocv * nt * kB, T(0));
+              std::fill(buf, buf + ocv * nch * nt * kB, T(0));
             }
-            // Border columns, tap by tap with bounds checks.
-            for (int64_t n = 0; n < p.N; ++n)
-              for (int64_t oh = oh_lo; oh < oh_hi; ++oh) {
-                const T* xr = xg + n * xn + (oh * p.stride_h - p.pad_top + r * p.dil_h) * xh;
-                const T* dr = dyg + n * t.dy_n + oh * Wo * kB;
-                auto edge = [&](int64_t ow) {
-                  for (int64_t tt = 0; tt < nt; ++tt) {
-                    const int64_t iw = ow * p.stride_w - p.pad_left + (s0 + tt) * p.dil_w;
-                    if (iw < 0 || iw >= p.W) continue;
-                    const T xv = xr[iw * xw];
-                    for (int64_t o = 0; o < ocv; ++o)
-                      for (int j = 0; j < kB; ++j)
-                        buf[(o * nt + tt) * kB + j] += dr[o * t.dy_kb + ow * kB + j] * xv;
-                  }
-                };
-                for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-                for (int64_t ow = ow_hi; ow < Wo; ++ow) edge(ow);
+            // Border columns: each tap alone over the columns where it (but not
+            // every tap of the chunk) lands inside the input, added to the sums.
+            for (int64_t tt = 0; tt < nt && t.nrows; ++tt) {
+              const int64_t sd = (s0 + tt) * p.dil_w;
+              const int64_t lo_t = clamp64(ceil_div(p.pad_left - sd, p.stride_w), 0, Wo);
+              const int64_t hi_t = clamp64(floor_div(p.W - 1 + p.pad_left - sd, p.stride_w) + 1, lo_t, Wo);
+              const int64_t ranges[2][2] = {{lo_t, std::min(ow_lo, hi_t)}, {std::max(ow_hi, lo_t), hi_t}};
+              for (const auto& rg : ranges) {
+                if (rg[1] <= rg[0]) continue;
+                GwTile<T> e = t;
+                e.npix = rg[1] - rg[0];
+                e.x = xg + ih_lo * xh + (rg[0] * p.stride_w - p.pad_left + sd) * xw;
+                e.dy = dyg + (oh_lo * Wo + rg[0]) * kB;
+                e.out = edge_buf;
+                tab[gw_index(ocv, nch, 1)](e);
+                for (int64_t oc = 0; oc < ocv * nch; ++oc)
+                  for (int j = 0; j < kB; ++j) buf[(oc * nt + tt) * kB + j] += edge_buf[oc * kB + j];
               }
+            }
             for (int64_t k = 0; k < nk; ++k)
-              for (int64_t tt = 0; tt < nt; ++tt)
-                dw[((g * Kg + kb0 * kB + k) * p.Cg + c) * RS + r * p.S + s0 + tt] =
-                    buf[((k / kB) * nt + tt) * kB + k % kB];
+              for (int64_t ch = 0; ch < nch; ++ch)
+                for (int64_t tt = 0; tt < nt; ++tt)
+                  dw[((g * Kg + kb0 * kB + k) * p.Cg + c + ch) * RS + r * p.S + s0 + tt] =
+                      buf[(((k / kB) * nch + ch) * nt + tt) * kB + k % kB];
           }
         }
       }

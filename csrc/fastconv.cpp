@@ -111,7 +111,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["direct_pixel_tile"] = b::kDirectPixelTile;
     d["direct_pixel_tile_single"] = b::kDirectPixelTileSingle;
     d["direct_row_block"] = b::kDirectRowBlock;
-    d["direct_grad_weight_tap_tile"] = b::kDirectGradWeightTapTile;
     d["depthwise_vec_width"] = b::kDepthwiseVecWidth;
     d["depthwise_nhwc_pixel_tile"] = b::kDepthwiseNhwcPixelTile;
     d["depthwise_nhwc_chan_vecs"] = b::kDepthwiseNhwcChanVecs;
@@ -123,6 +122,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["depthwise_grad_weight_max_partial_bytes"] = b::kDepthwiseGradWeightMaxPartialBytes;
     d["depthwise_grad_weight_tap_group"] = b::kDepthwiseGradWeightTapGroup;
     d["depthwise_grad_weight_unroll"] = b::kDepthwiseGradWeightUnroll;
+    d["direct_cin_block_bytes"] = b::kDirectCinBlockBytes;
+    d["direct_grad_weight_channel_tile"] = b::kDirectGradWeightChannelTile;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
   fastconv::cachesim::bind(m);

@@ -26,6 +26,8 @@ CASES = [
     (1, 3, 6, 40, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),       # Kg=8: 1x12 tile
     (1, 6, 5, 5, 6, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 2),        # 1x1, Kg=3
     (1, 16, 4, 4, 16, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 16),     # depthwise through direct
+    (1, 40, 6, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),      # input-channel blocks (28 + 12)
+    (1, 12, 9, 9, 16, 7, 7, (1, 1), (3, 2, 3, 3), (1, 1), 1),      # 7x7: blocks of 5 channels
 ]
 IDS = [f"case{i}" for i in range(len(CASES))]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
@@ -227,5 +229,18 @@ def test_blocking_constants_exported():
     b = fastconv._C.blocking()
     assert b["direct_oc_block"] == 8
     assert b["direct_oc_vectors"] * b["direct_pixel_tile"] <= 12  # accumulators in 16 ymm
-    for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_tap_tile"):
+    for key in ("direct_pixel_tile_single", "direct_row_block", "direct_grad_weight_channel_tile"):
         assert b[key] > 0
+
+
+def test_opcheck_extra_ops():
+    """Schemas, fake kernels and autograd registration of direct's extra ops."""
+    x = torch.randn(1, 6, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64)
+    pk = ops.direct_pack_weight(w.detach(), 2).requires_grad_()
+    geo = ([1, 1], [1, 1, 1, 1], [1, 1], 2)
+    torch.library.opcheck(ops.direct_pack_weight, (w, 2))
+    torch.library.opcheck(ops.direct_conv2d_packed,
+                          (x.requires_grad_(), pk, [12, 3, 3, 3], b, *geo, "relu"))
+    torch.library.opcheck(ops.direct_naive_conv2d, (x.detach(), w.detach(), b, *geo, "none"))
