@@ -21,8 +21,9 @@
 //    output row is one contiguous unaligned load, for any stride, padding and
 //    dilation, with no bounds checks. An output row is then a sum over a list
 //    of (buffer pointer, weight) taps.
-//  * grad_input is a correlation of grad_output with the flipped kernel. With
-//    stride > 1 each input column phase rho (iw = sw*j + rho) sees its own subset
+//  * grad_input is a correlation of grad_output with the flipped kernel: with
+//    stride 1 and M = 1 it runs on the forward kernels. With stride > 1 (or
+//    M > 1) each input column phase rho (iw = sw*j + rho) sees its own subset
 //    of kernel columns, and each input row its own subset of kernel rows, so the
 //    gradient is computed per phase from tap lists (no zero insertion).
 //  * grad_weight reduces over N*Ho*Wo for each (k, r, s). The output rows are cut
@@ -587,7 +588,7 @@ struct NhwcGeom {
   explicit NhwcGeom(const ConvParams& p)
       : H(p.H), W(p.W), K(p.K), R(p.R), S(p.S), Ho(p.Ho), Wo(p.Wo), sh(p.stride_h),
         sw(p.stride_w), pt(p.pad_top), pl(p.pad_left), dh(p.dil_h), dw(p.dil_w) {
-    ow_lo = std::min(Wo, ceil_div(pl, sw));
+    ow_lo = std::min(Wo, std::max<int64_t>(0, ceil_div(pl, sw)));
     ow_hi = std::min(Wo, std::max(ow_lo, floor_div(W - 1 - (S - 1) * dw + pl, sw) + 1));
   }
   // Valid kernel rows for output row oh: [r0, r1).
@@ -1015,6 +1016,22 @@ std::vector<T> pack_weight_rsk(const at::Tensor& w) {
   return out;
 }
 
+// With stride 1 and M = 1, grad_input is a forward depthwise correlation of
+// grad_output with the flipped kernel and padding dil*(R-1) - pad per side, so
+// it runs on the (faster, register-tiled) forward kernels. Returns false when
+// that padding would be negative (padding wider than the kernel).
+bool transposed_forward_params(const ConvParams& p, ConvParams* q) {
+  const int64_t eh = p.dil_h * (p.R - 1), ew = p.dil_w * (p.S - 1);
+  if (p.stride_h != 1 || p.stride_w != 1 || p.K != p.C || p.pad_top > eh || p.pad_bottom > eh ||
+      p.pad_left > ew || p.pad_right > ew)
+    return false;
+  *q = p;
+  q->H = p.Ho; q->W = p.Wo; q->Ho = p.H; q->Wo = p.W;
+  q->pad_top = eh - p.pad_top; q->pad_bottom = eh - p.pad_bottom;
+  q->pad_left = ew - p.pad_left; q->pad_right = ew - p.pad_right;
+  return true;
+}
+
 void check_grad_output(const char* op, const at::Tensor& go, const ConvParams& p) {
   TORCH_CHECK(go.dim() == 4 && go.size(0) == p.N && go.size(1) == p.K && go.size(2) == p.Ho &&
                   go.size(3) == p.Wo,
@@ -1092,6 +1109,23 @@ at::Tensor depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::
   const auto fmt = grad_output.suggest_memory_format();
   auto gin = new_output(input_size, grad_output.options(), fmt);
   if (gin.numel() == 0) return gin;
+  ConvParams q;
+  if (transposed_forward_params(p, &q)) {
+    const auto wf = weight.flip({2, 3}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_conv2d_grad_input", [&] {
+      if (fmt == at::MemoryFormat::ChannelsLast) {
+        const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+        const auto wp = pack_weight_rsk<scalar_t>(wf);
+        forward_nhwc<scalar_t>(dy.data_ptr<scalar_t>(), wp.data(), nullptr,
+                               gin.data_ptr<scalar_t>(), q, Activation::None);
+      } else {
+        const auto dy = grad_output.contiguous();
+        forward_nchw<scalar_t>(dy.data_ptr<scalar_t>(), wf.data_ptr<scalar_t>(), nullptr,
+                               gin.data_ptr<scalar_t>(), q, Activation::None);
+      }
+    });
+    return gin;
+  }
   const auto w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_conv2d_grad_input", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast) {
