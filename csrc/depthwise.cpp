@@ -21,8 +21,9 @@
 //    output row is one contiguous unaligned load, for any stride, padding and
 //    dilation, with no bounds checks. An output row is then a sum over a list
 //    of (buffer pointer, weight) taps.
-//  * grad_input is a correlation of grad_output with the flipped kernel. With
-//    stride > 1 each input column phase rho (iw = sw*j + rho) sees its own subset
+//  * grad_input is a correlation of grad_output with the flipped kernel: with
+//    stride 1 and M = 1 it runs on the forward kernels. With stride > 1 (or
+//    M > 1) each input column phase rho (iw = sw*j + rho) sees its own subset
 //    of kernel columns, and each input row its own subset of kernel rows, so the
 //    gradient is computed per phase from tap lists (no zero insertion).
 //  * grad_weight reduces over N*Ho*Wo for each (k, r, s). The output rows are cut
@@ -124,8 +125,15 @@ FASTCONV_TARGET_AVX2 inline void store8(float* p, __m256 v, __m256i mask, int64_
   if (act == Activation::ReLU) v = _mm256_max_ps(v, _mm256_setzero_ps());
   if (act == Activation::ReLU6)
     v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.f));
-  if constexpr (Masked) _mm256_maskstore_ps(p, mask, v);
-  else _mm256_storeu_ps(p, v);
+  if constexpr (Masked) {
+    // Measured: vmaskmovps stores of neighbouring short rows ran ~3x slower than
+    // a spill and a scalar copy of the n valid lanes.
+    alignas(32) float tmp[kVec];
+    _mm256_store_ps(tmp, v);
+    for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
+  } else {
+    _mm256_storeu_ps(p, v);
+  }
   if (act == Activation::SiLU || act == Activation::GELU)
     for (int64_t i = 0; i < (Masked ? n : kVec); ++i) p[i] = activate(p[i], act);
 }
@@ -137,59 +145,112 @@ FASTCONV_TARGET_AVX2 inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// out[j] = act(bias + sum_t ws[t] * ptrs[t][j]) for j < L. ptrs[t][j] must be
+// Rows t < T of out (row stride out_stride), columns j < L:
+//   out[t][j] = act(bias + sum_i ws[i] * ptrs[i][t * in_stride + j]).
+// T > 1 output rows share each tap's weight broadcast and pointer (rows of the
+// same kernel-row set, in_stride apart). ptrs[i][t * in_stride + j] must be
 // readable for j < round_up(L, 8) (the row buffers guarantee it).
-FASTCONV_TARGET_AVX2 void row_taps_avx2(float* out, int64_t L, const float* const* ptrs,
-                                        const float* ws, int64_t nt, float bias, Activation act) {
-  constexpr int V = kDepthwiseNchwWidthVecs;
-  const __m256 bv = _mm256_set1_ps(bias);
-  const __m256i all = _mm256_set1_epi32(-1);
-  int64_t j = 0;
-  for (; j + kVec * V <= L; j += kVec * V) {
-    __m256 acc[V];
-    for (int v = 0; v < V; ++v) acc[v] = _mm256_setzero_ps();
-    for (int64_t t = 0; t < nt; ++t) {
-      const float* p = ptrs[t] + j;
-      const __m256 wv = _mm256_broadcast_ss(ws + t);
-      for (int v = 0; v < V; ++v) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(p + kVec * v), wv, acc[v]);
+template <int T, int NV, bool Tail>
+FASTCONV_TARGET_AVX2 void row_tile_avx2(float* out, int64_t out_stride, int64_t j,
+                                        const float* const* ptrs, const float* ws, int64_t nt,
+                                        int64_t in_stride, __m256 bv, int64_t ntail, Activation act) {
+  __m256 acc[T][NV];
+  for (int t = 0; t < T; ++t)
+    for (int v = 0; v < NV; ++v) acc[t][v] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nt; ++i) {
+    const float* p = ptrs[i] + j;
+    const __m256 wv = _mm256_broadcast_ss(ws + i);
+    for (int t = 0; t < T; ++t)
+      for (int v = 0; v < NV; ++v)
+        acc[t][v] = _mm256_fmadd_ps(_mm256_loadu_ps(p + t * in_stride + kVec * v), wv, acc[t][v]);
+  }
+  const __m256i all = _mm256_set1_epi32(-1), mask = tail_mask(ntail);
+  for (int t = 0; t < T; ++t)
+    for (int v = 0; v < NV; ++v) {
+      float* o = out + t * out_stride + j + kVec * v;
+      const __m256 y = _mm256_add_ps(acc[t][v], bv);
+      if (Tail && v == NV - 1) store8<true>(o, y, mask, ntail, act);
+      else store8<false>(o, y, all, kVec, act);
     }
-    for (int v = 0; v < V; ++v) store8<false>(out + j + kVec * v, _mm256_add_ps(acc[v], bv), all, kVec, act);
-  }
-  for (; j < L; j += kVec) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t t = 0; t < nt; ++t)
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(ptrs[t] + j), _mm256_broadcast_ss(ws + t), acc);
-    acc = _mm256_add_ps(acc, bv);
-    if (j + kVec <= L) store8<false>(out + j, acc, all, kVec, act);
-    else store8<true>(out + j, acc, tail_mask(L - j), L - j, act);
-  }
+}
+
+template <int T, int NV>
+FASTCONV_TARGET_AVX2 void row_tile_any_avx2(bool tail, float* out, int64_t out_stride, int64_t j,
+                                            const float* const* ptrs, const float* ws, int64_t nt,
+                                            int64_t in_stride, __m256 bv, int64_t ntail, Activation act) {
+  if (tail) row_tile_avx2<T, NV, true>(out, out_stride, j, ptrs, ws, nt, in_stride, bv, ntail, act);
+  else row_tile_avx2<T, NV, false>(out, out_stride, j, ptrs, ws, nt, in_stride, bv, ntail, act);
+}
+
+// Dispatches a remainder of nv vectors (1 <= nv <= V) to the NV == nv tile.
+template <int T, int NV, int V>
+FASTCONV_TARGET_AVX2 void row_tile_rem(int64_t nv, bool tail, float* out, int64_t out_stride,
+                                       int64_t j, const float* const* ptrs, const float* ws,
+                                       int64_t nt, int64_t in_stride, __m256 bv, int64_t ntail,
+                                       Activation act) {
+  if (nv == NV) return row_tile_any_avx2<T, NV>(tail, out, out_stride, j, ptrs, ws, nt, in_stride, bv, ntail, act);
+  if constexpr (NV < V)
+    row_tile_rem<T, NV + 1, V>(nv, tail, out, out_stride, j, ptrs, ws, nt, in_stride, bv, ntail, act);
+}
+
+template <int T>
+FASTCONV_TARGET_AVX2 void rows_taps_avx2(float* out, int64_t out_stride, int64_t L,
+                                         const float* const* ptrs, const float* ws, int64_t nt,
+                                         int64_t in_stride, float bias, Activation act) {
+  // T x V accumulators fit the 16 ymm registers with room for loads.
+  constexpr int V = std::min<int>(kDepthwiseNchwWidthVecs, kDepthwiseNchwTileAccs / T);
+  static_assert(V >= 1 && V <= 4, "row tile");
+  const __m256 bv = _mm256_set1_ps(bias);
+  int64_t j = 0;
+  for (; j + kVec * V <= L; j += kVec * V)
+    row_tile_avx2<T, V, false>(out, out_stride, j, ptrs, ws, nt, in_stride, bv, kVec, act);
+  const int64_t rem = L - j;
+  if (rem <= 0) return;
+  // The last (partial) tile: as many vectors as remain, the last one masked.
+  const bool tail = rem % kVec != 0;
+  row_tile_rem<T, 1, V>(ceil_div(rem, kVec), tail, out, out_stride, j, ptrs, ws, nt, in_stride, bv,
+                        tail ? rem % kVec : kVec, act);
 }
 #endif
 
-// Portable twin of row_taps_avx2.
+// Portable twin of rows_taps_avx2 (any T).
 template <typename T>
-void row_taps_portable(T* out, int64_t L, const T* const* ptrs, const T* ws, int64_t nt, T bias,
-                       Activation act) {
-  for (int64_t j = 0; j < L; j += kVec) {
-    T acc[kVec] = {};
-    for (int64_t t = 0; t < nt; ++t) {
-      const T* p = ptrs[t] + j;
-      const T w = ws[t];
-      for (int64_t l = 0; l < kVec; ++l) acc[l] += p[l] * w;
+void rows_taps_portable(int64_t rows, T* out, int64_t out_stride, int64_t L, const T* const* ptrs,
+                        const T* ws, int64_t nt, int64_t in_stride, T bias, Activation act) {
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t j = 0; j < L; j += kVec) {
+      T acc[kVec] = {};
+      for (int64_t i = 0; i < nt; ++i) {
+        const T* p = ptrs[i] + t * in_stride + j;
+        const T w = ws[i];
+        for (int64_t l = 0; l < kVec; ++l) acc[l] += p[l] * w;
+      }
+      const int64_t n = std::min(kVec, L - j);
+      for (int64_t l = 0; l < n; ++l) out[t * out_stride + j + l] = activate(acc[l] + bias, act);
     }
-    const int64_t n = std::min(kVec, L - j);
-    for (int64_t l = 0; l < n; ++l) out[j + l] = activate(acc[l] + bias, act);
-  }
+}
+
+// rows is 1, kDepthwiseNchwRegRows or 2 * kDepthwiseNchwRegRows.
+template <typename T>
+void rows_taps(bool avx2, int64_t rows, T* out, int64_t out_stride, int64_t L, const T* const* ptrs,
+               const T* ws, int64_t nt, int64_t in_stride, T bias, Activation act) {
+#if FASTCONV_X86
+  if constexpr (std::is_same<T, float>::value)
+    if (avx2) {
+      constexpr int R2 = kDepthwiseNchwRegRows;
+      if (rows == 1) return rows_taps_avx2<1>(out, out_stride, L, ptrs, ws, nt, in_stride, bias, act);
+      if (rows == R2) return rows_taps_avx2<R2>(out, out_stride, L, ptrs, ws, nt, in_stride, bias, act);
+      if (rows == 2 * R2)
+        return rows_taps_avx2<2 * R2>(out, out_stride, L, ptrs, ws, nt, in_stride, bias, act);
+    }
+#endif
+  rows_taps_portable(rows, out, out_stride, L, ptrs, ws, nt, in_stride, bias, act);
 }
 
 template <typename T>
 void row_taps(bool avx2, T* out, int64_t L, const T* const* ptrs, const T* ws, int64_t nt, T bias,
               Activation act) {
-#if FASTCONV_X86
-  if constexpr (std::is_same<T, float>::value)
-    if (avx2) return row_taps_avx2(out, L, ptrs, ws, nt, bias, act);
-#endif
-  row_taps_portable(out, L, ptrs, ws, nt, bias, act);
+  rows_taps(avx2, 1, out, 0, L, ptrs, ws, nt, 0, bias, act);
 }
 
 // ---------------------------------------------------------------------------
@@ -239,6 +300,12 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams&
   for (int64_t s = 0; s < p.S; ++s) tap_off[s] = pr.tap_offset(s, p.dil_w);
   const int64_t nrb = ceil_div(p.Ho, kDepthwiseRowTile);
   const bool avx2 = use_avx2<T>();
+  // Narrow rows (at most kDepthwiseNchwTileAccs / (2 * kDepthwiseNchwRegRows)
+  // vectors) take twice the rows per register tile.
+  const int64_t reg_rows =
+      ceil_div(p.Wo, kVec) * 2 * kDepthwiseNchwRegRows <= kDepthwiseNchwTileAccs
+          ? 2 * kDepthwiseNchwRegRows
+          : kDepthwiseNchwRegRows;
   at::parallel_for(0, p.N * p.C * nrb, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf, ws(RS);
     std::vector<const T*> ptrs(RS);
@@ -254,10 +321,17 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams&
         const int64_t k = c * M + m;
         const T* wk = w + k * RS;
         const T bk = bias ? bias[k] : T(0);
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t oh = oh0; oh < oh1;) {
+          // `rows` output rows whose kernel rows are all in bounds share one tap
+          // list (row t reads sh input rows further down).
+          int64_t rows = 1;
+          const int64_t ih_first = oh * p.stride_h - p.pad_top;
+          if (ih_first >= 0 && oh + reg_rows <= oh1 &&
+              (oh + reg_rows - 1) * p.stride_h - p.pad_top + (p.R - 1) * p.dil_h < p.H)
+            rows = reg_rows;
           int64_t nt = 0;
           for (int64_t r = 0; r < p.R; ++r) {
-            const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
+            const int64_t ih = ih_first + r * p.dil_h;
             if (ih < 0 || ih >= p.H) continue;
             const T* row = buf.data() + (ih - ih_lo) * pr.row_elems();
             for (int64_t s = 0; s < p.S; ++s, ++nt) {
@@ -265,8 +339,9 @@ void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams&
               ws[nt] = wk[r * p.S + s];
             }
           }
-          row_taps(avx2, y + ((n * p.K + k) * p.Ho + oh) * p.Wo, p.Wo, ptrs.data(), ws.data(), nt,
-                   bk, act);
+          rows_taps(avx2, rows, y + ((n * p.K + k) * p.Ho + oh) * p.Wo, p.Wo, p.Wo, ptrs.data(),
+                    ws.data(), nt, p.stride_h * pr.row_elems(), bk, act);
+          oh += rows;
         }
       }
     }
@@ -513,7 +588,7 @@ struct NhwcGeom {
   explicit NhwcGeom(const ConvParams& p)
       : H(p.H), W(p.W), K(p.K), R(p.R), S(p.S), Ho(p.Ho), Wo(p.Wo), sh(p.stride_h),
         sw(p.stride_w), pt(p.pad_top), pl(p.pad_left), dh(p.dil_h), dw(p.dil_w) {
-    ow_lo = std::min(Wo, ceil_div(pl, sw));
+    ow_lo = std::min(Wo, std::max<int64_t>(0, ceil_div(pl, sw)));
     ow_hi = std::min(Wo, std::max(ow_lo, floor_div(W - 1 - (S - 1) * dw + pl, sw) + 1));
   }
   // Valid kernel rows for output row oh: [r0, r1).
@@ -530,13 +605,14 @@ struct NhwcGeom {
 };
 
 #if FASTCONV_X86
-// One border (or leftover) output pixel, channels [k0, k0 + 8V).
+// One border (or leftover) output pixel, channels [k0, k0 + 8V) (or the nk < 8
+// channels of a masked tail).
 template <int V, bool Masked>
-FASTCONV_TARGET_AVX2 inline void nhwc_fwd_pixel_avx2(const float* x_img, const float* wp,
-                                                     float* y_row, const NhwcGeom& g, int64_t ih0,
-                                                     int64_t r0, int64_t r1, int64_t ow, int64_t k0,
-                                                     __m256i mask, int64_t nk, const __m256* bv,
-                                                     Activation act) {
+FASTCONV_TARGET_AVX2 void nhwc_fwd_pixel_avx2(const float* x_img, const float* wp, const float* bias,
+                                              float* y_row, const NhwcGeom& g, int64_t ih0,
+                                              int64_t r0, int64_t r1, int64_t ow, int64_t k0,
+                                              int64_t nk, Activation act) {
+  const __m256i mask = tail_mask(nk);
   int64_t iw0, s0, s1;
   g.col_range(ow, &iw0, &s0, &s1);
   __m256 acc[V];
@@ -552,59 +628,83 @@ FASTCONV_TARGET_AVX2 inline void nhwc_fwd_pixel_avx2(const float* x_img, const f
     }
   }
   float* yp = y_row + ow * g.K + k0;
-  for (int v = 0; v < V; ++v) store8<Masked>(yp + kVec * v, _mm256_add_ps(acc[v], bv[v]), mask, nk, act);
+  for (int v = 0; v < V; ++v) {
+    const __m256 bv = bias ? load8<Masked>(bias + k0 + kVec * v, mask) : _mm256_setzero_ps();
+    store8<Masked>(yp + kVec * v, _mm256_add_ps(acc[v], bv), mask, nk, act);
+  }
 }
 
-// One output row, channels [k0, k0 + 8V) (or the nk < 8 channels of a masked tail).
+// kDepthwiseNhwcPixelTile interior pixels from ow (every tap in bounds, no
+// checks), channels [k0, k0 + 8V): each weight vector feeds P pixels.
 template <int V, bool Masked>
-FASTCONV_TARGET_AVX2 void nhwc_fwd_row_avx2(const float* x_img, const float* wp, const float* bias,
-                                            float* y_row, const NhwcGeom& g, int64_t oh, int64_t k0,
-                                            int64_t nk, Activation act) {
+FASTCONV_TARGET_AVX2 void nhwc_fwd_tile_avx2(const float* x_img, const float* wp, const float* bias,
+                                             float* y_row, const NhwcGeom& g, int64_t ih0,
+                                             int64_t r0, int64_t r1, int64_t ow, int64_t k0,
+                                             int64_t nk, Activation act) {
   constexpr int P = kDepthwiseNhwcPixelTile;
   const __m256i mask = tail_mask(nk);
-  __m256 bv[V];
-  for (int v = 0; v < V; ++v)
-    bv[v] = bias ? load8<Masked>(bias + k0 + kVec * v, mask) : _mm256_setzero_ps();
+  const int64_t px = g.sw * g.K;  // input step between neighbouring output pixels
+  __m256 acc[P][V];
+  for (int q = 0; q < P; ++q)
+    for (int v = 0; v < V; ++v) acc[q][v] = _mm256_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x_img + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * g.K + k0;
+    const float* wr = wp + r * g.S * g.K + k0;
+    for (int64_t s = 0; s < g.S; ++s) {
+      const float* xs = xr + s * g.dw * g.K;
+      __m256 wv[V];
+      for (int v = 0; v < V; ++v) wv[v] = load8<Masked>(wr + s * g.K + kVec * v, mask);
+      for (int q = 0; q < P; ++q)
+        for (int v = 0; v < V; ++v)
+          acc[q][v] = _mm256_fmadd_ps(load8<Masked>(xs + q * px + kVec * v, mask), wv[v], acc[q][v]);
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const __m256 bv = bias ? load8<Masked>(bias + k0 + kVec * v, mask) : _mm256_setzero_ps();
+    for (int q = 0; q < P; ++q)
+      store8<Masked>(y_row + (ow + q) * g.K + k0 + kVec * v, _mm256_add_ps(acc[q][v], bv), mask, nk, act);
+  }
+}
+
+// Channels [k0, k1) of pixel ow (Tile: of the P-pixel tile at ow), in blocks of
+// 8V channels, then 8, then a masked tail.
+template <bool Tile>
+FASTCONV_TARGET_AVX2 void nhwc_fwd_channels_avx2(const float* x_img, const float* wp,
+                                                 const float* bias, float* y_row, const NhwcGeom& g,
+                                                 int64_t ih0, int64_t r0, int64_t r1, int64_t ow,
+                                                 int64_t k0, int64_t k1, Activation act) {
+  constexpr int V = kDepthwiseNhwcChanVecs;
+  int64_t k = k0;
+  for (; k + kVec * V <= k1; k += kVec * V) {
+    if constexpr (Tile) nhwc_fwd_tile_avx2<V, false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, kVec, act);
+    else nhwc_fwd_pixel_avx2<V, false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, kVec, act);
+  }
+  for (; k + kVec <= k1; k += kVec) {
+    if constexpr (Tile) nhwc_fwd_tile_avx2<1, false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, kVec, act);
+    else nhwc_fwd_pixel_avx2<1, false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, kVec, act);
+  }
+  if (k < k1) {
+    if constexpr (Tile) nhwc_fwd_tile_avx2<1, true>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, k1 - k, act);
+    else nhwc_fwd_pixel_avx2<1, true>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k, k1 - k, act);
+  }
+}
+
+// One output row, channels [k0, k1). Pixels outer, channels inner: the input
+// rows stream through once, in address order, and the [R][S][k0:k1) weight
+// slice stays in L1.
+FASTCONV_TARGET_AVX2 void nhwc_fwd_avx2(const float* x_img, const float* wp, const float* bias,
+                                        float* y_row, const NhwcGeom& g, int64_t oh, int64_t k0,
+                                        int64_t k1, Activation act) {
+  constexpr int P = kDepthwiseNhwcPixelTile;
   int64_t ih0, r0, r1;
   g.row_range(oh, &ih0, &r0, &r1);
   int64_t ow = 0;
   for (; ow < g.ow_lo; ++ow)
-    nhwc_fwd_pixel_avx2<V, Masked>(x_img, wp, y_row, g, ih0, r0, r1, ow, k0, mask, nk, bv, act);
-  const int64_t px = g.sw * g.K;  // input step between neighbouring output pixels
-  for (; ow + P <= g.ow_hi; ow += P) {
-    __m256 acc[P][V];
-    for (int q = 0; q < P; ++q)
-      for (int v = 0; v < V; ++v) acc[q][v] = _mm256_setzero_ps();
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = x_img + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * g.K + k0;
-      const float* wr = wp + r * g.S * g.K + k0;
-      for (int64_t s = 0; s < g.S; ++s) {
-        const float* xs = xr + s * g.dw * g.K;
-        __m256 wv[V];
-        for (int v = 0; v < V; ++v) wv[v] = load8<Masked>(wr + s * g.K + kVec * v, mask);
-        for (int q = 0; q < P; ++q)
-          for (int v = 0; v < V; ++v)
-            acc[q][v] = _mm256_fmadd_ps(load8<Masked>(xs + q * px + kVec * v, mask), wv[v], acc[q][v]);
-      }
-    }
-    for (int q = 0; q < P; ++q)
-      for (int v = 0; v < V; ++v)
-        store8<Masked>(y_row + (ow + q) * g.K + k0 + kVec * v, _mm256_add_ps(acc[q][v], bv[v]), mask,
-                       nk, act);
-  }
+    nhwc_fwd_channels_avx2<false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k0, k1, act);
+  for (; ow + P <= g.ow_hi; ow += P)
+    nhwc_fwd_channels_avx2<true>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k0, k1, act);
   for (; ow < g.Wo; ++ow)
-    nhwc_fwd_pixel_avx2<V, Masked>(x_img, wp, y_row, g, ih0, r0, r1, ow, k0, mask, nk, bv, act);
-}
-
-FASTCONV_TARGET_AVX2 void nhwc_fwd_avx2(const float* x_img, const float* wp, const float* bias,
-                                        float* y_row, const NhwcGeom& g, int64_t oh, int64_t k0,
-                                        int64_t k1, Activation act) {
-  constexpr int V = kDepthwiseNhwcChanVecs;
-  int64_t k = k0;
-  for (; k + kVec * V <= k1; k += kVec * V)
-    nhwc_fwd_row_avx2<V, false>(x_img, wp, bias, y_row, g, oh, k, kVec * V, act);
-  for (; k + kVec <= k1; k += kVec) nhwc_fwd_row_avx2<1, false>(x_img, wp, bias, y_row, g, oh, k, kVec, act);
-  if (k < k1) nhwc_fwd_row_avx2<1, true>(x_img, wp, bias, y_row, g, oh, k, k1 - k, act);
+    nhwc_fwd_channels_avx2<false>(x_img, wp, bias, y_row, g, ih0, r0, r1, ow, k0, k1, act);
 }
 #endif
 
@@ -796,7 +896,7 @@ void grad_input_nhwc(const T* dy, const T* wp, T* dx, const ConvParams& p) {
 // dst[0..8V) += sum over i < n of dy[i*K + .] * x[i*xstep + .], channels from k0.
 template <int V, bool Masked>
 FASTCONV_TARGET_AVX2 void nhwc_gw_seg_avx2(const float* dy, const float* x, int64_t n, int64_t K,
-                                           int64_t xstep, float* dst, __m256i mask) {
+                                           int64_t xstep, float* dst, __m256i mask, int64_t nk) {
   constexpr int U = kDepthwiseGradWeightUnroll;
   __m256 acc[U][V];
   for (int u = 0; u < U; ++u)
@@ -817,8 +917,7 @@ FASTCONV_TARGET_AVX2 void nhwc_gw_seg_avx2(const float* dy, const float* x, int6
     __m256 s = acc[0][v];
     for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[u][v]);
     s = _mm256_add_ps(load8<Masked>(dst + kVec * v, mask), s);
-    if constexpr (Masked) _mm256_maskstore_ps(dst + kVec * v, mask, s);
-    else _mm256_storeu_ps(dst + kVec * v, s);
+    store8<Masked>(dst + kVec * v, s, mask, nk, Activation::None);
   }
 }
 
@@ -827,9 +926,9 @@ FASTCONV_TARGET_AVX2 void nhwc_gw_avx2(const float* dy, const float* x, int64_t 
   constexpr int V = kDepthwiseNhwcChanVecs;
   const __m256i all = _mm256_set1_epi32(-1);
   int64_t k = k0;
-  for (; k + kVec * V <= k1; k += kVec * V) nhwc_gw_seg_avx2<V, false>(dy + k, x + k, n, K, xstep, dst + k, all);
-  for (; k + kVec <= k1; k += kVec) nhwc_gw_seg_avx2<1, false>(dy + k, x + k, n, K, xstep, dst + k, all);
-  if (k < k1) nhwc_gw_seg_avx2<1, true>(dy + k, x + k, n, K, xstep, dst + k, tail_mask(k1 - k));
+  for (; k + kVec * V <= k1; k += kVec * V) nhwc_gw_seg_avx2<V, false>(dy + k, x + k, n, K, xstep, dst + k, all, kVec);
+  for (; k + kVec <= k1; k += kVec) nhwc_gw_seg_avx2<1, false>(dy + k, x + k, n, K, xstep, dst + k, all, kVec);
+  if (k < k1) nhwc_gw_seg_avx2<1, true>(dy + k, x + k, n, K, xstep, dst + k, tail_mask(k1 - k), k1 - k);
 }
 #endif
 
@@ -917,6 +1016,22 @@ std::vector<T> pack_weight_rsk(const at::Tensor& w) {
   return out;
 }
 
+// With stride 1 and M = 1, grad_input is a forward depthwise correlation of
+// grad_output with the flipped kernel and padding dil*(R-1) - pad per side, so
+// it runs on the (faster, register-tiled) forward kernels. Returns false when
+// that padding would be negative (padding wider than the kernel).
+bool transposed_forward_params(const ConvParams& p, ConvParams* q) {
+  const int64_t eh = p.dil_h * (p.R - 1), ew = p.dil_w * (p.S - 1);
+  if (p.stride_h != 1 || p.stride_w != 1 || p.K != p.C || p.pad_top > eh || p.pad_bottom > eh ||
+      p.pad_left > ew || p.pad_right > ew)
+    return false;
+  *q = p;
+  q->H = p.Ho; q->W = p.Wo; q->Ho = p.H; q->Wo = p.W;
+  q->pad_top = eh - p.pad_top; q->pad_bottom = eh - p.pad_bottom;
+  q->pad_left = ew - p.pad_left; q->pad_right = ew - p.pad_right;
+  return true;
+}
+
 void check_grad_output(const char* op, const at::Tensor& go, const ConvParams& p) {
   TORCH_CHECK(go.dim() == 4 && go.size(0) == p.N && go.size(1) == p.K && go.size(2) == p.Ho &&
                   go.size(3) == p.Wo,
@@ -994,6 +1109,23 @@ at::Tensor depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::
   const auto fmt = grad_output.suggest_memory_format();
   auto gin = new_output(input_size, grad_output.options(), fmt);
   if (gin.numel() == 0) return gin;
+  ConvParams q;
+  if (transposed_forward_params(p, &q)) {
+    const auto wf = weight.flip({2, 3}).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_conv2d_grad_input", [&] {
+      if (fmt == at::MemoryFormat::ChannelsLast) {
+        const auto dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+        const auto wp = pack_weight_rsk<scalar_t>(wf);
+        forward_nhwc<scalar_t>(dy.data_ptr<scalar_t>(), wp.data(), nullptr,
+                               gin.data_ptr<scalar_t>(), q, Activation::None);
+      } else {
+        const auto dy = grad_output.contiguous();
+        forward_nchw<scalar_t>(dy.data_ptr<scalar_t>(), wf.data_ptr<scalar_t>(), nullptr,
+                               gin.data_ptr<scalar_t>(), q, Activation::None);
+      }
+    });
+    return gin;
+  }
   const auto w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "depthwise_conv2d_grad_input", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast) {

@@ -116,6 +116,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["depthwise_nhwc_chan_vecs"] = b::kDepthwiseNhwcChanVecs;
     d["depthwise_nhwc_channel_group"] = b::kDepthwiseNhwcChannelGroup;
     d["depthwise_nchw_width_vecs"] = b::kDepthwiseNchwWidthVecs;
+    d["depthwise_nchw_reg_rows"] = b::kDepthwiseNchwRegRows;
+    d["depthwise_nchw_tile_accs"] = b::kDepthwiseNchwTileAccs;
     d["depthwise_row_tile"] = b::kDepthwiseRowTile;
     d["depthwise_grad_weight_min_chunk_rows"] = b::kDepthwiseGradWeightMinChunkRows;
     d["depthwise_grad_weight_max_chunks"] = b::kDepthwiseGradWeightMaxChunks;
