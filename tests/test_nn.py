@@ -3,7 +3,6 @@ efficient-convolution blocks (vs plain F.conv2d compositions with the same weigh
 import copy
 import dataclasses
 import io
-import itertools
 
 import pytest
 import torch
