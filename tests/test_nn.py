@@ -159,12 +159,12 @@ class PackSpy:
     def __init__(self, pack):
         self.pack, self.calls = pack, 0
 
-    def __call__(self, weight):
+    def __call__(self, weight, groups):
         self.calls += 1
-        return self.pack(weight)
+        return self.pack(weight, groups)
 
 
-def _fake_pack(weight):
+def _fake_pack(weight, groups):
     # A real transformation (flipped, channels-last copy), so using it unpacked would be wrong.
     return weight.flip(-1).permute(0, 2, 3, 1).contiguous()
 
