@@ -40,7 +40,7 @@ class Algorithm:
     # Filled by fastconv.explain: spec -> modelled bytes per memory level.
     cost_model: Optional[Callable] = field(default=None, compare=False)
     # Optional "prepare weight" step for inference (fastconv.nn.Conv2d caches the result):
-    # pack_weight(weight) -> packed, and forward_packed(input, packed, weight_size, bias,
+    # pack_weight(weight, groups) -> packed, and forward_packed(input, packed, weight_size, bias,
     # stride, padding[4], dilation, groups, activation) -> output. No autograd needed.
     pack_weight: Optional[Callable] = field(default=None, compare=False)
     forward_packed: Optional[Callable] = field(default=None, compare=False)

@@ -1,6 +1,5 @@
 """DistributedDataParallel on a converted model: 2 CPU processes (gloo) match one process
 training on the same global batch, gradients and parameters, step by step."""
-import os
 import socket
 
 import pytest

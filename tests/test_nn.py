@@ -3,7 +3,6 @@ efficient-convolution blocks (vs plain F.conv2d compositions with the same weigh
 import copy
 import dataclasses
 import io
-import itertools
 
 import pytest
 import torch
@@ -121,7 +120,7 @@ def test_fused_activation_matches_module(activation):
     assert_close_all(grads(fast, x, g)[1], grads(ref_seq, x, g)[1], F64)
 
 
-@pytest.mark.parametrize("algo", [a.name for a in fastconv.algorithms("cpu")])
+@pytest.mark.parametrize("algo", [a.name for a in fastconv.algorithms() if "cpu" in a.devices])
 def test_explicit_algorithms(algo):
     kw = dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=4)
     fast, ref = pair(kw, torch.float64)
@@ -142,7 +141,9 @@ def test_bad_arguments_raise():
     m = fastconv.nn.Conv2d(3, 4, 3)
     with pytest.raises(ValueError, match="channels"):
         m(torch.randn(1, 5, 6, 6))
-    with pytest.raises(TypeError, match="dtype"):
+    # TypeError from fastconv.conv2d; under TRITON_INTERPRET=1 (bf16 allowed on the CPU for
+    # Triton) the C++ kernel's check says it.
+    with pytest.raises((TypeError, RuntimeError), match="(?i)dtype|bfloat16"):
         m.to(torch.bfloat16)(torch.randn(1, 3, 6, 6, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="algo='depthwise'"):
         fastconv.nn.Conv2d(3, 4, 3, algo="depthwise")(torch.randn(1, 3, 6, 6))
@@ -158,12 +159,12 @@ class PackSpy:
     def __init__(self, pack):
         self.pack, self.calls = pack, 0
 
-    def __call__(self, weight):
+    def __call__(self, weight, groups):
         self.calls += 1
-        return self.pack(weight)
+        return self.pack(weight, groups)
 
 
-def _fake_pack(weight):
+def _fake_pack(weight, groups):
     # A real transformation (flipped, channels-last copy), so using it unpacked would be wrong.
     return weight.flip(-1).permute(0, 2, 3, 1).contiguous()
 

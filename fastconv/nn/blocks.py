@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Optional
 
-import torch
 from torch import nn
 
 from .conv import Conv2d

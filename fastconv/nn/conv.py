@@ -8,7 +8,7 @@ nn.Conv2d checkpoint loads into it and the reverse. Two additions:
   (``fastconv.fuse`` sets it when it folds a following activation module).
 
 Inference with a packed weight: an algorithm may declare a "prepare weight" step
-(``Algorithm.packing``: ``pack_weight(weight)`` and ``forward_packed(...)``). When no
+(``Algorithm.packing``: ``pack_weight(weight, groups)`` and ``forward_packed(...)``). When no
 gradient flows through the call (``torch.no_grad()``/``inference_mode`` or parameters
 with ``requires_grad=False``) the module packs the weight once and reuses it. The
 cache key is the weight's version counter, data pointer, shape, strides, device and
@@ -130,10 +130,10 @@ class Conv2d(nn.Conv2d):
 
     def _packed_weight_for(self, algo_name: str, pack, weight: torch.Tensor):
         key = (algo_name, weight._version, weight.data_ptr(), tuple(weight.shape),
-               tuple(weight.stride()), weight.device, weight.dtype)
+               tuple(weight.stride()), weight.device, weight.dtype, self.groups)
         if self._packed_key != key:
             with torch.no_grad():
-                self._packed_weight = pack(weight.detach())
+                self._packed_weight = pack(weight.detach(), self.groups)
             self._packed_key = key
             # Holding an alias keeps the weight's storage alive, so its address cannot
             # be reused by another tensor while this key is cached.
