@@ -101,20 +101,6 @@ Activation parse_activation(const std::string& name) {
               "'; expected one of none, relu, relu6, silu, gelu");
 }
 
-namespace {
-template <typename T>
-inline T activate(T v, Activation act) {
-  switch (act) {
-    case Activation::None: return v;
-    case Activation::ReLU: return v > T(0) ? v : T(0);
-    case Activation::ReLU6: return std::min(std::max(v, T(0)), T(6));
-    case Activation::SiLU: return v / (T(1) + std::exp(-v));
-    case Activation::GELU: return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
-  }
-  return v;
-}
-}  // namespace
-
 void bias_activation_(at::Tensor& out, const c10::optional<at::Tensor>& bias, Activation act) {
   const bool has_bias = bias.has_value() && bias->defined();
   if (!has_bias && act == Activation::None) return;

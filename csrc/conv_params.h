@@ -6,7 +6,9 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <string>
 
 namespace fastconv {
@@ -52,6 +54,20 @@ bool debug_poison();
 // Fused epilogue activations (the same set as the Triton kernels).
 enum class Activation { None, ReLU, ReLU6, SiLU, GELU };
 Activation parse_activation(const std::string& name);
+
+// The scalar activation, shared by every epilogue. Kernels call it with a
+// compile-time `act` inside their loops so the switch folds away.
+template <typename T>
+inline T activate(T v, Activation act) {
+  switch (act) {
+    case Activation::None: return v;
+    case Activation::ReLU: return v > T(0) ? v : T(0);
+    case Activation::ReLU6: return std::min(std::max(v, T(0)), T(6));
+    case Activation::SiLU: return v / (T(1) + std::exp(-v));
+    case Activation::GELU: return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+  }
+  return v;
+}
 
 // out = act(out + bias) over an NCHW or NHWC output, in one pass.
 void bias_activation_(at::Tensor& out, const c10::optional<at::Tensor>& bias, Activation act);

@@ -20,6 +20,17 @@
         "_conv2d_grad_weight(Tensor grad_output, Tensor input, int[4] weight_size, "        \
         "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor");
 
+namespace fastconv {
+// im2col extras (csrc/im2col.cpp): the untuned loop nest of the same algorithm,
+// and the column-buffer bytes the latest im2col op allocated (tests check it
+// against im2col_workspace_bytes).
+at::Tensor im2col_conv2d_naive(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view activation);
+int64_t im2col_last_workspace_bytes();
+}  // namespace fastconv
+
 #define FASTCONV_IMPL_ALGO(m, name)                                          \
   m.impl(#name "_conv2d", &fastconv::name##_conv2d);                         \
   m.impl(#name "_conv2d_grad_input", &fastconv::name##_conv2d_grad_input);   \
@@ -30,6 +41,8 @@ TORCH_LIBRARY(fastconv, m) {
   FASTCONV_DEFINE_ALGO(m, im2col)
   FASTCONV_DEFINE_ALGO(m, direct)
   FASTCONV_DEFINE_ALGO(m, depthwise)
+  m.def("im2col_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
@@ -37,6 +50,7 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   FASTCONV_IMPL_ALGO(m, im2col)
   FASTCONV_IMPL_ALGO(m, direct)
   FASTCONV_IMPL_ALGO(m, depthwise)
+  m.impl("im2col_naive_conv2d", &fastconv::im2col_conv2d_naive);
 }
 
 namespace {
@@ -64,11 +78,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("im2col_workspace_bytes", &im2col_workspace_bytes_py,
         "Column-buffer bytes im2col allocates for (input_size, weight_size, stride, "
         "padding[4], dilation, groups, element_size).");
+  m.def("im2col_last_workspace_bytes", &fastconv::im2col_last_workspace_bytes,
+        "Column-buffer bytes allocated by the latest im2col op (for tests).");
   m.def("blocking", [] {
     namespace b = fastconv::blocking;
     pybind11::dict d;
     d["im2col_max_workspace_bytes"] = b::kIm2colMaxWorkspaceBytes;
     d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
+    d["im2col_item_channels"] = b::kIm2colItemChannels;
+    d["im2col_item_pixels"] = b::kIm2colItemPixels;
+    d["im2col_item_columns"] = b::kIm2colItemColumns;
+    d["im2col_col2im_channels"] = b::kIm2colCol2imChannels;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
 }
