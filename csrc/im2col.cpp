@@ -32,8 +32,9 @@
 #include "blocking.h"
 #include "ops.h"
 
-// MKL's per-thread thread count, C (by-value) entry point; libtorch_cpu exports it when built
-// with MKL; weak, so the extension still loads against other BLAS builds).
+// MKL's per-thread thread count (the C, by-value entry point). libtorch_cpu
+// exports it when torch is built with MKL; weak, so the extension still loads
+// against other BLAS builds.
 extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace fastconv {
@@ -282,6 +283,9 @@ void im2col_nhwc(const T* x, const Strides4& xs, const ConvParams& p, int64_t p0
                  T* col) {
   const int64_t kall = col_rows(p), hw = p.Ho * p.Wo, Cg = p.Cg;
   const int64_t grain = std::max<int64_t>(1, 16384 / kall);
+  // Dense channels_last, one group, no horizontal dilation: the S taps of a
+  // kernel row read S·C consecutive input values.
+  const bool runs_merge = xs.c == 1 && xs.w == Cg && p.dil_w == 1;
   at::parallel_for(p0, p1, grain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const int64_t n = i / hw, q = i % hw, oh = q / p.Wo, ow = q % p.Wo;
@@ -295,19 +299,24 @@ void im2col_nhwc(const T* x, const Strides4& xs, const ConvParams& p, int64_t p0
             std::fill(dr, dr + p.S * Cg, T(0));
             continue;
           }
-          for (int64_t s = 0; s < p.S; ++s) {
-            T* ds = dr + s * Cg;
-            const int64_t iw = ow * p.stride_w - p.pad_left + s * p.dil_w;
-            if (iw < 0 || iw >= p.W) {
-              std::fill(ds, ds + Cg, T(0));
-              continue;
+          // The taps s whose input column is inside [0, W) form one range [s0, s1).
+          const int64_t iw0 = ow * p.stride_w - p.pad_left;
+          const int64_t s0 = std::min(p.S, iw0 >= 0 ? 0 : ceil_div(-iw0, p.dil_w));
+          const int64_t s1 = std::max(s0, std::min(p.S, p.W - iw0 <= 0 ? 0 : ceil_div(p.W - iw0, p.dil_w)));
+          std::fill(dr, dr + s0 * Cg, T(0));
+          const T* src = xg + ih * xs.h + (iw0 + s0 * p.dil_w) * xs.w;
+          if (runs_merge) {  // the taps' channel runs are adjacent in x: one copy
+            std::memcpy(dr + s0 * Cg, src, (s1 - s0) * Cg * sizeof(T));
+          } else {
+            for (int64_t s = s0; s < s1; ++s, src += p.dil_w * xs.w) {
+              T* ds = dr + s * Cg;
+              if (xs.c == 1)
+                std::memcpy(ds, src, Cg * sizeof(T));
+              else
+                for (int64_t c = 0; c < Cg; ++c) ds[c] = src[c * xs.c];
             }
-            const T* src = xg + ih * xs.h + iw * xs.w;
-            if (xs.c == 1)
-              std::memcpy(ds, src, Cg * sizeof(T));
-            else
-              for (int64_t c = 0; c < Cg; ++c) ds[c] = src[c * xs.c];
           }
+          std::fill(dr + s1 * Cg, dr + p.S * Cg, T(0));
         }
       }
     }
@@ -352,15 +361,27 @@ struct Item {
   int64_t g, m0, mn, seg, c0, cn;
 };
 
-// Items over groups x M blocks x segments (NCHW) x pixel/column blocks.
+// Cuts [0, L) into ceil(L / max_block) nearly equal blocks (balanced items).
+int64_t even_block(int64_t L, int64_t max_block) {
+  return L <= 0 ? 1 : ceil_div(L, ceil_div(L, std::max<int64_t>(1, max_block)));
+}
+
+// Items over groups x M blocks x segments (NCHW) x pixel/column blocks. Blocks
+// of the inner dimension grow until an item holds kIm2colItemMinMacs, so the
+// per-call cost (views, dispatch, MKL's packing) stays small for shallow
+// reductions such as 1x1 convs with few channels.
 std::vector<Item> make_items(int64_t groups, int64_t M, int64_t mblock,
-                             const std::vector<int64_t>& seg_len, int64_t cblock) {
+                             const std::vector<int64_t>& seg_len, int64_t cblock, int64_t depth) {
   std::vector<Item> items;
+  const int64_t mb = even_block(M, mblock);
+  const int64_t min_c = ceil_div(kIm2colItemMinMacs, std::max<int64_t>(1, mb * depth));
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t m0 = 0; m0 < M; m0 += mblock)
-      for (int64_t si = 0; si < (int64_t)seg_len.size(); ++si)
-        for (int64_t c0 = 0; c0 < seg_len[si]; c0 += cblock)
-          items.push_back({g, m0, std::min(mblock, M - m0), si, c0, std::min(cblock, seg_len[si] - c0)});
+    for (int64_t m0 = 0; m0 < M; m0 += mb)
+      for (int64_t si = 0; si < (int64_t)seg_len.size(); ++si) {
+        const int64_t cb = even_block(seg_len[si], std::max(cblock, min_c));
+        for (int64_t c0 = 0; c0 < seg_len[si]; c0 += cb)
+          items.push_back({g, m0, std::min(mb, M - m0), si, c0, std::min(cb, seg_len[si] - c0)});
+      }
   return items;
 }
 
@@ -410,7 +431,8 @@ void forward_nchw(const at::Tensor& x, const at::Tensor& w, const T* bias, Activ
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     const auto segs = segments(p, p0, p1);
     if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, seg_lengths(segs), kIm2colItemPixels);
+    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, seg_lengths(segs),
+                                  kIm2colItemPixels, Kd);
     run_items(items, [&](const Item& it) {
       const Segment& sg = segs[it.seg];
       const int64_t k = it.g * Kg + it.m0;
@@ -443,7 +465,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& wcl, const T* bias, Act
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     if (!direct) im2col_nhwc(xp, xs, p, p0, p1, col);
     // M = pixels here, cut like NCHW's pixel blocks; the inner blocks are channels.
-    const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kg}, kIm2colItemChannels);
+    const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kg}, kIm2colItemChannels, Kd);
     run_items(items, [&](const Item& it) {
       const int64_t px = p0 + it.m0, k = it.g * Kg + it.c0;
       auto A = direct ? mat(xp + px * p.C + it.g * Cg, it.mn, Cg, p.C, 1, opts)
@@ -476,7 +498,8 @@ void grad_input_nchw(const at::Tensor& dy, const at::Tensor& w, const ConvParams
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     const auto segs = segments(p, p0, p1);
-    const auto items = make_items(p.groups, Kd, kIm2colItemColumns, seg_lengths(segs), kIm2colItemPixels);
+    const auto items = make_items(p.groups, Kd, kIm2colItemColumns, seg_lengths(segs),
+                                  kIm2colItemPixels, Kg);
     run_items(items, [&](const Item& it) {
       const Segment& sg = segs[it.seg];
       auto A = mat(wp + it.g * Kg * Kd + it.m0, it.mn, Kg, 1, Kd, opts);  // W_g^T rows
@@ -505,7 +528,7 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& wcl, const ConvPara
   const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p);
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
-    const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kd}, kIm2colItemColumns);
+    const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kd}, kIm2colItemColumns, Kg);
     run_items(items, [&](const Item& it) {
       const int64_t px = p0 + it.m0;
       auto A = mat(dyp + px * K + it.g * Kg, it.mn, Kg, K, 1, opts);
@@ -539,7 +562,7 @@ void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParam
     const auto segs = segments(p, p0, p1);
     if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
     // The pixels are the reduction: an item owns a dW block and sums all segments.
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns);
+    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
     run_items(items, [&](const Item& it) {
       const int64_t k = it.g * Kg + it.m0;
       auto C = mat(dwp + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
@@ -570,7 +593,7 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     if (!direct) im2col_nhwc(xp, xs, p, p0, p1, col);
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns);
+    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
     run_items(items, [&](const Item& it) {
       const int64_t k = it.g * Kg + it.m0;
       auto A = mat(dyp + p0 * K + k, it.mn, P, 1, K, opts);  // dY_g^T
