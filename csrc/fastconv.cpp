@@ -87,6 +87,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
     d["im2col_item_channels"] = b::kIm2colItemChannels;
     d["im2col_item_pixels"] = b::kIm2colItemPixels;
+    d["im2col_item_min_macs"] = b::kIm2colItemMinMacs;
     d["im2col_item_columns"] = b::kIm2colItemColumns;
     d["im2col_col2im_channels"] = b::kIm2colCol2imChannels;
     return d;
