@@ -30,6 +30,17 @@ at::Tensor depthwise_naive_conv2d(const at::Tensor& input, const at::Tensor& wei
         "_conv2d_grad_weight(Tensor grad_output, Tensor input, int[4] weight_size, "        \
         "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor");
 
+namespace fastconv {
+// im2col extras (csrc/im2col.cpp): the untuned loop nest of the same algorithm,
+// and the column-buffer bytes the latest im2col op allocated (tests check it
+// against im2col_workspace_bytes).
+at::Tensor im2col_conv2d_naive(const at::Tensor& input, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               c10::string_view activation);
+int64_t im2col_last_workspace_bytes();
+}  // namespace fastconv
+
 #define FASTCONV_IMPL_ALGO(m, name)                                          \
   m.impl(#name "_conv2d", &fastconv::name##_conv2d);                         \
   m.impl(#name "_conv2d_grad_input", &fastconv::name##_conv2d_grad_input);   \
@@ -63,6 +74,8 @@ TORCH_LIBRARY(fastconv, m) {
   FASTCONV_DEFINE_ALGO(m, depthwise)
   m.def("depthwise_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
+  m.def("im2col_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
@@ -74,6 +87,7 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("direct_naive_conv2d", &fastconv::direct_naive_conv2d);
   FASTCONV_IMPL_ALGO(m, depthwise)
   m.impl("depthwise_naive_conv2d", &fastconv::depthwise_naive_conv2d);
+  m.impl("im2col_naive_conv2d", &fastconv::im2col_conv2d_naive);
 }
 
 namespace {
@@ -101,6 +115,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("im2col_workspace_bytes", &im2col_workspace_bytes_py,
         "Column-buffer bytes im2col allocates for (input_size, weight_size, stride, "
         "padding[4], dilation, groups, element_size).");
+  m.def("im2col_last_workspace_bytes", &fastconv::im2col_last_workspace_bytes,
+        "Column-buffer bytes allocated by the latest im2col op (for tests).");
   m.def("blocking", [] {
     namespace b = fastconv::blocking;
     pybind11::dict d;
@@ -126,6 +142,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["depthwise_grad_weight_unroll"] = b::kDepthwiseGradWeightUnroll;
     d["direct_cin_block_bytes"] = b::kDirectCinBlockBytes;
     d["direct_grad_weight_channel_tile"] = b::kDirectGradWeightChannelTile;
+    d["im2col_item_channels"] = b::kIm2colItemChannels;
+    d["im2col_item_pixels"] = b::kIm2colItemPixels;
+    d["im2col_item_min_macs"] = b::kIm2colItemMinMacs;
+    d["im2col_item_columns"] = b::kIm2colItemColumns;
+    d["im2col_col2im_channels"] = b::kIm2colCol2imChannels;
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
   fastconv::cachesim::bind(m);
