@@ -606,10 +606,6 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   dw.copy_(acc.view({K, p.R, p.S, Cg}).permute({0, 3, 1, 2}));
 }
 
-bool is_channels_last(const at::Tensor& t) {
-  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-
 }  // namespace
 
 int64_t im2col_last_workspace_bytes() { return g_last_workspace_bytes.load(); }
