@@ -9,6 +9,9 @@ from . import registry
 from ._ops import ACTIVATIONS
 from .spec import ConvSpec
 
+Tensor = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+
 IntOrPair = Union[int, Sequence[int]]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -193,35 +196,32 @@ def _pair_key(v):
     return None
 
 
-def _tensor_key(t):
-    # Everything validation reads: shape, strides (layout), dtype, device.
-    return (t.shape, t.stride(), t.dtype, t.device)
-
-
 def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, activation):
-    if torch.compiler.is_compiling():
+    """Everything validation reads, or None when this call must take the full path."""
+    if _is_compiling():
         return None  # traced code specializes on its own; keep the trace free of the cache
-    if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
+    if not (isinstance(input, Tensor) and isinstance(weight, Tensor)) or type(groups) is not int:
         return None
-    if type(groups) is not int:
-        return None
-    st = _pair_key(stride)
-    dil = _pair_key(dilation)
-    pad = padding if type(padding) is str else _pair_key(padding)
+    # Plain ints are the common case; _pair_key reads the rest as _pair would.
+    st = (stride, stride) if type(stride) is int else _pair_key(stride)
+    dil = (dilation, dilation) if type(dilation) is int else _pair_key(dilation)
+    pad = padding if type(padding) is str else (
+        (padding, padding) if type(padding) is int else _pair_key(padding))
     if st is None or dil is None or pad is None:
         return None
     if bias is None:
         b = None
-    elif isinstance(bias, torch.Tensor):
+    elif isinstance(bias, Tensor):
         b = (bias.shape, bias.dtype, bias.device)
     else:
         return None
-    if type(algo) is not str and algo is not _SPEC_ONLY:
+    if (type(algo) is not str and algo is not _SPEC_ONLY) or (
+            activation is not None and type(activation) is not str):
         return None
-    if activation is not None and type(activation) is not str:
-        return None
-    return (_tensor_key(input), _tensor_key(weight), b, st, pad, dil, groups, algo, activation,
-            registry.triton_interpret())
+    # Shape, strides (layout), dtype and device of each tensor.
+    return (input.shape, input.stride(), input.dtype, input.device,
+            weight.shape, weight.stride(), weight.dtype, weight.device,
+            b, st, pad, dil, groups, algo, activation, registry.triton_interpret())
 
 
 def _lookup(key):
