@@ -108,7 +108,10 @@ def register_family(op: str, *, fake: bool = True) -> None:
         g_b = grad.sum((0, 2, 3)) if (ctx.has_bias and need_b) else None
         return g_in, g_w, g_b, None, None, None, None, None
 
-    torch.library.register_autograd(qual, backward, setup_context=setup_context)
+    # The CPU families register this same autograd in C++ (csrc/autograd.cpp): the
+    # Python kernel costs tens of microseconds a call even when no gradient is needed.
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "Autograd"):
+        torch.library.register_autograd(qual, backward, setup_context=setup_context)
 
     @register_flop_formula(fwd)
     def _flops_fwd(input_shape, weight_shape, *args, out_shape=None, **kwargs):

@@ -9,6 +9,9 @@ from . import registry
 from ._ops import ACTIVATIONS
 from .spec import ConvSpec
 
+Tensor = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+
 IntOrPair = Union[int, Sequence[int]]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -61,6 +64,18 @@ def _resolve_padding(padding, spatial, kernel, dilation, stride) -> tuple[int, i
 def conv_spec(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """Validate conv2d arguments exactly as fastconv.conv2d does and return
     (4-D input, was_unbatched, ConvSpec)."""
+    key = _cache_key(input, weight, bias, stride, padding, dilation, groups, _SPEC_ONLY, None)
+    hit = _lookup(key)
+    if hit is not None:
+        unbatched, spec = hit[0], hit[1]
+        return (input.unsqueeze(0) if unbatched else input), unbatched, spec
+    x, unbatched, spec = _validate(input, weight, bias, stride, padding, dilation, groups)
+    _store(key, (unbatched, spec))
+    return x, unbatched, spec
+
+
+def _validate(input, weight, bias, stride, padding, dilation, groups):
+    """conv_spec's checks, uncached: every error fastconv.conv2d raises for bad geometry."""
     _check_tensor(input, "input")
     _check_tensor(weight, "weight")
     _check_tensor(bias, "bias", allow_none=True)
@@ -133,6 +148,14 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     algo: "auto" or a registered algorithm name (see fastconv.algorithms()).
     activation: None, "relu", "relu6", "silu" or "gelu", fused into the kernel's epilogue.
     """
+    key = _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, activation)
+    hit = _lookup(key)
+    if hit is not None:
+        unbatched, _, op, st, pad, dil, act = hit
+        out = op(input.unsqueeze(0) if unbatched else input, weight, bias, st, pad, dil, groups,
+                 act)
+        return out.squeeze(0) if unbatched else out
+
     act = "none" if activation is None else activation
     if act not in ACTIVATIONS:
         raise ValueError(f"fastconv.conv2d: unknown activation {activation!r}; expected one of "
@@ -141,10 +164,97 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise TypeError(f"fastconv.conv2d: algo must be a string, got {algo!r}")
     x, unbatched, spec = conv_spec(input, weight, bias, stride, padding, dilation, groups)
     alg = select(spec, algo)
-
-    out = alg.forward(x, weight, bias, list(spec.stride), list(spec.padding), list(spec.dilation),
-                      groups, act)
+    op = alg.forward
+    st, pad, dil = list(spec.stride), list(spec.padding), list(spec.dilation)
+    # Only a call that got this far (every check passed, an algorithm chosen) is cached.
+    _store(key, (unbatched, spec, op, st, pad, dil, act), alg)
+    out = op(x, weight, bias, st, pad, dil, groups, act)
     return out.squeeze(0) if unbatched else out
+
+
+# --- The validation cache ---------------------------------------------------------------
+# Validation and algorithm choice cost far more than a small conv's kernel, and a
+# model calls the same layer with the same geometry over and over. A call's outcome
+# depends only on the key below, so a key that once validated maps to its result;
+# calls that fail are never stored, and arguments of unusual types (bool, int
+# subclasses, SymInts, ...) skip the cache and take the full path, errors included.
+_CACHE_SIZE = 512
+_CACHE: dict = {}
+_SPEC_ONLY = object()  # conv_spec's entries: no algorithm or activation in the key
+
+
+def _pair_key(v):
+    """v's meaning as conv_spec's _pair would read it, or None when it must be checked."""
+    t = type(v)
+    if t is int:
+        return (v, v)
+    if t is tuple or t is list:
+        if len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+            return (v[0], v[1])
+        if len(v) == 1 and type(v[0]) is int:
+            return (v[0], v[0])
+    return None
+
+
+def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, activation):
+    """Everything validation reads, or None when this call must take the full path."""
+    if _is_compiling():
+        return None  # traced code specializes on its own; keep the trace free of the cache
+    if not (isinstance(input, Tensor) and isinstance(weight, Tensor)) or type(groups) is not int:
+        return None
+    # Plain ints are the common case; _pair_key reads the rest as _pair would.
+    st = (stride, stride) if type(stride) is int else _pair_key(stride)
+    dil = (dilation, dilation) if type(dilation) is int else _pair_key(dilation)
+    pad = padding if type(padding) is str else (
+        (padding, padding) if type(padding) is int else _pair_key(padding))
+    if st is None or dil is None or pad is None:
+        return None
+    if bias is None:
+        b = None
+    elif isinstance(bias, Tensor):
+        b = (bias.shape, bias.dtype, bias.device)
+    else:
+        return None
+    if (type(algo) is not str and algo is not _SPEC_ONLY) or (
+            activation is not None and type(activation) is not str):
+        return None
+    # Shape, strides (layout), dtype and device of each tensor.
+    return (input.shape, input.stride(), input.dtype, input.device,
+            weight.shape, weight.stride(), weight.dtype, weight.device,
+            b, st, pad, dil, groups, algo, activation, registry.triton_interpret())
+
+
+def _lookup(key):
+    if key is None:
+        return None
+    try:
+        entry = _CACHE.get(key)
+    except TypeError:  # unhashable parts (symbolic sizes): no caching
+        return None
+    if entry is None:
+        return None
+    value, alg = entry
+    # The registry can change (tests replace or drop algorithms): the entry holds
+    # only while its algorithm is still the registered one.
+    if alg is not None and registry._REGISTRY.get(alg.name) is not alg:
+        return None
+    return value
+
+
+def _store(key, value, alg=None) -> None:
+    if key is None:
+        return
+    try:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)), None)  # drop the oldest entry
+        _CACHE[key] = (value, alg)
+    except (TypeError, RuntimeError, StopIteration):
+        pass  # unhashable key, or another thread resized the dict: just don't cache
+
+
+def clear_cache() -> None:
+    """Forget every cached validation (fastconv.conv2d and conv_spec)."""
+    _CACHE.clear()
 
 
 def select(spec: ConvSpec, algo: str = "auto") -> registry.Algorithm:

@@ -77,7 +77,7 @@ class ConvSpec:
 
     @property
     def element_size(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
