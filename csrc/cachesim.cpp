@@ -22,7 +22,7 @@ namespace cachesim {
 
 const char* operand_name(int op) {
   static const char* names[] = {"input", "weight", "output", "column", "packed_weight",
-                                "pack_a", "pack_b"};
+                                "pack_a", "pack_b", "scratch"};
   return (op >= 0 && op < kNumOperands) ? names[op] : "?";
 }
 
@@ -56,6 +56,9 @@ constexpr int64_t kDefaultGemmKC = 256;
 constexpr int64_t kDefaultGemmNC = 4080;
 // Vector register width in bytes (AVX2): a "vector access" is this wide.
 constexpr int64_t kVectorBytes = 32;
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 int64_t get(const std::map<std::string, int64_t>& b, const char* key, int64_t dflt) {
   auto it = b.find(key);
@@ -213,7 +216,10 @@ struct Counters {
 // 0 starts cold at unit 0 and is counted as is (it holds the first touches of
 // data every unit shares, e.g. the weights); each later window follows a
 // warm-up that is simulated but not counted, and stands for all the units
-// after window 0: its counts are scaled by (units - window) / (its units).
+// after window 0. Units outside the windows are still generated, but only
+// their accesses are counted (cheap); the windows' cache counts are scaled by
+// (accesses of all units after window 0) / (accesses in the later windows),
+// a ratio estimator that follows the work of each unit (border rows do less).
 // Accesses outside any unit (weight packing) are counted as is.
 class SimSink {
  public:
@@ -264,15 +270,18 @@ class SimSink {
     // warming on [i*period, i*period + warm); window 0 is [0, window), cold.
     const int64_t i = u / period_, off = u - i * period_;
     const int64_t w = i == 0 ? 0 : warm_;
-    if (i >= windows_ || off >= w + window_) { cur_ = nullptr; return false; }
+    count_only_ = false;
+    if (i >= windows_ || off >= w + window_) { cur_ = nullptr; count_only_ = true; return true; }
     if (off < w) { cur_ = nullptr; return true; }  // warm-up: simulate, don't count
     if (i == 0) { cur_ = &first_; ++counted_first_; }
     else { cur_ = &sampled_; ++counted_rest_; }
     return true;
   }
-  void end_units() { cur_ = &fixed_; }
+  void end_units() { cur_ = &fixed_; count_only_ = false; }
 
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (cur_ != &fixed_ && cur_ != &first_) { rest_accesses_++; rest_l1_bytes_ += nbytes; rest_op_acc_[size_t(op)]++; }
+    if (count_only_) return;
     const uint64_t a = address(op, elem_offset * elem_size);
     const uint64_t first = a >> line_shift_, last = (a + uint64_t(nbytes) - 1) >> line_shift_;
     Counters* c = cur_;
@@ -304,8 +313,7 @@ class SimSink {
   Result result() const {
     Result r;
     // fixed_ and first_ as counted; sampled_ stands for every unit after window 0.
-    const int64_t rest_units = units_total_ - counted_first_;
-    const double scale = full_ || counted_rest_ == 0 ? 1.0 : double(rest_units) / double(counted_rest_);
+    const double scale = full_ || sampled_.accesses == 0 ? 1.0 : double(rest_accesses_) / double(sampled_.accesses);
     auto sc = [&](int64_t f, int64_t s) { return f + int64_t(double(s) * scale + 0.5); };
     Counters fixed(caches_.size());
     add(fixed, fixed_);
@@ -318,10 +326,11 @@ class SimSink {
       r.levels[i].misses = sc(f.misses, s.misses);
       r.levels[i].writebacks = sc(f.writebacks, s.writebacks);
     }
-    r.l1_bytes = sc(fixed.l1_bytes, sampled_.l1_bytes);
-    r.accesses = sc(fixed.accesses, sampled_.accesses);
+    // Access counts are exact: every unit was generated.
+    r.l1_bytes = fixed.l1_bytes + (full_ ? sampled_.l1_bytes : rest_l1_bytes_);
+    r.accesses = fixed.accesses + (full_ ? sampled_.accesses : rest_accesses_);
     for (int op = 0; op < kNumOperands; ++op) {
-      r.operand_accesses.push_back(sc(fixed.op_acc[size_t(op)], sampled_.op_acc[size_t(op)]));
+      r.operand_accesses.push_back(fixed.op_acc[size_t(op)] + (full_ ? sampled_.op_acc[size_t(op)] : rest_op_acc_[size_t(op)]));
       r.operand_l1_misses.push_back(sc(fixed.op_l1_miss[size_t(op)], sampled_.op_l1_miss[size_t(op)]));
       r.operand_last_misses.push_back(sc(fixed.op_last_miss[size_t(op)], sampled_.op_last_miss[size_t(op)]));
     }
@@ -364,6 +373,9 @@ class SimSink {
   Counters* cur_;
   int64_t line_bytes_, line_shift_;
   int64_t units_total_, counted_first_ = 0, counted_rest_ = 0;
+  int64_t rest_accesses_ = 0, rest_l1_bytes_ = 0;
+  std::vector<int64_t> rest_op_acc_ = std::vector<int64_t>(kNumOperands);
+  bool count_only_ = false;
   bool plan_ready_ = false, full_ = false;
   int64_t windows_ = 1, window_ = 1, warm_ = 0, period_ = 1;
 };
@@ -663,27 +675,32 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   return p;
 }
 
-// direct.cpp: weights packed once to [g][Kg/8][Cg][R][S][8]; tasks (n, group,
-// oc tile of `vectors` x 8 channels, block of output rows); per row and tile of
-// `tile` pixels: for c, r, s: load the weight vectors, broadcast one input per
-// pixel, FMA; then store the tile. Units: the tasks.
+// direct.cpp (forward): weights packed once to [g][Kg/8][Cg][R][S][8] (zero
+// padded); tasks (n, group, oc tile of `vectors` x 8 channels, block of
+// `row_block` output rows). Per output row: border pixels (some tap column
+// outside the image) one at a time with their valid taps, interior pixels in
+// tiles of `tile`; per tile: for c, valid r, s: load the weight vectors, then
+// broadcast one input per pixel and FMA. The finished tile goes to a small
+// stack buffer ([vectors][pixels][8], operand "scratch") and is then written
+// to the output element by element (with bias and activation). Units: tasks.
 template <class Sink>
 void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
   const Layout L(g);
   const auto plan = direct_plan(g, b);
   const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), V8 = plan.vec;
   const int64_t panel = Cg * g.R * g.S * V8;  // one packed 8-channel block
-  // Pack (outside the tasks): read the user's weight, write the packed copy.
   for (int64_t grp = 0; grp < g.groups; ++grp)
     for (int64_t kb = 0; kb < plan.oc_blocks; ++kb)
       for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
-          for (int64_t s = 0; s < g.S; ++s) {
-            for (int64_t i = 0; i < V8; ++i)
+          for (int64_t s = 0; s < g.S; ++s)
+            for (int64_t i = 0; i < V8; ++i) {
               if (kb * V8 + i < Kg) sink.access(kWeight, L.wt(grp * Kg + kb * V8 + i, c, r, s), e, e, false);
-            sink.access(kPackedWeight, (grp * plan.oc_blocks + kb) * panel + ((c * g.R + r) * g.S + s) * V8, e,
-                        V8 * e, true);
-          }
+              sink.access(kPackedWeight, (grp * plan.oc_blocks + kb) * panel + ((c * g.R + r) * g.S + s) * V8 + i,
+                          e, e, true);
+            }
+  const int64_t ow_lo = std::min(L.Wo, std::max<int64_t>(0, ceil_div(g.pl, g.sw)));
+  const int64_t ow_hi = std::min(L.Wo, std::max(ow_lo, floor_div(g.W - 1 - (g.S - 1) * g.dw + g.pl, g.sw) + 1));
   int64_t unit = 0;
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t grp = 0; grp < g.groups; ++grp)
@@ -691,33 +708,51 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
         for (int64_t rb = 0; rb < plan.row_blocks; ++rb, ++unit) {
           if (!sink.unit(unit)) continue;
           const int64_t kb0 = ot * plan.vectors, nv = std::min(plan.vectors, plan.oc_blocks - kb0);
-          for (int64_t oh = rb * plan.row_block; oh < std::min(L.Ho, (rb + 1) * plan.row_block); ++oh)
-            for (int64_t ow0 = 0; ow0 < L.Wo; ow0 += plan.tile) {
-              const int64_t np = std::min(plan.tile, L.Wo - ow0);
+          const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
+          for (int64_t oh = rb * plan.row_block; oh < std::min(L.Ho, (rb + 1) * plan.row_block); ++oh) {
+            const int64_t ih0 = oh * g.sh - g.pt;
+            const int64_t r_lo = std::min(g.R, std::max<int64_t>(0, ceil_div(-ih0, g.dh)));
+            const int64_t r_hi = std::min(g.R, std::max(r_lo, floor_div(g.H - 1 - ih0, g.dh) + 1));
+            auto tile = [&](int64_t ow0, int64_t np, int64_t s_lo, int64_t s_hi) {
               for (int64_t c = 0; c < Cg; ++c)
-                for (int64_t r = 0; r < g.R; ++r) {
-                  const int64_t ih = oh * g.sh - g.pt + r * g.dh;
-                  if (ih < 0 || ih >= g.H) continue;
-                  for (int64_t s = 0; s < g.S; ++s) {
+                for (int64_t r = r_lo; r < r_hi; ++r) {
+                  const int64_t ih = ih0 + r * g.dh;
+                  for (int64_t s = s_lo; s < s_hi; ++s) {
                     for (int64_t v = 0; v < nv; ++v)
                       sink.access(kPackedWeight,
                                   (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
                                   V8 * e, false);
-                    for (int64_t j = 0; j < np; ++j) {
-                      const int64_t iw = (ow0 + j) * g.sw - g.pl + s * g.dw;
-                      if (iw >= 0 && iw < g.W) sink.access(kInput, L.in(n, grp * Cg + c, ih, iw), e, e, false);
-                    }
+                    for (int64_t j = 0; j < np; ++j)
+                      sink.access(kInput, L.in(n, grp * Cg + c, ih, (ow0 + j) * g.sw - g.pl + s * g.dw), e, e, false);
                   }
                 }
-              // Store the tile: NHWC a vector per (pixel, 8 channels); NCHW a
-              // run of pixels per channel.
-              const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
+              for (int64_t v = 0; v < nv; ++v)
+                for (int64_t j = 0; j < np; ++j) sink.access(kScratch, (v * np + j) * V8, e, V8 * e, true);
+              // store_tile: NHWC pixel by pixel, NCHW channel by channel.
               if (g.nhwc) {
-                for (int64_t j = 0; j < np; ++j) emit_run(sink, kOutput, L.out(n, k0, oh, ow0 + j), nk, e, true);
+                for (int64_t j = 0; j < np; ++j)
+                  for (int64_t k = 0; k < nk; ++k) {
+                    sink.access(kScratch, ((k / V8) * np + j) * V8 + k % V8, e, e, false);
+                    sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
+                  }
               } else {
-                for (int64_t k = 0; k < nk; ++k) emit_run(sink, kOutput, L.out(n, k0 + k, oh, ow0), np, e, true);
+                for (int64_t k = 0; k < nk; ++k)
+                  for (int64_t j = 0; j < np; ++j) {
+                    sink.access(kScratch, ((k / V8) * np + j) * V8 + k % V8, e, e, false);
+                    sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
+                  }
               }
-            }
+            };
+            auto border = [&](int64_t ow) {
+              const int64_t iw0 = ow * g.sw - g.pl;
+              const int64_t s_lo = std::min(g.S, std::max<int64_t>(0, ceil_div(-iw0, g.dw)));
+              const int64_t s_hi = std::min(g.S, std::max(s_lo, floor_div(g.W - 1 - iw0, g.dw) + 1));
+              tile(ow, 1, s_lo, s_hi);
+            };
+            for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+            for (int64_t ow = ow_lo; ow < ow_hi; ow += plan.tile) tile(ow, std::min(plan.tile, ow_hi - ow), 0, g.S);
+            for (int64_t ow = ow_hi; ow < L.Wo; ++ow) border(ow);
+          }
         }
   sink.end_units();
 }
@@ -743,9 +778,6 @@ DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
           get(b, "depthwise_nchw_width_vecs", kDefaultDepthwiseNchwWidthVecs),
           get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile)};
 }
-
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 template <class Sink>
 void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
@@ -867,7 +899,7 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
               int64_t j = 0;
               for (; j + block <= L.Wo; j += block) {
                 for (int64_t t = 0; t < nt; ++t) {
-                  sink.access(kPackA, t, e, e, false);  // the tap weight, broadcast from the small array
+                  sink.access(kScratch, t, e, e, false);  // the tap weight, broadcast from a small array
                   for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kColumn, taps[size_t(t)] + j + v * V8, e, V8 * e, false);
                 }
                 for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kOutput, L.out(n, k, oh, j + v * V8), e, V8 * e, true);
@@ -875,7 +907,7 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
               for (; j < L.Wo; j += V8) {
                 for (int64_t t = 0; t < nt; ++t) {
                   sink.access(kColumn, taps[size_t(t)] + j, e, V8 * e, false);
-                  sink.access(kPackA, t, e, e, false);
+                  sink.access(kScratch, t, e, e, false);
                 }
                 sink.access(kOutput, L.out(n, k, oh, j), e, std::min(V8, L.Wo - j) * e, true);
               }

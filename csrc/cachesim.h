@@ -31,7 +31,7 @@ struct LevelStats {
 
 // Operands of a conv's address stream; each lives at its own base address.
 enum Operand : int {
-  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kNumOperands
+  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kScratch, kNumOperands
 };
 const char* operand_name(int op);
 

@@ -355,10 +355,17 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     g = Geo(s)
     e, m = g.e, Model("direct")
     vec, blocks, vectors, P, OT = direct_plan(s, b)
-    tiles_row = math.ceil(s.Wo / P)
+    sw, pl, dw = s.stride[1], s.padding[2], s.dilation[1]
+    ow_lo = min(s.Wo, max(0, _ceil_div(pl, sw)))
+    ow_hi = min(s.Wo, max(ow_lo, (s.W - 1 - (s.S - 1) * dw + pl) // sw + 1))
+    interior_tiles = _ceil_div(ow_hi - ow_lo, P)
+    border = [ow for ow in range(s.Wo) if not (ow_lo <= ow < ow_hi)]
+    # Weight loads per output row and oc vector, in units of one (c, r, s) vector:
+    # interior tiles use every tap column, border pixels only their valid ones.
+    tap_cols = interior_tiles * s.S + sum(g.vw[ow] for ow in border)
+    tiles_row = interior_tiles + len(border)
     panel = s.Cg * s.R * s.S * vec * e
     packed = s.groups * blocks * panel
-    # Channels per oc tile (the last tile may hold fewer vectors).
     nvs = [min(vectors, blocks - ot * vectors) for ot in range(OT)]
     wt_tiles = [nv * panel for nv in nvs]
     wt_avg = sum(wt_tiles) / OT
@@ -366,11 +373,11 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     if s.layout == "nchw":
         tile_in = s.Cg * s.R * run_bytes(win_w * e, e)
         row_in = s.Cg * s.R * run_bytes(s.W * e, e)
-        pass_bytes = lambda: s.Cg * run_bytes(win_w * e, e)  # noqa: E731  per valid filter row
+        pass_bytes = s.Cg * run_bytes(win_w * e, e)  # per valid filter row
     else:
         tile_in = s.R * run_bytes(win_w * s.Cg * e, e)
         row_in = s.R * s.W * s.Cg * e
-        pass_bytes = lambda: run_bytes(win_w * s.Cg * e, e)  # noqa: E731
+        pass_bytes = run_bytes(win_w * s.Cg * e, e)
     out_tile = vectors * vec * P * e
     f_tile = wt_avg + tile_in + out_tile
     # NCHW tile windows are Cg*R short runs, one per (channel, row): scattered.
@@ -378,29 +385,38 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     f_row = wt_avg + row_in + vectors * vec * s.Wo * e
     f_task = wt_avg + s.Cg * s.H * s.W * e + vectors * vec * s.Ho * s.Wo * e
     f_img = packed + g.image + s.K * s.Ho * s.Wo * e
-    # Loads and stores.
-    weight_loads = s.N * s.groups * sum(nvs) * vec * e * s.Cg * s.S * g.VH * tiles_row
-    m.l1_bytes = {"weight": g.weight, "packed_weight": packed + weight_loads,
-                  "input": s.N * s.groups * OT * s.Cg * g.VH * g.VW * e, "output": g.output}
-    # Packing, then the weights of one oc tile are re-read for every pixel tile.
+    ch_total = s.N * s.groups * sum(nvs) * vec  # padded output channels over all tasks
+    m.l1_bytes = {
+        "weight": g.weight,
+        "packed_weight": packed + ch_total * e * s.Cg * g.VH * tap_cols,
+        "input": s.N * s.groups * OT * s.Cg * g.VH * g.VW * e,
+        "scratch": (ch_total + s.N * s.K) * s.Ho * s.Wo * e,
+        "output": g.output,
+    }
     m.add("weight", "weights read once to pack them", g.weight, INF)
     m.add("packed_weight", "packed weights written (first touch)", packed, INF)
     m.add("packed_weight", "packed weights first read after packing", packed, packed + g.weight)
     uses = s.N * s.groups * sum(wt * s.Ho * tiles_row for wt in wt_tiles)
     m.add("packed_weight", "weight re-read per pixel tile", uses - s.N * packed, f_tile, sc_tile)
     m.add("packed_weight", "weights re-read per image", (s.N - 1) * packed, f_img)
-    # Input: compulsory, then re-read per oc tile, per output row, per pixel tile.
     m.add("input", "input (first touch)", g.input, INF)
     per_ot = s.N * s.groups * s.Cg * s.H * s.W * e
     m.add("input", "input re-read per output-channel tile", (OT - 1) * per_ot, f_task)
     rows_read = s.N * s.groups * OT * g.VH * (row_in / s.R)
     m.add("input", "input rows re-read per output row", rows_read - OT * per_ot, f_row,
           row_in if s.layout == "nchw" else 0.0)
-    tiles_read = s.N * s.groups * OT * g.VH * tiles_row * pass_bytes()
+    tiles_read = s.N * s.groups * OT * g.VH * tiles_row * pass_bytes
     m.add("input", "input window re-read per pixel tile", tiles_read - rows_read, f_tile, sc_tile)
     m.add("output", "output (first touch)", g.output, INF)
+    if s.layout == "nchw":
+        # Each tile stores a short run per channel; the next tile of the row
+        # continues the same lines one tile's footprint later.
+        touched = s.N * s.K * s.Ho * (interior_tiles * run_bytes(P * e, e) + len(border) * LINE)
+        m.add("output", "output lines re-touched by the next pixel tile", max(0.0, touched - g.output), f_tile,
+              sc_tile + out_tile)
+    m.add("scratch", "tile buffer (first touch)", vectors * vec * P * e, INF)
     m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s); "
-                   f"weights per tile {wt_avg / 1024:.1f} KiB")
+                   f"weights per tile {wt_avg / 1024:.1f} KiB; {len(border)} border pixel(s) per row")
     return m
 
 
