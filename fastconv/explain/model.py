@@ -414,7 +414,8 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
         touched = s.N * s.K * s.Ho * (interior_tiles * run_bytes(P * e, e) + len(border) * LINE)
         m.add("output", "output lines re-touched by the next pixel tile", max(0.0, touched - g.output), f_tile,
               sc_tile + out_tile)
-    m.add("scratch", "tile buffer (first touch)", vectors * vec * P * e, INF)
+    widest = min(P, ow_hi - ow_lo) if ow_hi > ow_lo else 1
+    m.add("scratch", "tile buffer (first touch)", vectors * vec * widest * e, INF)
     m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s); "
                    f"weights per tile {wt_avg / 1024:.1f} KiB; {len(border)} border pixel(s) per row")
     return m
@@ -485,9 +486,10 @@ def model_depthwise(s: ConvSpec, b: dict) -> Model:
             "input": s.N * s.C * rows_copied * s.W * e,  # approximately: the in-image part of each row
             "column": s.N * s.C * rows_copied * row_elems * e + taps * ((nblk * wv + ntail) * V * e),
             "weight": taps * e,
-            "pack_a": taps * (nblk + ntail) * e,
+            "scratch": taps * (nblk + ntail) * e,  # tap weights, broadcast from a small array
             "output": g.output,
         }
+        m.add("scratch", "tap weights array (first touch)", LINE, INF)
         out_block = mult * row_tile * s.Wo * e
         f_task = buf + out_block + min(s.H, row_tile * s.stride[0] + s.R) * s.W * e
         m.add("weight", "weights (first touch)", g.weight, INF)

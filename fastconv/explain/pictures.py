@@ -43,11 +43,21 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
 
     rows = record(algo, spec, unit=0, max_records=max_records)
     if algo == "direct":
-        # One output tile: stop at the tile's first store.
-        for i, r in enumerate(rows):
-            if r[0] == 2 and r[3]:
-                rows = rows[:i]
-                break
+        # One register tile: the accesses between two runs of output stores;
+        # the largest of the first three (border pixels come alone, first).
+        tiles, cur, storing = [], [], False
+        for r in rows:
+            if r[0] not in (0, 2, 4):  # weight packing and the tile buffer: neither
+                continue
+            is_store = r[0] == 2 and r[3]
+            if storing and not is_store:
+                tiles.append(cur)
+                cur = []
+            storing = is_store
+            if not is_store:
+                cur.append(r)
+        tiles.append(cur)
+        rows = max(tiles[:3], key=lambda t: len({(op, off) for op, off, _, _ in t if op == 0}))
     n_in = spec.N * spec.C * spec.H * spec.W
     order = np.full(n_in, np.nan)
     count = np.zeros(n_in)
