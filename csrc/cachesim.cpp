@@ -40,6 +40,7 @@ constexpr int64_t kDefaultDirectOcVectors = 2;
 constexpr int64_t kDefaultDirectPixelTile = 6;
 constexpr int64_t kDefaultDirectPixelTileSingle = 12;
 constexpr int64_t kDefaultDirectRowBlock = 4;
+constexpr int64_t kDefaultDirectCinBlockBytes = 16 << 10;
 constexpr int64_t kDefaultDepthwiseVector = 8;
 constexpr int64_t kDefaultDepthwiseNhwcPixelTile = 4;
 constexpr int64_t kDefaultDepthwiseNhwcChanVecs = 2;
@@ -54,6 +55,8 @@ constexpr int64_t kDefaultGemmNR = 16;
 constexpr int64_t kDefaultGemmMC = 168;
 constexpr int64_t kDefaultGemmKC = 256;
 constexpr int64_t kDefaultGemmNC = 4080;
+// 0: MKL's no-copy kernels (what runs here); 1: Goto with packed A and B.
+constexpr int64_t kDefaultGemmPack = 0;
 // Vector register width in bytes (AVX2): a "vector access" is this wide.
 constexpr int64_t kVectorBytes = 32;
 
@@ -387,8 +390,8 @@ class RecordSink {
   RecordSink(int64_t u0, int64_t u1, int64_t max) : u0_(u0), u1_(u1), max_(max), on_(u0 == 0) {}
   bool unit(int64_t u) { on_ = u >= u0_ && u < u1_; return on_ && int64_t(rows.size()) < max_; }
   void end_units() { on_ = false; }
-  inline void access(int op, int64_t elem_offset, int64_t, int64_t nbytes, bool write) {
-    if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset, nbytes, write ? 1 : 0});
+  inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset * elem_size, nbytes, write ? 1 : 0});
   }
   std::vector<std::vector<int64_t>> rows;
 
@@ -503,6 +506,34 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
   }
 }
 
+// The "no-copy" GEMM: MKL's sgemm, which ATen calls, runs its
+// mkl_blas_avx2_sgemm_kernel_nocopy_* kernels at the sizes im2col's items
+// have (seen in callgrind): no packing. Modelled as: per KC block of k, per
+// NR columns, per MR rows: C tile (read after the first KC block), then per k
+// MR scalar loads of A and NR elements of B (vectors when contiguous), then
+// the C tile stored.
+template <class Sink, class FA, class FB, class FC>
+void gemm_nocopy(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, int64_t e, int opA,
+                 FA a_off, int opB, FB b_off, FC c_off, bool b_contig_n) {
+  for (int64_t pc = 0; pc < K; pc += gb.KC) {
+    const int64_t kc = std::min(gb.KC, K - pc);
+    for (int64_t jr = 0; jr < N; jr += gb.NR) {
+      const int64_t nr = std::min(gb.NR, N - jr);
+      for (int64_t ir = 0; ir < M; ir += gb.MR) {
+        const int64_t mr = std::min(gb.MR, M - ir);
+        if (pc > 0)
+          for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, false);
+        for (int64_t k = pc; k < pc + kc; ++k) {
+          for (int64_t i = 0; i < mr; ++i) sink.access(opA, a_off(ir + i, k), e, e, false);
+          if (b_contig_n) emit_run(sink, opB, b_off(k, jr), nr, e, false);
+          else for (int64_t j = 0; j < nr; ++j) sink.access(opB, b_off(k, jr + j), e, e, false);
+        }
+        for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, true);
+      }
+    }
+  }
+}
+
 struct Im2colPlan { int64_t tile, kdim, kall, tiles, total; bool direct_gemm; };
 
 // im2col.cpp's make_tiling: the column buffer holds every group's rows
@@ -544,6 +575,13 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   const GemmBlocking gb{get(b, "gemm_mr", kDefaultGemmMR), get(b, "gemm_nr", kDefaultGemmNR),
                         get(b, "gemm_mc", kDefaultGemmMC), get(b, "gemm_kc", kDefaultGemmKC),
                         get(b, "gemm_nc", kDefaultGemmNC)};
+  const bool pack = get(b, "gemm_pack", kDefaultGemmPack) != 0;
+  // One GEMM call: Goto with packing, or MKL's no-copy kernels.
+  auto call = [&](int64_t M, int64_t N, int64_t K, int opA, auto a_off, int opB, auto b_off, auto c_off,
+                  bool b_contig_n) {
+    if (pack) gemm(sink, gb, M, N, K, e, opA, a_off, opB, b_off, c_off, false, b_contig_n);
+    else gemm_nocopy(sink, gb, M, N, K, e, opA, a_off, opB, b_off, c_off, b_contig_n);
+  };
   for (int64_t t = 0; t < plan.tiles; ++t) {
     if (!sink.unit(t)) continue;
     const int64_t p0 = t * plan.tile, p1 = std::min(plan.total, p0 + plan.tile), P = p1 - p0;
@@ -610,10 +648,10 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
               auto c_off = [&](int64_t i, int64_t j) { return L.out(sg.n, k + i, 0, 0) + sg.q + c0 + j; };
               if (plan.direct_gemm) {
                 auto b_off = [&](int64_t kk, int64_t j) { return L.in(sg.n, grp * Cg + kk, 0, 0) + sg.q + c0 + j; };
-                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kInput, b_off, c_off, false, true);
+                call(mn, cn, Kd, kWeight, a_off, kInput, b_off, c_off, true);
               } else {
                 auto b_off = [&](int64_t kk, int64_t j) { return (grp * Kd + kk) * P + sg.off + c0 + j; };
-                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kColumn, b_off, c_off, false, true);
+                call(mn, cn, Kd, kWeight, a_off, kColumn, b_off, c_off, true);
               }
             }
         }
@@ -644,10 +682,10 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
             auto c_off = [&](int64_t i, int64_t j) { return (px + i) * g.K + k + j; };
             if (plan.direct_gemm) {
               auto a_off = [&](int64_t i, int64_t kk) { return (px + i) * g.C + grp * Cg + kk; };
-              gemm(sink, gb, mn, cn, Kd, e, kInput, a_off, kWeight, b_off, c_off, false, false);
+              call(mn, cn, Kd, kInput, a_off, kWeight, b_off, c_off, false);
             } else {
               auto a_off = [&](int64_t i, int64_t kk) { return (m0 + i) * kall + grp * Kd + kk; };
-              gemm(sink, gb, mn, cn, Kd, e, kColumn, a_off, kWeight, b_off, c_off, false, false);
+              call(mn, cn, Kd, kColumn, a_off, kWeight, b_off, c_off, false);
             }
           }
         }
@@ -656,7 +694,7 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   sink.end_units();
 }
 
-struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks; };
+struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks, cin_block; };
 
 DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
   DirectPlan p;
@@ -672,17 +710,29 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   p.oc_tiles = (p.oc_blocks + p.vectors - 1) / p.vectors;
   p.row_block = get(b, "direct_row_block", kDefaultDirectRowBlock);
   p.row_blocks = (g.Ho() + p.row_block - 1) / p.row_block;
+  // Input-channel blocks whose packed weights (x R x S x vectors x 8) fit the budget.
+  const int64_t budget = get(b, "direct_cin_block_bytes", kDefaultDirectCinBlockBytes);
+  p.cin_block = std::max<int64_t>(1, budget / (g.R * g.S * p.vectors * p.vec * g.elem));
   return p;
 }
 
+// Scratch layout (operand "scratch"): the tile buffer, then the tap tables.
+constexpr int64_t kScratchTables = 4096;
+
 // direct.cpp (forward): weights packed once to [g][Kg/8][Cg][R][S][8] (zero
 // padded); tasks (n, group, oc tile of `vectors` x 8 channels, block of
-// `row_block` output rows). Per output row: border pixels (some tap column
-// outside the image) one at a time with their valid taps, interior pixels in
-// tiles of `tile`; per tile: for c, valid r, s: load the weight vectors, then
-// broadcast one input per pixel and FMA. The finished tile goes to a small
-// stack buffer ([vectors][pixels][8], operand "scratch") and is then written
-// to the output element by element (with bias and activation). Units: tasks.
+// `row_block` output rows). The reduction over input channels runs in blocks
+// of `cin_block` channels (their packed weights fit `direct_cin_block_bytes`);
+// between blocks each tile's partial sums wait in a per-task row buffer
+// (operand "column"). Per block and output row: a tap table (input and weight
+// offsets of each valid (r, s)) is written; border pixels (a tap column
+// outside the image) run alone with their own table, interior pixels in
+// balanced tiles of at most `tile`. A tile: load partial sums (later blocks),
+// then for c, tap: read the two offsets, load the weight vectors, broadcast
+// one input per pixel, FMA. In the last block fp32 tiles of full vectors
+// store straight to the output (NHWC: a vector per pixel; NCHW: transposed in
+// registers, a run of pixels per channel); others go through the tile buffer
+// and a scalar store loop. Units: tasks.
 template <class Sink>
 void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
   const Layout L(g);
@@ -701,6 +751,9 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
             }
   const int64_t ow_lo = std::min(L.Wo, std::max<int64_t>(0, ceil_div(g.pl, g.sw)));
   const int64_t ow_hi = std::min(L.Wo, std::max(ow_lo, floor_div(g.W - 1 - (g.S - 1) * g.dw + g.pl, g.sw) + 1));
+  const bool blocked = plan.cin_block < Cg;
+  const int64_t tables = kScratchTables / 8;  // in int64 units: in_x, in_w, bd_x, bd_w
+  const int64_t RS = g.R * g.S;
   int64_t unit = 0;
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t grp = 0; grp < g.groups; ++grp)
@@ -709,49 +762,95 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
           if (!sink.unit(unit)) continue;
           const int64_t kb0 = ot * plan.vectors, nv = std::min(plan.vectors, plan.oc_blocks - kb0);
           const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
-          for (int64_t oh = rb * plan.row_block; oh < std::min(L.Ho, (rb + 1) * plan.row_block); ++oh) {
-            const int64_t ih0 = oh * g.sh - g.pt;
-            const int64_t r_lo = std::min(g.R, std::max<int64_t>(0, ceil_div(-ih0, g.dh)));
-            const int64_t r_hi = std::min(g.R, std::max(r_lo, floor_div(g.H - 1 - ih0, g.dh) + 1));
-            auto tile = [&](int64_t ow0, int64_t np, int64_t s_lo, int64_t s_hi) {
-              for (int64_t c = 0; c < Cg; ++c)
-                for (int64_t r = r_lo; r < r_hi; ++r) {
-                  const int64_t ih = ih0 + r * g.dh;
-                  for (int64_t s = s_lo; s < s_hi; ++s) {
-                    for (int64_t v = 0; v < nv; ++v)
-                      sink.access(kPackedWeight,
-                                  (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
-                                  V8 * e, false);
-                    for (int64_t j = 0; j < np; ++j)
-                      sink.access(kInput, L.in(n, grp * Cg + c, ih, (ow0 + j) * g.sw - g.pl + s * g.dw), e, e, false);
+          const bool fuse = e == 4 && nk == nv * V8;
+          const int64_t oh_begin = rb * plan.row_block, oh_end = std::min(L.Ho, oh_begin + plan.row_block);
+          for (int64_t c0 = 0; c0 < Cg; c0 += plan.cin_block) {
+            const int64_t nc = std::min(plan.cin_block, Cg - c0);
+            const bool last = c0 + plan.cin_block >= Cg, load_acc = c0 > 0;
+            for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+              const int64_t ih0 = oh * g.sh - g.pt;
+              const int64_t r_lo = std::min(g.R, std::max<int64_t>(0, ceil_div(-ih0, g.dh)));
+              const int64_t r_hi = std::min(g.R, std::max(r_lo, floor_div(g.H - 1 - ih0, g.dh) + 1));
+              const int64_t nt = (r_hi - r_lo) * g.S;
+              // The interior tap table: written once per row.
+              emit_run(sink, kScratch, tables, nt, 8, true);
+              emit_run(sink, kScratch, tables + RS, nt, 8, true);
+              auto region = [&](int64_t ow, int& op) -> int64_t {
+                if (blocked) { op = kColumn; return ((oh - oh_begin) * L.Wo + ow) * nv * V8; }
+                op = kScratch;
+                return 0;
+              };
+              auto tile = [&](int64_t ow0, int64_t np, int64_t s_lo, int64_t s_hi, int64_t table) {
+                int rop;
+                const int64_t roff = region(ow0, rop);
+                if (load_acc)
+                  for (int64_t v = 0; v < nv; ++v)
+                    for (int64_t j = 0; j < np; ++j) sink.access(rop, roff + (v * np + j) * V8, e, V8 * e, false);
+                for (int64_t c = c0; c < c0 + nc; ++c) {
+                  int64_t t = 0;
+                  for (int64_t r = r_lo; r < r_hi; ++r) {
+                    const int64_t ih = ih0 + r * g.dh;
+                    for (int64_t s = s_lo; s < s_hi; ++s, ++t) {
+                      sink.access(kScratch, table + t, 8, 8, false);       // input offset of the tap
+                      sink.access(kScratch, table + RS + t, 8, 8, false);  // weight offset of the tap
+                      for (int64_t v = 0; v < nv; ++v)
+                        sink.access(kPackedWeight,
+                                    (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
+                                    V8 * e, false);
+                      for (int64_t j = 0; j < np; ++j)
+                        sink.access(kInput, L.in(n, grp * Cg + c, ih, (ow0 + j) * g.sw - g.pl + s * g.dw), e, e,
+                                    false);
+                    }
                   }
                 }
-              for (int64_t v = 0; v < nv; ++v)
-                for (int64_t j = 0; j < np; ++j) sink.access(kScratch, (v * np + j) * V8, e, V8 * e, true);
-              // store_tile: NHWC pixel by pixel, NCHW channel by channel.
-              if (g.nhwc) {
-                for (int64_t j = 0; j < np; ++j)
-                  for (int64_t k = 0; k < nk; ++k) {
-                    sink.access(kScratch, ((k / V8) * np + j) * V8 + k % V8, e, e, false);
-                    sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
+                if (last && fuse) {
+                  if (g.nhwc) {
+                    for (int64_t v = 0; v < nv; ++v)
+                      for (int64_t j = 0; j < np; ++j)
+                        sink.access(kOutput, L.out(n, k0 + v * V8, oh, ow0 + j), e, V8 * e, true);
+                  } else {
+                    for (int64_t v = 0; v < nv; ++v)
+                      for (int64_t p0 = 0; p0 < np; p0 += 8)
+                        for (int64_t i = 0; i < V8; ++i)
+                          sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
+                                      std::min<int64_t>(8, np - p0) * e, true);
                   }
-              } else {
-                for (int64_t k = 0; k < nk; ++k)
-                  for (int64_t j = 0; j < np; ++j) {
-                    sink.access(kScratch, ((k / V8) * np + j) * V8 + k % V8, e, e, false);
-                    sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
-                  }
+                  return;
+                }
+                for (int64_t v = 0; v < nv; ++v)
+                  for (int64_t j = 0; j < np; ++j) sink.access(rop, roff + (v * np + j) * V8, e, V8 * e, true);
+                if (!last) return;
+                // store_tile: NHWC pixel by pixel, NCHW channel by channel.
+                auto elem = [&](int64_t k, int64_t j) {
+                  sink.access(rop, roff + ((k / V8) * np + j) * V8 + k % V8, e, e, false);
+                  sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
+                };
+                if (g.nhwc) {
+                  for (int64_t j = 0; j < np; ++j)
+                    for (int64_t k = 0; k < nk; ++k) elem(k, j);
+                } else {
+                  for (int64_t k = 0; k < nk; ++k)
+                    for (int64_t j = 0; j < np; ++j) elem(k, j);
+                }
+              };
+              auto border = [&](int64_t ow) {
+                const int64_t iw0 = ow * g.sw - g.pl;
+                const int64_t s_lo = std::min(g.S, std::max<int64_t>(0, ceil_div(-iw0, g.dw)));
+                const int64_t s_hi = std::min(g.S, std::max(s_lo, floor_div(g.W - 1 - iw0, g.dw) + 1));
+                const int64_t bt = (r_hi - r_lo) * (s_hi - s_lo);
+                emit_run(sink, kScratch, tables + 2 * RS, bt, 8, true);
+                emit_run(sink, kScratch, tables + 3 * RS, bt, 8, true);
+                tile(ow, 1, s_lo, s_hi, tables + 2 * RS);
+              };
+              for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+              for (int64_t ow = ow_lo; ow < ow_hi;) {
+                // Balanced widths: ceil(n / tile) tiles of near-equal width.
+                const int64_t rem = ow_hi - ow, ntl = ceil_div(rem, plan.tile), np = ceil_div(rem, ntl);
+                tile(ow, np, 0, g.S, tables);
+                ow += np;
               }
-            };
-            auto border = [&](int64_t ow) {
-              const int64_t iw0 = ow * g.sw - g.pl;
-              const int64_t s_lo = std::min(g.S, std::max<int64_t>(0, ceil_div(-iw0, g.dw)));
-              const int64_t s_hi = std::min(g.S, std::max(s_lo, floor_div(g.W - 1 - iw0, g.dw) + 1));
-              tile(ow, 1, s_lo, s_hi);
-            };
-            for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
-            for (int64_t ow = ow_lo; ow < ow_hi; ow += plan.tile) tile(ow, std::min(plan.tile, ow_hi - ow), 0, g.S);
-            for (int64_t ow = ow_hi; ow < L.Wo; ++ow) border(ow);
+              for (int64_t ow = ow_hi; ow < L.Wo; ++ow) border(ow);
+            }
           }
         }
   sink.end_units();

@@ -143,9 +143,7 @@ def test_everything_fits_in_l1_so_misses_are_the_distinct_lines(algo, layout, sp
     for u in range(r["units_total"]):
         rows += record(algo, spec, unit=u, max_records=10 ** 7)
     # record() also returns accesses outside units (packing) with every unit range.
-    e = spec.element_size
-    lines = {(op, (off * e) // 64 + k) for op, off, nb, _ in rows
-             for k in range((off * e + nb - 1) // 64 - (off * e) // 64 + 1)}
+    lines = {(op, off // 64 + k) for op, off, nb, _ in rows for k in range((off + nb - 1) // 64 - off // 64 + 1)}
     assert r["levels"]["L1"]["misses"] == len(lines)
     assert r["levels"]["L1"]["accesses"] >= r["accesses"]
 
@@ -157,8 +155,8 @@ def test_depthwise_loop_nest_touches_every_input_and_output():
         for u in range(spec.N * (spec.Ho if layout == "nhwc" else spec.K)):
             rows += record("depthwise", spec, unit=u, max_records=10 ** 7)
         e = spec.element_size
-        inputs = {off + i for op, off, nb, _ in rows if op == 0 for i in range(nb // e)}
-        outputs = {off + i for op, off, nb, w in rows if op == 2 and w for i in range(nb // e)}
+        inputs = {off // e + i for op, off, nb, _ in rows if op == 0 for i in range(nb // e)}
+        outputs = {off // e + i for op, off, nb, w in rows if op == 2 and w for i in range(nb // e)}
         assert len(inputs) == spec.N * spec.C * spec.H * spec.W
         assert len(outputs) == spec.N * spec.K * spec.Ho * spec.Wo
 

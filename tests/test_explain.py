@@ -61,15 +61,16 @@ def test_model_of_a_1x1_conv_that_fits_in_l1_is_compulsory_traffic():
     m = cmodel.model("direct", spec)
     lb = m.bytes_per_level(CAPS)
     # Below L1 only first touches: input, user weight, packed weight (8x8 written
-    # once), output, and the 8-channel x 4-pixel tile buffer. All whole lines.
-    assert lb["L2"] == pytest.approx(512 + 256 + 256 + 512 + 128, abs=1e-6)
+    # once), output, and the line of tap tables. All whole lines.
+    assert lb["L2"] == pytest.approx(512 + 256 + 256 + 512 + 64, abs=1e-6)
     assert lb["DRAM"] == pytest.approx(lb["L2"], abs=1e-6)
     # L1: the loads and stores. Kg = 8 -> one 8-channel block, 1x12-pixel tiles
-    # (one 4-pixel tile per row): per row and channel one 32-byte weight vector;
-    # one 4-byte broadcast per (pixel, channel); the tile goes to the buffer as
-    # 4 vectors and comes back as 32 scalars per row; 16 x 8 outputs stored;
-    # packing reads 256 B and writes 256 B.
-    assert lb["L1"] == 256 + 256 + 4 * 8 * 32 + 16 * 8 * 4 + 4 * (4 * 32 + 32 * 4) + 16 * 8 * 4
+    # (one 4-pixel tile per row), one input-channel block of 8. Per row: the tap
+    # table (2 x 8 B) written; per channel: the two 8-byte tap offsets, one
+    # 32-byte weight vector, 4 broadcasts of 4 B; the fused NCHW store: 8
+    # channels x 4 pixels. Packing reads 256 B and writes 256 B.
+    per_row = 16 + 8 * (16 + 32 + 16) + 8 * 4 * 4
+    assert lb["L1"] == 256 + 256 + 4 * per_row
     # And the simulator agrees line for line.
     sim = simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0)
     assert sim["levels"]["L1"]["misses"] * 64 == lb["L2"]

@@ -57,7 +57,7 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
             if not is_store:
                 cur.append(r)
         tiles.append(cur)
-        rows = max(tiles[:3], key=lambda t: len({(op, off) for op, off, _, _ in t if op == 0}))
+        rows = max(tiles[:3], key=lambda t: len({off for op, off, _, _ in t if op == 0}))
     n_in = spec.N * spec.C * spec.H * spec.W
     order = np.full(n_in, np.nan)
     count = np.zeros(n_in)
@@ -66,7 +66,7 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
     for op, off, nbytes, _w in rows:
         if op != 0:
             continue
-        for j in range(off, min(n_in, off + nbytes // e)):
+        for j in range(off // e, min(n_in, (off + nbytes) // e)):
             if math.isnan(order[j]):
                 order[j] = t
             count[j] += 1
@@ -193,7 +193,8 @@ def bytes_per_level(spec: ConvSpec, res: dict, out_dir: str) -> str:
                     sets = max(1, size // (ways * line))
                     parts = {}
                     for t in m.terms:
-                        p = cmodel.miss_probability(t.distance, sets, ways, line)
+                        p = 1.0 if t.aliased_out(sets, ways, line) else cmodel.miss_probability(
+                            t.distance, sets, ways, line, t.scattered)
                         parts[t.operand] = parts.get(t.operand, 0) + t.bytes * p
             else:
                 parts = {"total": a["modeled_bytes"][lv]}

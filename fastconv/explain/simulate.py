@@ -47,7 +47,7 @@ def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
 
 
 def record(algo: str, spec: ConvSpec, unit: int = 0, max_records: int = 200_000) -> list:
-    """(operand, element offset, bytes, is_write) of the accesses of one work unit."""
+    """(operand, byte offset, bytes, is_write) of the accesses of one work unit."""
     from .. import _C
 
     b, _ = blocking()
