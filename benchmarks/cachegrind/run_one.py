@@ -5,7 +5,8 @@
 The kernel is first called on a tiny conv (lazy initialisation). With
 FASTCONV_CGCTL=path/to/cgctl.so the measured call is bracketed by callgrind
 client requests (run valgrind with --instr-atstart=no): only the conv is
-simulated, starting from empty caches like fastconv's simulator. Without it
+simulated, starting from (nearly) empty caches like fastconv's simulator; a
+first bracketed call of the tiny conv gives the fixed per-call cost. Without it
 (plain cachegrind), the last argument 0 skips the measured conv, for a
 baseline run to subtract, and a sweep of an 8 MiB buffer empties the caches.
 """
@@ -40,6 +41,12 @@ if ctl is None:
     sweep = torch.ones(8 << 20 >> 2)  # 8 MiB: evicts a 2 MiB LL
     float(sweep.sum())
 args = (x, wgt, None, [stride, stride], [pad] * 4, [1, 1], groups)
+if ctl is not None:
+    # First dump: the tiny conv again, instrumented: the fixed cost of a call
+    # (dispatch, output allocation, checks) that validate.py subtracts.
+    ctl.cg_start()
+    a.forward(tiny_x, tiny_w, None, [1, 1], [0, 0, 0, 0], [1, 1], groups)
+    ctl.cg_stop()
 if go == "1":
     if ctl is not None:
         ctl.cg_start()

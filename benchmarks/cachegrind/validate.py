@@ -71,10 +71,17 @@ def valgrind(algo, inp, wt, stride, pad, groups, layout, levels, python, pythonp
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        dumps = sorted(f for f in os.listdir(d) if f.startswith("cg.out."))
-        if not dumps:
-            raise RuntimeError(f"no callgrind dump for {algo} {inp} {wt}")
-        text = open(os.path.join(d, dumps[-1])).read()
+        dumps = sorted((f for f in os.listdir(d) if f.startswith("cg.out.")), key=lambda f: int(f.split(".")[-1]))
+        if len(dumps) < 2:
+            raise RuntimeError(f"expected two callgrind dumps for {algo} {inp} {wt}, got {dumps}")
+        counts = [_totals(open(os.path.join(d, f)).read()) for f in dumps[-2:]]
+    # The conv minus the fixed cost of a call (the tiny conv's dump).
+    out = {k: counts[1][k] - counts[0][k] for k in counts[1]}
+    out["fixed"] = counts[0]
+    return out
+
+
+def _totals(text: str) -> dict:
     events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
     totals = [int(v) for v in re.search(r"^totals: (.*)$", text, re.M).group(1).split()]
     c = dict(zip(events, totals))
@@ -88,6 +95,9 @@ def main(argv=None):
     p.add_argument("--layouts", default="nchw,nhwc")
     p.add_argument("--layers", default=None, help="indices into LAYERS, comma-separated")
     p.add_argument("--no-valgrind", action="store_true")
+    p.add_argument("--cg-cache", default=None,
+                   help="JSON of earlier valgrind results: used for cases it has (with --no-valgrind), "
+                        "and new results are added to it")
     p.add_argument("--branch-root", default=None,
                    help="run algo X's kernel from BRANCH_ROOT/X (its own build; reference from this tree)")
     args = p.parse_args(argv)
@@ -96,6 +106,9 @@ def main(argv=None):
     b, missing = cmodel.blocking()
     rows = []
     cgctl = None if args.no_valgrind else build_cgctl()
+    cache = {}
+    if args.cg_cache and os.path.exists(args.cg_cache):
+        cache = json.load(open(args.cg_cache))
     layers = LAYERS if args.layers is None else [LAYERS[int(i)] for i in args.layers.split(",")]
     for name, inp, wt, stride, pad, groups in layers:
         for layout in args.layouts.split(","):
@@ -112,6 +125,9 @@ def main(argv=None):
                        "model": {"refs_bytes": m["L1"], "d1_misses": m["L2"] / 64, "ll_misses": m["DRAM"] / 64},
                        "sim": {"refs": sim["accesses"], "d1_misses": sim["levels"]["L1"]["misses"],
                                "ll_misses": sim["levels"]["L2"]["misses"]}}
+                key = f"{name}|{layout}|{algo}"
+                if key in cache:
+                    row["cachegrind"] = cache[key]
                 if not args.no_valgrind:
                     py, path = sys.executable, os.path.dirname(os.path.dirname(HERE))
                     if args.branch_root and algo != "reference":
@@ -120,6 +136,9 @@ def main(argv=None):
                             py, path = os.path.join(root, ".venv", "bin", "python"), root
                     row["kernel_from"] = path
                     row["cachegrind"] = valgrind(algo, inp, wt, stride, pad, groups, layout, levels, py, path, cgctl)
+                    if args.cg_cache:
+                        cache[key] = row["cachegrind"]
+                        json.dump(cache, open(args.cg_cache, "w"), indent=1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "blocking_defaults_used": missing, "rows": rows}
