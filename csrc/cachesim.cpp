@@ -31,10 +31,11 @@ namespace {
 // Named defaults for blocking constants a kernel branch may not export yet.
 // (The values are those of the kernels' designs; `fastconv explain` reports
 // which constants came from _C.blocking() and which from here.)
-constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 4 << 20;
-constexpr int64_t kDefaultIm2colMinTilePixels = 64;
-constexpr int64_t kDefaultIm2colItemChannels = 128;
-constexpr int64_t kDefaultIm2colItemPixels = 512;
+constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 1 << 20;
+constexpr int64_t kDefaultIm2colMinTilePixels = 128;
+constexpr int64_t kDefaultIm2colItemChannels = 64;
+constexpr int64_t kDefaultIm2colItemPixels = 256;
+constexpr int64_t kDefaultIm2colItemMinMacs = 1 << 21;
 constexpr int64_t kDefaultDirectOcBlock = 8;
 constexpr int64_t kDefaultDirectOcVectors = 2;
 constexpr int64_t kDefaultDirectPixelTile = 6;
@@ -44,7 +45,9 @@ constexpr int64_t kDefaultDirectCinBlockBytes = 16 << 10;
 constexpr int64_t kDefaultDepthwiseVector = 8;
 constexpr int64_t kDefaultDepthwiseNhwcPixelTile = 4;
 constexpr int64_t kDefaultDepthwiseNhwcChanVecs = 2;
-constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 64;
+constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 256;
+constexpr int64_t kDefaultDepthwiseNchwRegRows = 2;
+constexpr int64_t kDefaultDepthwiseNchwTileAccs = 8;
 constexpr int64_t kDefaultDepthwiseNchwWidthVecs = 4;
 constexpr int64_t kDefaultDepthwiseRowTile = 16;
 // The BLAS GEMM im2col calls is modelled as a Goto/BLIS blocked GEMM with the
@@ -572,6 +575,11 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   const int64_t Kd = plan.kdim, kall = plan.kall;
   const int64_t item_ch = get(b, "im2col_item_channels", kDefaultIm2colItemChannels);
   const int64_t item_px = get(b, "im2col_item_pixels", kDefaultIm2colItemPixels);
+  const int64_t item_min_macs = get(b, "im2col_item_min_macs", kDefaultIm2colItemMinMacs);
+  // Cuts [0, n) into ceil(n / max_block) nearly equal blocks.
+  auto even_block = [](int64_t n, int64_t max_block) {
+    return n <= 0 ? int64_t(1) : ceil_div(n, ceil_div(n, std::max<int64_t>(1, max_block)));
+  };
   const GemmBlocking gb{get(b, "gemm_mr", kDefaultGemmMR), get(b, "gemm_nr", kDefaultGemmNR),
                         get(b, "gemm_mc", kDefaultGemmMC), get(b, "gemm_kc", kDefaultGemmKC),
                         get(b, "gemm_nc", kDefaultGemmNC)};
@@ -638,12 +646,17 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
               }
             }
       }
+      // make_items: balanced blocks; the inner (pixel) block grows until an
+      // item holds im2col_item_min_macs.
+      const int64_t mb = even_block(Kg, item_ch);
+      const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
       for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t m0 = 0; m0 < Kg; m0 += item_ch) {
-          const int64_t mn = std::min(item_ch, Kg - m0), k = grp * Kg + m0;
-          for (const auto& sg : segs)
-            for (int64_t c0 = 0; c0 < sg.len; c0 += item_px) {
-              const int64_t cn = std::min(item_px, sg.len - c0);
+        for (int64_t m0 = 0; m0 < Kg; m0 += mb) {
+          const int64_t mn = std::min(mb, Kg - m0), k = grp * Kg + m0;
+          for (const auto& sg : segs) {
+            const int64_t cb = even_block(sg.len, std::max(item_px, min_c));
+            for (int64_t c0 = 0; c0 < sg.len; c0 += cb) {
+              const int64_t cn = std::min(cb, sg.len - c0);
               auto a_off = [&](int64_t i, int64_t kk) { return (k + i) * Kd + kk; };
               auto c_off = [&](int64_t i, int64_t j) { return L.out(sg.n, k + i, 0, 0) + sg.q + c0 + j; };
               if (plan.direct_gemm) {
@@ -654,9 +667,12 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
                 call(mn, cn, Kd, kWeight, a_off, kColumn, b_off, c_off, true);
               }
             }
+          }
         }
     } else {
       if (!plan.direct_gemm) {
+        // One group, no horizontal dilation: a kernel row's taps are one run.
+        const bool merge = g.groups == 1 && g.dw == 1;
         for (int64_t i = p0; i < p1; ++i) {
           int64_t n, oh, ow; pix(i, n, oh, ow);
           const int64_t d = (i - p0) * kall;
@@ -665,19 +681,33 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
               const int64_t dr = d + (grp * g.R + r) * g.S * Cg;
               const int64_t ih = oh * g.sh - g.pt + r * g.dh;
               if (ih < 0 || ih >= g.H) { emit_run(sink, kColumn, dr, g.S * Cg, e, true); continue; }
-              for (int64_t s = 0; s < g.S; ++s) {
-                const int64_t iw = ow * g.sw - g.pl + s * g.dw;
-                if (iw >= 0 && iw < g.W) emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw), Cg, e, false);
-                emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+              const int64_t iw0 = ow * g.sw - g.pl;
+              const int64_t s0 = std::min(g.S, iw0 >= 0 ? 0 : ceil_div(-iw0, g.dw));
+              const int64_t s1 = std::max(s0, std::min(g.S, g.W - iw0 <= 0 ? 0 : ceil_div(g.W - iw0, g.dw)));
+              if (s0 > 0) emit_run(sink, kColumn, dr, s0 * Cg, e, true);
+              if (merge) {
+                if (s1 > s0) {
+                  emit_run(sink, kInput, L.in(n, 0, ih, iw0 + s0), (s1 - s0) * Cg, e, false);
+                  emit_run(sink, kColumn, dr + s0 * Cg, (s1 - s0) * Cg, e, true);
+                }
+              } else {
+                for (int64_t s = s0; s < s1; ++s) {
+                  emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw0 + s * g.dw), Cg, e, false);
+                  emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+                }
               }
+              if (s1 < g.S) emit_run(sink, kColumn, dr + s1 * Cg, (g.S - s1) * Cg, e, true);
             }
         }
       }
+      const int64_t mb = even_block(P, item_px);
+      const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
+      const int64_t cb = even_block(Kg, std::max(item_ch, min_c));
       for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t m0 = 0; m0 < P; m0 += item_px) {
-          const int64_t mn = std::min(item_px, P - m0);
-          for (int64_t c0 = 0; c0 < Kg; c0 += item_ch) {
-            const int64_t cn = std::min(item_ch, Kg - c0), k = grp * Kg + c0, px = p0 + m0;
+        for (int64_t m0 = 0; m0 < P; m0 += mb) {
+          const int64_t mn = std::min(mb, P - m0);
+          for (int64_t c0 = 0; c0 < Kg; c0 += cb) {
+            const int64_t cn = std::min(cb, Kg - c0), k = grp * Kg + c0, px = p0 + m0;
             auto b_off = [&](int64_t kk, int64_t j) { return (k + j) * Kd + kk; };
             auto c_off = [&](int64_t i, int64_t j) { return (px + i) * g.K + k + j; };
             if (plan.direct_gemm) {
@@ -867,7 +897,7 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
 // block reads are first copied into a zero-padded buffer (split into stride
 // phases), then per multiplier m and output row: per 4 x 8 outputs and tap,
 // broadcast the tap weight and load 4 vectors from the buffer; store.
-struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile; };
+struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile, reg_rows, tile_accs; };
 
 DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
   return {get(b, "depthwise_vec_width", kDefaultDepthwiseVector),
@@ -875,7 +905,9 @@ DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
           get(b, "depthwise_nhwc_chan_vecs", kDefaultDepthwiseNhwcChanVecs),
           get(b, "depthwise_nhwc_channel_group", kDefaultDepthwiseNhwcChannelGroup),
           get(b, "depthwise_nchw_width_vecs", kDefaultDepthwiseNchwWidthVecs),
-          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile)};
+          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile),
+          get(b, "depthwise_nchw_reg_rows", kDefaultDepthwiseNchwRegRows),
+          get(b, "depthwise_nchw_tile_accs", kDefaultDepthwiseNchwTileAccs)};
 }
 
 template <class Sink>
@@ -910,50 +942,52 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
           const int64_t ih0 = oh * g.sh - g.pt;
           const int64_t r0 = std::max<int64_t>(0, ceil_div(-ih0, g.dh));
           const int64_t r1 = std::min(g.R, floor_div(g.H - 1 - ih0, g.dh) + 1);
-          int64_t k = k0g;
-          while (k < k1g) {
-            // Blocks of chan_vecs vectors, then single vectors, then a masked tail.
-            const int64_t nv = k + V8 * dp.chan_vecs <= k1g ? dp.chan_vecs : 1;
-            const int64_t width = std::min(nv * V8, k1g - k);
-            auto vlen = [&](int64_t v) { return std::min(V8, width - v * V8) * e; };
-            auto pixel = [&](int64_t ow) {
+          // Pixel-outer: border pixels alone, interior pixels in tiles; per
+          // pixel (tile), every channel block of the group.
+          auto channels = [&](int64_t ow, int64_t np, bool tiled) {
+            int64_t k = k0g;
+            while (k < k1g) {
+              // Blocks of chan_vecs vectors, then single vectors, then a masked tail.
+              const int64_t nv = k + V8 * dp.chan_vecs <= k1g ? dp.chan_vecs : 1;
+              const int64_t width = std::min(nv * V8, k1g - k);
+              auto vlen = [&](int64_t v) { return std::min(V8, width - v * V8) * e; };
               const int64_t iw0 = ow * g.sw - g.pl;
-              const int64_t s0 = std::max<int64_t>(0, ceil_div(-iw0, g.dw));
-              const int64_t s1 = std::min(g.S, floor_div(g.W - 1 - iw0, g.dw) + 1);
+              const int64_t s0 = tiled ? 0 : std::max<int64_t>(0, ceil_div(-iw0, g.dw));
+              const int64_t s1 = tiled ? g.S : std::min(g.S, floor_div(g.W - 1 - iw0, g.dw) + 1);
               for (int64_t r = r0; r < r1; ++r)
-                for (int64_t s = s0; s < s1; ++s)
-                  for (int64_t v = 0; v < nv; ++v) {
-                    sink.access(xop, xin(n, ih0 + r * g.dh, iw0 + s * g.dw, k + v * V8), e, vlen(v), false);
-                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
-                  }
-              for (int64_t v = 0; v < nv; ++v) sink.access(kOutput, L.out(n, k + v * V8, oh, ow), e, vlen(v), true);
-            };
-            int64_t ow = 0;
-            for (; ow < ow_lo; ++ow) pixel(ow);
-            for (; ow + dp.nhwc_pixels <= ow_hi; ow += dp.nhwc_pixels) {
-              for (int64_t r = r0; r < r1; ++r)
-                for (int64_t s = 0; s < g.S; ++s) {
-                  for (int64_t v = 0; v < nv; ++v)
-                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
-                  for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+                for (int64_t s = s0; s < s1; ++s) {
+                  if (tiled) {
                     for (int64_t v = 0; v < nv; ++v)
-                      sink.access(xop, xin(n, ih0 + r * g.dh, (ow + q) * g.sw - g.pl + s * g.dw, k + v * V8), e,
-                                  vlen(v), false);
+                      sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                    for (int64_t q = 0; q < np; ++q)
+                      for (int64_t v = 0; v < nv; ++v)
+                        sink.access(xop, xin(n, ih0 + r * g.dh, (ow + q) * g.sw - g.pl + s * g.dw, k + v * V8), e,
+                                    vlen(v), false);
+                  } else {
+                    for (int64_t v = 0; v < nv; ++v) {
+                      sink.access(xop, xin(n, ih0 + r * g.dh, iw0 + s * g.dw, k + v * V8), e, vlen(v), false);
+                      sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                    }
+                  }
                 }
-              for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+              for (int64_t q = 0; q < np; ++q)
                 for (int64_t v = 0; v < nv; ++v)
                   sink.access(kOutput, L.out(n, k + v * V8, oh, ow + q), e, vlen(v), true);
+              k += width;
             }
-            for (; ow < L.Wo; ++ow) pixel(ow);
-            k += width;
-          }
+          };
+          int64_t ow = 0;
+          for (; ow < ow_lo; ++ow) channels(ow, 1, false);
+          for (; ow + dp.nhwc_pixels <= ow_hi; ow += dp.nhwc_pixels) channels(ow, dp.nhwc_pixels, true);
+          for (; ow < L.Wo; ++ow) channels(ow, 1, false);
         }
   } else {
     // The per-task row buffer (operand "column", reused by every task).
     const int64_t Lq = ceil_div(L.Wo, V8) * V8 + (g.S - 1) * g.dw / g.sw;
     const int64_t row_elems = g.sw * Lq;
     const int64_t nrb = ceil_div(L.Ho, dp.row_tile);
-    const int64_t block = V8 * dp.width_vecs;
+    // Narrow rows (few vectors) take twice the rows per register tile.
+    const int64_t reg_rows = ceil_div(L.Wo, V8) * 2 * dp.reg_rows <= dp.tile_accs ? 2 * dp.reg_rows : dp.reg_rows;
     int64_t unit = 0;
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t c = 0; c < g.C; ++c)
@@ -983,33 +1017,41 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
             }
           for (int64_t m = 0; m < M; ++m) {
             const int64_t k = c * M + m;
-            for (int64_t oh = oh0; oh < oh1; ++oh) {
-              // Taps of this row: (buffer offset, weight), weights read into a small array.
+            for (int64_t oh = oh0; oh < oh1;) {
+              // `rows` output rows whose kernel rows are all inside share one tap list.
+              int64_t rows = 1;
+              const int64_t ih_first = oh * g.sh - g.pt;
+              if (ih_first >= 0 && oh + reg_rows <= oh1 && (oh + reg_rows - 1) * g.sh - g.pt + (g.R - 1) * g.dh < g.H)
+                rows = reg_rows;
               std::vector<int64_t> taps;
               for (int64_t r = 0; r < g.R; ++r) {
-                const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+                const int64_t ih = ih_first + r * g.dh;
                 if (ih < 0 || ih >= g.H) continue;
                 for (int64_t s = 0; s < g.S; ++s) {
                   taps.push_back((ih - ih_lo) * row_elems + ((s * g.dw) % g.sw) * Lq + (s * g.dw) / g.sw);
                   sink.access(kWeight, L.wt(k, 0, r, s), e, e, false);
+                  sink.access(kScratch, int64_t(taps.size()) - 1, e, e, true);  // ws[nt]
                 }
               }
               const int64_t nt = int64_t(taps.size());
+              const int64_t V = std::min(dp.width_vecs, std::max<int64_t>(1, dp.tile_accs / rows));
+              const int64_t in_stride = g.sh * row_elems;
+              auto tile = [&](int64_t j, int64_t nv, int64_t last_len) {
+                for (int64_t t = 0; t < nt; ++t) {
+                  sink.access(kScratch, t, e, e, false);  // the tap weight, broadcast from ws
+                  for (int64_t rr = 0; rr < rows; ++rr)
+                    for (int64_t v = 0; v < nv; ++v)
+                      sink.access(kColumn, taps[size_t(t)] + rr * in_stride + j + v * V8, e, V8 * e, false);
+                }
+                for (int64_t rr = 0; rr < rows; ++rr)
+                  for (int64_t v = 0; v < nv; ++v)
+                    sink.access(kOutput, L.out(n, k, oh + rr, j + v * V8), e, (v == nv - 1 ? last_len : V8) * e, true);
+              };
               int64_t j = 0;
-              for (; j + block <= L.Wo; j += block) {
-                for (int64_t t = 0; t < nt; ++t) {
-                  sink.access(kScratch, t, e, e, false);  // the tap weight, broadcast from a small array
-                  for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kColumn, taps[size_t(t)] + j + v * V8, e, V8 * e, false);
-                }
-                for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kOutput, L.out(n, k, oh, j + v * V8), e, V8 * e, true);
-              }
-              for (; j < L.Wo; j += V8) {
-                for (int64_t t = 0; t < nt; ++t) {
-                  sink.access(kColumn, taps[size_t(t)] + j, e, V8 * e, false);
-                  sink.access(kScratch, t, e, e, false);
-                }
-                sink.access(kOutput, L.out(n, k, oh, j), e, std::min(V8, L.Wo - j) * e, true);
-              }
+              for (; j + V8 * V <= L.Wo; j += V8 * V) tile(j, V, V8);
+              const int64_t rem = L.Wo - j;
+              if (rem > 0) tile(j, ceil_div(rem, V8), rem % V8 ? rem % V8 : V8);
+              oh += rows;
             }
           }
         }

@@ -35,8 +35,8 @@ LINE = 64
 # Named defaults, used only if fastconv._C.blocking() lacks a constant (kept
 # equal to the C++ defaults in csrc/cachesim.cpp).
 DEFAULT_BLOCKING = {
-    "im2col_max_workspace_bytes": 4 << 20,
-    "im2col_min_tile_pixels": 64,
+    "im2col_max_workspace_bytes": 1 << 20,
+    "im2col_min_tile_pixels": 128,
     "direct_oc_block": 8,
     "direct_oc_vectors": 2,
     "direct_pixel_tile": 6,
@@ -46,11 +46,14 @@ DEFAULT_BLOCKING = {
     "depthwise_vec_width": 8,
     "depthwise_nhwc_pixel_tile": 4,
     "depthwise_nhwc_chan_vecs": 2,
-    "depthwise_nhwc_channel_group": 64,
+    "depthwise_nhwc_channel_group": 256,
+    "depthwise_nchw_reg_rows": 2,
+    "depthwise_nchw_tile_accs": 8,
     "depthwise_nchw_width_vecs": 4,
     "depthwise_row_tile": 16,
-    "im2col_item_channels": 128,
-    "im2col_item_pixels": 512,
+    "im2col_item_channels": 64,
+    "im2col_item_pixels": 256,
+    "im2col_item_min_macs": 1 << 21,
     # The BLAS GEMM behind im2col, modelled as BLIS Haswell sgemm blocking.
     "gemm_mr": 6,
     "gemm_nr": 16,
@@ -370,10 +373,17 @@ def model_im2col(s: ConvSpec, b: dict) -> Model:
     kall = s.C * s.R * s.S
     pixels = s.N * s.Ho * s.Wo
     col = 0 if direct else kall * P * e
-    ich, ipx = b["im2col_item_channels"], b["im2col_item_pixels"]
-    # GEMM items: NCHW (channels x pixels), NHWC (pixels x channels); mean sizes.
-    n_ch, n_px = _ceil_div(s.Kg, ich), _ceil_div(P, ipx)
-    ch, px = _ceil_div(s.Kg, n_ch), _ceil_div(P, n_px)
+    ich, ipx, min_macs = b["im2col_item_channels"], b["im2col_item_pixels"], b["im2col_item_min_macs"]
+    # GEMM items (make_items): balanced blocks; the inner block grows until an
+    # item holds im2col_item_min_macs. NCHW: channels x pixels, NHWC: pixels x channels.
+    even = lambda n, mx: _ceil_div(n, _ceil_div(n, max(1, mx)))  # noqa: E731
+    if s.layout == "nchw":
+        ch = even(s.Kg, ich)
+        px = even(P, max(ipx, _ceil_div(min_macs, ch * kdim)))
+    else:
+        px = even(P, ipx)
+        ch = even(s.Kg, max(ich, _ceil_div(min_macs, px * kdim)))
+    n_ch, n_px = _ceil_div(s.Kg, ch), _ceil_div(P, px)
     reps = T * s.groups * n_ch * n_px
     kc = min(b["gemm_kc"], kdim)
     item_fp = (kdim * (px + ch) + kc * (px + ch) + px * ch) * e  # sources, packed panels, C
