@@ -102,7 +102,7 @@ def access_pattern(out_dir: str) -> str:
             col += 1
     fig.suptitle(f"Input elements touched by one work unit, in memory order (dense: {SMALL_DENSE.describe()}; "
                  f"depthwise: {SMALL_DEPTHWISE.describe()}). im2col: one pixel tile's column build; "
-                 "direct: one register tile; depthwise: one unit (NHWC: an output row, NCHW: a channel plane)",
+                 "direct: one register tile; depthwise: one task (NHWC: an output row; NCHW: a 16-row block of one channel, which reads the input once into its row buffer)",
                  fontsize=9)
     fig.tight_layout()
     path = os.path.join(out_dir, "access_pattern.png")
