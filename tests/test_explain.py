@@ -95,20 +95,24 @@ def test_model_of_a_streaming_depthwise_conv():
     assert sim["levels"]["L1"]["misses"] * 64 == 64 * plane * 2 + 64 * 4 + buf + taps
 
 
-@pytest.mark.parametrize("algo,spec", [
-    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1))),
-    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1), layout="nhwc")),
-    ("im2col", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1))),
-    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc")),
-    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64)),
+@pytest.mark.parametrize("algo,spec,levels_checked", [
+    # direct's L1 traffic is where the model is weakest (its tile footprint sits
+    # right at the L1 size: docs/cache-validation.md); only the L2 is asserted.
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("DRAM",)),
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1), layout="nhwc"), ("DRAM",)),
+    ("im2col", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("L2", "DRAM")),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc"), ("L2", "DRAM")),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64), ("L2", "DRAM")),
 ])
-def test_model_tracks_the_simulator_below_l2(algo, spec):
-    """Bytes L2 misses pull from below: model within 25% of the simulator."""
+def test_model_tracks_the_simulator(algo, spec, levels_checked):
+    """Bytes the L1 (L2 row) and L2 (DRAM row) misses pull from below: model within 25% of the simulator."""
     levels = [CacheLevel("L1", 48 << 10, 12, 64), CacheLevel("L2", 2 << 20, 16, 64)]
-    sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False)
-    mod = cmodel.model(algo, spec).bytes_per_level({lv.name: lv.size for lv in levels})
-    s, m = sim["levels"]["DRAM"]["bytes"], mod["DRAM"]
-    assert abs(m - s) <= 0.25 * s, (m, s)
+    b = dict(cmodel.DEFAULT_BLOCKING)  # the kernels' constants as of this writing, merged or not
+    sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False, blocking_constants=b)
+    mod = cmodel.model(algo, spec, b).bytes_per_level(cmodel.level_configs(levels))
+    for lv in levels_checked:
+        s, m = sim["levels"][lv]["bytes"], mod[lv]
+        assert abs(m - s) <= 0.25 * s, (lv, m, s)
 
 
 def test_registry_cost_models_installed():
