@@ -22,7 +22,7 @@ namespace cachesim {
 
 const char* operand_name(int op) {
   static const char* names[] = {"input", "weight", "output", "column", "packed_weight",
-                                "pack_a", "pack_b"};
+                                "pack_a", "pack_b", "scratch"};
   return (op >= 0 && op < kNumOperands) ? names[op] : "?";
 }
 
@@ -31,19 +31,23 @@ namespace {
 // Named defaults for blocking constants a kernel branch may not export yet.
 // (The values are those of the kernels' designs; `fastconv explain` reports
 // which constants came from _C.blocking() and which from here.)
-constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 4 << 20;
-constexpr int64_t kDefaultIm2colMinTilePixels = 64;
-constexpr int64_t kDefaultIm2colItemChannels = 128;
-constexpr int64_t kDefaultIm2colItemPixels = 512;
+constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 1 << 20;
+constexpr int64_t kDefaultIm2colMinTilePixels = 128;
+constexpr int64_t kDefaultIm2colItemChannels = 64;
+constexpr int64_t kDefaultIm2colItemPixels = 256;
+constexpr int64_t kDefaultIm2colItemMinMacs = 1 << 21;
 constexpr int64_t kDefaultDirectOcBlock = 8;
 constexpr int64_t kDefaultDirectOcVectors = 2;
 constexpr int64_t kDefaultDirectPixelTile = 6;
 constexpr int64_t kDefaultDirectPixelTileSingle = 12;
 constexpr int64_t kDefaultDirectRowBlock = 4;
+constexpr int64_t kDefaultDirectCinBlockBytes = 16 << 10;
 constexpr int64_t kDefaultDepthwiseVector = 8;
 constexpr int64_t kDefaultDepthwiseNhwcPixelTile = 4;
 constexpr int64_t kDefaultDepthwiseNhwcChanVecs = 2;
-constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 64;
+constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 256;
+constexpr int64_t kDefaultDepthwiseNchwRegRows = 2;
+constexpr int64_t kDefaultDepthwiseNchwTileAccs = 8;
 constexpr int64_t kDefaultDepthwiseNchwWidthVecs = 4;
 constexpr int64_t kDefaultDepthwiseRowTile = 16;
 // The BLAS GEMM im2col calls is modelled as a Goto/BLIS blocked GEMM with the
@@ -54,8 +58,13 @@ constexpr int64_t kDefaultGemmNR = 16;
 constexpr int64_t kDefaultGemmMC = 168;
 constexpr int64_t kDefaultGemmKC = 256;
 constexpr int64_t kDefaultGemmNC = 4080;
+// 0: MKL's no-copy kernels (what runs here); 1: Goto with packed A and B.
+constexpr int64_t kDefaultGemmPack = 0;
 // Vector register width in bytes (AVX2): a "vector access" is this wide.
 constexpr int64_t kVectorBytes = 32;
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 int64_t get(const std::map<std::string, int64_t>& b, const char* key, int64_t dflt) {
   auto it = b.find(key);
@@ -213,7 +222,10 @@ struct Counters {
 // 0 starts cold at unit 0 and is counted as is (it holds the first touches of
 // data every unit shares, e.g. the weights); each later window follows a
 // warm-up that is simulated but not counted, and stands for all the units
-// after window 0: its counts are scaled by (units - window) / (its units).
+// after window 0. Units outside the windows are still generated, but only
+// their accesses are counted (cheap); the windows' cache counts are scaled by
+// (accesses of all units after window 0) / (accesses in the later windows),
+// a ratio estimator that follows the work of each unit (border rows do less).
 // Accesses outside any unit (weight packing) are counted as is.
 class SimSink {
  public:
@@ -264,15 +276,18 @@ class SimSink {
     // warming on [i*period, i*period + warm); window 0 is [0, window), cold.
     const int64_t i = u / period_, off = u - i * period_;
     const int64_t w = i == 0 ? 0 : warm_;
-    if (i >= windows_ || off >= w + window_) { cur_ = nullptr; return false; }
+    count_only_ = false;
+    if (i >= windows_ || off >= w + window_) { cur_ = nullptr; count_only_ = true; return true; }
     if (off < w) { cur_ = nullptr; return true; }  // warm-up: simulate, don't count
     if (i == 0) { cur_ = &first_; ++counted_first_; }
     else { cur_ = &sampled_; ++counted_rest_; }
     return true;
   }
-  void end_units() { cur_ = &fixed_; }
+  void end_units() { cur_ = &fixed_; count_only_ = false; }
 
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (cur_ != &fixed_ && cur_ != &first_) { rest_accesses_++; rest_l1_bytes_ += nbytes; rest_op_acc_[size_t(op)]++; }
+    if (count_only_) return;
     const uint64_t a = address(op, elem_offset * elem_size);
     const uint64_t first = a >> line_shift_, last = (a + uint64_t(nbytes) - 1) >> line_shift_;
     Counters* c = cur_;
@@ -304,8 +319,7 @@ class SimSink {
   Result result() const {
     Result r;
     // fixed_ and first_ as counted; sampled_ stands for every unit after window 0.
-    const int64_t rest_units = units_total_ - counted_first_;
-    const double scale = full_ || counted_rest_ == 0 ? 1.0 : double(rest_units) / double(counted_rest_);
+    const double scale = full_ || sampled_.accesses == 0 ? 1.0 : double(rest_accesses_) / double(sampled_.accesses);
     auto sc = [&](int64_t f, int64_t s) { return f + int64_t(double(s) * scale + 0.5); };
     Counters fixed(caches_.size());
     add(fixed, fixed_);
@@ -318,10 +332,11 @@ class SimSink {
       r.levels[i].misses = sc(f.misses, s.misses);
       r.levels[i].writebacks = sc(f.writebacks, s.writebacks);
     }
-    r.l1_bytes = sc(fixed.l1_bytes, sampled_.l1_bytes);
-    r.accesses = sc(fixed.accesses, sampled_.accesses);
+    // Access counts are exact: every unit was generated.
+    r.l1_bytes = fixed.l1_bytes + (full_ ? sampled_.l1_bytes : rest_l1_bytes_);
+    r.accesses = fixed.accesses + (full_ ? sampled_.accesses : rest_accesses_);
     for (int op = 0; op < kNumOperands; ++op) {
-      r.operand_accesses.push_back(sc(fixed.op_acc[size_t(op)], sampled_.op_acc[size_t(op)]));
+      r.operand_accesses.push_back(fixed.op_acc[size_t(op)] + (full_ ? sampled_.op_acc[size_t(op)] : rest_op_acc_[size_t(op)]));
       r.operand_l1_misses.push_back(sc(fixed.op_l1_miss[size_t(op)], sampled_.op_l1_miss[size_t(op)]));
       r.operand_last_misses.push_back(sc(fixed.op_last_miss[size_t(op)], sampled_.op_last_miss[size_t(op)]));
     }
@@ -364,6 +379,9 @@ class SimSink {
   Counters* cur_;
   int64_t line_bytes_, line_shift_;
   int64_t units_total_, counted_first_ = 0, counted_rest_ = 0;
+  int64_t rest_accesses_ = 0, rest_l1_bytes_ = 0;
+  std::vector<int64_t> rest_op_acc_ = std::vector<int64_t>(kNumOperands);
+  bool count_only_ = false;
   bool plan_ready_ = false, full_ = false;
   int64_t windows_ = 1, window_ = 1, warm_ = 0, period_ = 1;
 };
@@ -375,8 +393,8 @@ class RecordSink {
   RecordSink(int64_t u0, int64_t u1, int64_t max) : u0_(u0), u1_(u1), max_(max), on_(u0 == 0) {}
   bool unit(int64_t u) { on_ = u >= u0_ && u < u1_; return on_ && int64_t(rows.size()) < max_; }
   void end_units() { on_ = false; }
-  inline void access(int op, int64_t elem_offset, int64_t, int64_t nbytes, bool write) {
-    if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset, nbytes, write ? 1 : 0});
+  inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset * elem_size, nbytes, write ? 1 : 0});
   }
   std::vector<std::vector<int64_t>> rows;
 
@@ -491,6 +509,34 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
   }
 }
 
+// The "no-copy" GEMM: MKL's sgemm, which ATen calls, runs its
+// mkl_blas_avx2_sgemm_kernel_nocopy_* kernels at the sizes im2col's items
+// have (seen in callgrind): no packing. Modelled as: per KC block of k, per
+// NR columns, per MR rows: C tile (read after the first KC block), then per k
+// MR scalar loads of A and NR elements of B (vectors when contiguous), then
+// the C tile stored.
+template <class Sink, class FA, class FB, class FC>
+void gemm_nocopy(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, int64_t e, int opA,
+                 FA a_off, int opB, FB b_off, FC c_off, bool b_contig_n) {
+  for (int64_t pc = 0; pc < K; pc += gb.KC) {
+    const int64_t kc = std::min(gb.KC, K - pc);
+    for (int64_t jr = 0; jr < N; jr += gb.NR) {
+      const int64_t nr = std::min(gb.NR, N - jr);
+      for (int64_t ir = 0; ir < M; ir += gb.MR) {
+        const int64_t mr = std::min(gb.MR, M - ir);
+        if (pc > 0)
+          for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, false);
+        for (int64_t k = pc; k < pc + kc; ++k) {
+          for (int64_t i = 0; i < mr; ++i) sink.access(opA, a_off(ir + i, k), e, e, false);
+          if (b_contig_n) emit_run(sink, opB, b_off(k, jr), nr, e, false);
+          else for (int64_t j = 0; j < nr; ++j) sink.access(opB, b_off(k, jr + j), e, e, false);
+        }
+        for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, true);
+      }
+    }
+  }
+}
+
 struct Im2colPlan { int64_t tile, kdim, kall, tiles, total; bool direct_gemm; };
 
 // im2col.cpp's make_tiling: the column buffer holds every group's rows
@@ -529,9 +575,21 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   const int64_t Kd = plan.kdim, kall = plan.kall;
   const int64_t item_ch = get(b, "im2col_item_channels", kDefaultIm2colItemChannels);
   const int64_t item_px = get(b, "im2col_item_pixels", kDefaultIm2colItemPixels);
+  const int64_t item_min_macs = get(b, "im2col_item_min_macs", kDefaultIm2colItemMinMacs);
+  // Cuts [0, n) into ceil(n / max_block) nearly equal blocks.
+  auto even_block = [](int64_t n, int64_t max_block) {
+    return n <= 0 ? int64_t(1) : ceil_div(n, ceil_div(n, std::max<int64_t>(1, max_block)));
+  };
   const GemmBlocking gb{get(b, "gemm_mr", kDefaultGemmMR), get(b, "gemm_nr", kDefaultGemmNR),
                         get(b, "gemm_mc", kDefaultGemmMC), get(b, "gemm_kc", kDefaultGemmKC),
                         get(b, "gemm_nc", kDefaultGemmNC)};
+  const bool pack = get(b, "gemm_pack", kDefaultGemmPack) != 0;
+  // One GEMM call: Goto with packing, or MKL's no-copy kernels.
+  auto call = [&](int64_t M, int64_t N, int64_t K, int opA, auto a_off, int opB, auto b_off, auto c_off,
+                  bool b_contig_n) {
+    if (pack) gemm(sink, gb, M, N, K, e, opA, a_off, opB, b_off, c_off, false, b_contig_n);
+    else gemm_nocopy(sink, gb, M, N, K, e, opA, a_off, opB, b_off, c_off, b_contig_n);
+  };
   for (int64_t t = 0; t < plan.tiles; ++t) {
     if (!sink.unit(t)) continue;
     const int64_t p0 = t * plan.tile, p1 = std::min(plan.total, p0 + plan.tile), P = p1 - p0;
@@ -588,25 +646,33 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
               }
             }
       }
+      // make_items: balanced blocks; the inner (pixel) block grows until an
+      // item holds im2col_item_min_macs.
+      const int64_t mb = even_block(Kg, item_ch);
+      const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
       for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t m0 = 0; m0 < Kg; m0 += item_ch) {
-          const int64_t mn = std::min(item_ch, Kg - m0), k = grp * Kg + m0;
-          for (const auto& sg : segs)
-            for (int64_t c0 = 0; c0 < sg.len; c0 += item_px) {
-              const int64_t cn = std::min(item_px, sg.len - c0);
+        for (int64_t m0 = 0; m0 < Kg; m0 += mb) {
+          const int64_t mn = std::min(mb, Kg - m0), k = grp * Kg + m0;
+          for (const auto& sg : segs) {
+            const int64_t cb = even_block(sg.len, std::max(item_px, min_c));
+            for (int64_t c0 = 0; c0 < sg.len; c0 += cb) {
+              const int64_t cn = std::min(cb, sg.len - c0);
               auto a_off = [&](int64_t i, int64_t kk) { return (k + i) * Kd + kk; };
               auto c_off = [&](int64_t i, int64_t j) { return L.out(sg.n, k + i, 0, 0) + sg.q + c0 + j; };
               if (plan.direct_gemm) {
                 auto b_off = [&](int64_t kk, int64_t j) { return L.in(sg.n, grp * Cg + kk, 0, 0) + sg.q + c0 + j; };
-                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kInput, b_off, c_off, false, true);
+                call(mn, cn, Kd, kWeight, a_off, kInput, b_off, c_off, true);
               } else {
                 auto b_off = [&](int64_t kk, int64_t j) { return (grp * Kd + kk) * P + sg.off + c0 + j; };
-                gemm(sink, gb, mn, cn, Kd, e, kWeight, a_off, kColumn, b_off, c_off, false, true);
+                call(mn, cn, Kd, kWeight, a_off, kColumn, b_off, c_off, true);
               }
             }
+          }
         }
     } else {
       if (!plan.direct_gemm) {
+        // One group, no horizontal dilation: a kernel row's taps are one run.
+        const bool merge = g.groups == 1 && g.dw == 1;
         for (int64_t i = p0; i < p1; ++i) {
           int64_t n, oh, ow; pix(i, n, oh, ow);
           const int64_t d = (i - p0) * kall;
@@ -615,27 +681,41 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
               const int64_t dr = d + (grp * g.R + r) * g.S * Cg;
               const int64_t ih = oh * g.sh - g.pt + r * g.dh;
               if (ih < 0 || ih >= g.H) { emit_run(sink, kColumn, dr, g.S * Cg, e, true); continue; }
-              for (int64_t s = 0; s < g.S; ++s) {
-                const int64_t iw = ow * g.sw - g.pl + s * g.dw;
-                if (iw >= 0 && iw < g.W) emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw), Cg, e, false);
-                emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+              const int64_t iw0 = ow * g.sw - g.pl;
+              const int64_t s0 = std::min(g.S, iw0 >= 0 ? 0 : ceil_div(-iw0, g.dw));
+              const int64_t s1 = std::max(s0, std::min(g.S, g.W - iw0 <= 0 ? 0 : ceil_div(g.W - iw0, g.dw)));
+              if (s0 > 0) emit_run(sink, kColumn, dr, s0 * Cg, e, true);
+              if (merge) {
+                if (s1 > s0) {
+                  emit_run(sink, kInput, L.in(n, 0, ih, iw0 + s0), (s1 - s0) * Cg, e, false);
+                  emit_run(sink, kColumn, dr + s0 * Cg, (s1 - s0) * Cg, e, true);
+                }
+              } else {
+                for (int64_t s = s0; s < s1; ++s) {
+                  emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw0 + s * g.dw), Cg, e, false);
+                  emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+                }
               }
+              if (s1 < g.S) emit_run(sink, kColumn, dr + s1 * Cg, (g.S - s1) * Cg, e, true);
             }
         }
       }
+      const int64_t mb = even_block(P, item_px);
+      const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
+      const int64_t cb = even_block(Kg, std::max(item_ch, min_c));
       for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t m0 = 0; m0 < P; m0 += item_px) {
-          const int64_t mn = std::min(item_px, P - m0);
-          for (int64_t c0 = 0; c0 < Kg; c0 += item_ch) {
-            const int64_t cn = std::min(item_ch, Kg - c0), k = grp * Kg + c0, px = p0 + m0;
+        for (int64_t m0 = 0; m0 < P; m0 += mb) {
+          const int64_t mn = std::min(mb, P - m0);
+          for (int64_t c0 = 0; c0 < Kg; c0 += cb) {
+            const int64_t cn = std::min(cb, Kg - c0), k = grp * Kg + c0, px = p0 + m0;
             auto b_off = [&](int64_t kk, int64_t j) { return (k + j) * Kd + kk; };
             auto c_off = [&](int64_t i, int64_t j) { return (px + i) * g.K + k + j; };
             if (plan.direct_gemm) {
               auto a_off = [&](int64_t i, int64_t kk) { return (px + i) * g.C + grp * Cg + kk; };
-              gemm(sink, gb, mn, cn, Kd, e, kInput, a_off, kWeight, b_off, c_off, false, false);
+              call(mn, cn, Kd, kInput, a_off, kWeight, b_off, c_off, false);
             } else {
               auto a_off = [&](int64_t i, int64_t kk) { return (m0 + i) * kall + grp * Kd + kk; };
-              gemm(sink, gb, mn, cn, Kd, e, kColumn, a_off, kWeight, b_off, c_off, false, false);
+              call(mn, cn, Kd, kColumn, a_off, kWeight, b_off, c_off, false);
             }
           }
         }
@@ -644,7 +724,7 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   sink.end_units();
 }
 
-struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks; };
+struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks, cin_block; };
 
 DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
   DirectPlan p;
@@ -660,30 +740,50 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   p.oc_tiles = (p.oc_blocks + p.vectors - 1) / p.vectors;
   p.row_block = get(b, "direct_row_block", kDefaultDirectRowBlock);
   p.row_blocks = (g.Ho() + p.row_block - 1) / p.row_block;
+  // Input-channel blocks whose packed weights (x R x S x vectors x 8) fit the budget.
+  const int64_t budget = get(b, "direct_cin_block_bytes", kDefaultDirectCinBlockBytes);
+  p.cin_block = std::max<int64_t>(1, budget / (g.R * g.S * p.vectors * p.vec * g.elem));
   return p;
 }
 
-// direct.cpp: weights packed once to [g][Kg/8][Cg][R][S][8]; tasks (n, group,
-// oc tile of `vectors` x 8 channels, block of output rows); per row and tile of
-// `tile` pixels: for c, r, s: load the weight vectors, broadcast one input per
-// pixel, FMA; then store the tile. Units: the tasks.
+// Scratch layout (operand "scratch"): the tile buffer, then the tap tables.
+constexpr int64_t kScratchTables = 4096;
+
+// direct.cpp (forward): weights packed once to [g][Kg/8][Cg][R][S][8] (zero
+// padded); tasks (n, group, oc tile of `vectors` x 8 channels, block of
+// `row_block` output rows). The reduction over input channels runs in blocks
+// of `cin_block` channels (their packed weights fit `direct_cin_block_bytes`);
+// between blocks each tile's partial sums wait in a per-task row buffer
+// (operand "column"). Per block and output row: a tap table (input and weight
+// offsets of each valid (r, s)) is written; border pixels (a tap column
+// outside the image) run alone with their own table, interior pixels in
+// balanced tiles of at most `tile`. A tile: load partial sums (later blocks),
+// then for c, tap: read the two offsets, load the weight vectors, broadcast
+// one input per pixel, FMA. In the last block fp32 tiles of full vectors
+// store straight to the output (NHWC: a vector per pixel; NCHW: transposed in
+// registers, a run of pixels per channel); others go through the tile buffer
+// and a scalar store loop. Units: tasks.
 template <class Sink>
 void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
   const Layout L(g);
   const auto plan = direct_plan(g, b);
   const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), V8 = plan.vec;
   const int64_t panel = Cg * g.R * g.S * V8;  // one packed 8-channel block
-  // Pack (outside the tasks): read the user's weight, write the packed copy.
   for (int64_t grp = 0; grp < g.groups; ++grp)
     for (int64_t kb = 0; kb < plan.oc_blocks; ++kb)
       for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
-          for (int64_t s = 0; s < g.S; ++s) {
-            for (int64_t i = 0; i < V8; ++i)
+          for (int64_t s = 0; s < g.S; ++s)
+            for (int64_t i = 0; i < V8; ++i) {
               if (kb * V8 + i < Kg) sink.access(kWeight, L.wt(grp * Kg + kb * V8 + i, c, r, s), e, e, false);
-            sink.access(kPackedWeight, (grp * plan.oc_blocks + kb) * panel + ((c * g.R + r) * g.S + s) * V8, e,
-                        V8 * e, true);
-          }
+              sink.access(kPackedWeight, (grp * plan.oc_blocks + kb) * panel + ((c * g.R + r) * g.S + s) * V8 + i,
+                          e, e, true);
+            }
+  const int64_t ow_lo = std::min(L.Wo, std::max<int64_t>(0, ceil_div(g.pl, g.sw)));
+  const int64_t ow_hi = std::min(L.Wo, std::max(ow_lo, floor_div(g.W - 1 - (g.S - 1) * g.dw + g.pl, g.sw) + 1));
+  const bool blocked = plan.cin_block < Cg;
+  const int64_t tables = kScratchTables / 8;  // in int64 units: in_x, in_w, bd_x, bd_w
+  const int64_t RS = g.R * g.S;
   int64_t unit = 0;
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t grp = 0; grp < g.groups; ++grp)
@@ -691,33 +791,97 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
         for (int64_t rb = 0; rb < plan.row_blocks; ++rb, ++unit) {
           if (!sink.unit(unit)) continue;
           const int64_t kb0 = ot * plan.vectors, nv = std::min(plan.vectors, plan.oc_blocks - kb0);
-          for (int64_t oh = rb * plan.row_block; oh < std::min(L.Ho, (rb + 1) * plan.row_block); ++oh)
-            for (int64_t ow0 = 0; ow0 < L.Wo; ow0 += plan.tile) {
-              const int64_t np = std::min(plan.tile, L.Wo - ow0);
-              for (int64_t c = 0; c < Cg; ++c)
-                for (int64_t r = 0; r < g.R; ++r) {
-                  const int64_t ih = oh * g.sh - g.pt + r * g.dh;
-                  if (ih < 0 || ih >= g.H) continue;
-                  for (int64_t s = 0; s < g.S; ++s) {
-                    for (int64_t v = 0; v < nv; ++v)
-                      sink.access(kPackedWeight,
-                                  (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
-                                  V8 * e, false);
-                    for (int64_t j = 0; j < np; ++j) {
-                      const int64_t iw = (ow0 + j) * g.sw - g.pl + s * g.dw;
-                      if (iw >= 0 && iw < g.W) sink.access(kInput, L.in(n, grp * Cg + c, ih, iw), e, e, false);
+          const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
+          const bool fuse = e == 4 && nk == nv * V8;
+          const int64_t oh_begin = rb * plan.row_block, oh_end = std::min(L.Ho, oh_begin + plan.row_block);
+          for (int64_t c0 = 0; c0 < Cg; c0 += plan.cin_block) {
+            const int64_t nc = std::min(plan.cin_block, Cg - c0);
+            const bool last = c0 + plan.cin_block >= Cg, load_acc = c0 > 0;
+            for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+              const int64_t ih0 = oh * g.sh - g.pt;
+              const int64_t r_lo = std::min(g.R, std::max<int64_t>(0, ceil_div(-ih0, g.dh)));
+              const int64_t r_hi = std::min(g.R, std::max(r_lo, floor_div(g.H - 1 - ih0, g.dh) + 1));
+              const int64_t nt = (r_hi - r_lo) * g.S;
+              // The interior tap table: written once per row.
+              emit_run(sink, kScratch, tables, nt, 8, true);
+              emit_run(sink, kScratch, tables + RS, nt, 8, true);
+              auto region = [&](int64_t ow, int& op) -> int64_t {
+                if (blocked) { op = kColumn; return ((oh - oh_begin) * L.Wo + ow) * nv * V8; }
+                op = kScratch;
+                return 0;
+              };
+              auto tile = [&](int64_t ow0, int64_t np, int64_t s_lo, int64_t s_hi, int64_t table) {
+                int rop;
+                const int64_t roff = region(ow0, rop);
+                if (load_acc)
+                  for (int64_t v = 0; v < nv; ++v)
+                    for (int64_t j = 0; j < np; ++j) sink.access(rop, roff + (v * np + j) * V8, e, V8 * e, false);
+                for (int64_t c = c0; c < c0 + nc; ++c) {
+                  int64_t t = 0;
+                  for (int64_t r = r_lo; r < r_hi; ++r) {
+                    const int64_t ih = ih0 + r * g.dh;
+                    for (int64_t s = s_lo; s < s_hi; ++s, ++t) {
+                      sink.access(kScratch, table + t, 8, 8, false);       // input offset of the tap
+                      sink.access(kScratch, table + RS + t, 8, 8, false);  // weight offset of the tap
+                      for (int64_t v = 0; v < nv; ++v)
+                        sink.access(kPackedWeight,
+                                    (grp * plan.oc_blocks + kb0 + v) * panel + ((c * g.R + r) * g.S + s) * V8, e,
+                                    V8 * e, false);
+                      for (int64_t j = 0; j < np; ++j)
+                        sink.access(kInput, L.in(n, grp * Cg + c, ih, (ow0 + j) * g.sw - g.pl + s * g.dw), e, e,
+                                    false);
                     }
                   }
                 }
-              // Store the tile: NHWC a vector per (pixel, 8 channels); NCHW a
-              // run of pixels per channel.
-              const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
-              if (g.nhwc) {
-                for (int64_t j = 0; j < np; ++j) emit_run(sink, kOutput, L.out(n, k0, oh, ow0 + j), nk, e, true);
-              } else {
-                for (int64_t k = 0; k < nk; ++k) emit_run(sink, kOutput, L.out(n, k0 + k, oh, ow0), np, e, true);
+                if (last && fuse) {
+                  if (g.nhwc) {
+                    for (int64_t v = 0; v < nv; ++v)
+                      for (int64_t j = 0; j < np; ++j)
+                        sink.access(kOutput, L.out(n, k0 + v * V8, oh, ow0 + j), e, V8 * e, true);
+                  } else {
+                    for (int64_t v = 0; v < nv; ++v)
+                      for (int64_t p0 = 0; p0 < np; p0 += 8)
+                        for (int64_t i = 0; i < V8; ++i)
+                          sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
+                                      std::min<int64_t>(8, np - p0) * e, true);
+                  }
+                  return;
+                }
+                for (int64_t v = 0; v < nv; ++v)
+                  for (int64_t j = 0; j < np; ++j) sink.access(rop, roff + (v * np + j) * V8, e, V8 * e, true);
+                if (!last) return;
+                // store_tile: NHWC pixel by pixel, NCHW channel by channel.
+                auto elem = [&](int64_t k, int64_t j) {
+                  sink.access(rop, roff + ((k / V8) * np + j) * V8 + k % V8, e, e, false);
+                  sink.access(kOutput, L.out(n, k0 + k, oh, ow0 + j), e, e, true);
+                };
+                if (g.nhwc) {
+                  for (int64_t j = 0; j < np; ++j)
+                    for (int64_t k = 0; k < nk; ++k) elem(k, j);
+                } else {
+                  for (int64_t k = 0; k < nk; ++k)
+                    for (int64_t j = 0; j < np; ++j) elem(k, j);
+                }
+              };
+              auto border = [&](int64_t ow) {
+                const int64_t iw0 = ow * g.sw - g.pl;
+                const int64_t s_lo = std::min(g.S, std::max<int64_t>(0, ceil_div(-iw0, g.dw)));
+                const int64_t s_hi = std::min(g.S, std::max(s_lo, floor_div(g.W - 1 - iw0, g.dw) + 1));
+                const int64_t bt = (r_hi - r_lo) * (s_hi - s_lo);
+                emit_run(sink, kScratch, tables + 2 * RS, bt, 8, true);
+                emit_run(sink, kScratch, tables + 3 * RS, bt, 8, true);
+                tile(ow, 1, s_lo, s_hi, tables + 2 * RS);
+              };
+              for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+              for (int64_t ow = ow_lo; ow < ow_hi;) {
+                // Balanced widths: ceil(n / tile) tiles of near-equal width.
+                const int64_t rem = ow_hi - ow, ntl = ceil_div(rem, plan.tile), np = ceil_div(rem, ntl);
+                tile(ow, np, 0, g.S, tables);
+                ow += np;
               }
+              for (int64_t ow = ow_hi; ow < L.Wo; ++ow) border(ow);
             }
+          }
         }
   sink.end_units();
 }
@@ -733,7 +897,7 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
 // block reads are first copied into a zero-padded buffer (split into stride
 // phases), then per multiplier m and output row: per 4 x 8 outputs and tap,
 // broadcast the tap weight and load 4 vectors from the buffer; store.
-struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile; };
+struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile, reg_rows, tile_accs; };
 
 DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
   return {get(b, "depthwise_vec_width", kDefaultDepthwiseVector),
@@ -741,11 +905,10 @@ DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
           get(b, "depthwise_nhwc_chan_vecs", kDefaultDepthwiseNhwcChanVecs),
           get(b, "depthwise_nhwc_channel_group", kDefaultDepthwiseNhwcChannelGroup),
           get(b, "depthwise_nchw_width_vecs", kDefaultDepthwiseNchwWidthVecs),
-          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile)};
+          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile),
+          get(b, "depthwise_nchw_reg_rows", kDefaultDepthwiseNchwRegRows),
+          get(b, "depthwise_nchw_tile_accs", kDefaultDepthwiseNchwTileAccs)};
 }
-
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 template <class Sink>
 void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
@@ -779,50 +942,52 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
           const int64_t ih0 = oh * g.sh - g.pt;
           const int64_t r0 = std::max<int64_t>(0, ceil_div(-ih0, g.dh));
           const int64_t r1 = std::min(g.R, floor_div(g.H - 1 - ih0, g.dh) + 1);
-          int64_t k = k0g;
-          while (k < k1g) {
-            // Blocks of chan_vecs vectors, then single vectors, then a masked tail.
-            const int64_t nv = k + V8 * dp.chan_vecs <= k1g ? dp.chan_vecs : 1;
-            const int64_t width = std::min(nv * V8, k1g - k);
-            auto vlen = [&](int64_t v) { return std::min(V8, width - v * V8) * e; };
-            auto pixel = [&](int64_t ow) {
+          // Pixel-outer: border pixels alone, interior pixels in tiles; per
+          // pixel (tile), every channel block of the group.
+          auto channels = [&](int64_t ow, int64_t np, bool tiled) {
+            int64_t k = k0g;
+            while (k < k1g) {
+              // Blocks of chan_vecs vectors, then single vectors, then a masked tail.
+              const int64_t nv = k + V8 * dp.chan_vecs <= k1g ? dp.chan_vecs : 1;
+              const int64_t width = std::min(nv * V8, k1g - k);
+              auto vlen = [&](int64_t v) { return std::min(V8, width - v * V8) * e; };
               const int64_t iw0 = ow * g.sw - g.pl;
-              const int64_t s0 = std::max<int64_t>(0, ceil_div(-iw0, g.dw));
-              const int64_t s1 = std::min(g.S, floor_div(g.W - 1 - iw0, g.dw) + 1);
+              const int64_t s0 = tiled ? 0 : std::max<int64_t>(0, ceil_div(-iw0, g.dw));
+              const int64_t s1 = tiled ? g.S : std::min(g.S, floor_div(g.W - 1 - iw0, g.dw) + 1);
               for (int64_t r = r0; r < r1; ++r)
-                for (int64_t s = s0; s < s1; ++s)
-                  for (int64_t v = 0; v < nv; ++v) {
-                    sink.access(xop, xin(n, ih0 + r * g.dh, iw0 + s * g.dw, k + v * V8), e, vlen(v), false);
-                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
-                  }
-              for (int64_t v = 0; v < nv; ++v) sink.access(kOutput, L.out(n, k + v * V8, oh, ow), e, vlen(v), true);
-            };
-            int64_t ow = 0;
-            for (; ow < ow_lo; ++ow) pixel(ow);
-            for (; ow + dp.nhwc_pixels <= ow_hi; ow += dp.nhwc_pixels) {
-              for (int64_t r = r0; r < r1; ++r)
-                for (int64_t s = 0; s < g.S; ++s) {
-                  for (int64_t v = 0; v < nv; ++v)
-                    sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
-                  for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+                for (int64_t s = s0; s < s1; ++s) {
+                  if (tiled) {
                     for (int64_t v = 0; v < nv; ++v)
-                      sink.access(xop, xin(n, ih0 + r * g.dh, (ow + q) * g.sw - g.pl + s * g.dw, k + v * V8), e,
-                                  vlen(v), false);
+                      sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                    for (int64_t q = 0; q < np; ++q)
+                      for (int64_t v = 0; v < nv; ++v)
+                        sink.access(xop, xin(n, ih0 + r * g.dh, (ow + q) * g.sw - g.pl + s * g.dw, k + v * V8), e,
+                                    vlen(v), false);
+                  } else {
+                    for (int64_t v = 0; v < nv; ++v) {
+                      sink.access(xop, xin(n, ih0 + r * g.dh, iw0 + s * g.dw, k + v * V8), e, vlen(v), false);
+                      sink.access(kPackedWeight, (r * g.S + s) * g.K + k + v * V8, e, vlen(v), false);
+                    }
+                  }
                 }
-              for (int64_t q = 0; q < dp.nhwc_pixels; ++q)
+              for (int64_t q = 0; q < np; ++q)
                 for (int64_t v = 0; v < nv; ++v)
                   sink.access(kOutput, L.out(n, k + v * V8, oh, ow + q), e, vlen(v), true);
+              k += width;
             }
-            for (; ow < L.Wo; ++ow) pixel(ow);
-            k += width;
-          }
+          };
+          int64_t ow = 0;
+          for (; ow < ow_lo; ++ow) channels(ow, 1, false);
+          for (; ow + dp.nhwc_pixels <= ow_hi; ow += dp.nhwc_pixels) channels(ow, dp.nhwc_pixels, true);
+          for (; ow < L.Wo; ++ow) channels(ow, 1, false);
         }
   } else {
     // The per-task row buffer (operand "column", reused by every task).
     const int64_t Lq = ceil_div(L.Wo, V8) * V8 + (g.S - 1) * g.dw / g.sw;
     const int64_t row_elems = g.sw * Lq;
     const int64_t nrb = ceil_div(L.Ho, dp.row_tile);
-    const int64_t block = V8 * dp.width_vecs;
+    // Narrow rows (few vectors) take twice the rows per register tile.
+    const int64_t reg_rows = ceil_div(L.Wo, V8) * 2 * dp.reg_rows <= dp.tile_accs ? 2 * dp.reg_rows : dp.reg_rows;
     int64_t unit = 0;
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t c = 0; c < g.C; ++c)
@@ -852,33 +1017,41 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
             }
           for (int64_t m = 0; m < M; ++m) {
             const int64_t k = c * M + m;
-            for (int64_t oh = oh0; oh < oh1; ++oh) {
-              // Taps of this row: (buffer offset, weight), weights read into a small array.
+            for (int64_t oh = oh0; oh < oh1;) {
+              // `rows` output rows whose kernel rows are all inside share one tap list.
+              int64_t rows = 1;
+              const int64_t ih_first = oh * g.sh - g.pt;
+              if (ih_first >= 0 && oh + reg_rows <= oh1 && (oh + reg_rows - 1) * g.sh - g.pt + (g.R - 1) * g.dh < g.H)
+                rows = reg_rows;
               std::vector<int64_t> taps;
               for (int64_t r = 0; r < g.R; ++r) {
-                const int64_t ih = oh * g.sh - g.pt + r * g.dh;
+                const int64_t ih = ih_first + r * g.dh;
                 if (ih < 0 || ih >= g.H) continue;
                 for (int64_t s = 0; s < g.S; ++s) {
                   taps.push_back((ih - ih_lo) * row_elems + ((s * g.dw) % g.sw) * Lq + (s * g.dw) / g.sw);
                   sink.access(kWeight, L.wt(k, 0, r, s), e, e, false);
+                  sink.access(kScratch, int64_t(taps.size()) - 1, e, e, true);  // ws[nt]
                 }
               }
               const int64_t nt = int64_t(taps.size());
+              const int64_t V = std::min(dp.width_vecs, std::max<int64_t>(1, dp.tile_accs / rows));
+              const int64_t in_stride = g.sh * row_elems;
+              auto tile = [&](int64_t j, int64_t nv, int64_t last_len) {
+                for (int64_t t = 0; t < nt; ++t) {
+                  sink.access(kScratch, t, e, e, false);  // the tap weight, broadcast from ws
+                  for (int64_t rr = 0; rr < rows; ++rr)
+                    for (int64_t v = 0; v < nv; ++v)
+                      sink.access(kColumn, taps[size_t(t)] + rr * in_stride + j + v * V8, e, V8 * e, false);
+                }
+                for (int64_t rr = 0; rr < rows; ++rr)
+                  for (int64_t v = 0; v < nv; ++v)
+                    sink.access(kOutput, L.out(n, k, oh + rr, j + v * V8), e, (v == nv - 1 ? last_len : V8) * e, true);
+              };
               int64_t j = 0;
-              for (; j + block <= L.Wo; j += block) {
-                for (int64_t t = 0; t < nt; ++t) {
-                  sink.access(kPackA, t, e, e, false);  // the tap weight, broadcast from the small array
-                  for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kColumn, taps[size_t(t)] + j + v * V8, e, V8 * e, false);
-                }
-                for (int64_t v = 0; v < dp.width_vecs; ++v) sink.access(kOutput, L.out(n, k, oh, j + v * V8), e, V8 * e, true);
-              }
-              for (; j < L.Wo; j += V8) {
-                for (int64_t t = 0; t < nt; ++t) {
-                  sink.access(kColumn, taps[size_t(t)] + j, e, V8 * e, false);
-                  sink.access(kPackA, t, e, e, false);
-                }
-                sink.access(kOutput, L.out(n, k, oh, j), e, std::min(V8, L.Wo - j) * e, true);
-              }
+              for (; j + V8 * V <= L.Wo; j += V8 * V) tile(j, V, V8);
+              const int64_t rem = L.Wo - j;
+              if (rem > 0) tile(j, ceil_div(rem, V8), rem % V8 ? rem % V8 : V8);
+              oh += rows;
             }
           }
         }

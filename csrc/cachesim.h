@@ -31,7 +31,7 @@ struct LevelStats {
 
 // Operands of a conv's address stream; each lives at its own base address.
 enum Operand : int {
-  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kNumOperands
+  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kScratch, kNumOperands
 };
 const char* operand_name(int op);
 
@@ -74,7 +74,7 @@ Result replay(const std::vector<int64_t>& addr, const std::vector<int64_t>& byte
               const std::vector<bool>& write, const Options& opt);
 
 // The first `max_records` accesses of work units [unit_begin, unit_end):
-// (operand, element offset, bytes, is_write) rows (for the access-pattern pictures).
+// (operand, byte offset, bytes, is_write) rows (for the access-pattern pictures).
 std::vector<std::vector<int64_t>> record(const std::string& algo, const Geometry& g,
                                          const std::map<std::string, int64_t>& blocking,
                                          int64_t unit_begin, int64_t unit_end, int64_t max_records);

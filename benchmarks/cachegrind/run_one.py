@@ -1,13 +1,17 @@
-"""Runs one fastconv kernel once, for valgrind's cachegrind (see validate.py).
+"""Runs one fastconv kernel once under valgrind (see validate.py).
 
     python run_one.py ALGO N,C,H,W K,Cg,R,S STRIDE PAD GROUPS LAYOUT {0|1}
 
-With the last argument 0 it does everything except the measured conv (the
-baseline that validate.py subtracts). Both runs first call the kernel on a
-tiny conv (lazy initialisation) and sweep a buffer much larger than the last
-simulated cache, so the measured conv starts with cold caches like the
-simulator.
+The kernel is first called on a tiny conv (lazy initialisation). With
+FASTCONV_CGCTL=path/to/cgctl.so the measured call is bracketed by callgrind
+client requests (run valgrind with --instr-atstart=no): only the conv is
+simulated, starting from (nearly) empty caches like fastconv's simulator; a
+first bracketed call of the tiny conv gives the fixed per-call cost. Without it
+(plain cachegrind), the last argument 0 skips the measured conv, for a
+baseline run to subtract, and a sweep of an 8 MiB buffer empties the caches.
 """
+import ctypes
+import os
 import sys
 
 import torch
@@ -32,7 +36,20 @@ if layout == "nhwc":
     tiny_x = tiny_x.contiguous(memory_format=torch.channels_last)
     tiny_w = tiny_w.contiguous(memory_format=torch.channels_last)
 a.forward(tiny_x, tiny_w, None, [1, 1], [0, 0, 0, 0], [1, 1], groups)
-sweep = torch.ones(8 << 20 >> 2)  # 8 MiB: evicts a 2 MiB LL
-float(sweep.sum())
+ctl = ctypes.CDLL(os.environ["FASTCONV_CGCTL"]) if os.environ.get("FASTCONV_CGCTL") else None
+if ctl is None:
+    sweep = torch.ones(8 << 20 >> 2)  # 8 MiB: evicts a 2 MiB LL
+    float(sweep.sum())
+args = (x, wgt, None, [stride, stride], [pad] * 4, [1, 1], groups)
+if ctl is not None:
+    # First dump: the tiny conv again, instrumented: the fixed cost of a call
+    # (dispatch, output allocation, checks) that validate.py subtracts.
+    ctl.cg_start()
+    a.forward(tiny_x, tiny_w, None, [1, 1], [0, 0, 0, 0], [1, 1], groups)
+    ctl.cg_stop()
 if go == "1":
-    y = a.forward(x, wgt, None, [stride, stride], [pad] * 4, [1, 1], groups)
+    if ctl is not None:
+        ctl.cg_start()
+    y = a.forward(*args)
+    if ctl is not None:
+        ctl.cg_stop()

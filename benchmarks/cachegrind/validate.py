@@ -1,14 +1,20 @@
-"""Model vs simulator vs cachegrind for every CPU algorithm on a few layers.
+"""Model vs simulator vs valgrind for every CPU algorithm on a few layers.
 
-    python benchmarks/cachegrind/validate.py [--out docs/cache-validation.json] [--quick]
+    python benchmarks/cachegrind/validate.py [--out docs/cache-validation.json]
+        [--branch-root /work/wt]   # run each kernel from its own branch's build
 
-Cachegrind simulates two levels (D1 and LL) with the same policy as
-csrc/cachesim.cpp (LRU, write-allocate, non-inclusive, no prefetch). We give it
-this machine's L1d and L2 (the L3 the VM reports, 480 MiB, would hold every
-layer), run the real kernel once under it (run_one.py) and subtract a baseline
-run that does everything but the conv. The simulator replays the kernel's
-loop nest through the same two levels; the model evaluates its terms at the
-same two capacities. Compared: data references, D1 misses and LL misses.
+Valgrind's cache simulator (cachegrind's, which callgrind shares: two levels,
+D1 and LL, LRU, write-allocate, no prefetch, the policy of csrc/cachesim.cpp)
+is given this machine's L1d and L2 (the L3 the VM reports, 480 MiB, would hold
+every layer). We run the real kernel once (run_one.py) under
+`valgrind --tool=callgrind --cache-sim=yes --instr-atstart=no` with client
+requests around the conv (cgctl.c), so Python and the torch import run
+uninstrumented and only the conv's accesses are counted, from empty caches.
+(Plain cachegrind in valgrind 3.19 cannot start/stop instrumentation, and a
+baseline subtraction costs a second ~10-minute torch import per layer.)
+The simulator replays the kernel's loop nest through the same two levels; the
+model evaluates its terms at the same two capacities. Compared: data
+references, D1 misses and LL misses.
 """
 from __future__ import annotations
 
@@ -30,10 +36,11 @@ from fastconv.spec import ConvSpec  # noqa: E402
 
 # (name, N,C,H,W, K,Cg,R,S, stride, pad, groups)
 LAYERS = [
-    ("resnet conv3 3x3 64->64 28x28", (1, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1),
+    ("3x3 64->64 28x28", (1, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1),
     ("1x1 128->128 14x14", (1, 128, 14, 14), (128, 128, 1, 1), 1, 0, 1),
-    ("stem-like 3->32 3x3 s2 64x64", (1, 3, 64, 64), (32, 3, 3, 3), 2, 1, 1),
-    ("depthwise 3x3 64ch 28x28", (1, 64, 28, 28), (64, 1, 3, 3), 1, 1, 64),
+    ("3x3 s2 3->32 64x64", (1, 3, 64, 64), (32, 3, 3, 3), 2, 1, 1),
+    ("dw 3x3 64ch 28x28", (1, 64, 28, 28), (64, 1, 3, 3), 1, 1, 64),
+    ("3x3 16->16 14x14", (1, 16, 14, 14), (16, 16, 3, 3), 1, 1, 1),
 ]
 
 
@@ -44,23 +51,53 @@ def levels_for_cachegrind():
     return [l1, CacheLevel("LL", l2.size, l2.ways, l2.line)]
 
 
-def cachegrind(algo, inp, wt, stride, pad, groups, layout, go, levels, python) -> dict:
+def branch_blocking(root: str) -> dict:
+    """The blocking constants of the kernel build at `root` (its own _C.blocking())."""
+    py = os.path.join(root, ".venv", "bin", "python")
+    out = subprocess.run([py, "-c", "import json, fastconv; print(json.dumps(dict(fastconv._C.blocking())))"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root,
+                                                                  PYTHONDONTWRITEBYTECODE="1"), check=True,
+                         cwd=root)  # not this tree's fastconv
+    b = dict(cmodel.DEFAULT_BLOCKING)
+    b.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    return b
+
+
+def build_cgctl() -> str:
+    out = os.path.join(tempfile.gettempdir(), "fastconv_cgctl.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", os.path.join(HERE, "cgctl.c"), "-o", out], check=True)
+    return out
+
+
+def valgrind(algo, inp, wt, stride, pad, groups, layout, levels, python, pythonpath, cgctl) -> dict:
+    """Data refs, D1 misses, LL misses of one conv under callgrind's cache simulator."""
     l1, ll = levels
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
-        cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--cachegrind-out-file={out}",
+        cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--instr-atstart=no",
+               f"--callgrind-out-file={out}",
                f"--D1={l1.size},{l1.ways},{l1.line}", f"--LL={ll.size},{ll.ways},{ll.line}",
                f"--I1={32 << 10},8,64", python, os.path.join(HERE, "run_one.py"), algo,
-               ",".join(map(str, inp)), ",".join(map(str, wt)), str(stride), str(pad), str(groups), layout, go]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        text = open(out).read()
+               ",".join(map(str, inp)), ",".join(map(str, wt)), str(stride), str(pad), str(groups), layout, "1"]
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", FASTCONV_CGCTL=cgctl, OMP_NUM_THREADS="1")
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        dumps = sorted((f for f in os.listdir(d) if f.startswith("cg.out.")), key=lambda f: int(f.split(".")[-1]))
+        if len(dumps) < 2:
+            raise RuntimeError(f"expected two callgrind dumps for {algo} {inp} {wt}, got {dumps}")
+        counts = [_totals(open(os.path.join(d, f)).read()) for f in dumps[-2:]]
+    # Minus the fixed per-call cost: the tiny call's references and misses
+    # (~2,000 line misses per call, of memory the op touches afresh every call:
+    # small layers show it too, though the tiny call ran just before).
+    return {k: counts[1][k] - counts[0][k] for k in counts[1]} | {"fixed": counts[0], "version": 3}
+
+
+def _totals(text: str) -> dict:
     events = re.search(r"^events: (.*)$", text, re.M).group(1).split()
-    summary = [int(v) for v in re.search(r"^summary: (.*)$", text, re.M).group(1).split()]
-    return dict(zip(events, summary))
-
-
-def counts_cg(d: dict) -> dict:
-    return {"refs": d["Dr"] + d["Dw"], "d1_misses": d["D1mr"] + d["D1mw"], "ll_misses": d["DLmr"] + d["DLmw"]}
+    totals = [int(v) for v in re.search(r"^totals: (.*)$", text, re.M).group(1).split()]
+    c = dict(zip(events, totals))
+    return {"refs": c["Dr"] + c["Dw"], "d1_misses": c["D1mr"] + c["D1mw"], "ll_misses": c["DLmr"] + c["DLmw"]}
 
 
 def main(argv=None):
@@ -69,12 +106,21 @@ def main(argv=None):
     p.add_argument("--algos", default="reference,im2col,direct,depthwise")
     p.add_argument("--layouts", default="nchw,nhwc")
     p.add_argument("--layers", default=None, help="indices into LAYERS, comma-separated")
-    p.add_argument("--no-cachegrind", action="store_true")
+    p.add_argument("--no-valgrind", action="store_true")
+    p.add_argument("--cg-cache", default=None,
+                   help="JSON of earlier valgrind results: used for cases it has (with --no-valgrind), "
+                        "and new results are added to it")
+    p.add_argument("--branch-root", default=None,
+                   help="run algo X's kernel from BRANCH_ROOT/X (its own build; reference from this tree)")
     args = p.parse_args(argv)
     levels = levels_for_cachegrind()
-    caps = {"L1": levels[0].size, "L2": levels[1].size}
+    caps = {"L1": (levels[0].size, levels[0].ways, levels[0].line), "L2": (levels[1].size, levels[1].ways, levels[1].line)}
     b, missing = cmodel.blocking()
     rows = []
+    cgctl = None if args.no_valgrind else build_cgctl()
+    cache = {}
+    if args.cg_cache and os.path.exists(args.cg_cache):
+        cache = json.load(open(args.cg_cache))
     layers = LAYERS if args.layers is None else [LAYERS[int(i)] for i in args.layers.split(",")]
     for name, inp, wt, stride, pad, groups in layers:
         for layout in args.layouts.split(","):
@@ -82,20 +128,36 @@ def main(argv=None):
             for algo in args.algos.split(","):
                 if algo == "depthwise" and not spec.is_depthwise:
                     continue
-                if algo == "reference" and spec.macs > 30e6:
+                if algo == "reference" and spec.macs > 1e6:
                     continue  # the plain loop nest is too slow under valgrind for big layers
-                m = cmodel.model(algo, spec, b).bytes_per_level(caps)
+                bb = b
+                if args.branch_root and algo != "reference" and os.path.exists(os.path.join(args.branch_root, algo)):
+                    bb = branch_blocking(os.path.join(args.branch_root, algo))
+                m = cmodel.model(algo, spec, bb).bytes_per_level(caps)
                 sim = simulate(algo, spec, [levels[0], CacheLevel("L2", levels[1].size, levels[1].ways, 64)],
-                               sample_accesses=0, reuse_histogram=False)
+                               sample_accesses=0, reuse_histogram=False, blocking_constants=bb)
                 row = {"layer": name, "layout": layout, "algo": algo,
                        "model": {"refs_bytes": m["L1"], "d1_misses": m["L2"] / 64, "ll_misses": m["DRAM"] / 64},
                        "sim": {"refs": sim["accesses"], "d1_misses": sim["levels"]["L1"]["misses"],
                                "ll_misses": sim["levels"]["L2"]["misses"]}}
-                if not args.no_cachegrind:
-                    py = sys.executable
-                    full = counts_cg(cachegrind(algo, inp, wt, stride, pad, groups, layout, "1", levels, py))
-                    base = counts_cg(cachegrind(algo, inp, wt, stride, pad, groups, layout, "0", levels, py))
-                    row["cachegrind"] = {k: full[k] - base[k] for k in full}
+                key = f"{name}|{layout}|{algo}"
+                if key in cache:
+                    row["cachegrind"] = dict(cache[key])
+                    if cache[key].get("version", 1) == 2:
+                        # Version 2 kept the misses raw: subtract the fixed per-call cost.
+                        for k in ("d1_misses", "ll_misses"):
+                            row["cachegrind"][k] -= cache[key]["fixed"][k]
+                if not args.no_valgrind:
+                    py, path = sys.executable, os.path.dirname(os.path.dirname(HERE))
+                    if args.branch_root and algo != "reference":
+                        root = os.path.join(args.branch_root, algo)
+                        if os.path.exists(os.path.join(root, ".venv", "bin", "python")):
+                            py, path = os.path.join(root, ".venv", "bin", "python"), root
+                    row["kernel_from"] = path
+                    row["cachegrind"] = valgrind(algo, inp, wt, stride, pad, groups, layout, levels, py, path, cgctl)
+                    if args.cg_cache:
+                        cache[key] = row["cachegrind"]
+                        json.dump(cache, open(args.cg_cache, "w"), indent=1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "blocking_defaults_used": missing, "rows": rows}
@@ -110,20 +172,20 @@ def _dev(a, b):
 
 
 def markdown(res: dict) -> str:
-    """The table for docs/cache-validation.md: misses in thousands of lines."""
-    out = ["| layer | layout | algo | D1 misses model | sim | cachegrind | model/cg | sim/cg "
-           "| LL misses model | sim | cachegrind | model/cg | sim/cg | data refs sim | cachegrind |",
+    """The table for docs/cache-validation.md: misses in thousands of lines. "valgrind" is
+    net of the fixed per-call cost (a bracketed tiny conv); "raw" includes it."""
+    out = ["| layer | layout | algo | D1 misses model | sim | valgrind (raw) | model/vg | sim/vg "
+           "| LL misses model | sim | valgrind (raw) | model/vg | sim/vg | data refs sim | valgrind |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         m, s, c = r["model"], r["sim"], r.get("cachegrind", {})
+        fx = c.get("fixed", {})
         k = lambda v: f"{v / 1e3:.1f}" if v is not None else "-"  # noqa: E731
+        raw = lambda key: (f"{k(c.get(key))} ({k(c[key] + fx[key])})" if key in c and key in fx  # noqa: E731
+                           else k(c.get(key)))
         out.append(f"| {r['layer']} | {r['layout']} | {r['algo']} | {k(m['d1_misses'])} | {k(s['d1_misses'])} | "
-                   f"{k(c.get('d1_misses'))} | {_dev(m['d1_misses'], c.get('d1_misses'))} | "
+                   f"{raw('d1_misses')} | {_dev(m['d1_misses'], c.get('d1_misses'))} | "
                    f"{_dev(s['d1_misses'], c.get('d1_misses'))} | {k(m['ll_misses'])} | {k(s['ll_misses'])} | "
-                   f"{k(c.get('ll_misses'))} | {_dev(m['ll_misses'], c.get('ll_misses'))} | "
+                   f"{raw('ll_misses')} | {_dev(m['ll_misses'], c.get('ll_misses'))} | "
                    f"{_dev(s['ll_misses'], c.get('ll_misses'))} | {k(s['refs'])} | {k(c.get('refs'))} |")
     return "\n".join(out)
-
-
-if __name__ == "__main__":
-    main()

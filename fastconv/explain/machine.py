@@ -111,8 +111,8 @@ def measure_ceilings(quick: bool = False) -> Ceilings:
     levels = cache_levels()
     for lv in levels:
         size = max(4096, lv.size // 2)
-        if size > (256 << 20):  # a VM can report the host's huge L3; cap the buffer
-            size = 256 << 20
+        if size > (32 << 20):  # a VM can report the host's whole L3 (480 MiB here); cap the buffer
+            size = 32 << 20
         reps = max(1, int((64 << 20 if not quick else 8 << 20) // size))
         bw[lv.name] = _C.read_bandwidth_gbs(size, reps)
         if lv.name in ("L1", "L2"):  # private per core: the kernels' threads each have one

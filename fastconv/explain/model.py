@@ -35,27 +35,33 @@ LINE = 64
 # Named defaults, used only if fastconv._C.blocking() lacks a constant (kept
 # equal to the C++ defaults in csrc/cachesim.cpp).
 DEFAULT_BLOCKING = {
-    "im2col_max_workspace_bytes": 4 << 20,
-    "im2col_min_tile_pixels": 64,
+    "im2col_max_workspace_bytes": 1 << 20,
+    "im2col_min_tile_pixels": 128,
     "direct_oc_block": 8,
     "direct_oc_vectors": 2,
     "direct_pixel_tile": 6,
     "direct_pixel_tile_single": 12,
     "direct_row_block": 4,
+    "direct_cin_block_bytes": 16 << 10,
     "depthwise_vec_width": 8,
     "depthwise_nhwc_pixel_tile": 4,
     "depthwise_nhwc_chan_vecs": 2,
-    "depthwise_nhwc_channel_group": 64,
+    "depthwise_nhwc_channel_group": 256,
+    "depthwise_nchw_reg_rows": 2,
+    "depthwise_nchw_tile_accs": 8,
     "depthwise_nchw_width_vecs": 4,
     "depthwise_row_tile": 16,
-    "im2col_item_channels": 128,
-    "im2col_item_pixels": 512,
+    "im2col_item_channels": 64,
+    "im2col_item_pixels": 256,
+    "im2col_item_min_macs": 1 << 21,
     # The BLAS GEMM behind im2col, modelled as BLIS Haswell sgemm blocking.
     "gemm_mr": 6,
     "gemm_nr": 16,
     "gemm_mc": 168,
     "gemm_kc": 256,
     "gemm_nc": 4080,
+    # 0: MKL's no-copy sgemm kernels (what ATen runs for im2col's items here), 1: Goto packing.
+    "gemm_pack": 0,
 }
 VECTOR_BYTES = 32  # AVX2
 # A read whose reuse distance is spread evenly over [0, D] is split into this
@@ -84,6 +90,17 @@ class Term:
     # lines land in sets at random); the rest is long contiguous runs, which
     # spread evenly over the sets.
     scattered: float = 0.0
+    # Power-of-two strides: the reuse is also lost when `alias_count` lines
+    # `alias_stride` bytes apart, all touched in between, overflow one set.
+    alias_stride: int = 0
+    alias_count: int = 0
+
+    def aliased_out(self, sets: int, ways: int, line: int) -> bool:
+        if not self.alias_count or not self.alias_stride:
+            return False
+        first = 0
+        same = sum(1 for k in range(self.alias_count) if (k * self.alias_stride // line) % sets == first)
+        return same > ways
 
 
 @dataclass
@@ -93,9 +110,10 @@ class Model:
     terms: list = field(default_factory=list)
     notes: list = field(default_factory=list)
 
-    def add(self, operand, what, nbytes, distance, scattered=0.0):
+    def add(self, operand, what, nbytes, distance, scattered=0.0, alias_stride=0, alias_count=0):
         if nbytes > 0:
-            self.terms.append(Term(operand, what, float(nbytes), float(distance), float(min(scattered, distance))))
+            self.terms.append(Term(operand, what, float(nbytes), float(distance), float(min(scattered, distance)),
+                                   int(alias_stride), int(alias_count)))
 
     def traffic(self, capacity: float, ways: int = 0, line: int = LINE) -> float:
         """Bytes a cache of `capacity` bytes pulls from below. ways=0: fully
@@ -106,7 +124,8 @@ class Model:
         if ways <= 0:
             return sum(t.bytes for t in self.terms if t.distance >= capacity)
         sets = max(1, capacity // (ways * line))
-        return sum(t.bytes * miss_probability(t.distance, sets, ways, line, t.scattered) for t in self.terms)
+        return sum(t.bytes * (1.0 if t.aliased_out(sets, ways, line) else
+                              miss_probability(t.distance, sets, ways, line, t.scattered)) for t in self.terms)
 
     def bytes_per_level(self, levels) -> dict:
         """levels: ordered {cache name: bytes} (fully associative) or
@@ -181,7 +200,8 @@ class Geo:
 
 
 def _gemm_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src_bytes_once,
-                b_src_distance, c_name="output", a_src_written=0.0, b_src_bytes_once=0.0):
+                b_src_distance, c_name="output", a_src_written=0.0, b_src_bytes_once=0.0, a_row_bytes=None,
+                items=1):
     """Terms of `reps` Goto GEMMs C[MxN] = A[MxK] B[KxN] (cachesim.cpp's gemm())."""
     MR, NR, MC, KC, NC = b["gemm_mr"], b["gemm_nr"], b["gemm_mc"], b["gemm_kc"], b["gemm_nc"]
     Mp = math.ceil(M / MR) * MR
@@ -201,9 +221,13 @@ def _gemm_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src
     # B source: read once per GEMM for packing; its distance since it was
     # last touched is b_src_distance (the column buffer just written, or the input).
     if isinstance(b_src_distance, tuple):
-        # B is the freshly written column buffer, read back in the order written.
-        written, extra = b_src_distance
-        m.add(b_name, "GEMM packs B from the column buffer", reps * K * N * e, written + extra)
+        # B is the freshly written column buffer, read back in the order written;
+        # the i-th GEMM of a tile also has i GEMMs' packing and output in between.
+        written, extra, items = b_src_distance
+        per_item = bp_panel + ap_block + M * N * e
+        for i in range(items):
+            m.add(b_name, "GEMM packs B from the column buffer", reps * K * N * e / items,
+                  written + extra + i * per_item)
     else:
         m.add(b_name, "GEMM packs B (first touch)", b_src_bytes_once, INF)
         m.add(b_name, "GEMM packs B (reads the B operand once per GEMM)", reps * K * N * e - b_src_bytes_once,
@@ -211,11 +235,19 @@ def _gemm_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src
     # A source re-read per NC panel; across GEMMs (tiles) it is the same
     # weight, reused at the distance of one tile's footprint.
     m.add(a_name, "GEMM packs A (first touch)", a_src_bytes_once, INF)
-    a_reads = reps * n_nc * M * K * e - a_src_bytes_once
+    # Rows of A that are short runs inside longer rows (one group's columns of
+    # the column buffer) cost whole lines.
+    a_reads = reps * n_nc * M * (a_row_bytes if a_row_bytes is not None else K * e) - a_src_bytes_once
     # A written just before (the column buffer) and read back in the order it
     # was written: under LRU the distance is the whole buffer for every line.
-    m.add(a_name, "GEMM packs A from the column buffer" if a_src_written else "GEMM re-packs A per GEMM item",
-          a_reads, a_src_written + bp_panel if a_src_written else unit_fp)
+    if a_src_written:
+        # The i-th GEMM of a tile also has i GEMMs' packing and output in between.
+        per_item = bp_panel + ap_block + M * N * e
+        for i in range(items):
+            m.add(a_name, "GEMM packs A from the column buffer", a_reads / items,
+                  a_src_written + bp_panel + i * per_item)
+    else:
+        m.add(a_name, "GEMM re-packs A per GEMM item", a_reads, unit_fp)
     # Packed buffers: written (write-allocate) over and over; between two
     # rewrites of the same bytes lies one KC panel (B) or one MC block (A).
     pc_fp = bp_panel + 2 * M * kc * e + M * N * e
@@ -240,6 +272,48 @@ def _gemm_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src
     m.add(c_name, "C re-read per KC panel", reps * (n_kc - 1) * M * N * e, pc_fp)
 
 
+def _gemm_nocopy_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp, a_src_bytes_once,
+                       b_src_distance, b_src_bytes_once=0.0, a_src_written=0.0, items=1, a_row_bytes=None,
+                       c_name="output", b_alias=(0, 0)):
+    """Terms of `reps` no-copy GEMMs C[MxN] = A[MxK] B[KxN] (cachesim.cpp's gemm_nocopy():
+    per KC block, per NR columns, per MR rows, k innermost; A and B read in place)."""
+    MR, NR, KC = b["gemm_mr"], b["gemm_nr"], b["gemm_kc"]
+    n_kc, n_nr, n_mr = math.ceil(K / KC), math.ceil(N / NR), math.ceil(M / MR)
+    kc = min(KC, K)
+    a_row = a_row_bytes if a_row_bytes is not None else K * e
+    m.l1_bytes[a_name] = m.l1_bytes.get(a_name, 0) + reps * M * K * e * n_nr
+    m.l1_bytes[b_name] = m.l1_bytes.get(b_name, 0) + reps * K * N * e * n_mr
+    m.l1_bytes[c_name] = m.l1_bytes.get(c_name, 0) + reps * (2 * n_kc - 1) * M * N * e
+    a_block = M * kc * e * (a_row / (K * e))  # one KC block of A, in lines
+    b_micro, a_micro = kc * NR * e, MR * kc * e
+    # A: its first read in each GEMM, then once more per NR columns of B.
+    a_first = reps * M * a_row - a_src_bytes_once
+    m.add(a_name, "GEMM reads A (first touch)", a_src_bytes_once, INF)
+    if a_src_written:
+        per_item = a_block + kc * N * e + M * N * e
+        for i in range(items):
+            m.add(a_name, "GEMM reads A from the column buffer", a_first / items, a_src_written + i * per_item)
+    else:
+        m.add(a_name, "GEMM re-reads A per GEMM item", a_first, unit_fp)
+    m.add(a_name, "A re-read per NR columns of B", reps * M * a_row * (n_nr - 1), a_block + b_micro)
+    # B: read by the first MR rows, then re-read by the others from a small panel.
+    if isinstance(b_src_distance, tuple):
+        written, extra, n_items = b_src_distance
+        per_item = a_block + kc * N * e + M * N * e
+        for i in range(n_items):
+            m.add(b_name, "GEMM reads B from the column buffer", reps * K * N * e / n_items,
+                  written + extra + i * per_item)
+    else:
+        m.add(b_name, "GEMM reads B (first touch)", b_src_bytes_once, INF)
+        m.add(b_name, "GEMM re-reads B per GEMM item", reps * K * N * e - b_src_bytes_once, b_src_distance)
+    # b_alias: (stride, count) of the micro-panel's separate runs (a power-of-two
+    # stride puts them all in one set).
+    m.add(b_name, "B micro-panel re-read per MR rows of A", reps * K * N * e * (n_mr - 1), b_micro + a_micro + MR * NR * e,
+          alias_stride=b_alias[0], alias_count=min(b_alias[1], kc))
+    m.add(c_name, "GEMM writes C (first touch)", reps * M * N * e, INF)
+    m.add(c_name, "C re-read per KC block", reps * (n_kc - 1) * M * N * e, a_block + kc * N * e + M * N * e)
+
+
 def model_reference(s: ConvSpec, b: dict) -> Model:
     g = Geo(s)
     e, m = g.e, Model("reference")
@@ -252,21 +326,30 @@ def model_reference(s: ConvSpec, b: dict) -> Model:
     else:
         win = s.R * s.S * run_bytes(s.Cg * e, e)
         row_in = s.R * s.W * s.Cg * e
+    nhwc = s.layout == "nhwc"
+    # Bytes of one group's input a unit (n, k) touches: NHWC with groups reads
+    # a short run per pixel, whole lines, shared with the neighbouring groups.
+    group_in = s.H * s.W * (run_bytes(s.Cg * e, e) if nhwc and s.groups > 1 else s.Cg * e)
+    # One unit writes one output channel: NHWC touches a line per pixel.
+    out_k = s.Ho * s.Wo * (LINE if nhwc and s.K * e > LINE else e)
     f_pix = wk + win + LINE
     f_row = wk + row_in + s.Wo * e
-    f_k = wk + s.Cg * s.H * s.W * e + s.Ho * s.Wo * e
+    f_k = wk + group_in + out_k
     f_img = g.weight + g.image + s.K * s.Ho * s.Wo * e
     m.add("weight", "filters (first touch)", g.weight, INF)
     m.add("weight", "filter re-read per image", (s.N - 1) * g.weight, f_img)
     m.add("input", "input (first touch)", g.input, INF)
-    m.add("input", "input re-read per output channel", s.N * (s.K - s.groups) * s.Cg * s.H * s.W * e, f_k)
-    rows_read = s.N * s.K * g.VH * (s.Cg * s.W * e if s.layout == "nchw" else s.W * s.Cg * e)
+    m.add("input", "input re-read per output channel", s.N * s.K * group_in - g.input, f_k)
+    rows_read = s.N * s.K * g.VH * (row_in / s.R)
     # NCHW rows are Cg*R separate runs of W elements: scattered over the sets.
-    m.add("input", "input rows re-read per output row", rows_read - s.N * s.K * s.Cg * s.H * s.W * e, f_row,
+    m.add("input", "input rows re-read per output row", rows_read - s.N * s.K * group_in, f_row,
           row_in if s.layout == "nchw" else 0.0)
     per_pix = s.N * s.K * sum(v for v in g.vh) * s.Wo * (win / s.R)
     m.add("input", "input window re-read per output pixel", per_pix - rows_read, f_pix, win)
     m.add("output", "output (first touch)", g.output, INF)
+    if nhwc:
+        m.add("output", "output lines re-touched by each output channel (NHWC)",
+              max(0.0, s.N * s.K * out_k - g.output), f_k)
     m.notes.append("reference: the plain loop nest; the weight of one output channel stays in L1")
     return m
 
@@ -290,10 +373,17 @@ def model_im2col(s: ConvSpec, b: dict) -> Model:
     kall = s.C * s.R * s.S
     pixels = s.N * s.Ho * s.Wo
     col = 0 if direct else kall * P * e
-    ich, ipx = b["im2col_item_channels"], b["im2col_item_pixels"]
-    # GEMM items: NCHW (channels x pixels), NHWC (pixels x channels); mean sizes.
-    n_ch, n_px = _ceil_div(s.Kg, ich), _ceil_div(P, ipx)
-    ch, px = _ceil_div(s.Kg, n_ch), _ceil_div(P, n_px)
+    ich, ipx, min_macs = b["im2col_item_channels"], b["im2col_item_pixels"], b["im2col_item_min_macs"]
+    # GEMM items (make_items): balanced blocks; the inner block grows until an
+    # item holds im2col_item_min_macs. NCHW: channels x pixels, NHWC: pixels x channels.
+    even = lambda n, mx: _ceil_div(n, _ceil_div(n, max(1, mx)))  # noqa: E731
+    if s.layout == "nchw":
+        ch = even(s.Kg, ich)
+        px = even(P, max(ipx, _ceil_div(min_macs, ch * kdim)))
+    else:
+        px = even(P, ipx)
+        ch = even(s.Kg, max(ich, _ceil_div(min_macs, px * kdim)))
+    n_ch, n_px = _ceil_div(s.Kg, ch), _ceil_div(P, px)
     reps = T * s.groups * n_ch * n_px
     kc = min(b["gemm_kc"], kdim)
     item_fp = (kdim * (px + ch) + kc * (px + ch) + px * ch) * e  # sources, packed panels, C
@@ -321,22 +411,28 @@ def model_im2col(s: ConvSpec, b: dict) -> Model:
             rows = s.N * g.VH * s.W * s.C * e
             m.add("input", "input re-read by neighbouring pixels", max(0.0, s.C * taps * e - rows), pix_fp * s.S)
             m.add("input", "input rows re-read per output row", max(0.0, rows - T * in_win), s.Wo * pix_fp)
+    gemm_terms = _gemm_terms if b.get("gemm_pack", 0) else _gemm_nocopy_terms
     if s.layout == "nchw":
-        _gemm_terms(m, e, ch, px, kdim, b, a_name="weight", b_name="input" if direct else "column", reps=reps,
+        gemm_terms(m, e, ch, px, kdim, b, a_name="weight", b_name="input" if direct else "column", reps=reps,
                     unit_fp=item_fp, a_src_bytes_once=g.weight,
-                    b_src_distance=item_fp if direct else (col, in_win), b_src_bytes_once=g.input if direct else 0.0)
+                    b_src_distance=item_fp if direct else (col, in_win, n_px), b_src_bytes_once=g.input if direct else 0.0,
+                    **({} if b.get("gemm_pack", 0) else
+                       {"b_alias": ((s.H * s.W if direct else P) * e, kdim)}))
     else:
-        _gemm_terms(m, e, px, ch, kdim, b, a_name="input" if direct else "column", b_name="weight", reps=reps,
+        gemm_terms(m, e, px, ch, kdim, b, a_name="input" if direct else "column", b_name="weight", reps=reps,
                     unit_fp=item_fp, a_src_bytes_once=g.input if direct else 0.0, b_src_distance=item_fp,
-                    a_src_written=0.0 if direct else col, b_src_bytes_once=g.weight)
+                    a_src_written=0.0 if direct else col, b_src_bytes_once=g.weight,
+                    a_row_bytes=run_bytes(kdim * e, e) if s.groups > 1 else None, items=n_px,
+                    **({} if b.get("gemm_pack", 0) else {"b_alias": (kdim * e, b["gemm_nr"])}))
     if direct:
         # The input is the GEMM operand itself: its first touch is counted there.
         m.terms = [t for t in m.terms if not (t.operand == "input" and t.what == "input (first touch)")]
         m.notes.append("im2col: 1x1 stride-1 conv, GEMM straight on the input (no column buffer)")
     m.notes.append(f"im2col: {T} tile(s) of {P} pixels; column buffer {col / 1024:.0f} KiB; "
                    f"{reps} GEMM items of ~{ch:.0f} channels x {px:.0f} pixels x {kdim} deep (BLAS "
-                   f"modelled as Goto GEMM MR={b['gemm_mr']} NR={b['gemm_nr']} MC={b['gemm_mc']} "
-                   f"KC={b['gemm_kc']} NC={b['gemm_nc']})")
+                   + (f"modelled as Goto GEMM MR={b['gemm_mr']} NR={b['gemm_nr']} MC={b['gemm_mc']} "
+                      f"KC={b['gemm_kc']} NC={b['gemm_nc']})" if b.get("gemm_pack", 0) else
+                      f"modelled as MKL's no-copy kernel, MR={b['gemm_mr']} NR={b['gemm_nr']} KC={b['gemm_kc']})"))
     return m
 
 
@@ -355,52 +451,110 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     g = Geo(s)
     e, m = g.e, Model("direct")
     vec, blocks, vectors, P, OT = direct_plan(s, b)
-    tiles_row = math.ceil(s.Wo / P)
+    RB = b["direct_row_block"]
+    row_blocks = _ceil_div(s.Ho, RB)
+    cin = max(1, b["direct_cin_block_bytes"] // (s.R * s.S * vectors * vec * e))
+    cin = min(cin, s.Cg)
+    nblk = _ceil_div(s.Cg, cin)
+    sw, pl, dw = s.stride[1], s.padding[2], s.dilation[1]
+    ow_lo = min(s.Wo, max(0, _ceil_div(pl, sw)))
+    ow_hi = min(s.Wo, max(ow_lo, (s.W - 1 - (s.S - 1) * dw + pl) // sw + 1))
+    interior_tiles = _ceil_div(ow_hi - ow_lo, P)
+    border = [ow for ow in range(s.Wo) if not (ow_lo <= ow < ow_hi)]
+    tap_cols = interior_tiles * s.S + sum(g.vw[ow] for ow in border)  # per row and channel
+    tiles_row = interior_tiles + len(border)
+    P_eff = _ceil_div(ow_hi - ow_lo, interior_tiles) if interior_tiles else 1  # balanced widths
     panel = s.Cg * s.R * s.S * vec * e
     packed = s.groups * blocks * panel
-    # Channels per oc tile (the last tile may hold fewer vectors).
     nvs = [min(vectors, blocks - ot * vectors) for ot in range(OT)]
     wt_tiles = [nv * panel for nv in nvs]
     wt_avg = sum(wt_tiles) / OT
-    win_w = min(s.W, (P - 1) * s.stride[1] + (s.S - 1) * s.dilation[1] + 1)
+    wblock = wt_avg * cin / s.Cg  # one input-channel block's weights of an oc tile
+    nhwc_groups = s.layout == "nhwc" and s.groups > 1
+    win_w = min(s.W, (P_eff - 1) * sw + (s.S - 1) * dw + 1)
     if s.layout == "nchw":
-        tile_in = s.Cg * s.R * run_bytes(win_w * e, e)
-        row_in = s.Cg * s.R * run_bytes(s.W * e, e)
-        pass_bytes = lambda: s.Cg * run_bytes(win_w * e, e)  # noqa: E731  per valid filter row
+        px_run = lambda n: run_bytes(n * e, e)  # noqa: E731  a run of n pixels of one channel
+        tile_in_c = s.R * px_run(win_w)  # per channel
+        row_in_c = s.R * px_run(s.W)
+    elif not nhwc_groups:
+        tile_in_c = s.R * win_w * e * (1 + (LINE - e) / max(1, s.Cg * e * win_w))
+        row_in_c = s.R * s.W * e
     else:
-        tile_in = s.R * run_bytes(win_w * s.Cg * e, e)
-        row_in = s.R * s.W * s.Cg * e
-        pass_bytes = lambda: run_bytes(win_w * s.Cg * e, e)  # noqa: E731
-    out_tile = vectors * vec * P * e
-    f_tile = wt_avg + tile_in + out_tile
-    # NCHW tile windows are Cg*R short runs, one per (channel, row): scattered.
-    sc_tile = tile_in if s.layout == "nchw" else 0.0
-    f_row = wt_avg + row_in + vectors * vec * s.Wo * e
-    f_task = wt_avg + s.Cg * s.H * s.W * e + vectors * vec * s.Ho * s.Wo * e
+        # A group reads Cg of each pixel's C channels: a short run per pixel,
+        # whole lines, shared with the neighbouring groups.
+        tile_in_c = s.R * win_w * run_bytes(s.Cg * e, e) / s.Cg
+        row_in_c = s.R * s.W * run_bytes(s.Cg * e, e) / s.Cg
+    acc_tile = vectors * vec * P_eff * e
+    partial = RB * s.Wo * vectors * vec * e if nblk > 1 else 0
+    scattered = s.layout == "nchw"
+    f_tile = wblock + cin * tile_in_c + acc_tile
+    f_row = wblock + cin * row_in_c + vectors * vec * s.Wo * e
+    rows_rb = min(s.H, (RB - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1)
+    f_pass = wblock + cin * rows_rb * row_in_c / s.R + partial  # one channel block over a task's rows
+    f_task = wt_avg + s.Cg * rows_rb * row_in_c / s.R + partial + vectors * vec * RB * s.Wo * e
+    f_img_task = wt_avg + s.Cg * s.H * row_in_c / s.R + vectors * vec * s.Ho * s.Wo * e
     f_img = packed + g.image + s.K * s.Ho * s.Wo * e
-    # Loads and stores.
-    weight_loads = s.N * s.groups * sum(nvs) * vec * e * s.Cg * s.S * g.VH * tiles_row
-    m.l1_bytes = {"weight": g.weight, "packed_weight": packed + weight_loads,
-                  "input": s.N * s.groups * OT * s.Cg * g.VH * g.VW * e, "output": g.output}
-    # Packing, then the weights of one oc tile are re-read for every pixel tile.
+    ch_total = s.N * s.groups * sum(nvs) * vec
+    fuse = e == 4 and s.Kg % (vectors * vec) == 0
+    taps_rows = s.N * s.groups * OT * s.Cg * g.VH  # (n, g, ot, c, oh, valid r)
+    m.l1_bytes = {
+        "weight": g.weight,
+        "packed_weight": packed + ch_total * e * s.Cg * g.VH * tap_cols,
+        "input": s.N * s.groups * OT * s.Cg * g.VH * g.VW * e,
+        # Two tap-table offsets read per (c, tap); the tables written per row (and border pixel).
+        "scratch": taps_rows * tap_cols * 16 + s.N * s.groups * OT * nblk * 16 * (
+            g.VH * s.S + sum(g.vh) * sum(g.vw[ow] for ow in border)),
+        "output": g.output,
+    }
+    if partial:
+        m.l1_bytes["column"] = s.N * s.groups * OT * s.Ho * s.Wo * vectors * vec * e * 2 * (nblk - 1)
+    if not fuse:
+        m.l1_bytes["scratch"] += (ch_total + s.N * s.K) * s.Ho * s.Wo * e
     m.add("weight", "weights read once to pack them", g.weight, INF)
     m.add("packed_weight", "packed weights written (first touch)", packed, INF)
     m.add("packed_weight", "packed weights first read after packing", packed, packed + g.weight)
-    uses = s.N * s.groups * sum(wt * s.Ho * tiles_row for wt in wt_tiles)
-    m.add("packed_weight", "weight re-read per pixel tile", uses - s.N * packed, f_tile, sc_tile)
+    per_task = s.N * s.groups * sum(wt_tiles) * row_blocks  # each task reads its oc tile's weights
+    m.add("packed_weight", "weights re-read per row-block task", per_task - s.N * packed, f_task)
     m.add("packed_weight", "weights re-read per image", (s.N - 1) * packed, f_img)
-    # Input: compulsory, then re-read per oc tile, per output row, per pixel tile.
+    uses = s.N * s.groups * sum(wt * s.Ho * tiles_row for wt in wt_tiles)
+    m.add("packed_weight", "weight block re-read per pixel tile", uses - per_task, f_tile,
+          cin * tile_in_c if scattered else 0.0)
     m.add("input", "input (first touch)", g.input, INF)
-    per_ot = s.N * s.groups * s.Cg * s.H * s.W * e
-    m.add("input", "input re-read per output-channel tile", (OT - 1) * per_ot, f_task)
-    rows_read = s.N * s.groups * OT * g.VH * (row_in / s.R)
-    m.add("input", "input rows re-read per output row", rows_read - OT * per_ot, f_row,
-          row_in if s.layout == "nchw" else 0.0)
-    tiles_read = s.N * s.groups * OT * g.VH * tiles_row * pass_bytes()
-    m.add("input", "input window re-read per pixel tile", tiles_read - rows_read, f_tile, sc_tile)
+    group_in = s.H * s.W * (run_bytes(s.Cg * e, e) if nhwc_groups else s.Cg * e)
+    per_ot = s.N * s.groups * group_in
+    if nhwc_groups:
+        m.add("input", "input lines re-read by each group (NHWC)", per_ot - g.input, f_img_task)
+        out_lines = s.N * s.groups * s.Ho * s.Wo * run_bytes(s.Kg * e, e)
+        m.add("output", "output lines re-touched by each group (NHWC)", max(0.0, out_lines - g.output), f_img_task)
+    m.add("input", "input re-read per output-channel tile", (OT - 1) * per_ot, f_img_task)
+    rows_tasks = s.N * s.groups * OT * s.Cg * sum(
+        min(s.H, max(0, min(s.H, (min(s.Ho, (rb + 1) * RB) - 1) * s.stride[0] - s.padding[0] + (s.R - 1) * s.dilation[0] + 1)
+                      - max(0, rb * RB * s.stride[0] - s.padding[0]))) for rb in range(row_blocks)) * row_in_c / s.R
+    m.add("input", "input rows shared by neighbouring row blocks re-read", max(0.0, rows_tasks - OT * per_ot), f_task)
+    rows_read = s.N * s.groups * OT * g.VH * s.Cg * row_in_c / s.R
+    m.add("input", "input rows re-read per output row", max(0.0, rows_read - rows_tasks), f_row,
+          cin * row_in_c if scattered else 0.0)
+    tiles_read = s.N * s.groups * OT * s.Cg * g.VH * tiles_row * tile_in_c / s.R
+    m.add("input", "input window re-read per pixel tile", max(0.0, tiles_read - rows_read), f_tile,
+          cin * tile_in_c if scattered else 0.0)
+    if partial:
+        m.add("column", "partial-sum row buffer (first touch)", partial, INF)
+        m.add("column", "partial sums re-read per input-channel block",
+              s.N * s.groups * OT * s.Ho * s.Wo * vectors * vec * e * (nblk - 1), f_pass)
     m.add("output", "output (first touch)", g.output, INF)
-    m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s); "
-                   f"weights per tile {wt_avg / 1024:.1f} KiB")
+    if s.layout == "nchw":
+        # Each tile stores a short run per channel; the next tile of the row
+        # continues the same lines one tile's footprint later. The tile's
+        # channels are one output plane apart: with a power-of-two plane they
+        # share a set, and more of them than ways thrash it.
+        touched = s.N * s.K * s.Ho * (interior_tiles * run_bytes(P_eff * e, e) + len(border) * LINE)
+        m.add("output", "output lines re-touched by the next pixel tile", max(0.0, touched - g.output), f_tile,
+              cin * tile_in_c + acc_tile, alias_stride=s.Ho * s.Wo * e, alias_count=min(s.Kg, vectors * vec))
+    m.add("scratch", "tap tables (and tile buffer) first touch",
+          LINE * _ceil_div(4 * s.R * s.S * 8, LINE) + (0 if fuse else LINE * _ceil_div(int(acc_tile), LINE)), INF)
+    m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s) x {row_blocks} "
+                   f"row block(s); input channels in {nblk} block(s) of {cin} ({wblock / 1024:.1f} KiB of weights); "
+                   f"{len(border)} border pixel(s) per row; {'fused' if fuse else 'buffered'} store")
     return m
 
 
@@ -469,9 +623,10 @@ def model_depthwise(s: ConvSpec, b: dict) -> Model:
             "input": s.N * s.C * rows_copied * s.W * e,  # approximately: the in-image part of each row
             "column": s.N * s.C * rows_copied * row_elems * e + taps * ((nblk * wv + ntail) * V * e),
             "weight": taps * e,
-            "pack_a": taps * (nblk + ntail) * e,
+            "scratch": taps * (nblk + ntail) * e,  # tap weights, broadcast from a small array
             "output": g.output,
         }
+        m.add("scratch", "tap weights array (first touch)", LINE, INF)
         out_block = mult * row_tile * s.Wo * e
         f_task = buf + out_block + min(s.H, row_tile * s.stride[0] + s.R) * s.W * e
         m.add("weight", "weights (first touch)", g.weight, INF)

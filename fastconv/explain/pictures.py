@@ -43,11 +43,21 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
 
     rows = record(algo, spec, unit=0, max_records=max_records)
     if algo == "direct":
-        # One output tile: stop at the tile's first store.
-        for i, r in enumerate(rows):
-            if r[0] == 2 and r[3]:
-                rows = rows[:i]
-                break
+        # One register tile: the accesses between two runs of output stores;
+        # the largest of the first three (border pixels come alone, first).
+        tiles, cur, storing = [], [], False
+        for r in rows:
+            if r[0] not in (0, 2, 4):  # weight packing and the tile buffer: neither
+                continue
+            is_store = r[0] == 2 and r[3]
+            if storing and not is_store:
+                tiles.append(cur)
+                cur = []
+            storing = is_store
+            if not is_store:
+                cur.append(r)
+        tiles.append(cur)
+        rows = max(tiles[:3], key=lambda t: len({off for op, off, _, _ in t if op == 0}))
     n_in = spec.N * spec.C * spec.H * spec.W
     order = np.full(n_in, np.nan)
     count = np.zeros(n_in)
@@ -56,7 +66,7 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
     for op, off, nbytes, _w in rows:
         if op != 0:
             continue
-        for j in range(off, min(n_in, off + nbytes // e)):
+        for j in range(off // e, min(n_in, (off + nbytes) // e)):
             if math.isnan(order[j]):
                 order[j] = t
             count[j] += 1
@@ -92,7 +102,7 @@ def access_pattern(out_dir: str) -> str:
             col += 1
     fig.suptitle(f"Input elements touched by one work unit, in memory order (dense: {SMALL_DENSE.describe()}; "
                  f"depthwise: {SMALL_DEPTHWISE.describe()}). im2col: one pixel tile's column build; "
-                 "direct: one register tile; depthwise: one unit (NHWC: an output row, NCHW: a channel plane)",
+                 "direct: one register tile; depthwise: one task (NHWC: an output row; NCHW: a 16-row block of one channel, which reads the input once into its row buffer)",
                  fontsize=9)
     fig.tight_layout()
     path = os.path.join(out_dir, "access_pattern.png")
@@ -183,7 +193,8 @@ def bytes_per_level(spec: ConvSpec, res: dict, out_dir: str) -> str:
                     sets = max(1, size // (ways * line))
                     parts = {}
                     for t in m.terms:
-                        p = cmodel.miss_probability(t.distance, sets, ways, line)
+                        p = 1.0 if t.aliased_out(sets, ways, line) else cmodel.miss_probability(
+                            t.distance, sets, ways, line, t.scattered)
                         parts[t.operand] = parts.get(t.operand, 0) + t.bytes * p
             else:
                 parts = {"total": a["modeled_bytes"][lv]}

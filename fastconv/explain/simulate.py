@@ -31,14 +31,16 @@ def per_level(raw: dict, levels: list[CacheLevel]) -> dict:
 
 
 def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
-             sample_accesses: int = DEFAULT_SAMPLE_ACCESSES, reuse_histogram: bool = True) -> dict:
-    """Replay `algo`'s loop nest on `spec` through the cache hierarchy `levels`."""
+             sample_accesses: int = DEFAULT_SAMPLE_ACCESSES, reuse_histogram: bool = True,
+             blocking_constants: dict | None = None) -> dict:
+    """Replay `algo`'s loop nest on `spec` through the cache hierarchy `levels`
+    (blocking constants: fastconv._C.blocking() unless given)."""
     from .. import _C
 
     if algo not in SIMULATED_ALGOS:
         raise ValueError(f"the cache simulator replays {', '.join(SIMULATED_ALGOS)}; not {algo!r}")
     levels = levels or cache_levels()
-    b, _ = blocking()
+    b = blocking_constants if blocking_constants is not None else blocking()[0]
     raw = _C.cachesim_simulate(algo, geometry(spec), {k: int(v) for k, v in b.items()},
                                [lv.as_tuple() for lv in levels], int(sample_accesses), bool(reuse_histogram))
     return {"levels": per_level(raw, levels), "operands": raw["operands"], "reuse_hist": raw["reuse_hist"],
@@ -47,7 +49,7 @@ def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
 
 
 def record(algo: str, spec: ConvSpec, unit: int = 0, max_records: int = 200_000) -> list:
-    """(operand, element offset, bytes, is_write) of the accesses of one work unit."""
+    """(operand, byte offset, bytes, is_write) of the accesses of one work unit."""
     from .. import _C
 
     b, _ = blocking()

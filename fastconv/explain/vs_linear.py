@@ -87,6 +87,7 @@ def compare(batches=(1,), device: str = "cpu", min_run_time: float = 0.2) -> dic
                     "flops": s.flops, "min_bytes": s.min_bytes, "intensity": s.flops / s.min_bytes,
                     "gemm_shape": list(s.gemm_shape),
                     "input_elems": s.C * s.H * s.W, "weight_bytes": s.K * s.Cg * s.R * s.S * s.element_size,
+                    "reuse": s.K * s.R * s.S // s.groups * 1,
                     "times_ms": times, "best_gflops": s.flops / (best * 1e-3) / 1e9,
                     "overhead_floor_ms": floor, "errors": case.get("errors", []),
                 })
@@ -106,11 +107,13 @@ def verdict(results: list[dict]) -> list[str]:
                          f"{t(c3) * 1e3:.1f} us and 7x7 {t(c7) * 1e3:.1f} us (one-element op: {floor * 1e3:.1f} us).")
             ratio_flops = c3["flops"] / lin["flops"]
             lines.append(f"  The 3x3 conv does {ratio_flops:.1f}x the FLOPs of the Linear for a 3x larger input "
-                         f"(each input element is used by {c3['spec_reuse'] if 'spec_reuse' in c3 else 64 * 9} MACs, "
-                         f"each Linear input by 512): the conv is 'slower' first because it does more work.")
+                         f"(each interior input element feeds {c3['reuse']} MACs, each Linear input "
+                         f"{lin['reuse']}): where the conv is slower, it is first because it does more work.")
             gf = lambda r: r["flops"] / (t(r) * 1e-3) / 1e9  # noqa: E731
-            lines.append(f"  Per FLOP: Linear {gf(lin):.1f} GFLOP/s (intensity {lin['intensity']:.2f} FLOP/B: a GEMV, "
-                         f"bound by streaming its {lin['weight_bytes'] / 1e6:.1f} MB weight), conv 3x3 {gf(c3):.1f}, "
+            kind = (f"a GEMV, bound by streaming its {lin['weight_bytes'] / 1e6:.1f} MB weight" if b == 1 else
+                     f"a GEMM with M = {b}: the weight is reused {b} times")
+            lines.append(f"  Per FLOP: Linear {gf(lin):.1f} GFLOP/s (intensity {lin['intensity']:.2f} FLOP/B: {kind}), "
+                         f"conv 3x3 {gf(c3):.1f}, "
                          f"conv 7x7 {gf(c7):.1f} GFLOP/s (intensity {c3['intensity']:.1f} / {c7['intensity']:.1f}).")
             r_eq = t(c3) / t(eq)
             lines.append(f"  Equal FLOPs ({c3['flops'] / 1e6:.2f} MFLOP) on the same 3x32x32 input: conv 3x3 "
