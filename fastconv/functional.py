@@ -260,7 +260,12 @@ def clear_cache() -> None:
 def select(spec: ConvSpec, algo: str = "auto") -> registry.Algorithm:
     """The algorithm that will run `spec`; ValueError if a named one doesn't apply."""
     if algo == "auto":
-        return registry.choose(spec)
+        alg = registry.choose(spec)
+        reason = alg.why_not(spec)
+        if reason is not None:
+            # e.g. bf16 on CPU tensors under TRITON_INTERPRET: auto picks CPU kernels.
+            raise TypeError(f"fastconv.conv2d: algo='auto' chose {alg.name!r}, but {reason}")
+        return alg
     alg = registry.get(algo)
     reason = alg.why_not(spec)
     if reason is not None:

@@ -88,3 +88,11 @@ def test_grad_op_shape_checks():
     with pytest.raises(RuntimeError, match="grad_output has shape"):
         torch.ops.fastconv.reference_conv2d_grad_input(torch.randn(2, 6, 5, 5), w, [2, 4, 8, 8],
                                                         [1, 1], [0] * 4, [1, 1], 1)
+
+
+def test_auto_rejects_a_dtype_its_choice_cannot_run(monkeypatch):
+    # Under the Triton interpreter bf16 passes validation on CPU tensors, but auto picks
+    # a CPU kernel (float32/float64 only): the error must say so, not come from C++.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(TypeError, match=r"algo='auto' chose '\w+'.*bfloat16"):
+        fastconv.conv2d(x.bfloat16(), w.bfloat16())
