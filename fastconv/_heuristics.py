@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from .spec import ConvSpec
 
-# The direct kernel's register tile covers this many output channels (csrc/blocking.h,
-# kDirectOcBlock): below it, lanes of every weight vector are zero padding. Measured
-# (1 thread, CPU time, AVX2 kernel; AVX2 FMA peak measured 111 GFLOP/s per core):
-# Kg=16 73 GFLOP/s, Kg=8 35-49, Kg=4 12-15 (3x3, 128 ch, 28x28, groups 8/16/32);
-# dense 3x3 layers with Kg >= 24 run at 53-84. 1x1 stride-1 convs are a plain GEMM
-# and do not reach here (registry.choose sends them to im2col: direct measured
-# 30-46 GFLOP/s on 64->256 56x56, well below a GEMM).
-DIRECT_MIN_OUT_CHANNELS_PER_GROUP = 8
+# Measured with `fastconv bench` on this project's 2-core Xeon (AVX2 kernels, 2 threads;
+# benchmarks/results/cpu-xeon-2c/full): direct takes 1.2-2.7x im2col's time on every
+# ResNet-50 / MobileNetV2 layer with many input channels, 3x3 included (im2col's GEMM is
+# MKL, which uses AVX-512 here; direct is AVX2 by design). Direct wins only on the strided
+# stems, where im2col's reduction (C/g)*R*S is too short for an efficient GEMM:
+# 7x7/2 3->64 224^2 0.92x, 3x3/2 3->32 224^2 0.88x of im2col's time.
+DIRECT_MAX_IN_CHANNELS_PER_GROUP = 4
+DIRECT_MIN_STRIDE = 2
 
 
 def cpu_dense_choice(spec: ConvSpec) -> str:
-    if spec.Kg >= DIRECT_MIN_OUT_CHANNELS_PER_GROUP:
+    if spec.Cg <= DIRECT_MAX_IN_CHANNELS_PER_GROUP and min(spec.stride) >= DIRECT_MIN_STRIDE:
         return "direct"
     return "im2col"

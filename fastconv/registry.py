@@ -137,9 +137,9 @@ def choose(spec: ConvSpec) -> Algorithm:
     """The algo="auto" heuristic. Documented in the README; keep the two in step.
 
     CPU: depthwise shapes (groups == C_in) go to `depthwise`; 1x1 stride-1 convs are
-    a plain GEMM and go to `im2col` (no column copy is made); other dense/grouped
-    shapes go to `direct` when each group has at least a register tile of output
-    channels, else `im2col`.
+    a plain GEMM and go to `im2col` (no column copy is made); strided stems with at most
+    4 input channels per group go to `direct`; everything else to `im2col`
+    (measurements in fastconv/_heuristics.py).
     CUDA: depthwise shapes go to `triton_depthwise`, everything else to `triton_igemm`.
     """
     if spec.device == "cuda":
