@@ -66,6 +66,37 @@ void check_same(const char* op, const char* name_a, const at::Tensor& a, const c
               " but ", name_b, " is ", b.scalar_type(), "; they must have the same dtype");
 }
 
+namespace {
+void check_grad_output(const char* op, const at::Tensor& grad_output, const ConvParams& p) {
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
+                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
+              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
+              ", ", p.Ho, ", ", p.Wo, "]");
+}
+}  // namespace
+
+ConvParams check_grad_input_args(const char* op, const at::Tensor& grad_output,
+                                 const at::Tensor& weight, at::IntArrayRef input_size,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "weight", weight);
+  check_grad_output(op, grad_output, p);
+  return p;
+}
+
+ConvParams check_grad_weight_args(const char* op, const at::Tensor& grad_output,
+                                  const at::Tensor& input, at::IntArrayRef weight_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_float_cpu(op, "grad_output", grad_output);
+  check_same(op, "grad_output", grad_output, "input", input);
+  check_grad_output(op, grad_output, p);
+  return p;
+}
+
 void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& weight,
                   const c10::optional<at::Tensor>& bias, const ConvParams& p) {
   check_float_cpu(op, "input", input);

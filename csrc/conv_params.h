@@ -39,6 +39,15 @@ void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& wei
 void check_same(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
                 const at::Tensor& b);
 void check_float_cpu(const char* op, const char* name, const at::Tensor& t);
+// Shared checks of the two gradient ops: geometry, dtypes/devices, grad_output's shape.
+ConvParams check_grad_input_args(const char* op, const at::Tensor& grad_output,
+                                 const at::Tensor& weight, at::IntArrayRef input_size,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups);
+ConvParams check_grad_weight_args(const char* op, const at::Tensor& grad_output,
+                                  const at::Tensor& input, at::IntArrayRef weight_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups);
 
 // Whether a 4-D tensor is laid out NHWC (also for empty tensors).
 bool is_channels_last(const at::Tensor& t);

@@ -1032,13 +1032,6 @@ bool transposed_forward_params(const ConvParams& p, ConvParams* q) {
   return true;
 }
 
-void check_grad_output(const char* op, const at::Tensor& go, const ConvParams& p) {
-  TORCH_CHECK(go.dim() == 4 && go.size(0) == p.N && go.size(1) == p.K && go.size(2) == p.Ho &&
-                  go.size(3) == p.Wo,
-              op, ": grad_output has shape ", go.sizes(), ", expected [", p.N, ", ", p.K, ", ",
-              p.Ho, ", ", p.Wo, "]");
-}
-
 }  // namespace
 
 at::Tensor depthwise_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
@@ -1101,11 +1094,9 @@ at::Tensor depthwise_conv2d_grad_input(const at::Tensor& grad_output, const at::
                                        at::IntArrayRef padding, at::IntArrayRef dilation,
                                        int64_t groups) {
   const char* op = "fastconv::depthwise_conv2d_grad_input";
-  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "weight", weight);
+  const auto p = check_grad_input_args(op, grad_output, weight, input_size, stride, padding,
+                                       dilation, groups);
   check_depthwise(op, p);
-  check_grad_output(op, grad_output, p);
   const auto fmt = grad_output.suggest_memory_format();
   auto gin = new_output(input_size, grad_output.options(), fmt);
   if (gin.numel() == 0) return gin;
@@ -1146,11 +1137,9 @@ at::Tensor depthwise_conv2d_grad_weight(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef padding, at::IntArrayRef dilation,
                                         int64_t groups) {
   const char* op = "fastconv::depthwise_conv2d_grad_weight";
-  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "input", input);
+  const auto p = check_grad_weight_args(op, grad_output, input, weight_size, stride, padding,
+                                        dilation, groups);
   check_depthwise(op, p);
-  check_grad_output(op, grad_output, p);
   auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
   if (p.N == 0) return gw.zero_();
   const int64_t M = p.K / p.C;

@@ -713,13 +713,8 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
                                     int64_t groups) {
   const char* op = "fastconv::direct_conv2d_grad_input";
-  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "weight", weight);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
-                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
-              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
-              ", ", p.Ho, ", ", p.Wo, "]");
+  const auto p = check_grad_input_args(op, grad_output, weight, input_size, stride, padding,
+                                       dilation, groups);
   auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (gin.numel() == 0) return gin;
   const int64_t Kg = p.Kg(), CB = ceil_div(p.Cg, kB);
@@ -797,13 +792,8 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
                                      at::IntArrayRef padding, at::IntArrayRef dilation,
                                      int64_t groups) {
   const char* op = "fastconv::direct_conv2d_grad_weight";
-  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "input", input);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
-                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
-              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
-              ", ", p.Ho, ", ", p.Wo, "]");
+  const auto p = check_grad_weight_args(op, grad_output, input, weight_size, stride, padding,
+                                        dilation, groups);
   auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
   const int64_t G = p.groups, Kg = p.Kg(), KB = ceil_div(Kg, kB), Ho = p.Ho, Wo = p.Wo;
   const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors, NP = ceil_div(KB, ocv_max);

@@ -60,13 +60,8 @@ at::Tensor reference_conv2d_grad_input(const at::Tensor& grad_output, const at::
                                        at::IntArrayRef padding, at::IntArrayRef dilation,
                                        int64_t groups) {
   const char* op = "fastconv::reference_conv2d_grad_input";
-  const auto p = make_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "weight", weight);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
-                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
-              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
-              ", ", p.Ho, ", ", p.Wo, "]");
+  const auto p = check_grad_input_args(op, grad_output, weight, input_size, stride, padding,
+                                       dilation, groups);
   auto gin = new_output(input_size, grad_output.options(),
                         is_channels_last(grad_output) ? at::MemoryFormat::ChannelsLast
                                                       : at::MemoryFormat::Contiguous);
@@ -110,13 +105,8 @@ at::Tensor reference_conv2d_grad_weight(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef padding, at::IntArrayRef dilation,
                                         int64_t groups) {
   const char* op = "fastconv::reference_conv2d_grad_weight";
-  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
-  check_float_cpu(op, "grad_output", grad_output);
-  check_same(op, "grad_output", grad_output, "input", input);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
-                  grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
-              op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
-              ", ", p.Ho, ", ", p.Wo, "]");
+  const auto p = check_grad_weight_args(op, grad_output, input, weight_size, stride, padding,
+                                        dilation, groups);
   auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "reference_conv2d_grad_weight", [&] {
     const scalar_t* dy = grad_output.data_ptr<scalar_t>();
