@@ -4,16 +4,15 @@ from __future__ import annotations
 from .spec import ConvSpec
 
 # Measured with `fastconv bench` on this project's 2-core Xeon (AVX2 kernels, 2 threads;
-# benchmarks/results/cpu-xeon-2c/full): direct takes 1.2-2.7x im2col's time on every
-# ResNet-50 / MobileNetV2 layer with many input channels, 3x3 included (im2col's GEMM is
-# MKL, which uses AVX-512 here; direct is AVX2 by design). Direct wins only on the strided
-# stems, where im2col's reduction (C/g)*R*S is too short for an efficient GEMM:
-# 7x7/2 3->64 224^2 0.92x, 3x3/2 3->32 224^2 0.88x of im2col's time.
-DIRECT_MAX_IN_CHANNELS_PER_GROUP = 4
-DIRECT_MIN_STRIDE = 2
+# benchmarks/results/cpu-xeon-2c/): on dense convs (groups == 1) direct takes 1.2-2.7x
+# im2col's time on every ResNet-50 / MobileNetV2 layer with many input channels, 3x3 included
+# (im2col's GEMM is MKL, which uses AVX-512 here; direct is AVX2 by design); on the stems
+# (3 input channels) the two are within 12% either way (7x7/2 0.92x, 3x3/2 0.88x, ConvNeXt's
+# 4x4/4 1.12x of im2col's time). On grouped convs im2col runs one thin GEMM per group, and
+# direct wins: ResNeXt-50 g=32 3x3 at 14^2 and 7^2 took 0.56x and 0.61x of im2col's time.
+DIRECT_MIN_GROUPS = 2
 
 
 def cpu_dense_choice(spec: ConvSpec) -> str:
-    if spec.Cg <= DIRECT_MAX_IN_CHANNELS_PER_GROUP and min(spec.stride) >= DIRECT_MIN_STRIDE:
-        return "direct"
-    return "im2col"
+    """im2col or direct for a non-depthwise CPU conv."""
+    return "direct" if spec.groups >= DIRECT_MIN_GROUPS else "im2col"

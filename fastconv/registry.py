@@ -137,9 +137,8 @@ def choose(spec: ConvSpec) -> Algorithm:
     """The algo="auto" heuristic. Documented in the README; keep the two in step.
 
     CPU: depthwise shapes (groups == C_in) go to `depthwise`; 1x1 stride-1 convs are
-    a plain GEMM and go to `im2col` (no column copy is made); strided stems with at most
-    4 input channels per group go to `direct`; everything else to `im2col`
-    (measurements in fastconv/_heuristics.py).
+    a plain GEMM and go to `im2col` (no column copy is made); other grouped convs go to
+    `direct`; other dense convs to `im2col` (measurements in fastconv/_heuristics.py).
     CUDA: depthwise shapes go to `triton_depthwise`, everything else to `triton_igemm`.
     """
     if spec.device == "cuda":
