@@ -75,6 +75,14 @@ void check_grad_output(const char* op, const at::Tensor& grad_output, const Conv
 }
 }  // namespace
 
+ConvParams check_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  check_inputs(op, input, weight, bias, p);
+  return p;
+}
+
 ConvParams check_grad_input_args(const char* op, const at::Tensor& grad_output,
                                  const at::Tensor& weight, at::IntArrayRef input_size,
                                  at::IntArrayRef stride, at::IntArrayRef padding,

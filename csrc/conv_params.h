@@ -39,6 +39,10 @@ void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& wei
 void check_same(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
                 const at::Tensor& b);
 void check_float_cpu(const char* op, const char* name, const at::Tensor& t);
+// Shared checks of a forward op: geometry, dtypes/devices, bias shape.
+ConvParams check_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 // Shared checks of the two gradient ops: geometry, dtypes/devices, grad_output's shape.
 ConvParams check_grad_input_args(const char* op, const at::Tensor& grad_output,
                                  const at::Tensor& weight, at::IntArrayRef input_size,

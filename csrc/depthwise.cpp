@@ -1039,8 +1039,7 @@ at::Tensor depthwise_naive_conv2d(const at::Tensor& input, const at::Tensor& wei
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                   c10::string_view activation) {
   const char* op = "fastconv::depthwise_naive_conv2d";
-  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
-  check_inputs(op, input, weight, bias, p);
+  const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   check_depthwise(op, p);
   const auto act = parse_activation(std::string(activation));
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), at::MemoryFormat::Contiguous);
@@ -1062,8 +1061,7 @@ at::Tensor depthwise_conv2d(const at::Tensor& input, const at::Tensor& weight,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                             c10::string_view activation) {
   const char* op = "fastconv::depthwise_conv2d";
-  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
-  check_inputs(op, input, weight, bias, p);
+  const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   check_depthwise(op, p);
   const auto act = parse_activation(std::string(activation));
   const auto fmt = conv_memory_format(input, weight);

@@ -622,8 +622,7 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          c10::string_view activation) {
   const char* op = "fastconv::im2col_conv2d";
-  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
-  check_inputs(op, input, weight, bias, p);
+  const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), conv_memory_format(input, weight));
   if (out.numel() == 0) return out;
@@ -703,8 +702,7 @@ at::Tensor im2col_conv2d_naive(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                c10::string_view activation) {
   const char* op = "fastconv::im2col_naive_conv2d";
-  const auto p = make_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
-  check_inputs(op, input, weight, bias, p);
+  const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), conv_memory_format(input, weight));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "im2col_conv2d_naive", [&] {
