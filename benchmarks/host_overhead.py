@@ -1,0 +1,107 @@
+"""Host time per call of each layer of fastconv's call stack, on tiny shapes where the
+kernel itself is negligible (so wall time per call = host overhead), against F.conv2d.
+
+    python benchmarks/host_overhead.py [--device cuda] [--calls 2000] [--profile]
+
+Rows, outermost first: the nn.Conv2d module, fastconv.conv2d, the registered op through
+the dispatcher, the kernel module's Python entry, and (CUDA) a bare Triton launch.
+--profile prints cProfile's top functions for the module forward and a training step.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import pstats
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fastconv
+
+
+def per_call_us(fn, calls: int, sync) -> float:
+    for _ in range(50):
+        fn()
+    sync()
+    best = float("inf")
+    for _ in range(5):  # min over repeats: the least-disturbed estimate of the host cost
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    dev = args.device
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    rows = []
+    for name, c, k, groups, ks in (("dense 3x3", 16, 16, 1, 3), ("depthwise 3x3", 16, 16, 16, 3)):
+        x = torch.randn(2, c, 8, 8, device=dev).to(memory_format=torch.channels_last)
+        ref = torch.nn.Conv2d(c, k, ks, padding=1, groups=groups).to(dev)
+        mod = fastconv.convert(ref)
+        w, b = mod.weight.detach(), mod.bias.detach()
+        spec = fastconv.conv_spec(x, w, b, 1, 1, 1, groups)[2]
+        alg = fastconv.functional.select(spec)
+        op = alg.forward
+        xg = x.clone().requires_grad_(True)
+
+        def train_step(m):
+            y = m(xg)
+            y.backward(torch.ones_like(y))
+
+        cases = {
+            "F.conv2d (cuDNN/oneDNN), no grad": lambda: F.conv2d(x, w, b, 1, 1, 1, groups),
+            "fastconv.nn.Conv2d, no grad": lambda: mod(x),
+            "fastconv.conv2d, no grad": lambda: fastconv.conv2d(x, w, b, 1, 1, 1, groups),
+            f"torch.ops.fastconv.{alg.op}_conv2d": lambda: op(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], groups, "none"),
+            "nn.Conv2d fwd+bwd (torch)": lambda: train_step(ref),
+            "fastconv.nn.Conv2d fwd+bwd": lambda: train_step(mod),
+        }
+        if alg.name.startswith("triton_"):
+            kern = importlib.import_module("fastconv.kernels." + alg.name.split("_", 1)[1])
+            cases[f"kernels.{kern.__name__.rsplit('.', 1)[1]}.conv2d (no dispatcher)"] = (
+                lambda: kern.conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], groups, "none"))
+        with torch.no_grad():
+            for label in list(cases)[:4] + list(cases)[6:]:
+                rows.append((name, alg.name, label, per_call_us(cases[label], args.calls, sync)))
+        for label in list(cases)[4:6]:
+            rows.append((name, alg.name, label, per_call_us(cases[label], args.calls // 4, sync)))
+        if args.profile:
+            for label in ("fastconv.nn.Conv2d, no grad", "fastconv.nn.Conv2d fwd+bwd"):
+                prof = cProfile.Profile()
+                with torch.set_grad_enabled("bwd" in label):
+                    prof.enable()
+                    for _ in range(500):
+                        cases[label]()
+                    sync()
+                    prof.disable()
+                print(f"\n=== cProfile: {name}: {label} (500 calls) ===")
+                pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    if dev == "cuda":
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def _noop(x_ptr, n, BLOCK: tl.constexpr):
+            i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n), mask=i < n)
+
+        t = torch.zeros(64, device=dev)
+        rows.append(("-", "-", "bare Triton launch (1 program)",
+                     per_call_us(lambda: _noop[(1,)](t, 64, BLOCK=64), args.calls, sync)))
+    print(f"\nhost time per call, us ({dev}, torch {torch.__version__})")
+    for r in rows:
+        print(f"{r[0]:14s} {r[1]:17s} {r[2]:45s} {r[3]:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
