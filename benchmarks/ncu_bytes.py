@@ -83,8 +83,12 @@ def emit(model_path: str) -> None:
         args = (None, spec.stride, (spec.padding[0], spec.padding[2]), spec.dilation, spec.groups)
         ours = lambda: fastconv.conv2d(x, w, *args)  # noqa: E731
         cudnn = lambda: torch.nn.functional.conv2d(x, w, *args)  # noqa: E731
+        before = _tuner_choices()
         for _ in range(3):  # tuning, compilation, cudnn.benchmark's search: all unprofiled
             ours(), cudnn()
+        # The tile the forward launched (the tuner's new choice; the cached one if this
+        # shape was tuned in an earlier process and nothing new was picked).
+        tile = next((cfg for key, cfg in _tuner_choices().items() if key not in before), None)
         torch.cuda.synchronize()
         algo = fastconv.functional.select(spec.with_(dtype=x.dtype, layout=layout, device="cuda")).name
         torch.cuda.profiler.start()
@@ -94,11 +98,27 @@ def emit(model_path: str) -> None:
         cudnn()
         torch.cuda.synchronize()
         torch.cuda.profiler.stop()
-        mod = cmodel.gpu_cost_model(spec, machine.GPU_L2_BYTES)
+        sp = spec.with_(dtype=x.dtype, layout=layout, device="cuda")
+        mod = cmodel.gpu_cost_model(sp, machine.GPU_L2_BYTES, tile)
         rows.append(dict(layer=label, dtype=dtype, layout=layout, algo=algo, flops=spec.flops,
-                         min_bytes=spec.min_bytes, model_l2=mod["L2"], model_hbm=mod["HBM"]))
+                         tile={k: v for k, v in (tile or {}).items() if k.startswith("BLOCK")},
+                         min_bytes=spec.min_bytes, model_l2=mod["L2"], model_hbm=mod["HBM"],
+                         model_read=mod["HBM_read"], model_write=mod["HBM_write"]))
     with open(model_path, "w") as f:
         json.dump(rows, f, indent=1)
+
+
+def _tuner_choices() -> dict:
+    """Every tile choice the loaded Triton kernel modules' tuners hold, by key."""
+    from fastconv.kernels._common import TileTuner
+
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("fastconv.kernels."):
+            for v in vars(mod).values():
+                if isinstance(v, TileTuner):
+                    out.update(v.memory)
+    return out
 
 
 _UNITS = {"byte": 1, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "sector": 1, "nsecond": 1,
@@ -142,31 +162,35 @@ def report(ncu_csv: str, model_path: str, out: str) -> None:
         for side in ("fastconv", "cudnn"):
             ks = g[side]
             tot = lambda m: sum(k[1].get(m, 0.0) for k in ks)  # noqa: E731
-            dram = tot("dram__bytes_read.sum") + tot("dram__bytes_write.sum")
+            read, write = tot("dram__bytes_read.sum"), tot("dram__bytes_write.sum")
             l2 = tot("lts__t_sectors_srcunit_tex.sum") * 32
             t_us = tot("gpu__time_duration.sum") / 1e3
+            ours = side == "fastconv"
             table.append(dict(
-                layer=row["layer"], dtype=row["dtype"], layout=row["layout"], impl=side,
-                kernels="+".join(k[0][:40] for k in ks), algo=row["algo"] if side == "fastconv" else "cudnn",
-                min_bytes=row["min_bytes"], model_hbm=row["model_hbm"], model_l2=row["model_l2"],
-                dram_bytes=dram, l2_bytes=l2, time_us=t_us,
-                dram_vs_model=dram / row["model_hbm"] if row["model_hbm"] else math.nan,
-                l2_vs_model=l2 / row["model_l2"] if row["model_l2"] else math.nan,
-                dram_GBps=dram / (t_us * 1e3) if t_us else math.nan))
+                layer=row["layer"], dtype=row["dtype"], layout=row["layout"],
+                impl=row["algo"] if ours else "cudnn", kernels="+".join(k[0][:48] for k in ks),
+                tile=" ".join(f"{k[6:]}={v}" for k, v in row.get("tile", {}).items()) if ours else "",
+                min_bytes=row["min_bytes"], model_read=row["model_read"], dram_read=read,
+                read_vs_model=read / row["model_read"], model_write=row["model_write"],
+                dram_write=write, model_l2=row["model_l2"] if ours else math.nan, l2_bytes=l2,
+                l2_vs_model=l2 / row["model_l2"] if ours else math.nan, time_us=t_us,
+                dram_GBps=(read + write) / (t_us * 1e3) if t_us else math.nan))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "ncu_bytes.csv"), "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(table[0]))
         wr.writeheader()
         wr.writerows(table)
-    mb = lambda v: f"{v / 1e6:.1f}"  # noqa: E731
-    lines = ["| layer | dtype | layout | impl | min MB | model HBM MB | ncu DRAM MB | DRAM/model | "
-             "model L2 MB | ncu L2 MB | L2/model | time us | DRAM GB/s |",
+    mb = lambda v: "–" if v != v else f"{v / 1e6:.1f}"  # noqa: E731
+    ratio = lambda v: "–" if v != v else f"{v:.2f}"  # noqa: E731
+    lines = ["| layer | dtype | layout | impl (tile) | model read MB | DRAM read MB | read/model | "
+             "output MB | DRAM write MB | model L2 MB | L2 MB | L2/model | time us |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in table:
-        lines.append(f"| {t['layer']} | {t['dtype']} | {t['layout']} | {t['algo']} | {mb(t['min_bytes'])} | "
-                     f"{mb(t['model_hbm'])} | {mb(t['dram_bytes'])} | {t['dram_vs_model']:.2f} | "
-                     f"{mb(t['model_l2'])} | {mb(t['l2_bytes'])} | {t['l2_vs_model']:.2f} | "
-                     f"{t['time_us']:.1f} | {t['dram_GBps']:.0f} |")
+        impl = t["impl"] + (f" ({t['tile']})" if t["tile"] else "")
+        lines.append(f"| {t['layer']} | {t['dtype']} | {t['layout']} | {impl} | {mb(t['model_read'])} | "
+                     f"{mb(t['dram_read'])} | {ratio(t['read_vs_model'])} | {mb(t['model_write'])} | "
+                     f"{mb(t['dram_write'])} | {mb(t['model_l2'])} | {mb(t['l2_bytes'])} | "
+                     f"{ratio(t['l2_vs_model'])} | {t['time_us']:.1f} |")
     with open(os.path.join(out, "ncu_bytes.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -471,6 +471,42 @@ def test_torch_compile_fullgraph_forward_backward():
         torch.testing.assert_close(compiled_fused(x), eager(x), **F64)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torch_compile_inductor_cuda(name):
+    """Inductor on the GPU: no graph breaks, and the compiled converted model (train step
+    and fused inference) matches the eager unconverted one; fp32 with TF32 off."""
+    factory, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = factory().cuda()
+        fast = fastconv.convert(copy.deepcopy(model))
+        x = torch.randn(*shape, device="cuda")
+        explained = torch._dynamo.explain(fast)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        compiled = torch.compile(fast, fullgraph=True, backend="inductor")
+
+        def step(m):
+            m.zero_grad()
+            y = m(x)
+            y.backward(torch.cos(torch.arange(y.numel(), device="cuda", dtype=y.dtype)).reshape(y.shape))
+            return y.detach(), {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in m.named_parameters()}
+
+        tol = dict(rtol=2e-4, atol=2e-4)
+        assert_same_run(step(compiled), step(model), tol)
+        for m in (fast, model):
+            m.eval()
+        randomize_bn(model)
+        fast.load_state_dict(model.state_dict())
+        fused = torch.compile(fastconv.fuse(copy.deepcopy(fast)), fullgraph=True, backend="inductor")
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x), **tol)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def test_save_load_deepcopy_dtype_layout(tmp_path):
     torch.manual_seed(0)
     model = MobileNetV2ish().double().eval()

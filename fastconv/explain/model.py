@@ -672,23 +672,60 @@ def cpu_cost_model(algo: str):
     return cost
 
 
-# GPU: implicit GEMM with output tiles BM x BN reads the input once per BN
-# column of tiles and the weights once per BM row of tiles from L2; HBM sees
-# each operand once when it fits in L2. Named tile defaults (the Triton
-# autotuner picks per shape; these are its most common choice).
-GPU_TILE_M, GPU_TILE_N = 128, 64
+# GPU: what L2 serves to the SMs and what HBM sees, from the kernel's output tile.
+# The tile is the one the kernel launches (benchmarks/ncu_bytes.py passes the tuned
+# config); without one, the first entry of the kernel's config list (its default).
+# Validated against Nsight Compute counters in docs/cache-validation.md.
+GPU_DEFAULT_TILES = {
+    "triton_igemm": dict(BLOCK_M=128, BLOCK_N=128),
+    "triton_depthwise_nchw": dict(BLOCK_H=8, BLOCK_W=64, BLOCK_C=1),
+    "triton_depthwise_nhwc": dict(BLOCK_H=4, BLOCK_W=8, BLOCK_C=64),
+}
+SECTOR = 32  # bytes: the L1 <-> L2 transfer unit
 
 
-def gpu_cost_model(spec: ConvSpec, l2_bytes: int) -> dict:
-    M, N, K = spec.gemm_shape
+def _halo_rows(block: int, out: int, stride: int, dilation: int, kernel: int, size: int) -> float:
+    """Input rows (or columns) one tile of `block` outputs reads, per output row, averaged
+    over the tiles that cover `out` outputs (the last tile is partial)."""
+    tiles = math.ceil(out / block)
+    span = min((block - 1) * stride + (kernel - 1) * dilation + 1, size)
+    return tiles * span / out
+
+
+def gpu_cost_model(spec: ConvSpec, l2_bytes: int, tile: dict | None = None) -> dict:
+    """Bytes per level on the GPU: "L2" = L1 misses served by L2 (reads + writes),
+    "HBM" = compulsory reads + the output write (+ re-reads when the operand that
+    is re-read does not fit in L2), with "HBM_read"/"HBM_write" split out.
+
+    Implicit GEMM with BM x BN output tiles: the gathered input (M x K per group) is
+    read once per column of tiles (ceil(Kg / BN)), the weight once per row of tiles
+    (ceil(M / BM)), the output written once. Depthwise with BH x BW x BC tiles: each
+    tile reads its input window once (the R*S taps reuse it from L1); NCHW rows are
+    rounded out to 32-byte sectors.
+    """
     e = spec.element_size
-    a = M * K * e * spec.groups  # implicit im2col matrix (input gathered per tap)
-    w = spec.weight_shape[0] * K * e
+    inp = spec.N * spec.C * spec.H * spec.W * e
+    wgt = spec.K * spec.Cg * spec.R * spec.S * e + (spec.K * e if spec.bias else 0)
     out = spec.N * spec.K * spec.Ho * spec.Wo * e
     if spec.is_depthwise:
-        l2 = spec.N * spec.K * spec.Ho * spec.Wo * spec.R * spec.S * e + w + out
+        name = f"triton_depthwise_{spec.layout}"
+        t = dict(GPU_DEFAULT_TILES[name], **(tile or {}))
+        rows = _halo_rows(t["BLOCK_H"], spec.Ho, spec.stride[0], spec.dilation[0], spec.R, spec.H + spec.padding[0] + spec.padding[1])
+        cols = _halo_rows(t["BLOCK_W"], spec.Wo, spec.stride[1], spec.dilation[1], spec.S, spec.W + spec.padding[2] + spec.padding[3])
+        window = spec.N * spec.K * spec.Ho * spec.Wo * rows * cols * e  # per output channel
+        if spec.layout == "nchw":  # a row segment spans one more sector when misaligned
+            seg = t["BLOCK_W"] * spec.stride[1] * e
+            window *= (math.ceil(seg / SECTOR) + 1) / max(seg / SECTOR, 1)
+        read_l2 = window / spec.channel_multiplier
+        l2 = read_l2 + out + wgt * math.ceil(spec.N * spec.Ho * spec.Wo / (t["BLOCK_H"] * t["BLOCK_W"]))
+        reread = 0.0
     else:
-        l2 = a * math.ceil(N / GPU_TILE_N) + w * math.ceil(M / GPU_TILE_M) + out
-    ws = spec.min_bytes - (spec.K * e if spec.bias else 0)
-    hbm = spec.min_bytes if ws <= l2_bytes else spec.min_bytes + spec.N * spec.C * spec.H * spec.W * e * (math.ceil(N / GPU_TILE_N) - 1)
-    return {"L2": float(l2), "HBM": float(hbm)}
+        t = dict(GPU_DEFAULT_TILES["triton_igemm"], **(tile or {}))
+        M, N, K = spec.gemm_shape
+        col_tiles, row_tiles = math.ceil(N / t["BLOCK_N"]), math.ceil(M / t["BLOCK_M"])
+        gathered = M * K * e * spec.groups  # the implicit im2col matrix
+        l2 = gathered * col_tiles + wgt * row_tiles + out
+        # HBM re-reads the input per column of tiles only when it cannot stay in L2.
+        reread = inp * (col_tiles - 1) if inp + wgt + out > l2_bytes else 0.0
+    read = inp + wgt + reread
+    return {"L2": float(l2), "HBM": float(read + out), "HBM_read": float(read), "HBM_write": float(out)}

@@ -50,7 +50,11 @@ def workspace_bytes(name: str, spec: ConvSpec) -> int:
 def modeled(name: str, spec: ConvSpec, levels) -> tuple[dict, list, list]:
     """(bytes per level, top terms, notes) for a CPU algorithm; GPU: the L2/HBM model."""
     if spec.device == "cuda":
-        return cmodel.gpu_cost_model(spec, machine.GPU_L2_BYTES), [], ["GPU: first-order implicit-GEMM model"]
+        b = cmodel.gpu_cost_model(spec, machine.GPU_L2_BYTES)
+        note = (f"GPU model, default tile: HBM {b['HBM_read'] / 1e6:.1f} MB read + "
+                f"{b['HBM_write'] / 1e6:.1f} MB written (the write leaves L2 when evicted, "
+                "partly after the kernel ends)")
+        return {"L2": b["L2"], "HBM": b["HBM"]}, [], [note]
     algo = registry.get(name)
     if algo.cost_model is not None and name not in cmodel.CPU_MODELS:
         return algo.cost_model(spec), [], []
