@@ -208,3 +208,24 @@ def test_vs_linear_runs():
     assert all(v > 0 for r in cases for v in r["times_ms"].values())
     assert any("Equal FLOPs" in line for line in res["verdict"])
     assert "Conv vs Linear" in vs_linear.format_text(res)
+
+
+def test_gpu_cost_model_hand_counted():
+    """1x1 implicit GEMM with one column of tiles: L2 sees the input once, the weight once
+    per row of tiles, the output once; a 1x1 depthwise reads its window = its input."""
+    from fastconv.explain.model import gpu_cost_model
+    from fastconv.spec import ConvSpec
+
+    e = 2
+    spec = ConvSpec(2, 32, 8, 8, 16, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, torch.bfloat16, "nhwc", "cuda")
+    b = gpu_cost_model(spec, 50 << 20, dict(BLOCK_M=64, BLOCK_N=16))
+    inp, wgt, out = 2 * 32 * 64 * e, 16 * 32 * e, 2 * 16 * 64 * e
+    assert b["L2"] == inp + wgt * 2 + out  # M = 128 pixels: two rows of 64-pixel tiles
+    assert (b["HBM_read"], b["HBM_write"], b["HBM"]) == (inp + wgt, out, inp + wgt + out)
+    # L2 too small for the operands: the input is re-read once per extra column of tiles.
+    narrow = gpu_cost_model(spec, 1024, dict(BLOCK_M=64, BLOCK_N=8))
+    assert narrow["HBM_read"] == 2 * inp + wgt
+    dw = ConvSpec(2, 32, 8, 8, 32, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 32, torch.bfloat16, "nhwc", "cuda")
+    b = gpu_cost_model(dw, 50 << 20, dict(BLOCK_H=4, BLOCK_W=8, BLOCK_C=32))
+    tiles = 2 * 8 * 8 // 32
+    assert b["L2"] == inp + inp + 32 * e * tiles  # output = input size here
