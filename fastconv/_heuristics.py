@@ -16,3 +16,17 @@ DIRECT_MIN_GROUPS = 2
 def cpu_dense_choice(spec: ConvSpec) -> str:
     """im2col or direct for a non-depthwise CPU conv."""
     return "direct" if spec.groups >= DIRECT_MIN_GROUPS else "im2col"
+
+
+# CUDA, grouped (not depthwise): triton_grouped's block-diagonal tile against
+# triton_igemm's per-group GEMM. Provisional until measured on the H200 (see
+# benchmarks/results/nvidia-h200/README.md): a group narrower than GROUPED_MAX_WIDTH
+# channels in and out wastes most of an igemm tile.
+GROUPED_MAX_WIDTH = 32
+
+
+def cuda_grouped_choice(spec: ConvSpec) -> str:
+    """triton_grouped or triton_igemm for a non-depthwise CUDA conv."""
+    if spec.groups > 1 and spec.Cg <= GROUPED_MAX_WIDTH and spec.Kg <= GROUPED_MAX_WIDTH:
+        return "triton_grouped"
+    return "triton_igemm"

@@ -1,0 +1,232 @@
+"""GPU experiment for kernels/grouped.py: race the tile variants on ResNeXt-50's grouped
+3x3 layers (batch 32, channels_last) against cuDNN and triton_igemm, in one process,
+after a parallel compile phase.
+
+    python grouped_exp.py compile I N   # compile shard I of N (run N of these in parallel)
+    python grouped_exp.py time          # correctness, then CUDA-graph times; one table
+
+KDIR (env) is the directory holding the `kernels` package (default: the repo root).
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.environ.get("KDIR", os.path.join(os.path.dirname(__file__), "..")))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels import _common, grouped, igemm  # noqa: E402
+
+BATCH = int(os.environ.get("BATCH", "32"))
+DEV = os.environ.get("DEV", "cuda")  # "cpu" + TRITON_INTERPRET=1: a smoke test of the script
+torch.backends.cudnn.benchmark = True
+LAYERS = [  # C(=K), H, stride; groups 32, 3x3, padding 1
+    (128, 56, 1), (256, 56, 2), (256, 28, 1), (512, 28, 2), (512, 14, 1), (1024, 14, 2),
+    (1024, 7, 1),
+]
+DTYPES = [("bf16", torch.bfloat16, False), ("tf32", torch.float32, True)]
+FWD = {
+    "bd1_m128w4": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
+    "bd1_m256w8": dict(KIND="bd", GPT_X=1, BLOCK_M=256, num_warps=8, num_stages=2),
+    "bd1_m64w4": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+    "bd2_m128w4": dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
+    "dir_g8m64": dict(KIND="direct", GPT=8, BLOCK_M=64, num_warps=4, num_stages=1),
+    "dir_g4m128": dict(KIND="direct", GPT=4, BLOCK_M=128, num_warps=4, num_stages=1),
+}
+BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd1_m64w4")}
+BWD_W = {f"wq{c['BLOCK_Q']}x{c['GPT_X']}": c for c in grouped.WGRAD_CONFIGS}
+BWD_DTYPES = ("bf16",)
+
+
+def make(c, h, s, dtype):
+    g = 32
+    x = torch.randn(BATCH, c, h, h, device=DEV).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    w = (torch.randn(c, c // g, 3, 3, device=DEV) / (c // g * 9) ** 0.5).to(dtype)
+    w = w.contiguous(memory_format=torch.channels_last)
+    return x, w, (s, s), (1, 1, 1, 1), (1, 1), g
+
+
+def fwd_launch(x, w, st, pad, dil, g):
+    n, c, h, wd = x.shape
+    k, cg = w.shape[:2]
+    ho, wo = grouped._out_hw(h, wd, 3, 3, st, pad, dil)
+    y = _common.new_output((n, k, ho, wo), x, True)
+    launch = grouped._launcher(x.shape, y.shape, cg, k // g, g, 3, 3, st, pad, dil, False, 0,
+                               False, _common.dot_args(x.dtype), x.stride(), w.stride(),
+                               y.stride())
+    return (lambda cfg: launch(cfg, x, w, None, y)), y
+
+
+def bin_launch(dy, w, xshape, st, pad, dil, g):
+    k, cg = w.shape[:2]
+    dx = _common.new_output(xshape, dy, True)
+    launch = grouped._launcher(dy.shape, dx.shape, k // g, cg, g, 3, 3, st, pad, dil, True, 0,
+                               False, _common.dot_args(dy.dtype), dy.stride(), w.stride(),
+                               dx.stride())
+    return (lambda cfg: launch(cfg, dy, w, None, dx)), dx
+
+
+def fwd_ok(name, c):
+    cfg = FWD[name]
+    return grouped._prune(c // 32, c // 32, 32, torch.bfloat16)(cfg)
+
+
+def jobs():
+    """Every (kind, layer, dtype, variant) the time phase runs, in a fixed order."""
+    out = []
+    for li, (c, h, s) in enumerate(LAYERS):
+        for dn, _, _ in DTYPES:
+            out.append(("cudnn_igemm", li, dn, None))
+            out += [("fwd", li, dn, v) for v in FWD if fwd_ok(v, c)]
+    for li, (c, h, s) in enumerate(LAYERS):  # backward last: the budget cuts it first
+        for dn, _, _ in DTYPES:
+            if dn in BWD_DTYPES:
+                out += [("bin", li, dn, v) for v in BWD_IN]
+                out += [("bw", li, dn, v) for v in BWD_W]
+                out.append(("igemm_bwd", li, dn, None))
+    return out
+
+
+def setup(li, dn):
+    c, h, s = LAYERS[li]
+    _, dtype, tf32 = dict((d[0], d) for d in DTYPES)[dn]
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.manual_seed(li)
+    return make(c, h, s, dtype)
+
+
+def run_job(job, timing):
+    kind, li, dn, v = job
+    x, w, st, pad, dil, g = setup(li, dn)
+    if kind == "cudnn_igemm":
+        ref = F.conv2d(x, w, None, st, 1, dil, g)
+        ours = lambda: igemm.conv2d(x, w, None, st, pad, dil, g)  # noqa: E731
+        out = ours()
+        if not timing:
+            return None
+        return dict(err=rel(out, ref), t=_common.gpu_time(ours, reps=15),
+                    t_ref=_common.gpu_time(lambda: F.conv2d(x, w, None, st, 1, dil, g), reps=15))
+    if kind == "fwd":
+        launch, y = fwd_launch(x, w, st, pad, dil, g)
+        launch(FWD[v])
+        if not timing:
+            return None
+        ref = F.conv2d(x, w, None, st, 1, dil, g)
+        return dict(err=rel(y, ref), t=_common.gpu_time(lambda: launch(FWD[v]), reps=15))
+    ref = F.conv2d(x, w, None, st, 1, dil, g)
+    dy = torch.randn_like(ref)
+    if kind == "bin":
+        launch, dx = bin_launch(dy, w, x.shape, st, pad, dil, g)
+        launch(BWD_IN[v])
+        if not timing:
+            return None
+        rx = torch.ops.aten.convolution_backward(dy, x, w, None, st, (1, 1), dil, False, (0, 0),
+                                                 g, (True, False, False))[0]
+        t_ref = _common.gpu_time(lambda: torch.ops.aten.convolution_backward(
+            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (True, False, False)), reps=15)
+        return dict(err=rel(dx, rx), t=_common.gpu_time(lambda: launch(BWD_IN[v]), reps=15),
+                    t_ref=t_ref)
+    if kind == "bw":
+        grouped._wgrad_tuner.memory.clear()
+        grouped._bwd_weight_plans.clear()
+        key = grouped._shape_key(*x.shape, *w.shape, st, pad, dil, g, x, dy)
+        dev = _common.device_name(x.device)
+        import triton
+        grouped._wgrad_tuner.memory[
+            f"grouped_bwd_weight|{dev}|triton-{triton.__version__}|{key}"] = BWD_W[v]
+        fn = lambda: grouped.conv2d_grad_weight(dy, x, list(w.shape), st, pad, dil, g)  # noqa
+        dw = fn()
+        if not timing:
+            return None
+        rw = torch.ops.aten.convolution_backward(dy, x, w, None, st, (1, 1), dil, False, (0, 0),
+                                                 g, (False, True, False))[1]
+        t_ref = _common.gpu_time(lambda: torch.ops.aten.convolution_backward(
+            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (False, True, False)), reps=15)
+        return dict(err=rel(dw, rw), t=_common.gpu_time(fn, reps=15), t_ref=t_ref)
+    if kind == "igemm_bwd":
+        fi = lambda: igemm.conv2d_grad_input(dy, w, list(x.shape), st, pad, dil, g)  # noqa
+        fw = lambda: igemm.conv2d_grad_weight(dy, x, list(w.shape), st, pad, dil, g)  # noqa
+        fi(), fw()
+        if not timing:
+            return None
+        return dict(err=0.0, t=_common.gpu_time(fi, reps=15), t_ref=_common.gpu_time(fw, reps=15))
+    raise ValueError(kind)
+
+
+def rel(a, b):
+    assert not torch.isnan(a).any(), "NaN in output"
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def main():
+    mode = sys.argv[1]
+    all_jobs = jobs()
+    if mode == "compile":
+        i, n = int(sys.argv[2]), int(sys.argv[3])
+        t0 = time.time()
+        for j in all_jobs[i::n]:
+            try:
+                run_job(j, False)
+            except Exception as e:  # noqa: BLE001
+                print("compile fail", j, repr(e)[:300], flush=True)
+        torch.cuda.synchronize()
+        print(f"shard {i}: {len(all_jobs[i::n])} jobs {time.time() - t0:.1f}s", flush=True)
+        return
+    budget = float(os.environ.get("BUDGET_S", "120"))
+    t0 = time.time()
+    res = {}
+    for j in all_jobs:
+        if time.time() - t0 > budget:
+            print("budget hit; skipping", j, flush=True)
+            continue
+        try:
+            res[j] = run_job(j, True)
+        except Exception as e:  # noqa: BLE001
+            print("FAIL", j, repr(e)[:300], flush=True)
+    print(f"\ntime phase {time.time() - t0:.1f}s\n")
+    print("FORWARD (us, CUDA-graph median)  layer dtype | cudnn igemm | variants... | best  cudnn/best")
+    for li, (c, h, s) in enumerate(LAYERS):
+        for dn, dtype, _ in DTYPES:
+            base = res.get(("cudnn_igemm", li, dn, None))
+            if not base:
+                continue
+            cells, best = [], None
+            for v in FWD:
+                r = res.get(("fwd", li, dn, v))
+                if r is None:
+                    continue
+                flag = "" if r["err"] < (2e-2 if dn == "bf16" else 5e-3) else "!BAD"
+                cells.append(f"{v}={r['t'] * 1e3:.1f}{flag}")
+                if not flag and (best is None or r["t"] < best[1]):
+                    best = (v, r["t"])
+            esz = 2 if dn == "bf16" else 4
+            ho = (h - 1) // s + 1
+            mb = BATCH * c * (h * h + ho * ho) * esz / 1e6
+            line = (f"C{c:<4d} {h:3d}^2 s{s} {dn} | cudnn {base['t_ref'] * 1e3:6.1f} igemm "
+                    f"{base['t'] * 1e3:6.1f} (err {base['err']:.1e}) | " + " ".join(cells))
+            if best:
+                line += (f" | best {best[0]} {best[1] * 1e3:.1f}us x{base['t_ref'] / best[1]:.2f} "
+                         f"vs cudnn, x{base['t'] / best[1]:.1f} vs igemm, "
+                         f"{mb / 1e3 / (best[1] * 1e-3):.0f} GB/s ({mb:.0f} MB)")
+            print(line, flush=True)
+    print("\nBACKWARD bf16 (us): grad_input variants vs cudnn dgrad | grad_weight variants vs "
+          "cudnn wgrad | igemm dgrad, wgrad")
+    for li, (c, h, s) in enumerate(LAYERS):
+        for dn in BWD_DTYPES:
+            bi = {v: res.get(("bin", li, dn, v)) for v in BWD_IN}
+            bw = {v: res.get(("bw", li, dn, v)) for v in BWD_W}
+            ig = res.get(("igemm_bwd", li, dn, None))
+            ref_i = next((r["t_ref"] for r in bi.values() if r), float("nan"))
+            ref_w = next((r["t_ref"] for r in bw.values() if r), float("nan"))
+            ci = " ".join(f"{v}={r['t'] * 1e3:.1f}(e{r['err']:.0e})" for v, r in bi.items() if r)
+            cw = " ".join(f"{v}={r['t'] * 1e3:.1f}(e{r['err']:.0e})" for v, r in bw.items() if r)
+            igs = f"{ig['t'] * 1e3:.1f}, {ig['t_ref'] * 1e3:.1f}" if ig else "-"
+            print(f"C{c:<4d} {h:3d}^2 s{s} {dn} | dgrad cudnn {ref_i * 1e3:.1f}: {ci} | wgrad cudnn "
+                  f"{ref_w * 1e3:.1f}: {cw} | igemm {igs}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
