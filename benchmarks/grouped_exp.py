@@ -30,6 +30,7 @@ FWD = {
     "bd1_m128w4": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
     "bd1_m256w8": dict(KIND="bd", GPT_X=1, BLOCK_M=256, num_warps=8, num_stages=2),
     "bd1_m64w4": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+    "bd1_m32w2": dict(KIND="bd", GPT_X=1, BLOCK_M=32, num_warps=2, num_stages=2),
     "bd2_m128w4": dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
     "dir_g8m64": dict(KIND="direct", GPT=8, BLOCK_M=64, num_warps=4, num_stages=1),
     "dir_g4m128": dict(KIND="direct", GPT=4, BLOCK_M=128, num_warps=4, num_stages=1),
@@ -68,9 +69,12 @@ def bin_launch(dy, w, xshape, st, pad, dil, g):
     return (lambda cfg: launch(cfg, dy, w, None, dx)), dx
 
 
-def fwd_ok(name, c):
-    cfg = FWD[name]
-    return grouped._prune(c // 32, c // 32, 32, torch.bfloat16)(cfg)
+def fwd_ok(name, li):
+    c, h, s = LAYERS[li]
+    m = BATCH * ((h - 1) // s + 1) ** 2
+    if name == "bd1_m256w8" and m < 20000 or name == "bd1_m32w2" and m > 20000:
+        return False  # big tiles for big layers, small ones for small layers
+    return grouped._prune(c // 32, c // 32, 32, torch.bfloat16)(FWD[name])
 
 
 def jobs():
@@ -79,7 +83,7 @@ def jobs():
     for li, (c, h, s) in enumerate(LAYERS):
         for dn, _, _ in DTYPES:
             out.append(("cudnn_igemm", li, dn, None))
-            out += [("fwd", li, dn, v) for v in FWD if fwd_ok(v, c)]
+            out += [("fwd", li, dn, v) for v in FWD if fwd_ok(v, li)]
     for li, (c, h, s) in enumerate(LAYERS):  # backward last: the budget cuts it first
         for dn, _, _ in DTYPES:
             if dn in BWD_DTYPES:

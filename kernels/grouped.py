@@ -76,7 +76,8 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups, gpt=None):
 def _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
          Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S: tl.constexpr,
          TRANSPOSED: tl.constexpr, DENSE: tl.constexpr, DIRECT: tl.constexpr,
-         GPT: tl.constexpr, CI_P: tl.constexpr, BLOCK_M: tl.constexpr, USE_DOT: tl.constexpr,
+         W_UNMASKED: tl.constexpr, GPT: tl.constexpr, CI_P: tl.constexpr,
+         BLOCK_M: tl.constexpr, USE_DOT: tl.constexpr,
          IS_FP32: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
          ACC_DTYPE: tl.constexpr):
     """One tap (r, s): gather the source tile [BLOCK_M, GPT*CI] and accumulate."""
@@ -98,7 +99,10 @@ def _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
         a = tl.load(a_ptr, mask=sp_ok[:, None], other=0.0)
     else:
         a = tl.load(a_ptr, mask=sp_ok[:, None] & a_ok[None, :], other=0.0)
-    wt = tl.load(w_ptr + w_off + r * swr + s * sws, mask=w_ok, other=0.0)
+    if W_UNMASKED:
+        wt = tl.load(w_ptr + w_off + r * swr + s * sws)
+    else:
+        wt = tl.load(w_ptr + w_off + r * swr + s * sws, mask=w_ok, other=0.0)
     if DIRECT:
         # acc [BLOCK_M, GPT, CO_P] += sum_ci a[m, g, ci] * w[g, ci, co]
         a3 = tl.reshape(a, (BLOCK_M, GPT, CI_P))
@@ -115,13 +119,16 @@ def _grouped_kernel(
     ssn, ssc, ssh, ssw, SWG, SW_CI, SW_CO, swr, sws, sdn, sdc, sdh, sdw,
     SH, SW, PT, PL, DH, DW,
     CI: tl.constexpr, CO: tl.constexpr, CI_P: tl.constexpr, CO_P: tl.constexpr,
-    R: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACT: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     EVEN_G: tl.constexpr, DIRECT: tl.constexpr, GPT: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # Whole, unpadded channel chunks: the channel offsets are a plain arange (vector loads).
     DENSE: tl.constexpr = (CI == CI_P) and (CO == CO_P) and EVEN_G
+    # One whole group per program: the weight tile needs no mask, so its load can vectorize.
+    W_UNMASKED: tl.constexpr = DENSE and (GPT == 1) and (not DIRECT)
     pid = tl.program_id(0)
     n_gc = tl.cdiv(G, GPT)
     # Group chunks vary fastest: programs running together cover the same pixels, so each
@@ -170,28 +177,26 @@ def _grouped_kernel(
             + (wo * SW_CO)[None, None, :]
         w_ok = ((g0 + wg) < G)[:, None, None] & (wi < CI)[None, :, None] \
             & (wo < CO)[None, None, :]
-        acc3 = tl.zeros((BLOCK_M, GPT, CO_P), dtype=ACC_DTYPE)
+        acc = tl.zeros((BLOCK_M, GPT, CO_P), dtype=ACC_DTYPE)
     else:
         # Block-diagonal B [GPT*CI_P, GPT*CO_P]: zeros where the two groups differ.
         w_off = (g0 * SWG + a_gl * SWG + a_ci * SW_CI)[:, None] + (b_co * SW_CO)[None, :]
         w_ok = (a_gl[:, None] == b_gl[None, :]) & a_ok[:, None] & o_ok[None, :]
         acc = tl.zeros((BLOCK_M, GPT * CO_P), dtype=ACC_DTYPE)
 
-    if DIRECT:
-        acc = acc3
     # Small kernels (ResNeXt's 3x3) are unrolled so every tap's loads can issue early.
     if R * S <= MAX_UNROLL:
         for rs in tl.static_range(R * S):
             acc = _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
                        Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S, TRANSPOSED,
-                       DENSE, DIRECT, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST,
-                       ACC_DTYPE)
+                       DENSE, DIRECT, W_UNMASKED, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC,
+                       UPCAST, ACC_DTYPE)
     else:
         for rs in range(R * S):
             acc = _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
                        Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S, TRANSPOSED,
-                       DENSE, DIRECT, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST,
-                       ACC_DTYPE)
+                       DENSE, DIRECT, W_UNMASKED, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC,
+                       UPCAST, ACC_DTYPE)
 
     if DIRECT:
         acc = tl.reshape(acc, (BLOCK_M, GPT * CO_P))
