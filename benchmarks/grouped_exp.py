@@ -30,6 +30,8 @@ FWD = {
     "bd1_m128w4": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
     "bd1_m256w8": dict(KIND="bd", GPT_X=1, BLOCK_M=256, num_warps=8, num_stages=2),
     "bd1_m64w4": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+    "bd1_m128w2": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=2, num_stages=2),  # mma.sync
+    "bd1_m64w2": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=2, num_stages=2),
     "bd1_m32w2": dict(KIND="bd", GPT_X=1, BLOCK_M=32, num_warps=2, num_stages=2),
     "bd2_m128w4": dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
     "dir_g8m64": dict(KIND="direct", GPT=8, BLOCK_M=64, num_warps=4, num_stages=1),
