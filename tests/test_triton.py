@@ -443,3 +443,14 @@ def test_grouped_opcheck():
     torch.library.opcheck(torch.ops.fastconv.triton_grouped_conv2d,
                           (x, w, torch.randn(8, device=DEVICE), [1, 1], [1, 1, 1, 1], [1, 1], 4,
                            "relu"))
+
+
+def test_grouped_int64_path(monkeypatch):
+    """The int64 offset path (taken past 2^31 elements, see test_triton_gpu.py) computes the
+    same thing: force it on a tiny case."""
+    from fastconv.kernels import grouped
+
+    monkeypatch.setattr(grouped, "needs_int64", lambda *t: True)
+    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
+        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+    _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], torch.float32, True)
