@@ -38,7 +38,8 @@ FWD = {
     "dir_g4m128": dict(KIND="direct", GPT=4, BLOCK_M=128, num_warps=4, num_stages=1),
 }
 BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd1_m64w4")}
-BWD_W = {f"wq{c['BLOCK_Q']}x{c['GPT_X']}": c for c in grouped.WGRAD_CONFIGS}
+BWD_W = {f"{c['KIND']}_q{c['BLOCK_Q']}x{c['GPT_X']}w{c['num_warps']}": c
+         for c in grouped.WGRAD_CONFIGS}
 BWD_DTYPES = ("bf16",)
 
 
@@ -79,6 +80,17 @@ def fwd_ok(name, li):
     return grouped._prune(c // 32, c // 32, 32, torch.bfloat16)(FWD[name])
 
 
+def bw_ok(name, li):
+    cg = LAYERS[li][0] // 32
+    cfg = BWD_W[name]
+    gpt = grouped._min_gpt(cg, cg) * cfg["GPT_X"]
+    if gpt > 32:
+        return False
+    if cfg["KIND"] == "taps":
+        return gpt * cg * 16 * gpt * cg <= grouped.TAPS_ACC_PER_WARP * cfg["num_warps"]
+    return True
+
+
 def jobs():
     """Every (kind, layer, dtype, variant) the time phase runs, in a fixed order."""
     out = []
@@ -90,7 +102,7 @@ def jobs():
         for dn, _, _ in DTYPES:
             if dn in BWD_DTYPES:
                 out += [("bin", li, dn, v) for v in BWD_IN]
-                out += [("bw", li, dn, v) for v in BWD_W]
+                out += [("bw", li, dn, v) for v in BWD_W if bw_ok(v, li)]
                 out.append(("igemm_bwd", li, dn, None))
     return out
 

@@ -489,13 +489,96 @@ def _grouped_wgrad_kernel(
     tl.store(part_ptr + base + w_off, acc, mask=keep)
 
 
+@triton.jit
+def _grouped_wgrad_taps_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    H, W, Ho, Wo, Q, G, CHUNK,
+    syn, syk, syh, syw, sxn, sxc, sxh, sxw,
+    SH, SW, PT, PL, DH, DW,
+    CG: tl.constexpr, KG: tl.constexpr, CG_P: tl.constexpr, KG_P: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, RS_P: tl.constexpr, EVEN_G: tl.constexpr,
+    USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    GPT: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """All taps in one program: B = the [BLOCK_Q, taps x GPT*Cg] im2col tile, gathered from
+    L1 (9 shifted loads of one x neighbourhood), so dy and x stream through the SM once
+    instead of once per tap. Waste: taps padded to RS_P plus the GPT block-diagonal."""
+    JW: tl.constexpr = GPT * CG_P
+    DENSE: tl.constexpr = (CG == CG_P) and EVEN_G
+    gc = tl.program_id(0)
+    split = tl.program_id(1)
+    g0 = gc * GPT
+    ik = tl.arange(0, GPT * KG_P)
+    i_gl = ik // KG_P
+    i_k = ik % KG_P
+    i_ok = (i_k < KG) & (g0 + i_gl < G)
+    kout = (g0 + i_gl) * KG + i_k
+    tap = tl.arange(0, RS_P)
+    t_ok = tap < R * S
+    tr = tap // S
+    ts = tap % S
+    jc = tl.arange(0, JW)
+    j_ok = (jc % CG_P < CG) & (g0 + jc // CG_P < G)
+    cin = (g0 + jc // CG_P) * CG + jc % CG_P
+    if NEED_I64:
+        kout = kout.to(tl.int64)
+        cin = cin.to(tl.int64)
+    acc = tl.zeros((GPT * KG_P, RS_P * JW), dtype=ACC_DTYPE)
+    q_lo = split * CHUNK
+    q_hi = tl.minimum(q_lo + CHUNK, Q)
+    hw_o = Ho * Wo
+    for qb in range(q_lo, q_hi, BLOCK_Q):
+        q = qb + tl.arange(0, BLOCK_Q)
+        q_ok = q < q_hi
+        n = q // hw_o
+        pq = q % hw_o
+        oh = pq // Wo
+        ow = pq % Wo
+        if NEED_I64:
+            n = n.to(tl.int64)
+            oh = oh.to(tl.int64)
+            ow = ow.to(tl.int64)
+        a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
+                    mask=i_ok[:, None] & q_ok[None, :], other=0.0)
+        ih = (oh * SH - PT)[:, None] + (tr * DH)[None, :]          # [BLOCK_Q, RS_P]
+        iw = (ow * SW - PL)[:, None] + (ts * DW)[None, :]
+        ok = q_ok[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        off = (n * sxn)[:, None] + ih * sxh + iw * sxw
+        ptr = x_ptr + off[:, :, None] + (cin * sxc)[None, None, :]
+        if DENSE:
+            b3 = tl.load(ptr, mask=ok[:, :, None], other=0.0)
+        else:
+            b3 = tl.load(ptr, mask=ok[:, :, None] & j_ok[None, None, :], other=0.0)
+        b = tl.reshape(b3, (BLOCK_Q, RS_P * JW))
+        acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    # Column j = (tap, gl, c): keep gl == the row's group and real taps/channels.
+    jj = tl.arange(0, RS_P * JW)
+    jt = jj // JW
+    jgl = (jj % JW) // CG_P
+    jcc = jj % CG_P
+    w_off = (kout * (CG * R * S))[:, None] + (jcc * (R * S) + jt)[None, :]
+    keep = ((i_gl[:, None] == jgl[None, :]) & i_ok[:, None]
+            & ((jcc < CG) & (jt < R * S))[None, :])
+    base = split.to(tl.int64) * (G * KG * CG * R * S)
+    tl.store(part_ptr + base + w_off, acc, mask=keep)
+
+
+# KIND "tap": one program per tap; "taps": all taps in one program.
 WGRAD_CONFIGS = [
-    dict(GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=3),
-    dict(GPT_X=1, BLOCK_Q=128, num_warps=4, num_stages=3),
-    dict(GPT_X=2, BLOCK_Q=64, num_warps=4, num_stages=3),
+    # the gathered [BLOCK_Q, taps*GPT*Cg] tile is staged in shared memory: 2 stages
+    dict(KIND="taps", GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=2),
+    dict(KIND="taps", GPT_X=1, BLOCK_Q=32, num_warps=4, num_stages=2),
+    dict(KIND="taps", GPT_X=1, BLOCK_Q=32, num_warps=8, num_stages=2),
+    dict(KIND="tap", GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=3),
+    dict(KIND="tap", GPT_X=1, BLOCK_Q=128, num_warps=4, num_stages=3),
+    dict(KIND="tap", GPT_X=2, BLOCK_Q=64, num_warps=4, num_stages=3),
 ]
-WGRAD_INTERPRET_CONFIG = dict(GPT_X=1, BLOCK_Q=32)
-WGRAD_FP64_CONFIG = dict(GPT_X=1, BLOCK_Q=16, num_warps=4, num_stages=1)
+WGRAD_INTERPRET_CONFIG = dict(KIND="taps", GPT_X=1, BLOCK_Q=32)
+WGRAD_FP64_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16, num_warps=4, num_stages=1)
+WGRAD_FP64_INTERPRET_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16)
+# "taps" keeps a [GPT*Kg, taps*GPT*Cg] fp32 accumulator: at most this many elements per warp.
+TAPS_ACC_PER_WARP = 1024
 SM_TARGET_PROGRAMS = 4  # programs per SM the pixel split aims at
 _wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _bwd_weight_plans = PlanCache()
@@ -541,32 +624,45 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],
                dilation[0], dilation[1])
 
-    def plan(meta):
-        gpt = _min_gpt(cg, kg) * meta["GPT_X"]
-        tiles = r * s * triton.cdiv(groups, gpt)
+    rs_p = triton.next_power_of_2(r * s)
+
+    def plan(cfg):
+        gpt = _min_gpt(cg, kg) * cfg["GPT_X"]
+        tiles = (1 if cfg.get("KIND") == "taps" else r * s) * triton.cdiv(groups, gpt)
         want = max(1, (SM_TARGET_PROGRAMS * sms) // tiles)
-        split = max(1, min(want, triton.cdiv(q, 4 * meta["BLOCK_Q"])))
-        chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_Q"]) * meta["BLOCK_Q"]
+        split = max(1, min(want, triton.cdiv(q, 4 * cfg["BLOCK_Q"])))
+        chunk = triton.cdiv(triton.cdiv(q, split), cfg["BLOCK_Q"]) * cfg["BLOCK_Q"]
         return gpt, tiles, triton.cdiv(q, chunk), chunk
 
     def launch(cfg, dy, x):
         meta, opts = launch_meta(cfg)
-        gpt, tiles, split, chunk = plan(meta)
+        gpt, tiles, split, chunk = plan(cfg)
         part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
-        _grouped_wgrad_kernel[(tiles, split)](
-            dy, x, part, *args, chunk, *strides, CG=cg, KG=kg, CG_P=triton.next_power_of_2(cg),
-            KG_P=triton.next_power_of_2(kg), R=r, S=s, NEED_I64=i64,
-            GPT=gpt, BLOCK_Q=meta["BLOCK_Q"], **dots, **opts)
+        common = dict(CG=cg, KG=kg, CG_P=triton.next_power_of_2(cg),
+                      KG_P=triton.next_power_of_2(kg), R=r, S=s, NEED_I64=i64, GPT=gpt,
+                      BLOCK_Q=meta["BLOCK_Q"], **dots, **opts)
+        if cfg.get("KIND") == "taps":
+            _grouped_wgrad_taps_kernel[(tiles, split)](
+                dy, x, part, *args, chunk, *strides, RS_P=rs_p, EVEN_G=groups % gpt == 0,
+                **common)
+        else:
+            _grouped_wgrad_kernel[(tiles, split)](dy, x, part, *args, chunk, *strides, **common)
         return part
+
+    def prune(cfg):
+        gpt = _min_gpt(cg, kg) * cfg["GPT_X"]
+        if cfg["GPT_X"] > 1 and gpt > triton.next_power_of_2(groups):
+            return False
+        if cfg.get("KIND") == "taps":
+            acc = (gpt * triton.next_power_of_2(kg) * rs_p * gpt * triton.next_power_of_2(cg))
+            return acc <= TAPS_ACC_PER_WARP * cfg["num_warps"]
+        return True
 
     key = _shape_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x, dy)
     if x.dtype == torch.float64:
-        cfg = WGRAD_FP64_CONFIG if x.device.type == "cuda" else WGRAD_INTERPRET_CONFIG
+        cfg = WGRAD_FP64_CONFIG if x.device.type == "cuda" else WGRAD_FP64_INTERPRET_CONFIG
     else:
-        cfg = _wgrad_tuner.pick(
-            key, x.device, lambda cfg: launch(cfg, dy, x),
-            lambda cfg: cfg["GPT_X"] == 1
-            or _min_gpt(cg, kg) * cfg["GPT_X"] <= triton.next_power_of_2(groups))
+        cfg = _wgrad_tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x), prune)
 
     def run(dy, x):
         part = launch(cfg, dy, x)

@@ -358,20 +358,23 @@ def test_grouped_backward_through_epilogue():
     _check_backward("triton_grouped", GROUPED_CASES["cg4"], torch.float32, True, "silu")
 
 
-@pytest.mark.parametrize("tile", [
-    dict(KIND="direct", GPT=4, BLOCK_M=16),   # CUDA-core broadcast tile (fp64's path too)
-    dict(KIND="bd", GPT_X=2, BLOCK_M=16),     # twice the groups a dot needs
-], ids=["direct", "bd_x2"])
+@pytest.mark.parametrize("tile,wtile", [
+    # CUDA-core broadcast tile (fp64's path too); grad_weight one program per tap
+    (dict(KIND="direct", GPT=4, BLOCK_M=16), dict(KIND="tap", GPT_X=1, BLOCK_Q=16)),
+    # twice the groups a dot needs, in every kernel
+    (dict(KIND="bd", GPT_X=2, BLOCK_M=16), dict(KIND="tap", GPT_X=2, BLOCK_Q=32)),
+], ids=["direct", "x2"])
 @pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym"])
-def test_grouped_tile_variants(name, tile, monkeypatch):
+def test_grouped_tile_variants(name, tile, wtile, monkeypatch):
     """The interpreter runs one fixed tile; the GPU tuner races the others: check those too
     (forward and grad_input share the kernel)."""
     from fastconv.kernels import grouped
 
     for tuner in (grouped._fwd_tuner, grouped._bwd_input_tuner):
         monkeypatch.setattr(tuner, "interpret_config", tile)
-    monkeypatch.setattr(grouped, "_fwd_plans", grouped.PlanCache())
-    monkeypatch.setattr(grouped, "_bwd_input_plans", grouped.PlanCache())
+    monkeypatch.setattr(grouped._wgrad_tuner, "interpret_config", wtile)
+    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
+        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
     _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, name != "cg2_kg3")
 
 
