@@ -73,17 +73,26 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups, gpt=None):
 #   weight element for (group g, ci, co, r, s) at  g*SWG + ci*SW_CI + co*SW_CO + r*swr + s*sws
 # --------------------------------------------------------------------------------------
 @triton.jit
-def _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
-         Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S: tl.constexpr,
-         TRANSPOSED: tl.constexpr, DENSE: tl.constexpr, DIRECT: tl.constexpr,
+def _tap(acc, r, s, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
+         Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, R: tl.constexpr,
+         S: tl.constexpr, TRANSPOSED: tl.constexpr, PHASED: tl.constexpr,
+         DENSE: tl.constexpr, DIRECT: tl.constexpr,
          W_UNMASKED: tl.constexpr, GPT: tl.constexpr, CI_P: tl.constexpr,
          BLOCK_M: tl.constexpr, USE_DOT: tl.constexpr,
          IS_FP32: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
          ACC_DTYPE: tl.constexpr):
     """One tap (r, s): gather the source tile [BLOCK_M, GPT*CI] and accumulate."""
-    r = rs // S
-    s = rs % S
-    if TRANSPOSED:
+    if PHASED:
+        # Every pixel of this program's stride phase takes tap (r, s) (when it exists):
+        # the divisions are exact.
+        sh = (dh + PT - r) // SH
+        sw = (dw + PL - s) // SW
+        # (the tap test as a block: the interpreter mis-types scalar & block masks)
+        sp_ok = (m_ok & (sh >= 0) & (sh < Hs) & (sw >= 0) & (sw < Ws)
+                 & (dh * 0 + r < R) & (dw * 0 + s < S))
+        r = tl.minimum(r, R - 1)  # a missing tap reads a real weight and adds zeros
+        s = tl.minimum(s, S - 1)
+    elif TRANSPOSED:
         th = dh + PT - r * DH
         tw = dw + PL - s * DW
         sh = th // SH
@@ -124,6 +133,7 @@ def _grouped_kernel(
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     EVEN_G: tl.constexpr, DIRECT: tl.constexpr, GPT: tl.constexpr, BLOCK_M: tl.constexpr,
+    PHASED: tl.constexpr = False, TR: tl.constexpr = 1, TS: tl.constexpr = 1,
 ):
     # Whole, unpadded channel chunks: the channel offsets are a plain arange (vector loads).
     DENSE: tl.constexpr = (CI == CI_P) and (CO == CO_P) and EVEN_G
@@ -138,12 +148,29 @@ def _grouped_kernel(
     g0 = gc * GPT
 
     offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < M
-    hw = Hd * Wd
-    n = offs_m // hw
-    p = offs_m % hw
-    dh = p // Wd
-    dw = p % Wd
+    if PHASED:
+        # grad_input with stride > 1 (dilation 1), one stride phase per program: the
+        # destination pixels with (dh + PT) % SH == ph_h and (dw + PL) % SW == ph_w, which
+        # take exactly the taps r = ph_h + SH*i, s = ph_w + SW*j. M = N * Hq * Wq.
+        ph = tl.program_id(1)
+        ph_h = ph // SW
+        ph_w = ph % SW
+        dh0 = ((ph_h - PT) % SH + SH) % SH
+        dw0 = ((ph_w - PL) % SW + SW) % SW
+        hq = tl.cdiv(Hd, SH)
+        wq = tl.cdiv(Wd, SW)
+        n = offs_m // (hq * wq)
+        p = offs_m % (hq * wq)
+        dh = dh0 + SH * (p // wq)
+        dw = dw0 + SW * (p % wq)
+        m_ok = (offs_m < M) & (dh < Hd) & (dw < Wd)
+    else:
+        m_ok = offs_m < M
+        hw = Hd * Wd
+        n = offs_m // hw
+        p = offs_m % hw
+        dh = p // Wd
+        dw = p % Wd
     if NEED_I64:
         n = n.to(tl.int64)
         dh = dh.to(tl.int64)
@@ -185,18 +212,26 @@ def _grouped_kernel(
         acc = tl.zeros((BLOCK_M, GPT * CO_P), dtype=ACC_DTYPE)
 
     # Small kernels (ResNeXt's 3x3) are unrolled so every tap's loads can issue early.
-    if R * S <= MAX_UNROLL:
+    if PHASED:
+        for j in tl.static_range(TR * TS):
+            r = ph_h + SH * (j // TS)
+            s = ph_w + SW * (j % TS)
+            acc = _tap(acc, r, s, src_row, a_col, a_ok, dh, dw, m_ok,
+                       w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
+                       R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
+                       BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif R * S <= MAX_UNROLL:
         for rs in tl.static_range(R * S):
-            acc = _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
-                       Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S, TRANSPOSED,
-                       DENSE, DIRECT, W_UNMASKED, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC,
-                       UPCAST, ACC_DTYPE)
+            acc = _tap(acc, rs // S, rs % S, src_row, a_col, a_ok, dh, dw, m_ok,
+                       w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
+                       R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
+                       BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
         for rs in range(R * S):
-            acc = _tap(acc, rs, src_row, a_col, a_ok, dh, dw, m_ok, w_ptr, w_off, w_ok,
-                       Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW, S, TRANSPOSED,
-                       DENSE, DIRECT, W_UNMASKED, GPT, CI_P, BLOCK_M, USE_DOT, IS_FP32, PREC,
-                       UPCAST, ACC_DTYPE)
+            acc = _tap(acc, rs // S, rs % S, src_row, a_col, a_ok, dh, dw, m_ok,
+                       w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
+                       R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
+                       BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
 
     if DIRECT:
         acc = tl.reshape(acc, (BLOCK_M, GPT * CO_P))
@@ -312,7 +347,15 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
     """launch(cfg, src, w, bias, dst) for the shared forward / grad_input kernel."""
     n, _, hs, ws = src_shape
     _, _, hd, wd = dst_shape
-    m = n * hd * wd
+    # grad_input with stride > 1: one program per stride phase (see _grouped_kernel), so no
+    # tap is visited by pixels it does not reach. Dilated ones keep the masked loop.
+    phased = transposed and tuple(stride) != (1, 1) and tuple(dilation) == (1, 1)
+    if phased:
+        m = n * triton.cdiv(hd, stride[0]) * triton.cdiv(wd, stride[1])
+        taps = dict(PHASED=True, TR=triton.cdiv(r, stride[0]), TS=triton.cdiv(s, stride[1]))
+    else:
+        m = n * hd * wd
+        taps = {}
     swk, swc, swr, sws = w_strides
     kg = co if not transposed else ci
     # Weight offsets of (ci, co): forward w[g*Kg + co, ci], transposed w[g*Kg + ci, co].
@@ -323,11 +366,14 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
 
     def launch(cfg, src, w, b, dst):
         direct, gpt, block_m, opts = _resolve(cfg, ci, co, groups)
-        grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),)
+        grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),
+                stride[0] * stride[1] if phased else 1)
         _grouped_kernel[grid](
             src, w, w if b is None else b, dst, *geometry,
-            CI=ci, CO=co, CI_P=triton.next_power_of_2(ci), CO_P=triton.next_power_of_2(co), R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=b is not None, ACT=act,
-            NEED_I64=i64, EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, **dots, **opts)
+            CI=ci, CO=co, CI_P=triton.next_power_of_2(ci), CO_P=triton.next_power_of_2(co),
+            R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=b is not None, ACT=act, NEED_I64=i64,
+            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, **taps, **dots,
+            **opts)
     return launch
 
 

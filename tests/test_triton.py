@@ -321,6 +321,8 @@ GROUPED_CASES = {
     "cg3_kg5_same": ((1, 9, 6, 7), (15, 3, 4, 4), 1, "same", 1, 3),
     "cg1_depthwise_shape": ((1, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8),
     "cg16_5groups": ((1, 80, 4, 5), (80, 16, 3, 3), 1, 1, 1, 5),
+    # stride 3 > kernel 2: some input pixels get no tap at all (grad_input writes zeros)
+    "cg2_s3x2_k2x3": ((1, 8, 10, 9), (8, 2, 2, 3), (3, 2), (0, 1), 1, 4),
 }
 
 
@@ -343,7 +345,8 @@ def test_grouped_epilogue(activation):
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym", "cg4_dil2_rect", "cg3_kg5_same"])
+@pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym", "cg4_dil2_rect", "cg3_kg5_same",
+                                  "cg2_s3x2_k2x3"])
 def test_grouped_backward(name, cl):
     _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, cl)
 
