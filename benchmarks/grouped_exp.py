@@ -26,21 +26,29 @@ LAYERS = [  # C(=K), H, stride; groups 32, 3x3, padding 1
     (1024, 7, 1),
 ]
 DTYPES = [("bf16", torch.bfloat16, False), ("tf32", torch.float32, True)]
+def _bd(kind, x, m, w):
+    return dict(KIND=kind, GPT_X=x, BLOCK_M=m, num_warps=w, num_stages=2)
+
+
 FWD = {
-    "bd1_m128w4": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
-    "bd1_m256w8": dict(KIND="bd", GPT_X=1, BLOCK_M=256, num_warps=8, num_stages=2),
-    "bd1_m64w4": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
-    "bd1_m128w2": dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=2, num_stages=2),  # mma.sync
-    "bd1_m64w2": dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=2, num_stages=2),
-    "bd1_m32w2": dict(KIND="bd", GPT_X=1, BLOCK_M=32, num_warps=2, num_stages=2),
-    "bd2_m128w4": dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
-    "dir_g8m64": dict(KIND="direct", GPT=8, BLOCK_M=64, num_warps=4, num_stages=1),
-    "dir_g4m128": dict(KIND="direct", GPT=4, BLOCK_M=128, num_warps=4, num_stages=1),
+    "bd1_m128w4": _bd("bd", 1, 128, 4),
+    "bd1_m64w4": _bd("bd", 1, 64, 4),
+    "bd2_m128w4": _bd("bd", 2, 128, 4),      # round 1's winner on most bf16 layers
+    "bd2_m256w8": _bd("bd", 2, 256, 8),
+    "bd2_m64w4": _bd("bd", 2, 64, 4),
+    "bd4_m128w4": _bd("bd", 4, 128, 4),
+    "bd1_m128w2": _bd("bd", 1, 128, 2),      # 2 warps: mma.sync instead of wgmma
+    "bd2_m128w2": _bd("bd", 2, 128, 2),
+    "bdk1_m64w4": _bd("bdk", 1, 64, 4),      # 8 taps in one K=8*GPT*Cg dot
+    "bdk2_m64w4": _bd("bdk", 2, 64, 4),
+    "bdk1_m128w8": _bd("bdk", 1, 128, 8),
+    "bdk1_m32w2": _bd("bdk", 1, 32, 2),
+    "bdk2_m64w8": _bd("bdk", 2, 64, 8),
 }
-BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd1_m64w4")}
+BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd2_m128w4", "bd1_m64w4", "bd2_m64w4")}
 BWD_W = {f"{c['KIND']}_q{c['BLOCK_Q']}x{c['GPT_X']}w{c['num_warps']}": c
          for c in grouped.WGRAD_CONFIGS}
-BWD_DTYPES = ("bf16",)
+BWD_DTYPES = ("bf16", "tf32")
 
 
 def make(c, h, s, dtype):
@@ -74,10 +82,17 @@ def bin_launch(dy, w, xshape, st, pad, dil, g):
 
 def fwd_ok(name, li):
     c, h, s = LAYERS[li]
+    cg = c // 32
     m = BATCH * ((h - 1) // s + 1) ** 2
-    if name == "bd1_m256w8" and m < 20000 or name == "bd1_m32w2" and m > 20000:
+    if name == "bd2_m256w8" and m < 20000 or name == "bdk1_m32w2" and m > 20000:
         return False  # big tiles for big layers, small ones for small layers
-    return grouped._prune(c // 32, c // 32, 32, torch.bfloat16)(FWD[name])
+    cfg = FWD[name]
+    gpt = grouped._min_gpt(cg, cg) * cfg["GPT_X"]
+    if gpt > 32:
+        return False
+    if cfg["KIND"] == "bdk":  # [BLOCK_M, 8 taps, GPT*Cg] gathered tile in registers
+        return cfg["BLOCK_M"] * 8 * gpt * cg <= 8192 * cfg["num_warps"]
+    return True
 
 
 def bw_ok(name, li):
@@ -230,7 +245,7 @@ def main():
                          f"vs cudnn, x{base['t'] / best[1]:.1f} vs igemm, "
                          f"{mb / 1e3 / (best[1] * 1e-3):.0f} GB/s ({mb:.0f} MB)")
             print(line, flush=True)
-    print("\nBACKWARD bf16 (us): grad_input variants vs cudnn dgrad | grad_weight variants vs "
+    print("\nBACKWARD (us): grad_input variants vs cudnn dgrad | grad_weight variants vs "
           "cudnn wgrad | igemm dgrad, wgrad")
     for li, (c, h, s) in enumerate(LAYERS):
         for dn in BWD_DTYPES:

@@ -134,6 +134,7 @@ def _grouped_kernel(
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     EVEN_G: tl.constexpr, DIRECT: tl.constexpr, GPT: tl.constexpr, BLOCK_M: tl.constexpr,
     PHASED: tl.constexpr = False, TR: tl.constexpr = 1, TS: tl.constexpr = 1,
+    TB: tl.constexpr = 0,
 ):
     # Whole, unpadded channel chunks: the channel offsets are a plain arange (vector loads).
     DENSE: tl.constexpr = (CI == CI_P) and (CO == CO_P) and EVEN_G
@@ -211,8 +212,36 @@ def _grouped_kernel(
         w_ok = (a_gl[:, None] == b_gl[None, :]) & a_ok[:, None] & o_ok[None, :]
         acc = tl.zeros((BLOCK_M, GPT * CO_P), dtype=ACC_DTYPE)
 
+    if TB > 0:
+        # Forward "bdk": the first TB taps (a power of two) as ONE dot with K = TB*GPT*CI:
+        # A = the [BLOCK_M, TB, GPT*CI] im2col tile (one gather), B = TB block-diagonal
+        # weights stacked. One operand staging and one MMA chain instead of TB small ones.
+        tb = tl.arange(0, TB)
+        tr = tb // S
+        ts = tb % S
+        sh = (dh * SH - PT)[:, None] + (tr * DH)[None, :]
+        sw = (dw * SW - PL)[:, None] + (ts * DW)[None, :]
+        ok = m_ok[:, None] & (sh >= 0) & (sh < Hs) & (sw >= 0) & (sw < Ws)
+        ptr3 = (src_row[:, None] + sh * ssh + sw * ssw)[:, :, None] + a_col[None, None, :]
+        if DENSE:
+            a3 = tl.load(ptr3, mask=ok[:, :, None], other=0.0)
+        else:
+            a3 = tl.load(ptr3, mask=ok[:, :, None] & a_ok[None, None, :], other=0.0)
+        w3_ptr = w_ptr + (tr * swr + ts * sws)[:, None, None] + w_off[None, :, :]
+        if W_UNMASKED:
+            w3 = tl.load(w3_ptr)
+        else:
+            w3 = tl.load(w3_ptr, mask=w_ok[None, :, :], other=0.0)
+        acc = mma(tl.reshape(a3, (BLOCK_M, TB * GPT * CI_P)),
+                  tl.reshape(w3, (TB * GPT * CI_P, GPT * CO_P)), acc, USE_DOT, IS_FP32, PREC,
+                  UPCAST, ACC_DTYPE)
+        for rs in tl.static_range(TB, R * S):
+            acc = _tap(acc, rs // S, rs % S, src_row, a_col, a_ok, dh, dw, m_ok,
+                       w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
+                       R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
+                       BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     # Small kernels (ResNeXt's 3x3) are unrolled so every tap's loads can issue early.
-    if PHASED:
+    elif PHASED:
         for j in tl.static_range(TR * TS):
             r = ph_h + SH * (j // TS)
             s = ph_w + SW * (j % TS)
@@ -270,7 +299,7 @@ FP64_INTERPRET_CONFIG = dict(KIND="direct", GPT=2, BLOCK_M=32)
 
 
 def _resolve(cfg, ci, co, groups):
-    """Config -> (DIRECT, GPT, BLOCK_M, launch options)."""
+    """Config -> (DIRECT, GPT, BLOCK_M, launch options, taps-in-K)."""
     meta, opts = launch_meta(cfg)
     direct = cfg.get("KIND") == "direct"
     if direct:
@@ -279,7 +308,7 @@ def _resolve(cfg, ci, co, groups):
         gpt = _min_gpt(ci, co) * meta["GPT_X"]
     # No wider than the layer: a chunk past the last group is pure waste.
     gpt = min(gpt, max(triton.next_power_of_2(groups), 1 if direct else _min_gpt(ci, co)))
-    return direct, gpt, meta["BLOCK_M"], opts
+    return direct, gpt, meta["BLOCK_M"], opts, cfg.get("KIND") == "bdk"
 
 
 def _prune(ci, co, groups, dtype):
@@ -365,15 +394,16 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
                 dilation[1])
 
     def launch(cfg, src, w, b, dst):
-        direct, gpt, block_m, opts = _resolve(cfg, ci, co, groups)
+        direct, gpt, block_m, opts, bigk = _resolve(cfg, ci, co, groups)
+        tb = {"TB": 1 << (r * s).bit_length() - 1} if bigk and not transposed else {}
         grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),
                 stride[0] * stride[1] if phased else 1)
         _grouped_kernel[grid](
             src, w, w if b is None else b, dst, *geometry,
             CI=ci, CO=co, CI_P=triton.next_power_of_2(ci), CO_P=triton.next_power_of_2(co),
             R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=b is not None, ACT=act, NEED_I64=i64,
-            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, **taps, **dots,
-            **opts)
+            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, **taps, **tb,
+            **dots, **opts)
     return launch
 
 
