@@ -39,13 +39,19 @@ FWD = {
     "bd4_m128w4": _bd("bd", 4, 128, 4),
     "bd1_m128w2": _bd("bd", 1, 128, 2),      # 2 warps: mma.sync instead of wgmma
     "bd2_m128w2": _bd("bd", 2, 128, 2),
+    "bdp2_m128w4s3": dict(_bd("bdp", 2, 128, 4), num_stages=3),  # tap loop pipelined
+    "bdp1_m128w4s3": dict(_bd("bdp", 1, 128, 4), num_stages=3),
+    "bdp2_m64w4s4": dict(_bd("bdp", 2, 64, 4), num_stages=4),
+    "bdp1_m64w4s4": dict(_bd("bdp", 1, 64, 4), num_stages=4),
+    "bdp2_m256w8s3": dict(_bd("bdp", 2, 256, 8), num_stages=3),
     "bdk1_m64w4": _bd("bdk", 1, 64, 4),      # 8 taps in one K=8*GPT*Cg dot
     "bdk2_m64w4": _bd("bdk", 2, 64, 4),
     "bdk1_m128w8": _bd("bdk", 1, 128, 8),
     "bdk1_m32w2": _bd("bdk", 1, 32, 2),
     "bdk2_m64w8": _bd("bdk", 2, 64, 8),
 }
-BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd2_m128w4", "bd1_m64w4", "bd2_m64w4")}
+BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd2_m128w4", "bd1_m64w4", "bd2_m64w4",
+                                "bdp2_m128w4s3", "bdp1_m64w4s4")}
 BWD_W = {f"{c['KIND']}_q{c['BLOCK_Q']}x{c['GPT_X']}w{c['num_warps']}": c
          for c in grouped.WGRAD_CONFIGS}
 BWD_DTYPES = ("bf16", "tf32")
@@ -84,7 +90,7 @@ def fwd_ok(name, li):
     c, h, s = LAYERS[li]
     cg = c // 32
     m = BATCH * ((h - 1) // s + 1) ** 2
-    if name == "bd2_m256w8" and m < 20000 or name == "bdk1_m32w2" and m > 20000:
+    if name in ("bd2_m256w8", "bdp2_m256w8s3") and m < 20000 or name == "bdk1_m32w2" and m > 20000:
         return False  # big tiles for big layers, small ones for small layers
     cfg = FWD[name]
     gpt = grouped._min_gpt(cg, cg) * cfg["GPT_X"]

@@ -134,7 +134,7 @@ def _grouped_kernel(
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     EVEN_G: tl.constexpr, DIRECT: tl.constexpr, GPT: tl.constexpr, BLOCK_M: tl.constexpr,
     PHASED: tl.constexpr = False, TR: tl.constexpr = 1, TS: tl.constexpr = 1,
-    TB: tl.constexpr = 0,
+    TB: tl.constexpr = 0, PIPE: tl.constexpr = False,
 ):
     # Whole, unpadded channel chunks: the channel offsets are a plain arange (vector loads).
     DENSE: tl.constexpr = (CI == CI_P) and (CO == CO_P) and EVEN_G
@@ -249,13 +249,15 @@ def _grouped_kernel(
                        w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
                        R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
                        BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
-    elif R * S <= MAX_UNROLL:
+    elif R * S <= MAX_UNROLL and not PIPE:
         for rs in tl.static_range(R * S):
             acc = _tap(acc, rs // S, rs % S, src_row, a_col, a_ok, dh, dw, m_ok,
                        w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
                        R, S, TRANSPOSED, PHASED, DENSE, DIRECT, W_UNMASKED, GPT, CI_P,
                        BLOCK_M, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
+        # A loop, not unrolled: Triton software-pipelines it (num_stages tiles in flight
+        # through shared memory, cp.async) -- "bdp" tiles, and kernels wider than 5x5.
         for rs in range(R * S):
             acc = _tap(acc, rs // S, rs % S, src_row, a_col, a_ok, dh, dw, m_ok,
                        w_ptr, w_off, w_ok, Hs, Ws, ssh, ssw, swr, sws, SH, SW, PT, PL, DH, DW,
@@ -299,7 +301,7 @@ FP64_INTERPRET_CONFIG = dict(KIND="direct", GPT=2, BLOCK_M=32)
 
 
 def _resolve(cfg, ci, co, groups):
-    """Config -> (DIRECT, GPT, BLOCK_M, launch options, taps-in-K)."""
+    """Config -> (DIRECT, GPT, BLOCK_M, launch options, KIND)."""
     meta, opts = launch_meta(cfg)
     direct = cfg.get("KIND") == "direct"
     if direct:
@@ -308,7 +310,7 @@ def _resolve(cfg, ci, co, groups):
         gpt = _min_gpt(ci, co) * meta["GPT_X"]
     # No wider than the layer: a chunk past the last group is pure waste.
     gpt = min(gpt, max(triton.next_power_of_2(groups), 1 if direct else _min_gpt(ci, co)))
-    return direct, gpt, meta["BLOCK_M"], opts, cfg.get("KIND") == "bdk"
+    return direct, gpt, meta["BLOCK_M"], opts, cfg.get("KIND")
 
 
 def _prune(ci, co, groups, dtype):
@@ -394,8 +396,11 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
                 dilation[1])
 
     def launch(cfg, src, w, b, dst):
-        direct, gpt, block_m, opts, bigk = _resolve(cfg, ci, co, groups)
-        tb = {"TB": 1 << (r * s).bit_length() - 1} if bigk and not transposed else {}
+        direct, gpt, block_m, opts, kind = _resolve(cfg, ci, co, groups)
+        if kind == "bdk" and not transposed:
+            tb = {"TB": 1 << (r * s).bit_length() - 1}
+        else:
+            tb = {"PIPE": kind == "bdp"}
         grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),
                 stride[0] * stride[1] if phased else 1)
         _grouped_kernel[grid](

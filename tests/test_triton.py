@@ -364,9 +364,11 @@ def test_grouped_backward_through_epilogue():
 @pytest.mark.parametrize("tile,wtile", [
     # CUDA-core broadcast tile (fp64's path too); grad_weight one program per tap
     (dict(KIND="direct", GPT=4, BLOCK_M=16), dict(KIND="tap", GPT_X=1, BLOCK_Q=16)),
-    # twice the groups a dot needs, in every kernel
-    (dict(KIND="bd", GPT_X=2, BLOCK_M=16), dict(KIND="tap", GPT_X=2, BLOCK_Q=32)),
-], ids=["direct", "x2"])
+    # twice the groups a dot needs, in every kernel; the tap loop not unrolled (pipelined)
+    (dict(KIND="bdp", GPT_X=2, BLOCK_M=16), dict(KIND="tap", GPT_X=2, BLOCK_Q=32)),
+    # the first 2^k taps as one long-K dot (forward only; grad_input runs it as "bd")
+    (dict(KIND="bdk", GPT_X=1, BLOCK_M=16), dict(KIND="taps", GPT_X=2, BLOCK_Q=16)),
+], ids=["direct", "x2_pipelined", "taps_in_k"])
 @pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym"])
 def test_grouped_tile_variants(name, tile, wtile, monkeypatch):
     """The interpreter runs one fixed tile; the GPU tuner races the others: check those too
