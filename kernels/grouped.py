@@ -286,13 +286,31 @@ def _min_gpt(ci, co):
 
 # Candidates, raced per shape by the tuner. GPT is given relative to the minimum that fills
 # a dot ("GPT_X": 1 = the minimum, 2 = twice it); "direct" tiles take it literally.
+# KIND: "bd" block-diagonal, taps unrolled; "bdp" the same with the tap loop software-
+# pipelined (cp.async, fewer registers); "bdk" the first 2^k taps as one long-K dot.
+# Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC; benchmarks/grouped_exp.py, two
+# runs): GPT_X=2 x 128 pixels won 5 of 7 bf16 layers (a 32-wide dot beats the 16-wide
+# minimum despite twice the FLOPs: per-tap overhead, not FLOPs, bounds these tiles);
+# GPT_X=1 x 64 or 128 pixels won the 16- and 32-channel layers in TF32; the 2-warp
+# (mma.sync) tile won one layer; "direct" was 3.5-4.5x slower than "bd" (dropped from the
+# list, still fp64's path). "bdp" and "bdk" compile for sm_90 and are tested but were not
+# timed in those runs: the tuner races them.
 FWD_CONFIGS = [
-    dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
-    dict(KIND="bd", GPT_X=1, BLOCK_M=256, num_warps=8, num_stages=2),
-    dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
     dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
-    dict(KIND="direct", GPT=8, BLOCK_M=64, num_warps=4, num_stages=1),
-    dict(KIND="direct", GPT=4, BLOCK_M=128, num_warps=4, num_stages=1),
+    dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+    dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
+    dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=2, num_stages=2),
+    dict(KIND="bdp", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=3),
+    dict(KIND="bdp", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=4),
+    dict(KIND="bdk", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+]
+# grad_input (transposed, and per stride phase when strided): "bd" GPT_X=1 x 128 won every
+# measured layer (bf16); no "bdk" (forward only).
+BWD_INPUT_CONFIGS = [
+    dict(KIND="bd", GPT_X=1, BLOCK_M=128, num_warps=4, num_stages=2),
+    dict(KIND="bd", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=2),
+    dict(KIND="bd", GPT_X=1, BLOCK_M=64, num_warps=4, num_stages=2),
+    dict(KIND="bdp", GPT_X=2, BLOCK_M=128, num_warps=4, num_stages=3),
 ]
 INTERPRET_CONFIG = dict(KIND="bd", GPT_X=1, BLOCK_M=32)
 # fp64: broadcast multiply-sum on the CUDA cores, small tiles, no tuning.
@@ -322,9 +340,14 @@ def _prune(ci, co, groups, dtype):
             return (cfg["BLOCK_M"] * cfg["GPT"] * triton.next_power_of_2(ci)
                     * triton.next_power_of_2(co) <= 64 * 8 * 4 * 4
                     and cfg["GPT"] <= triton.next_power_of_2(groups))
+        gpt = _min_gpt(ci, co) * cfg["GPT_X"]
+        if cfg.get("KIND") == "bdk":
+            # the gathered [BLOCK_M, 8 taps, GPT*CI] tile: at most 128 elements a thread
+            tile = cfg["BLOCK_M"] * 8 * gpt * triton.next_power_of_2(ci)
+            if tile > 128 * 32 * cfg["num_warps"]:
+                return False
         # Twice the minimum only while the chunk stays within the layer's groups.
-        return (cfg["GPT_X"] == 1
-                or _min_gpt(ci, co) * cfg["GPT_X"] <= triton.next_power_of_2(groups))
+        return cfg["GPT_X"] == 1 or gpt <= triton.next_power_of_2(groups)
     return prune
 
 
@@ -368,7 +391,7 @@ def _pick(tuner, key, t, launch, prune):
 
 
 _fwd_tuner = TileTuner("grouped_fwd", FWD_CONFIGS, INTERPRET_CONFIG)
-_bwd_input_tuner = TileTuner("grouped_bwd_input", FWD_CONFIGS, INTERPRET_CONFIG)
+_bwd_input_tuner = TileTuner("grouped_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
 _fwd_plans = PlanCache()
 _bwd_input_plans = PlanCache()
 
@@ -514,8 +537,8 @@ def _grouped_wgrad_kernel(
     syn, syk, syh, syw, sxn, sxc, sxh, sxw,
     SH, SW, PT, PL, DH, DW,
     CG: tl.constexpr, KG: tl.constexpr, CG_P: tl.constexpr, KG_P: tl.constexpr,
-    R: tl.constexpr, S: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     GPT: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -645,22 +668,25 @@ def _grouped_wgrad_taps_kernel(
     tl.store(part_ptr + base + w_off, acc, mask=keep)
 
 
-# KIND "tap": one program per tap; "taps": all taps in one program.
+# KIND "tap": one program per tap; "taps": all taps in one program. PROGS: programs per SM
+# the pixel split aims at. Measured (H200, bf16, two runs): "taps" x 64 pixels won the
+# 4-channel layer (92 us vs "tap"'s 151); "tap" GPT_X=2 won the others (33-53 us, where the
+# "taps" accumulator is too wide: 63-95 us). With PROGS=4 the small layers run only 1-2
+# programs per SM through long serial reductions; the PROGS=16 variants (not timed in
+# those runs) split the pixels 4x finer.
 WGRAD_CONFIGS = [
-    # the gathered [BLOCK_Q, taps*GPT*Cg] tile is staged in shared memory: 2 stages
     dict(KIND="taps", GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=2),
-    dict(KIND="taps", GPT_X=1, BLOCK_Q=32, num_warps=4, num_stages=2),
-    dict(KIND="taps", GPT_X=1, BLOCK_Q=32, num_warps=8, num_stages=2),
-    dict(KIND="tap", GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=3),
-    dict(KIND="tap", GPT_X=1, BLOCK_Q=128, num_warps=4, num_stages=3),
     dict(KIND="tap", GPT_X=2, BLOCK_Q=64, num_warps=4, num_stages=3),
+    dict(KIND="taps", GPT_X=1, BLOCK_Q=64, PROGS=16, num_warps=4, num_stages=2),
+    dict(KIND="tap", GPT_X=2, BLOCK_Q=64, PROGS=16, num_warps=4, num_stages=3),
+    dict(KIND="tap", GPT_X=1, BLOCK_Q=128, num_warps=4, num_stages=3),
 ]
 WGRAD_INTERPRET_CONFIG = dict(KIND="taps", GPT_X=1, BLOCK_Q=32)
 WGRAD_FP64_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16, num_warps=4, num_stages=1)
 WGRAD_FP64_INTERPRET_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16)
 # "taps" keeps a [GPT*Kg, taps*GPT*Cg] fp32 accumulator: at most this many elements per warp.
 TAPS_ACC_PER_WARP = 1024
-SM_TARGET_PROGRAMS = 4  # programs per SM the pixel split aims at
+SM_TARGET_PROGRAMS = 4  # programs per SM the pixel split aims at (default; PROGS overrides)
 _wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _bwd_weight_plans = PlanCache()
 
@@ -710,7 +736,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     def plan(cfg):
         gpt = _min_gpt(cg, kg) * cfg["GPT_X"]
         tiles = (1 if cfg.get("KIND") == "taps" else r * s) * triton.cdiv(groups, gpt)
-        want = max(1, (SM_TARGET_PROGRAMS * sms) // tiles)
+        want = max(1, (cfg.get("PROGS", SM_TARGET_PROGRAMS) * sms) // tiles)
         split = max(1, min(want, triton.cdiv(q, 4 * cfg["BLOCK_Q"])))
         chunk = triton.cdiv(triton.cdiv(q, split), cfg["BLOCK_Q"]) * cfg["BLOCK_Q"]
         return gpt, tiles, triton.cdiv(q, chunk), chunk

@@ -136,9 +136,11 @@ def test_grouped_resnext(layer, variant, cl, tf32_flag):
 
 
 @pytest.mark.parametrize("variant", ["bf16", "tf32"])
-@pytest.mark.parametrize("layer", [RESNEXT50_GROUPED[0], RESNEXT50_GROUPED[3]], ids=["cg4", "cg16s2"])
+@pytest.mark.parametrize("layer", [RESNEXT50_GROUPED[0], RESNEXT50_GROUPED[3]],
+                         ids=["cg4", "cg16s2"])
 def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
-    """Each forward/grad_input tile the tuner may pick (tests otherwise see only the first)."""
+    """Each forward/grad_input tile the tuner may pick (tests otherwise see only the first;
+    the tuner would pick a fast wrong one)."""
     from fastconv.kernels import grouped
 
     dtype, tf32, tol = VARIANTS[variant]
@@ -153,7 +155,9 @@ def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
     ref = F.conv2d(x.double(), w.double(), None, s, r // 2, 1, g)
     rx = torch.nn.grad.conv2d_input(list(x.shape), w.double(), dy.double(), s, r // 2, 1, g)
     tried = 0
-    for cfg in grouped.FWD_CONFIGS:
+    tiles = grouped.FWD_CONFIGS + [c for c in grouped.BWD_INPUT_CONFIGS
+                                   if c not in grouped.FWD_CONFIGS]
+    for cfg in tiles:
         if not grouped._prune(c // g, k // g, g, dtype)(cfg):
             continue
         tried += 1
