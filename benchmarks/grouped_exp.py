@@ -1,11 +1,21 @@
 """GPU experiment for kernels/grouped.py: race the tile variants on ResNeXt-50's grouped
 3x3 layers (batch 32, channels_last) against cuDNN and triton_igemm, in one process,
-after a parallel compile phase.
+after a parallel compile phase. It produced benchmarks/results/nvidia-h200/grouped/.
 
     python grouped_exp.py compile I N   # compile shard I of N (run N of these in parallel)
     python grouped_exp.py time          # correctness, then CUDA-graph times; one table
 
-KDIR (env) is the directory holding the `kernels` package (default: the repo root).
+KDIR (env) is the directory holding the `kernels` package (default: the repo root). The
+runs used (from the repository root, 15 compile shards in parallel, then the time phase):
+
+    export KDIR=$PWD FASTCONV_TUNE=0 FASTCONV_POISON=1 FASTCONV_CACHE_DIR=$(mktemp -d)
+    export TRITON_CACHE_DIR=$(mktemp -d)
+    cp benchmarks/results/nvidia-h200/triton_tiles.json $FASTCONV_CACHE_DIR/  # igemm's tiles
+    for i in $(seq 0 14); do python benchmarks/grouped_exp.py compile $i 15 & done; wait
+    BUDGET_S=120 python benchmarks/grouped_exp.py time
+
+The variant list below is the one after the two runs (it adds the "bdp"/"bdk" tiles the
+runs did not time); the logs name the variants each run timed.
 """
 import os
 import sys
