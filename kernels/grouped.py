@@ -332,9 +332,15 @@ def _resolve(cfg, ci, co, groups):
 
 
 def _prune(ci, co, groups, dtype):
+    # IEEE fp32 dots run on the CUDA cores (FMA): the block-diagonal waste is real work and
+    # the unrolled FMA code is huge (GPT_X=2 x 128 pixels at Cg=32: 90 s in ptxas here).
+    ieee32 = dtype == torch.float32 and dot_precision(dtype) == "ieee"
+
     def prune(cfg):
         if dtype == torch.float64:
             return cfg.get("KIND") == "direct"
+        if ieee32 and (cfg.get("GPT_X") != 1 or cfg["BLOCK_M"] > 64 or cfg["KIND"] == "bdk"):
+            return False
         if cfg.get("KIND") == "direct":
             # acc[m, g, k] plus the [m, g, ci, co] product live in registers: keep it small.
             return (cfg["BLOCK_M"] * cfg["GPT"] * triton.next_power_of_2(ci)
