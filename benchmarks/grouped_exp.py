@@ -62,7 +62,7 @@ FWD = {
 }
 BWD_IN = {k: FWD[k] for k in ("bd1_m128w4", "bd2_m128w4", "bd1_m64w4", "bd2_m64w4",
                                 "bdp2_m128w4s3", "bdp1_m64w4s4")}
-BWD_W = {f"{c['KIND']}_q{c['BLOCK_Q']}x{c['GPT_X']}w{c['num_warps']}": c
+BWD_W = {f"{c['KIND']}_q{c['BLOCK_Q']}x{c['GPT_X']}w{c['num_warps']}p{c.get('PROGS', 4)}": c
          for c in grouped.WGRAD_CONFIGS}
 BWD_DTYPES = ("bf16", "tf32")
 
@@ -236,7 +236,8 @@ def main():
         except Exception as e:  # noqa: BLE001
             print("FAIL", j, repr(e)[:300], flush=True)
     print(f"\ntime phase {time.time() - t0:.1f}s\n")
-    print("FORWARD (us, CUDA-graph median)  layer dtype | cudnn igemm | variants... | best  cudnn/best")
+    print("FORWARD (us, CUDA-graph median)  layer dtype | cudnn igemm | variants... | best  "
+          "cudnn/best")
     for li, (c, h, s) in enumerate(LAYERS):
         for dn, dtype, _ in DTYPES:
             base = res.get(("cudnn_igemm", li, dn, None))
@@ -273,7 +274,8 @@ def main():
             ci = " ".join(f"{v}={r['t'] * 1e3:.1f}(e{r['err']:.0e})" for v, r in bi.items() if r)
             cw = " ".join(f"{v}={r['t'] * 1e3:.1f}(e{r['err']:.0e})" for v, r in bw.items() if r)
             igs = f"{ig['t'] * 1e3:.1f}, {ig['t_ref'] * 1e3:.1f}" if ig else "-"
-            print(f"C{c:<4d} {h:3d}^2 s{s} {dn} | dgrad cudnn {ref_i * 1e3:.1f}: {ci} | wgrad cudnn "
+            print(f"C{c:<4d} {h:3d}^2 s{s} {dn} | dgrad cudnn {ref_i * 1e3:.1f}: {ci} | "
+                  f"wgrad cudnn "
                   f"{ref_w * 1e3:.1f}: {cw} | igemm {igs}", flush=True)
 
 

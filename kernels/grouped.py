@@ -13,16 +13,25 @@ its neighbours' in NHWC) and a block-diagonal B [GPT*Cg, GPT*Kg] (the weight, lo
 masked: zeros off the diagonal blocks), and issues one tl.dot. GPT is the smallest power
 of two that makes the dot >= 16 wide (racing 2x that); it multiplies the FLOPs by GPT.
 
+Variants of that tile: "bdp" loops over the taps instead of unrolling them, so Triton
+software-pipelines the A loads (cp.async); "bdk" gathers the first 2^k taps into one
+[BLOCK_M, 2^k*GPT*Cg] im2col tile and issues one long-K dot.
+
 Direct CUDA-core tile (KIND "direct"): the same tile, but per tap a broadcast
 multiply-sum acc[m, g, k] += sum_c x[m, g, c] * w[g, c, k] in fp32 (fp64 for fp64):
 no FLOP waste, no tensor cores. fp64 always takes it (Triton has no fp64 dot everywhere).
+On the H200 it was 3.5-4.5x slower than "bd", so the tuner no longer races it.
 
 grad_input is the transposed grouped conv: the same kernel with the roles of input and
-output channels swapped and the tap geometry inverted (TRANSPOSED). grad_weight per
-group is the [Kg, Cg] product dY^T X_tap per tap, reduced over pixels: the same
-block-diagonal trick gives one [GPT*Kg, GPT*Cg] dot of which the diagonal blocks are
-kept; the pixel reduction is split across programs into an fp32 buffer summed in a
-fixed order (deterministic, no atomics).
+output channels swapped and the tap geometry inverted (TRANSPOSED); with a stride, one
+program per stride phase (PHASED), which visits only the taps that reach its pixels.
+grad_weight per group is the [Kg, Cg] product dY^T X_tap per tap, reduced over pixels:
+the same block-diagonal trick gives one [GPT*Kg, GPT*Cg] dot of which the diagonal blocks
+are kept, one program per tap ("tap") or all taps as one [BLOCK_Q, taps*GPT*Cg] gathered
+tile ("taps": dy and x stream through once); the pixel reduction is split across programs
+into an fp32 buffer summed in a fixed order (deterministic, no atomics).
+
+Measured results and which tile won where: benchmarks/results/nvidia-h200/README.md.
 """
 from __future__ import annotations
 
@@ -45,7 +54,7 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups, gpt=None):
     n, c, h, wd = x.shape
     k, cg, r_, s_ = w.shape
     kg = k // groups
-    gpt = gpt or max(1, MIN_DOT // min(cg, kg))
+    gpt = gpt or _min_gpt(cg, kg)
     xp = torch.nn.functional.pad(x, (padding[2], padding[3], padding[0], padding[1]))
     ho = (h + padding[0] + padding[1] - dilation[0] * (r_ - 1) - 1) // stride[0] + 1
     wo = (wd + padding[2] + padding[3] - dilation[1] * (s_ - 1) - 1) // stride[1] + 1
@@ -54,7 +63,8 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups, gpt=None):
         g1 = min(g0 + gpt, groups)
         for r in range(r_):
             for s in range(s_):
-                bd = torch.block_diag(*[w[g * kg:(g + 1) * kg, :, r, s].t() for g in range(g0, g1)])
+                bd = torch.block_diag(*[w[g * kg:(g + 1) * kg, :, r, s].t()
+                                        for g in range(g0, g1)])
                 h0, w0 = r * dilation[0], s * dilation[1]
                 patch = xp[:, g0 * cg:g1 * cg, h0:h0 + stride[0] * (ho - 1) + 1:stride[0],
                            w0:w0 + stride[1] * (wo - 1) + 1:stride[1]]
