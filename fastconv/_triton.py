@@ -129,8 +129,8 @@ if triton is not None:
         interpreted_devices=("cpu",), dtypes=DTYPES,
         summary="grouped conv with few channels per group in Triton: per tap one contiguous "
                 "[pixels, GPT*Cg] tile times a block-diagonal [GPT*Cg, GPT*Kg] weight on the "
-                "tensor cores (GPT groups per program, >= 16 wide), or a CUDA-core direct "
-                "tile; fp32 accumulation (fp64 for fp64); fused bias+activation; tiles tuned "
-                "per shape",
+                "tensor cores (GPT groups per program, >= 16 wide); fp64 on a CUDA-core "
+                "direct tile; fp32 accumulation; fused bias+activation; grad_input per "
+                "stride phase; tiles tuned per shape",
         constraints=f"groups > 1, at most {GROUPED_MAX_WIDTH} channels per group in and out",
         applicable=_grouped_only))
