@@ -62,7 +62,7 @@ VARIANTS = {
     "convnext_t_dw": [(d, False, l) for d in ("fp32", "bf16") for l in ("nchw", "nhwc")],
     "replknet31b_dw": [(d, True, l) for d in ("fp32", "bf16") for l in ("nchw", "nhwc")],
 }
-BACKWARD_SUITES = ("mobilenetv2_dw", "convnext_t_dw")
+BACKWARD_SUITES = ("mobilenetv2_dw", "convnext_t_dw", "resnext50_grouped")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 

@@ -16,3 +16,20 @@ DIRECT_MIN_GROUPS = 2
 def cpu_dense_choice(spec: ConvSpec) -> str:
     """im2col or direct for a non-depthwise CPU conv."""
     return "direct" if spec.groups >= DIRECT_MIN_GROUPS else "im2col"
+
+
+# CUDA, grouped (not depthwise): triton_grouped's block-diagonal tile against
+# triton_igemm's per-group GEMM. Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC,
+# bf16 and TF32; benchmarks/grouped_exp.py): triton_grouped took 1/6-1/12 of igemm's time
+# at 4 and 8 channels per group and 1/1.4-1/2 at 16 and 32, forward and grad_input alike.
+# Wider groups fill igemm's tiles; 32 is the widest measured (triton_grouped itself takes
+# up to 64: fastconv/_triton.py).
+GROUPED_AUTO_MAX_WIDTH = 32
+
+
+def cuda_grouped_choice(spec: ConvSpec) -> str:
+    """triton_grouped or triton_igemm for a non-depthwise CUDA conv."""
+    narrow = spec.Cg <= GROUPED_AUTO_MAX_WIDTH and spec.Kg <= GROUPED_AUTO_MAX_WIDTH
+    if spec.groups > 1 and narrow:
+        return "triton_grouped"
+    return "triton_igemm"

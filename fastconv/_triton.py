@@ -34,7 +34,8 @@ _SCHEMAS = (
     "{op}_conv2d_grad_weight(Tensor grad_output, Tensor input, int[4] weight_size, "
     "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor",
 )
-_FAMILIES = {"triton_igemm": "igemm", "triton_depthwise": "depthwise"}
+_FAMILIES = {"triton_igemm": "igemm", "triton_depthwise": "depthwise",
+             "triton_grouped": "grouped"}
 _LIB = None  # keeps the torch.library fragment alive
 
 
@@ -94,6 +95,19 @@ def _depthwise_only(spec: ConvSpec):
             f"groups={spec.groups}")
 
 
+# kernels/grouped.py's MAX_GROUP_WIDTH, repeated so that the registry need not import the
+# kernel module (and with it triton.jit) to answer "does it apply".
+GROUPED_MAX_WIDTH = 64
+
+
+def _grouped_only(spec: ConvSpec):
+    if spec.groups > 1 and spec.Cg <= GROUPED_MAX_WIDTH and spec.Kg <= GROUPED_MAX_WIDTH:
+        return None
+    return (f"algo='triton_grouped' needs groups > 1 with at most {GROUPED_MAX_WIDTH} input and "
+            f"output channels per group; this conv has groups={spec.groups}, "
+            f"{spec.Cg} in / {spec.Kg} out per group")
+
+
 if triton is not None:
     _define_ops()
     register(Algorithm(
@@ -110,3 +124,13 @@ if triton is not None:
         summary="direct depthwise in Triton, a pixel x channel tile per program looping over "
                 "the taps (1x1..31x31); fp32 accumulation (fp64 for fp64); fused bias+activation",
         constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only))
+    register(Algorithm(
+        name="triton_grouped", op="triton_grouped", devices=("cuda",),
+        interpreted_devices=("cpu",), dtypes=DTYPES,
+        summary="grouped conv with few channels per group in Triton: per tap one contiguous "
+                "[pixels, GPT*Cg] tile times a block-diagonal [GPT*Cg, GPT*Kg] weight on the "
+                "tensor cores (GPT groups per program, >= 16 wide); fp64 on a CUDA-core "
+                "direct tile; fp32 accumulation; fused bias+activation; grad_input per "
+                "stride phase; tiles tuned per shape",
+        constraints=f"groups > 1, at most {GROUPED_MAX_WIDTH} channels per group in and out",
+        applicable=_grouped_only))

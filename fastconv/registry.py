@@ -139,11 +139,15 @@ def choose(spec: ConvSpec) -> Algorithm:
     CPU: depthwise shapes (groups == C_in) go to `depthwise`; 1x1 stride-1 convs are
     a plain GEMM and go to `im2col` (no column copy is made); other grouped convs go to
     `direct`; other dense convs to `im2col` (measurements in fastconv/_heuristics.py).
-    CUDA: depthwise shapes go to `triton_depthwise`, everything else to `triton_igemm`.
+    CUDA: depthwise shapes go to `triton_depthwise`; other grouped convs with few channels
+    per group to `triton_grouped` (fastconv/_heuristics.py); everything else to `triton_igemm`.
     """
     if spec.device == "cuda":
-        name = "triton_depthwise" if spec.is_depthwise else "triton_igemm"
-        return get(name)
+        if spec.is_depthwise:
+            return get("triton_depthwise")
+        from . import _heuristics
+
+        return get(_heuristics.cuda_grouped_choice(spec))
     if spec.is_depthwise:
         return get("depthwise")
     if spec.R == 1 and spec.S == 1 and spec.stride == (1, 1):

@@ -310,3 +310,155 @@ def test_depthwise_large_kernel_tensor_core_path(name, variant, cl):
     dtype = torch.bfloat16 if variant == "bf16" else torch.float32
     _check_forward("triton_depthwise", DW_CASES[name], dtype, cl, "relu",
                    tol=TOL[torch.bfloat16] if variant == "bf16" else TF32_TOL)
+
+
+# (N, C, H, W), (K, C/g, R, S), stride, padding, dilation, groups
+GROUPED_CASES = {
+    "cg4": ((2, 16, 7, 6), (16, 4, 3, 3), 1, 1, 1, 4),
+    "cg2_kg3": ((1, 12, 6, 7), (18, 2, 3, 3), 1, 1, 1, 6),
+    "cg8_s2_asym": ((1, 24, 9, 8), (24, 8, 3, 3), 2, (1, 2), 1, 3),
+    "cg4_dil2_rect": ((1, 8, 9, 10), (12, 4, 3, 2), (1, 2), 2, 2, 2),
+    "cg3_kg5_same": ((1, 9, 6, 7), (15, 3, 4, 4), 1, "same", 1, 3),
+    "cg1_depthwise_shape": ((1, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8),
+    "cg16_5groups": ((1, 80, 4, 5), (80, 16, 3, 3), 1, 1, 1, 5),
+    # stride 3 > kernel 2: some input pixels get no tap at all (grad_input writes zeros)
+    "cg2_s3x2_k2x3": ((1, 8, 10, 9), (8, 2, 2, 3), (3, 2), (0, 1), 1, 4),
+}
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", list(GROUPED_CASES))
+def test_grouped_forward_fp32(name, cl):
+    _check_forward("triton_grouped", GROUPED_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16],
+                         ids=["fp64", "fp16", "bf16"])
+@pytest.mark.parametrize("name", ["cg4", "cg3_kg5_same"])
+def test_grouped_forward_dtypes(name, dtype):
+    _check_forward("triton_grouped", GROUPED_CASES[name], dtype, name == "cg4")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS[1:])
+def test_grouped_epilogue(activation):
+    _check_forward("triton_grouped", GROUPED_CASES["cg2_kg3"], torch.float32, True, activation)
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym", "cg4_dil2_rect", "cg3_kg5_same",
+                                  "cg2_s3x2_k2x3"])
+def test_grouped_backward(name, cl):
+    _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16],
+                         ids=["fp64", "bf16", "fp16"])
+def test_grouped_backward_dtypes(dtype):
+    _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], dtype, True)
+
+
+def test_grouped_backward_through_epilogue():
+    _check_backward("triton_grouped", GROUPED_CASES["cg4"], torch.float32, True, "silu")
+
+
+@pytest.mark.parametrize("tile,wtile", [
+    # CUDA-core broadcast tile (fp64's path too); grad_weight one program per tap
+    (dict(KIND="direct", GPT=4, BLOCK_M=16), dict(KIND="tap", GPT_X=1, BLOCK_Q=16)),
+    # twice the groups a dot needs, in every kernel; the tap loop not unrolled (pipelined)
+    (dict(KIND="bdp", GPT_X=2, BLOCK_M=16), dict(KIND="tap", GPT_X=2, BLOCK_Q=32)),
+    # the first 2^k taps as one long-K dot (forward only; grad_input runs it as "bd")
+    (dict(KIND="bdk", GPT_X=1, BLOCK_M=16), dict(KIND="taps", GPT_X=2, BLOCK_Q=16)),
+], ids=["direct", "x2_pipelined", "taps_in_k"])
+@pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym"])
+def test_grouped_tile_variants(name, tile, wtile, monkeypatch):
+    """The interpreter runs one fixed tile; the GPU tuner races the others: check those too
+    (forward and grad_input share the kernel)."""
+    from fastconv.kernels import grouped
+
+    for tuner in (grouped._fwd_tuner, grouped._bwd_input_tuner):
+        monkeypatch.setattr(tuner, "interpret_config", tile)
+    monkeypatch.setattr(grouped._wgrad_tuner, "interpret_config", wtile)
+    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
+        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+    _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, name != "cg2_kg3")
+
+
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+def test_grouped_tf32_flag(tf32):
+    torch.backends.cudnn.allow_tf32 = tf32
+    xs, ws, st, pad, dil, g = GROUPED_CASES["cg8_s2_asym"]
+    x, w, b = make(xs, ws, torch.float32, True)
+    err = rel_err(fastconv.conv2d(x, w, b, st, pad, dil, g, algo="triton_grouped"),
+                  ref_conv(x, w, b, st, pad, dil, g))
+    if tf32:
+        assert err < TF32_TOL
+        if CUDA:
+            assert err > 1e-6, "allow_tf32=True but the result is IEEE-exact: TF32 not used"
+    else:
+        assert err < TOL[torch.float32]
+
+
+def test_grouped_reference_loop_nest():
+    """reference_conv2d (block-diagonal weight per chunk of groups) is what F.conv2d computes,
+    including a last chunk with fewer groups than the chunk holds."""
+    from fastconv.kernels import grouped
+
+    xs, ws, st, pad, dil, g = GROUPED_CASES["cg16_5groups"]
+    x, w, b = make(xs, ws, torch.float64, False)
+    ref = ref_conv(x, w, b, st, pad, dil, g)
+    out = grouped.reference_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), g, gpt=2)
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_grouped_grad_weight_is_deterministic():
+    x = torch.randn(2, 16, 9, 9, device=DEVICE)
+    dy = torch.randn(2, 16, 9, 9, device=DEVICE)
+    gw = torch.ops.fastconv.triton_grouped_conv2d_grad_weight
+    args = ([16, 4, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 4)
+    assert torch.equal(gw(dy, x, *args), gw(dy, x, *args))
+
+
+def test_grouped_applicability_and_auto():
+    """auto on CUDA: triton_grouped for narrow groups, igemm for dense or wide groups,
+    depthwise for depthwise; triton_grouped refuses dense convs with a reason."""
+    from fastconv.spec import ConvSpec
+
+    def spec(c, k, g):
+        return ConvSpec(32, c, 14, 14, k, 3, 3, padding=(1, 1, 1, 1), groups=g,
+                        layout="nhwc", device="cuda")
+    assert fastconv.registry.choose(spec(128, 128, 32)).name == "triton_grouped"
+    assert fastconv.registry.choose(spec(1024, 1024, 32)).name == "triton_grouped"
+    assert fastconv.registry.choose(spec(256, 256, 1)).name == "triton_igemm"
+    assert fastconv.registry.choose(spec(256, 256, 2)).name == "triton_igemm"
+    assert fastconv.registry.choose(spec(64, 64, 64)).name == "triton_depthwise"
+    why = fastconv.registry.get("triton_grouped").applicable(spec(256, 256, 1))
+    assert why and "groups" in why
+    x = torch.randn(1, 8, 5, 5, device=DEVICE)
+    with pytest.raises(ValueError, match="groups"):
+        fastconv.conv2d(x, torch.randn(8, 8, 3, 3, device=DEVICE), algo="triton_grouped")
+    with pytest.raises(ValueError, match="per group"):
+        torch.ops.fastconv.triton_grouped_conv2d(
+            torch.randn(1, 130, 3, 3, device=DEVICE), torch.randn(130, 65, 1, 1, device=DEVICE),
+            None, [1, 1], [0, 0, 0, 0], [1, 1], 2)
+    with pytest.raises(ValueError, match="groups"):
+        torch.ops.fastconv.triton_grouped_conv2d(x, torch.randn(8, 3, 3, 3, device=DEVICE), None,
+                                                 [1, 1], [0, 0, 0, 0], [1, 1], 2)
+
+
+def test_grouped_opcheck():
+    x = torch.randn(1, 8, 4, 4, device=DEVICE)
+    w = torch.randn(8, 2, 3, 3, device=DEVICE)
+    torch.library.opcheck(torch.ops.fastconv.triton_grouped_conv2d,
+                          (x, w, torch.randn(8, device=DEVICE), [1, 1], [1, 1, 1, 1], [1, 1], 4,
+                           "relu"))
+
+
+def test_grouped_int64_path(monkeypatch):
+    """The int64 offset path (taken past 2^31 elements, see test_triton_gpu.py) computes the
+    same thing: force it on a tiny case."""
+    from fastconv.kernels import grouped
+
+    monkeypatch.setattr(grouped, "needs_int64", lambda *t: True)
+    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
+        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+    _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], torch.float32, True)

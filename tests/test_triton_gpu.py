@@ -103,14 +103,91 @@ def test_layer(net, layer, variant, cl, tf32_flag):
     assert rel_err(gb, rb) < gtol
 
 
-@pytest.mark.parametrize("algo", ["triton_igemm", "triton_depthwise"])
+RESNEXT_IDS = [f"C{c}-{h}-s{s}" for c, k, h, r, s, g in RESNEXT50_GROUPED]
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("layer", RESNEXT50_GROUPED, ids=RESNEXT_IDS)
+def test_grouped_resnext(layer, variant, cl, tf32_flag):
+    """triton_grouped named explicitly (auto may pick it or not): forward with a fused
+    bias+ReLU, grad_input and grad_weight against float64 F.conv2d."""
+    dtype, tf32, tol = VARIANTS[variant]
+    torch.backends.cudnn.allow_tf32 = tf32
+    c, k, h, r, s, g = layer
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(BATCH, c, h, h, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    w = (torch.randn(k, c // g, r, r, device="cuda") / (c // g * r * r) ** 0.5).to(dtype)
+    w = w.contiguous(memory_format=fmt)
+    b = torch.randn(k, device="cuda").to(dtype)
+    out = fastconv.conv2d(x, w, b, s, r // 2, 1, g, algo="triton_grouped", activation="relu")
+    assert out.is_contiguous(memory_format=fmt)
+    ref = torch.relu(F.conv2d(x.double(), w.double(), b.double(), s, r // 2, 1, g))
+    assert rel_err(out, ref) < tol
+    dy = torch.randn(out.shape, device="cuda").to(dtype).contiguous(memory_format=fmt)
+    args = ([s, s], [r // 2] * 4, [1, 1], g)
+    gx = torch.ops.fastconv.triton_grouped_conv2d_grad_input(dy, w, list(x.shape), *args)
+    gw = torch.ops.fastconv.triton_grouped_conv2d_grad_weight(dy, x, list(w.shape), *args)
+    rx = torch.nn.grad.conv2d_input(list(x.shape), w.double(), dy.double(), s, r // 2, 1, g)
+    rw = torch.nn.grad.conv2d_weight(x.double(), list(w.shape), dy.double(), s, r // 2, 1, g)
+    gtol = tol * (4 if dtype != torch.float32 or tf32 else 10)
+    assert rel_err(gx, rx) < gtol
+    assert rel_err(gw, rw) < gtol
+
+
+@pytest.mark.parametrize("variant", ["bf16", "tf32"])
+@pytest.mark.parametrize("layer", [RESNEXT50_GROUPED[0], RESNEXT50_GROUPED[3]],
+                         ids=["cg4", "cg16s2"])
+def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
+    """Each forward/grad_input tile the tuner may pick (tests otherwise see only the first;
+    the tuner would pick a fast wrong one)."""
+    from fastconv.kernels import grouped
+
+    dtype, tf32, tol = VARIANTS[variant]
+    torch.backends.cudnn.allow_tf32 = tf32
+    c, k, h, r, s, g = layer
+    cl = torch.channels_last
+    x = torch.randn(BATCH, c, h, h, device="cuda").to(dtype).contiguous(memory_format=cl)
+    w = (torch.randn(k, c // g, r, r, device="cuda") / (c // g * r * r) ** 0.5).to(dtype)
+    w = w.contiguous(memory_format=cl)
+    dy = torch.randn(BATCH, k, (h - 1) // s + 1, (h - 1) // s + 1, device="cuda").to(dtype)
+    dy = dy.contiguous(memory_format=cl)
+    ref = F.conv2d(x.double(), w.double(), None, s, r // 2, 1, g)
+    rx = torch.nn.grad.conv2d_input(list(x.shape), w.double(), dy.double(), s, r // 2, 1, g)
+    tried = 0
+    tiles = grouped.FWD_CONFIGS + [c for c in grouped.BWD_INPUT_CONFIGS
+                                   if c not in grouped.FWD_CONFIGS]
+    for cfg in tiles:
+        if not grouped._prune(c // g, k // g, g, dtype)(cfg):
+            continue
+        tried += 1
+        monkeypatch.setattr(grouped, "_pick", lambda *a, cfg=cfg: cfg)
+        for cache in ("_fwd_plans", "_bwd_input_plans"):
+            monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+        out = grouped.conv2d(x, w, None, (s, s), (1, 1, 1, 1), (1, 1), g)
+        assert rel_err(out, ref) < tol, cfg
+        gx = grouped.conv2d_grad_input(dy, w, list(x.shape), (s, s), (1, 1, 1, 1), (1, 1), g)
+        assert rel_err(gx, rx) < 4 * tol, cfg
+    assert tried >= 3
+
+
+def test_grouped_grad_weight_deterministic_cuda():
+    x = torch.randn(32, 128, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(32, 128, 56, 56, device="cuda").contiguous(memory_format=torch.channels_last)
+    args = ([128, 4, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 32)
+    a = torch.ops.fastconv.triton_grouped_conv2d_grad_weight(dy, x, *args)
+    b = torch.ops.fastconv.triton_grouped_conv2d_grad_weight(dy, x, *args)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("algo", ["triton_igemm", "triton_depthwise", "triton_grouped"])
 def test_index_past_int32(algo):
     """A tensor just over 2^31 elements: every offset must be formed in int64."""
     c, h = 16, 11586  # 16 * 11586^2 = 2_147_766_336 > 2^31
     assert c * h * h > 2**31
     torch.manual_seed(0)
     x = torch.randn(1, c, h, h, device="cuda", dtype=torch.float16)
-    cg = 1 if algo == "triton_depthwise" else c
+    cg = {"triton_depthwise": 1, "triton_grouped": 4}.get(algo, c)
     w = (torch.randn(c, cg, 3, 3, device="cuda") / (3 * cg) ).to(torch.float16)
     out = fastconv.conv2d(x, w, None, 1, 1, 1, c // cg, algo=algo)
     ref = F.conv2d(x, w, None, 1, 1, 1, c // cg)
@@ -119,11 +196,11 @@ def test_index_past_int32(algo):
         assert rel_err(out[:, :, sl].float(), ref[:, :, sl].float()) < 1e-2
     assert not torch.isnan(out[:, -1]).any()
     del out, ref
-    if algo == "triton_depthwise":
+    if algo in ("triton_depthwise", "triton_grouped"):
         dy = torch.randn_like(x)
-        gx = torch.ops.fastconv.triton_depthwise_conv2d_grad_input(
-            dy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], c)
-        rx = torch.nn.grad.conv2d_input(list(x.shape), w, dy, 1, 1, 1, c)
+        gx = getattr(torch.ops.fastconv, f"{algo}_conv2d_grad_input")(
+            dy, w, list(x.shape), [1, 1], [1, 1, 1, 1], [1, 1], c // cg)
+        rx = torch.nn.grad.conv2d_input(list(x.shape), w, dy, 1, 1, 1, c // cg)
         for sl in (slice(0, 64), slice(h - 64, h)):
             assert rel_err(gx[:, :, sl].float(), rx[:, :, sl].float()) < 1e-2
 
