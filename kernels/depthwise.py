@@ -134,6 +134,131 @@ def _dw_fwd_kernel(
 
 
 # --------------------------------------------------------------------------------------
+# Forward, row-reuse ("rows") kernel. The tap loop above loads R*S shifted tiles per output
+# row, and every load is an L1 transaction: for 7x7 that is 49 loads per output, which
+# bounds it by L1 bandwidth, not by DRAM or FMAs. Here a program owns ROWS output rows
+# (x BLOCK_W pixels x BLOCK_C channels) in ROWS register accumulators; each input row,
+# shifted by s, is loaded once and multiplied into every output row that reads it (up to
+# R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
+# (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j:
+# all static, so the (i, j) -> tap map is resolved at compile time and no FMA is wasted.
+# --------------------------------------------------------------------------------------
+ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
+
+
+@triton.jit
+def _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, J: tl.constexpr, v):
+    """a_J += v, for a compile-time J (Triton has no lists of tensors)."""
+    if J == 0:
+        a0 += v
+    elif J == 1:
+        a1 += v
+    elif J == 2:
+        a2 += v
+    elif J == 3:
+        a3 += v
+    elif J == 4:
+        a4 += v
+    elif J == 5:
+        a5 += v
+    elif J == 6:
+        a6 += v
+    else:
+        a7 += v
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _store_row(acc, y_row, oh, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    acc = apply_activation(acc, ACT)
+    tl.store(y_row + y_cols[:, None] + yk_off[None, :], acc.to(y_row.dtype.element_ty),
+             mask=tl.where(oh < Ho, col_ok[:, None] & k_ok[None, :], False))
+
+
+@triton.jit
+def _dw_fwd_rows_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W, TILES_HW,
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
+    SW, PT, PL, DW,
+    SH: tl.constexpr, DH: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = pid // TILES_HW
+    t = pid % TILES_HW
+    oh0 = (t // TILES_W) * ROWS
+    ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    if NEED_I64:
+        n = n.to(tl.int64)
+        oh0 = oh0.to(tl.int64)
+        ow = ow.to(tl.int64)
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    ih0 = oh0 * SH - PT
+    x_chan = x_ptr + n * sxn + ci * sxc + ih0 * sxh   # [BLOCK_C], at input row ih0
+    w_chan = w_ptr + k * swk
+    a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a5 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a6 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a7 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    # A loop, not unrolled, over s: the R weights of one kernel column stay in registers
+    # (all R*S would spill), and ptxas cannot hoist the next column's loads above this one.
+    for s in range(S):
+        iw = ow * SW - PL + s * DW
+        m_cols = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
+        x_cols = x_chan[None, :] + (iw * sxw)[:, None]
+        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+            ih = ih0 + i
+            # (where, not &: the interpreter turns scalar & tensor masks into integers)
+            xv = tl.load(x_cols + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
+                         other=0.0)
+            xv = xv.to(ACC_DTYPE)
+            for j in tl.static_range(ROWS):
+                # input row i feeds output row j through kernel row (i - j*SH) / DH
+                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
+                    wv = tl.load(w_chan + ((i - j * SH) // DH) * swr + s * sws, mask=k_ok,
+                                 other=0.0).to(ACC_DTYPE)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
+                                                              j, xv * wv[None, :])
+    col_ok = ow < Wo
+    y_row = y_ptr + n * syn + oh0 * syh
+    y_cols = ow * syw
+    yk_off = k * syk
+    _store_row(a0, y_row, oh0, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok, HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 1:
+        _store_row(a1, y_row + syh, oh0 + 1, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 2:
+        _store_row(a2, y_row + 2 * syh, oh0 + 2, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a3, y_row + 3 * syh, oh0 + 3, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 4:
+        _store_row(a4, y_row + 4 * syh, oh0 + 4, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a5, y_row + 5 * syh, oh0 + 5, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a6, y_row + 6 * syh, oh0 + 6, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a7, y_row + 7 * syh, oh0 + 7, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+
+
+# --------------------------------------------------------------------------------------
 # Forward, large kernels on the tensor cores ("Toeplitz"): for one channel and output tile
 # [BLOCK_H, BLOCK_W], each kernel row r is one small GEMM
 #     acc[i, wo] += sum_j A_r[i, j] * T_r[j, wo]
@@ -276,6 +401,25 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     return plan(x, w, bias)
 
 
+def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64):
+    """Launch the row-reuse kernel: y = conv(x, w) (+ b, activation), any layouts."""
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8):
+        raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
+    _dw_fwd_rows_kernel[grid](
+        x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
+        *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+        stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
+        R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
+        **meta, **opts)
+
+
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
     _check(x, w, groups, "triton_depthwise_conv2d")
@@ -310,6 +454,9 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                 R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or needs_int64(xt),
                 IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
+            return
+        if cfg.get("KIND") == "rows":
+            _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64)
             return
         grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
         _dw_fwd_kernel[grid](
