@@ -57,6 +57,28 @@ def rows_cfgs(cl, dtype, wo, k, r):
                  dict(ROWS=8, BLOCK_W=8, BLOCK_C=4, num_warps=1)]
     return c
 
+SMS = 132 if os.environ.get("SMOKE") else torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def wgrad_cfgs(cl, dtype, wo, r):
+    if cl:
+        bc = 128 if dtype == torch.bfloat16 else 64
+        if r <= 3:
+            return [dict(ROWS=8, BLOCK_W=4, BLOCK_C=bc, num_warps=4, P=2),
+                    dict(ROWS=8, BLOCK_W=4, BLOCK_C=bc, num_warps=4, P=4),
+                    dict(ROWS=4, BLOCK_W=8, BLOCK_C=bc // 2, num_warps=4, P=4)]
+        return [dict(ROWS=4, BLOCK_W=2, BLOCK_C=64, num_warps=4, P=2),
+                dict(ROWS=8, BLOCK_W=2, BLOCK_C=64, num_warps=4, P=4)]
+    if wo >= 56:
+        return [dict(ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, P=4),
+                dict(ROWS=4, BLOCK_W=32, BLOCK_C=1, num_warps=1, P=8)]
+    if wo > 8:
+        return [dict(ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, P=4),
+                dict(ROWS=4, BLOCK_W=16, BLOCK_C=2, num_warps=1, P=8)]
+    return [dict(ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, P=4),
+            dict(ROWS=8, BLOCK_W=8, BLOCK_C=4, num_warps=1, P=8)]
+
+
 def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -158,6 +180,31 @@ for suite, C, H, R, st in CASES:
                     if t < best[0]:
                         best = (t, cfg)
                 rb_in, bcfg = best
+            # grad_weight, rows kernel + fixed-order reduction (what the op would run)
+            best = (float("inf"), None)
+            for cfg in wgrad_cfgs(cl, dtype, ho, R):
+                meta = {k_: v for k_, v in cfg.items() if k_ not in ("num_warps", "P")}
+                opts = dict(num_warps=cfg["num_warps"], num_stages=1)
+                progs = cfg["P"] * SMS
+                def gw_run():
+                    part = D._launch_wgrad_rows(meta, opts, dy, x, R, R, (st, st), pad4, (1, 1), False, progs)
+                    out = torch.empty_like(w)
+                    out.view(C, R * R).copy_(part.sum(0).t())
+                    return out
+                try:
+                    gwv = gw_run()
+                except Exception as e:
+                    print("  wgrad rows fail", cfg, repr(e)[:100], flush=True); continue
+                err = rel(gwv, gw_ref)
+                if not err < (1e-4 if dtype == torch.float32 else 2e-2):
+                    print("  WRONG wgrad", cfg, err, flush=True); continue
+                t = gpu_time(gw_run)
+                if t < best[0]:
+                    best = (t, cfg)
+            rb_w, wcfg = best
+            gbw = 100 * (x.numel() + dy.numel()) * x.element_size() / (rb_w * 1e-3) / 1e9 / BW
             print(f"{name:34s} bin  {fmt(cb_in*1e3)} {fmt(ob_in*1e3)} {fmt(rb_in*1e3)} {cb_in/ob_in:6.2f} {cb_in/rb_in:6.2f}        {bcfg}", flush=True)
-            print(f"{name:34s} bwgt {fmt(cb_w*1e3)} {fmt(ob_w*1e3)} {'':8s} {cb_w/ob_w:6.2f}  full cudnn bwd {cb*1e3:.1f} us; old in+w {1e3*(ob_in+ob_w):.1f} ({cb/(ob_in+ob_w):.2f}x)", flush=True)
+            print(f"{name:34s} bwgt {fmt(cb_w*1e3)} {fmt(ob_w*1e3)} {fmt(rb_w*1e3)} {cb_w/ob_w:6.2f} {cb_w/rb_w:6.2f} {gbw:5.0f}  {wcfg}", flush=True)
+            newb = (rb_in if st == 1 else ob_in) + rb_w
+            print(f"{name:34s} bwd  {fmt(cb*1e3)} {fmt(1e3*(ob_in+ob_w))} {fmt(1e3*newb)} {cb/(ob_in+ob_w):6.2f} {cb/newb:6.2f}", flush=True)
 print(f"done in {time.time() - T0:.0f} s")

@@ -690,6 +690,153 @@ def _dw_bwd_weight_kernel(
              mask=tap_ok[:, None] & k_ok[None, :])
 
 
+# grad_weight with row reuse ("rows"), kernels up to 8 rows (R <= ROWS_MAX): a program walks
+# a chunk of [ROWS x BLOCK_W x BLOCK_C] output tiles; per tile it keeps the ROWS rows of dy
+# in registers (g0..g7) and loads each input row once, with all S column shifts as one
+# [SP, BLOCK_W, BLOCK_C] tile, multiplying it into the R accumulators acc_r[s, w, c] of
+# every (r, j) pair that reads it. dy is read once and x about (ROWS*SH + R)/ROWS times,
+# against R*S times each in the tap-block kernel above. Partial sums per program, reduced
+# in a fixed order afterwards (deterministic).
+@triton.jit
+def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
+    if J == 0:
+        g = g0
+    elif J == 1:
+        g = g1
+    elif J == 2:
+        g = g2
+    elif J == 3:
+        g = g3
+    elif J == 4:
+        g = g4
+    elif J == 5:
+        g = g5
+    elif J == 6:
+        g = g6
+    else:
+        g = g7
+    return g
+
+
+@triton.jit
+def _load_row(ptr, J: tl.constexpr, ROWS: tl.constexpr, oh0, Ho, syh, mask, like):
+    if J < ROWS:
+        v = tl.load(ptr + J * syh, mask=tl.where(oh0 + J < Ho, mask, False), other=0.0)
+        v = v.to(like.dtype)
+    else:
+        v = like
+    return v
+
+
+@triton.jit
+def _dw_bwd_weight_rows_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W, TILES_HW, TILES, CHUNK,
+    syn, syk, syh, syw, sxn, sxc, sxh, sxw,
+    SW, PT, PL, DW,
+    SH: tl.constexpr, DH: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, SP: tl.constexpr,
+):
+    split = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    sv = tl.arange(0, SP)
+    if NEED_I64:
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    zero = tl.zeros((SP, BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
+    a4 = zero
+    a5 = zero
+    a6 = zero
+    a7 = zero
+    gz = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    q_hi = tl.minimum(split * CHUNK + CHUNK, TILES)
+    for q in range(split * CHUNK, q_hi):
+        n = q // TILES_HW
+        t = q % TILES_HW
+        oh0 = (t // TILES_W) * ROWS
+        ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)
+        if NEED_I64:
+            n = n.to(tl.int64)
+            oh0 = oh0.to(tl.int64)
+            ow = ow.to(tl.int64)
+        # dy is zero outside the output, so x needs no output-column mask of its own
+        g_ptr = dy_ptr + n * syn + oh0 * syh + (ow * syw)[:, None] + (k * syk)[None, :]
+        m_g = (ow < Wo)[:, None] & k_ok[None, :]
+        g0 = _load_row(g_ptr, 0, ROWS, oh0, Ho, syh, m_g, gz)
+        g1 = _load_row(g_ptr, 1, ROWS, oh0, Ho, syh, m_g, gz)
+        g2 = _load_row(g_ptr, 2, ROWS, oh0, Ho, syh, m_g, gz)
+        g3 = _load_row(g_ptr, 3, ROWS, oh0, Ho, syh, m_g, gz)
+        g4 = _load_row(g_ptr, 4, ROWS, oh0, Ho, syh, m_g, gz)
+        g5 = _load_row(g_ptr, 5, ROWS, oh0, Ho, syh, m_g, gz)
+        g6 = _load_row(g_ptr, 6, ROWS, oh0, Ho, syh, m_g, gz)
+        g7 = _load_row(g_ptr, 7, ROWS, oh0, Ho, syh, m_g, gz)
+        ih0 = oh0 * SH - PT
+        iw = (ow * SW - PL)[None, :] + (sv * DW)[:, None]                        # [SP, W]
+        m_x = ((sv < S)[:, None] & (iw >= 0) & (iw < W))[:, :, None] & k_ok[None, None, :]
+        x_ptrs = (x_ptr + n * sxn + ih0 * sxh + (iw * sxw)[:, :, None]
+                  + (ci * sxc)[None, None, :])
+        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+            ih = ih0 + i
+            xv = tl.load(x_ptrs + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_x, False),
+                         other=0.0).to(ACC_DTYPE)
+            for j in tl.static_range(ROWS):
+                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
+                    g = _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, j)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
+                                                              (i - j * SH) // DH, xv * g[None, :, :])
+    # part[split, r*S + s, k] = sum over the tile's pixels of acc_r[s, :, k]
+    base = part_ptr + split.to(tl.int64) * (R * S) * K + (sv * K)[:, None] + k[None, :]
+    m_p = (sv < S)[:, None] & k_ok[None, :]
+    tl.store(base, tl.sum(a0, axis=1), mask=m_p)
+    if R > 1:
+        tl.store(base + S * K, tl.sum(a1, axis=1), mask=m_p)
+    if R > 2:
+        tl.store(base + 2 * S * K, tl.sum(a2, axis=1), mask=m_p)
+    if R > 3:
+        tl.store(base + 3 * S * K, tl.sum(a3, axis=1), mask=m_p)
+    if R > 4:
+        tl.store(base + 4 * S * K, tl.sum(a4, axis=1), mask=m_p)
+    if R > 5:
+        tl.store(base + 5 * S * K, tl.sum(a5, axis=1), mask=m_p)
+    if R > 6:
+        tl.store(base + 6 * S * K, tl.sum(a6, axis=1), mask=m_p)
+    if R > 7:
+        tl.store(base + 7 * S * K, tl.sum(a7, axis=1), mask=m_p)
+
+
+def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
+    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
+    n, c, h, wd = x.shape
+    k, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8) or r > ROWS_MAX:
+        raise ValueError(f"fastconv: rows grad_weight needs ROWS in 1, 2, 4, 8 and R <= "
+                         f"{ROWS_MAX}; got ROWS={rows}, R={r}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    tiles = n * tiles_hw
+    cblocks = triton.cdiv(k, meta["BLOCK_C"])
+    split = max(1, min(tiles, programs // cblocks))
+    chunk = triton.cdiv(tiles, split)
+    split = triton.cdiv(tiles, chunk)
+    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+    part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
+    _dw_bwd_weight_rows_kernel[(split, cblocks)](
+        dy, x, part, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk,
+        *dy.stride(), *x.stride(), stride[1], padding[0], padding[2], dilation[1],
+        SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
+        SP=triton.next_power_of_2(s), **meta, **opts)
+    return part
+
+
 _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 
