@@ -328,6 +328,28 @@ def _dw_fwd_toeplitz_kernel(
              mask=(oh < Ho)[:, None] & (ow < Wo)[None, :])
 
 
+# Row-reuse tiles (KIND="rows"): NCHW wide in W with few channels, channels_last a channel
+# vector (16-byte loads) over a few pixels. Racing them against the two tap-loop tiles that
+# the H200 tune log picked most often keeps the tuner honest at small compile cost.
+ROWS_NCHW_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
+]
+ROWS_NHWC_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, num_warps=2, num_stages=1),
+]
+ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8)
+# Kernels up to UNROLL_TAPS taps: rows tiles and the best tap-loop tiles race.
+_fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CONFIGS[1:2]
+                                 + NCHW_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
+_fwd_tuner_rows_nhwc = TileTuner("dw_fwd_rows_nhwc", ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
+                                 + NHWC_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
+# Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not unrolled.
 _fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
 _fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
 # Large kernels: the tuner races the tensor-core band against the direct loop. All direct
@@ -367,7 +389,7 @@ def _prune_for(ho, wo, k):
     """Skip tiles far larger than the image or the channel count."""
     def prune(cfg):
         return (cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo))
-                and cfg["BLOCK_H"] <= max(2, triton.next_power_of_2(ho))
+                and cfg.get("BLOCK_H", cfg.get("ROWS")) <= max(2, triton.next_power_of_2(ho))
                 and cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
     return prune
 
@@ -401,11 +423,17 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     return plan(x, w, bias)
 
 
-def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64):
-    """Launch the row-reuse kernel: y = conv(x, w) (+ b, activation), any layouts."""
+def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64,
+                 flip=False):
+    """Launch the row-reuse kernel: y = conv(x, w) (+ b, activation), any layouts.
+    flip=True convolves with w rotated by 180 degrees, read in place through negative
+    strides from its last tap (grad_input of a stride-1 conv)."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     ho, wo = y.shape[2], y.shape[3]
+    swk, swr, sws = w.stride(0), w.stride(2), w.stride(3)
+    if flip:
+        w, swr, sws = w[:, :, r - 1:, s - 1:], -swr, -sws
     rows = meta["ROWS"]
     if rows not in (1, 2, 4, 8):
         raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
@@ -414,7 +442,7 @@ def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, ac
     grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
     _dw_fwd_rows_kernel[grid](
         x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
-        *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
+        *x.stride(), swk, swr, sws, *y.stride(),
         stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
         R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
         **meta, **opts)
@@ -438,6 +466,9 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64)
+            return
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
         if cfg.get("KIND") == "toeplitz":
@@ -455,9 +486,6 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                 R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or needs_int64(xt),
                 IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
             return
-        if cfg.get("KIND") == "rows":
-            _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64)
-            return
         grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
         _dw_fwd_kernel[grid](
             x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
@@ -466,7 +494,10 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
             R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
             ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
 
-    tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
+    if r * s <= UNROLL_TAPS:
+        tuner = _fwd_tuner_rows_nhwc if is_channels_last(y) else _fwd_tuner_rows_nchw
+    else:
+        tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
     prune = _prune_for(ho, wo, k)
     if s >= TOEPLITZ_MIN_S and (x.dtype in (torch.float16, torch.bfloat16)
                                 or dot_precision(x.dtype) == "tf32"):
@@ -549,6 +580,14 @@ def _dw_bwd_input_kernel(
 
 _bwd_input_tuner_nchw = TileTuner("dw_bwd_input_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
 _bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Stride 1, one output channel per input channel, up to UNROLL_TAPS taps: grad_input is the
+# forward correlation of dy with the flipped kernel, so the forward rows tiles run it.
+_bwd_input_tuner_rows_nchw = TileTuner("dw_bwd_input_rows_nchw", ROWS_NCHW_CONFIGS
+                                       + NCHW_CONFIGS[6:7] + NCHW_CONFIGS[7:8],
+                                       ROWS_INTERPRET_CONFIG)
+_bwd_input_tuner_rows_nhwc = TileTuner("dw_bwd_input_rows_nhwc", ROWS_NHWC_CONFIGS
+                                       + NHWC_CONFIGS[2:3] + NHWC_CONFIGS[1:2],
+                                       ROWS_INTERPRET_CONFIG)
 
 
 _bwd_input_plans = PlanCache()
@@ -582,8 +621,15 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
 
+    # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, kernel flipped
+    flip_pad = ((r - 1) * dilation[0] - padding[0], 0, (s - 1) * dilation[1] - padding[2], 0)
+
     def launch(cfg, dy, w, dx):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            _launch_rows(meta, opts, dy, w, w, dx, (1, 1), flip_pad, dilation, False, 0, i64,
+                         flip=True)
+            return
         tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
         grid = (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"]))
@@ -594,7 +640,10 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
             R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
             **meta, **opts)
 
-    tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
+    if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
+        tuner = _bwd_input_tuner_rows_nhwc if is_channels_last(dx) else _bwd_input_tuner_rows_nchw
+    else:
+        tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
     key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
     cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
@@ -837,6 +886,49 @@ def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, 
     return part
 
 
+@triton.jit
+def _dw_wgrad_reduce_kernel(part_ptr, out_ptr, SPLIT, TAPS_K, K, TAPS, BLOCK: tl.constexpr):
+    """out[k, tap] = sum over split of part[split, tap, k], always in the same order."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # tap * K + k: contiguous in part
+    ok = e < TAPS_K
+    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
+    p = part_ptr
+    for _ in range(1, SPLIT):
+        p += TAPS_K  # pointer arithmetic is 64-bit
+        acc += tl.load(p + e, mask=ok, other=0.0)
+    tl.store(out_ptr + (e % K) * TAPS + e // K, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+WGRAD_REDUCE_BLOCK = 512
+
+
+def _reduce_partials(part, out):
+    """One kernel instead of sum + transpose-copy (two launches, ~3 us each in a graph)."""
+    split, taps, k = part.shape
+    _dw_wgrad_reduce_kernel[(triton.cdiv(taps * k, WGRAD_REDUCE_BLOCK),)](
+        part, out, split, taps * k, k, taps, BLOCK=WGRAD_REDUCE_BLOCK, num_warps=4)
+    return out
+
+
+# Rows tiles for grad_weight. P: programs per SM (the split of the pixel tiles); each
+# program writes one [R*S, BLOCK_C] partial, so more programs cost reduction traffic.
+WGRAD_ROWS_NCHW_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, P=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=32, BLOCK_C=1, P=8, num_warps=1, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, P=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, P=4, num_warps=2, num_stages=1),
+]
+WGRAD_ROWS_NHWC_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=4, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=4, BLOCK_C=128, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=2, BLOCK_C=64, P=2, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=2, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
+]
+WGRAD_ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=4, P=1)
+_wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS
+                                   + WGRAD_NCHW_CONFIGS[1:2], WGRAD_ROWS_INTERPRET_CONFIG)
+_wgrad_tuner_rows_nhwc = TileTuner("dw_bwd_weight_rows_nhwc", WGRAD_ROWS_NHWC_CONFIGS
+                                   + WGRAD_NHWC_CONFIGS[0:1], WGRAD_ROWS_INTERPRET_CONFIG)
 _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 
@@ -888,6 +980,10 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
 
     def launch(cfg, dy, x):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            programs = meta.pop("P") * sms
+            return _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64,
+                                      programs)
         split, chunk = plan(meta)
         part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
         grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
@@ -898,18 +994,26 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
             R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
         return part
 
-    tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
+    if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
+        tuner = _wgrad_tuner_rows_nhwc if is_channels_last(x) else _wgrad_tuner_rows_nchw
+    else:
+        tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
     key = (f"{tuple(x.shape)}|{tuple(weight_size)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{x.dtype}|{'cl' if is_channels_last(x) else 'nchw'}"
            f"{'cl' if is_channels_last(dy) else 'nchw'}")
-    cfg = tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x),
-                     lambda cfg: (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
-                                  and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s)))
+    def prune(cfg):
+        if cfg.get("KIND") == "rows":
+            return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
+                    and cfg["ROWS"] <= max(2, triton.next_power_of_2(ho))
+                    and cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo)))
+        return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
+                and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s))
 
-    def run(dy, x):
+    def run_cfg(cfg, dy, x):
         part = launch(cfg, dy, x)
         # Fixed-order reduction over the split: the same bits on every run.
-        out = new_output(tuple(weight_size), x, False)
-        out.view(k, r * s).copy_(part.sum(0).t())
-        return out
-    return run
+        return _reduce_partials(part, new_output(tuple(weight_size), x, False))
+
+    # timed with its reduction: the split size trades partial traffic against parallelism
+    cfg = tuner.pick(key, x.device, lambda cfg: run_cfg(cfg, dy, x), prune)
+    return lambda dy, x: run_cfg(cfg, dy, x)
