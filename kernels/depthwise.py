@@ -144,6 +144,7 @@ def _dw_fwd_kernel(
 # all static, so the (i, j) -> tap map is resolved at compile time and no FMA is wasted.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
+SKIP_ROWS_MIN_R = 5  # from 5 kernel rows on, rows that lie in the padding are branched over
 
 
 @triton.jit
@@ -169,6 +170,26 @@ def _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, J: tl.constexpr, v):
 
 
 @triton.jit
+def _rows_input_row(a0, a1, a2, a3, a4, a5, a6, a7, x_cols, w_cols, m_cols, m_w, ih, H,
+                    I: tl.constexpr, s, sxh, swr, sws, SH: tl.constexpr, DH: tl.constexpr,
+                    R: tl.constexpr, ROWS: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Input row I of the tile (image row ih), shifted by column s: one load, then a
+    multiply-add into every output row j that reads it, through kernel row (I - j*SH)/DH."""
+    # (where, not &: the interpreter turns scalar & tensor masks into integers)
+    xv = tl.load(x_cols + I * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
+                 other=0.0).to(ACC_DTYPE)
+    for j in tl.static_range(ROWS):
+        if I >= j * SH and (I - j * SH) % DH == 0 and (I - j * SH) // DH < R:
+            # loaded as a [W, C] tile (equal along W) in the layout of xv: a [C] vector
+            # would be re-laid out through shared memory at every use
+            wv = tl.load(w_cols + ((I - j * SH) // DH) * swr + s * sws, mask=m_w,
+                         other=0.0).to(ACC_DTYPE)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, j,
+                                                      xv * wv)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
 def _store_row(acc, y_row, oh, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
     if HAS_BIAS:
@@ -186,7 +207,7 @@ def _dw_fwd_rows_kernel(
     SW, PT, PL, DW,
     SH: tl.constexpr, DH: tl.constexpr,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, SKIP_ROWS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -206,7 +227,8 @@ def _dw_fwd_rows_kernel(
         ci = ci.to(tl.int64)
     ih0 = oh0 * SH - PT
     x_chan = x_ptr + n * sxn + ci * sxc + ih0 * sxh   # [BLOCK_C], at input row ih0
-    w_chan = w_ptr + k * swk
+    w_cols = w_ptr + (k * swk)[None, :] + (ow * 0)[:, None]    # [BLOCK_W, BLOCK_C]
+    m_w = k_ok[None, :] & (ow >= 0)[:, None]
     a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
@@ -221,19 +243,45 @@ def _dw_fwd_rows_kernel(
         iw = ow * SW - PL + s * DW
         m_cols = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
         x_cols = x_chan[None, :] + (iw * sxw)[:, None]
-        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
-            ih = ih0 + i
-            # (where, not &: the interpreter turns scalar & tensor masks into integers)
-            xv = tl.load(x_cols + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
-                         other=0.0)
-            xv = xv.to(ACC_DTYPE)
-            for j in tl.static_range(ROWS):
-                # input row i feeds output row j through kernel row (i - j*SH) / DH
-                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
-                    wv = tl.load(w_chan + ((i - j * SH) // DH) * swr + s * sws, mask=k_ok,
-                                 other=0.0).to(ACC_DTYPE)
-                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
-                                                              j, xv * wv[None, :])
+        if SKIP_ROWS:
+            # Large kernels on small images (SH = DH = 1): most input rows of a tile lie in
+            # the padding, and a uniform branch skips their loads and FMAs. The weights
+            # stay outside the branches: w_j holds kernel row i - j, a window that slides
+            # down one row per input row (a renaming at compile time, no data moves).
+            z = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+            w0 = z
+            w1 = z
+            w2 = z
+            w3 = z
+            w4 = z
+            w5 = z
+            w6 = z
+            w7 = z
+            for i in tl.static_range(ROWS + R - 1):
+                w7 = w6
+                w6 = w5
+                w5 = w4
+                w4 = w3
+                w3 = w2
+                w2 = w1
+                w1 = w0
+                if i < R:
+                    w0 = tl.load(w_cols + i * swr + s * sws, mask=m_w, other=0.0).to(ACC_DTYPE)
+                else:
+                    w0 = z
+                ih = ih0 + i
+                if (ih >= 0) & (ih < H):
+                    xv = tl.load(x_cols + i * sxh, mask=m_cols, other=0.0).to(ACC_DTYPE)
+                    for j in tl.static_range(ROWS):
+                        if i - j >= 0 and i - j < R:
+                            a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(
+                                a0, a1, a2, a3, a4, a5, a6, a7, j,
+                                xv * _pick_row(w0, w1, w2, w3, w4, w5, w6, w7, j))
+        else:
+            for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+                a0, a1, a2, a3, a4, a5, a6, a7 = _rows_input_row(
+                    a0, a1, a2, a3, a4, a5, a6, a7, x_cols, w_cols, m_cols, m_w, ih0 + i, H,
+                    i, s, sxh, swr, sws, SH, DH, R, ROWS, ACC_DTYPE)
     col_ok = ow < Wo
     y_row = y_ptr + n * syn + oh0 * syh
     y_cols = ow * syw
@@ -335,32 +383,46 @@ ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
 ]
+# (sm_90 builds, ptxas -v: none of these spills for 3x3 or 7x7 in fp32 or bf16)
 ROWS_NHWC_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=32, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
+]
+# Large kernels (more than UNROLL_TAPS taps): narrow channel tiles keep the rows kernel's
+# registers in bounds (a 16-byte channel vector per thread spills from R = 27 on).
+ROWS_LARGE_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
+]
+ROWS_LARGE_CL_CONFIGS = ROWS_LARGE_CONFIGS + [
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
 ]
 ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8)
 # Kernels up to UNROLL_TAPS taps: rows tiles and the best tap-loop tiles race.
-_fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CONFIGS[1:2]
-                                 + NCHW_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
+_fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7],
+                                 ROWS_INTERPRET_CONFIG)
 _fwd_tuner_rows_nhwc = TileTuner("dw_fwd_rows_nhwc", ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
                                  + NHWC_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
-# Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not unrolled.
-_fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
-_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
+# unrolled, against the rows kernel (which branches over rows that lie in the padding).
+_fwd_tuner_nchw = TileTuner("dw_fwd_nchw_v2", ROWS_LARGE_CONFIGS + NCHW_CONFIGS,
+                            INTERPRET_CONFIG)
+_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc_v2", ROWS_LARGE_CL_CONFIGS + NHWC_CONFIGS,
+                            INTERPRET_CONFIG)
 # Large kernels: the tuner races the tensor-core band against the direct loop. All direct
 # tiles take part: on the H200 run in benchmarks/results (which had only the first two, both
 # pruned for images under 64 pixels wide) small images were left with the band alone, whose
 # 16x16 tiles waste most of a 7x7 or 14x14 plane (RepLKNet 13x13 @ 7x7: 375 us NCHW vs
 # 89 us for the direct channels_last tile).
-_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS,
-                             TOEPLITZ_INTERPRET_CONFIG)
-_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS,
-                                TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large = TileTuner("dw_fwd_large_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CONFIGS
+                             + NCHW_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CL_CONFIGS
+                                + NHWC_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
 
 
 def _out_hw(h, w, r, s, stride, padding, dilation):
@@ -437,6 +499,8 @@ def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, ac
     rows = meta["ROWS"]
     if rows not in (1, 2, 4, 8):
         raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
+    meta = dict(meta)
+    skip = meta.pop("SKIP", r >= SKIP_ROWS_MIN_R) and stride[0] == 1 and dilation[0] == 1
     tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
     tiles_hw = triton.cdiv(ho, rows) * tiles_w
     grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
@@ -445,7 +509,7 @@ def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, ac
         *x.stride(), swk, swr, sws, *y.stride(),
         stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
         R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
-        **meta, **opts)
+        SKIP_ROWS=skip, **meta, **opts)
 
 
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
@@ -739,13 +803,16 @@ def _dw_bwd_weight_kernel(
              mask=tap_ok[:, None] & k_ok[None, :])
 
 
-# grad_weight with row reuse ("rows"), kernels up to 8 rows (R <= ROWS_MAX): a program walks
-# a chunk of [ROWS x BLOCK_W x BLOCK_C] output tiles; per tile it keeps the ROWS rows of dy
-# in registers (g0..g7) and loads each input row once, with all S column shifts as one
-# [SP, BLOCK_W, BLOCK_C] tile, multiplying it into the R accumulators acc_r[s, w, c] of
-# every (r, j) pair that reads it. dy is read once and x about (ROWS*SH + R)/ROWS times,
-# against R*S times each in the tap-block kernel above. Partial sums per program, reduced
-# in a fixed order afterwards (deterministic).
+# grad_weight with row reuse ("rows"), kernels up to 8 rows (R <= ROWS_MAX): a program owns
+# one kernel column s and walks a chunk of [ROWS x BLOCK_W x BLOCK_C] output tiles. Per tile
+# it keeps the ROWS rows of dy in registers (g0..g7) and loads each input row once, shifted
+# by s, multiplying it into the R accumulators acc_r (one per kernel row) of every (r, j)
+# pair that reads it. Per tile and column: ROWS + (ROWS-1)*SH + (R-1)*DH + 1 row loads for
+# ROWS*R products, against 2 loads per product in the tap-block kernel above. The S
+# programs of a chunk are neighbours in the grid, so DRAM sees dy and x about once.
+# All tiles are 2-D [BLOCK_W, BLOCK_C] with one layout (a 3-D [S, W, C] variant spent its
+# time converting dy between layouts through shared memory). Partial sums per program,
+# reduced in a fixed order afterwards (deterministic).
 @triton.jit
 def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
     if J == 0:
@@ -785,18 +852,18 @@ def _dw_bwd_weight_rows_kernel(
     SW, PT, PL, DW,
     SH: tl.constexpr, DH: tl.constexpr,
     R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, SP: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    split = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    s = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_c = tl.program_id(2)
     k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     k_ok = k < K
     ci = k // MULT
-    sv = tl.arange(0, SP)
     if NEED_I64:
         k = k.to(tl.int64)
         ci = ci.to(tl.int64)
-    zero = tl.zeros((SP, BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a0 = zero
     a1 = zero
     a2 = zero
@@ -805,7 +872,6 @@ def _dw_bwd_weight_rows_kernel(
     a5 = zero
     a6 = zero
     a7 = zero
-    gz = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     q_hi = tl.minimum(split * CHUNK + CHUNK, TILES)
     for q in range(split * CHUNK, q_hi):
         n = q // TILES_HW
@@ -819,19 +885,18 @@ def _dw_bwd_weight_rows_kernel(
         # dy is zero outside the output, so x needs no output-column mask of its own
         g_ptr = dy_ptr + n * syn + oh0 * syh + (ow * syw)[:, None] + (k * syk)[None, :]
         m_g = (ow < Wo)[:, None] & k_ok[None, :]
-        g0 = _load_row(g_ptr, 0, ROWS, oh0, Ho, syh, m_g, gz)
-        g1 = _load_row(g_ptr, 1, ROWS, oh0, Ho, syh, m_g, gz)
-        g2 = _load_row(g_ptr, 2, ROWS, oh0, Ho, syh, m_g, gz)
-        g3 = _load_row(g_ptr, 3, ROWS, oh0, Ho, syh, m_g, gz)
-        g4 = _load_row(g_ptr, 4, ROWS, oh0, Ho, syh, m_g, gz)
-        g5 = _load_row(g_ptr, 5, ROWS, oh0, Ho, syh, m_g, gz)
-        g6 = _load_row(g_ptr, 6, ROWS, oh0, Ho, syh, m_g, gz)
-        g7 = _load_row(g_ptr, 7, ROWS, oh0, Ho, syh, m_g, gz)
+        g0 = _load_row(g_ptr, 0, ROWS, oh0, Ho, syh, m_g, zero)
+        g1 = _load_row(g_ptr, 1, ROWS, oh0, Ho, syh, m_g, zero)
+        g2 = _load_row(g_ptr, 2, ROWS, oh0, Ho, syh, m_g, zero)
+        g3 = _load_row(g_ptr, 3, ROWS, oh0, Ho, syh, m_g, zero)
+        g4 = _load_row(g_ptr, 4, ROWS, oh0, Ho, syh, m_g, zero)
+        g5 = _load_row(g_ptr, 5, ROWS, oh0, Ho, syh, m_g, zero)
+        g6 = _load_row(g_ptr, 6, ROWS, oh0, Ho, syh, m_g, zero)
+        g7 = _load_row(g_ptr, 7, ROWS, oh0, Ho, syh, m_g, zero)
         ih0 = oh0 * SH - PT
-        iw = (ow * SW - PL)[None, :] + (sv * DW)[:, None]                        # [SP, W]
-        m_x = ((sv < S)[:, None] & (iw >= 0) & (iw < W))[:, :, None] & k_ok[None, None, :]
-        x_ptrs = (x_ptr + n * sxn + ih0 * sxh + (iw * sxw)[:, :, None]
-                  + (ci * sxc)[None, None, :])
+        iw = ow * SW - PL + s * DW
+        m_x = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
+        x_ptrs = x_ptr + n * sxn + ih0 * sxh + (iw * sxw)[:, None] + (ci * sxc)[None, :]
         for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
             ih = ih0 + i
             xv = tl.load(x_ptrs + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_x, False),
@@ -840,25 +905,24 @@ def _dw_bwd_weight_rows_kernel(
                 if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
                     g = _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, j)
                     a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
-                                                              (i - j * SH) // DH, xv * g[None, :, :])
-    # part[split, r*S + s, k] = sum over the tile's pixels of acc_r[s, :, k]
-    base = part_ptr + split.to(tl.int64) * (R * S) * K + (sv * K)[:, None] + k[None, :]
-    m_p = (sv < S)[:, None] & k_ok[None, :]
-    tl.store(base, tl.sum(a0, axis=1), mask=m_p)
+                                                              (i - j * SH) // DH, xv * g)
+    # part[split, r*S + s, k] = sum over the tile's pixels of acc_r[:, k]
+    base = part_ptr + split.to(tl.int64) * (R * S) * K + s * K + k
+    tl.store(base, tl.sum(a0, axis=0), mask=k_ok)
     if R > 1:
-        tl.store(base + S * K, tl.sum(a1, axis=1), mask=m_p)
+        tl.store(base + S * K, tl.sum(a1, axis=0), mask=k_ok)
     if R > 2:
-        tl.store(base + 2 * S * K, tl.sum(a2, axis=1), mask=m_p)
+        tl.store(base + 2 * S * K, tl.sum(a2, axis=0), mask=k_ok)
     if R > 3:
-        tl.store(base + 3 * S * K, tl.sum(a3, axis=1), mask=m_p)
+        tl.store(base + 3 * S * K, tl.sum(a3, axis=0), mask=k_ok)
     if R > 4:
-        tl.store(base + 4 * S * K, tl.sum(a4, axis=1), mask=m_p)
+        tl.store(base + 4 * S * K, tl.sum(a4, axis=0), mask=k_ok)
     if R > 5:
-        tl.store(base + 5 * S * K, tl.sum(a5, axis=1), mask=m_p)
+        tl.store(base + 5 * S * K, tl.sum(a5, axis=0), mask=k_ok)
     if R > 6:
-        tl.store(base + 6 * S * K, tl.sum(a6, axis=1), mask=m_p)
+        tl.store(base + 6 * S * K, tl.sum(a6, axis=0), mask=k_ok)
     if R > 7:
-        tl.store(base + 7 * S * K, tl.sum(a7, axis=1), mask=m_p)
+        tl.store(base + 7 * S * K, tl.sum(a7, axis=0), mask=k_ok)
 
 
 def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
@@ -873,16 +937,16 @@ def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, 
     tiles_hw = triton.cdiv(ho, rows) * tiles_w
     tiles = n * tiles_hw
     cblocks = triton.cdiv(k, meta["BLOCK_C"])
-    split = max(1, min(tiles, programs // cblocks))
+    split = max(1, min(tiles, programs // (cblocks * s)))
     chunk = triton.cdiv(tiles, split)
     split = triton.cdiv(tiles, chunk)
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
-    _dw_bwd_weight_rows_kernel[(split, cblocks)](
+    _dw_bwd_weight_rows_kernel[(s, split, cblocks)](
         dy, x, part, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk,
         *dy.stride(), *x.stride(), stride[1], padding[0], padding[2], dilation[1],
         SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
-        SP=triton.next_power_of_2(s), **meta, **opts)
+        **meta, **opts)
     return part
 
 
@@ -919,10 +983,11 @@ WGRAD_ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, P=4, num_warps=2, num_stages=1),
 ]
 WGRAD_ROWS_NHWC_CONFIGS = [
-    dict(KIND="rows", ROWS=8, BLOCK_W=4, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=8, BLOCK_W=4, BLOCK_C=128, P=4, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=4, BLOCK_W=2, BLOCK_C=64, P=2, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=8, BLOCK_W=2, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=32, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=2, num_stages=1),
 ]
 WGRAD_ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=4, P=1)
 _wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS

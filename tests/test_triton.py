@@ -230,7 +230,7 @@ def force_dw_tiles(monkeypatch):
         for names, cfg in ((("_fwd_tuner_rows_nchw", "_fwd_tuner_rows_nhwc"), fwd),
                            (("_bwd_input_tuner_rows_nchw", "_bwd_input_tuner_rows_nhwc"), bwd_input),
                            (("_wgrad_tuner_rows_nchw", "_wgrad_tuner_rows_nhwc"), bwd_weight)):
-            for name in names:
+            for name in names if cfg is not None else ():
                 monkeypatch.setattr(getattr(dw, name), "interpret_config", cfg)
         clear()
     yield force
@@ -257,6 +257,18 @@ def test_depthwise_tap_loop_kernels_small(force_dw_tiles, cl):
     from fastconv.kernels import depthwise as dw
     force_dw_tiles(dw.INTERPRET_CONFIG, dw.INTERPRET_CONFIG, dw.WGRAD_INTERPRET_CONFIG)
     _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_depthwise_rows_large_kernel_skips_padding_rows(force_dw_tiles, monkeypatch, cl):
+    """13x13 on a 9x10 image: the rows kernel's row-skipping branch (SKIP_ROWS)."""
+    from fastconv.kernels import depthwise as dw
+    for name in ("_fwd_tuner_nchw", "_fwd_tuner_nhwc"):
+        monkeypatch.setattr(getattr(dw, name), "interpret_config",
+                            dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=2))
+    force_dw_tiles(None, None, None)  # clears the plans
+    _check_forward("triton_depthwise", DW_CASES["k13"], torch.float32, cl, "relu")
 
 
 def test_depthwise_backward_bf16_stride1():
