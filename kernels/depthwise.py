@@ -3,16 +3,25 @@ multiplier MULT = K / C >= 1, kernels 1x1 .. 31x31, any stride/padding/dilation.
 
     y[n, k, oh, ow] = sum_{r,s} x[n, k // MULT, oh*sh - pt + r*dh, ow*sw - pl + s*dw] * w[k, 0, r, s]
 
-Each program owns a tile of BLOCK_H x BLOCK_W output pixels times BLOCK_C output channels
-and loops over the taps; the shifted input tiles overlap, so after the first tap they come
-from L1/L2 and DRAM sees each input byte about once. The tile shape picks the layout:
-NCHW tiles are wide in W with one channel (rows are contiguous), channels_last tiles are
-wide in C (channels are contiguous). Both read through strides, no layout copies.
+Two direct kernels race in the tile tuner:
+  * the tap loop (`_dw_fwd_kernel`): a program owns BLOCK_H x BLOCK_W output pixels times
+    BLOCK_C channels and loops over the taps; the shifted input tiles overlap, so after the
+    first tap they come from L1/L2 and DRAM sees each input byte about once -- but every
+    tap is an L1 load per output (R*S of them), which bounds it by L1, not by DRAM or FMAs;
+  * the row-reuse kernel (`_dw_fwd_rows_kernel`): a program owns ROWS output rows in
+    registers and loads each (shifted) input row once for all the output rows it feeds,
+    so an output costs about S*(ROWS + R - 1)/ROWS loads instead of R*S.
+The tile shape picks the layout: NCHW tiles are wide in W with few channels (rows are
+contiguous), channels_last tiles are wide in C (16-byte channel vectors). Both read through
+strides, no layout copies. Large kernels in bf16 or TF32 also race a banded tensor-core
+kernel (`_dw_fwd_toeplitz_kernel`).
 
-Backward: grad_input is the same loop over taps with the index map inverted
-(oh = (h + pt - r*dh) / sh when exact); grad_weight is a reduction over N*Ho*Wo per
-(channel, tap), split into SPLIT chunks whose fp32 partial sums go to a buffer and are
-added in a fixed order -- deterministic always, no atomics.
+Backward: grad_input of a stride-1 conv is the forward rows kernel run on dy with the
+kernel flipped (negative strides, no copy); otherwise the tap loop with the index map
+inverted (oh = (h + pt - r*dh) / sh when exact). grad_weight is a reduction over N*Ho*Wo per
+(channel, tap): the rows kernel (one kernel column per program, dy rows kept in registers)
+or a tap-block kernel, each writing fp32 partial sums per program that one more kernel adds
+in a fixed order -- deterministic always, no atomics.
 """
 from __future__ import annotations
 
