@@ -179,6 +179,28 @@ def _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, J: tl.constexpr, v):
 
 
 @triton.jit
+def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
+    """g_J, for a compile-time J."""
+    if J == 0:
+        g = g0
+    elif J == 1:
+        g = g1
+    elif J == 2:
+        g = g2
+    elif J == 3:
+        g = g3
+    elif J == 4:
+        g = g4
+    elif J == 5:
+        g = g5
+    elif J == 6:
+        g = g6
+    else:
+        g = g7
+    return g
+
+
+@triton.jit
 def _rows_input_row(a0, a1, a2, a3, a4, a5, a6, a7, x_cols, w_cols, m_cols, m_w, ih, H,
                     I: tl.constexpr, s, sxh, swr, sws, SH: tl.constexpr, DH: tl.constexpr,
                     R: tl.constexpr, ROWS: tl.constexpr, ACC_DTYPE: tl.constexpr):
@@ -822,27 +844,6 @@ def _dw_bwd_weight_kernel(
 # All tiles are 2-D [BLOCK_W, BLOCK_C] with one layout (a 3-D [S, W, C] variant spent its
 # time converting dy between layouts through shared memory). Partial sums per program,
 # reduced in a fixed order afterwards (deterministic).
-@triton.jit
-def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
-    if J == 0:
-        g = g0
-    elif J == 1:
-        g = g1
-    elif J == 2:
-        g = g2
-    elif J == 3:
-        g = g3
-    elif J == 4:
-        g = g4
-    elif J == 5:
-        g = g5
-    elif J == 6:
-        g = g6
-    else:
-        g = g7
-    return g
-
-
 @triton.jit
 def _load_row(ptr, J: tl.constexpr, ROWS: tl.constexpr, oh0, Ho, syh, mask, like):
     if J < ROWS:
