@@ -153,7 +153,6 @@ def _dw_fwd_kernel(
 # all static, so the (i, j) -> tap map is resolved at compile time and no FMA is wasted.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
-SKIP_ROWS_MIN_R = 5  # from 5 kernel rows on, rows that lie in the padding are branched over
 
 
 @triton.jit
@@ -201,26 +200,6 @@ def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
 
 
 @triton.jit
-def _rows_input_row(a0, a1, a2, a3, a4, a5, a6, a7, x_cols, w_cols, m_cols, m_w, ih, H,
-                    I: tl.constexpr, s, sxh, swr, sws, SH: tl.constexpr, DH: tl.constexpr,
-                    R: tl.constexpr, ROWS: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """Input row I of the tile (image row ih), shifted by column s: one load, then a
-    multiply-add into every output row j that reads it, through kernel row (I - j*SH)/DH."""
-    # (where, not &: the interpreter turns scalar & tensor masks into integers)
-    xv = tl.load(x_cols + I * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
-                 other=0.0).to(ACC_DTYPE)
-    for j in tl.static_range(ROWS):
-        if I >= j * SH and (I - j * SH) % DH == 0 and (I - j * SH) // DH < R:
-            # loaded as a [W, C] tile (equal along W) in the layout of xv: a [C] vector
-            # would be re-laid out through shared memory at every use
-            wv = tl.load(w_cols + ((I - j * SH) // DH) * swr + s * sws, mask=m_w,
-                         other=0.0).to(ACC_DTYPE)
-            a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, j,
-                                                      xv * wv)
-    return a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@triton.jit
 def _store_row(acc, y_row, oh, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
     if HAS_BIAS:
@@ -238,7 +217,7 @@ def _dw_fwd_rows_kernel(
     SW, PT, PL, DW,
     SH: tl.constexpr, DH: tl.constexpr,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, SKIP_ROWS: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -258,8 +237,7 @@ def _dw_fwd_rows_kernel(
         ci = ci.to(tl.int64)
     ih0 = oh0 * SH - PT
     x_chan = x_ptr + n * sxn + ci * sxc + ih0 * sxh   # [BLOCK_C], at input row ih0
-    w_cols = w_ptr + (k * swk)[None, :] + (ow * 0)[:, None]    # [BLOCK_W, BLOCK_C]
-    m_w = k_ok[None, :] & (ow >= 0)[:, None]
+    w_chan = w_ptr + k * swk
     a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
@@ -270,49 +248,27 @@ def _dw_fwd_rows_kernel(
     a7 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     # A loop, not unrolled, over s: the R weights of one kernel column stay in registers
     # (all R*S would spill), and ptxas cannot hoist the next column's loads above this one.
+    # The weights are [C] vectors that Triton re-lays out through shared memory for the
+    # [W, C] product; loading them as [W, C] tiles in xv's layout instead avoided that but
+    # cost a scalar load per channel and thread, and measured slower on the H200 (channels_
+    # last bf16 3x3 C=144 56^2: 51.8 vs 43.5 us).
     for s in range(S):
         iw = ow * SW - PL + s * DW
         m_cols = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
         x_cols = x_chan[None, :] + (iw * sxw)[:, None]
-        if SKIP_ROWS:
-            # Large kernels on small images (SH = DH = 1): most input rows of a tile lie in
-            # the padding, and a uniform branch skips their loads and FMAs. The weights
-            # stay outside the branches: w_j holds kernel row i - j, a window that slides
-            # down one row per input row (a renaming at compile time, no data moves).
-            z = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
-            w0 = z
-            w1 = z
-            w2 = z
-            w3 = z
-            w4 = z
-            w5 = z
-            w6 = z
-            w7 = z
-            for i in tl.static_range(ROWS + R - 1):
-                w7 = w6
-                w6 = w5
-                w5 = w4
-                w4 = w3
-                w3 = w2
-                w2 = w1
-                w1 = w0
-                if i < R:
-                    w0 = tl.load(w_cols + i * swr + s * sws, mask=m_w, other=0.0).to(ACC_DTYPE)
-                else:
-                    w0 = z
-                ih = ih0 + i
-                if (ih >= 0) & (ih < H):
-                    xv = tl.load(x_cols + i * sxh, mask=m_cols, other=0.0).to(ACC_DTYPE)
-                    for j in tl.static_range(ROWS):
-                        if i - j >= 0 and i - j < R:
-                            a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(
-                                a0, a1, a2, a3, a4, a5, a6, a7, j,
-                                xv * _pick_row(w0, w1, w2, w3, w4, w5, w6, w7, j))
-        else:
-            for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
-                a0, a1, a2, a3, a4, a5, a6, a7 = _rows_input_row(
-                    a0, a1, a2, a3, a4, a5, a6, a7, x_cols, w_cols, m_cols, m_w, ih0 + i, H,
-                    i, s, sxh, swr, sws, SH, DH, R, ROWS, ACC_DTYPE)
+        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+            ih = ih0 + i
+            # (where, not &: the interpreter turns scalar & tensor masks into integers)
+            xv = tl.load(x_cols + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
+                         other=0.0)
+            xv = xv.to(ACC_DTYPE)
+            for j in tl.static_range(ROWS):
+                # input row i feeds output row j through kernel row (i - j*SH) / DH
+                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
+                    wv = tl.load(w_chan + ((i - j * SH) // DH) * swr + s * sws, mask=k_ok,
+                                 other=0.0).to(ACC_DTYPE)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
+                                                              j, xv * wv[None, :])
     col_ok = ow < Wo
     y_row = y_ptr + n * syn + oh0 * syh
     y_cols = ow * syw
@@ -408,8 +364,10 @@ def _dw_fwd_toeplitz_kernel(
 
 
 # Row-reuse tiles (KIND="rows"): NCHW wide in W with few channels, channels_last a channel
-# vector (16-byte loads) over a few pixels. Racing them against the two tap-loop tiles that
-# the H200 tune log picked most often keeps the tuner honest at small compile cost.
+# vector (16-byte loads) over a few pixels. They race the tap-loop tiles that won on the
+# H200 (before and after the rows kernel: stride-2 and some channels_last layers).
+# Every tile below won at least one layer of the H200 runs (MobileNetV2 3x3, ConvNeXt 7x7,
+# RepLKNet 13x13 / 27x27 at batch 32; benchmarks/results/nvidia-h200/dwperf_round*.log).
 ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
@@ -417,15 +375,14 @@ ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
 ]
-# (sm_90 builds, ptxas -v: none of these spills for 3x3 or 7x7 in fp32 or bf16)
 ROWS_NHWC_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
-    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
 ]
-# Large kernels (more than UNROLL_TAPS taps): narrow channel tiles keep the rows kernel's
-# registers in bounds (a 16-byte channel vector per thread spills from R = 27 on).
+# Large kernels (more than UNROLL_TAPS taps): narrow tiles keep the rows kernel's registers
+# in bounds (ptxas for sm_90: a 16-byte channel vector per thread spills from R = 27 on).
 ROWS_LARGE_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
@@ -440,7 +397,7 @@ _fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CO
 _fwd_tuner_rows_nhwc = TileTuner("dw_fwd_rows_nhwc", ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
                                  + NHWC_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
 # Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
-# unrolled, against the rows kernel (which branches over rows that lie in the padding).
+# unrolled, against the rows kernel.
 _fwd_tuner_nchw = TileTuner("dw_fwd_nchw_v2", ROWS_LARGE_CONFIGS + NCHW_CONFIGS,
                             INTERPRET_CONFIG)
 _fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc_v2", ROWS_LARGE_CL_CONFIGS + NHWC_CONFIGS,
@@ -530,8 +487,6 @@ def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, ac
     rows = meta["ROWS"]
     if rows not in (1, 2, 4, 8):
         raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
-    meta = dict(meta)
-    skip = meta.pop("SKIP", r >= SKIP_ROWS_MIN_R) and stride[0] == 1 and dilation[0] == 1
     tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
     tiles_hw = triton.cdiv(ho, rows) * tiles_w
     grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
@@ -540,7 +495,7 @@ def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, ac
         *x.stride(), swk, swr, sws, *y.stride(),
         stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
         R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
-        SKIP_ROWS=skip, **meta, **opts)
+        **meta, **opts)
 
 
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
@@ -678,8 +633,7 @@ _bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_C
 # Stride 1, one output channel per input channel, up to UNROLL_TAPS taps: grad_input is the
 # forward correlation of dy with the flipped kernel, so the forward rows tiles run it.
 _bwd_input_tuner_rows_nchw = TileTuner("dw_bwd_input_rows_nchw", ROWS_NCHW_CONFIGS
-                                       + NCHW_CONFIGS[6:7] + NCHW_CONFIGS[7:8],
-                                       ROWS_INTERPRET_CONFIG)
+                                       + NCHW_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
 _bwd_input_tuner_rows_nhwc = TileTuner("dw_bwd_input_rows_nhwc", ROWS_NHWC_CONFIGS
                                        + NHWC_CONFIGS[2:3] + NHWC_CONFIGS[1:2],
                                        ROWS_INTERPRET_CONFIG)
@@ -993,17 +947,17 @@ WGRAD_ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, P=4, num_warps=2, num_stages=1),
 ]
 WGRAD_ROWS_NHWC_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=32, P=4, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, P=4, num_warps=4, num_stages=1),
-    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=32, P=4, num_warps=4, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=2, num_stages=1),
 ]
 WGRAD_ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=4, P=1)
-_wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS
-                                   + WGRAD_NCHW_CONFIGS[1:2], WGRAD_ROWS_INTERPRET_CONFIG)
-_wgrad_tuner_rows_nhwc = TileTuner("dw_bwd_weight_rows_nhwc", WGRAD_ROWS_NHWC_CONFIGS
-                                   + WGRAD_NHWC_CONFIGS[0:1], WGRAD_ROWS_INTERPRET_CONFIG)
+# The tap-block tiles never beat these on the H200 layers (56 cases): not raced.
+_wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS,
+                                   WGRAD_ROWS_INTERPRET_CONFIG)
+_wgrad_tuner_rows_nhwc = TileTuner("dw_bwd_weight_rows_nhwc", WGRAD_ROWS_NHWC_CONFIGS,
+                                   WGRAD_ROWS_INTERPRET_CONFIG)
 _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 

@@ -260,8 +260,8 @@ def test_depthwise_tap_loop_kernels_small(force_dw_tiles, cl):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
-def test_depthwise_rows_large_kernel_skips_padding_rows(force_dw_tiles, monkeypatch):
-    """13x13 on a 9x10 image: the rows kernel's row-skipping branch (SKIP_ROWS)."""
+def test_depthwise_rows_large_kernel(force_dw_tiles, monkeypatch):
+    """13x13 on a 9x10 image (taps beyond UNROLL_TAPS): the rows tile of the large tuners."""
     from fastconv.kernels import depthwise as dw
     for name in ("_fwd_tuner_nchw", "_fwd_tuner_nhwc"):
         monkeypatch.setattr(getattr(dw, name), "interpret_config",
