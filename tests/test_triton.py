@@ -265,7 +265,7 @@ def test_depthwise_rows_large_kernel(force_dw_tiles, monkeypatch):
     from fastconv.kernels import depthwise as dw
     for name in ("_fwd_tuner_nchw", "_fwd_tuner_nhwc"):
         monkeypatch.setattr(getattr(dw, name), "interpret_config",
-                            dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=2))
+                            dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4))
     force_dw_tiles(None, None, None)  # clears the plans
     _check_forward("triton_depthwise", DW_CASES["k13"], torch.float32, True, "relu")
 
