@@ -270,6 +270,16 @@ def test_depthwise_rows_large_kernel(force_dw_tiles, monkeypatch):
     _check_forward("triton_depthwise", DW_CASES["k13"], torch.float32, True, "relu")
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_depthwise_int64_index_paths(force_dw_tiles, monkeypatch, cl):
+    """NEED_I64 branches of every depthwise kernel, on small tensors (the GPU test file
+    has a real 2^31-element tensor): offsets formed in int64 must give the same results."""
+    from fastconv.kernels import depthwise as dw
+    monkeypatch.setattr(dw, "needs_int64", lambda *tensors: True)
+    force_dw_tiles(None, None, None)  # clears the plans
+    _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
+
+
 def test_depthwise_backward_bf16_stride1():
     """bf16 through the flipped-kernel grad_input and the rows grad_weight."""
     _check_backward("triton_depthwise", DW_CASES["k3"], torch.bfloat16, True)
