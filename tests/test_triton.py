@@ -239,7 +239,7 @@ def force_dw_tiles(monkeypatch):
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
 @pytest.mark.parametrize("name,cl,rows,block_w,block_c,programs_per_sm", [
-    ("k3", False, 8, 4, 2, 8),          # 8 accumulators, several column/channel tiles, split
+    ("k3", False, 8, 4, 4, 8),          # 8 accumulators, several column/channel tiles, split
     ("k7x3_s21", True, 8, 4, 2, 1),     # stride 2 down the rows, a 7x3 kernel
     ("k5_dil2", False, 1, 16, 8, 1),    # one row per program, dilation 2
 ], ids=["k3_rows8", "k7x3_s21_rows8", "k5_dil2_rows1"])
