@@ -149,8 +149,9 @@ def _dw_fwd_kernel(
 # (x BLOCK_W pixels x BLOCK_C channels) in ROWS register accumulators; each input row,
 # shifted by s, is loaded once and multiplied into every output row that reads it (up to
 # R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
-# (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j:
-# all static, so the (i, j) -> tap map is resolved at compile time and no FMA is wasted.
+# (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j; i
+# and j are unrolled, so the (i, j) -> tap map is resolved at compile time and no FMA is
+# wasted. Measured on the H200: benchmarks/results/nvidia-h200/depthwise_rows.md.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
 
@@ -250,8 +251,8 @@ def _dw_fwd_rows_kernel(
     # (all R*S would spill), and ptxas cannot hoist the next column's loads above this one.
     # The weights are [C] vectors that Triton re-lays out through shared memory for the
     # [W, C] product; loading them as [W, C] tiles in xv's layout instead avoided that but
-    # cost a scalar load per channel and thread, and measured slower on the H200 (channels_
-    # last bf16 3x3 C=144 56^2: 51.8 vs 43.5 us).
+    # cost a scalar load per channel and thread, and measured slower on the H200
+    # (channels_last bf16 3x3 C=144 56^2: 51.8 vs 43.5 us).
     for s in range(S):
         iw = ow * SW - PL + s * DW
         m_cols = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]

@@ -227,9 +227,10 @@ def force_dw_tiles(monkeypatch):
             plans.clear()
 
     def force(fwd, bwd_input, bwd_weight):
-        for names, cfg in ((("_fwd_tuner_rows_nchw", "_fwd_tuner_rows_nhwc"), fwd),
-                           (("_bwd_input_tuner_rows_nchw", "_bwd_input_tuner_rows_nhwc"), bwd_input),
-                           (("_wgrad_tuner_rows_nchw", "_wgrad_tuner_rows_nhwc"), bwd_weight)):
+        tuners = ((("_fwd_tuner_rows_nchw", "_fwd_tuner_rows_nhwc"), fwd),
+                  (("_bwd_input_tuner_rows_nchw", "_bwd_input_tuner_rows_nhwc"), bwd_input),
+                  (("_wgrad_tuner_rows_nchw", "_wgrad_tuner_rows_nhwc"), bwd_weight))
+        for names, cfg in tuners:
             for name in names if cfg is not None else ():
                 monkeypatch.setattr(getattr(dw, name), "interpret_config", cfg)
         clear()
