@@ -3,16 +3,25 @@ multiplier MULT = K / C >= 1, kernels 1x1 .. 31x31, any stride/padding/dilation.
 
     y[n, k, oh, ow] = sum_{r,s} x[n, k // MULT, oh*sh - pt + r*dh, ow*sw - pl + s*dw] * w[k, 0, r, s]
 
-Each program owns a tile of BLOCK_H x BLOCK_W output pixels times BLOCK_C output channels
-and loops over the taps; the shifted input tiles overlap, so after the first tap they come
-from L1/L2 and DRAM sees each input byte about once. The tile shape picks the layout:
-NCHW tiles are wide in W with one channel (rows are contiguous), channels_last tiles are
-wide in C (channels are contiguous). Both read through strides, no layout copies.
+Two direct kernels race in the tile tuner:
+  * the tap loop (`_dw_fwd_kernel`): a program owns BLOCK_H x BLOCK_W output pixels times
+    BLOCK_C channels and loops over the taps; the shifted input tiles overlap, so after the
+    first tap they come from L1/L2 and DRAM sees each input byte about once -- but every
+    tap is an L1 load per output (R*S of them), which bounds it by L1, not by DRAM or FMAs;
+  * the row-reuse kernel (`_dw_fwd_rows_kernel`): a program owns ROWS output rows in
+    registers and loads each (shifted) input row once for all the output rows it feeds,
+    so an output costs about S*(ROWS + R - 1)/ROWS loads instead of R*S.
+The tile shape picks the layout: NCHW tiles are wide in W with few channels (rows are
+contiguous), channels_last tiles are wide in C (16-byte channel vectors). Both read through
+strides, no layout copies. Large kernels in bf16 or TF32 also race a banded tensor-core
+kernel (`_dw_fwd_toeplitz_kernel`).
 
-Backward: grad_input is the same loop over taps with the index map inverted
-(oh = (h + pt - r*dh) / sh when exact); grad_weight is a reduction over N*Ho*Wo per
-(channel, tap), split into SPLIT chunks whose fp32 partial sums go to a buffer and are
-added in a fixed order -- deterministic always, no atomics.
+Backward: grad_input of a stride-1 conv is the forward rows kernel run on dy with the
+kernel flipped (negative strides, no copy); otherwise the tap loop with the index map
+inverted (oh = (h + pt - r*dh) / sh when exact). grad_weight is a reduction over N*Ho*Wo per
+(channel, tap): the rows kernel (one kernel column per program, dy rows kept in registers)
+or a tap-block kernel, each writing fp32 partial sums per program that one more kernel adds
+in a fixed order -- deterministic always, no atomics.
 """
 from __future__ import annotations
 
@@ -134,6 +143,158 @@ def _dw_fwd_kernel(
 
 
 # --------------------------------------------------------------------------------------
+# Forward, row-reuse ("rows") kernel. The tap loop above loads R*S shifted tiles per output
+# row, and every load is an L1 transaction: for 7x7 that is 49 loads per output, which
+# bounds it by L1 bandwidth, not by DRAM or FMAs. Here a program owns ROWS output rows
+# (x BLOCK_W pixels x BLOCK_C channels) in ROWS register accumulators; each input row,
+# shifted by s, is loaded once and multiplied into every output row that reads it (up to
+# R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
+# (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j; i
+# and j are unrolled, so the (i, j) -> tap map is resolved at compile time and no FMA is
+# wasted. Measured on the H200: benchmarks/results/nvidia-h200/depthwise_rows.md.
+# --------------------------------------------------------------------------------------
+ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
+
+
+@triton.jit
+def _acc_row(a0, a1, a2, a3, a4, a5, a6, a7, J: tl.constexpr, v):
+    """a_J += v, for a compile-time J (Triton has no lists of tensors)."""
+    if J == 0:
+        a0 += v
+    elif J == 1:
+        a1 += v
+    elif J == 2:
+        a2 += v
+    elif J == 3:
+        a3 += v
+    elif J == 4:
+        a4 += v
+    elif J == 5:
+        a5 += v
+    elif J == 6:
+        a6 += v
+    else:
+        a7 += v
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, J: tl.constexpr):
+    """g_J, for a compile-time J."""
+    if J == 0:
+        g = g0
+    elif J == 1:
+        g = g1
+    elif J == 2:
+        g = g2
+    elif J == 3:
+        g = g3
+    elif J == 4:
+        g = g4
+    elif J == 5:
+        g = g5
+    elif J == 6:
+        g = g6
+    else:
+        g = g7
+    return g
+
+
+@triton.jit
+def _store_row(acc, y_row, oh, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+               HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    acc = apply_activation(acc, ACT)
+    tl.store(y_row + y_cols[:, None] + yk_off[None, :], acc.to(y_row.dtype.element_ty),
+             mask=tl.where(oh < Ho, col_ok[:, None] & k_ok[None, :], False))
+
+
+@triton.jit
+def _dw_fwd_rows_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W, TILES_HW,
+    sxn, sxc, sxh, sxw, swk, swr, sws, syn, syk, syh, syw,
+    SW, PT, PL, DW,
+    SH: tl.constexpr, DH: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = pid // TILES_HW
+    t = pid % TILES_HW
+    oh0 = (t // TILES_W) * ROWS
+    ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    if NEED_I64:
+        n = n.to(tl.int64)
+        oh0 = oh0.to(tl.int64)
+        ow = ow.to(tl.int64)
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    ih0 = oh0 * SH - PT
+    x_chan = x_ptr + n * sxn + ci * sxc + ih0 * sxh   # [BLOCK_C], at input row ih0
+    w_chan = w_ptr + k * swk
+    a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a3 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a4 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a5 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a6 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a7 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    # A loop, not unrolled, over s: the R weights of one kernel column stay in registers
+    # (all R*S would spill), and ptxas cannot hoist the next column's loads above this one.
+    # The weights are [C] vectors that Triton re-lays out through shared memory for the
+    # [W, C] product; loading them as [W, C] tiles in xv's layout instead avoided that but
+    # cost a scalar load per channel and thread, and measured slower on the H200
+    # (channels_last bf16 3x3 C=144 56^2: 51.8 vs 43.5 us).
+    for s in range(S):
+        iw = ow * SW - PL + s * DW
+        m_cols = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
+        x_cols = x_chan[None, :] + (iw * sxw)[:, None]
+        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+            ih = ih0 + i
+            # (where, not &: the interpreter turns scalar & tensor masks into integers)
+            xv = tl.load(x_cols + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_cols, False),
+                         other=0.0)
+            xv = xv.to(ACC_DTYPE)
+            for j in tl.static_range(ROWS):
+                # input row i feeds output row j through kernel row (i - j*SH) / DH
+                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
+                    wv = tl.load(w_chan + ((i - j * SH) // DH) * swr + s * sws, mask=k_ok,
+                                 other=0.0).to(ACC_DTYPE)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
+                                                              j, xv * wv[None, :])
+    col_ok = ow < Wo
+    y_row = y_ptr + n * syn + oh0 * syh
+    y_cols = ow * syw
+    yk_off = k * syk
+    _store_row(a0, y_row, oh0, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok, HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 1:
+        _store_row(a1, y_row + syh, oh0 + 1, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 2:
+        _store_row(a2, y_row + 2 * syh, oh0 + 2, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a3, y_row + 3 * syh, oh0 + 3, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+    if ROWS > 4:
+        _store_row(a4, y_row + 4 * syh, oh0 + 4, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a5, y_row + 5 * syh, oh0 + 5, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a6, y_row + 6 * syh, oh0 + 6, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+        _store_row(a7, y_row + 7 * syh, oh0 + 7, Ho, b_ptr, k, yk_off, y_cols, col_ok, k_ok,
+                   HAS_BIAS, ACT, ACC_DTYPE)
+
+
+# --------------------------------------------------------------------------------------
 # Forward, large kernels on the tensor cores ("Toeplitz"): for one channel and output tile
 # [BLOCK_H, BLOCK_W], each kernel row r is one small GEMM
 #     acc[i, wo] += sum_j A_r[i, j] * T_r[j, wo]
@@ -203,17 +364,54 @@ def _dw_fwd_toeplitz_kernel(
              mask=(oh < Ho)[:, None] & (ow < Wo)[None, :])
 
 
-_fwd_tuner_nchw = TileTuner("dw_fwd_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
-_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Row-reuse tiles (KIND="rows"): NCHW wide in W with few channels, channels_last a channel
+# vector (16-byte loads) over a few pixels. They race the tap-loop tiles that won on the
+# H200 (before and after the rows kernel: stride-2 and some channels_last layers).
+# Every tile below won at least one layer of the H200 runs (MobileNetV2 3x3, ConvNeXt 7x7,
+# RepLKNet 13x13 / 27x27 at batch 32; benchmarks/results/nvidia-h200/dwperf_round*.log).
+ROWS_NCHW_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
+]
+ROWS_NHWC_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=32, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=128, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
+]
+# Large kernels (more than UNROLL_TAPS taps): narrow tiles keep the rows kernel's registers
+# in bounds (ptxas for sm_90: a 16-byte channel vector per thread spills from R = 27 on).
+ROWS_LARGE_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, num_warps=2, num_stages=1),
+]
+ROWS_LARGE_CL_CONFIGS = ROWS_LARGE_CONFIGS + [
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
+]
+ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8)
+# Kernels up to UNROLL_TAPS taps: rows tiles and the best tap-loop tiles race.
+_fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7],
+                                 ROWS_INTERPRET_CONFIG)
+_fwd_tuner_rows_nhwc = TileTuner("dw_fwd_rows_nhwc", ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
+                                 + NHWC_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
+# Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
+# unrolled, against the rows kernel.
+_fwd_tuner_nchw = TileTuner("dw_fwd_nchw_v2", ROWS_LARGE_CONFIGS + NCHW_CONFIGS,
+                            INTERPRET_CONFIG)
+_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc_v2", ROWS_LARGE_CL_CONFIGS + NHWC_CONFIGS,
+                            INTERPRET_CONFIG)
 # Large kernels: the tuner races the tensor-core band against the direct loop. All direct
 # tiles take part: on the H200 run in benchmarks/results (which had only the first two, both
 # pruned for images under 64 pixels wide) small images were left with the band alone, whose
 # 16x16 tiles waste most of a 7x7 or 14x14 plane (RepLKNet 13x13 @ 7x7: 375 us NCHW vs
 # 89 us for the direct channels_last tile).
-_fwd_tuner_large = TileTuner("dw_fwd_large", TOEPLITZ_CONFIGS + NCHW_CONFIGS,
-                             TOEPLITZ_INTERPRET_CONFIG)
-_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl", TOEPLITZ_CONFIGS + NHWC_CONFIGS,
-                                TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large = TileTuner("dw_fwd_large_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CONFIGS
+                             + NCHW_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
+_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CL_CONFIGS
+                                + NHWC_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
 
 
 def _out_hw(h, w, r, s, stride, padding, dilation):
@@ -242,7 +440,7 @@ def _prune_for(ho, wo, k):
     """Skip tiles far larger than the image or the channel count."""
     def prune(cfg):
         return (cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo))
-                and cfg["BLOCK_H"] <= max(2, triton.next_power_of_2(ho))
+                and cfg.get("BLOCK_H", cfg.get("ROWS")) <= max(2, triton.next_power_of_2(ho))
                 and cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
     return prune
 
@@ -276,6 +474,31 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     return plan(x, w, bias)
 
 
+def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64,
+                 flip=False):
+    """Launch the row-reuse kernel: y = conv(x, w) (+ b, activation), any layouts.
+    flip=True convolves with w rotated by 180 degrees, read in place through negative
+    strides from its last tap (grad_input of a stride-1 conv)."""
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    swk, swr, sws = w.stride(0), w.stride(2), w.stride(3)
+    if flip:
+        w, swr, sws = w[:, :, r - 1:, s - 1:], -swr, -sws
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8):
+        raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
+    _dw_fwd_rows_kernel[grid](
+        x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
+        *x.stride(), swk, swr, sws, *y.stride(),
+        stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
+        R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
+        **meta, **opts)
+
+
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
     _check(x, w, groups, "triton_depthwise_conv2d")
@@ -294,6 +517,9 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64)
+            return
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
         if cfg.get("KIND") == "toeplitz":
@@ -319,7 +545,10 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
             R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
             ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
 
-    tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
+    if r * s <= UNROLL_TAPS:
+        tuner = _fwd_tuner_rows_nhwc if is_channels_last(y) else _fwd_tuner_rows_nchw
+    else:
+        tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
     prune = _prune_for(ho, wo, k)
     if s >= TOEPLITZ_MIN_S and (x.dtype in (torch.float16, torch.bfloat16)
                                 or dot_precision(x.dtype) == "tf32"):
@@ -402,6 +631,13 @@ def _dw_bwd_input_kernel(
 
 _bwd_input_tuner_nchw = TileTuner("dw_bwd_input_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
 _bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
+# Stride 1, one output channel per input channel, up to UNROLL_TAPS taps: grad_input is the
+# forward correlation of dy with the flipped kernel, so the forward rows tiles run it.
+_bwd_input_tuner_rows_nchw = TileTuner("dw_bwd_input_rows_nchw", ROWS_NCHW_CONFIGS
+                                       + NCHW_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
+_bwd_input_tuner_rows_nhwc = TileTuner("dw_bwd_input_rows_nhwc", ROWS_NHWC_CONFIGS
+                                       + NHWC_CONFIGS[2:3] + NHWC_CONFIGS[1:2],
+                                       ROWS_INTERPRET_CONFIG)
 
 
 _bwd_input_plans = PlanCache()
@@ -435,8 +671,15 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
 
+    # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, kernel flipped
+    flip_pad = ((r - 1) * dilation[0] - padding[0], 0, (s - 1) * dilation[1] - padding[2], 0)
+
     def launch(cfg, dy, w, dx):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            _launch_rows(meta, opts, dy, w, w, dx, (1, 1), flip_pad, dilation, False, 0, i64,
+                         flip=True)
+            return
         tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
         grid = (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"]))
@@ -447,7 +690,10 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
             R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
             **meta, **opts)
 
-    tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
+    if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
+        tuner = _bwd_input_tuner_rows_nhwc if is_channels_last(dx) else _bwd_input_tuner_rows_nchw
+    else:
+        tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
     key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
     cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
@@ -543,6 +789,176 @@ def _dw_bwd_weight_kernel(
              mask=tap_ok[:, None] & k_ok[None, :])
 
 
+# grad_weight with row reuse ("rows"), kernels up to 8 rows (R <= ROWS_MAX): a program owns
+# one kernel column s and walks a chunk of [ROWS x BLOCK_W x BLOCK_C] output tiles. Per tile
+# it keeps the ROWS rows of dy in registers (g0..g7) and loads each input row once, shifted
+# by s, multiplying it into the R accumulators acc_r (one per kernel row) of every (r, j)
+# pair that reads it. Per tile and column: ROWS + (ROWS-1)*SH + (R-1)*DH + 1 row loads for
+# ROWS*R products, against 2 loads per product in the tap-block kernel above. The S
+# programs of a chunk are neighbours in the grid, so DRAM sees dy and x about once.
+# All tiles are 2-D [BLOCK_W, BLOCK_C] with one layout (a 3-D [S, W, C] variant spent its
+# time converting dy between layouts through shared memory). Partial sums per program,
+# reduced in a fixed order afterwards (deterministic).
+@triton.jit
+def _load_row(ptr, J: tl.constexpr, ROWS: tl.constexpr, oh0, Ho, syh, mask, like):
+    if J < ROWS:
+        v = tl.load(ptr + J * syh, mask=tl.where(oh0 + J < Ho, mask, False), other=0.0)
+        v = v.to(like.dtype)
+    else:
+        v = like
+    return v
+
+
+@triton.jit
+def _dw_bwd_weight_rows_kernel(
+    dy_ptr, x_ptr, part_ptr,
+    H, W, Ho, Wo, K, MULT, TILES_W, TILES_HW, TILES, CHUNK,
+    syn, syk, syh, syw, sxn, sxc, sxh, sxw,
+    SW, PT, PL, DW,
+    SH: tl.constexpr, DH: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    s = tl.program_id(0)
+    split = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    k = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = k < K
+    ci = k // MULT
+    if NEED_I64:
+        k = k.to(tl.int64)
+        ci = ci.to(tl.int64)
+    zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
+    a4 = zero
+    a5 = zero
+    a6 = zero
+    a7 = zero
+    q_hi = tl.minimum(split * CHUNK + CHUNK, TILES)
+    for q in range(split * CHUNK, q_hi):
+        n = q // TILES_HW
+        t = q % TILES_HW
+        oh0 = (t // TILES_W) * ROWS
+        ow = (t % TILES_W) * BLOCK_W + tl.arange(0, BLOCK_W)
+        if NEED_I64:
+            n = n.to(tl.int64)
+            oh0 = oh0.to(tl.int64)
+            ow = ow.to(tl.int64)
+        # dy is zero outside the output, so x needs no output-column mask of its own
+        g_ptr = dy_ptr + n * syn + oh0 * syh + (ow * syw)[:, None] + (k * syk)[None, :]
+        m_g = (ow < Wo)[:, None] & k_ok[None, :]
+        g0 = _load_row(g_ptr, 0, ROWS, oh0, Ho, syh, m_g, zero)
+        g1 = _load_row(g_ptr, 1, ROWS, oh0, Ho, syh, m_g, zero)
+        g2 = _load_row(g_ptr, 2, ROWS, oh0, Ho, syh, m_g, zero)
+        g3 = _load_row(g_ptr, 3, ROWS, oh0, Ho, syh, m_g, zero)
+        g4 = _load_row(g_ptr, 4, ROWS, oh0, Ho, syh, m_g, zero)
+        g5 = _load_row(g_ptr, 5, ROWS, oh0, Ho, syh, m_g, zero)
+        g6 = _load_row(g_ptr, 6, ROWS, oh0, Ho, syh, m_g, zero)
+        g7 = _load_row(g_ptr, 7, ROWS, oh0, Ho, syh, m_g, zero)
+        ih0 = oh0 * SH - PT
+        iw = ow * SW - PL + s * DW
+        m_x = ((iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
+        x_ptrs = x_ptr + n * sxn + ih0 * sxh + (iw * sxw)[:, None] + (ci * sxc)[None, :]
+        for i in tl.static_range((ROWS - 1) * SH + (R - 1) * DH + 1):
+            ih = ih0 + i
+            xv = tl.load(x_ptrs + i * sxh, mask=tl.where((ih >= 0) & (ih < H), m_x, False),
+                         other=0.0).to(ACC_DTYPE)
+            for j in tl.static_range(ROWS):
+                if i >= j * SH and (i - j * SH) % DH == 0 and (i - j * SH) // DH < R:
+                    g = _pick_row(g0, g1, g2, g3, g4, g5, g6, g7, j)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _acc_row(a0, a1, a2, a3, a4, a5, a6, a7,
+                                                              (i - j * SH) // DH, xv * g)
+    # part[split, r*S + s, k] = sum over the tile's pixels of acc_r[:, k]
+    base = part_ptr + split.to(tl.int64) * (R * S) * K + s * K + k
+    tl.store(base, tl.sum(a0, axis=0), mask=k_ok)
+    if R > 1:
+        tl.store(base + S * K, tl.sum(a1, axis=0), mask=k_ok)
+    if R > 2:
+        tl.store(base + 2 * S * K, tl.sum(a2, axis=0), mask=k_ok)
+    if R > 3:
+        tl.store(base + 3 * S * K, tl.sum(a3, axis=0), mask=k_ok)
+    if R > 4:
+        tl.store(base + 4 * S * K, tl.sum(a4, axis=0), mask=k_ok)
+    if R > 5:
+        tl.store(base + 5 * S * K, tl.sum(a5, axis=0), mask=k_ok)
+    if R > 6:
+        tl.store(base + 6 * S * K, tl.sum(a6, axis=0), mask=k_ok)
+    if R > 7:
+        tl.store(base + 7 * S * K, tl.sum(a7, axis=0), mask=k_ok)
+
+
+def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
+    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
+    n, c, h, wd = x.shape
+    k, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8) or r > ROWS_MAX:
+        raise ValueError(f"fastconv: rows grad_weight needs ROWS in 1, 2, 4, 8 and R <= "
+                         f"{ROWS_MAX}; got ROWS={rows}, R={r}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    tiles = n * tiles_hw
+    cblocks = triton.cdiv(k, meta["BLOCK_C"])
+    split = max(1, min(tiles, programs // (cblocks * s)))
+    chunk = triton.cdiv(tiles, split)
+    split = triton.cdiv(tiles, chunk)
+    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+    part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
+    _dw_bwd_weight_rows_kernel[(s, split, cblocks)](
+        dy, x, part, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk,
+        *dy.stride(), *x.stride(), stride[1], padding[0], padding[2], dilation[1],
+        SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
+        **meta, **opts)
+    return part
+
+
+@triton.jit
+def _dw_wgrad_reduce_kernel(part_ptr, out_ptr, SPLIT, TAPS_K, K, TAPS, BLOCK: tl.constexpr):
+    """out[k, tap] = sum over split of part[split, tap, k], always in the same order."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # tap * K + k: contiguous in part
+    ok = e < TAPS_K
+    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
+    p = part_ptr
+    for _ in range(1, SPLIT):
+        p += TAPS_K  # pointer arithmetic is 64-bit
+        acc += tl.load(p + e, mask=ok, other=0.0)
+    tl.store(out_ptr + (e % K) * TAPS + e // K, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+WGRAD_REDUCE_BLOCK = 512
+
+
+def _reduce_partials(part, out):
+    """One kernel instead of sum + transpose-copy (two launches, ~3 us each in a graph)."""
+    split, taps, k = part.shape
+    _dw_wgrad_reduce_kernel[(triton.cdiv(taps * k, WGRAD_REDUCE_BLOCK),)](
+        part, out, split, taps * k, k, taps, BLOCK=WGRAD_REDUCE_BLOCK, num_warps=4)
+    return out
+
+
+# Rows tiles for grad_weight. P: programs per SM (the split of the pixel tiles); each
+# program writes one [R*S, BLOCK_C] partial, so more programs cost reduction traffic.
+WGRAD_ROWS_NCHW_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, P=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=32, BLOCK_C=1, P=8, num_warps=1, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4, P=4, num_warps=2, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=8, P=4, num_warps=2, num_stages=1),
+]
+WGRAD_ROWS_NHWC_CONFIGS = [
+    dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=32, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=4, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=4, num_stages=1),
+    dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=2, num_stages=1),
+]
+WGRAD_ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=4, P=1)
+# The tap-block tiles never beat these on the H200 layers (56 cases): not raced.
+_wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS,
+                                   WGRAD_ROWS_INTERPRET_CONFIG)
+_wgrad_tuner_rows_nhwc = TileTuner("dw_bwd_weight_rows_nhwc", WGRAD_ROWS_NHWC_CONFIGS,
+                                   WGRAD_ROWS_INTERPRET_CONFIG)
 _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
 _wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 
@@ -594,6 +1010,10 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
 
     def launch(cfg, dy, x):
         meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            programs = meta.pop("P") * sms
+            return _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64,
+                                      programs)
         split, chunk = plan(meta)
         part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
         grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
@@ -604,18 +1024,26 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
             R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
         return part
 
-    tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
+    if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
+        tuner = _wgrad_tuner_rows_nhwc if is_channels_last(x) else _wgrad_tuner_rows_nchw
+    else:
+        tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
     key = (f"{tuple(x.shape)}|{tuple(weight_size)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{x.dtype}|{'cl' if is_channels_last(x) else 'nchw'}"
            f"{'cl' if is_channels_last(dy) else 'nchw'}")
-    cfg = tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x),
-                     lambda cfg: (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
-                                  and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s)))
+    def prune(cfg):
+        if cfg.get("KIND") == "rows":
+            return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
+                    and cfg["ROWS"] <= max(2, triton.next_power_of_2(ho))
+                    and cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo)))
+        return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
+                and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s))
 
-    def run(dy, x):
+    def run_cfg(cfg, dy, x):
         part = launch(cfg, dy, x)
         # Fixed-order reduction over the split: the same bits on every run.
-        out = new_output(tuple(weight_size), x, False)
-        out.view(k, r * s).copy_(part.sum(0).t())
-        return out
-    return run
+        return _reduce_partials(part, new_output(tuple(weight_size), x, False))
+
+    # timed with its reduction: the split size trades partial traffic against parallelism
+    cfg = tuner.pick(key, x.device, lambda cfg: run_cfg(cfg, dy, x), prune)
+    return lambda dy, x: run_cfg(cfg, dy, x)

@@ -215,6 +215,77 @@ def test_depthwise_backward_dtypes(dtype):
     _check_backward("triton_depthwise", DW_CASES["k3_s2_mult2"], dtype, True)
 
 
+@pytest.fixture
+def force_dw_tiles(monkeypatch):
+    """force(fwd, bwd_input, bwd_weight): the interpreter runs each tuner's interpret_config,
+    so pointing those at other tiles covers the kernels and tile shapes that only the GPU
+    tuner would pick (plan caches are cleared so that no earlier plan is reused)."""
+    from fastconv.kernels import depthwise as dw
+
+    def clear():
+        for plans in (dw._fwd_plans, dw._bwd_input_plans, dw._bwd_weight_plans):
+            plans.clear()
+
+    def force(fwd, bwd_input, bwd_weight):
+        tuners = ((("_fwd_tuner_rows_nchw", "_fwd_tuner_rows_nhwc"), fwd),
+                  (("_bwd_input_tuner_rows_nchw", "_bwd_input_tuner_rows_nhwc"), bwd_input),
+                  (("_wgrad_tuner_rows_nchw", "_wgrad_tuner_rows_nhwc"), bwd_weight))
+        for names, cfg in tuners:
+            for name in names if cfg is not None else ():
+                monkeypatch.setattr(getattr(dw, name), "interpret_config", cfg)
+        clear()
+    yield force
+    clear()
+
+
+@pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
+@pytest.mark.parametrize("name,cl,rows,block_w,block_c,programs_per_sm", [
+    ("k3", False, 8, 4, 4, 8),          # 8 accumulators, several column/channel tiles, split
+    ("k7x3_s21", True, 8, 4, 2, 1),     # stride 2 down the rows, a 7x3 kernel
+    ("k5_dil2", False, 1, 16, 8, 1),    # one row per program, dilation 2
+], ids=["k3_rows8", "k7x3_s21_rows8", "k5_dil2_rows1"])
+def test_depthwise_rows_tiles(force_dw_tiles, name, cl, rows, block_w, block_c,
+                              programs_per_sm):
+    cfg = dict(KIND="rows", ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c)
+    force_dw_tiles(cfg, cfg, dict(cfg, P=programs_per_sm))
+    _check_backward("triton_depthwise", DW_CASES[name], torch.float32, cl, "relu")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_depthwise_tap_loop_kernels_small(force_dw_tiles, cl):
+    """The tap-loop kernels still race the rows kernels for small filters on the GPU."""
+    from fastconv.kernels import depthwise as dw
+    force_dw_tiles(dw.INTERPRET_CONFIG, dw.INTERPRET_CONFIG, dw.WGRAD_INTERPRET_CONFIG)
+    _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
+def test_depthwise_rows_large_kernel(force_dw_tiles, monkeypatch):
+    """13x13 on a 9x10 image (taps beyond UNROLL_TAPS): the rows tile of the large tuners."""
+    from fastconv.kernels import depthwise as dw
+    for name in ("_fwd_tuner_nchw", "_fwd_tuner_nhwc"):
+        monkeypatch.setattr(getattr(dw, name), "interpret_config",
+                            dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4))
+    force_dw_tiles(None, None, None)  # clears the plans
+    _check_forward("triton_depthwise", DW_CASES["k13"], torch.float32, True, "relu")
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_depthwise_int64_index_paths(force_dw_tiles, monkeypatch, cl):
+    """NEED_I64 branches of every depthwise kernel, on small tensors (the GPU test file
+    has a real 2^31-element tensor): offsets formed in int64 must give the same results."""
+    from fastconv.kernels import depthwise as dw
+    monkeypatch.setattr(dw, "needs_int64", lambda *tensors: True)
+    force_dw_tiles(None, None, None)  # clears the plans
+    _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
+
+
+def test_depthwise_backward_bf16_stride1():
+    """bf16 through the flipped-kernel grad_input and the rows grad_weight."""
+    _check_backward("triton_depthwise", DW_CASES["k3"], torch.bfloat16, True)
+
+
 def test_depthwise_grad_weight_is_deterministic():
     x = torch.randn(2, 8, 12, 12, device=DEVICE)
     dy = torch.randn(2, 8, 12, 12, device=DEVICE)
