@@ -26,8 +26,13 @@ import triton
 import triton.language as tl
 
 from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
-                      plan_key)
+                      dot_precision, interpreting, is_channels_last, launch_meta, mma,
+                      needs_int64, new_output, plan_key)
+
+try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
@@ -55,19 +60,64 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # --------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------
-FWD_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+# Candidate tiles per operand width. 16-bit: BLOCK_K=64 (128-byte rows, what the tensor
+# cores' shared-memory swizzle wants) and 3-4 stages; fp32 (TF32/IEEE): BLOCK_K=32, the
+# same row bytes. Small tiles stay in the list for narrow or short problems (ResNet's
+# 7x7/14x14 layers have too few 128x128 tiles to fill 132 SMs). The narrow-N tiles serve
+# grouped convs (Kg = 4..32).
+FWD_CONFIGS_16 = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
 ]
+FWD_CONFIGS_32 = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+]
+# 1x1/stride-1 channels_last convs are plain GEMMs [N*H*W, C] x [C, K]: their A and B
+# tiles can come through TMA descriptors (Hopper+), as a cuBLAS-class matmul does.
+TMA_CONFIGS_16 = [
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+]
+TMA_CONFIGS_32 = [
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+]
 INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
 # fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
 FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
+# Output tiles are visited in column groups of GROUP_M row tiles, so that programs running
+# at the same time share the same A rows and B columns in L2 (Triton's matmul tutorial).
+GROUP_M = 8
+
+
+@triton.jit
+def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Program id -> (row tile, column tile), GROUP row tiles per column sweep."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP * tiles_n
+    first_m = (pid // width) * GROUP
+    rows = tl.minimum(tiles_m - first_m, GROUP)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    return pid_m, pid_n
 
 
 @triton.jit
@@ -81,13 +131,10 @@ def _igemm_fwd_kernel(
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
     g = tl.program_id(1)
-    tiles_n = tl.cdiv(Kg, BLOCK_N)
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -114,26 +161,37 @@ def _igemm_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     rk = tl.arange(0, BLOCK_K)
 
-    if CHANNEL_BLOCKED:
-        for rs in range(R * S):
+    if PLAIN_GEMM:
+        # [N*H*W, C] x [C, K]: the pixel offsets are fixed, only the channel block moves.
+        a_row = x_row + p * sxw
+        for cb in range(0, Cg, BLOCK_K):
+            c = tl.multiple_of(cb, BLOCK_K) + rk
+            if NEED_I64:
+                c = c.to(tl.int64)
+            a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
+            b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED:
+        # One flat loop over (tap, channel block), channel block innermost: Triton pipelines
+        # only the innermost loop, and a loop per tap would drain the pipeline R*S times
+        # (with Cg == BLOCK_K it would not pipeline at all). Each K block lies in one tap,
+        # so the border mask is per pixel and the channel offsets a contiguous arange.
+        for kb in range(0, R * S * Cg, BLOCK_K):
+            rs = kb // Cg
+            cb = tl.multiple_of(kb - rs * Cg, BLOCK_K)
             r = rs // S
-            s = rs % S
-            if PLAIN_GEMM:
-                a_row = x_row + p * sxw
-                sp_ok = m_ok
-            else:
-                ih = ih0 + r * DH
-                iw = iw0 + s * DW
-                sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                a_row = x_row + ih * sxh + iw * sxw
-            b_col = w_col + r * swr + s * sws
-            for cb in range(0, Cg, BLOCK_K):
-                c = cb + rk
-                if NEED_I64:
-                    c = c.to(tl.int64)
-                a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
-                b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
-                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+            s = rs - r * S
+            ih = ih0 + r * DH
+            iw = iw0 + s * DW
+            sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c = cb + rk
+            if NEED_I64:
+                c = c.to(tl.int64)
+            a = tl.load((x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                        mask=sp_ok[:, None], other=0.0)
+            b = tl.load((w_col + r * swr + s * sws)[None, :] + c[:, None] * swc,
+                        mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
         KRED = Cg * R * S
         for kb in range(0, KRED, BLOCK_K):
@@ -161,7 +219,45 @@ def _igemm_fwd_kernel(
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
-_fwd_tuner = TileTuner("igemm_fwd", FWD_CONFIGS, INTERPRET_CONFIG)
+@triton.jit
+def _igemm_fwd_tma_kernel(
+    a_desc, b_desc, b_ptr, y_ptr,
+    HW, M, C, K, syn, syk, syw,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, NEED_I64: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """PLAIN_GEMM through TMA: a_desc is x as [N*H*W, C], b_desc the weight as [K, C]; the
+    descriptors zero-fill tiles past the matrix edges, so the loop has no masks."""
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for cb in range(0, C, BLOCK_K):
+        a = a_desc.load([pid_m * BLOCK_M, cb])
+        b = b_desc.load([pid_n * BLOCK_N, cb])
+        acc = mma(a, b.T, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    j_ok = offs_j < K
+    if NEED_I64:
+        offs_m = offs_m.to(tl.int64)
+        offs_j = offs_j.to(tl.int64)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
+        acc += bias[None, :]
+    acc = apply_activation(acc, ACT)
+    y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+
+
+# One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
+_fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + TMA_CONFIGS_16, INTERPRET_CONFIG),
+               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + TMA_CONFIGS_32, INTERPRET_CONFIG)}
+
+
+def _fwd_tuner(dtype):
+    return _fwd_tuners[16 if dtype in (torch.float16, torch.bfloat16) else 32]
 
 
 def _out_hw(h, w, r, s, stride, padding, dilation):
@@ -201,6 +297,28 @@ def _k_prune(kred, kg):
     return prune
 
 
+def _tma_device(device):
+    """TMA descriptors: Hopper and later, or the interpreter (which emulates them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return interpreting()
+
+
+def _tma_gemm_ok(x, w, groups, i64):
+    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
+    both need unit channel stride, dense rows and 16-byte aligned row strides."""
+    n, c, h, wd = x.shape
+    return (TensorDescriptor is not None and groups == 1 and not i64 and x.dtype != torch.float64 and _tma_device(x.device)
+            and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
+            and (n == 1 or x.stride(0) == h * wd * c)
+            and w.stride(1) == 1 and w.stride(0) == c
+            and (c * x.element_size()) % 16 == 0)
+
+
+def _aligned(*tensors):
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
 _fwd_plans = PlanCache()
 
 
@@ -234,24 +352,38 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
              and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
+    tma = plain and _tma_gemm_ok(x, w, groups, i64)
     dots = dot_args(x.dtype)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
-        blocked = cg % meta["BLOCK_K"] == 0
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
+        # the same tile through pointers.
+        if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
+            bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+            a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
+            b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
+            _igemm_fwd_tma_kernel[grid](
+                a_desc, b_desc, w if b is None else b, y, ho * wo, m, c, k,
+                y.stride(0), y.stride(1), y.stride(3), HAS_BIAS=b is not None, ACT=act,
+                NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
+            return
+        blocked = cg % meta["BLOCK_K"] == 0
         _igemm_fwd_kernel[grid](
             x, w, w if b is None else b, y, *geometry,
             R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-            PLAIN_GEMM=plain and blocked, NEED_I64=i64, **dots, **meta, **opts)
+            PLAIN_GEMM=plain and blocked, NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
     b0 = None if bias is None else bias.contiguous()
-    cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
-                _k_prune(cg * r * s, kg))
+    k_fits = _k_prune(cg * r * s, kg)
+    tma_now = tma and _aligned(x, w)
+    cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y),
+                lambda cfg: k_fits(cfg) and (cfg.get("KIND") != "tma" or tma_now))
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
@@ -265,7 +397,16 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 #   dX[m, c] = sum_{kk=(r,s,k)} dY[n, g*Kg+k, ho, wo] * w[g*Kg+k, c, r, s]
 #   with ho = (h + pt - r*dh) / sh when that divides exactly and lands in [0, Ho).
 # --------------------------------------------------------------------------------------
-BWD_INPUT_CONFIGS = FWD_CONFIGS
+BWD_INPUT_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+]
 
 
 @triton.jit
