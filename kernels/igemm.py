@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
+from ._common import (INT32_LIMIT, PlanCache, TileTuner, activation_code, apply_activation, dot_args,
                       dot_precision, interpreting, is_channels_last, launch_meta, mma,
                       needs_int64, new_output, plan_key)
 
@@ -125,16 +125,21 @@ def _igemm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     H, W, Ho, Wo, M, Cg, Kg,
     sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syh, syw,
-    SH, SW, PT, PL, DH, DW,
+    SH, SW, PT, PL, DH, DW, KCHUNK,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
     g = tl.program_id(1)
+    # SPLIT (split-K): program (., ., i) reduces kk in [i*KCHUNK, (i+1)*KCHUNK) only
+    # (KCHUNK a multiple of BLOCK_K) and writes fp32 partial sums; _splitk_reduce_kernel
+    # finishes. Without SPLIT, KCHUNK covers the whole reduction.
+    k_lo = tl.program_id(2) * KCHUNK
+    k_hi = tl.minimum(k_lo + KCHUNK, R * S * Cg)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -164,7 +169,7 @@ def _igemm_fwd_kernel(
     if PLAIN_GEMM:
         # [N*H*W, C] x [C, K]: the pixel offsets are fixed, only the channel block moves.
         a_row = x_row + p * sxw
-        for cb in range(0, Cg, BLOCK_K):
+        for cb in range(k_lo, k_hi, BLOCK_K):
             c = tl.multiple_of(cb, BLOCK_K) + rk
             if NEED_I64:
                 c = c.to(tl.int64)
@@ -176,7 +181,7 @@ def _igemm_fwd_kernel(
         # only the innermost loop, and a loop per tap would drain the pipeline R*S times
         # (with Cg == BLOCK_K it would not pipeline at all). Each K block lies in one tap,
         # so the border mask is per pixel and the channel offsets a contiguous arange.
-        for kb in range(0, R * S * Cg, BLOCK_K):
+        for kb in range(k_lo, k_hi, BLOCK_K):
             rs = kb // Cg
             cb = tl.multiple_of(kb - rs * Cg, BLOCK_K)
             r = rs // S
@@ -193,10 +198,9 @@ def _igemm_fwd_kernel(
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
-        KRED = Cg * R * S
-        for kb in range(0, KRED, BLOCK_K):
+        for kb in range(k_lo, k_hi, BLOCK_K):
             kk = kb + rk
-            k_ok = kk < KRED
+            k_ok = kk < k_hi
             c = kk % Cg
             rs = kk // Cg
             r = rs // S
@@ -211,28 +215,33 @@ def _igemm_fwd_kernel(
                         mask=k_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
 
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
-        acc += bias[None, :]
-    acc = apply_activation(acc, ACT)
-    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    if SPLIT:
+        _store_partial(y_ptr, acc, offs_m, kout, m_ok, j_ok, M, Kg * tl.num_programs(1))
+    else:
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
+            acc += bias[None, :]
+        acc = apply_activation(acc, ACT)
+        y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
+        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
 def _igemm_fwd_tma_kernel(
     a_desc, b_desc, b_ptr, y_ptr,
-    HW, M, C, K, syn, syk, syw,
+    HW, M, C, K, syn, syk, syw, KCHUNK,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr, NEED_I64: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
     """PLAIN_GEMM through TMA: a_desc is x as [N*H*W, C], b_desc the weight as [K, C]; the
     descriptors zero-fill tiles past the matrix edges, so the loop has no masks."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for cb in range(0, C, BLOCK_K):
+    k_lo = tl.program_id(2) * KCHUNK
+    k_hi = tl.minimum(k_lo + KCHUNK, C)
+    for cb in range(k_lo, k_hi, BLOCK_K):
         a = a_desc.load([pid_m * BLOCK_M, cb])
         b = b_desc.load([pid_n * BLOCK_N, cb])
         acc = mma(a, b.T, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -243,12 +252,51 @@ def _igemm_fwd_tma_kernel(
     if NEED_I64:
         offs_m = offs_m.to(tl.int64)
         offs_j = offs_j.to(tl.int64)
+    if SPLIT:
+        _store_partial(y_ptr, acc, offs_m, offs_j, m_ok, j_ok, M, K)
+    else:
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
+            acc += bias[None, :]
+        acc = apply_activation(acc, ACT)
+        y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
+        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+
+
+@triton.jit
+def _store_partial(part_ptr, acc, offs_m, kout, m_ok, j_ok, M, K):
+    """Split-K partial sums: part is fp32 [splits, M, K] (K = all output channels)."""
+    base = tl.program_id(2).to(tl.int64) * M * K
+    off = offs_m.to(tl.int64)[:, None] * K + kout[None, :]
+    tl.store(part_ptr + base + off, acc, mask=m_ok[:, None] & j_ok[None, :])
+
+
+@triton.jit
+def _splitk_reduce_kernel(
+    part_ptr, b_ptr, y_ptr, M, K, Ho, Wo, syn, syk, syh, syw, SPLITS,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NEED_I64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """y = act(sum over splits, in split order, + bias): deterministic, no atomics."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_j = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = (offs_m < M)[:, None] & (offs_j < K)[None, :]
+    off = offs_m.to(tl.int64)[:, None] * K + offs_j[None, :]
+    ptrs = part_ptr + off
+    acc = tl.load(ptrs, mask=ok, other=0.0)
+    for _ in range(1, SPLITS):
+        ptrs += M * K  # the host keeps splits * M * K within int32
+        acc += tl.load(ptrs, mask=ok, other=0.0)
     if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
-        acc += bias[None, :]
+        acc += tl.load(b_ptr + offs_j, mask=offs_j < K, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACT)
-    y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    n = offs_m // (Ho * Wo)
+    p = offs_m % (Ho * Wo)
+    if NEED_I64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    y_off = (n * syn + (p // Wo) * syh + (p % Wo) * syw)[:, None] + (offs_j * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 # One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
@@ -315,6 +363,22 @@ def _tma_gemm_ok(x, w, groups, i64):
             and (c * x.element_size()) % 16 == 0)
 
 
+SPLITK_MIN_BLOCKS = 4  # K blocks per split at least: shorter loops do not pipeline
+SPLITK_MAX = 8
+SPLITK_REDUCE_BLOCK = 64
+
+
+def _split_k(tiles, kred, block_k, sms, out_elems):
+    """(splits, chunk): enough splits of the reduction to fill the SMs once, when the
+    output tiles alone are fewer than the SMs (ResNet's 7x7 and 14x14 layers)."""
+    kblocks = triton.cdiv(kred, block_k)
+    splits = max(1, min(triton.cdiv(sms, tiles), kblocks // SPLITK_MIN_BLOCKS, SPLITK_MAX))
+    if tiles >= sms or splits == 1 or splits * out_elems > INT32_LIMIT:
+        return 1, kred
+    chunk = triton.cdiv(kblocks, splits) * block_k
+    return triton.cdiv(kred, chunk), chunk
+
+
 def _aligned(*tensors):
     return all(t.data_ptr() % 16 == 0 for t in tensors)
 
@@ -357,9 +421,18 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
+    kred = cg * r * s
+    sms = _num_sms(x.device)
+
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"])
+        splits, chunk = 1, kred
+        if meta.pop("SPLIT", False):
+            splits, chunk = _split_k(tiles * groups, kred, meta["BLOCK_K"], sms, m * k)
+        grid = (tiles, groups, splits)
+        out = y if splits == 1 else torch.empty((splits, m, k), device=y.device,
+                                                dtype=torch.float32)
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
         # the same tile through pointers.
         if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
@@ -367,23 +440,35 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
             a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
             b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
             _igemm_fwd_tma_kernel[grid](
-                a_desc, b_desc, w if b is None else b, y, ho * wo, m, c, k,
-                y.stride(0), y.stride(1), y.stride(3), HAS_BIAS=b is not None, ACT=act,
-                NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
-            return
-        blocked = cg % meta["BLOCK_K"] == 0
-        _igemm_fwd_kernel[grid](
-            x, w, w if b is None else b, y, *geometry,
-            R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-            PLAIN_GEMM=plain and blocked, NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
+                a_desc, b_desc, w if b is None else b, out, ho * wo, m, c, k,
+                y.stride(0), y.stride(1), y.stride(3), chunk, HAS_BIAS=b is not None, ACT=act,
+                NEED_I64=i64, SPLIT=splits > 1, GROUP=GROUP_M, **dots, **meta, **opts)
+        else:
+            blocked = cg % meta["BLOCK_K"] == 0
+            _igemm_fwd_kernel[grid](
+                x, w, w if b is None else b, out, *geometry, chunk,
+                R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
+                PLAIN_GEMM=plain and blocked, NEED_I64=i64, SPLIT=splits > 1, GROUP=GROUP_M,
+                **dots, **meta, **opts)
+        if splits > 1:
+            rb = SPLITK_REDUCE_BLOCK
+            _splitk_reduce_kernel[(triton.cdiv(m, rb), triton.cdiv(k, rb))](
+                out, w if b is None else b, y, m, k, ho, wo, *y.stride(), splits,
+                HAS_BIAS=b is not None, ACT=act, NEED_I64=i64, BLOCK_M=rb, BLOCK_N=rb)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(cg * r * s, kg)
     tma_now = tma and _aligned(x, w)
-    cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y),
-                lambda cfg: k_fits(cfg) and (cfg.get("KIND") != "tma" or tma_now))
+    def prune(cfg):
+        if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
+            return False
+        if cfg.get("SPLIT"):  # only where the tiles alone leave SMs idle
+            tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(kg, cfg["BLOCK_N"]) * groups
+            return _split_k(tiles, kred, cfg["BLOCK_K"], sms, m * k)[0] > 1
+        return True
+    cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y), prune)
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
