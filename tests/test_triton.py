@@ -127,6 +127,74 @@ def test_mixed_layouts_follow_pytorch_rule():
     assert rel_err(out2, ref_conv(x, w[:, :1], None, 1, 1, 1, 8)) < TOL[torch.float32]
 
 
+# The forward's other tile kinds: split-K (partial sums + a fixed-order reduction) and the
+# TMA-descriptor plain GEMM. The interpreter runs one fixed tile, so each test forces it.
+IGEMM_KIND_CASES = {
+    "blocked_grouped": IGEMM_CASES["grouped_blocked"],           # Cg=32: channel-blocked loop
+    "generic_deep": ((1, 24, 5, 5), (16, 24, 3, 3), 1, 1, 1, 1),  # Cg=24: flattened loop
+    "plain_deep": ((1, 128, 3, 5), (24, 128, 1, 1), 1, 0, 1, 1),  # 1x1: plain GEMM
+    "plain_short": IGEMM_CASES["plain1x1"],
+}
+KIND_TILES = {"split": dict(SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+              "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+              "tma_split": dict(KIND="tma", SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
+
+
+@pytest.fixture
+def igemm_tile(monkeypatch):
+    """force(kind): the next igemm forward plans use KIND_TILES[kind] with 64 SMs (so that
+    tiny problems split); returns a log of (splits, used_tma) per launch."""
+    from fastconv.kernels import igemm
+    log = []
+
+    def force(kind):
+        for tuner in igemm._fwd_tuners.values():
+            monkeypatch.setattr(tuner, "interpret_config", KIND_TILES[kind])
+            monkeypatch.setattr(tuner, "configs", [KIND_TILES[kind]])
+        monkeypatch.setattr(igemm, "_num_sms", lambda device: 64)
+        split_k = igemm._split_k
+        monkeypatch.setattr(igemm, "_split_k", lambda *a: log.append(split_k(*a)) or log[-1])
+        tma_kernel = igemm._igemm_fwd_tma_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                log.append("tma")
+                return tma_kernel[grid]
+        monkeypatch.setattr(igemm, "_igemm_fwd_tma_kernel", Spy())
+        igemm._fwd_plans.clear()
+        return log
+    yield force
+    igemm._fwd_plans.clear()
+
+
+@pytest.mark.parametrize("kind", list(KIND_TILES))
+@pytest.mark.parametrize("name", list(IGEMM_KIND_CASES))
+def test_igemm_forward_tile_kinds(igemm_tile, kind, name):
+    log = igemm_tile(kind)
+    cl = kind.startswith("tma")
+    _check_forward("triton_igemm", IGEMM_KIND_CASES[name], torch.float32, cl, "relu")
+    # The forced kind really ran where it applies: TMA on 1x1 channels_last (any other
+    # conv takes the pointer kernel), split-K wherever the reduction has >= 8 blocks.
+    assert ("tma" in log) == (cl and name.startswith("plain"))
+    splits = max([s for s, _ in (e for e in log if e != "tma")], default=1)
+    assert (splits > 1) == (kind.endswith("split") and name != "plain_short")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_igemm_tma_16bit_and_misaligned_view(igemm_tile, dtype):
+    """16-bit TMA tiles; and a view that starts off the 16-byte grid falls back to pointers."""
+    log = igemm_tile("tma")
+    _check_forward("triton_igemm", IGEMM_KIND_CASES["plain_deep"], dtype, True)
+    assert log == ["tma"]
+    xs, ws = (1, 128, 3, 5), (24, 128, 1, 1)
+    flat = torch.randn(1 + 3 * 5 * 128, dtype=torch.float64).to(dtype).to(DEVICE)
+    x = flat[1:].view(1, 3, 5, 128).permute(0, 3, 1, 2)  # channels_last, 2-byte aligned
+    w = layout(torch.randn(ws, dtype=torch.float64).to(dtype), True).to(DEVICE)
+    log.clear()
+    out = fastconv.conv2d(x, w, algo="triton_igemm")
+    assert log == [] and rel_err(out, ref_conv(x, w, None, 1, 0, 1, 1)) < TOL[dtype]
+
+
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 def test_tf32_flag(tf32):
     """cudnn.allow_tf32 picks the dot precision. IEEE must be exact to fp32 rounding; TF32
