@@ -533,24 +533,26 @@ def _igemm_bwd_input_kernel(
     rk = tl.arange(0, BLOCK_K)
 
     if CHANNEL_BLOCKED:
-        for rs in range(R * S):
+        # One flat loop over (tap, channel block), as in the forward: Triton pipelines it.
+        for kq in range(0, R * S * Kg, BLOCK_K):
+            rs = kq // Kg
+            kb = tl.multiple_of(kq - rs * Kg, BLOCK_K)
             r = rs // S
-            s = rs % S
+            s = rs - r * S
             th = ih + PT - r * DH
             tw = iw + PL - s * DW
             oh = th // SH
             ow = tw // SW
             sp_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
                      & (oh < Ho) & (ow < Wo))
-            a_row = dy_row + oh * syh + ow * syw
-            b_col = w_col + r * swr + s * sws
-            for kb in range(0, Kg, BLOCK_K):
-                kk = kb + rk
-                if NEED_I64:
-                    kk = kk.to(tl.int64)
-                a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
-                b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
-                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+            kk = kb + rk
+            if NEED_I64:
+                kk = kk.to(tl.int64)
+            a = tl.load((dy_row + oh * syh + ow * syw)[:, None] + kk[None, :] * syk,
+                        mask=sp_ok[:, None], other=0.0)
+            b = tl.load((w_col + r * swr + s * sws)[None, :] + kk[:, None] * swk,
+                        mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
         KRED = Kg * R * S
         for kb in range(0, KRED, BLOCK_K):
@@ -654,7 +656,7 @@ def _igemm_bwd_weight_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, TAP_BLOCKED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -694,11 +696,21 @@ def _igemm_bwd_weight_kernel(
             ow = ow.to(tl.int64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
-        ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
-        iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
-        b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
-                    mask=b_ok, other=0.0)
+        if TAP_BLOCKED:
+            # BLOCK_N divides Cg: the tile's columns share one tap, so the border mask is
+            # per pixel and the channels a contiguous run (vector loads in channels_last).
+            rs0 = (pid_n * BLOCK_N) // Cg
+            ih1 = oh * SH - PT + (rs0 // S) * DH
+            iw1 = ow * SW - PL + (rs0 % S) * DW
+            b_ok = q_ok & (ih1 >= 0) & (ih1 < H) & (iw1 >= 0) & (iw1 < W)
+            b = tl.load((x_ptr + n * sxn + ih1 * sxh + iw1 * sxw)[:, None] + (cin * sxc)[None, :],
+                        mask=b_ok[:, None], other=0.0)
+        else:
+            ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
+            iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
+            b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
+                        mask=b_ok, other=0.0)
         acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     # partial buffer [SPLIT, K, Cg, R, S] (contiguous, the weight's own order)
     w_off = (kout * JRED)[:, None] + (c * (R * S) + rs)[None, :]
@@ -764,7 +776,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
         _igemm_bwd_weight_kernel[grid](
             dy, x, part, *geometry, chunk, *strides,
-            R=r, S=s, NEED_I64=i64, **dots, **meta, **opts)
+            R=r, S=s, NEED_I64=i64, TAP_BLOCKED=cg % meta["BLOCK_N"] == 0, **dots, **meta,
+            **opts)
         return part
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
