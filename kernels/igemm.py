@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_LIMIT, PlanCache, TileTuner, activation_code, apply_activation, dot_args,
+from ._common import (INT32_LIMIT, TORCH_TO_TL, PlanCache, TileTuner, activation_code, apply_activation, dot_args,
                       dot_precision, interpreting, is_channels_last, launch_meta, mma,
                       needs_int64, new_output, plan_key)
 
@@ -129,7 +129,7 @@ def _igemm_fwd_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr, NESTED: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
@@ -176,6 +176,24 @@ def _igemm_fwd_kernel(
             a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
             b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED and NESTED:
+        # Taps outer, channel blocks inner (no split-K): the pixel offsets and border mask
+        # are computed once per tap.
+        for rs in range(R * S):
+            r = rs // S
+            s = rs % S
+            ih = ih0 + r * DH
+            iw = iw0 + s * DW
+            sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_row = x_row + ih * sxh + iw * sxw
+            b_col = w_col + r * swr + s * sws
+            for cb in range(0, Cg, BLOCK_K):
+                c = cb + rk
+                if NEED_I64:
+                    c = c.to(tl.int64)
+                a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
+                b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
+                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
         # One flat loop over (tap, channel block), channel block innermost: Triton pipelines
         # only the innermost loop, and a loop per tap would drain the pipeline R*S times
@@ -228,39 +246,58 @@ def _igemm_fwd_kernel(
 
 @triton.jit
 def _igemm_fwd_tma_kernel(
-    a_desc, b_desc, b_ptr, y_ptr,
-    HW, M, C, K, syn, syk, syw, KCHUNK,
+    a_desc, b_desc, b_ptr, y,
+    H, W, M, C, K, PT, PL, DH, DW, syn, syk, syw, KCHUNK,
+    R: tl.constexpr, S: tl.constexpr, TAP_MASK: tl.constexpr, Y_TMA: tl.constexpr,
+    OUT_DTYPE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, NEED_I64: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
-    """PLAIN_GEMM through TMA: a_desc is x as [N*H*W, C], b_desc the weight as [K, C]; the
-    descriptors zero-fill tiles past the matrix edges, so the loop has no masks."""
+    """Stride-1 convs whose output grid is the input grid (1x1, 3x3 pad 1, ...) on dense
+    channels_last tensors, every tile through TMA. x is the matrix [N*H*W, C], so tap (r, s)
+    of output pixel m is row m + dh*W + dw of it (dh = r*DH - PT, dw = s*DW - PL) whenever
+    that pixel lies inside the image: one shifted [BLOCK_M, BLOCK_K] box per K step. Rows
+    past the matrix come back zero from the descriptor; rows that wrapped around an image
+    border are zeroed after the load (TAP_MASK). w is the matrix [K, R*S*C]; y, with Y_TMA,
+    the matrix [N*H*W, K]."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    p = offs_m % (H * W)
+    oh = p // W
+    ow = p % W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     k_lo = tl.program_id(2) * KCHUNK
-    k_hi = tl.minimum(k_lo + KCHUNK, C)
-    for cb in range(k_lo, k_hi, BLOCK_K):
-        a = a_desc.load([pid_m * BLOCK_M, cb])
-        b = b_desc.load([pid_n * BLOCK_N, cb])
+    k_hi = tl.minimum(k_lo + KCHUNK, R * S * C)
+    for kb in range(k_lo, k_hi, BLOCK_K):
+        rs = kb // C
+        cb = kb - rs * C
+        r = rs // S
+        dh = r * DH - PT
+        dw = (rs - r * S) * DW - PL
+        a = a_desc.load([m0 + dh * W + dw, cb])
+        if TAP_MASK:
+            ok = (oh + dh >= 0) & (oh + dh < H) & (ow + dw >= 0) & (ow + dw < W)
+            a = tl.where(ok[:, None], a, tl.zeros_like(a))
+        b = b_desc.load([n0, kb])
         acc = mma(a, b.T, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = n0 + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     j_ok = offs_j < K
-    if NEED_I64:
-        offs_m = offs_m.to(tl.int64)
-        offs_j = offs_j.to(tl.int64)
     if SPLIT:
-        _store_partial(y_ptr, acc, offs_m, offs_j, m_ok, j_ok, M, K)
+        _store_partial(y, acc, offs_m, offs_j, m_ok, j_ok, M, K)
     else:
         if HAS_BIAS:
             bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
             acc += bias[None, :]
         acc = apply_activation(acc, ACT)
-        y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
-        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+        if Y_TMA:
+            y.store([m0, n0], acc.to(OUT_DTYPE))
+        else:
+            y_off = ((offs_m // (H * W)) * syn + p * syw)[:, None] + (offs_j * syk)[None, :]
+            tl.store(y + y_off, acc.to(OUT_DTYPE), mask=m_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
@@ -352,15 +389,29 @@ def _tma_device(device):
     return interpreting()
 
 
-def _tma_gemm_ok(x, w, groups, i64):
-    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
-    both need unit channel stride, dense rows and 16-byte aligned row strides."""
+def _tma_ok(x, w, stride, padding, dilation, groups, out_hw, i64):
+    """Every tile through TMA (_igemm_fwd_tma_kernel): stride 1 with the output grid equal
+    to the input grid (so a tap is a constant row shift of the pixel matrix), dense
+    channels_last x ([N*H*W, C]) and w ([K, R*S*C]), 16-byte aligned row strides."""
     n, c, h, wd = x.shape
-    return (TensorDescriptor is not None and groups == 1 and not i64 and x.dtype != torch.float64 and _tma_device(x.device)
+    k, _, r, s = w.shape
+    return (TensorDescriptor is not None and groups == 1 and not i64
+            and x.dtype != torch.float64 and _tma_device(x.device)
+            and tuple(stride) == (1, 1) and tuple(out_hw) == (h, wd)
+            and padding[0] + padding[1] == dilation[0] * (r - 1)
+            and padding[2] + padding[3] == dilation[1] * (s - 1)
             and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
             and (n == 1 or x.stride(0) == h * wd * c)
-            and w.stride(1) == 1 and w.stride(0) == c
+            and w.stride(1) == 1 and (s == 1 or w.stride(3) == c)
+            and (r == 1 or w.stride(2) == s * c) and (k == 1 or w.stride(0) == r * s * c)
             and (c * x.element_size()) % 16 == 0)
+
+
+def _tma_store_ok(y):
+    """y as the matrix [N*Ho*Wo, K] (channels_last, or 1x1 pixels), rows 16-byte aligned."""
+    n, k, ho, wo = y.shape
+    return (y.stride(1) == 1 and y.stride(3) == k and y.stride(2) == wo * k
+            and (n == 1 or y.stride(0) == ho * wo * k) and (k * y.element_size()) % 16 == 0)
 
 
 SPLITK_MIN_BLOCKS = 4  # K blocks per split at least: shorter loops do not pipeline
@@ -416,7 +467,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
              and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
-    tma = plain and _tma_gemm_ok(x, w, groups, i64)
+    tma = _tma_ok(x, w, stride, padding, dilation, groups, (ho, wo), i64)
+    y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
@@ -428,28 +480,35 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         meta, opts = launch_meta(cfg)
         tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"])
         splits, chunk = 1, kred
-        if meta.pop("SPLIT", False):
+        nested = meta.pop("NESTED", False)  # taps-outer loop; it does not split K
+        if meta.pop("SPLIT", False) and not nested:
             splits, chunk = _split_k(tiles * groups, kred, meta["BLOCK_K"], sms, m * k)
         grid = (tiles, groups, splits)
         out = y if splits == 1 else torch.empty((splits, m, k), device=y.device,
                                                 dtype=torch.float32)
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
         # the same tile through pointers.
-        if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
+        if cfg.get("KIND") == "tma" and tma and c % meta["BLOCK_K"] == 0 and _aligned(x, w):
+            # (each K block must lie in one tap: channel blocks do not straddle taps)
             bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
-            a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
-            b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
+            a_desc = TensorDescriptor(x, [n * h * wd, c], [c, 1], [bm, bk])
+            b_desc = TensorDescriptor(w, [k, kred], [kred, 1], [bn, bk])
+            store_tma = splits == 1 and y_tma and _aligned(y)
+            y_arg = TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else out
             _igemm_fwd_tma_kernel[grid](
-                a_desc, b_desc, w if b is None else b, out, ho * wo, m, c, k,
-                y.stride(0), y.stride(1), y.stride(3), chunk, HAS_BIAS=b is not None, ACT=act,
-                NEED_I64=i64, SPLIT=splits > 1, GROUP=GROUP_M, **dots, **meta, **opts)
+                a_desc, b_desc, w if b is None else b, y_arg, h, wd, m, c, k,
+                padding[0], padding[2], dilation[0], dilation[1],
+                y.stride(0), y.stride(1), y.stride(3), chunk,
+                R=r, S=s, TAP_MASK=r * s > 1, Y_TMA=store_tma,
+                OUT_DTYPE=TORCH_TO_TL[out.dtype], HAS_BIAS=b is not None, ACT=act,
+                SPLIT=splits > 1, GROUP=GROUP_M, **dots, **meta, **opts)
         else:
             blocked = cg % meta["BLOCK_K"] == 0
             _igemm_fwd_kernel[grid](
                 x, w, w if b is None else b, out, *geometry, chunk,
                 R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-                PLAIN_GEMM=plain and blocked, NEED_I64=i64, SPLIT=splits > 1, GROUP=GROUP_M,
-                **dots, **meta, **opts)
+                PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64, SPLIT=splits > 1,
+                GROUP=GROUP_M, **dots, **meta, **opts)
         if splits > 1:
             rb = SPLITK_REDUCE_BLOCK
             _splitk_reduce_kernel[(triton.cdiv(m, rb), triton.cdiv(k, rb))](
@@ -461,8 +520,10 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(cg * r * s, kg)
     tma_now = tma and _aligned(x, w)
+
     def prune(cfg):
-        if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
+        if not k_fits(cfg) or (cfg.get("KIND") == "tma"
+                               and not (tma_now and c % cfg["BLOCK_K"] == 0)):
             return False
         if cfg.get("SPLIT"):  # only where the tiles alone leave SMs idle
             tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(kg, cfg["BLOCK_N"]) * groups

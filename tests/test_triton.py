@@ -134,8 +134,12 @@ IGEMM_KIND_CASES = {
     "generic_deep": ((1, 24, 5, 5), (16, 24, 3, 3), 1, 1, 1, 1),  # Cg=24: flattened loop
     "plain_deep": ((1, 128, 3, 5), (24, 128, 1, 1), 1, 0, 1, 1),  # 1x1: plain GEMM
     "plain_short": IGEMM_CASES["plain1x1"],
+    "taps_same": ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1),     # 3x3 as shifted TMA rows
+    "taps_dilated": ((1, 16, 7, 6), (8, 16, 3, 3), 1, 2, 2, 1),
 }
+TMA_CASES = ("plain_deep", "plain_short", "taps_same", "taps_dilated")  # C % 16 == 0, same grid
 KIND_TILES = {"split": dict(SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+              "nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
               "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
               "tma_split": dict(KIND="tma", SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
 
@@ -173,9 +177,9 @@ def test_igemm_forward_tile_kinds(igemm_tile, kind, name):
     log = igemm_tile(kind)
     cl = kind.startswith("tma")
     _check_forward("triton_igemm", IGEMM_KIND_CASES[name], torch.float32, cl, "relu")
-    # The forced kind really ran where it applies: TMA on 1x1 channels_last (any other
-    # conv takes the pointer kernel), split-K wherever the reduction has >= 8 blocks.
-    assert ("tma" in log) == (cl and name.startswith("plain"))
+    # The forced kind really ran where it applies: TMA on stride-1 same-grid channels_last
+    # convs (others take the pointer kernel), split-K wherever the reduction has >= 8 blocks.
+    assert ("tma" in log) == (cl and name in TMA_CASES)
     splits = max([s for s, _ in (e for e in log if e != "tma")], default=1)
     assert (splits > 1) == (kind.endswith("split") and name != "plain_short")
 
