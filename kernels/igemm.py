@@ -9,13 +9,22 @@ Forward as a GEMM per group g:  Y[m, j] = sum_kk A[m, kk] * B[kk, j]
 A is never materialized (no im2col buffer): each tile is gathered straight from the input
 through its strides, so NCHW and channels_last are both read in place.
 
-Two reduction loops:
-  * CHANNEL_BLOCKED (Cg % BLOCK_K == 0): taps outer, channel blocks inner; the image-border
-    mask depends on the pixel only, and the channel offsets are a plain arange.
+Forward reduction loops (pointer kernel):
+  * CHANNEL_BLOCKED (Cg % BLOCK_K == 0): K blocks never straddle a tap, so the image-border
+    mask depends on the pixel only and the channel offsets are a plain arange. Either one
+    flat loop over (tap, channel block) -- the form Triton's software pipeliner overlaps
+    best when Cg is small -- or (NESTED tiles) taps outer, channel blocks inner.
   * flattened (any Cg, e.g. ResNeXt's 4 channels per group or a 3-channel stem): kk is
     decomposed per tile into (r, s, c).
 PLAIN_GEMM (1x1, stride 1, no padding, dense pixels) drops the spatial decomposition: the
 input is read as the matrix [N, C, H*W] / [N, H*W, C].
+TMA kernel (Hopper+, KIND="tma" tiles): a stride-1 conv whose output grid is its input grid
+(1x1, 3x3 pad 1, ...) on dense channels_last tensors reads x as the matrix [N*H*W, C]; tap
+(r, s) is then a constant row shift of it, one TMA box per K step, with the rows that
+wrapped around an image border zeroed in registers. The weight is the matrix [K, R*S*C];
+the output is written through a descriptor too.
+Split-K (SPLIT tiles), for layers with fewer output tiles than SMs: programs reduce slices
+of K into an fp32 buffer that _splitk_reduce_kernel sums in a fixed order (deterministic).
 fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
 path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
 """
