@@ -34,9 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_LIMIT, TORCH_TO_TL, PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, interpreting, is_channels_last, launch_meta, mma,
-                      needs_int64, new_output, plan_key)
+from ._common import (INT32_LIMIT, TORCH_TO_TL, PlanCache, TileTuner, activation_code,
+                      apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
+                      launch_meta, mma, needs_int64, new_output, plan_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
