@@ -18,13 +18,8 @@ Forward reduction loops (pointer kernel):
     decomposed per tile into (r, s, c).
 PLAIN_GEMM (1x1, stride 1, no padding, dense pixels) drops the spatial decomposition: the
 input is read as the matrix [N, C, H*W] / [N, H*W, C].
-TMA kernel (Hopper+, KIND="tma" tiles): a stride-1 conv whose output grid is its input grid
-(1x1, 3x3 pad 1, ...) on dense channels_last tensors reads x as the matrix [N*H*W, C]; tap
-(r, s) is then a constant row shift of it, one TMA box per K step, with the rows that
-wrapped around an image border zeroed in registers. The weight is the matrix [K, R*S*C];
-the output is written through a descriptor too.
-Split-K (SPLIT tiles), for layers with fewer output tiles than SMs: programs reduce slices
-of K into an fp32 buffer that _splitk_reduce_kernel sums in a fixed order (deterministic).
+TMA kernel (Hopper+, KIND="tma" tiles): the plain GEMM of a dense channels_last 1x1 conv
+with every tile (x as [N*H*W, C], w as [K, C], y as [N*H*W, K]) moved by TMA descriptors.
 fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
 path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
 """
@@ -34,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_LIMIT, TORCH_TO_TL, PlanCache, TileTuner, activation_code,
+from ._common import (TORCH_TO_TL, PlanCache, TileTuner, activation_code,
                       apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
                       launch_meta, mma, needs_int64, new_output, plan_key)
 
@@ -69,45 +64,39 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # --------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------
-# Candidate tiles per operand width. 16-bit: BLOCK_K=64 (128-byte rows, what the tensor
-# cores' shared-memory swizzle wants) and 3-4 stages; fp32 (TF32/IEEE): BLOCK_K=32, the
-# same row bytes. Small tiles stay in the list for narrow or short problems (ResNet's
-# 7x7/14x14 layers have too few 128x128 tiles to fill 132 SMs). The narrow-N tiles serve
-# grouped convs (Kg = 4..32).
+# Tile lists per operand width, chosen on an H200 (triton 3.6, batch 32, channels_last):
+# each of the 23 ResNet-50 layers timed with ~30 candidates in one run; these 8 per width
+# are a greedy subset whose per-layer best is within 0.5% (geomean) of the best of all
+# (benchmarks/results/nvidia-h200/igemm_sweep/). NESTED tiles won the 3x3s with Cg >= 128
+# and the strided 1x1s; flat ones the 3x3 with Cg = 64, the stem and the plain 1x1s that
+# TMA does not cover; TMA ones most plain 1x1s. Narrow tiles serve grouped convs (Kg < 64).
 FWD_CONFIGS_16 = [
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
-    dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(NESTED=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    dict(NESTED=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 FWD_CONFIGS_32 = [
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
-    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(NESTED=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(NESTED=True, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(NESTED=True, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+]
+NARROW_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
 ]
-# 1x1/stride-1 channels_last convs are plain GEMMs [N*H*W, C] x [C, K]: their A and B
-# tiles can come through TMA descriptors (Hopper+), as a cuBLAS-class matmul does.
-TMA_CONFIGS_16 = [
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-    dict(KIND="tma", BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-]
-TMA_CONFIGS_32 = [
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=3),
-    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(KIND="tma", BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-]
+NARROW_N = 64          # tiles narrower than this only where Kg < NARROW_N
+SHORT_K_STAGES = 2     # 2-stage tiles only for reductions of <= 2 blocks (e.g. C = 64 1x1)
 INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
 # fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
 FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
@@ -134,21 +123,16 @@ def _igemm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     H, W, Ho, Wo, M, Cg, Kg,
     sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syh, syw,
-    SH, SW, PT, PL, DH, DW, KCHUNK,
+    SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr, NESTED: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
     g = tl.program_id(1)
-    # SPLIT (split-K): program (., ., i) reduces kk in [i*KCHUNK, (i+1)*KCHUNK) only
-    # (KCHUNK a multiple of BLOCK_K) and writes fp32 partial sums; _splitk_reduce_kernel
-    # finishes. Without SPLIT, KCHUNK covers the whole reduction.
-    k_lo = tl.program_id(2) * KCHUNK
-    k_hi = tl.minimum(k_lo + KCHUNK, R * S * Cg)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -178,16 +162,16 @@ def _igemm_fwd_kernel(
     if PLAIN_GEMM:
         # [N*H*W, C] x [C, K]: the pixel offsets are fixed, only the channel block moves.
         a_row = x_row + p * sxw
-        for cb in range(k_lo, k_hi, BLOCK_K):
-            c = tl.multiple_of(cb, BLOCK_K) + rk
+        for cb in range(0, Cg, BLOCK_K):
+            c = cb + rk
             if NEED_I64:
                 c = c.to(tl.int64)
             a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
             b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED and NESTED:
-        # Taps outer, channel blocks inner (no split-K): the pixel offsets and border mask
-        # are computed once per tap.
+        # Taps outer, channel blocks inner: the pixel offsets and border mask are computed
+        # once per tap. Best where each tap has several channel blocks (Cg >= 4 blocks).
         for rs in range(R * S):
             r = rs // S
             s = rs % S
@@ -204,11 +188,9 @@ def _igemm_fwd_kernel(
                 b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
-        # One flat loop over (tap, channel block), channel block innermost: Triton pipelines
-        # only the innermost loop, and a loop per tap would drain the pipeline R*S times
-        # (with Cg == BLOCK_K it would not pipeline at all). Each K block lies in one tap,
-        # so the border mask is per pixel and the channel offsets a contiguous arange.
-        for kb in range(k_lo, k_hi, BLOCK_K):
+        # One flat loop over (tap, channel block), channel block innermost: with one or two
+        # channel blocks per tap (Cg = 64) the nested loop hardly pipelines; this one does.
+        for kb in range(0, R * S * Cg, BLOCK_K):
             rs = kb // Cg
             cb = tl.multiple_of(kb - rs * Cg, BLOCK_K)
             r = rs // S
@@ -225,9 +207,10 @@ def _igemm_fwd_kernel(
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
-        for kb in range(k_lo, k_hi, BLOCK_K):
+        KRED = Cg * R * S
+        for kb in range(0, KRED, BLOCK_K):
             kk = kb + rk
-            k_ok = kk < k_hi
+            k_ok = kk < KRED
             c = kk % Cg
             rs = kk // Cg
             r = rs // S
@@ -242,112 +225,51 @@ def _igemm_fwd_kernel(
                         mask=k_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
 
-    if SPLIT:
-        _store_partial(y_ptr, acc, offs_m, kout, m_ok, j_ok, M, Kg * tl.num_programs(1))
-    else:
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
-            acc += bias[None, :]
-        acc = apply_activation(acc, ACT)
-        y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
-        tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
+        acc += bias[None, :]
+    acc = apply_activation(acc, ACT)
+    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
 def _igemm_fwd_tma_kernel(
     a_desc, b_desc, b_ptr, y,
-    H, W, M, C, K, PT, PL, DH, DW, syn, syk, syw, KCHUNK,
-    R: tl.constexpr, S: tl.constexpr, TAP_MASK: tl.constexpr, Y_TMA: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
+    HW, M, C, K, syn, syk, syw,
+    Y_TMA: tl.constexpr, OUT_DTYPE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
-    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
-    """Stride-1 convs whose output grid is the input grid (1x1, 3x3 pad 1, ...) on dense
-    channels_last tensors, every tile through TMA. x is the matrix [N*H*W, C], so tap (r, s)
-    of output pixel m is row m + dh*W + dw of it (dh = r*DH - PT, dw = s*DW - PL) whenever
-    that pixel lies inside the image: one shifted [BLOCK_M, BLOCK_K] box per K step. Rows
-    past the matrix come back zero from the descriptor; rows that wrapped around an image
-    border are zeroed after the load (TAP_MASK). w is the matrix [K, R*S*C]; y, with Y_TMA,
-    the matrix [N*H*W, K]."""
+    """PLAIN_GEMM through TMA (Hopper+): a_desc is x as the matrix [N*H*W, C], b_desc the
+    weight as [K, C], and y (with Y_TMA) the output as [N*H*W, K]. The descriptors zero-fill
+    loads past the matrix edges and clip stores, so the loop has no masks."""
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP)
     m0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    p = offs_m % (H * W)
-    oh = p // W
-    ow = p % W
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    k_lo = tl.program_id(2) * KCHUNK
-    k_hi = tl.minimum(k_lo + KCHUNK, R * S * C)
-    for kb in range(k_lo, k_hi, BLOCK_K):
-        rs = kb // C
-        cb = kb - rs * C
-        r = rs // S
-        dh = r * DH - PT
-        dw = (rs - r * S) * DW - PL
-        a = a_desc.load([m0 + dh * W + dw, cb])
-        if TAP_MASK:
-            ok = (oh + dh >= 0) & (oh + dh < H) & (ow + dw >= 0) & (ow + dw < W)
-            a = tl.where(ok[:, None], a, tl.zeros_like(a))
-        b = b_desc.load([n0, kb])
+    for cb in range(0, C, BLOCK_K):
+        a = a_desc.load([m0, cb])
+        b = b_desc.load([n0, cb])
         acc = mma(a, b.T, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_j = n0 + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
     j_ok = offs_j < K
-    if SPLIT:
-        _store_partial(y, acc, offs_m, offs_j, m_ok, j_ok, M, K)
-    else:
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
-            acc += bias[None, :]
-        acc = apply_activation(acc, ACT)
-        if Y_TMA:
-            y.store([m0, n0], acc.to(OUT_DTYPE))
-        else:
-            y_off = ((offs_m // (H * W)) * syn + p * syw)[:, None] + (offs_j * syk)[None, :]
-            tl.store(y + y_off, acc.to(OUT_DTYPE), mask=m_ok[:, None] & j_ok[None, :])
-
-
-@triton.jit
-def _store_partial(part_ptr, acc, offs_m, kout, m_ok, j_ok, M, K):
-    """Split-K partial sums: part is fp32 [splits, M, K] (K = all output channels)."""
-    base = tl.program_id(2).to(tl.int64) * M * K
-    off = offs_m.to(tl.int64)[:, None] * K + kout[None, :]
-    tl.store(part_ptr + base + off, acc, mask=m_ok[:, None] & j_ok[None, :])
-
-
-@triton.jit
-def _splitk_reduce_kernel(
-    part_ptr, b_ptr, y_ptr, M, K, Ho, Wo, syn, syk, syh, syw, SPLITS,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, NEED_I64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """y = act(sum over splits, in split order, + bias): deterministic, no atomics."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_j = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ok = (offs_m < M)[:, None] & (offs_j < K)[None, :]
-    off = offs_m.to(tl.int64)[:, None] * K + offs_j[None, :]
-    ptrs = part_ptr + off
-    acc = tl.load(ptrs, mask=ok, other=0.0)
-    for _ in range(1, SPLITS):
-        ptrs += M * K  # the host keeps splits * M * K within int32
-        acc += tl.load(ptrs, mask=ok, other=0.0)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_j, mask=offs_j < K, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
+        acc += bias[None, :]
     acc = apply_activation(acc, ACT)
-    n = offs_m // (Ho * Wo)
-    p = offs_m % (Ho * Wo)
-    if NEED_I64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    y_off = (n * syn + (p // Wo) * syh + (p % Wo) * syw)[:, None] + (offs_j * syk)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=ok)
+    if Y_TMA:
+        y.store([m0, n0], acc.to(OUT_DTYPE))
+    else:
+        y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
+        tl.store(y + y_off, acc.to(OUT_DTYPE), mask=(offs_m < M)[:, None] & j_ok[None, :])
 
 
 # One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
-_fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + TMA_CONFIGS_16, INTERPRET_CONFIG),
-               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + TMA_CONFIGS_32, INTERPRET_CONFIG)}
+_fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + NARROW_CONFIGS, INTERPRET_CONFIG),
+               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + NARROW_CONFIGS, INTERPRET_CONFIG)}
 
 
 def _fwd_tuner(dtype):
@@ -398,21 +320,17 @@ def _tma_device(device):
     return interpreting()
 
 
-def _tma_ok(x, w, stride, padding, dilation, groups, out_hw, i64):
-    """Every tile through TMA (_igemm_fwd_tma_kernel): stride 1 with the output grid equal
-    to the input grid (so a tap is a constant row shift of the pixel matrix), dense
-    channels_last x ([N*H*W, C]) and w ([K, R*S*C]), 16-byte aligned row strides."""
+def _tma_gemm_ok(x, w, groups, i64):
+    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
+    both need unit channel stride, dense rows and 16-byte aligned row strides. (TMA boxes
+    for 3x3 taps -- shifted pixel rows with the border rows zeroed -- were correct but
+    20-35% slower than the pointer tiles on every ResNet-50 3x3 layer: not used.)"""
     n, c, h, wd = x.shape
-    k, _, r, s = w.shape
     return (TensorDescriptor is not None and groups == 1 and not i64
             and x.dtype != torch.float64 and _tma_device(x.device)
-            and tuple(stride) == (1, 1) and tuple(out_hw) == (h, wd)
-            and padding[0] + padding[1] == dilation[0] * (r - 1)
-            and padding[2] + padding[3] == dilation[1] * (s - 1)
             and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
             and (n == 1 or x.stride(0) == h * wd * c)
-            and w.stride(1) == 1 and (s == 1 or w.stride(3) == c)
-            and (r == 1 or w.stride(2) == s * c) and (k == 1 or w.stride(0) == r * s * c)
+            and w.stride(1) == 1 and w.stride(0) == c
             and (c * x.element_size()) % 16 == 0)
 
 
@@ -421,22 +339,6 @@ def _tma_store_ok(y):
     n, k, ho, wo = y.shape
     return (y.stride(1) == 1 and y.stride(3) == k and y.stride(2) == wo * k
             and (n == 1 or y.stride(0) == ho * wo * k) and (k * y.element_size()) % 16 == 0)
-
-
-SPLITK_MIN_BLOCKS = 4  # K blocks per split at least: shorter loops do not pipeline
-SPLITK_MAX = 8
-SPLITK_REDUCE_BLOCK = 64
-
-
-def _split_k(tiles, kred, block_k, sms, out_elems):
-    """(splits, chunk): enough splits of the reduction to fill the SMs once, when the
-    output tiles alone are fewer than the SMs (ResNet's 7x7 and 14x14 layers)."""
-    kblocks = triton.cdiv(kred, block_k)
-    splits = max(1, min(triton.cdiv(sms, tiles), kblocks // SPLITK_MIN_BLOCKS, SPLITK_MAX))
-    if tiles >= sms or splits == 1 or splits * out_elems > INT32_LIMIT:
-        return 1, kred
-    chunk = triton.cdiv(kblocks, splits) * block_k
-    return triton.cdiv(kred, chunk), chunk
 
 
 def _aligned(*tensors):
@@ -476,68 +378,54 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
              and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
-    tma = _tma_ok(x, w, stride, padding, dilation, groups, (ho, wo), i64)
+    tma = plain and _tma_gemm_ok(x, w, groups, i64)
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
-
     kred = cg * r * s
-    sms = _num_sms(x.device)
 
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
-        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"])
-        splits, chunk = 1, kred
-        nested = meta.pop("NESTED", False)  # taps-outer loop; it does not split K
-        if meta.pop("SPLIT", False) and not nested:
-            splits, chunk = _split_k(tiles * groups, kred, meta["BLOCK_K"], sms, m * k)
-        grid = (tiles, groups, splits)
-        out = y if splits == 1 else torch.empty((splits, m, k), device=y.device,
-                                                dtype=torch.float32)
+        nested = meta.pop("NESTED", False)
+        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
         # the same tile through pointers.
-        if cfg.get("KIND") == "tma" and tma and c % meta["BLOCK_K"] == 0 and _aligned(x, w):
-            # (each K block must lie in one tap: channel blocks do not straddle taps)
+        if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
             bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
-            a_desc = TensorDescriptor(x, [n * h * wd, c], [c, 1], [bm, bk])
-            b_desc = TensorDescriptor(w, [k, kred], [kred, 1], [bn, bk])
-            store_tma = splits == 1 and y_tma and _aligned(y)
-            y_arg = TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else out
+            a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
+            b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
+            store_tma = y_tma and _aligned(y)
+            y_arg = TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else y
             _igemm_fwd_tma_kernel[grid](
-                a_desc, b_desc, w if b is None else b, y_arg, h, wd, m, c, k,
-                padding[0], padding[2], dilation[0], dilation[1],
-                y.stride(0), y.stride(1), y.stride(3), chunk,
-                R=r, S=s, TAP_MASK=r * s > 1, Y_TMA=store_tma,
-                OUT_DTYPE=TORCH_TO_TL[out.dtype], HAS_BIAS=b is not None, ACT=act,
-                SPLIT=splits > 1, GROUP=GROUP_M, **dots, **meta, **opts)
-        else:
-            blocked = cg % meta["BLOCK_K"] == 0
-            _igemm_fwd_kernel[grid](
-                x, w, w if b is None else b, out, *geometry, chunk,
-                R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-                PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64, SPLIT=splits > 1,
+                a_desc, b_desc, w if b is None else b, y_arg, ho * wo, m, c, k,
+                y.stride(0), y.stride(1), y.stride(3), Y_TMA=store_tma,
+                OUT_DTYPE=TORCH_TO_TL[y.dtype], HAS_BIAS=b is not None, ACT=act,
                 GROUP=GROUP_M, **dots, **meta, **opts)
-        if splits > 1:
-            rb = SPLITK_REDUCE_BLOCK
-            _splitk_reduce_kernel[(triton.cdiv(m, rb), triton.cdiv(k, rb))](
-                out, w if b is None else b, y, m, k, ho, wo, *y.stride(), splits,
-                HAS_BIAS=b is not None, ACT=act, NEED_I64=i64, BLOCK_M=rb, BLOCK_N=rb)
+            return
+        blocked = cg % meta["BLOCK_K"] == 0
+        _igemm_fwd_kernel[grid](
+            x, w, w if b is None else b, y, *geometry,
+            R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
+            PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64, GROUP=GROUP_M,
+            **dots, **meta, **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
     b0 = None if bias is None else bias.contiguous()
-    k_fits = _k_prune(cg * r * s, kg)
+    k_fits = _k_prune(kred, kg)
     tma_now = tma and _aligned(x, w)
+    blocks = lambda cfg: triton.cdiv(kred, cfg["BLOCK_K"])  # noqa: E731
 
     def prune(cfg):
-        if not k_fits(cfg) or (cfg.get("KIND") == "tma"
-                               and not (tma_now and c % cfg["BLOCK_K"] == 0)):
+        if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
             return False
-        if cfg.get("SPLIT"):  # only where the tiles alone leave SMs idle
-            tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(kg, cfg["BLOCK_N"]) * groups
-            return _split_k(tiles, kred, cfg["BLOCK_K"], sms, m * k)[0] > 1
-        return True
+        if cfg["BLOCK_N"] < NARROW_N <= kg:
+            return False
+        if cfg["num_stages"] <= SHORT_K_STAGES and blocks(cfg) > SHORT_K_STAGES:
+            return False
+        # NESTED only changes the loop of channel-blocked convs with taps or strides
+        return not cfg.get("NESTED") or (cg % cfg["BLOCK_K"] == 0 and not plain)
     cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y), prune)
 
     def run(x, w, bias):
@@ -572,7 +460,8 @@ def _igemm_bwd_input_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, NEED_I64: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -602,8 +491,28 @@ def _igemm_bwd_input_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     rk = tl.arange(0, BLOCK_K)
 
-    if CHANNEL_BLOCKED:
-        # One flat loop over (tap, channel block), as in the forward: Triton pipelines it.
+    if CHANNEL_BLOCKED and not FLAT:
+        for rs in range(R * S):
+            r = rs // S
+            s = rs % S
+            th = ih + PT - r * DH
+            tw = iw + PL - s * DW
+            oh = th // SH
+            ow = tw // SW
+            sp_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
+                     & (oh < Ho) & (ow < Wo))
+            a_row = dy_row + oh * syh + ow * syw
+            b_col = w_col + r * swr + s * sws
+            for kb in range(0, Kg, BLOCK_K):
+                kk = kb + rk
+                if NEED_I64:
+                    kk = kk.to(tl.int64)
+                a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
+                b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
+                acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED:
+        # FLAT (Kg <= 2 blocks): one loop over (tap, channel block), as the forward's flat
+        # tiles; with so few channel blocks per tap the nested loop barely pipelines.
         for kq in range(0, R * S * Kg, BLOCK_K):
             rs = kq // Kg
             kb = tl.multiple_of(kq - rs * Kg, BLOCK_K)
@@ -651,6 +560,9 @@ def _igemm_bwd_input_kernel(
 
 
 _bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
+# grad_input loop choice, measured on an H200 (bf16, batch 32): the flat loop won at Kg=64
+# (3x3@56: 31 vs 37 us) and lost at Kg >= 256 (1x1 1024->256@14: 20 vs 12 us).
+GRAD_INPUT_FLAT_BLOCKS = 2
 
 
 _bwd_input_plans = PlanCache()
@@ -689,7 +601,8 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
         _igemm_bwd_input_kernel[grid](
             dy, w, dx, *geometry, R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-            NEED_I64=i64, **dots, **meta, **opts)
+            FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64, **dots, **meta,
+            **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
@@ -726,7 +639,7 @@ def _igemm_bwd_weight_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr, TAP_BLOCKED: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -766,21 +679,11 @@ def _igemm_bwd_weight_kernel(
             ow = ow.to(tl.int64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
-        if TAP_BLOCKED:
-            # BLOCK_N divides Cg: the tile's columns share one tap, so the border mask is
-            # per pixel and the channels a contiguous run (vector loads in channels_last).
-            rs0 = (pid_n * BLOCK_N) // Cg
-            ih1 = oh * SH - PT + (rs0 // S) * DH
-            iw1 = ow * SW - PL + (rs0 % S) * DW
-            b_ok = q_ok & (ih1 >= 0) & (ih1 < H) & (iw1 >= 0) & (iw1 < W)
-            b = tl.load((x_ptr + n * sxn + ih1 * sxh + iw1 * sxw)[:, None] + (cin * sxc)[None, :],
-                        mask=b_ok[:, None], other=0.0)
-        else:
-            ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
-            iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
-            b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
-                        mask=b_ok, other=0.0)
+        ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
+        iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
+        b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
+                    mask=b_ok, other=0.0)
         acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     # partial buffer [SPLIT, K, Cg, R, S] (contiguous, the weight's own order)
     w_off = (kout * JRED)[:, None] + (c * (R * S) + rs)[None, :]
@@ -846,8 +749,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
         _igemm_bwd_weight_kernel[grid](
             dy, x, part, *geometry, chunk, *strides,
-            R=r, S=s, NEED_I64=i64, TAP_BLOCKED=cg % meta["BLOCK_N"] == 0, **dots, **meta,
-            **opts)
+            R=r, S=s, NEED_I64=i64, **dots, **meta, **opts)
         return part
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"

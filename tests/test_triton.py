@@ -81,6 +81,10 @@ IGEMM_CASES = {
     "depthwise_shape": ((1, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8),
     "plain1x1": ((2, 32, 5, 7), (24, 32, 1, 1), 1, 0, 1, 1),
     "1x1_strided": ((1, 16, 7, 7), (16, 16, 1, 1), 2, 0, 1, 1),
+    # grad_input's channel-blocked loops (interpreter BLOCK_K=32): flat for Kg <= 64,
+    # taps-outer above
+    "out32": ((1, 8, 5, 5), (32, 8, 3, 3), 1, 1, 1, 1),
+    "out96": ((1, 8, 5, 4), (96, 8, 3, 3), 2, 1, 1, 1),
 }
 
 
@@ -127,37 +131,30 @@ def test_mixed_layouts_follow_pytorch_rule():
     assert rel_err(out2, ref_conv(x, w[:, :1], None, 1, 1, 1, 8)) < TOL[torch.float32]
 
 
-# The forward's other tile kinds: split-K (partial sums + a fixed-order reduction) and the
-# TMA-descriptor plain GEMM. The interpreter runs one fixed tile, so each test forces it.
+# The forward's other tile kinds: NESTED (taps-outer loop) and the TMA-descriptor plain
+# GEMM. The interpreter runs one fixed tile, so each test forces it.
 IGEMM_KIND_CASES = {
     "blocked_grouped": IGEMM_CASES["grouped_blocked"],           # Cg=32: channel-blocked loop
-    "generic_deep": ((1, 24, 5, 5), (16, 24, 3, 3), 1, 1, 1, 1),  # Cg=24: flattened loop
+    "generic": ((1, 24, 5, 5), (16, 24, 3, 3), 1, 1, 1, 1),       # Cg=24: flattened loop
     "plain_deep": ((1, 128, 3, 5), (24, 128, 1, 1), 1, 0, 1, 1),  # 1x1: plain GEMM
     "plain_short": IGEMM_CASES["plain1x1"],
-    "taps_same": ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1),     # 3x3 as shifted TMA rows
-    "taps_dilated": ((1, 16, 7, 6), (8, 16, 3, 3), 1, 2, 2, 1),
+    "taps": ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1),
+    "strided_1x1": ((1, 32, 7, 6), (16, 32, 1, 1), 2, 0, 1, 1),
 }
-TMA_CASES = ("plain_deep", "plain_short", "taps_same", "taps_dilated")  # C % 16 == 0, same grid
-KIND_TILES = {"split": dict(SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
-              "nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
-              "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
-              "tma_split": dict(KIND="tma", SPLIT=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
+KIND_TILES = {"nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+              "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
 
 
 @pytest.fixture
 def igemm_tile(monkeypatch):
-    """force(kind): the next igemm forward plans use KIND_TILES[kind] with 64 SMs (so that
-    tiny problems split); returns a log of (splits, used_tma) per launch."""
+    """force(kind): the next igemm forward plans use KIND_TILES[kind]; returns a log with
+    one "tma" entry per TMA-kernel launch."""
     from fastconv.kernels import igemm
     log = []
 
     def force(kind):
         for tuner in igemm._fwd_tuners.values():
             monkeypatch.setattr(tuner, "interpret_config", KIND_TILES[kind])
-            monkeypatch.setattr(tuner, "configs", [KIND_TILES[kind]])
-        monkeypatch.setattr(igemm, "_num_sms", lambda device: 64)
-        split_k = igemm._split_k
-        monkeypatch.setattr(igemm, "_split_k", lambda *a: log.append(split_k(*a)) or log[-1])
         tma_kernel = igemm._igemm_fwd_tma_kernel
 
         class Spy:
@@ -171,17 +168,15 @@ def igemm_tile(monkeypatch):
     igemm._fwd_plans.clear()
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("kind", list(KIND_TILES))
 @pytest.mark.parametrize("name", list(IGEMM_KIND_CASES))
-def test_igemm_forward_tile_kinds(igemm_tile, kind, name):
+def test_igemm_forward_tile_kinds(igemm_tile, kind, name, cl):
     log = igemm_tile(kind)
-    cl = kind.startswith("tma")
     _check_forward("triton_igemm", IGEMM_KIND_CASES[name], torch.float32, cl, "relu")
-    # The forced kind really ran where it applies: TMA on stride-1 same-grid channels_last
-    # convs (others take the pointer kernel), split-K wherever the reduction has >= 8 blocks.
-    assert ("tma" in log) == (cl and name in TMA_CASES)
-    splits = max([s for s, _ in (e for e in log if e != "tma")], default=1)
-    assert (splits > 1) == (kind.endswith("split") and name != "plain_short")
+    # TMA runs on dense channels_last 1x1/stride-1 convs only; the others take the pointer
+    # kernel with the same tile.
+    assert ("tma" in log) == (kind == "tma" and cl and name.startswith("plain"))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -234,7 +229,7 @@ def _check_backward(algo, case, dtype, cl, activation=None):
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name", ["dense3x3", "strided_nonsquare", "dilated", "same_even_kernel",
-                                  "grouped_cg2", "grouped_blocked", "plain1x1"])
+                                  "grouped_cg2", "grouped_blocked", "plain1x1", "out32", "out96"])
 def test_igemm_backward(name, cl):
     _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
 
