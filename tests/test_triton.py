@@ -140,6 +140,8 @@ IGEMM_KIND_CASES = {
     "plain_short": IGEMM_CASES["plain1x1"],
     "taps": ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1),
     "strided_1x1": ((1, 32, 7, 6), (16, 32, 1, 1), 2, 0, 1, 1),
+    # 10 x 3 output tiles: GROUP_M's tile order with a partial last group (poison: no NaN)
+    "many_tiles": ((1, 16, 10, 16), (48, 16, 1, 3), 1, (0, 1), 1, 1),
 }
 KIND_TILES = {"nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
               "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
