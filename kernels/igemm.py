@@ -9,13 +9,17 @@ Forward as a GEMM per group g:  Y[m, j] = sum_kk A[m, kk] * B[kk, j]
 A is never materialized (no im2col buffer): each tile is gathered straight from the input
 through its strides, so NCHW and channels_last are both read in place.
 
-Two reduction loops:
-  * CHANNEL_BLOCKED (Cg % BLOCK_K == 0): taps outer, channel blocks inner; the image-border
-    mask depends on the pixel only, and the channel offsets are a plain arange.
+Forward reduction loops (pointer kernel):
+  * CHANNEL_BLOCKED (Cg % BLOCK_K == 0): K blocks never straddle a tap, so the image-border
+    mask depends on the pixel only and the channel offsets are a plain arange. Either one
+    flat loop over (tap, channel block) -- the form Triton's software pipeliner overlaps
+    best when Cg is small -- or (NESTED tiles) taps outer, channel blocks inner.
   * flattened (any Cg, e.g. ResNeXt's 4 channels per group or a 3-channel stem): kk is
     decomposed per tile into (r, s, c).
 PLAIN_GEMM (1x1, stride 1, no padding, dense pixels) drops the spatial decomposition: the
 input is read as the matrix [N, C, H*W] / [N, H*W, C].
+TMA kernel (Hopper+, KIND="tma" tiles): the plain GEMM of a dense channels_last 1x1 conv
+with every tile (x as [N*H*W, C], w as [K, C], y as [N*H*W, K]) moved by TMA descriptors.
 fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
 path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
 """
@@ -25,9 +29,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
-                      plan_key)
+from ._common import (TORCH_TO_TL, PlanCache, TileTuner, activation_code,
+                      apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
+                      launch_meta, mma, needs_int64, new_output, plan_key)
+
+try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
@@ -55,19 +64,58 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # --------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------
-FWD_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+# Tile lists per operand width, chosen on an H200 (triton 3.6, batch 32, channels_last):
+# each of the 23 ResNet-50 layers timed with ~30 candidates in one run; these 8 per width
+# are a greedy subset whose per-layer best is within 0.5% (geomean) of the best of all
+# (benchmarks/results/nvidia-h200/igemm_sweep/). NESTED tiles won the 3x3s with Cg >= 128
+# and the strided 1x1s; flat ones the 3x3 with Cg = 64, the stem and the plain 1x1s that
+# TMA does not cover; TMA ones most plain 1x1s. Narrow tiles serve grouped convs (Kg < 64).
+FWD_CONFIGS_16 = [
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(NESTED=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    dict(NESTED=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+]
+FWD_CONFIGS_32 = [
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(NESTED=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(NESTED=True, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(KIND="tma", BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(NESTED=True, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+]
+NARROW_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
 ]
+NARROW_N = 64          # tiles narrower than this only where Kg < NARROW_N
+SHORT_K_STAGES = 2     # 2-stage tiles only for reductions of <= 2 blocks (e.g. C = 64 1x1)
 INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
 # fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
 FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
+# Output tiles are visited in column groups of GROUP_M row tiles, so that programs running
+# at the same time share the same A rows and B columns in L2 (Triton's matmul tutorial).
+GROUP_M = 8
+
+
+@triton.jit
+def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Program id -> (row tile, column tile), GROUP row tiles per column sweep."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP * tiles_n
+    first_m = (pid // width) * GROUP
+    rows = tl.minimum(tiles_m - first_m, GROUP)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    return pid_m, pid_n
 
 
 @triton.jit
@@ -79,15 +127,12 @@ def _igemm_fwd_kernel(
     R: tl.constexpr, S: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr, NESTED: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
     g = tl.program_id(1)
-    tiles_n = tl.cdiv(Kg, BLOCK_N)
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -114,18 +159,26 @@ def _igemm_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     rk = tl.arange(0, BLOCK_K)
 
-    if CHANNEL_BLOCKED:
+    if PLAIN_GEMM:
+        # [N*H*W, C] x [C, K]: the pixel offsets are fixed, only the channel block moves.
+        a_row = x_row + p * sxw
+        for cb in range(0, Cg, BLOCK_K):
+            c = cb + rk
+            if NEED_I64:
+                c = c.to(tl.int64)
+            a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
+            b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED and NESTED:
+        # Taps outer, channel blocks inner: the pixel offsets and border mask are computed
+        # once per tap. Best where each tap has several channel blocks (Cg >= 4 blocks).
         for rs in range(R * S):
             r = rs // S
             s = rs % S
-            if PLAIN_GEMM:
-                a_row = x_row + p * sxw
-                sp_ok = m_ok
-            else:
-                ih = ih0 + r * DH
-                iw = iw0 + s * DW
-                sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                a_row = x_row + ih * sxh + iw * sxw
+            ih = ih0 + r * DH
+            iw = iw0 + s * DW
+            sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_row = x_row + ih * sxh + iw * sxw
             b_col = w_col + r * swr + s * sws
             for cb in range(0, Cg, BLOCK_K):
                 c = cb + rk
@@ -134,6 +187,25 @@ def _igemm_fwd_kernel(
                 a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
                 b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED:
+        # One flat loop over (tap, channel block), channel block innermost: with one or two
+        # channel blocks per tap (Cg = 64) the nested loop hardly pipelines; this one does.
+        for kb in range(0, R * S * Cg, BLOCK_K):
+            rs = kb // Cg
+            cb = tl.multiple_of(kb - rs * Cg, BLOCK_K)
+            r = rs // S
+            s = rs - r * S
+            ih = ih0 + r * DH
+            iw = iw0 + s * DW
+            sp_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c = cb + rk
+            if NEED_I64:
+                c = c.to(tl.int64)
+            a = tl.load((x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                        mask=sp_ok[:, None], other=0.0)
+            b = tl.load((w_col + r * swr + s * sws)[None, :] + c[:, None] * swc,
+                        mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
         KRED = Cg * R * S
         for kb in range(0, KRED, BLOCK_K):
@@ -161,7 +233,47 @@ def _igemm_fwd_kernel(
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
-_fwd_tuner = TileTuner("igemm_fwd", FWD_CONFIGS, INTERPRET_CONFIG)
+@triton.jit
+def _igemm_fwd_tma_kernel(
+    a_desc, b_desc, b_ptr, y,
+    HW, M, C, K, syn, syk, syw,
+    Y_TMA: tl.constexpr, OUT_DTYPE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+    IS_FP32: tl.constexpr, UPCAST: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+):
+    """PLAIN_GEMM through TMA (Hopper+): a_desc is x as the matrix [N*H*W, C], b_desc the
+    weight as [K, C], and y (with Y_TMA) the output as [N*H*W, K]. The descriptors zero-fill
+    loads past the matrix edges and clip stores, so the loop has no masks."""
+    pid_m, pid_n = _tile_ids(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for cb in range(0, C, BLOCK_K):
+        a = a_desc.load([m0, cb])
+        b = b_desc.load([n0, cb])
+        acc = mma(a, b.T, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_j = n0 + tl.arange(0, BLOCK_N)
+    j_ok = offs_j < K
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(ACC_DTYPE)
+        acc += bias[None, :]
+    acc = apply_activation(acc, ACT)
+    if Y_TMA:
+        y.store([m0, n0], acc.to(OUT_DTYPE))
+    else:
+        y_off = ((offs_m // HW) * syn + (offs_m % HW) * syw)[:, None] + (offs_j * syk)[None, :]
+        tl.store(y + y_off, acc.to(OUT_DTYPE), mask=(offs_m < M)[:, None] & j_ok[None, :])
+
+
+# One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
+_fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + NARROW_CONFIGS, INTERPRET_CONFIG),
+               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + NARROW_CONFIGS, INTERPRET_CONFIG)}
+
+
+def _fwd_tuner(dtype):
+    return _fwd_tuners[16 if dtype in (torch.float16, torch.bfloat16) else 32]
 
 
 def _out_hw(h, w, r, s, stride, padding, dilation):
@@ -201,6 +313,38 @@ def _k_prune(kred, kg):
     return prune
 
 
+def _tma_device(device):
+    """TMA descriptors: Hopper and later, or the interpreter (which emulates them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return interpreting()
+
+
+def _tma_gemm_ok(x, w, groups, i64):
+    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
+    both need unit channel stride, dense rows and 16-byte aligned row strides. (TMA boxes
+    for 3x3 taps -- shifted pixel rows with the border rows zeroed -- were correct but
+    20-35% slower than the pointer tiles on every ResNet-50 3x3 layer: not used.)"""
+    n, c, h, wd = x.shape
+    return (TensorDescriptor is not None and groups == 1 and not i64
+            and x.dtype != torch.float64 and _tma_device(x.device)
+            and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
+            and (n == 1 or x.stride(0) == h * wd * c)
+            and w.stride(1) == 1 and w.stride(0) == c
+            and (c * x.element_size()) % 16 == 0)
+
+
+def _tma_store_ok(y):
+    """y as the matrix [N*Ho*Wo, K] (channels_last, or 1x1 pixels), rows 16-byte aligned."""
+    n, k, ho, wo = y.shape
+    return (y.stride(1) == 1 and y.stride(3) == k and y.stride(2) == wo * k
+            and (n == 1 or y.stride(0) == ho * wo * k) and (k * y.element_size()) % 16 == 0)
+
+
+def _aligned(*tensors):
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
 _fwd_plans = PlanCache()
 
 
@@ -234,24 +378,55 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
              and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
     act = activation_code(activation)
     i64 = needs_int64(x, w, y)
+    tma = plain and _tma_gemm_ok(x, w, groups, i64)
+    y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+    kred = cg * r * s
 
     def launch(cfg, x, w, b, y):
         meta, opts = launch_meta(cfg)
-        blocked = cg % meta["BLOCK_K"] == 0
+        nested = meta.pop("NESTED", False)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
+        # the same tile through pointers.
+        if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
+            bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+            a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
+            b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
+            store_tma = y_tma and _aligned(y)
+            y_arg = TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else y
+            _igemm_fwd_tma_kernel[grid](
+                a_desc, b_desc, w if b is None else b, y_arg, ho * wo, m, c, k,
+                y.stride(0), y.stride(1), y.stride(3), Y_TMA=store_tma,
+                OUT_DTYPE=TORCH_TO_TL[y.dtype], HAS_BIAS=b is not None, ACT=act,
+                GROUP=GROUP_M, **dots, **meta, **opts)
+            return
+        blocked = cg % meta["BLOCK_K"] == 0
         _igemm_fwd_kernel[grid](
             x, w, w if b is None else b, y, *geometry,
             R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-            PLAIN_GEMM=plain and blocked, NEED_I64=i64, **dots, **meta, **opts)
+            PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64, GROUP=GROUP_M,
+            **dots, **meta, **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
     b0 = None if bias is None else bias.contiguous()
-    cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
-                _k_prune(cg * r * s, kg))
+    k_fits = _k_prune(kred, kg)
+    tma_now = tma and _aligned(x, w)
+    blocks = lambda cfg: triton.cdiv(kred, cfg["BLOCK_K"])  # noqa: E731
+
+    def prune(cfg):
+        if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
+            return False
+        if cfg["BLOCK_N"] < NARROW_N <= kg:
+            return False
+        if cfg["num_stages"] <= SHORT_K_STAGES and blocks(cfg) > SHORT_K_STAGES:
+            return False
+        # NESTED only changes the loop of channel-blocked convs with taps or strides
+        return not cfg.get("NESTED") or (cg % cfg["BLOCK_K"] == 0 and not plain)
+    cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y), prune)
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
@@ -265,7 +440,16 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 #   dX[m, c] = sum_{kk=(r,s,k)} dY[n, g*Kg+k, ho, wo] * w[g*Kg+k, c, r, s]
 #   with ho = (h + pt - r*dh) / sh when that divides exactly and lands in [0, Ho).
 # --------------------------------------------------------------------------------------
-BWD_INPUT_CONFIGS = FWD_CONFIGS
+BWD_INPUT_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+]
 
 
 @triton.jit
@@ -276,7 +460,8 @@ def _igemm_bwd_input_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, NEED_I64: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -306,7 +491,7 @@ def _igemm_bwd_input_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     rk = tl.arange(0, BLOCK_K)
 
-    if CHANNEL_BLOCKED:
+    if CHANNEL_BLOCKED and not FLAT:
         for rs in range(R * S):
             r = rs // S
             s = rs % S
@@ -325,6 +510,28 @@ def _igemm_bwd_input_kernel(
                 a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
                 b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
+    elif CHANNEL_BLOCKED:
+        # FLAT (Kg <= 2 blocks): one loop over (tap, channel block), as the forward's flat
+        # tiles; with so few channel blocks per tap the nested loop barely pipelines.
+        for kq in range(0, R * S * Kg, BLOCK_K):
+            rs = kq // Kg
+            kb = tl.multiple_of(kq - rs * Kg, BLOCK_K)
+            r = rs // S
+            s = rs - r * S
+            th = ih + PT - r * DH
+            tw = iw + PL - s * DW
+            oh = th // SH
+            ow = tw // SW
+            sp_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % SH == 0) & (tw % SW == 0)
+                     & (oh < Ho) & (ow < Wo))
+            kk = kb + rk
+            if NEED_I64:
+                kk = kk.to(tl.int64)
+            a = tl.load((dy_row + oh * syh + ow * syw)[:, None] + kk[None, :] * syk,
+                        mask=sp_ok[:, None], other=0.0)
+            b = tl.load((w_col + r * swr + s * sws)[None, :] + kk[:, None] * swk,
+                        mask=j_ok[None, :], other=0.0)
+            acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     else:
         KRED = Kg * R * S
         for kb in range(0, KRED, BLOCK_K):
@@ -353,6 +560,9 @@ def _igemm_bwd_input_kernel(
 
 
 _bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
+# grad_input loop choice, measured on an H200 (bf16, batch 32): the flat loop won at Kg=64
+# (3x3@56: 31 vs 37 us) and lost at Kg >= 256 (1x1 1024->256@14: 20 vs 12 us).
+GRAD_INPUT_FLAT_BLOCKS = 2
 
 
 _bwd_input_plans = PlanCache()
@@ -391,7 +601,8 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
         _igemm_bwd_input_kernel[grid](
             dy, w, dx, *geometry, R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-            NEED_I64=i64, **dots, **meta, **opts)
+            FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64, **dots, **meta,
+            **opts)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")

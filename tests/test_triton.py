@@ -81,6 +81,10 @@ IGEMM_CASES = {
     "depthwise_shape": ((1, 8, 6, 6), (16, 1, 3, 3), 1, 1, 1, 8),
     "plain1x1": ((2, 32, 5, 7), (24, 32, 1, 1), 1, 0, 1, 1),
     "1x1_strided": ((1, 16, 7, 7), (16, 16, 1, 1), 2, 0, 1, 1),
+    # grad_input's channel-blocked loops (interpreter BLOCK_K=32): flat for Kg <= 64,
+    # taps-outer above
+    "out32": ((1, 8, 5, 5), (32, 8, 3, 3), 1, 1, 1, 1),
+    "out96": ((1, 8, 5, 4), (96, 8, 3, 3), 2, 1, 1, 1),
 }
 
 
@@ -127,6 +131,71 @@ def test_mixed_layouts_follow_pytorch_rule():
     assert rel_err(out2, ref_conv(x, w[:, :1], None, 1, 1, 1, 8)) < TOL[torch.float32]
 
 
+# The forward's other tile kinds: NESTED (taps-outer loop) and the TMA-descriptor plain
+# GEMM. The interpreter runs one fixed tile, so each test forces it.
+IGEMM_KIND_CASES = {
+    "blocked_grouped": IGEMM_CASES["grouped_blocked"],           # Cg=32: channel-blocked loop
+    "generic": ((1, 24, 5, 5), (16, 24, 3, 3), 1, 1, 1, 1),       # Cg=24: flattened loop
+    "plain_deep": ((1, 128, 3, 5), (24, 128, 1, 1), 1, 0, 1, 1),  # 1x1: plain GEMM
+    "plain_short": IGEMM_CASES["plain1x1"],
+    "taps": ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1),
+    "strided_1x1": ((1, 32, 7, 6), (16, 32, 1, 1), 2, 0, 1, 1),
+    # 10 x 3 output tiles: GROUP_M's tile order with a partial last group (poison: no NaN)
+    "many_tiles": ((1, 16, 10, 16), (48, 16, 1, 3), 1, (0, 1), 1, 1),
+}
+KIND_TILES = {"nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+              "tma": dict(KIND="tma", BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)}
+
+
+@pytest.fixture
+def igemm_tile(monkeypatch):
+    """force(kind): the next igemm forward plans use KIND_TILES[kind]; returns a log with
+    one "tma" entry per TMA-kernel launch."""
+    from fastconv.kernels import igemm
+    log = []
+
+    def force(kind):
+        for tuner in igemm._fwd_tuners.values():
+            monkeypatch.setattr(tuner, "interpret_config", KIND_TILES[kind])
+        tma_kernel = igemm._igemm_fwd_tma_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                log.append("tma")
+                return tma_kernel[grid]
+        monkeypatch.setattr(igemm, "_igemm_fwd_tma_kernel", Spy())
+        igemm._fwd_plans.clear()
+        return log
+    yield force
+    igemm._fwd_plans.clear()
+
+
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("kind", list(KIND_TILES))
+@pytest.mark.parametrize("name", list(IGEMM_KIND_CASES))
+def test_igemm_forward_tile_kinds(igemm_tile, kind, name, cl):
+    log = igemm_tile(kind)
+    _check_forward("triton_igemm", IGEMM_KIND_CASES[name], torch.float32, cl, "relu")
+    # TMA runs on dense channels_last 1x1/stride-1 convs only; the others take the pointer
+    # kernel with the same tile.
+    assert ("tma" in log) == (kind == "tma" and cl and name.startswith("plain"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_igemm_tma_16bit_and_misaligned_view(igemm_tile, dtype):
+    """16-bit TMA tiles; and a view that starts off the 16-byte grid falls back to pointers."""
+    log = igemm_tile("tma")
+    _check_forward("triton_igemm", IGEMM_KIND_CASES["plain_deep"], dtype, True)
+    assert log == ["tma"]
+    xs, ws = (1, 128, 3, 5), (24, 128, 1, 1)
+    flat = torch.randn(1 + 3 * 5 * 128, dtype=torch.float64).to(dtype).to(DEVICE)
+    x = flat[1:].view(1, 3, 5, 128).permute(0, 3, 1, 2)  # channels_last, 2-byte aligned
+    w = layout(torch.randn(ws, dtype=torch.float64).to(dtype), True).to(DEVICE)
+    log.clear()
+    out = fastconv.conv2d(x, w, algo="triton_igemm")
+    assert log == [] and rel_err(out, ref_conv(x, w, None, 1, 0, 1, 1)) < TOL[dtype]
+
+
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
 def test_tf32_flag(tf32):
     """cudnn.allow_tf32 picks the dot precision. IEEE must be exact to fp32 rounding; TF32
@@ -162,7 +231,7 @@ def _check_backward(algo, case, dtype, cl, activation=None):
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name", ["dense3x3", "strided_nonsquare", "dilated", "same_even_kernel",
-                                  "grouped_cg2", "grouped_blocked", "plain1x1"])
+                                  "grouped_cg2", "grouped_blocked", "plain1x1", "out32", "out96"])
 def test_igemm_backward(name, cl):
     _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
 
