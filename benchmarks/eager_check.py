@@ -73,6 +73,19 @@ def main():
                 bad += not ok
                 print(f"{'ok ' if ok else 'BAD'} {case} cl={cl} {act} {dtype}: fast={kf} "
                       f"ops={ko} bitwise-equal={same} max rel err={err:.2e}")
+    # The plans' direct launch (kernels/_common.Launch) keys compiled kernels by pointer
+    # alignment: an input 4 bytes off a 16-byte boundary, between aligned calls.
+    xa = torch.randn(2, 16, 9, 9, device=DEVICE)
+    wa = torch.randn(32, 16, 3, 3, device=DEVICE) / 12
+    xo = torch.randn(xa.numel() + 1, device=DEVICE)[1:].view(xa.shape)
+    xo.copy_(xa)
+    for t in (xa, xo, xa, xo, xo):
+        y = fastconv.conv2d(t, wa, None, 1, 1, algo=ALGO(1, wa.shape))
+        err = ((y.double() - F.conv2d(t.double(), wa.double(), None, 1, 1)).norm()
+               / y.double().norm()).item()
+        ok = err < 1e-4
+        bad += not ok
+    print(f"{'ok ' if ok else 'BAD'} aligned/unaligned input alternating: last rel err {err:.2e}")
     algo = "auto" if DEVICE == "cuda" else "triton_igemm"
     x = torch.randn(2, 16, 8, 8, device=DEVICE, requires_grad=True)
     w = torch.randn(16, 16, 3, 3, device=DEVICE, requires_grad=True)

@@ -271,6 +271,71 @@ def gpu_time(fn, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+try:
+    from triton.compiler import CompiledKernel as _CompiledKernel
+except ImportError:  # pragma: no cover - every triton this supports has it
+    _CompiledKernel = None
+
+
+def _direct_launch_supported() -> bool:
+    """CompiledKernel[grid](*args) takes every kernel parameter in order, constexprs
+    included, from triton 3.2 on (checked against 3.6 and 3.9: JITFunction.run ends in the
+    same launcher call). FASTCONV_DIRECT_LAUNCH=0 turns the direct launch off."""
+    if _CompiledKernel is None or not callable(getattr(_CompiledKernel, "__getitem__", None)):
+        return False
+    if os.environ.get("FASTCONV_DIRECT_LAUNCH", "1") == "0":
+        return False
+    try:
+        major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (3, 2)
+
+
+DIRECT_LAUNCH = _direct_launch_supported()
+_current_device = torch.cuda.current_device  # the device Triton launches on
+
+
+class Launch:
+    """One plan's kernel launch, `kernel[grid](*tensors, *scalars, **kwargs)`, with all but
+    the tensors fixed when the plan is made (no per-call grid, config or kwargs work).
+
+    Triton's JIT launch binds and specializes every parameter on every call (~45 for the
+    implicit GEMM), formats its options into a cache key and looks the compiled kernel up.
+    Within one plan the scalars, constexprs and options never change (the plan key holds
+    shapes, strides and conv parameters), so all that could change the binder's choice is
+    each tensor's dtype and 16-byte alignment and the current device. The first launch per
+    such signature goes through the JIT (compiling if needed) and keeps the CompiledKernel
+    it returns; later ones call that kernel's launcher, CompiledKernel[grid](*args), where
+    JITFunction.run ends too. Off under the interpreter and where DIRECT_LAUNCH is False."""
+
+    __slots__ = ("kernel", "grid", "scalars", "kwargs", "args_tail", "compiled")
+
+    def __init__(self, kernel, grid, n_tensors: int, scalars, kwargs: dict, device):
+        self.kernel, self.grid = kernel, tuple(grid)
+        self.scalars, self.kwargs = tuple(scalars), kwargs
+        self.compiled = None
+        names = getattr(kernel, "arg_names", None)
+        if DIRECT_LAUNCH and device.type == "cuda" and not interpreting() and names:
+            rest = names[n_tensors + len(self.scalars):]
+            if all(n in kwargs for n in rest):  # else: not the layout we know, JIT only
+                self.args_tail = self.scalars + tuple(kwargs[n] for n in rest)
+                self.compiled = {}
+
+    def __call__(self, *tensors):
+        cache = self.compiled
+        if cache is not None:
+            key = (_current_device(),
+                   *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+            kernel = cache.get(key)
+            if kernel is not None:
+                kernel[self.grid](*tensors, *self.args_tail)
+                return
+        kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
+        if cache is not None and isinstance(kernel, _CompiledKernel):
+            cache[key] = kernel
+
+
 def launch_meta(cfg: dict) -> tuple[dict, dict]:
     """Split a config into kernel constexprs and launch options (KIND picks the kernel)."""
     meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "KIND")}

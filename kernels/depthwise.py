@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
+from ._common import (INT32_LIMIT, Launch, PlanCache, TileTuner, activation_code, apply_activation, dot_args,
                       dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
                       plan_key)
 
@@ -292,32 +292,38 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     i64 = needs_int64(x, w, y)
     has_bias = bias is not None
 
-    def launch(cfg, x, w, b, y):
+    xs, ys = x.stride(), y.stride()
+    xt_strides = (c * h * wd, h * wd, wd, 1)  # x.contiguous()'s
+
+    def kernel_args(cfg):
+        """(toeplitz?, grid, scalar args, constexprs and options) of config cfg."""
         meta, opts = launch_meta(cfg)
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
+        conv = (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+        wst = (w.stride(0), w.stride(2), w.stride(3))
         if cfg.get("KIND") == "toeplitz":
-            # Rows of one channel must be contiguous for the A tiles: channels_last input is
-            # transposed once (a few us against a compute-bound conv); the output is written
-            # through its strides in whatever layout it has.
-            xt = x.contiguous()
             kw = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
                                                 + (s - 1) * dilation[1] + 1))
             d = dot_args(x.dtype)
-            _dw_fwd_toeplitz_kernel[(n * k, tiles_hw)](
-                xt, w, b, y, h, wd, ho, wo, k, k // c, tiles_w,
-                *xt.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
-                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-                R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or needs_int64(xt),
+            return True, (n * k, tiles_hw), (h, wd, ho, wo, k, k // c, tiles_w, *xt_strides, *wst,
+                                              *ys, *conv), dict(
+                R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or n * c * h * wd > INT32_LIMIT,
                 IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
-            return
-        grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
-        _dw_fwd_kernel[grid](
-            x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+        return False, (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"])), (
+            h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *xs, *wst, *ys, *conv), dict(
             R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
             ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
+
+    def launch(cfg, x, w, b, y):
+        toeplitz, grid, scalars, kw = kernel_args(cfg)
+        if toeplitz:
+            # Rows of one channel must be contiguous for the A tiles: channels_last input is
+            # transposed once (a few us against a compute-bound conv); the output is written
+            # through its strides in whatever layout it has.
+            _dw_fwd_toeplitz_kernel[grid](x.contiguous(), w, b, y, *scalars, **kw)
+        else:
+            _dw_fwd_kernel[grid](x, w, b, y, *scalars, **kw)
 
     tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
     prune = _prune_for(ho, wo, k)
@@ -330,9 +336,13 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                           + dot_precision(x.dtype)), x.device,
                      lambda cfg: launch(cfg, x, w, b0, y), prune)
 
+    toeplitz, grid, scalars, kw = kernel_args(cfg)
+    fast = Launch(_dw_fwd_toeplitz_kernel if toeplitz else _dw_fwd_kernel, grid, 4, scalars, kw,
+                  x.device)
+
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
-        launch(cfg, x, w, w if bias is None else bias.contiguous(), y)
+        fast(x.contiguous() if toeplitz else x, w, w if bias is None else bias.contiguous(), y)
         return y
     return run
 
@@ -435,26 +445,32 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
 
-    def launch(cfg, dy, w, dx):
+    def kernel_args(cfg):
         meta, opts = launch_meta(cfg)
         tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
         grid = (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"]))
-        _dw_bwd_input_kernel[grid](
-            dy, w, dx, h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
-            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
-            **meta, **opts)
+        scalars = (h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
+                   *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
+                   stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+        return grid, scalars, dict(R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype),
+                                   UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
+
+    def launch(cfg, dy, w, dx):
+        grid, scalars, kw = kernel_args(cfg)
+        _dw_bwd_input_kernel[grid](dy, w, dx, *scalars, **kw)
 
     tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
     key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
            f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
     cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
 
+    grid, scalars, kw = kernel_args(cfg)
+    fast = Launch(_dw_bwd_input_kernel, grid, 3, scalars, kw, dy.device)
+
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
-        launch(cfg, dy, w, dx)
+        fast(dy, w, dx)
         return dx
     return run
 
@@ -592,16 +608,19 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_P"]) * meta["BLOCK_P"]
         return triton.cdiv(q, chunk), chunk
 
-    def launch(cfg, dy, x):
+    def kernel_args(cfg):
         meta, opts = launch_meta(cfg)
         split, chunk = plan(meta)
-        part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
         grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
-        _dw_bwd_weight_kernel[grid](
-            dy, x, part, h, wd, ho, wo, k, k // c, q, chunk,
-            *dy.stride(), *x.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+        scalars = (h, wd, ho, wo, k, k // c, q, chunk, *dy.stride(), *x.stride(),
+                   stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+        return split, grid, scalars, dict(R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
+                                          **meta, **opts)
+
+    def launch(cfg, dy, x):
+        split, grid, scalars, kw = kernel_args(cfg)
+        part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
+        _dw_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
     tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
@@ -612,8 +631,12 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
                      lambda cfg: (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
                                   and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s)))
 
+    split, grid, scalars, kw = kernel_args(cfg)
+    fast = Launch(_dw_bwd_weight_kernel, grid, 3, scalars, kw, x.device)
+
     def run(dy, x):
-        part = launch(cfg, dy, x)
+        part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
+        fast(dy, x, part)
         # Fixed-order reduction over the split: the same bits on every run.
         out = new_output(tuple(weight_size), x, False)
         out.view(k, r * s).copy_(part.sum(0).t())

@@ -310,3 +310,88 @@ def test_depthwise_large_kernel_tensor_core_path(name, variant, cl):
     dtype = torch.bfloat16 if variant == "bf16" else torch.float32
     _check_forward("triton_depthwise", DW_CASES[name], dtype, cl, "relu",
                    tol=TOL[torch.bfloat16] if variant == "bf16" else TF32_TOL)
+
+
+# --- Host overhead: the eager fast path and the plans' direct launch ----------------------
+
+def test_eager_fast_path_runs_the_triton_kernels():
+    """fastconv.conv2d skips the dispatcher (one autograd.Function over the kernel module's
+    functions) and gives the ops' results and gradients; FlopCounterMode still sees the ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fastconv import _eager
+
+    case = IGEMM_CASES["dense3x3"]
+    x, w, b = make(case[0], case[1], torch.float32, True, requires_grad=True)
+    out = fastconv.conv2d(x, w, b, *case[2:], algo="triton_igemm", activation="silu")
+    assert type(out.grad_fn).__name__ == "Conv2dFunctionBackward"
+    gy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, b), gy)
+    _eager.ENABLED = False
+    try:
+        ref = fastconv.conv2d(x, w, b, *case[2:], algo="triton_igemm", activation="silu")
+        assert type(ref.grad_fn).__name__ != "Conv2dFunctionBackward"
+        for g, r in zip(grads, torch.autograd.grad(ref, (x, w, b), gy)):
+            assert torch.equal(g, r)
+    finally:
+        _eager.ENABLED = True
+    assert torch.equal(out, ref)
+    xs, ws = DW_CASES["k3"][:2]
+    xd, wd, bd = make(xs, ws, torch.float32, False)
+    with FlopCounterMode(display=False) as fc:
+        fastconv.conv2d(xd, wd, bd, 1, 1, 1, 6, algo="triton_depthwise")
+    assert fc.get_total_flops() == 2 * 2 * 6 * 7 * 9 * 9
+
+
+def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
+    """Launch: the first call per (device, tensor dtypes, 16-byte alignment) goes through the
+    JIT launch; later ones call the CompiledKernel it returned, with every parameter in
+    order (constexprs included), as JITFunction.run does."""
+    from fastconv.kernels import _common
+
+    class Compiled:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def __getitem__(self, grid):
+            return lambda *args: calls.append(("direct", self.tag, grid, args))
+
+    class Jit:
+        arg_names = ["a", "b", "n", "m", "BLOCK", "ACT"]
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(("jit", grid, args, kwargs))
+                return Compiled(len(calls))
+            return launch
+
+    calls = []
+    device = [0]
+    monkeypatch.setattr(_common, "_CompiledKernel", Compiled)
+    monkeypatch.setattr(_common, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    monkeypatch.setattr(_common, "_current_device", lambda: device[0])
+    cuda = type("FakeDevice", (), {"type": "cuda"})()
+    kw = dict(ACT=1, BLOCK=64, num_warps=4)
+    launch = _common.Launch(Jit(), [3, 1], 2, (7, 9), kw, cuda)
+    a, b = torch.zeros(16), torch.zeros(16)
+    launch(a, b)
+    assert calls[-1] == ("jit", (3, 1), (a, b, 7, 9), kw)
+    launch(a, b)
+    assert calls[-1] == ("direct", 1, (3, 1), (a, b, 7, 9, 64, 1))
+    for other in (a[1:], a.double()):  # 4-byte offset: not 16-aligned; another dtype
+        launch(other, b)
+        assert calls[-1][0] == "jit"
+        launch(other, b)
+        assert calls[-1][0] == "direct"
+    device[0] = 1  # another current device: compiled for it anew
+    launch(a, b)
+    assert calls[-1][0] == "jit"
+    # No direct launch where Triton's kernel parameters are not what the plan passes.
+    odd = _common.Launch(Jit(), [1], 2, (7,), dict(BLOCK=64), cuda)
+    odd(a, b)
+    odd(a, b)
+    assert calls[-1][0] == calls[-2][0] == "jit"
+    # Nor under the interpreter, nor on CPU tensors.
+    monkeypatch.setattr(_common, "interpreting", lambda: True)
+    assert _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda).compiled is None
