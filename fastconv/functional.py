@@ -218,7 +218,7 @@ def _pair_key(v):
         return (v, v)
     if t is tuple or t is list:
         if len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
-            return (v[0], v[1])
+            return v if t is tuple else (v[0], v[1])  # nn.Conv2d's attributes: tuples
         if len(v) == 1 and type(v[0]) is int:
             return (v[0], v[0])
     return None
@@ -246,10 +246,13 @@ def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, act
     if (type(algo) is not str and algo is not _SPEC_ONLY) or (
             activation is not None and type(activation) is not str):
         return None
-    # Shape, strides (layout), dtype and device of each tensor.
-    return (input.shape, input.stride(), input.dtype, input.device,
+    # Shape, strides (layout), dtype and device of each tensor. The interpreter switch
+    # changes what validates on the CPU only (an environment read costs ~0.7 us).
+    device = input.device
+    return (input.shape, input.stride(), input.dtype, device,
             weight.shape, weight.stride(), weight.dtype, weight.device,
-            b, st, pad, dil, groups, algo, activation, registry.triton_interpret())
+            b, st, pad, dil, groups, algo, activation,
+            device.type != "cuda" and registry.triton_interpret())
 
 
 def _lookup(key):

@@ -110,10 +110,21 @@ def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
             _allow_tf32())
 
 
+# Debug: fill every output with NaN before the kernel runs, so an element it fails to write
+# shows. Read from FASTCONV_POISON once (an environment read costs ~0.7 us, more than some
+# of the calls it would sit in); set_debug_poison switches it later (tests/conftest.py).
+POISON = os.environ.get("FASTCONV_POISON") == "1"
+
+
+def set_debug_poison(on: bool) -> None:
+    global POISON
+    POISON = bool(on)
+
+
 def new_output(size, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-    if os.environ.get("FASTCONV_POISON") == "1":
+    if POISON:
         out.fill_(float("nan"))
     return out
 

@@ -395,3 +395,12 @@ def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
     # Nor under the interpreter, nor on CPU tensors.
     monkeypatch.setattr(_common, "interpreting", lambda: True)
     assert _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda).compiled is None
+
+
+def test_outputs_are_poisoned_in_tests():
+    """conftest switches the kernels' NaN poisoning on for every test (read once from
+    FASTCONV_POISON at import, then set through _common.set_debug_poison)."""
+    from fastconv.kernels import _common
+
+    assert _common.POISON
+    assert torch.isnan(_common.new_output((2, 3), torch.zeros(1), False)).all()
