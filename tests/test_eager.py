@@ -245,6 +245,23 @@ def test_not_taken_with_forward_ad_or_functorch():
     assert sum(calls.values()) == 0
 
 
+def test_not_taken_for_escaped_functorch_wrappers():
+    """A tensor that escaped a torch.func transform is a torch.Tensor wrapping another one;
+    the dispatcher unwraps it, so it must take the ops."""
+    x, w, b = _data()
+    escaped = []
+    torch.func.grad(lambda t: (escaped.append(t * 1.0), (t * t).sum())[1])(x)
+    assert type(escaped[0]) is torch.Tensor
+    assert not _eager.plain(escaped[0], w, b) and _eager.plain(x, w, b)
+    try:
+        out = _conv(escaped[0], w, b)
+    except RuntimeError:
+        out = None  # what the ops do with it is theirs to decide; only the path matters
+    assert sum(calls.values()) == 0
+    if out is not None:
+        torch.testing.assert_close(out, _ref(x, w, b))
+
+
 def test_double_backward_goes_through_the_ops():
     """create_graph=True: the backward runs the registered ops, as without the fast path."""
     def second_order():
