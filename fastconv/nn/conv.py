@@ -7,6 +7,13 @@ nn.Conv2d checkpoint loads into it and the reverse. Two additions:
 - ``activation``: None, "relu", "relu6", "silu" or "gelu", fused into the epilogue
   (``fastconv.fuse`` sets it when it folds a following activation module).
 
+Per call, the module does no validation: the plan of a call (algorithm, op arguments) comes
+from fastconv.conv2d's cache, keyed by the input's and weight's shape, strides, dtype and
+device and by the module's stride, padding, dilation, groups, algo and activation as they are
+at that call, so changing any of them (``fastconv.fuse`` sets ``activation``) plans anew.
+The plan then runs like fastconv.conv2d, through its eager fast path where that applies
+(fastconv/_eager.py).
+
 Inference with a packed weight: an algorithm may declare a "prepare weight" step
 (``Algorithm.packing``: ``pack_weight(weight, groups)`` and ``forward_packed(...)``). When no
 gradient flows through the call (``torch.no_grad()``/``inference_mode`` or parameters
