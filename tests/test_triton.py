@@ -345,24 +345,33 @@ def test_eager_fast_path_runs_the_triton_kernels():
 
 def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
     """Launch: the first call per (device, tensor dtypes, 16-byte alignment) goes through the
-    JIT launch; later ones call the CompiledKernel it returned, with every parameter in
-    order (constexprs included), as JITFunction.run does."""
+    JIT launch; once the CompiledKernel it returned has written the same output when called
+    directly, later calls use it, with a 3-D grid and every parameter in order (constexprs
+    included), as JITFunction.run does. A compiled kernel that writes something else (or
+    raises) is never used."""
     from fastconv.kernels import _common
 
     class Compiled:
-        def __init__(self, tag):
-            self.tag = tag
+        def __init__(self, value):
+            self.value = value
 
         def __getitem__(self, grid):
-            return lambda *args: calls.append(("direct", self.tag, grid, args))
+            def launch(*args):
+                calls.append(("direct", grid, args[:-1] if args[1] is None else args))
+                args[1].fill_(self.value)  # the output: the last tensor, before the scalars
+            return launch
 
     class Jit:
-        arg_names = ["a", "b", "n", "m", "BLOCK", "ACT"]
+        arg_names = ["a", "out", "n", "m", "BLOCK", "ACT"]
+
+        def __init__(self, direct_value=None):
+            self.direct_value = direct_value
 
         def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                calls.append(("jit", grid, args, kwargs))
-                return Compiled(len(calls))
+            def launch(a, out, *args, **kwargs):
+                calls.append(("jit", grid, (a, out, *args), kwargs))
+                out.fill_(1.0)
+                return Compiled(1.0 if self.direct_value is None else self.direct_value)
             return launch
 
     calls = []
@@ -373,26 +382,41 @@ def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
     monkeypatch.setattr(_common, "_current_device", lambda: device[0])
     cuda = type("FakeDevice", (), {"type": "cuda"})()
     kw = dict(ACT=1, BLOCK=64, num_warps=4)
-    launch = _common.Launch(Jit(), [3, 1], 2, (7, 9), kw, cuda)
-    a, b = torch.zeros(16), torch.zeros(16)
-    launch(a, b)
-    assert calls[-1] == ("jit", (3, 1), (a, b, 7, 9), kw)
-    launch(a, b)
-    assert calls[-1] == ("direct", 1, (3, 1), (a, b, 7, 9, 64, 1))
+    launch = _common.Launch(Jit(), [3, 2], 2, (7, 9), kw, cuda)
+    a, out = torch.zeros(16), torch.zeros(16)
+    launch(a, out)
+    assert calls[0] == ("jit", (3, 2), (a, out, 7, 9), kw)
+    assert calls[1][0] == "direct"  # the one-time check, into another buffer
+    out.zero_()
+    launch(a, out)
+    assert calls[-1][:2] == ("direct", (3, 2, 1)) and calls[-1][2][0] is a
+    assert calls[-1][2][1] is out and calls[-1][2][2:] == (7, 9, 64, 1)
+    assert (out == 1).all()
     for other in (a[1:], a.double()):  # 4-byte offset: not 16-aligned; another dtype
-        launch(other, b)
-        assert calls[-1][0] == "jit"
-        launch(other, b)
+        launch(other, out)
+        assert calls[-2][0] == "jit"
+        launch(other, out)
         assert calls[-1][0] == "direct"
     device[0] = 1  # another current device: compiled for it anew
-    launch(a, b)
-    assert calls[-1][0] == "jit"
+    n = len(calls)
+    launch(a, out)
+    assert calls[n][0] == "jit"
+    # A compiled kernel whose direct launch writes something else is never used.
+    wrong = _common.Launch(Jit(direct_value=2.0), [1], 2, (7, 9), kw, cuda)
+    for _ in range(3):
+        wrong(a, out)
+        assert calls[-1][0] == "jit" or calls[-2][0] == "jit"
+    assert wrong.compiled is None and (out == 1).all()
+    # An output with no like-for-like buffer to check against: JIT, and checked next time.
+    unchecked = _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda)
+    unchecked(a, out[1:])
+    assert calls[-1][0] == "jit" and unchecked.compiled == {}
     # No direct launch where Triton's kernel parameters are not what the plan passes.
     odd = _common.Launch(Jit(), [1], 2, (7,), dict(BLOCK=64), cuda)
-    odd(a, b)
-    odd(a, b)
-    assert calls[-1][0] == calls[-2][0] == "jit"
-    # Nor under the interpreter, nor on CPU tensors.
+    assert odd.compiled is None
+    odd(a, out)
+    assert calls[-1][0] == "jit"
+    # Nor under the interpreter.
     monkeypatch.setattr(_common, "interpreting", lambda: True)
     assert _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda).compiled is None
 
