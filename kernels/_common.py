@@ -346,15 +346,16 @@ class Launch:
         if cache is not None:
             key = (_current_device(),
                    *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
-            kernel = cache.get(key)
-            if kernel is not None:
-                kernel[self.grid3](*tensors, *self.args_tail)
+            runner = cache.get(key)
+            if runner is not None:
+                runner(*tensors, *self.args_tail)
                 return
         kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
         if cache is not None and isinstance(kernel, _CompiledKernel) and not _capturing():
             same = self._same_result(kernel, tensors)
             if same:
-                cache[key] = kernel
+                # CompiledKernel[grid] binds the grid once; each call takes the stream then.
+                cache[key] = kernel[self.grid3]
             elif same is not None:
                 self.compiled = None
 
