@@ -2,10 +2,16 @@
 kernel itself is negligible (so wall time per call = host overhead), against F.conv2d.
 
     python benchmarks/host_overhead.py [--device cuda] [--calls 2000] [--profile]
+    TRITON_INTERPRET=1 python benchmarks/host_overhead.py --mock-kernels   # CPU, no GPU
 
-Rows, outermost first: the nn.Conv2d module, fastconv.conv2d, the registered op through
-the dispatcher, the kernel module's Python entry, and (CUDA) a bare Triton launch.
+Rows, outermost first: the nn.Conv2d module, fastconv.conv2d (with the eager fast path,
+and with it switched off: through the registered op), the registered op through the
+dispatcher, the kernel module's Python entry, and (CUDA) a bare Triton launch; then the
+same for a training step (forward + backward).
 --profile prints cProfile's top functions for the module forward and a training step.
+--mock-kernels replaces the Triton kernel modules' entry points by the output allocation
+alone, so that on a machine without a GPU (Triton algorithms on CPU tensors under
+TRITON_INTERPRET=1) the rows measure the Python stack above the kernels.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
+from fastconv import _eager
 
 
 def per_call_us(fn, calls: int, sync) -> float:
@@ -35,13 +42,38 @@ def per_call_us(fn, calls: int, sync) -> float:
     return best
 
 
+def mock_kernels() -> None:
+    """Kernel entry points that only allocate their output (see --mock-kernels)."""
+    from fastconv._ops import output_memory_format, output_size
+    from fastconv._triton import _kernels
+
+    def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
+        size = output_size(x.shape, w.shape, stride, padding, dilation)
+        return torch.empty(size, dtype=x.dtype, device=x.device,
+                           memory_format=output_memory_format(x, w))
+
+    def grad_input(dy, w, input_size, *args):
+        return torch.empty(input_size, dtype=dy.dtype, device=dy.device,
+                           memory_format=output_memory_format(dy, dy))
+
+    def grad_weight(dy, x, weight_size, *args):
+        return torch.empty(weight_size, dtype=x.dtype, device=x.device)
+
+    for module in ("igemm", "depthwise"):
+        mod = _kernels(module)
+        mod.conv2d, mod.conv2d_grad_input, mod.conv2d_grad_weight = conv2d, grad_input, grad_weight
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--mock-kernels", action="store_true")
     args = p.parse_args()
     dev = args.device
+    if args.mock_kernels:
+        mock_kernels()
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     rows = []
     for name, c, k, groups, ks in (("dense 3x3", 16, 16, 1, 3), ("depthwise 3x3", 16, 16, 16, 3)):
@@ -50,7 +82,11 @@ def main() -> None:
         mod = fastconv.convert(ref)
         w, b = mod.weight.detach(), mod.bias.detach()
         spec = fastconv.conv_spec(x, w, b, 1, 1, 1, groups)[2]
-        alg = fastconv.functional.select(spec)
+        # --mock-kernels on a CPU: the Triton algorithm a GPU would run, interpreted.
+        algo = ("triton_depthwise" if spec.is_depthwise else "triton_igemm") if (
+            args.mock_kernels and dev == "cpu") else "auto"
+        mod.algo = algo
+        alg = fastconv.functional.select(spec, algo)
         op = alg.forward
         xg = x.clone().requires_grad_(True)
 
@@ -58,22 +94,37 @@ def main() -> None:
             y = m(xg)
             y.backward(torch.ones_like(y))
 
-        cases = {
+        def ops_path(fn):  # the same call with the eager fast path switched off
+            def call():
+                _eager.ENABLED = False
+                try:
+                    return fn()
+                finally:
+                    _eager.ENABLED = True
+            return call
+
+        no_grad = {
             "F.conv2d (cuDNN/oneDNN), no grad": lambda: F.conv2d(x, w, b, 1, 1, 1, groups),
             "fastconv.nn.Conv2d, no grad": lambda: mod(x),
-            "fastconv.conv2d, no grad": lambda: fastconv.conv2d(x, w, b, 1, 1, 1, groups),
+            "fastconv.conv2d, no grad": lambda: fastconv.conv2d(x, w, b, 1, 1, 1, groups, algo=algo),
+            "fastconv.conv2d, no grad, via the op": ops_path(
+                lambda: fastconv.conv2d(x, w, b, 1, 1, 1, groups, algo=algo)),
             f"torch.ops.fastconv.{alg.op}_conv2d": lambda: op(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], groups, "none"),
-            "nn.Conv2d fwd+bwd (torch)": lambda: train_step(ref),
-            "fastconv.nn.Conv2d fwd+bwd": lambda: train_step(mod),
         }
         if alg.name.startswith("triton_"):
             kern = importlib.import_module("fastconv.kernels." + alg.name.split("_", 1)[1])
-            cases[f"kernels.{kern.__name__.rsplit('.', 1)[1]}.conv2d (no dispatcher)"] = (
+            no_grad[f"kernels.{kern.__name__.rsplit('.', 1)[1]}.conv2d (no dispatcher)"] = (
                 lambda: kern.conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], groups, "none"))
+        train = {
+            "nn.Conv2d fwd+bwd (torch)": lambda: train_step(ref),
+            "fastconv.nn.Conv2d fwd+bwd": lambda: train_step(mod),
+            "fastconv.nn.Conv2d fwd+bwd, via the op": ops_path(lambda: train_step(mod)),
+        }
+        cases = {**no_grad, **train}
         with torch.no_grad():
-            for label in list(cases)[:4] + list(cases)[6:]:
+            for label in no_grad:
                 rows.append((name, alg.name, label, per_call_us(cases[label], args.calls, sync)))
-        for label in list(cases)[4:6]:
+        for label in train:
             rows.append((name, alg.name, label, per_call_us(cases[label], args.calls // 4, sync)))
         if args.profile:
             for label in ("fastconv.nn.Conv2d, no grad", "fastconv.nn.Conv2d fwd+bwd"):

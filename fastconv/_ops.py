@@ -61,6 +61,34 @@ def _activation_grad(grad, ctx, fwd):
     return torch.ops.aten.gelu_backward(grad, z)
 
 
+def save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups, activation,
+                      output) -> None:
+    """What conv_backward reads from ctx (the ops' autograd and the eager path's alike)."""
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.stride, ctx.padding, ctx.dilation, ctx.groups = stride, padding, dilation, groups
+    ctx.input_size = list(input.shape)
+    ctx.weight_size = list(weight.shape)
+    # ReLU and ReLU6 gradients follow from the output; SiLU/GELU recompute.
+    out = output if activation in ("relu", "relu6") else None
+    ctx.save_for_backward(input, weight, bias, out)
+
+
+def conv_backward(ctx, grad, fwd, gin, gw):
+    """(grad_input, grad_weight, grad_bias) of conv2d + fused activation, through the
+    family's forward (to recompute SiLU/GELU's pre-activation) and gradient kernels."""
+    input, weight = ctx.saved_tensors[:2]
+    if ctx.activation != "none":
+        grad = _activation_grad(grad, ctx, fwd)
+    need_in, need_w, need_b = ctx.needs_input_grad[:3]
+    g_in = gin(grad, weight, ctx.input_size, ctx.stride, ctx.padding, ctx.dilation,
+               ctx.groups) if need_in else None
+    g_w = gw(grad, input, ctx.weight_size, ctx.stride, ctx.padding, ctx.dilation,
+             ctx.groups) if need_w else None
+    g_b = grad.sum((0, 2, 3)) if (ctx.has_bias and need_b) else None
+    return g_in, g_w, g_b
+
+
 def register_family(op: str, *, fake: bool = True) -> None:
     """Register fake kernels (unless the op is a triton_op, which traces itself),
     autograd and FLOP formulas for the family `op`."""
@@ -87,26 +115,11 @@ def register_family(op: str, *, fake: bool = True) -> None:
 
     def setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, dilation, groups, *rest = inputs
-        ctx.activation = rest[0] if rest else "none"
-        ctx.has_bias = bias is not None
-        ctx.stride, ctx.padding, ctx.dilation, ctx.groups = stride, padding, dilation, groups
-        ctx.input_size = list(input.shape)
-        ctx.weight_size = list(weight.shape)
-        # ReLU and ReLU6 gradients follow from the output; SiLU/GELU recompute.
-        out = output if ctx.activation in ("relu", "relu6") else None
-        ctx.save_for_backward(input, weight, bias, out)
+        save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups,
+                          rest[0] if rest else "none", output)
 
     def backward(ctx, grad):
-        input, weight = ctx.saved_tensors[:2]
-        if ctx.activation != "none":
-            grad = _activation_grad(grad, ctx, fwd)
-        need_in, need_w, need_b = ctx.needs_input_grad[:3]
-        g_in = gin(grad, weight, ctx.input_size, ctx.stride, ctx.padding, ctx.dilation,
-                   ctx.groups) if need_in else None
-        g_w = gw(grad, input, ctx.weight_size, ctx.stride, ctx.padding, ctx.dilation,
-                 ctx.groups) if need_w else None
-        g_b = grad.sum((0, 2, 3)) if (ctx.has_bias and need_b) else None
-        return g_in, g_w, g_b, None, None, None, None, None
+        return (*conv_backward(ctx, grad, fwd, gin, gw), None, None, None, None, None)
 
     # The CPU families register this same autograd in C++ (csrc/autograd.cpp): the
     # Python kernel costs tens of microseconds a call even when no gradient is needed.

@@ -39,8 +39,14 @@ _FAMILIES = {"triton_igemm": "igemm", "triton_depthwise": "depthwise",
 _LIB = None  # keeps the torch.library fragment alive
 
 
+_MODULES: dict = {}
+
+
 def _kernels(module: str):
-    return importlib.import_module(f"fastconv.kernels.{module}")
+    mod = _MODULES.get(module)
+    if mod is None:  # import_module costs a microsecond or two a call: look it up once
+        mod = _MODULES[module] = importlib.import_module(f"fastconv.kernels.{module}")
+    return mod
 
 
 def _cpu_guard(op: str) -> None:
@@ -74,6 +80,9 @@ def _impls(op: str, module: str, cpu: bool):
     return fwd, gin, gw
 
 
+_IMPLS: dict = {}  # (op, device type) -> the three Python kernels registered for it
+
+
 def _define_ops() -> None:
     global _LIB
     _LIB = torch.library.Library("fastconv", "FRAGMENT")
@@ -82,9 +91,22 @@ def _define_ops() -> None:
             _LIB.define(schema.format(op=op))
         names = (f"{op}_conv2d", f"{op}_conv2d_grad_input", f"{op}_conv2d_grad_weight")
         for key, cpu in (("CUDA", False), ("CPU", True)):
-            for name, fn in zip(names, _impls(op, module, cpu)):
+            impls = _IMPLS[op, key.lower()] = _impls(op, module, cpu)
+            for name, fn in zip(names, impls):
                 _LIB.impl(name, fn, key)
         register_family(op, fake=True)
+
+
+def _eager_kernels(op: str):
+    """The kernels the ops dispatch to, for fastconv's eager path (see registry.Algorithm).
+    On CUDA the kernel module's own functions (one call less); on the CPU the registered
+    impls, which keep the interpreter check."""
+    def kernels(device_type: str):
+        if device_type == "cuda":
+            mod = _kernels(_FAMILIES[op])
+            return mod.conv2d, mod.conv2d_grad_input, mod.conv2d_grad_weight
+        return _IMPLS.get((op, device_type))
+    return kernels
 
 
 def _depthwise_only(spec: ConvSpec):
@@ -112,21 +134,21 @@ if triton is not None:
     _define_ops()
     register(Algorithm(
         name="triton_igemm", op="triton_igemm", devices=("cuda",), interpreted_devices=("cpu",),
-        dtypes=DTYPES,
-        summary="implicit GEMM in Triton (no im2col buffer), tensor-core tl.dot with fp32 "
+        dtypes=DTYPES, eager_kernels=_eager_kernels("triton_igemm"),
+        summary="implicit GEMM in Triton (no im2col buffer; TMA descriptors for 1x1 channels_last), tensor-core tl.dot with fp32 "
                 "accumulation for fp32 (TF32 iff cudnn.allow_tf32)/fp16/bf16; fp64 via a "
                 "non-dot multiply-sum path; fused bias+activation; tiles tuned per shape and "
                 "cached on disk",
         constraints="any conv2d (stride, padding, dilation, groups, both layouts)"))
     register(Algorithm(
         name="triton_depthwise", op="triton_depthwise", devices=("cuda",),
-        interpreted_devices=("cpu",), dtypes=DTYPES,
+        interpreted_devices=("cpu",), dtypes=DTYPES, eager_kernels=_eager_kernels("triton_depthwise"),
         summary="direct depthwise in Triton, a pixel x channel tile per program looping over "
                 "the taps (1x1..31x31); fp32 accumulation (fp64 for fp64); fused bias+activation",
         constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only))
     register(Algorithm(
         name="triton_grouped", op="triton_grouped", devices=("cuda",),
-        interpreted_devices=("cpu",), dtypes=DTYPES,
+        interpreted_devices=("cpu",), dtypes=DTYPES, eager_kernels=_eager_kernels("triton_grouped"),
         summary="grouped conv with few channels per group in Triton: per tap one contiguous "
                 "[pixels, GPT*Cg] tile times a block-diagonal [GPT*Cg, GPT*Kg] weight on the "
                 "tensor cores (GPT groups per program, >= 16 wide); fp64 on a CUDA-core "

@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import registry
+from . import _eager, registry
 from ._ops import ACTIVATIONS
 from .spec import ConvSpec
 
@@ -148,28 +148,56 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     algo: "auto" or a registered algorithm name (see fastconv.algorithms()).
     activation: None, "relu", "relu6", "silu" or "gelu", fused into the kernel's epilogue.
     """
+    return run(plan(input, weight, bias, stride, padding, dilation, groups, algo, activation),
+               input, weight, bias)
+
+
+class Plan:
+    """A validated call: the algorithm and the op's arguments, cached per geometry."""
+    __slots__ = ("unbatched", "spec", "alg", "op", "stride", "padding", "dilation", "groups",
+                 "activation", "kernels", "ops", "packing")
+
+    def __init__(self, unbatched, spec, alg, activation, eager):
+        self.unbatched, self.spec, self.alg, self.activation = unbatched, spec, alg, activation
+        self.op = alg.forward
+        self.stride, self.padding = list(spec.stride), list(spec.padding)
+        self.dilation, self.groups = list(spec.dilation), spec.groups
+        # The eager path's kernels (fastconv/_eager.py); never inside a trace.
+        self.kernels = alg.eager_kernels(spec.device) if (eager and alg.eager_kernels) else None
+        self.ops = (alg.forward, alg.grad_input, alg.grad_weight) if self.kernels else None
+        self.packing = alg.packing if eager else None  # packed weights: eager inference only
+
+
+def plan(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
+         activation=None) -> Plan:
+    """Validate a conv2d call and choose its algorithm (cached: see _cache_key)."""
     key = _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, activation)
     hit = _lookup(key)
     if hit is not None:
-        unbatched, _, op, st, pad, dil, act = hit
-        out = op(input.unsqueeze(0) if unbatched else input, weight, bias, st, pad, dil, groups,
-                 act)
-        return out.squeeze(0) if unbatched else out
-
+        return hit
     act = "none" if activation is None else activation
     if act not in ACTIVATIONS:
         raise ValueError(f"fastconv.conv2d: unknown activation {activation!r}; expected one of "
                          f"None, {', '.join(a for a in ACTIVATIONS if a != 'none')}")
     if not isinstance(algo, str):
         raise TypeError(f"fastconv.conv2d: algo must be a string, got {algo!r}")
-    x, unbatched, spec = conv_spec(input, weight, bias, stride, padding, dilation, groups)
+    _, unbatched, spec = conv_spec(input, weight, bias, stride, padding, dilation, groups)
     alg = select(spec, algo)
-    op = alg.forward
-    st, pad, dil = list(spec.stride), list(spec.padding), list(spec.dilation)
+    p = Plan(unbatched, spec, alg, act, eager=not _is_compiling())
     # Only a call that got this far (every check passed, an algorithm chosen) is cached.
-    _store(key, (unbatched, spec, op, st, pad, dil, act), alg)
-    out = op(x, weight, bias, st, pad, dil, groups, act)
-    return out.squeeze(0) if unbatched else out
+    _store(key, p, alg)
+    return p
+
+
+def run(p: Plan, input, weight, bias):
+    """Run a planned call: the eager kernels where _eager.plain allows, else the op."""
+    x = input.unsqueeze(0) if p.unbatched else input
+    if p.kernels is not None and _eager.plain(input, weight, bias):
+        out = _eager.conv2d(p.kernels, p.ops, x, weight, bias, p.stride, p.padding, p.dilation,
+                            p.groups, p.activation)
+    else:
+        out = p.op(x, weight, bias, p.stride, p.padding, p.dilation, p.groups, p.activation)
+    return out.squeeze(0) if p.unbatched else out
 
 
 # --- The validation cache ---------------------------------------------------------------
@@ -190,7 +218,7 @@ def _pair_key(v):
         return (v, v)
     if t is tuple or t is list:
         if len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
-            return (v[0], v[1])
+            return v if t is tuple else (v[0], v[1])  # nn.Conv2d's attributes: tuples
         if len(v) == 1 and type(v[0]) is int:
             return (v[0], v[0])
     return None
@@ -218,10 +246,13 @@ def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, act
     if (type(algo) is not str and algo is not _SPEC_ONLY) or (
             activation is not None and type(activation) is not str):
         return None
-    # Shape, strides (layout), dtype and device of each tensor.
-    return (input.shape, input.stride(), input.dtype, input.device,
+    # Shape, strides (layout), dtype and device of each tensor. The interpreter switch
+    # changes what validates on the CPU only (an environment read costs ~0.7 us).
+    device = input.device
+    return (input.shape, input.stride(), input.dtype, device,
             weight.shape, weight.stride(), weight.dtype, weight.device,
-            b, st, pad, dil, groups, algo, activation, registry.triton_interpret())
+            b, st, pad, dil, groups, algo, activation,
+            device.type != "cuda" and registry.triton_interpret())
 
 
 def _lookup(key):

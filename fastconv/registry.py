@@ -44,6 +44,11 @@ class Algorithm:
     # stride, padding[4], dilation, groups, activation) -> output. No autograd needed.
     pack_weight: Optional[Callable] = field(default=None, compare=False)
     forward_packed: Optional[Callable] = field(default=None, compare=False)
+    # Optional eager kernels: eager_kernels(device_type) -> (forward, grad_input, grad_weight),
+    # Python callables with the three ops' signatures that fastconv.conv2d may call without
+    # the dispatcher where nothing could tell the difference (fastconv/_eager.py), or None.
+    # Families whose ops are C++ leave it None: their dispatch is already cheap.
+    eager_kernels: Optional[Callable] = field(default=None, compare=False)
 
     @property
     def forward(self):

@@ -96,18 +96,35 @@ class PlanCache(dict):
         super().__setitem__(key, value)
 
 
+# torch.backends.cudnn.allow_tf32 is a module property costing ~0.5 us a read; the getter
+# behind it (present in every torch this supports) costs a sixth of that.
+_allow_tf32 = getattr(torch._C, "_get_cudnn_allow_tf32", None) or (
+    lambda: torch.backends.cudnn.allow_tf32)
+
+
 def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
     """Everything a plan depends on: shapes, strides, dtype, device, conv parameters, the
     TF32 flag and whether there is a bias (its values and pointers are the call's own)."""
     return (a.shape, a.stride(), b.shape, b.stride(), a.dtype, b.dtype, a.device,
             tuple(stride), tuple(padding), tuple(dilation), groups, extra, bias is None,
-            torch.backends.cudnn.allow_tf32)
+            _allow_tf32())
+
+
+# Debug: fill every output with NaN before the kernel runs, so an element it fails to write
+# shows. Read from FASTCONV_POISON once (an environment read costs ~0.7 us, more than some
+# of the calls it would sit in); set_debug_poison switches it later (tests/conftest.py).
+POISON = os.environ.get("FASTCONV_POISON") == "1"
+
+
+def set_debug_poison(on: bool) -> None:
+    global POISON
+    POISON = bool(on)
 
 
 def new_output(size, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(size, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
-    if os.environ.get("FASTCONV_POISON") == "1":
+    if POISON:
         out.fill_(float("nan"))
     return out
 
@@ -263,6 +280,102 @@ def gpu_time(fn, reps: int = 5) -> float:
         times.append(start.elapsed_time(end) / GRAPH_LAUNCHES)
     del g
     return sorted(times)[len(times) // 2]
+
+
+try:
+    from triton.compiler import CompiledKernel as _CompiledKernel
+except ImportError:  # pragma: no cover - every triton this supports has it
+    _CompiledKernel = None
+
+
+def _direct_launch_supported() -> bool:
+    """CompiledKernel[grid](*args) takes every kernel parameter in order, constexprs
+    included, from triton 3.2 on (checked against 3.6 and 3.9: JITFunction.run ends in the
+    same launcher call). FASTCONV_DIRECT_LAUNCH=0 turns the direct launch off."""
+    if _CompiledKernel is None or not callable(getattr(_CompiledKernel, "__getitem__", None)):
+        return False
+    if os.environ.get("FASTCONV_DIRECT_LAUNCH", "1") == "0":
+        return False
+    try:
+        major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (3, 2)
+
+
+DIRECT_LAUNCH = _direct_launch_supported()
+_current_device = torch.cuda.current_device  # the device Triton launches on
+
+
+class Launch:
+    """One plan's kernel launch, `kernel[grid](*tensors, *scalars, **kwargs)`, with all but
+    the tensors fixed when the plan is made (no per-call grid, config or kwargs work).
+
+    Triton's JIT launch binds and specializes every parameter on every call (~45 for the
+    implicit GEMM), formats its options into a cache key and looks the compiled kernel up:
+    most of a small layer's host time (benchmarks/triton_launch.py). Within one plan the
+    scalars, constexprs and options never change (the plan key holds shapes, strides and
+    conv parameters), so all that could change the binder's choice is each tensor's dtype
+    and 16-byte alignment and the current device. The first launch per such signature goes
+    through the JIT (compiling if needed), which returns the CompiledKernel; later ones call
+    that kernel's own launcher, CompiledKernel[grid](*args), where JITFunction.run ends too.
+
+    Before a compiled kernel is reused it is checked once: launched directly into a second
+    output buffer, it must write bit for bit what the JIT launch wrote (the kernels are
+    deterministic). If that fails or raises (another Triton's launcher convention, or
+    non-finite data), this Launch stays on the JIT. The last tensor is the output, which
+    the kernels only write. Off under the interpreter, during CUDA graph capture (no
+    check can synchronize there) and where DIRECT_LAUNCH is False."""
+
+    __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled")
+
+    def __init__(self, kernel, grid, n_tensors: int, scalars, kwargs: dict, device):
+        self.kernel, self.grid = kernel, tuple(grid)
+        self.grid3 = (*self.grid, 1, 1)[:3]  # the compiled launcher takes all three
+        self.scalars, self.kwargs = tuple(scalars), kwargs
+        self.compiled = None
+        names = getattr(kernel, "arg_names", None)
+        if DIRECT_LAUNCH and device.type == "cuda" and not interpreting() and names:
+            rest = names[n_tensors + len(self.scalars):]
+            if all(n in kwargs for n in rest):  # else: not the layout we know, JIT only
+                self.args_tail = self.scalars + tuple(kwargs[n] for n in rest)
+                self.compiled = {}
+
+    def __call__(self, *tensors):
+        cache = self.compiled
+        if cache is not None:
+            key = (_current_device(),
+                   *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+            runner = cache.get(key)
+            if runner is not None:
+                runner(*tensors, *self.args_tail)
+                return
+        kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
+        if cache is not None and isinstance(kernel, _CompiledKernel) and not _capturing():
+            same = self._same_result(kernel, tensors)
+            if same:
+                # CompiledKernel[grid] binds the grid once; each call takes the stream then.
+                cache[key] = kernel[self.grid3]
+            elif same is not None:
+                self.compiled = None
+
+    def _same_result(self, kernel, tensors):
+        """True/False: the direct launch writes / does not write what the JIT launch wrote;
+        None: no like-for-like buffer to check with (the next signature will be checked)."""
+        out = tensors[-1]
+        again = torch.empty_like(out)
+        if again.stride() != out.stride() or again.data_ptr() % 16 != out.data_ptr() % 16:
+            return None
+        again.fill_(float("nan"))
+        try:
+            kernel[self.grid3](*tensors[:-1], again, *self.args_tail)
+            return torch.equal(again, out)
+        except Exception:  # noqa: BLE001 - any failure just keeps the JIT launch
+            return False
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def launch_meta(cfg: dict) -> tuple[dict, dict]:

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TORCH_TO_TL, PlanCache, TileTuner, activation_code,
+from ._common import (TORCH_TO_TL, Launch, PlanCache, TileTuner, activation_code,
                       apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
                       launch_meta, mma, needs_int64, new_output, plan_key)
 
@@ -385,13 +385,22 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
     kred = cg * r * s
 
-    def launch(cfg, x, w, b, y):
+    def kernel_args(cfg, has_bias):
         meta, opts = launch_meta(cfg)
         nested = meta.pop("NESTED", False)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
+        blocked = cg % meta["BLOCK_K"] == 0
+        return grid, dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, CHANNEL_BLOCKED=blocked,
+                          PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64,
+                          GROUP=GROUP_M, **dots, **meta, **opts)
+
+    def launch(cfg, x, w, b, y):
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
         # the same tile through pointers.
         if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
+            meta, opts = launch_meta(cfg)
+            meta.pop("NESTED", None)
+            grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
             bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
             a_desc = TensorDescriptor(x, [m, c], [c, 1], [bm, bk])
             b_desc = TensorDescriptor(w, [k, c], [c, 1], [bn, bk])
@@ -403,12 +412,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                 OUT_DTYPE=TORCH_TO_TL[y.dtype], HAS_BIAS=b is not None, ACT=act,
                 GROUP=GROUP_M, **dots, **meta, **opts)
             return
-        blocked = cg % meta["BLOCK_K"] == 0
-        _igemm_fwd_kernel[grid](
-            x, w, w if b is None else b, y, *geometry,
-            R=r, S=s, HAS_BIAS=b is not None, ACT=act, CHANNEL_BLOCKED=blocked,
-            PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64, GROUP=GROUP_M,
-            **dots, **meta, **opts)
+        grid, kw = kernel_args(cfg, b is not None)
+        _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
@@ -428,9 +433,21 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         return not cfg.get("NESTED") or (cg % cfg["BLOCK_K"] == 0 and not plain)
     cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y), prune)
 
+    if cfg.get("KIND") == "tma":
+        # Descriptors wrap each call's tensors (and an unaligned view falls back to
+        # pointers): the TMA tile keeps the per-call launch.
+        def run(x, w, bias):
+            y = new_output((n, k, ho, wo), x, cl)
+            launch(cfg, x, w, None if bias is None else bias.contiguous(), y)
+            return y
+        return run
+
+    grid, kw = kernel_args(cfg, bias is not None)
+    fast = Launch(_igemm_fwd_kernel, grid, 4, geometry, kw, x.device)
+
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
-        launch(cfg, x, w, None if bias is None else bias.contiguous(), y)
+        fast(x, w, w if bias is None else bias.contiguous(), y)
         return y
     return run
 
@@ -596,22 +613,28 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
-    def launch(cfg, dy, w, dx):
+    def kernel_args(cfg):
         meta, opts = launch_meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
-        _igemm_bwd_input_kernel[grid](
-            dy, w, dx, *geometry, R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-            FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64, **dots, **meta,
-            **opts)
+        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
+                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64,
+                          **dots, **meta, **opts)
+
+    def launch(cfg, dy, w, dx):
+        grid, kw = kernel_args(cfg)
+        _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
            f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
     cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx),
                 _k_prune(kg * r * s, cg))
 
+    grid, kw = kernel_args(cfg)
+    fast = Launch(_igemm_bwd_input_kernel, grid, 3, geometry, kw, dy.device)
+
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
-        launch(cfg, dy, w, dx)
+        fast(dy, w, dx)
         return dx
     return run
 
@@ -742,14 +765,17 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_K"]) * meta["BLOCK_K"]
         return triton.cdiv(q, chunk), chunk
 
-    def launch(cfg, dy, x):
+    def kernel_args(cfg):
         meta, opts = launch_meta(cfg)
         split, chunk = plan(meta)
-        part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
-        _igemm_bwd_weight_kernel[grid](
-            dy, x, part, *geometry, chunk, *strides,
-            R=r, S=s, NEED_I64=i64, **dots, **meta, **opts)
+        return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, NEED_I64=i64, **dots,
+                                                              **meta, **opts)
+
+    def launch(cfg, dy, x):
+        split, grid, scalars, kw = kernel_args(cfg)
+        part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
+        _igemm_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
     key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
@@ -758,8 +784,13 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
                          and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
     cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
 
+    split, grid, scalars, kw = kernel_args(cfg)
+    part_size = (split, k, cg, r, s)
+    fast = Launch(_igemm_bwd_weight_kernel, grid, 3, scalars, kw, x.device)
+
     def run(dy, x):
-        part = launch(cfg, dy, x)
+        part = torch.empty(part_size, dtype=acc_dtype, device=x.device)
+        fast(dy, x, part)
         # Fixed-order sum over the split: the same bits on every run.
         dw = new_output(tuple(weight_size), x, False)
         if part.dtype == dw.dtype:

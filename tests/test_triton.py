@@ -602,3 +602,120 @@ def test_grouped_int64_path(monkeypatch):
     for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
         monkeypatch.setattr(grouped, cache, grouped.PlanCache())
     _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], torch.float32, True)
+
+# --- Host overhead: the eager fast path and the plans' direct launch ----------------------
+
+def test_eager_fast_path_runs_the_triton_kernels():
+    """fastconv.conv2d skips the dispatcher (one autograd.Function over the kernel module's
+    functions) and gives the ops' results and gradients; FlopCounterMode still sees the ops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fastconv import _eager
+
+    case = IGEMM_CASES["dense3x3"]
+    x, w, b = make(case[0], case[1], torch.float32, True, requires_grad=True)
+    out = fastconv.conv2d(x, w, b, *case[2:], algo="triton_igemm", activation="silu")
+    assert type(out.grad_fn).__name__ == "Conv2dFunctionBackward"
+    gy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, b), gy)
+    _eager.ENABLED = False
+    try:
+        ref = fastconv.conv2d(x, w, b, *case[2:], algo="triton_igemm", activation="silu")
+        assert type(ref.grad_fn).__name__ != "Conv2dFunctionBackward"
+        for g, r in zip(grads, torch.autograd.grad(ref, (x, w, b), gy)):
+            assert torch.equal(g, r)
+    finally:
+        _eager.ENABLED = True
+    assert torch.equal(out, ref)
+    xs, ws = DW_CASES["k3"][:2]
+    xd, wd, bd = make(xs, ws, torch.float32, False)
+    with FlopCounterMode(display=False) as fc:
+        fastconv.conv2d(xd, wd, bd, 1, 1, 1, 6, algo="triton_depthwise")
+    assert fc.get_total_flops() == 2 * 2 * 6 * 7 * 9 * 9
+
+
+def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
+    """Launch: the first call per (device, tensor dtypes, 16-byte alignment) goes through the
+    JIT launch; once the CompiledKernel it returned has written the same output when called
+    directly, later calls use it, with a 3-D grid and every parameter in order (constexprs
+    included), as JITFunction.run does. A compiled kernel that writes something else (or
+    raises) is never used."""
+    from fastconv.kernels import _common
+
+    class Compiled:
+        def __init__(self, value):
+            self.value = value
+
+        def __getitem__(self, grid):
+            def launch(*args):
+                calls.append(("direct", grid, args[:-1] if args[1] is None else args))
+                args[1].fill_(self.value)  # the output: the last tensor, before the scalars
+            return launch
+
+    class Jit:
+        arg_names = ["a", "out", "n", "m", "BLOCK", "ACT"]
+
+        def __init__(self, direct_value=None):
+            self.direct_value = direct_value
+
+        def __getitem__(self, grid):
+            def launch(a, out, *args, **kwargs):
+                calls.append(("jit", grid, (a, out, *args), kwargs))
+                out.fill_(1.0)
+                return Compiled(1.0 if self.direct_value is None else self.direct_value)
+            return launch
+
+    calls = []
+    device = [0]
+    monkeypatch.setattr(_common, "_CompiledKernel", Compiled)
+    monkeypatch.setattr(_common, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    monkeypatch.setattr(_common, "_current_device", lambda: device[0])
+    cuda = type("FakeDevice", (), {"type": "cuda"})()
+    kw = dict(ACT=1, BLOCK=64, num_warps=4)
+    launch = _common.Launch(Jit(), [3, 2], 2, (7, 9), kw, cuda)
+    a, out = torch.zeros(16), torch.zeros(16)
+    launch(a, out)
+    assert calls[0] == ("jit", (3, 2), (a, out, 7, 9), kw)
+    assert calls[1][0] == "direct"  # the one-time check, into another buffer
+    out.zero_()
+    launch(a, out)
+    assert calls[-1][:2] == ("direct", (3, 2, 1)) and calls[-1][2][0] is a
+    assert calls[-1][2][1] is out and calls[-1][2][2:] == (7, 9, 64, 1)
+    assert (out == 1).all()
+    for other in (a[1:], a.double()):  # 4-byte offset: not 16-aligned; another dtype
+        launch(other, out)
+        assert calls[-2][0] == "jit"
+        launch(other, out)
+        assert calls[-1][0] == "direct"
+    device[0] = 1  # another current device: compiled for it anew
+    n = len(calls)
+    launch(a, out)
+    assert calls[n][0] == "jit"
+    # A compiled kernel whose direct launch writes something else is never used.
+    wrong = _common.Launch(Jit(direct_value=2.0), [1], 2, (7, 9), kw, cuda)
+    for _ in range(3):
+        wrong(a, out)
+        assert calls[-1][0] == "jit" or calls[-2][0] == "jit"
+    assert wrong.compiled is None and (out == 1).all()
+    # An output with no like-for-like buffer to check against: JIT, and checked next time.
+    unchecked = _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda)
+    unchecked(a, out[1:])
+    assert calls[-1][0] == "jit" and unchecked.compiled == {}
+    # No direct launch where Triton's kernel parameters are not what the plan passes.
+    odd = _common.Launch(Jit(), [1], 2, (7,), dict(BLOCK=64), cuda)
+    assert odd.compiled is None
+    odd(a, out)
+    assert calls[-1][0] == "jit"
+    # Nor under the interpreter.
+    monkeypatch.setattr(_common, "interpreting", lambda: True)
+    assert _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda).compiled is None
+
+
+def test_outputs_are_poisoned_in_tests():
+    """conftest switches the kernels' NaN poisoning on for every test (read once from
+    FASTCONV_POISON at import, then set through _common.set_debug_poison)."""
+    from fastconv.kernels import _common
+
+    assert _common.POISON
+    assert torch.isnan(_common.new_output((2, 3), torch.zeros(1), False)).all()

@@ -7,6 +7,13 @@ nn.Conv2d checkpoint loads into it and the reverse. Two additions:
 - ``activation``: None, "relu", "relu6", "silu" or "gelu", fused into the epilogue
   (``fastconv.fuse`` sets it when it folds a following activation module).
 
+Per call, the module does no validation: the plan of a call (algorithm, op arguments) comes
+from fastconv.conv2d's cache, keyed by the input's and weight's shape, strides, dtype and
+device and by the module's stride, padding, dilation, groups, algo and activation as they are
+at that call, so changing any of them (``fastconv.fuse`` sets ``activation``) plans anew.
+The plan then runs like fastconv.conv2d, through its eager fast path where that applies
+(fastconv/_eager.py).
+
 Inference with a packed weight: an algorithm may declare a "prepare weight" step
 (``Algorithm.packing``: ``pack_weight(weight, groups)`` and ``forward_packed(...)``). When no
 gradient flows through the call (``torch.no_grad()``/``inference_mode`` or parameters
@@ -97,10 +104,14 @@ class Conv2d(nn.Conv2d):
             padding = self.padding
         if torch.is_autocast_enabled(input.device.type):
             input, weight, bias = _autocast(input, weight, bias)
-        if self._may_use_packed(input, weight, bias):
-            return self._inference_forward(input, weight, bias, padding)
-        return _functional.conv2d(input, weight, bias, self.stride, padding, self.dilation,
-                                  self.groups, algo=self.algo, activation=self.activation)
+        # The validated plan (algorithm, op arguments) is cached per input geometry by
+        # fastconv.conv2d's cache, whose key holds this module's current stride, padding,
+        # dilation, groups, algo and activation: changing any of them replans.
+        plan = _functional.plan(input, weight, bias, self.stride, padding, self.dilation,
+                                self.groups, self.algo, self.activation)
+        if plan.packing is not None and self._may_use_packed(input, weight, bias):
+            return self._inference_forward(plan, input, weight, bias)
+        return _functional.run(plan, input, weight, bias)
 
     # -- inference: packed weights where the algorithm has them ----------------------
     @staticmethod
@@ -112,21 +123,13 @@ class Conv2d(nn.Conv2d):
             return False  # the packed ops have no autograd: training uses the regular op
         return not weight.is_inference()  # inference tensors have no version counter
 
-    def _inference_forward(self, input, weight, bias, padding):
-        # fastconv.conv2d's steps, with the spec computed once for both paths.
-        x, unbatched, spec = _functional.conv_spec(input, weight, bias, self.stride, padding,
-                                                   self.dilation, self.groups)
-        alg = _functional.select(spec, self.algo)
-        act = "none" if self.activation is None else self.activation
-        args = (list(spec.stride), list(spec.padding), list(spec.dilation), self.groups, act)
-        packing = alg.packing
-        if packing is None:
-            out = alg.forward(x, weight, bias, *args)
-        else:
-            pack, forward_packed = packing
-            packed = self._packed_weight_for(alg.name, pack, weight)
-            out = forward_packed(x, packed, list(weight.shape), bias, *args)
-        return out.squeeze(0) if unbatched else out
+    def _inference_forward(self, plan, input, weight, bias):
+        pack, forward_packed = plan.packing
+        packed = self._packed_weight_for(plan.alg.name, pack, weight)
+        x = input.unsqueeze(0) if plan.unbatched else input
+        out = forward_packed(x, packed, list(weight.shape), bias, plan.stride, plan.padding,
+                             plan.dilation, plan.groups, plan.activation)
+        return out.squeeze(0) if plan.unbatched else out
 
     def _packed_weight_for(self, algo_name: str, pack, weight: torch.Tensor):
         key = (algo_name, weight._version, weight.data_ptr(), tuple(weight.shape),
