@@ -29,9 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
-                      plan_key)
+from ._common import (INT32_LIMIT, Launch, PlanCache, TileTuner, activation_code,
+                      apply_activation, dot_args, dot_precision, is_channels_last, launch_meta,
+                      mma, needs_int64, new_output, plan_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -474,29 +474,33 @@ def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
     return plan(x, w, bias)
 
 
-def _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64,
-                 flip=False):
-    """Launch the row-reuse kernel: y = conv(x, w) (+ b, activation), any layouts.
-    flip=True convolves with w rotated by 180 degrees, read in place through negative
-    strides from its last tap (grad_input of a stride-1 conv)."""
+def _rows_args(meta, opts, x, w, y, stride, padding, dilation, has_bias, act, i64, flip=False):
+    """(grid, scalar args, constexprs and options) of the row-reuse kernel computing
+    y = conv(x, w) (+ b, activation), any layouts. flip=True convolves with w rotated by 180
+    degrees, read in place through negative strides from its last tap (grad_input of a
+    stride-1 conv): the kernel then takes `_flipped(w)` as its weight."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     ho, wo = y.shape[2], y.shape[3]
     swk, swr, sws = w.stride(0), w.stride(2), w.stride(3)
     if flip:
-        w, swr, sws = w[:, :, r - 1:, s - 1:], -swr, -sws
+        swr, sws = -swr, -sws
     rows = meta["ROWS"]
     if rows not in (1, 2, 4, 8):
         raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
     tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
     tiles_hw = triton.cdiv(ho, rows) * tiles_w
     grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
-    _dw_fwd_rows_kernel[grid](
-        x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
-        *x.stride(), swk, swr, sws, *y.stride(),
-        stride[1], padding[0], padding[2], dilation[1], SH=stride[0], DH=dilation[0],
-        R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
-        **meta, **opts)
+    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), swk, swr, sws,
+               *y.stride(), stride[1], padding[0], padding[2], dilation[1])
+    return grid, scalars, dict(SH=stride[0], DH=dilation[0], R=r, S=s, HAS_BIAS=has_bias,
+                               ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta,
+                               **opts)
+
+
+def _flipped(w):
+    """w's last tap, from which the flipped kernel is read through negative strides."""
+    return w[:, :, w.shape[2] - 1:, w.shape[3] - 1:]
 
 
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
@@ -515,35 +519,40 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     i64 = needs_int64(x, w, y)
     has_bias = bias is not None
 
-    def launch(cfg, x, w, b, y):
+    conv = (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+    wst = (w.stride(0), w.stride(2), w.stride(3))
+
+    def kernel_args(cfg):
+        """(kernel, transpose input?, grid, scalar args, constexprs and options) of cfg."""
         meta, opts = launch_meta(cfg)
         if cfg.get("KIND") == "rows":
-            _launch_rows(meta, opts, x, w, b, y, stride, padding, dilation, has_bias, act, i64)
-            return
+            grid, scalars, kw = _rows_args(meta, opts, x, w, y, stride, padding, dilation,
+                                           has_bias, act, i64)
+            return _dw_fwd_rows_kernel, False, grid, scalars, kw
         tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
         if cfg.get("KIND") == "toeplitz":
             # Rows of one channel must be contiguous for the A tiles: channels_last input is
-            # transposed once (a few us against a compute-bound conv); the output is written
-            # through its strides in whatever layout it has.
-            xt = x.contiguous()
+            # transposed once per call (a few us against a compute-bound conv); the output is
+            # written through its strides in whatever layout it has.
             kw = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
                                                 + (s - 1) * dilation[1] + 1))
             d = dot_args(x.dtype)
-            _dw_fwd_toeplitz_kernel[(n * k, tiles_hw)](
-                xt, w, b, y, h, wd, ho, wo, k, k // c, tiles_w,
-                *xt.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
-                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-                R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64 or needs_int64(xt),
-                IS_FP32=d["IS_FP32"], PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
-            return
-        grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
-        _dw_fwd_kernel[grid](
-            x, w, b, y, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw,
-            *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
-            ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
+            xt_strides = (c * h * wd, h * wd, wd, 1)  # x.contiguous()'s
+            return _dw_fwd_toeplitz_kernel, True, (n * k, tiles_hw), (
+                h, wd, ho, wo, k, k // c, tiles_w, *xt_strides, *wst, *y.stride(), *conv), dict(
+                R=r, S=s, HAS_BIAS=has_bias, ACT=act,
+                NEED_I64=i64 or n * c * h * wd > INT32_LIMIT, IS_FP32=d["IS_FP32"],
+                PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
+        return _dw_fwd_kernel, False, (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"])), (
+            h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), *wst, *y.stride(),
+            *conv), dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
+                         ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta,
+                         **opts)
+
+    def launch(cfg, x, w, b, y):
+        kernel, transpose, grid, scalars, kw = kernel_args(cfg)
+        kernel[grid](x.contiguous() if transpose else x, w, b, y, *scalars, **kw)
 
     if r * s <= UNROLL_TAPS:
         tuner = _fwd_tuner_rows_nhwc if is_channels_last(y) else _fwd_tuner_rows_nchw
@@ -559,9 +568,12 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
                           + dot_precision(x.dtype)), x.device,
                      lambda cfg: launch(cfg, x, w, b0, y), prune)
 
+    kernel, transpose, grid, scalars, kw = kernel_args(cfg)
+    fast = Launch(kernel, grid, 4, scalars, kw, x.device)
+
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
-        launch(cfg, x, w, w if bias is None else bias.contiguous(), y)
+        fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(), y)
         return y
     return run
 
@@ -674,21 +686,28 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, kernel flipped
     flip_pad = ((r - 1) * dilation[0] - padding[0], 0, (s - 1) * dilation[1] - padding[2], 0)
 
-    def launch(cfg, dy, w, dx):
+    def kernel_args(cfg):
+        """(kernel, flipped weight?, grid, scalar args, constexprs and options) of cfg."""
         meta, opts = launch_meta(cfg)
         if cfg.get("KIND") == "rows":
-            _launch_rows(meta, opts, dy, w, w, dx, (1, 1), flip_pad, dilation, False, 0, i64,
-                         flip=True)
-            return
+            grid, scalars, kw = _rows_args(meta, opts, dy, w, dx, (1, 1), flip_pad, dilation,
+                                           False, 0, i64, flip=True)
+            return _dw_fwd_rows_kernel, True, grid, scalars, kw
         tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
         tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
-        grid = (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"]))
-        _dw_bwd_input_kernel[grid](
-            dy, w, dx, h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
+        return _dw_bwd_input_kernel, False, (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"])), (
+            h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
             *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1]), dict(
             R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
             **meta, **opts)
+
+    def launch(cfg, dy, w, dx):
+        kernel, flip, grid, scalars, kw = kernel_args(cfg)
+        if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias
+            kernel[grid](dy, _flipped(w), w, dx, *scalars, **kw)
+        else:
+            kernel[grid](dy, w, dx, *scalars, **kw)
 
     if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
         tuner = _bwd_input_tuner_rows_nhwc if is_channels_last(dx) else _bwd_input_tuner_rows_nchw
@@ -698,9 +717,15 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
            f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
     cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
 
+    kernel, flip, grid, scalars, kw = kernel_args(cfg)
+    fast = Launch(kernel, grid, 4 if flip else 3, scalars, kw, dy.device)
+
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
-        launch(cfg, dy, w, dx)
+        if flip:
+            fast(dy, _flipped(w), w, dx)
+        else:
+            fast(dy, w, dx)
         return dx
     return run
 
