@@ -101,7 +101,7 @@ def emit(model_path: str) -> None:
         sp = spec.with_(dtype=x.dtype, layout=layout, device="cuda")
         mod = cmodel.gpu_cost_model(sp, machine.GPU_L2_BYTES, tile)
         rows.append(dict(layer=label, dtype=dtype, layout=layout, algo=algo, flops=spec.flops,
-                         tile={k: v for k, v in (tile or {}).items() if k.startswith("BLOCK")},
+                         tile={k: v for k, v in (tile or {}).items() if k.startswith(("BLOCK", "ROWS", "KIND"))},
                          min_bytes=spec.min_bytes, model_l2=mod["L2"], model_hbm=mod["HBM"],
                          model_read=mod["HBM_read"], model_write=mod["HBM_write"]))
     with open(model_path, "w") as f:
@@ -116,8 +116,9 @@ def _tuner_choices() -> dict:
     for name, mod in list(sys.modules.items()):
         if name.startswith("fastconv.kernels."):
             for v in vars(mod).values():
-                if isinstance(v, TileTuner):
-                    out.update(v.memory)
+                for t in (v.values() if isinstance(v, dict) else (v,)):  # per-dtype tuner dicts
+                    if isinstance(t, TileTuner):
+                        out.update(t.memory)
     return out
 
 
@@ -169,7 +170,7 @@ def report(ncu_csv: str, model_path: str, out: str) -> None:
             table.append(dict(
                 layer=row["layer"], dtype=row["dtype"], layout=row["layout"],
                 impl=row["algo"] if ours else "cudnn", kernels="+".join(k[0][:48] for k in ks),
-                tile=" ".join(f"{k[6:]}={v}" for k, v in row.get("tile", {}).items()) if ours else "",
+                tile=" ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in row.get("tile", {}).items()) if ours else "",
                 min_bytes=row["min_bytes"], model_read=row["model_read"], dram_read=read,
                 read_vs_model=read / row["model_read"], model_write=row["model_write"],
                 dram_write=write, model_l2=row["model_l2"] if ours else math.nan, l2_bytes=l2,

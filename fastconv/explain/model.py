@@ -710,6 +710,8 @@ def gpu_cost_model(spec: ConvSpec, l2_bytes: int, tile: dict | None = None) -> d
     if spec.is_depthwise:
         name = f"triton_depthwise_{spec.layout}"
         t = dict(GPU_DEFAULT_TILES[name], **(tile or {}))
+        if "ROWS" in t:  # the row-reuse kernel: ROWS output rows per program
+            t["BLOCK_H"] = t["ROWS"]
         rows = _halo_rows(t["BLOCK_H"], spec.Ho, spec.stride[0], spec.dilation[0], spec.R, spec.H + spec.padding[0] + spec.padding[1])
         cols = _halo_rows(t["BLOCK_W"], spec.Wo, spec.stride[1], spec.dilation[1], spec.S, spec.W + spec.padding[2] + spec.padding[3])
         window = spec.N * spec.K * spec.Ho * spec.Wo * rows * cols * e  # per output channel
