@@ -3,7 +3,6 @@ cases, the JSON schema, the pictures and --vs-linear."""
 import contextlib
 import io
 import json
-import os
 
 import pytest
 import torch

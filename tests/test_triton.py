@@ -187,7 +187,7 @@ def test_igemm_tma_16bit_and_misaligned_view(igemm_tile, dtype):
     log = igemm_tile("tma")
     _check_forward("triton_igemm", IGEMM_KIND_CASES["plain_deep"], dtype, True)
     assert log == ["tma"]
-    xs, ws = (1, 128, 3, 5), (24, 128, 1, 1)
+    ws = (24, 128, 1, 1)
     flat = torch.randn(1 + 3 * 5 * 128, dtype=torch.float64).to(dtype).to(DEVICE)
     x = flat[1:].view(1, 3, 5, 128).permute(0, 3, 1, 2)  # channels_last, 2-byte aligned
     w = layout(torch.randn(ws, dtype=torch.float64).to(dtype), True).to(DEVICE)
