@@ -53,11 +53,14 @@ def torch_conv_fn(spec: ConvSpec) -> Callable:
 
 
 def fastconv_fn(alg: Algorithm, spec: ConvSpec) -> Callable:
-    """The algorithm's op itself (torch.ops.fastconv.<op>_conv2d, autograd registered on it): the same
-    dispatcher entry F.conv2d goes through, without fastconv.conv2d's Python argument checks."""
-    op = alg.forward
-    stride, padding, dilation = list(spec.stride), list(spec.padding), list(spec.dilation)
-    return lambda x, w: op(x, w, None, stride, padding, dilation, spec.groups, "none")
+    """What a repeated fastconv.conv2d call runs once its validation is cached: the plan's
+    eager path (fastconv/_eager.py: the Triton kernels without the dispatcher, when nothing
+    observes the call) or else the algorithm's registered op, autograd included. The plan is
+    built from the spec, so asymmetric padding needs no F.pad."""
+    from ..functional import Plan, run
+
+    p = Plan(False, spec, alg, "none", eager=True)
+    return lambda x, w: run(p, x, w, None)
 
 
 def unfold_fn(spec: ConvSpec) -> Callable:
