@@ -1,6 +1,6 @@
 """DistributedDataParallel on a converted model: 2 CPU processes (gloo) match one process
 training on the same global batch, gradients and parameters, step by step."""
-import socket
+import os
 
 import pytest
 import torch
@@ -38,10 +38,14 @@ def train(model, xs, ys, steps):
     return grads, [p.detach().clone() for p in model.parameters()]
 
 
-def _worker(rank, port, state, x, y, out_path):
+def _worker(rank, store_path, state, x, y, out_path):
     torch.set_num_threads(1)
     fastconv._C.set_debug_poison(True)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file store (no port to race for) and gloo pairs on the loopback device: a TCP
+    # rendezvous on a just-freed port, or gloo picking the host's external interface,
+    # occasionally aborted a worker on shared CI machines.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=WORLD)
     try:
         model = make_model()
@@ -54,14 +58,11 @@ def _worker(rank, port, state, x, y, out_path):
         grads, params = train(ddp, xs, ys, STEPS)
         if rank == 0:
             torch.save({"grads": grads, "params": params}, out_path)
+        # Both ranks leave together: a rank tearing gloo down while its peer still has
+        # traffic in flight can abort the peer (std::terminate in a gloo thread).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -73,7 +74,8 @@ def test_ddp_matches_single_process(tmp_path):
     x = torch.randn(GLOBAL_BATCH, 3, 10, 10, dtype=torch.float64)
     y = torch.randint(0, 3, (GLOBAL_BATCH,))
     out_path = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(free_port(), state, x, y, out_path), nprocs=WORLD, join=True)
+    store = str(tmp_path / "store")
+    mp.spawn(_worker, args=(store, state, x, y, out_path), nprocs=WORLD, join=True)
     got = torch.load(out_path)
 
     single = fastconv.convert(make_model())
