@@ -140,6 +140,14 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def num_sms(device: torch.device, interpreted: int) -> int:
+    """Multiprocessors of a CUDA device, which split reductions size their grids by; on CPU
+    tensors (the interpreter) `interpreted` stands in, small enough to keep runs short."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return interpreted
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ._common import (INT32_LIMIT, Launch, PlanCache, TileTuner, activation_code,
                       apply_activation, dot_args, dot_precision, is_channels_last, launch_meta,
-                      mma, needs_int64, new_output, plan_key)
+                      mma, needs_int64, new_output, num_sms, plan_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -988,12 +988,6 @@ _wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_IN
 _wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 
 
-def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
-
-
 _bwd_weight_plans = PlanCache()
 
 
@@ -1024,7 +1018,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
     acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
     i64 = needs_int64(dy, x)
-    sms = _num_sms(x.device)
+    sms = num_sms(x.device, 2)
 
     def plan(meta):
         programs = triton.cdiv(r * s, meta["TAP_BLOCK"]) * triton.cdiv(k, meta["BLOCK_C"])

@@ -40,8 +40,8 @@ import triton
 import triton.language as tl
 
 from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, launch_meta, mma, needs_int64, new_output,
-                      plan_key)
+                      dot_precision, is_channels_last, launch_meta, mma, needs_int64,
+                      new_output, num_sms, plan_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
 MAX_GROUP_WIDTH = 64  # Cg, Kg above this: a dense-ish GEMM per group, triton_igemm's job
@@ -707,12 +707,6 @@ _wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CO
 _bwd_weight_plans = PlanCache()
 
 
-def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
     plan = _bwd_weight_plans.get(key)
@@ -741,7 +735,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     i64 = needs_int64(dy, x)
-    sms = _num_sms(x.device)
+    sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
     args = (h, wd, ho, wo, q, groups)
     strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],

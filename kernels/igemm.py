@@ -29,9 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (TORCH_TO_TL, Launch, PlanCache, TileTuner, activation_code,
+from ._common import (Launch, PlanCache, TORCH_TO_TL, TileTuner, activation_code,
                       apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
-                      launch_meta, mma, needs_int64, new_output, plan_key)
+                      launch_meta, mma, needs_int64, new_output, num_sms, plan_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -718,12 +718,6 @@ _bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTE
 SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
 
 
-def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 _bwd_weight_plans = PlanCache()
 
 
@@ -752,7 +746,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     jred = cg * r * s
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     i64 = needs_int64(dy, x)
-    sms = _num_sms(x.device)
+    sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
     geometry = (h, wd, ho, wo, q, cg, kg)
     strides = (*dy.stride(), *x.stride(),
