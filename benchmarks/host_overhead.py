@@ -113,8 +113,18 @@ def main() -> None:
         }
         if alg.name.startswith("triton_"):
             kern = importlib.import_module("fastconv.kernels." + alg.name.split("_", 1)[1])
-            no_grad[f"kernels.{kern.__name__.rsplit('.', 1)[1]}.conv2d (no dispatcher)"] = (
+            short = kern.__name__.rsplit('.', 1)[1]
+            no_grad[f"kernels.{short}.conv2d (no dispatcher)"] = (
                 lambda: kern.conv2d(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], groups, "none"))
+            # The training step's backward pieces, one at a time.
+            dy = F.conv2d(x, w, b, 1, 1, 1, groups)
+            geo = ([1, 1], [1, 1, 1, 1], [1, 1], groups)
+            no_grad[f"kernels.{short}.conv2d_grad_input"] = (
+                lambda: kern.conv2d_grad_input(dy, w, list(x.shape), *geo))
+            no_grad[f"kernels.{short}.conv2d_grad_weight"] = (
+                lambda: kern.conv2d_grad_weight(dy, x, list(w.shape), *geo))
+            no_grad["bias gradient, dy.sum((0, 2, 3))"] = lambda: dy.sum((0, 2, 3))
+            no_grad["torch.empty_like(dy)"] = lambda: torch.empty_like(dy)
         train = {
             "nn.Conv2d fwd+bwd (torch)": lambda: train_step(ref),
             "fastconv.nn.Conv2d fwd+bwd": lambda: train_step(mod),

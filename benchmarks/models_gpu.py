@@ -13,6 +13,9 @@ the report lists), checks eval outputs against the unconverted model, and times
   forward_fused  fastconv.fuse'd copy (BN folded, activations in the epilogue) vs the
                  unconverted eval model
   train_step     forward + backward + SGD step in train mode
+  forward_graph, train_step_graph
+                 the same, captured once in a CUDA graph and replayed: no host work, so
+                 these rows compare the GPU work alone (kernels, not launch overhead)
 with triton.testing.do_bench (medians; CUDA events when triton is missing) and
 torch.backends.cudnn.benchmark on. Writes
 models.csv and models.md (with the per-model list of skipped layers) to --out.
@@ -44,7 +47,7 @@ import fastconv  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "convnext_tiny", "efficientnet_b0"]
 PRECISIONS = ["tf32", "bf16_cl"]
-MODES = ["forward", "forward_fused", "train_step"]
+MODES = ["forward", "forward_fused", "train_step", "forward_graph", "train_step_graph"]
 COLUMNS = ["model", "precision", "mode", "batch", "image", "device", "fastconv_ms", "torch_ms",
            "speedup", "max_abs_err", "rel_err", "swapped", "skipped", "status"]
 # Relative output error (max |fast - torch| / max |torch|) above which a row says "MISMATCH".
@@ -168,6 +171,21 @@ def train_fn(model, x, classes=1000):
     return fn
 
 
+def graphed(fn):
+    """fn captured in a CUDA graph after a warm-up on a side stream (plans tuned, Triton
+    kernels compiled, cuDNN algorithms chosen); returns the graph's replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def compare(fast_out, ref_out):
     diff = (fast_out.float() - ref_out.float()).abs().max().item()
     scale = ref_out.float().abs().max().item()
@@ -202,7 +220,7 @@ def run_config(name, precision, args, device, skipped_layers):
     for mode in args.modes:
         row = dict(base, mode=mode)
         try:
-            if mode == "forward":
+            if mode in ("forward", "forward_graph"):
                 a, b = fast, ref
                 row["max_abs_err"], row["rel_err"] = err
                 fa, fb = forward_fn(a, x), forward_fn(b, x)
@@ -216,6 +234,12 @@ def run_config(name, precision, args, device, skipped_layers):
                 row["max_abs_err"], row["rel_err"] = err
                 classes = 10 if args.dry_run else 1000
                 fa, fb = train_fn(a, x, classes), train_fn(b, x, classes)
+            if mode.endswith("_graph"):
+                if device != "cuda":
+                    row["status"] = "skipped: CUDA graphs need a GPU"
+                    rows.append(row)
+                    continue
+                fa, fb = graphed(fa), graphed(fb)
             row["fastconv_ms"] = bench_ms(fa, device, args.reps)
             row["torch_ms"] = bench_ms(fb, device, args.reps)
             row["speedup"] = row["torch_ms"] / row["fastconv_ms"]
