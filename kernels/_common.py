@@ -7,6 +7,7 @@ TRITON_INTERPRET=1 one small fixed config runs with no timing at all.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -332,7 +333,8 @@ class Launch:
     output buffer, it must write bit for bit what the JIT launch wrote (the kernels are
     deterministic). If that fails or raises (another Triton's launcher convention, or
     non-finite data), this Launch stays on the JIT. The last tensor is the output, which
-    the kernels only write. Off under the interpreter, during CUDA graph capture (no
+    the kernels only write. Host TMA descriptors (triton's TensorDescriptor) may stand for
+    tensors: the launcher encodes them on every call, direct or JIT. Off under the interpreter, during CUDA graph capture (no
     check can synchronize there) and where DIRECT_LAUNCH is False."""
 
     __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled")
@@ -352,8 +354,7 @@ class Launch:
     def __call__(self, *tensors):
         cache = self.compiled
         if cache is not None:
-            key = (_current_device(),
-                   *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+            key = (_current_device(), *[_signature(t) for t in tensors])
             runner = cache.get(key)
             if runner is not None:
                 runner(*tensors, *self.args_tail)
@@ -371,15 +372,27 @@ class Launch:
         """True/False: the direct launch writes / does not write what the JIT launch wrote;
         None: no like-for-like buffer to check with (the next signature will be checked)."""
         out = tensors[-1]
-        again = torch.empty_like(out)
-        if again.stride() != out.stride() or again.data_ptr() % 16 != out.data_ptr() % 16:
+        desc = not isinstance(out, torch.Tensor)  # a TMA descriptor of the output
+        base = out.base if desc else out
+        again = torch.empty_like(base)
+        if again.stride() != base.stride() or again.data_ptr() % 16 != base.data_ptr() % 16:
             return None
         again.fill_(float("nan"))
         try:
-            kernel[self.grid3](*tensors[:-1], again, *self.args_tail)
-            return torch.equal(again, out)
+            arg = dataclasses.replace(out, base=again) if desc else again
+            kernel[self.grid3](*tensors[:-1], arg, *self.args_tail)
+            return torch.equal(again, base)
         except Exception:  # noqa: BLE001 - any failure just keeps the JIT launch
             return False
+
+
+def _signature(t):
+    """What the JIT binder specializes a launch argument on: a tensor's dtype and 16-byte
+    alignment; a TMA descriptor's (host TensorDescriptor) base dtype, aligned by its own
+    check."""
+    if isinstance(t, torch.Tensor):  # nn.Parameter included
+        return t.dtype, t.data_ptr() % 16 == 0
+    return t.base.dtype, "desc"
 
 
 def _capturing() -> bool:

@@ -249,3 +249,42 @@ def test_repeated_calls_direct_launch(algo, c, h, r, dtype, cl):
     for got, want in zip(runs[0], (ref, rgx, rgw)):
         err = (got.double() - want).norm() / want.norm()
         assert err < tol, err
+
+
+@pytest.mark.parametrize("dtype,bias", [(torch.bfloat16, True), (torch.float32, False)])
+def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
+    """The TMA plain-GEMM tile (1x1 channels_last) launches directly from the second call
+    on (host descriptors through the compiled launcher), bit for bit as the first call."""
+    from fastconv.kernels import _common, igemm
+
+    made = []
+
+    class Recorded(_common.Launch):
+        __slots__ = ()
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    tiles = igemm.FWD_CONFIGS_16 if dtype == torch.bfloat16 else igemm.FWD_CONFIGS_32
+    tma_tile = next(cfg for cfg in tiles if cfg.get("KIND") == "tma")
+    monkeypatch.setattr(igemm, "Launch", Recorded)
+    monkeypatch.setattr(igemm, "_pick", lambda *args: tma_tile)
+    igemm._fwd_plans.clear()
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(4, 256, 14, 14, device="cuda", dtype=dtype).to(
+            memory_format=torch.channels_last)
+        w = torch.randn(192, 256, 1, 1, device="cuda", dtype=dtype).to(
+            memory_format=torch.channels_last)
+        b = torch.randn(192, device="cuda", dtype=dtype) if bias else None
+        outs = [igemm.conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none")
+                for _ in range(4)]
+    finally:
+        igemm._fwd_plans.clear()
+    tma = [launch for launch in made if launch.kernel is igemm._igemm_fwd_tma_kernel]
+    assert len(tma) == 1 and tma[0].compiled, "the TMA tile did not take the direct launch"
+    for later in outs[1:]:
+        assert torch.equal(outs[0], later)
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double())
+    assert (outs[0].double() - ref).norm() / ref.norm() < 2e-2
