@@ -424,6 +424,11 @@ def _acc_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _part_dtype(dtype):
+    """torch dtype of grad_weight's partial sums (the kernels' accumulator)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _check(x, w, groups, name):
     if x.dtype != w.dtype:
         raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
@@ -947,10 +952,6 @@ def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, 
     part = torch.empty(part_size, dtype=_part_dtype(x.dtype), device=x.device)
     _dw_bwd_weight_rows_kernel[grid](dy, x, part, *scalars, **kw)
     return part
-
-
-def _part_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
