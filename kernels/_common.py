@@ -337,7 +337,8 @@ class Launch:
     tensors: the launcher encodes them on every call, direct or JIT. Off under the interpreter, during CUDA graph capture (no
     check can synchronize there) and where DIRECT_LAUNCH is False."""
 
-    __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled")
+    __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled",
+                 "layout_ok")
 
     def __init__(self, kernel, grid, n_tensors: int, scalars, kwargs: dict, device):
         self.kernel, self.grid = kernel, tuple(grid)
@@ -345,11 +346,20 @@ class Launch:
         self.scalars, self.kwargs = tuple(scalars), kwargs
         self.compiled = None
         names = getattr(kernel, "arg_names", None)
-        if DIRECT_LAUNCH and device.type == "cuda" and not interpreting() and names:
-            rest = names[n_tensors + len(self.scalars):]
-            if all(n in kwargs for n in rest):  # else: not the layout we know, JIT only
-                self.args_tail = self.scalars + tuple(kwargs[n] for n in rest)
-                self.compiled = {}
+        rest = names[n_tensors + len(self.scalars):] if names else None
+        # Every parameter after the tensors and scalars given by keyword (defaults included):
+        # else not the layout we know, JIT only. Known everywhere, so that the interpreter
+        # tests can check a plan's launch would go direct on a GPU.
+        self.layout_ok = rest is not None and all(n in kwargs for n in rest)
+        if DIRECT_LAUNCH and device.type == "cuda" and not interpreting() and self.layout_ok:
+            self.args_tail = self.scalars + tuple(kwargs[n] for n in rest)
+            self.compiled = {}
+
+    @property
+    def direct(self) -> bool:
+        """True once some call signature launches through the compiled kernel's own
+        launcher (its check passed); False while every call still goes through the JIT."""
+        return bool(self.compiled)
 
     def __call__(self, *tensors):
         cache = self.compiled

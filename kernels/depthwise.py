@@ -424,6 +424,11 @@ def _acc_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _part_dtype(dtype):
+    """torch dtype of grad_weight's partial sums (the kernels' accumulator)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _check(x, w, groups, name):
     if x.dtype != w.dtype:
         raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
@@ -575,6 +580,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         y = new_output((n, k, ho, wo), x, cl)
         fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(), y)
         return y
+    run.launches = (fast,)
     return run
 
 
@@ -727,6 +733,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         else:
             fast(dy, w, dx)
         return dx
+    run.launches = (fast,)
     return run
 
 
@@ -915,8 +922,9 @@ def _dw_bwd_weight_rows_kernel(
         tl.store(base + 7 * S * K, tl.sum(a7, axis=0), mask=k_ok)
 
 
-def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
-    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
+def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
+    """Row-reuse grad_weight: (grid, scalar args, constexprs and options, partial-sum size
+    [split, R*S, K]) for `_dw_bwd_weight_rows_kernel(dy, x, part, ...)`."""
     n, c, h, wd = x.shape
     k, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     rows = meta["ROWS"]
@@ -930,13 +938,19 @@ def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, 
     split = max(1, min(tiles, programs // (cblocks * s)))
     chunk = triton.cdiv(tiles, split)
     split = triton.cdiv(tiles, chunk)
-    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
-    part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
-    _dw_bwd_weight_rows_kernel[(s, split, cblocks)](
-        dy, x, part, h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk,
-        *dy.stride(), *x.stride(), stride[1], padding[0], padding[2], dilation[1],
-        SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype),
-        **meta, **opts)
+    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk, *dy.stride(),
+               *x.stride(), stride[1], padding[0], padding[2], dilation[1])
+    kw = dict(SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64,
+              ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+    return (s, split, cblocks), scalars, kw, (split, r * s, k)
+
+
+def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
+    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
+    grid, scalars, kw, part_size = _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding,
+                                                    dilation, i64, programs)
+    part = torch.empty(part_size, dtype=_part_dtype(x.dtype), device=x.device)
+    _dw_bwd_weight_rows_kernel[grid](dy, x, part, *scalars, **kw)
     return part
 
 
@@ -956,11 +970,19 @@ def _dw_wgrad_reduce_kernel(part_ptr, out_ptr, SPLIT, TAPS_K, K, TAPS, BLOCK: tl
 WGRAD_REDUCE_BLOCK = 512
 
 
+def _reduce_args(part_size):
+    """(grid, scalar args, constexprs and options) of `_dw_wgrad_reduce_kernel(part, out)`.
+    Every element of out is written: e runs over all of TAPS*K and (e % K, e // K) is a
+    bijection onto out's [K, TAPS]."""
+    split, taps, k = part_size
+    return ((triton.cdiv(taps * k, WGRAD_REDUCE_BLOCK),), (split, taps * k, k, taps),
+            dict(BLOCK=WGRAD_REDUCE_BLOCK, num_warps=4))
+
+
 def _reduce_partials(part, out):
     """One kernel instead of sum + transpose-copy (two launches, ~3 us each in a graph)."""
-    split, taps, k = part.shape
-    _dw_wgrad_reduce_kernel[(triton.cdiv(taps * k, WGRAD_REDUCE_BLOCK),)](
-        part, out, split, taps * k, k, taps, BLOCK=WGRAD_REDUCE_BLOCK, num_warps=4)
+    grid, scalars, kw = _reduce_args(part.shape)
+    _dw_wgrad_reduce_kernel[grid](part, out, *scalars, **kw)
     return out
 
 
@@ -1016,7 +1038,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     q = n * ho * wo
     if q == 0:
         return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    acc_t = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_t = _part_dtype(x.dtype)
     i64 = needs_int64(dy, x)
     sms = num_sms(x.device, 2)
 
@@ -1027,21 +1049,30 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_P"]) * meta["BLOCK_P"]
         return triton.cdiv(q, chunk), chunk
 
-    def launch(cfg, dy, x):
+    def kernel_args(cfg):
+        """(kernel, grid, scalar args, constexprs and options, partial-sum size) of cfg.
+        Both kernels write every element of part [split, R*S, K]: each split index has a
+        program per (tap block | kernel column, channel block), which stores all of its
+        taps and channels (zeros for an empty chunk)."""
         meta, opts = launch_meta(cfg)
         if cfg.get("KIND") == "rows":
             programs = meta.pop("P") * sms
-            return _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64,
-                                      programs)
+            grid, scalars, kw, part_size = _wgrad_rows_args(meta, opts, dy, x, r, s, stride,
+                                                            padding, dilation, i64, programs)
+            return _dw_bwd_weight_rows_kernel, grid, scalars, kw, part_size
         split, chunk = plan(meta)
-        part = torch.empty((split, r * s, k), dtype=acc_t, device=x.device)
         grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
-        _dw_bwd_weight_kernel[grid](
-            dy, x, part, h, wd, ho, wo, k, k // c, q, chunk,
-            *dy.stride(), *x.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
-        return part
+        scalars = (h, wd, ho, wo, k, k // c, q, chunk, *dy.stride(), *x.stride(),
+                   stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+        kw = dict(R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+        return _dw_bwd_weight_kernel, grid, scalars, kw, (split, r * s, k)
+
+    def run_cfg(cfg, dy, x):
+        kernel, grid, scalars, kw, part_size = kernel_args(cfg)
+        part = torch.empty(part_size, dtype=acc_t, device=x.device)
+        kernel[grid](dy, x, part, *scalars, **kw)
+        # Fixed-order reduction over the split: the same bits on every run.
+        return _reduce_partials(part, new_output(tuple(weight_size), x, False))
 
     if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
         tuner = _wgrad_tuner_rows_nhwc if is_channels_last(x) else _wgrad_tuner_rows_nchw
@@ -1058,11 +1089,22 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
                 and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s))
 
-    def run_cfg(cfg, dy, x):
-        part = launch(cfg, dy, x)
-        # Fixed-order reduction over the split: the same bits on every run.
-        return _reduce_partials(part, new_output(tuple(weight_size), x, False))
-
     # timed with its reduction: the split size trades partial traffic against parallelism
     cfg = tuner.pick(key, x.device, lambda cfg: run_cfg(cfg, dy, x), prune)
-    return lambda dy, x: run_cfg(cfg, dy, x)
+
+    # Both launches fixed now (the grids depend only on the plan key and the device's SM
+    # count); a call allocates the partials and the result and launches twice.
+    kernel, grid, scalars, kw, part_size = kernel_args(cfg)
+    fast = Launch(kernel, grid, 3, scalars, kw, x.device)
+    rgrid, rscalars, rkw = _reduce_args(part_size)
+    reduce = Launch(_dw_wgrad_reduce_kernel, rgrid, 2, rscalars, rkw, x.device)
+    size, device = tuple(weight_size), x.device
+
+    def run(dy, x):
+        part = torch.empty(part_size, dtype=acc_t, device=device)
+        fast(dy, x, part)
+        dw = new_output(size, x, False)
+        reduce(part, dw)
+        return dw
+    run.launches = (fast, reduce)
+    return run

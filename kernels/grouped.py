@@ -39,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PlanCache, TileTuner, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, launch_meta, mma, needs_int64,
+from ._common import (Launch, PlanCache, TileTuner, activation_code, apply_activation,
+                      dot_args, dot_precision, is_channels_last, launch_meta, mma, needs_int64,
                       new_output, num_sms, plan_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
@@ -414,7 +414,9 @@ _bwd_input_plans = PlanCache()
 
 def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilation,
               transposed, act, i64, dots, src_strides, w_strides, dst_strides):
-    """launch(cfg, src, w, bias, dst) for the shared forward / grad_input kernel."""
+    """launch(cfg, src, w, bias, dst) for the shared forward / grad_input kernel, through
+    Triton's JIT (the tuner's); launch.direct(cfg, has_bias, device) is the plan's Launch
+    of that config (`Launch(src, w, bias or w, dst)`)."""
     n, _, hs, ws = src_shape
     _, _, hd, wd = dst_shape
     # grad_input with stride > 1: one program per stride phase (see _grouped_kernel), so no
@@ -422,10 +424,10 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
     phased = transposed and tuple(stride) != (1, 1) and tuple(dilation) == (1, 1)
     if phased:
         m = n * triton.cdiv(hd, stride[0]) * triton.cdiv(wd, stride[1])
-        taps = dict(PHASED=True, TR=triton.cdiv(r, stride[0]), TS=triton.cdiv(s, stride[1]))
+        tr, ts = triton.cdiv(r, stride[0]), triton.cdiv(s, stride[1])
     else:
         m = n * hd * wd
-        taps = {}
+        tr, ts = 1, 1
     swk, swc, swr, sws = w_strides
     kg = co if not transposed else ci
     # Weight offsets of (ci, co): forward w[g*Kg + co, ci], transposed w[g*Kg + ci, co].
@@ -434,20 +436,31 @@ def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilat
                 *dst_strides, stride[0], stride[1], padding[0], padding[2], dilation[0],
                 dilation[1])
 
-    def launch(cfg, src, w, b, dst):
+    def kernel_args(cfg, has_bias):
+        """(grid, constexprs and options) of cfg: every parameter after the scalars by name,
+        the defaulted ones included (Launch's direct path needs them all)."""
         direct, gpt, block_m, opts, kind = _resolve(cfg, ci, co, groups)
-        if kind == "bdk" and not transposed:
-            tb = {"TB": 1 << (r * s).bit_length() - 1}
-        else:
-            tb = {"PIPE": kind == "bdp"}
+        # "bdk": the first TB = 2^k <= R*S taps as one dot (forward only)
+        tb = 1 << (r * s).bit_length() - 1 if kind == "bdk" and not transposed else 0
         grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),
                 stride[0] * stride[1] if phased else 1)
-        _grouped_kernel[grid](
-            src, w, w if b is None else b, dst, *geometry,
+        return grid, dict(
             CI=ci, CO=co, CI_P=triton.next_power_of_2(ci), CO_P=triton.next_power_of_2(co),
-            R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=b is not None, ACT=act, NEED_I64=i64,
-            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, **taps, **tb,
-            **dots, **opts)
+            R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
+            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, PHASED=phased,
+            TR=tr, TS=ts, TB=tb, PIPE=kind == "bdp", **dots, **opts)
+
+    def launch(cfg, src, w, b, dst):
+        grid, kw = kernel_args(cfg, b is not None)
+        _grouped_kernel[grid](src, w, w if b is None else b, dst, *geometry, **kw)
+
+    def direct_launch(cfg, has_bias, device):
+        # The output (dst) is fully written: programs cover every group chunk and every
+        # pixel (per stride phase when PHASED), masked only outside the tensor.
+        grid, kw = kernel_args(cfg, has_bias)
+        return Launch(_grouped_kernel, grid, 4, geometry, kw, device)
+
+    launch.direct = direct_launch
     return launch
 
 
@@ -490,10 +503,14 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
                 _prune(cg, kg, groups, x.dtype))
 
+    fast = launch.direct(cfg, bias is not None, x.device)
+    size = (n, k, ho, wo)
+
     def run(x, w, bias):
-        y = new_output((n, k, ho, wo), x, cl)
-        launch(cfg, x, w, None if bias is None else bias.contiguous(), y)
+        y = new_output(size, x, cl)
+        fast(x, w, w if bias is None else bias.contiguous(), y)
         return y
+    run.launches = (fast,)
     return run
 
 
@@ -531,10 +548,14 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, None, dx),
                 _prune(kg, cg, groups, dy.dtype))
 
+    fast = launch.direct(cfg, False, dy.device)
+    size = (n, c, h, wd)
+
     def run(dy, w):
-        dx = new_output((n, c, h, wd), dy, cl)
-        launch(cfg, dy, w, None, dx)
+        dx = new_output(size, dy, cl)
+        fast(dy, w, w, dx)
         return dx
+    run.launches = (fast,)
     return run
 
 
@@ -751,19 +772,26 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         chunk = triton.cdiv(triton.cdiv(q, split), cfg["BLOCK_Q"]) * cfg["BLOCK_Q"]
         return gpt, tiles, triton.cdiv(q, chunk), chunk
 
-    def launch(cfg, dy, x):
+    def kernel_args(cfg):
+        """(kernel, grid, scalar args, constexprs and options, partial-sum size) of cfg. Both
+        kernels write every element of part [split, K, Cg, R, S]: per split, the programs
+        cover every (tap, group chunk) and store each group's whole [Kg, Cg] diagonal block
+        (zeros for an empty chunk)."""
         meta, opts = launch_meta(cfg)
         gpt, tiles, split, chunk = plan(cfg)
-        part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
-        common = dict(CG=cg, KG=kg, CG_P=triton.next_power_of_2(cg),
-                      KG_P=triton.next_power_of_2(kg), R=r, S=s, NEED_I64=i64, GPT=gpt,
-                      BLOCK_Q=meta["BLOCK_Q"], **dots, **opts)
+        kw = dict(CG=cg, KG=kg, CG_P=triton.next_power_of_2(cg),
+                  KG_P=triton.next_power_of_2(kg), R=r, S=s, NEED_I64=i64, GPT=gpt,
+                  BLOCK_Q=meta["BLOCK_Q"], **dots, **opts)
+        kernel = _grouped_wgrad_kernel
         if cfg.get("KIND") == "taps":
-            _grouped_wgrad_taps_kernel[(tiles, split)](
-                dy, x, part, *args, chunk, *strides, RS_P=rs_p, EVEN_G=groups % gpt == 0,
-                **common)
-        else:
-            _grouped_wgrad_kernel[(tiles, split)](dy, x, part, *args, chunk, *strides, **common)
+            kernel = _grouped_wgrad_taps_kernel
+            kw.update(RS_P=rs_p, EVEN_G=groups % gpt == 0)
+        return kernel, (tiles, split), (*args, chunk, *strides), kw, (split, k, cg, r, s)
+
+    def launch(cfg, dy, x):
+        kernel, grid, scalars, kw, part_size = kernel_args(cfg)
+        part = torch.empty(part_size, dtype=acc_dtype, device=x.device)
+        kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
     def prune(cfg):
@@ -781,13 +809,19 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     else:
         cfg = _wgrad_tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x), prune)
 
+    kernel, grid, scalars, kw, part_size = kernel_args(cfg)
+    fast = Launch(kernel, grid, 3, scalars, kw, x.device)
+    size, device, same_dtype = tuple(weight_size), x.device, acc_dtype == x.dtype
+
     def run(dy, x):
-        part = launch(cfg, dy, x)
+        part = torch.empty(part_size, dtype=acc_dtype, device=device)
+        fast(dy, x, part)
         # Fixed-order sum over the split: the same bits on every run.
-        dw = new_output(tuple(weight_size), x, False)
-        if part.dtype == dw.dtype:
+        dw = new_output(size, x, False)
+        if same_dtype:
             torch.sum(part, dim=0, out=dw)
         else:
             dw.copy_(part.sum(0))
         return dw
+    run.launches = (fast,)
     return run

@@ -284,6 +284,18 @@ def test_depthwise_backward_dtypes(dtype):
     _check_backward("triton_depthwise", DW_CASES["k3_s2_mult2"], dtype, True)
 
 
+def _assert_plans_launch_directly(module):
+    """Every plan `module` holds launches through kernels._common.Launch objects whose
+    arguments are laid out as the compiled kernel's own launcher takes them, so on a GPU they
+    go direct after the first call (the interpreter always JIT-launches: only the layout can
+    be checked here; tests/test_triton_gpu.py checks the direct launch itself)."""
+    plans = [plan for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans")
+             for plan in getattr(module, cache).values()]
+    assert plans
+    for plan in plans:
+        assert plan.launches and all(launch.layout_ok for launch in plan.launches)
+
+
 @pytest.fixture
 def force_dw_tiles(monkeypatch):
     """force(fwd, bwd_input, bwd_weight): the interpreter runs each tuner's interpret_config,
@@ -318,6 +330,8 @@ def test_depthwise_rows_tiles(force_dw_tiles, name, cl, rows, block_w, block_c,
     cfg = dict(KIND="rows", ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c)
     force_dw_tiles(cfg, cfg, dict(cfg, P=programs_per_sm))
     _check_backward("triton_depthwise", DW_CASES[name], torch.float32, cl, "relu")
+    from fastconv.kernels import depthwise as dw
+    _assert_plans_launch_directly(dw)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
@@ -327,6 +341,7 @@ def test_depthwise_tap_loop_kernels_small(force_dw_tiles, cl):
     from fastconv.kernels import depthwise as dw
     force_dw_tiles(dw.INTERPRET_CONFIG, dw.INTERPRET_CONFIG, dw.WGRAD_INTERPRET_CONFIG)
     _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
+    _assert_plans_launch_directly(dw)
 
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
@@ -521,6 +536,7 @@ def test_grouped_tile_variants(name, tile, wtile, monkeypatch):
     for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
         monkeypatch.setattr(grouped, cache, grouped.PlanCache())
     _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, name != "cg2_kg3")
+    _assert_plans_launch_directly(grouped)
 
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
@@ -678,6 +694,7 @@ def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
     launch(a, out)
     assert calls[0] == ("jit", (3, 2), (a, out, 7, 9), kw)
     assert calls[1][0] == "direct"  # the one-time check, into another buffer
+    assert launch.layout_ok and launch.direct
     out.zero_()
     launch(a, out)
     assert calls[-1][:2] == ("direct", (3, 2, 1)) and calls[-1][2][0] is a
@@ -697,14 +714,14 @@ def test_direct_launch_caches_per_dtype_alignment_and_device(monkeypatch):
     for _ in range(3):
         wrong(a, out)
         assert calls[-1][0] == "jit" or calls[-2][0] == "jit"
-    assert wrong.compiled is None and (out == 1).all()
+    assert wrong.compiled is None and not wrong.direct and (out == 1).all()
     # An output with no like-for-like buffer to check against: JIT, and checked next time.
     unchecked = _common.Launch(Jit(), [1], 2, (7, 9), kw, cuda)
     unchecked(a, out[1:])
-    assert calls[-1][0] == "jit" and unchecked.compiled == {}
+    assert calls[-1][0] == "jit" and unchecked.compiled == {} and not unchecked.direct
     # No direct launch where Triton's kernel parameters are not what the plan passes.
     odd = _common.Launch(Jit(), [1], 2, (7,), dict(BLOCK=64), cuda)
-    assert odd.compiled is None
+    assert odd.compiled is None and not odd.layout_ok
     odd(a, out)
     assert calls[-1][0] == "jit"
     # Nor under the interpreter.

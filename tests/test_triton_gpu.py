@@ -283,8 +283,83 @@ def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
     finally:
         igemm._fwd_plans.clear()
     tma = [launch for launch in made if launch.kernel is igemm._igemm_fwd_tma_kernel]
-    assert len(tma) == 1 and tma[0].compiled, "the TMA tile did not take the direct launch"
+    assert len(tma) == 1 and tma[0].direct, "the TMA tile did not take the direct launch"
     for later in outs[1:]:
         assert torch.equal(outs[0], later)
     ref = F.conv2d(x.double(), w.double(), None if b is None else b.double())
     assert (outs[0].double() - ref).norm() / ref.norm() < 2e-2
+
+
+# grad_weight tiles forced per case (the tuner would pick one of them): both kernels.
+GROUPED_WGRAD_TILES = {
+    "taps": dict(KIND="taps", GPT_X=1, BLOCK_Q=64, num_warps=4, num_stages=2),
+    "tap": dict(KIND="tap", GPT_X=2, BLOCK_Q=64, num_warps=4, num_stages=3),
+}
+
+
+@pytest.mark.parametrize("algo,c,h,r,stride,dtype,cl,wgrad", [
+    ("triton_depthwise", 96, 14, 3, 1, torch.float32, False, None),   # grad_weight "rows"
+    ("triton_depthwise", 64, 14, 3, 2, torch.bfloat16, True, None),   # rows, tap-loop dx
+    ("triton_depthwise", 32, 16, 9, 1, torch.bfloat16, True, None),   # grad_weight tap blocks
+    ("triton_grouped", 128, 14, 3, 1, torch.bfloat16, True, "taps"),
+    ("triton_grouped", 128, 14, 3, 2, torch.bfloat16, True, "tap"),   # phased grad_input
+    ("triton_grouped", 128, 14, 3, 2, torch.float32, False, "taps"),
+])
+def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad, monkeypatch,
+                                        tf32_flag):
+    """Forward, grad_input and grad_weight plans of the depthwise and grouped families: after
+    the first call (JIT launch, then the one-time check) every Launch of the plan holds a
+    compiled runner, and the second call runs through those runners (counted), writing the
+    first call's bits. A plan left on the JIT path fails here, not just runs slower."""
+    from fastconv.kernels import _common, depthwise, grouped
+
+    if not _common.DIRECT_LAUNCH:
+        pytest.skip("direct launch off (FASTCONV_DIRECT_LAUNCH=0 or triton < 3.2)")
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False  # fp32 exact enough for a tight tolerance
+    mod = depthwise if algo == "triton_depthwise" else grouped
+    caches = ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans")
+    for cache in caches:  # this test's plans only
+        monkeypatch.setattr(mod, cache, _common.PlanCache())
+    if wgrad:
+        monkeypatch.setattr(grouped._wgrad_tuner, "pick",
+                            lambda *args, **kwargs: GROUPED_WGRAD_TILES[wgrad])
+    groups = c if algo == "triton_depthwise" else 32
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(2, c, h, h, device="cuda", dtype=dtype).to(memory_format=fmt)
+    w = torch.randn(c, c // groups, r, r, device="cuda", dtype=dtype).to(memory_format=fmt)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    ho = (h + 2 * (r // 2) - r) // stride + 1
+    dy = torch.randn(2, c, ho, ho, device="cuda", dtype=dtype).to(memory_format=fmt)
+
+    def step():
+        y = fastconv.conv2d(x, w, None, stride, r // 2, 1, groups, algo=algo)
+        return (y.detach(), *torch.autograd.grad(y, (x, w), dy))
+
+    first = step()
+    plans = [plan for cache in caches for plan in getattr(mod, cache).values()]
+    assert len(plans) == 3
+    launches = [launch for plan in plans for launch in plan.launches]
+    assert all(launch.direct for launch in launches), [
+        (getattr(launch.kernel, "__name__", launch.kernel), launch.layout_ok, launch.compiled)
+        for launch in launches]
+    used = []
+
+    def counted(runner, i):
+        def run(*args):
+            used.append(i)
+            runner(*args)
+        return run
+
+    for i, launch in enumerate(launches):
+        launch.compiled = {key: counted(runner, i) for key, runner in launch.compiled.items()}
+    second = step()
+    assert sorted(set(used)) == list(range(len(launches)))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    ref = F.conv2d(x.double(), w.double(), None, stride, r // 2, 1, groups)
+    rgx, rgw = torch.autograd.grad(ref, (x, w), dy.double())
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    for got, want in zip(first, (ref, rgx, rgw)):
+        assert rel_err(got, want) < tol
