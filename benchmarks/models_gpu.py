@@ -308,7 +308,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help=f"comma list (default {','.join(MODELS)})")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="comma list of tf32, bf16_cl, fp32")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", default=None,
+                   help=f"comma list of {', '.join(MODES)} (default all; no _graph ones dry)")
     p.add_argument("--batch", type=int, default=None, help="default 32 (2 with --dry-run)")
     p.add_argument("--image", type=int, default=None, help="default 224 (32 with --dry-run)")
     p.add_argument("--reps", type=int, default=None, help="timing repeats (default 20; 3 dry)")
@@ -319,7 +320,8 @@ def main(argv=None) -> int:
     args.batch = args.batch or (2 if dry else 32)
     args.image = args.image or (32 if dry else 224)
     args.reps = args.reps or (3 if dry else 20)
-    args.modes = args.modes.split(",")
+    args.modes = args.modes.split(",") if args.modes else [
+        m for m in MODES if not (dry and m.endswith("_graph"))]
     precisions = args.precisions.split(",")
     for prec in precisions:
         if prec not in REL_TOL:
