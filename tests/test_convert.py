@@ -507,6 +507,61 @@ def test_torch_compile_inductor_cuda(name):
         torch.backends.cudnn.allow_tf32 = tf32
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet"])
+def test_cuda_graphs_cuda(name):
+    """CUDA graphs, the cure for a host-bound eager step: torch.compile's reduce-overhead
+    mode (inductor + cudagraph trees) and a manual torch.cuda.graph capture of a training
+    step both replay fastconv's kernels; each replay matches the eager unconverted model."""
+    factory, shape, _ = MODELS[name]
+    torch.manual_seed(0)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = factory().cuda()
+        fast = fastconv.convert(copy.deepcopy(model))
+        x = torch.randn(*shape, device="cuda")
+        tol = dict(rtol=2e-4, atol=2e-4)
+
+        # reduce-overhead: several calls, so that the graph is recorded and then replayed.
+        compiled = torch.compile(fast, mode="reduce-overhead", fullgraph=True)
+        for _ in range(3):
+            fast.zero_grad()
+            y = compiled(x)
+            y.sum().backward()
+        model.zero_grad()
+        y_ref = model(x)
+        y_ref.sum().backward()
+        torch.testing.assert_close(y.detach(), y_ref.detach(), **tol)
+        for (n, p), (_, q) in zip(fast.named_parameters(), model.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, **tol, msg=n)
+
+        # manual capture of forward + backward after a warm-up on a side stream
+        static_x = x.clone()
+        fast.zero_grad(set_to_none=True)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fast(static_x).sum().backward()
+        torch.cuda.current_stream().wait_stream(side)
+        fast.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = fast(static_x)
+            static_y.sum().backward()
+        static_x.copy_(torch.randn_like(x))
+        graph.replay()
+        model.zero_grad()
+        y_ref = model(static_x)
+        y_ref.sum().backward()
+        torch.testing.assert_close(static_y, y_ref.detach(), **tol)
+        for (n, p), (_, q) in zip(fast.named_parameters(), model.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, **tol, msg=n)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def test_save_load_deepcopy_dtype_layout(tmp_path):
     torch.manual_seed(0)
     model = MobileNetV2ish().double().eval()
