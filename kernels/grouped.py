@@ -728,6 +728,34 @@ _wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CO
 _bwd_weight_plans = PlanCache()
 
 
+@triton.jit
+def _wgrad_sum_kernel(part_ptr, out_ptr, SPLIT, NUMEL, BLOCK: tl.constexpr):
+    """out[e] = sum over split of part[split, e] in the accumulator dtype, always in the
+    same order (deterministic), rounded once to out's dtype. Writes every element of out."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < NUMEL
+    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
+    p = part_ptr
+    for _ in range(1, SPLIT):
+        p += NUMEL  # pointer arithmetic is 64-bit
+        acc += tl.load(p + e, mask=ok, other=0.0)
+    tl.store(out_ptr + e, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+WGRAD_SUM_BLOCK = 512
+
+
+def _sum_args(part_size):
+    """(grid, scalar args, constexprs and options) of `_wgrad_sum_kernel(part, out)`: one
+    launch with a fixed-argument Launch, where torch.sum(0) (+ a copy_ to 16-bit) cost two
+    or three dispatched ops a call."""
+    numel = 1
+    for d in part_size[1:]:
+        numel *= d
+    return ((triton.cdiv(numel, WGRAD_SUM_BLOCK),), (part_size[0], numel),
+            dict(BLOCK=WGRAD_SUM_BLOCK, num_warps=4))
+
+
 def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
     plan = _bwd_weight_plans.get(key)
@@ -809,19 +837,20 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     else:
         cfg = _wgrad_tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x), prune)
 
+    # Both launches fixed now (the grids depend only on the plan key and the device's SM
+    # count); a call allocates the partials and the result and launches twice.
     kernel, grid, scalars, kw, part_size = kernel_args(cfg)
     fast = Launch(kernel, grid, 3, scalars, kw, x.device)
-    size, device, same_dtype = tuple(weight_size), x.device, acc_dtype == x.dtype
+    sgrid, sscalars, skw = _sum_args(part_size)
+    reduce = Launch(_wgrad_sum_kernel, sgrid, 2, sscalars, skw, x.device)
+    size, device = tuple(weight_size), x.device
 
     def run(dy, x):
         part = torch.empty(part_size, dtype=acc_dtype, device=device)
         fast(dy, x, part)
         # Fixed-order sum over the split: the same bits on every run.
         dw = new_output(size, x, False)
-        if same_dtype:
-            torch.sum(part, dim=0, out=dw)
-        else:
-            dw.copy_(part.sum(0))
+        reduce(part, dw)
         return dw
-    run.launches = (fast,)
+    run.launches = (fast, reduce)
     return run
