@@ -22,6 +22,13 @@ TMA kernel (Hopper+, KIND="tma" tiles): the plain GEMM of a dense channels_last 
 with every tile (x as [N*H*W, C], w as [K, C], y as [N*H*W, K]) moved by TMA descriptors.
 fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
 path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
+
+PIX_MAJOR (NCHW activations): Triton lays a load's threads along the axis its pointers are
+provably contiguous in, else along the last axis. An NCHW tile [pixels, channels] has neither
+proven (pixel offsets come through // and %, channels are H*W apart), so a warp would read 32
+channels of one pixel: 32 sectors for 128 bytes. PIX_MAJOR tiles build the pointers as
+[channels, pixels] and transpose the loaded tile (stores likewise), so that a warp runs along
+adjacent pixels.
 """
 from __future__ import annotations
 
@@ -119,6 +126,28 @@ def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl
 
 
 @triton.jit
+def _load_pix(row_ptr, col_off, row_ok, PIX_MAJOR: tl.constexpr):
+    """The tile [rows, cols] at row_ptr[:, None] + col_off[None, :] (rows = pixels), zero
+    where not row_ok. PIX_MAJOR: built as [cols, rows] and transposed (see the module doc)."""
+    if PIX_MAJOR:
+        t = tl.load(row_ptr[None, :] + col_off[:, None], mask=row_ok[None, :], other=0.0)
+        return tl.trans(t)
+    else:
+        return tl.load(row_ptr[:, None] + col_off[None, :], mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_pix(ptr, row_off, col_off, row_ok, col_ok, val, PIX_MAJOR: tl.constexpr):
+    """ptr[row_off[:, None] + col_off[None, :]] = val (rows = pixels), masked."""
+    if PIX_MAJOR:
+        tl.store(ptr + row_off[None, :] + col_off[:, None], tl.trans(val),
+                 mask=row_ok[None, :] & col_ok[:, None])
+    else:
+        tl.store(ptr + row_off[:, None] + col_off[None, :], val,
+                 mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _igemm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     H, W, Ho, Wo, M, Cg, Kg,
@@ -128,7 +157,7 @@ def _igemm_fwd_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr, NESTED: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
@@ -166,7 +195,7 @@ def _igemm_fwd_kernel(
             c = cb + rk
             if NEED_I64:
                 c = c.to(tl.int64)
-            a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
+            a = _load_pix(a_row, c * sxc, m_ok, PIX_MAJOR)
             b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED and NESTED:
@@ -184,7 +213,7 @@ def _igemm_fwd_kernel(
                 c = cb + rk
                 if NEED_I64:
                     c = c.to(tl.int64)
-                a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
+                a = _load_pix(a_row, c * sxc, sp_ok, PIX_MAJOR)
                 b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
@@ -201,8 +230,7 @@ def _igemm_fwd_kernel(
             c = cb + rk
             if NEED_I64:
                 c = c.to(tl.int64)
-            a = tl.load((x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
-                        mask=sp_ok[:, None], other=0.0)
+            a = _load_pix(x_row + ih * sxh + iw * sxw, c * sxc, sp_ok, PIX_MAJOR)
             b = tl.load((w_col + r * swr + s * sws)[None, :] + c[:, None] * swc,
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -217,10 +245,20 @@ def _igemm_fwd_kernel(
             s = rs % S
             if NEED_I64:
                 c = c.to(tl.int64)
-            ih = ih0[:, None] + (r * DH)[None, :]
-            iw = iw0[:, None] + (s * DW)[None, :]
-            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-            a = tl.load(x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
+            if PIX_MAJOR:  # the same tile built as [kk, pixels], transposed
+                ih = ih0[None, :] + (r * DH)[:, None]
+                iw = iw0[None, :] + (s * DW)[:, None]
+                a_ok = (m_ok[None, :] & k_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0)
+                        & (iw < W))
+                a = tl.trans(tl.load(x_row[None, :] + c[:, None] * sxc + ih * sxh + iw * sxw,
+                                     mask=a_ok, other=0.0))
+            else:
+                ih = ih0[:, None] + (r * DH)[None, :]
+                iw = iw0[:, None] + (s * DW)[None, :]
+                a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0)
+                        & (iw < W))
+                a = tl.load(x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok,
+                            other=0.0)
             b = tl.load(w_col[None, :] + (c * swc + r * swr + s * sws)[:, None],
                         mask=k_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -229,8 +267,8 @@ def _igemm_fwd_kernel(
         bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
         acc += bias[None, :]
     acc = apply_activation(acc, ACT)
-    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    _store_pix(y_ptr, n * syn + oh * syh + ow * syw, kout * syk, m_ok, j_ok,
+               acc.to(y_ptr.dtype.element_ty), PIX_MAJOR)
 
 
 @triton.jit
@@ -300,6 +338,23 @@ def _pick(tuner, key, t, launch, prune):
 
 def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
+
+
+# PIX_MAJOR tiles for NCHW activations (module doc). The switch is here so that a benchmark
+# can time the channels-last tile order on NCHW tensors too.
+NCHW_PIX_MAJOR = True
+
+
+def _pixel_major(*tensors):
+    """Every tensor has adjacent pixels along W and non-adjacent channels (NCHW-like)."""
+    return NCHW_PIX_MAJOR and all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
+
+
+def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, pm):
+    """The tuner's shape key (PIX_MAJOR tiles are different kernels: tuned apart)."""
+    return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+            f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}"
+            + ("|pm" if pm else ""))
 
 
 def _k_prune(kred, kg):
@@ -381,6 +436,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     tma = plain and _tma_gemm_ok(x, w, groups, i64)
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
+    pm = _pixel_major(x, y)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
     kred = cg * r * s
@@ -391,8 +447,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         blocked = cg % meta["BLOCK_K"] == 0
         return grid, dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, CHANNEL_BLOCKED=blocked,
-                          PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64,
-                          GROUP=GROUP_M, **dots, **meta, **opts)
+                          PLAIN_GEMM=plain and blocked, NESTED=nested, PIX_MAJOR=pm,
+                          NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
 
     def launch(cfg, x, w, b, y):
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
@@ -415,8 +471,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         grid, kw = kernel_args(cfg, b is not None)
         _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, x, w,
+                    pm)
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(kred, kg)
     tma_now = tma and _aligned(x, w)
@@ -477,8 +533,8 @@ def _igemm_bwd_input_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, NEED_I64: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, PIX_MAJOR: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -524,7 +580,7 @@ def _igemm_bwd_input_kernel(
                 kk = kb + rk
                 if NEED_I64:
                     kk = kk.to(tl.int64)
-                a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
+                a = _load_pix(a_row, kk * syk, sp_ok, PIX_MAJOR)
                 b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
@@ -544,8 +600,7 @@ def _igemm_bwd_input_kernel(
             kk = kb + rk
             if NEED_I64:
                 kk = kk.to(tl.int64)
-            a = tl.load((dy_row + oh * syh + ow * syw)[:, None] + kk[None, :] * syk,
-                        mask=sp_ok[:, None], other=0.0)
+            a = _load_pix(dy_row + oh * syh + ow * syw, kk * syk, sp_ok, PIX_MAJOR)
             b = tl.load((w_col + r * swr + s * sws)[None, :] + kk[:, None] * swk,
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -560,20 +615,30 @@ def _igemm_bwd_input_kernel(
             s = rs % S
             if NEED_I64:
                 kk = kk.to(tl.int64)
-            th = ih[:, None] + PT - (r * DH)[None, :]
-            tw = iw[:, None] + PL - (s * DW)[None, :]
-            oh = th // SH
-            ow = tw // SW
-            a_ok = (m_ok[:, None] & q_ok[None, :] & (th >= 0) & (tw >= 0) & (th % SH == 0)
-                    & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
-            a = tl.load(dy_row[:, None] + kk[None, :] * syk + oh * syh + ow * syw, mask=a_ok,
-                        other=0.0)
+            if PIX_MAJOR:  # the same tile built as [kq, pixels], transposed
+                th = ih[None, :] + PT - (r * DH)[:, None]
+                tw = iw[None, :] + PL - (s * DW)[:, None]
+                oh = th // SH
+                ow = tw // SW
+                a_ok = (m_ok[None, :] & q_ok[:, None] & (th >= 0) & (tw >= 0) & (th % SH == 0)
+                        & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
+                a = tl.trans(tl.load(dy_row[None, :] + kk[:, None] * syk + oh * syh + ow * syw,
+                                     mask=a_ok, other=0.0))
+            else:
+                th = ih[:, None] + PT - (r * DH)[None, :]
+                tw = iw[:, None] + PL - (s * DW)[None, :]
+                oh = th // SH
+                ow = tw // SW
+                a_ok = (m_ok[:, None] & q_ok[None, :] & (th >= 0) & (tw >= 0) & (th % SH == 0)
+                        & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
+                a = tl.load(dy_row[:, None] + kk[None, :] * syk + oh * syh + ow * syw, mask=a_ok,
+                            other=0.0)
             b = tl.load(w_col[None, :] + (kk * swk + r * swr + s * sws)[:, None],
                         mask=q_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
 
-    x_off = (n * sxn + ih * sxh + iw * sxw)[:, None] + (cin * sxc)[None, :]
-    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    _store_pix(dx_ptr, n * sxn + ih * sxh + iw * sxw, cin * sxc, m_ok, j_ok,
+               acc.to(dx_ptr.dtype.element_ty), PIX_MAJOR)
 
 
 _bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
@@ -610,6 +675,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
+    pm = _pixel_major(dy, dx)
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
@@ -617,17 +683,19 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         meta, opts = launch_meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
         return grid, dict(R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64,
-                          **dots, **meta, **opts)
+                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], PIX_MAJOR=pm,
+                          NEED_I64=i64, **dots, **meta, **opts)
 
     def launch(cfg, dy, w, dx):
         grid, kw = kernel_args(cfg)
         _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
-    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx),
-                _k_prune(kg * r * s, cg))
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy.dtype, dy, w,
+                    pm)
+    k_fits = _k_prune(kg * r * s, cg)
+    # narrow tiles (grouped convs' few channels) only where the output is narrow
+    prune = lambda cfg: k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
+    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx), prune)
 
     grid, kw = kernel_args(cfg)
     fast = Launch(_igemm_bwd_input_kernel, grid, 3, geometry, kw, dy.device)
@@ -662,7 +730,7 @@ def _igemm_bwd_weight_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -702,11 +770,20 @@ def _igemm_bwd_weight_kernel(
             ow = ow.to(tl.int64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
-        ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
-        iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
-        b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
-                    mask=b_ok, other=0.0)
+        # dy's tile [i, q] already has the pixels last; x's [q, (r, s, c)] is built as
+        # [(r, s, c), q] under PIX_MAJOR.
+        if PIX_MAJOR:
+            ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]
+            iw = (ow * SW - PL)[None, :] + (s * DW)[:, None]
+            b_ok = q_ok[None, :] & j_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.trans(tl.load(x_ptr + (n * sxn)[None, :] + (cin * sxc)[:, None] + ih * sxh
+                                 + iw * sxw, mask=b_ok, other=0.0))
+        else:
+            ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
+            iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
+            b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
+                        mask=b_ok, other=0.0)
         acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     # partial buffer [SPLIT, K, Cg, R, S] (contiguous, the weight's own order)
     w_off = (kout * JRED)[:, None] + (c * (R * S) + rs)[None, :]
@@ -748,6 +825,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, x)
     sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
+    pm = _pixel_major(x)
     geometry = (h, wd, ho, wo, q, cg, kg)
     strides = (*dy.stride(), *x.stride(),
                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
@@ -763,8 +841,9 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         meta, opts = launch_meta(cfg)
         split, chunk = plan(meta)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
-        return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, NEED_I64=i64, **dots,
-                                                              **meta, **opts)
+        return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, PIX_MAJOR=pm,
+                                                              NEED_I64=i64, **dots, **meta,
+                                                              **opts)
 
     def launch(cfg, dy, x):
         split, grid, scalars, kw = kernel_args(cfg)
@@ -772,8 +851,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         _igemm_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{x.dtype}|{_layout_key(dy)}{_layout_key(x)}|{dot_precision(x.dtype)}")
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, dy, x,
+                    pm)
     prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
                          and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
     cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
