@@ -97,6 +97,12 @@ FWD_CONFIGS_32 = [
     dict(NESTED=True, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
 ]
+# Candidates raced only for PIX_MAJOR (NCHW) plans ("NCHW": True; the kernels ignore it):
+# deeper reductions and more stages, for the transposed operand staging.
+FWD_NCHW_CONFIGS_32 = [
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+]
 NARROW_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
@@ -307,7 +313,8 @@ def _igemm_fwd_tma_kernel(
 
 # One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
 _fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + NARROW_CONFIGS, INTERPRET_CONFIG),
-               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + NARROW_CONFIGS, INTERPRET_CONFIG)}
+               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + FWD_NCHW_CONFIGS_32 + NARROW_CONFIGS,
+                             INTERPRET_CONFIG)}
 
 
 def _fwd_tuner(dtype):
@@ -336,6 +343,13 @@ def _pick(tuner, key, t, launch, prune):
     return tuner.pick(key, t.device, launch, prune)
 
 
+def _meta(cfg):
+    """launch_meta, less NCHW (a tile-list marker, not a kernel parameter)."""
+    meta, opts = launch_meta(cfg)
+    meta.pop("NCHW", None)
+    return meta, opts
+
+
 def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
@@ -350,11 +364,26 @@ def _pixel_major(*tensors):
     return NCHW_PIX_MAJOR and all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
 
 
-def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, pm):
-    """The tuner's shape key (PIX_MAJOR tiles are different kernels: tuned apart)."""
+# With PIX_MAJOR tiles, copy the weight per call into the order in which the GEMM's
+# reduction index is contiguous (the operand order the tensor cores read): the forward
+# reduces over c (channels_last weight), grad_input over k (k innermost). Per direction.
+NCHW_WEIGHT_COPY = {"fwd": False, "grad_input": False}
+
+
+def _c_major(w):
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def _k_major(w):
+    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+
+
+def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, pm,
+              w_copy=False):
+    """The tuner's shape key (PIX_MAJOR tiles and copied weights are tuned apart)."""
     return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
             f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}"
-            + ("|pm" if pm else ""))
+            + ("|pm" if pm else "") + ("|wcopy" if w_copy else ""))
 
 
 def _k_prune(kred, kg):
@@ -437,12 +466,15 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
     pm = _pixel_major(x, y)
+    w_copy = pm and NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
+    if w_copy:
+        w = _c_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
     kred = cg * r * s
 
     def kernel_args(cfg, has_bias):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         nested = meta.pop("NESTED", False)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         blocked = cg % meta["BLOCK_K"] == 0
@@ -454,7 +486,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
         # the same tile through pointers.
         if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
-            meta, opts = launch_meta(cfg)
+            meta, opts = _meta(cfg)
             meta.pop("NESTED", None)
             grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
             bm, bn, bk = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
@@ -472,7 +504,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
 
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, x, w,
-                    pm)
+                    pm, w_copy)
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(kred, kg)
     tma_now = tma and _aligned(x, w)
@@ -480,6 +512,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def prune(cfg):
         if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
+            return False
+        if cfg.get("NCHW") and not pm:
             return False
         if cfg["BLOCK_N"] < NARROW_N <= kg:
             return False
@@ -503,6 +537,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
+        if w_copy:
+            w = _c_major(w)
         fast(x, w, w if bias is None else bias.contiguous(), y)
         return y
     return run
@@ -522,6 +558,8 @@ BWD_INPUT_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
 ]
 
 
@@ -676,11 +714,14 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
     pm = _pixel_major(dy, dx)
+    w_copy = pm and NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1
+    if w_copy:
+        w = _k_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
     def kernel_args(cfg):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
         return grid, dict(R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
                           FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], PIX_MAJOR=pm,
@@ -691,10 +732,11 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
 
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy.dtype, dy, w,
-                    pm)
+                    pm, w_copy)
     k_fits = _k_prune(kg * r * s, cg)
     # narrow tiles (grouped convs' few channels) only where the output is narrow
-    prune = lambda cfg: k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
+    prune = lambda cfg: (k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
+                         and (pm or not cfg.get("NCHW")))
     cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx), prune)
 
     grid, kw = kernel_args(cfg)
@@ -702,7 +744,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
 
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
-        fast(dy, w, dx)
+        fast(dy, _k_major(w) if w_copy else w, dx)
         return dx
     return run
 
@@ -718,6 +760,9 @@ BWD_WEIGHT_CONFIGS = [
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(NCHW=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
 ]
 WGRAD_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)
 
@@ -838,7 +883,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return triton.cdiv(q, chunk), chunk
 
     def kernel_args(cfg):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         split, chunk = plan(meta)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
         return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, PIX_MAJOR=pm,
@@ -854,7 +899,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, dy, x,
                     pm)
     prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
-                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
+                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred))
+                         and (pm or not cfg.get("NCHW")))
     cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
 
     split, grid, scalars, kw = kernel_args(cfg)
