@@ -370,6 +370,24 @@ def _pixel_major(*tensors):
 NCHW_WEIGHT_COPY = {"fwd": False, "grad_input": False}
 
 
+# fp32 NCHW convs that run through the channels_last kernels on transposed copies (the
+# result transposed back): per direction, the kernel kinds ("1x1", "kxk") where the copies
+# cost less than the NCHW tiles lose.
+NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset(), "grad_input": frozenset(),
+                          "grad_weight": frozenset()}
+
+
+def _via_cl(direction, act, r, s):
+    """act: the activation-like operand (x or dy)."""
+    kind = "1x1" if r == 1 and s == 1 else "kxk"
+    return (kind in NCHW_VIA_CHANNELS_LAST[direction] and act.dtype == torch.float32
+            and _pixel_major(act))
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
 def _c_major(w):
     return w.contiguous(memory_format=torch.channels_last)
 
@@ -453,6 +471,9 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
+    if _via_cl("fwd", x, r, s) and not is_channels_last(w):
+        inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups, activation)
+        return lambda x, w, bias: inner(_cl(x), _cl(w), bias).contiguous()
     cl = is_channels_last(x) or is_channels_last(w)
     y = new_output((n, k, ho, wo), x, cl)
     m = n * ho * wo
@@ -706,6 +727,9 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
+    if _via_cl("grad_input", dy, r, s):
+        inner = _plan_grad_input(_cl(dy), _cl(w), input_size, stride, padding, dilation, groups)
+        return lambda dy, w: inner(_cl(dy), _cl(w)).contiguous()
     cl = is_channels_last(dy)
     dx = new_output((n, c, h, wd), dy, cl)
     m = n * h * wd
@@ -862,6 +886,9 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
                          f"weight_size {tuple(weight_size)}")
+    if _via_cl("grad_weight", x, r, s) and _pixel_major(dy):
+        inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation, groups)
+        return lambda dy, x: inner(_cl(dy), _cl(x))
     q = n * ho * wo
     if q == 0:
         return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)

@@ -241,6 +241,81 @@ def test_igemm_backward_dtypes(dtype):
     _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], dtype, False)
 
 
+# NCHW plans: PIX_MAJOR tiles (default), the channels_last tile order on NCHW tensors, the
+# per-call weight copy, and the detour through channels_last copies. Each mode must reach
+# the kernels (a spy reads their arguments) and match float64 in all three directions.
+NCHW_MODES = {
+    "pix_major": dict(pm=True),
+    "channel_order": dict(pm=False),
+    "weight_copy": dict(pm=True, copy=True),
+    "via_channels_last": dict(pm=True, via=True),
+}
+NCHW_CASES = ["dense3x3", "strided_nonsquare", "plain1x1", "1x1_strided", "out96"]
+
+
+@pytest.fixture
+def nchw_mode(monkeypatch):
+    """set(pm, copy, via) -> a log of (kernel, PIX_MAJOR, activation, weight) per launch."""
+    from fastconv.kernels import igemm
+    log = []
+
+    def clear():
+        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
+            plans.clear()
+
+    class Spy:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def call(*args, **kw):
+                log.append((self.name, kw["PIX_MAJOR"], args[0], args[1]))
+                return self.kernel[grid](*args, **kw)
+            return call
+
+    def set_mode(pm=True, copy=False, via=False):
+        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR", pm)
+        monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY", {"fwd": copy, "grad_input": copy})
+        kinds = frozenset({"1x1", "kxk"} if via else ())
+        monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
+                            {d: kinds for d in ("fwd", "grad_input", "grad_weight")})
+        for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
+            monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
+        clear()
+        return log
+    yield set_mode
+    clear()
+
+
+@pytest.mark.parametrize("mode", list(NCHW_MODES))
+@pytest.mark.parametrize("name", NCHW_CASES)
+def test_igemm_nchw_modes(nchw_mode, mode, name):
+    opts = NCHW_MODES[mode]
+    log = nchw_mode(**opts)
+    _check_forward("triton_igemm", IGEMM_CASES[name], torch.float32, False)
+    _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, False)
+    r = IGEMM_CASES[name][1][2]
+    kinds = {entry[0] for entry in log}
+    assert kinds == {"_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"}
+    for kernel, pm, act, w in log:
+        cl_act = act.is_contiguous(memory_format=torch.channels_last) and act.stride(1) == 1
+        assert cl_act == bool(opts.get("via")), (kernel, act.stride())
+        assert pm == (opts["pm"] and not opts.get("via")), kernel
+        if kernel == "_igemm_fwd_kernel" and opts.get("copy") and r > 1:
+            assert w.stride(1) == 1, "forward weight not copied channels-innermost"
+        if kernel == "_igemm_bwd_input_kernel" and opts.get("copy"):
+            assert w.stride(0) == 1, "grad_input weight not copied k-innermost"
+
+
+@pytest.mark.parametrize("mode", ["pix_major", "channel_order"])
+def test_igemm_nchw_modes_fp64(nchw_mode, mode):
+    """fp64 takes the broadcast-multiply path: the transposed tiles must feed it too."""
+    nchw_mode(**NCHW_MODES[mode])
+    for name in ("dense3x3", "strided_nonsquare"):
+        _check_forward("triton_igemm", IGEMM_CASES[name], torch.float64, False)
+        _check_backward("triton_igemm", IGEMM_CASES[name], torch.float64, False)
+
+
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 def test_backward_through_epilogue(activation):
     _check_backward("triton_igemm", IGEMM_CASES["dense3x3"], torch.float32, False, activation)

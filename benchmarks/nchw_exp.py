@@ -1,0 +1,379 @@
+"""NCHW fp32 (TF32) implicit GEMM vs cuDNN on ResNet-50's conv layers, per layer and direction.
+
+For every layer of the `resnet50` table (batch 32, NCHW, cudnn.allow_tf32=True) and each of
+forward, grad_input, grad_weight, times with CUDA graphs (GPU work only):
+  orig     the kernels before the nchw branch (a copy, package `kernels_orig`), tuner on
+  pm       PIX_MAJOR tiles (NCHW pointer tiles built pixels-last), tuner on
+  pm_w     pm + the weight copied per call into reduction-contiguous order (3x3/7x7 forward;
+           grad_input always), copy timed
+  cl       the channels_last kernels on transposed copies (x, dy, w -> channels_last, the
+           result back to NCHW), copies timed
+  cl_core  the same channels_last kernels on pre-transposed tensors (no copies)
+  cudnn    F.conv2d / torch.nn.grad.conv2d_input / conv2d_weight, cudnn.benchmark=True
+Every variant is checked against float64 first (rel. error < 5e-3, outputs NaN-poisoned).
+Totals weight each layer by how often it occurs in ResNet-50.
+
+Standalone (no C++ extension): `python benchmarks/nchw_exp.py --kernels DIR` where DIR holds
+`kernels/` (this branch) and `kernels_orig/` (the kernels to compare against). Compile phase:
+`--shard i/n` processes run every variant once with FASTCONV_TUNE=compile (Triton's cache
+warms in parallel), then one process tunes and times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+T0 = float(os.environ.get("NCHW_EXP_T0", time.time()))
+
+# name, C, H, K, R, stride, padding, count (fastconv/bench/tables/resnet50.csv)
+LAYERS = [
+    ("conv1_7x7_s2", 3, 224, 64, 7, 2, 3, 1),
+    ("l1_1x1_64to64", 64, 56, 64, 1, 1, 0, 1),
+    ("l1_3x3_64", 64, 56, 64, 3, 1, 1, 3),
+    ("l1_1x1_64to256", 64, 56, 256, 1, 1, 0, 4),
+    ("l1_1x1_256to64", 256, 56, 64, 1, 1, 0, 2),
+    ("l2_1x1_256to128", 256, 56, 128, 1, 1, 0, 1),
+    ("l2_3x3_128_s2", 128, 56, 128, 3, 2, 1, 1),
+    ("l2_ds_256to512_s2", 256, 56, 512, 1, 2, 0, 1),
+    ("l2_1x1_128to512", 128, 28, 512, 1, 1, 0, 4),
+    ("l2_1x1_512to128", 512, 28, 128, 1, 1, 0, 3),
+    ("l2_3x3_128", 128, 28, 128, 3, 1, 1, 3),
+    ("l3_1x1_512to256", 512, 28, 256, 1, 1, 0, 1),
+    ("l3_3x3_256_s2", 256, 28, 256, 3, 2, 1, 1),
+    ("l3_ds_512to1024_s2", 512, 28, 1024, 1, 2, 0, 1),
+    ("l3_1x1_256to1024", 256, 14, 1024, 1, 1, 0, 6),
+    ("l3_1x1_1024to256", 1024, 14, 256, 1, 1, 0, 5),
+    ("l3_3x3_256", 256, 14, 256, 3, 1, 1, 5),
+    ("l4_1x1_1024to512", 1024, 14, 512, 1, 1, 0, 1),
+    ("l4_3x3_512_s2", 512, 14, 512, 3, 2, 1, 1),
+    ("l4_ds_1024to2048_s2", 1024, 14, 2048, 1, 2, 0, 1),
+    ("l4_1x1_512to2048", 512, 7, 2048, 1, 1, 0, 3),
+    ("l4_1x1_2048to512", 2048, 7, 512, 1, 1, 0, 2),
+    ("l4_3x3_512", 512, 7, 512, 3, 1, 1, 2),
+]
+BATCH = 32
+DIRECTIONS = ("fwd", "gi", "gw")
+VARIANTS = ("orig", "pm", "pm_w", "cl", "cl_core", "cudnn")
+COMPILED = ("orig", "pm", "pm_w", "cl")  # the variants whose plans compile kernels
+TOL = 5e-3
+GRAPH_CALLS = 10
+
+
+def flops(layer):
+    _, c, h, k, r, s, p, _ = layer
+    ho = (h + 2 * p - r) // s + 1
+    return 2 * BATCH * k * ho * ho * c * r * r
+
+
+# Most weighted work first: a run cut short by its time budget still has the big layers.
+ORDER = sorted(range(len(LAYERS)), key=lambda i: -flops(LAYERS[i]) * LAYERS[i][7])
+
+
+def applies(direction, variant, layer):
+    if variant == "pm_w":
+        return direction == "gi" or (direction == "fwd" and layer[4] > 1)
+    return True
+
+
+DEVICE = "cuda"
+
+
+def tensors(torch, layer, seed):
+    _, c, h, k, r, s, p, _ = layer
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn(BATCH, c, h, h, device=DEVICE, generator=g)
+    w = torch.randn(k, c, r, r, device=DEVICE, generator=g) / (c * r * r) ** 0.5
+    ho = (h + 2 * p - r) // s + 1
+    dy = torch.randn(BATCH, k, ho, ho, device=DEVICE, generator=g)
+    return x, w, dy
+
+
+def smoke(mods):
+    """Every variant's plan and check on tiny CPU stand-ins (TRITON_INTERPRET=1): no timing."""
+    import torch
+    import torch.nn.functional as F
+    global BATCH, DEVICE
+    BATCH, DEVICE = 2, "cpu"
+    for m in mods:
+        sys.modules[m.__name__.rsplit(".", 1)[0] + "._common"].set_debug_poison(True)
+    small = {(n, min(c, 48), min(h, 9), min(k, 40), r, s, p, cnt)
+             for n, c, h, k, r, s, p, cnt in LAYERS}
+    for layer in sorted(small):
+        x, w, dy = tensors(torch, layer, 0)
+        _, c, h, k, r, s, p, _ = layer
+        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
+                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
+                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+        for d in DIRECTIONS:
+            for v in VARIANTS:
+                if applies(d, v, layer):
+                    for mod in mods:
+                        mod._fwd_plans.clear()
+                        mod._bwd_input_plans.clear()
+                        mod._bwd_weight_plans.clear()
+                    err = rel(build(mods, d, v, layer, x, w, dy)(), refs[d])
+                    assert err < 1e-5, (layer, d, v, err)
+        print("smoke ok", layer, flush=True)
+
+
+def build(mods, direction, variant, layer, x, w, dy):
+    """fn() -> the direction's result (NCHW), for one variant; planning (and tuning) here."""
+    import torch
+    import torch.nn.functional as F
+    orig, new = mods
+    _, c, h, k, r, s, p, _ = layer
+    st, pad, dil = (s, s), (p, p, p, p), (1, 1)
+    cl = torch.channels_last
+    if variant == "cudnn":
+        if direction == "fwd":
+            return lambda: F.conv2d(x, w, None, s, p)
+        if direction == "gi":
+            return lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, s, p)
+        return lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, s, p)
+    if variant == "orig":
+        mod = orig
+    else:
+        mod = new
+        new.NCHW_PIX_MAJOR = variant in ("pm", "pm_w")
+        new.NCHW_WEIGHT_COPY.update(fwd=variant == "pm_w", grad_input=variant == "pm_w")
+    if variant in ("cl", "cl_core"):
+        xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
+        if direction == "fwd":
+            plan = mod._plan_conv2d(xc, wc, None, st, pad, dil, 1, "none")
+            if variant == "cl_core":
+                return lambda: plan(xc, wc, None)
+            return lambda: plan(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl),
+                                None).contiguous()
+        if direction == "gi":
+            plan = mod._plan_grad_input(dyc, wc, list(x.shape), st, pad, dil, 1)
+            if variant == "cl_core":
+                return lambda: plan(dyc, wc)
+            return lambda: plan(dy.contiguous(memory_format=cl),
+                                w.contiguous(memory_format=cl)).contiguous()
+        plan = mod._plan_grad_weight(dyc, xc, list(w.shape), st, pad, dil, 1)
+        if variant == "cl_core":
+            return lambda: plan(dyc, xc)
+        return lambda: plan(dy.contiguous(memory_format=cl), x.contiguous(memory_format=cl))
+    if direction == "fwd":
+        plan = mod._plan_conv2d(x, w, None, st, pad, dil, 1, "none")
+        return lambda: plan(x, w, None)
+    if direction == "gi":
+        plan = mod._plan_grad_input(dy, w, list(x.shape), st, pad, dil, 1)
+        return lambda: plan(dy, w)
+    plan = mod._plan_grad_weight(dy, x, list(w.shape), st, pad, dil, 1)
+    return lambda: plan(dy, x)
+
+
+def import_kernels(kdir):
+    sys.path.insert(0, kdir)
+    from kernels import igemm as new  # noqa: E402
+    from kernels_orig import igemm as orig  # noqa: E402
+    from kernels_orig import _common as orig_common
+    orig_common.TileTuner.FILE = "tiles_orig.json"  # the two families must not share choices
+    return orig, new
+
+
+def graph_time(torch, fn, reps=10):
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(GRAPH_CALLS):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / GRAPH_CALLS)
+    del g
+    return sorted(times)[len(times) // 2]
+
+
+def compile_shard(args, mods):
+    import torch
+    torch.backends.cudnn.allow_tf32 = True
+    os.environ["FASTCONV_TUNE"] = "compile"
+    i, n = map(int, args.shard.split("/"))
+    tasks = [(li, d, v) for li in ORDER for v in COMPILED for d in DIRECTIONS
+             if applies(d, v, LAYERS[li])]
+    done = 0
+    for li, d, v in tasks[i::n]:
+        if time.time() - T0 > args.compile_until:
+            break
+        x, w, dy = tensors(torch, LAYERS[li], li)
+        try:
+            build(mods, d, v, LAYERS[li], x, w, dy)()
+        except Exception as e:  # reported again, with the layer, by the timing process
+            print(f"compile {LAYERS[li][0]} {d} {v}: {e!r}"[:300], flush=True)
+        done += 1
+    torch.cuda.synchronize()
+    print(f"shard {i}/{n}: {done}/{len(tasks[i::n])} tasks, {time.time() - T0:.0f} s", flush=True)
+
+
+def rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def short(cfg):
+    if not isinstance(cfg, dict):
+        return "-"
+    t = f"{cfg.get('BLOCK_M')}x{cfg.get('BLOCK_N')}x{cfg.get('BLOCK_K')}w{cfg.get('num_warps')}s{cfg.get('num_stages')}"
+    return t + ("N" if cfg.get("NESTED") else "") + ("T" if cfg.get("KIND") == "tma" else "") + (
+        "*" if cfg.get("NCHW") else "")
+
+
+def run_timing(args, mods):
+    import torch
+    import torch.nn.functional as F
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    commons = [sys.modules[m.__name__.rsplit(".", 1)[0] + "._common"] for m in mods]
+
+    def poison(on):  # NaN-filled outputs for the check; off while timing (a fill per call)
+        for cm in commons:
+            cm.set_debug_poison(on)
+    print(f"{torch.__version__} cudnn {torch.backends.cudnn.version()} "
+          f"{torch.cuda.get_device_name()} start {time.time() - T0:.0f} s", flush=True)
+    rows = {}
+    picks = []
+    hdr = f"{'layer':22s} {'n':>2s} {'dir':3s} " + " ".join(f"{v:>8s}" for v in VARIANTS) + \
+        "   x(orig) x(pm) x(pm_w) x(cl)  [us; x = cudnn/ours]"
+    print(hdr, flush=True)
+    stop = False
+    for li in ORDER:
+        if stop or time.time() - T0 > args.until:
+            print(f"-- time budget: stopped before {LAYERS[li][0]}", flush=True)
+            break
+        layer = LAYERS[li]
+        x, w, dy = tensors(torch, layer, li)
+        _, c, h, k, r, s, p, cnt = layer
+        torch.backends.cudnn.benchmark = False
+        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
+                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
+                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+        torch.backends.cudnn.benchmark = True
+        for d in DIRECTIONS:
+            row = {}
+            for v in VARIANTS:
+                if not applies(d, v, layer):
+                    continue
+                if time.time() - T0 > args.hard:
+                    stop = True
+                    break
+                try:
+                    poison(True)
+                    fn = build(mods, d, v, layer, x, w, dy)
+                    out = fn()
+                    poison(False)
+                    err = rel(out, refs[d])
+                    if not err < TOL:
+                        row[v] = ("BAD", err)
+                        continue
+                    row[v] = (graph_time(torch, fn), err)
+                except Exception as e:
+                    print(f"   {layer[0]} {d} {v}: {e!r}"[:300], flush=True)
+                    row[v] = ("ERR", None)
+                    poison(False)
+            rows[(li, d)] = row
+            cu = row.get("cudnn", ("-",))[0]
+            cells = " ".join(f"{row[v][0]:8.1f}" if isinstance(row.get(v, ("-",))[0], float)
+                             else f"{row.get(v, ('-',))[0]:>8s}" for v in VARIANTS)
+            ratios = " ".join(f"{cu / row[v][0]:5.2f}" if isinstance(row.get(v, ("-",))[0], float)
+                              and isinstance(cu, float) else "    -" for v in COMPILED)
+            print(f"{layer[0]:22s} {cnt:2d} {d:3s} {cells}   {ratios}", flush=True)
+        del x, w, dy, refs
+        torch.cuda.empty_cache()
+
+    # Totals over the layers measured with every variant ok, weighted by occurrences.
+    print("\n== totals (us, weighted by occurrences in ResNet-50; x = cudnn/ours) ==", flush=True)
+    grand = {}
+    for d in DIRECTIONS + ("all",):
+        tot = {v: 0.0 for v in VARIANTS + ("best",)}
+        nl = 0
+        for (li, dd), row in rows.items():
+            if d != "all" and dd != d:
+                continue
+            if not all(isinstance(row.get(v, (0.0,))[0], float) for v in VARIANTS):
+                continue
+            cnt = LAYERS[li][7]
+            nl += 1
+            for v in VARIANTS:
+                if v in row:
+                    tot[v] += cnt * row[v][0]
+                elif v == "pm_w":
+                    tot[v] += cnt * row["pm"][0]  # pm_w does not apply: same as pm
+            tot["best"] += cnt * min(row[v][0] for v in ("pm", "pm_w", "cl") if v in row)
+        grand[d] = tot
+        print(f"{d:4s} ({nl:2d} rows) " + " ".join(
+            f"{v}={tot[v]:8.0f}({tot['cudnn'] / tot[v]:.2f}x)" if tot[v] else f"{v}=-"
+            for v in VARIANTS + ("best",)), flush=True)
+    # which variant wins per row
+    wins = {}
+    for (li, d), row in rows.items():
+        ok = {v: row[v][0] for v in ("pm", "pm_w", "cl") if isinstance(row.get(v, ("-",))[0], float)}
+        if ok:
+            best = min(ok, key=ok.get)
+            kind = "3x3" if LAYERS[li][4] == 3 else ("1x1" if LAYERS[li][4] == 1 else "stem")
+            wins.setdefault((d, kind, LAYERS[li][5]), []).append(best)
+    print("winners per (direction, kernel, stride):", flush=True)
+    for key, ws in sorted(wins.items()):
+        print(f"  {key}: " + ", ".join(f"{v}={ws.count(v)}" for v in ("pm", "pm_w", "cl")), flush=True)
+    log = os.environ.get("FASTCONV_TUNE_LOG")
+    if log and os.path.exists(log):
+        print("\n== tuner: pm/pm_w winners (and the best non-NCHW tile) ==", flush=True)
+        for line in open(log):
+            e = json.loads(line)
+            if "|pm" not in e["key"] or "|32x" not in e["key"]:
+                continue
+            ts = [(t, c) for c, t in e["times_us"] if isinstance(t, float)]
+            if not ts:
+                continue
+            best = min(ts, key=lambda z: z[0])
+            plain = [z for z in ts if not z[1].get("NCHW")]
+            pb = min(plain, key=lambda z: z[0]) if plain else (float("nan"), None)
+            name = e["key"].split("|")[0]
+            print(f"  {name[6:]:10s} {'|'.join(e['key'].split('|')[3:5]):32s} "
+                  f"{'|'.join(e['key'].split('|')[5:6])} {e['key'].split('|')[-1]:6s} best "
+                  f"{short(best[1])} {best[0]:.1f} | plain-list best {short(pb[1])} {pb[0]:.1f}",
+                  flush=True)
+        print("\n== tuner: orig grad_input narrow-tile wins (Cg >= 64) ==", flush=True)
+        n_narrow = 0
+        for line in open(log):
+            e = json.loads(line)
+            if not e["key"].startswith("igemm_bwd_input") or "|pm" in e["key"] or "|32x" not in e["key"]:
+                continue
+            ts = [(t, c) for c, t in e["times_us"] if isinstance(t, float)]
+            if ts and min(ts, key=lambda z: z[0])[1]["BLOCK_N"] < 64:
+                n_narrow += 1
+                print("  narrow won:", e["key"].split("|")[3:6], flush=True)
+        print(f"  {n_narrow} narrow wins", flush=True)
+    print(f"done {time.time() - T0:.0f} s", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernels", required=True, help="dir holding kernels/ and kernels_orig/")
+    ap.add_argument("--shard", default=None, help="i/n: compile-only worker")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU check of every variant")
+    ap.add_argument("--compile-until", type=float, default=80.0, help="s after T0")
+    ap.add_argument("--until", type=float, default=150.0, help="no new layer after this (s)")
+    ap.add_argument("--hard", type=float, default=158.0, help="no new variant after this (s)")
+    args = ap.parse_args()
+    mods = import_kernels(os.path.abspath(args.kernels))
+    if args.smoke:
+        smoke(mods)
+    elif args.shard:
+        compile_shard(args, mods)
+    else:
+        run_timing(args, mods)
+
+
+if __name__ == "__main__":
+    main()
