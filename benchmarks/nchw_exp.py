@@ -138,7 +138,8 @@ def build(mods, direction, variant, layer, x, w, dy):
     else:
         mod = new
         new.NCHW_PIX_MAJOR = variant in ("pm", "pm_w")
-        new.NCHW_WEIGHT_COPY.update(fwd=variant == "pm_w", grad_input=variant == "pm_w")
+        kinds = frozenset({"1x1", "kxk"} if variant == "pm_w" else ())
+        new.NCHW_WEIGHT_COPY.update(fwd=kinds, grad_input=kinds)
     if variant in ("cl", "cl_core"):
         xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
         if direction == "fwd":
@@ -287,7 +288,8 @@ def run_timing(args, mods):
                              else f"{row.get(v, ('-',))[0]:>8s}" for v in VARIANTS)
             ratios = " ".join(f"{cu / row[v][0]:5.2f}" if isinstance(row.get(v, ("-",))[0], float)
                               and isinstance(cu, float) else "    -" for v in COMPILED)
-            print(f"{layer[0]:22s} {cnt:2d} {d:3s} {cells}   {ratios}", flush=True)
+            print(f"{layer[0]:22s} {cnt:2d} {d:3s} {cells}   {ratios}  t={time.time() - T0:.0f}",
+                  flush=True)
         del x, w, dy, refs
         torch.cuda.empty_cache()
 

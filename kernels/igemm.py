@@ -366,8 +366,9 @@ def _pixel_major(*tensors):
 
 # With PIX_MAJOR tiles, copy the weight per call into the order in which the GEMM's
 # reduction index is contiguous (the operand order the tensor cores read): the forward
-# reduces over c (channels_last weight), grad_input over k (k innermost). Per direction.
-NCHW_WEIGHT_COPY = {"fwd": False, "grad_input": False}
+# reduces over c (channels_last weight), grad_input over k (k innermost). Per direction,
+# the kernel kinds ("1x1", "kxk") that take the copy.
+NCHW_WEIGHT_COPY = {"fwd": frozenset(), "grad_input": frozenset()}
 
 
 # fp32 NCHW convs that run through the channels_last kernels on transposed copies (the
@@ -377,10 +378,13 @@ NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset(), "grad_input": frozenset(),
                           "grad_weight": frozenset()}
 
 
+def _kind(r, s):
+    return "1x1" if r == 1 and s == 1 else "kxk"
+
+
 def _via_cl(direction, act, r, s):
     """act: the activation-like operand (x or dy)."""
-    kind = "1x1" if r == 1 and s == 1 else "kxk"
-    return (kind in NCHW_VIA_CHANNELS_LAST[direction] and act.dtype == torch.float32
+    return (_kind(r, s) in NCHW_VIA_CHANNELS_LAST[direction] and act.dtype == torch.float32
             and _pixel_major(act))
 
 
@@ -487,7 +491,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
     pm = _pixel_major(x, y)
-    w_copy = pm and NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
+    w_copy = pm and _kind(r, s) in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
     if w_copy:
         w = _c_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
@@ -738,7 +742,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
     pm = _pixel_major(dy, dx)
-    w_copy = pm and NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1
+    w_copy = pm and _kind(r, s) in NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1
     if w_copy:
         w = _k_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),

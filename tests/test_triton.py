@@ -275,8 +275,10 @@ def nchw_mode(monkeypatch):
 
     def set_mode(pm=True, copy=False, via=False):
         monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR", pm)
-        monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY", {"fwd": copy, "grad_input": copy})
-        kinds = frozenset({"1x1", "kxk"} if via else ())
+        both = frozenset({"1x1", "kxk"})
+        monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY",
+                            {d: both if copy else frozenset() for d in ("fwd", "grad_input")})
+        kinds = both if via else frozenset()
         monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
                             {d: kinds for d in ("fwd", "grad_input", "grad_weight")})
         for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
