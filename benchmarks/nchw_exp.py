@@ -81,13 +81,21 @@ def applies(direction, variant, layer):
 DEVICE = "cuda"
 
 
-def tensors(torch, layer, seed):
+# bf16 NCHW (PIX_MAJOR applies to every dtype): a few layers, orig vs pm vs cuDNN, timed
+# after the fp32 table if time is left.
+BF16_LAYERS = [2, 15, 16, 10]  # l1_3x3_64, l3_1x1_1024to256, l3_3x3_256, l2_3x3_128
+BF16_VARIANTS = ("orig", "pm", "cudnn")
+
+
+def tensors(torch, layer, seed, dtype=None):
     _, c, h, k, r, s, p, _ = layer
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     x = torch.randn(BATCH, c, h, h, device=DEVICE, generator=g)
     w = torch.randn(k, c, r, r, device=DEVICE, generator=g) / (c * r * r) ** 0.5
     ho = (h + 2 * p - r) // s + 1
     dy = torch.randn(BATCH, k, ho, ho, device=DEVICE, generator=g)
+    if dtype is not None:
+        x, w, dy = x.to(dtype), w.to(dtype), dy.to(dtype)
     return x, w, dy
 
 
@@ -202,13 +210,15 @@ def compile_shard(args, mods):
     torch.backends.cudnn.allow_tf32 = True
     os.environ["FASTCONV_TUNE"] = "compile"
     i, n = map(int, args.shard.split("/"))
-    tasks = [(li, d, v) for li in ORDER for v in COMPILED for d in DIRECTIONS
+    tasks = [(li, d, v, None) for li in ORDER for v in COMPILED for d in DIRECTIONS
              if applies(d, v, LAYERS[li])]
+    tasks += [(li, d, v, torch.bfloat16) for li in BF16_LAYERS for v in ("orig", "pm")
+              for d in DIRECTIONS]
     done = 0
-    for li, d, v in tasks[i::n]:
+    for li, d, v, dt in tasks[i::n]:
         if time.time() - T0 > args.compile_until:
             break
-        x, w, dy = tensors(torch, LAYERS[li], li)
+        x, w, dy = tensors(torch, LAYERS[li], li, dt)
         try:
             build(mods, d, v, LAYERS[li], x, w, dy)()
         except Exception as e:  # reported again, with the layer, by the timing process
@@ -292,6 +302,41 @@ def run_timing(args, mods):
                   flush=True)
         del x, w, dy, refs
         torch.cuda.empty_cache()
+
+    if not stop:
+        print("\n== bf16 NCHW (us; x = cudnn/ours) ==", flush=True)
+    for li in BF16_LAYERS if not stop else ():
+        if time.time() - T0 > args.hard:
+            break
+        layer = LAYERS[li]
+        x, w, dy = tensors(torch, layer, li, torch.bfloat16)
+        _, c, h, k, r, s, p, cnt = layer
+        torch.backends.cudnn.benchmark = False
+        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
+                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
+                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+        torch.backends.cudnn.benchmark = True
+        for d in DIRECTIONS:
+            cells = {}
+            for v in BF16_VARIANTS:
+                if time.time() - T0 > args.hard:
+                    break
+                try:
+                    poison(True)
+                    fn = build(mods, d, v, layer, x, w, dy)
+                    err = rel(fn(), refs[d])
+                    poison(False)
+                    cells[v] = graph_time(torch, fn) if err < 2e-2 else f"BAD{err:.0e}"
+                except Exception as e:
+                    poison(False)
+                    cells[v] = "ERR"
+                    print(f"   bf16 {layer[0]} {d} {v}: {e!r}"[:300], flush=True)
+            cu = cells.get("cudnn")
+            print(f"bf16 {layer[0]:22s} {d:3s} " + " ".join(
+                f"{v}={cells[v]:.1f}" + (f"({cu / cells[v]:.2f}x)" if isinstance(cu, float) else "")
+                if isinstance(cells.get(v), float) else f"{v}={cells.get(v, '-')}"
+                for v in BF16_VARIANTS) + f"  t={time.time() - T0:.0f}", flush=True)
+        del x, w, dy, refs
 
     # Totals over the layers measured with every variant ok, weighted by occurrences.
     print("\n== totals (us, weighted by occurrences in ResNet-50; x = cudnn/ours) ==", flush=True)
