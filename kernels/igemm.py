@@ -354,38 +354,48 @@ def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
 
-# PIX_MAJOR tiles for NCHW activations (module doc). The switch is here so that a benchmark
-# can time the channels-last tile order on NCHW tensors too.
-NCHW_PIX_MAJOR = True
+# NCHW plans. Three choices, per direction and layer kind, made when a plan is made and
+# measured on an H200 (TF32, ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
+# TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
+# activations are pixel-contiguous, so the forward's and grad_input's activation tiles
+# need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
+# "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
+# PIX_MAJOR tiles (module doc): they won where the channel-order gather is worst (the stem's
+# forward 170 vs 339 us) and in 3x3 grad_input with the weight copy (136-491 vs 316-999 us);
+# elsewhere Triton's transposed TF32 staging cost more than the scattered loads saved.
+NCHW_PIX_MAJOR = {"fwd": frozenset({"gather"}), "grad_input": frozenset({"kxk"}),
+                  "grad_weight": frozenset()}
+# Copy the weight per call into the order in which the GEMM's reduction index is
+# contiguous: the forward reduces over c (channels_last weight), grad_input over k (k
+# innermost).
+NCHW_WEIGHT_COPY = {"fwd": frozenset(), "grad_input": frozenset({"kxk"})}
+# fp32 convs that run through the channels_last kernels on transposed copies (the result
+# transposed back). 3x3 forward: 68-157 vs 117-176 us (the channels_last kernel alone: 41-57);
+# 3x3 grad_weight: 10% less in all. 1x1 layers lose: the copies cost more than the GEMM.
+NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset({"kxk"}), "grad_input": frozenset(),
+                          "grad_weight": frozenset({"kxk"})}
 
 
-def _pixel_major(*tensors):
+def _nchw(*tensors):
     """Every tensor has adjacent pixels along W and non-adjacent channels (NCHW-like)."""
-    return NCHW_PIX_MAJOR and all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
+    return all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
 
 
-# With PIX_MAJOR tiles, copy the weight per call into the order in which the GEMM's
-# reduction index is contiguous (the operand order the tensor cores read): the forward
-# reduces over c (channels_last weight), grad_input over k (k innermost). Per direction,
-# the kernel kinds ("1x1", "kxk") that take the copy.
-NCHW_WEIGHT_COPY = {"fwd": frozenset(), "grad_input": frozenset()}
-
-
-# fp32 NCHW convs that run through the channels_last kernels on transposed copies (the
-# result transposed back): per direction, the kernel kinds ("1x1", "kxk") where the copies
-# cost less than the NCHW tiles lose.
-NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset(), "grad_input": frozenset(),
-                          "grad_weight": frozenset()}
-
-
-def _kind(r, s):
+def _kind(r, s, cg):
+    if cg % 16:
+        return "gather"
     return "1x1" if r == 1 and s == 1 else "kxk"
 
 
-def _via_cl(direction, act, r, s):
+def _nchw_tag(nchw, pm, w_copy=False):
+    """Tuner-key suffix: plans whose kernels differ by the NCHW choices are tuned apart."""
+    return ("|pm" if pm else "") + ("|wcopy" if w_copy else "") if nchw else ""
+
+
+def _via_cl(direction, act, r, s, cg):
     """act: the activation-like operand (x or dy)."""
-    return (_kind(r, s) in NCHW_VIA_CHANNELS_LAST[direction] and act.dtype == torch.float32
-            and _pixel_major(act))
+    return (_kind(r, s, cg) in NCHW_VIA_CHANNELS_LAST[direction]
+            and act.dtype == torch.float32 and _nchw(act))
 
 
 def _cl(t):
@@ -400,12 +410,9 @@ def _k_major(w):
     return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
 
 
-def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, pm,
-              w_copy=False):
-    """The tuner's shape key (PIX_MAJOR tiles and copied weights are tuned apart)."""
+def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, tag):
     return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-            f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}"
-            + ("|pm" if pm else "") + ("|wcopy" if w_copy else ""))
+            f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}" + tag)
 
 
 def _k_prune(kred, kg):
@@ -475,7 +482,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
-    if _via_cl("fwd", x, r, s) and not is_channels_last(w):
+    if _via_cl("fwd", x, r, s, cg) and not is_channels_last(w):
         inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups, activation)
         return lambda x, w, bias: inner(_cl(x), _cl(w), bias).contiguous()
     cl = is_channels_last(x) or is_channels_last(w)
@@ -490,8 +497,10 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     tma = plain and _tma_gemm_ok(x, w, groups, i64)
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
-    pm = _pixel_major(x, y)
-    w_copy = pm and _kind(r, s) in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
+    nchw = _nchw(x, y)
+    kind = _kind(r, s, cg)
+    pm = nchw and kind in NCHW_PIX_MAJOR["fwd"]
+    w_copy = nchw and kind in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
     if w_copy:
         w = _c_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
@@ -504,7 +513,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         blocked = cg % meta["BLOCK_K"] == 0
         return grid, dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, CHANNEL_BLOCKED=blocked,
-                          PLAIN_GEMM=plain and blocked, NESTED=nested, PIX_MAJOR=pm,
+                          PLAIN_GEMM=plain and blocked, NESTED=nested,
+                          PIX_MAJOR=pm,
                           NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
 
     def launch(cfg, x, w, b, y):
@@ -529,7 +539,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
 
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, x, w,
-                    pm, w_copy)
+                    _nchw_tag(nchw, pm, w_copy))
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(kred, kg)
     tma_now = tma and _aligned(x, w)
@@ -538,7 +548,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     def prune(cfg):
         if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
             return False
-        if cfg.get("NCHW") and not pm:
+        if cfg.get("NCHW") and not nchw:
             return False
         if cfg["BLOCK_N"] < NARROW_N <= kg:
             return False
@@ -731,7 +741,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
-    if _via_cl("grad_input", dy, r, s):
+    if _via_cl("grad_input", dy, r, s, cg):
         inner = _plan_grad_input(_cl(dy), _cl(w), input_size, stride, padding, dilation, groups)
         return lambda dy, w: inner(_cl(dy), _cl(w)).contiguous()
     cl = is_channels_last(dy)
@@ -741,8 +751,10 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
-    pm = _pixel_major(dy, dx)
-    w_copy = pm and _kind(r, s) in NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1
+    nchw = _nchw(dy, dx)
+    kind = _kind(r, s, cg)
+    pm = nchw and kind in NCHW_PIX_MAJOR["grad_input"]
+    w_copy = nchw and kind in NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1
     if w_copy:
         w = _k_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
@@ -751,8 +763,10 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     def kernel_args(cfg):
         meta, opts = _meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
-        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], PIX_MAJOR=pm,
+        blocked = kg % meta["BLOCK_K"] == 0
+        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=blocked,
+                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"],
+                          PIX_MAJOR=pm,
                           NEED_I64=i64, **dots, **meta, **opts)
 
     def launch(cfg, dy, w, dx):
@@ -760,11 +774,11 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
 
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy.dtype, dy, w,
-                    pm, w_copy)
+                    _nchw_tag(nchw, pm, w_copy))
     k_fits = _k_prune(kg * r * s, cg)
     # narrow tiles (grouped convs' few channels) only where the output is narrow
     prune = lambda cfg: (k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
-                         and (pm or not cfg.get("NCHW")))
+                         and (nchw or not cfg.get("NCHW")))
     cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx), prune)
 
     grid, kw = kernel_args(cfg)
@@ -803,8 +817,8 @@ def _igemm_bwd_weight_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_BLOCKED: tl.constexpr, PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -817,8 +831,14 @@ def _igemm_bwd_weight_kernel(
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # (r, s, c), c innermost
     i_ok = offs_i < Kg
     j_ok = offs_j < JRED
-    c = offs_j % Cg
-    rs = offs_j // Cg
+    if TAP_BLOCKED:
+        # Cg % BLOCK_N == 0: the tile's columns share one tap, so the input's border mask
+        # and pixel offsets are per pixel (1-D), not per element.
+        rs = (pid_n * BLOCK_N) // Cg
+        c = pid_n * BLOCK_N - rs * Cg + tl.arange(0, BLOCK_N)
+    else:
+        c = offs_j % Cg
+        rs = offs_j // Cg
     r = rs // S
     s = rs % S
     kout = g * Kg + offs_i
@@ -845,7 +865,12 @@ def _igemm_bwd_weight_kernel(
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
         # dy's tile [i, q] already has the pixels last; x's [q, (r, s, c)] is built as
         # [(r, s, c), q] under PIX_MAJOR.
-        if PIX_MAJOR:
+        if TAP_BLOCKED:
+            ih = oh * SH - PT + r * DH
+            iw = ow * SW - PL + s * DW
+            b_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = _load_pix(x_ptr + n * sxn + ih * sxh + iw * sxw, cin * sxc, b_ok, PIX_MAJOR)
+        elif PIX_MAJOR:
             ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]
             iw = (ow * SW - PL)[None, :] + (s * DW)[:, None]
             b_ok = q_ok[None, :] & j_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -865,6 +890,9 @@ def _igemm_bwd_weight_kernel(
 
 
 _bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTERPRET_CONFIG)
+# Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0 (the switch lets a benchmark time the
+# per-element gather on the same shapes).
+GRAD_WEIGHT_TAP_BLOCKED = False
 SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
 
 
@@ -890,7 +918,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
                          f"weight_size {tuple(weight_size)}")
-    if _via_cl("grad_weight", x, r, s) and _pixel_major(dy):
+    if _via_cl("grad_weight", x, r, s, cg) and _nchw(dy):
         inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation, groups)
         return lambda dy, x: inner(_cl(dy), _cl(x))
     q = n * ho * wo
@@ -901,7 +929,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, x)
     sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
-    pm = _pixel_major(x)
+    nchw = _nchw(x)
+    pm = nchw and _kind(r, s, cg) in NCHW_PIX_MAJOR["grad_weight"]
     geometry = (h, wd, ho, wo, q, cg, kg)
     strides = (*dy.stride(), *x.stride(),
                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
@@ -917,9 +946,11 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         meta, opts = _meta(cfg)
         split, chunk = plan(meta)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
-        return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, PIX_MAJOR=pm,
-                                                              NEED_I64=i64, **dots, **meta,
-                                                              **opts)
+        tap_blocked = GRAD_WEIGHT_TAP_BLOCKED and cg % meta["BLOCK_N"] == 0
+        return split, grid, (*geometry, chunk, *strides), dict(
+            R=r, S=s, TAP_BLOCKED=tap_blocked,
+            PIX_MAJOR=pm, NEED_I64=i64, **dots,
+            **meta, **opts)
 
     def launch(cfg, dy, x):
         split, grid, scalars, kw = kernel_args(cfg)
@@ -928,10 +959,10 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return part
 
     key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, dy, x,
-                    pm)
+                    _nchw_tag(nchw, pm) + ("|tb" if GRAD_WEIGHT_TAP_BLOCKED else ""))
     prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
                          and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred))
-                         and (pm or not cfg.get("NCHW")))
+                         and (nchw or not cfg.get("NCHW")))
     cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
 
     split, grid, scalars, kw = kernel_args(cfg)

@@ -248,14 +248,22 @@ NCHW_MODES = {
     "pix_major": dict(pm=True),
     "channel_order": dict(pm=False),
     "weight_copy": dict(pm=True, copy=True),
-    "via_channels_last": dict(pm=True, via=True),
+    "copy_channel_order": dict(pm=False, copy=True),
+    "tap_blocked": dict(pm=False, tap=True),
+    "tap_blocked_pix_major": dict(pm=True, tap=True),
+    "via_channels_last": dict(pm=False, via=True),
 }
-NCHW_CASES = ["dense3x3", "strided_nonsquare", "plain1x1", "1x1_strided", "out96"]
+NCHW_CASES = {name: IGEMM_CASES[name] for name in
+              ("dense3x3", "strided_nonsquare", "plain1x1", "1x1_strided", "out96")}
+# Cg = 32 = the interpreter's BLOCK_N: grad_weight's tap-blocked tiles
+NCHW_CASES["taps32"] = ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1)
+NCHW_CASES["taps32_s2"] = ((1, 32, 7, 6), (8, 32, 3, 3), 2, 1, 1, 1)
 
 
 @pytest.fixture
 def nchw_mode(monkeypatch):
-    """set(pm, copy, via) -> a log of (kernel, PIX_MAJOR, activation, weight) per launch."""
+    """set(pm, copy, via, tap) -> a log of (kernel, PIX_MAJOR, TAP_BLOCKED, activation,
+    weight) per launch."""
     from fastconv.kernels import igemm
     log = []
 
@@ -269,18 +277,19 @@ def nchw_mode(monkeypatch):
 
         def __getitem__(self, grid):
             def call(*args, **kw):
-                log.append((self.name, kw["PIX_MAJOR"], args[0], args[1]))
+                log.append((self.name, kw["PIX_MAJOR"], kw.get("TAP_BLOCKED"), args[0], args[1]))
                 return self.kernel[grid](*args, **kw)
             return call
 
-    def set_mode(pm=True, copy=False, via=False):
-        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR", pm)
-        both = frozenset({"1x1", "kxk"})
+    def set_mode(pm=True, copy=False, via=False, tap=False):
+        every = frozenset({"1x1", "kxk", "gather"})
+        dirs = ("fwd", "grad_input", "grad_weight")
+        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR", {d: every if pm else frozenset() for d in dirs})
         monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY",
-                            {d: both if copy else frozenset() for d in ("fwd", "grad_input")})
-        kinds = both if via else frozenset()
+                            {d: every if copy else frozenset() for d in dirs[:2]})
         monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
-                            {d: kinds for d in ("fwd", "grad_input", "grad_weight")})
+                            {d: every if via else frozenset() for d in dirs})
+        monkeypatch.setattr(igemm, "GRAD_WEIGHT_TAP_BLOCKED", tap)
         for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
             monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
         clear()
@@ -290,16 +299,16 @@ def nchw_mode(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", list(NCHW_MODES))
-@pytest.mark.parametrize("name", NCHW_CASES)
+@pytest.mark.parametrize("name", list(NCHW_CASES))
 def test_igemm_nchw_modes(nchw_mode, mode, name):
     opts = NCHW_MODES[mode]
     log = nchw_mode(**opts)
-    _check_forward("triton_igemm", IGEMM_CASES[name], torch.float32, False)
-    _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, False)
-    r = IGEMM_CASES[name][1][2]
+    _check_forward("triton_igemm", NCHW_CASES[name], torch.float32, False)
+    _check_backward("triton_igemm", NCHW_CASES[name], torch.float32, False)
+    r, cg = NCHW_CASES[name][1][2], NCHW_CASES[name][1][1]
     kinds = {entry[0] for entry in log}
     assert kinds == {"_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"}
-    for kernel, pm, act, w in log:
+    for kernel, pm, tap, act, w in log:
         cl_act = act.is_contiguous(memory_format=torch.channels_last) and act.stride(1) == 1
         assert cl_act == bool(opts.get("via")), (kernel, act.stride())
         assert pm == (opts["pm"] and not opts.get("via")), kernel
@@ -307,15 +316,17 @@ def test_igemm_nchw_modes(nchw_mode, mode, name):
             assert w.stride(1) == 1, "forward weight not copied channels-innermost"
         if kernel == "_igemm_bwd_input_kernel" and opts.get("copy"):
             assert w.stride(0) == 1, "grad_input weight not copied k-innermost"
+        if kernel == "_igemm_bwd_weight_kernel":
+            assert tap == (bool(opts.get("tap")) and cg % 32 == 0), (kernel, tap)
 
 
-@pytest.mark.parametrize("mode", ["pix_major", "channel_order"])
+@pytest.mark.parametrize("mode", ["pix_major", "copy_channel_order", "tap_blocked_pix_major"])
 def test_igemm_nchw_modes_fp64(nchw_mode, mode):
     """fp64 takes the broadcast-multiply path: the transposed tiles must feed it too."""
     nchw_mode(**NCHW_MODES[mode])
-    for name in ("dense3x3", "strided_nonsquare"):
-        _check_forward("triton_igemm", IGEMM_CASES[name], torch.float64, False)
-        _check_backward("triton_igemm", IGEMM_CASES[name], torch.float64, False)
+    for name in ("strided_nonsquare", "taps32_s2"):
+        _check_forward("triton_igemm", NCHW_CASES[name], torch.float64, False)
+        _check_backward("triton_igemm", NCHW_CASES[name], torch.float64, False)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
