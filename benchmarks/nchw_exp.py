@@ -1,17 +1,21 @@
 """NCHW fp32 (TF32) implicit GEMM vs cuDNN on ResNet-50's conv layers, per layer and direction.
 
 For every layer of the `resnet50` table (batch 32, NCHW, cudnn.allow_tf32=True) and each of
-forward, grad_input, grad_weight, times with CUDA graphs (GPU work only):
+forward, grad_input, grad_weight (not the stem's grad_input: an image needs no gradient),
+times with CUDA graphs (GPU work only):
   orig     the kernels before the nchw branch (a copy, package `kernels_orig`), tuner on
-  pm       PIX_MAJOR tiles (NCHW pointer tiles built pixels-last), tuner on
-  pm_w     pm + the weight copied per call into reduction-contiguous order (3x3/7x7 forward;
-           grad_input always), copy timed
-  cl       the channels_last kernels on transposed copies (x, dy, w -> channels_last, the
-           result back to NCHW), copies timed
-  cl_core  the same channels_last kernels on pre-transposed tensors (no copies)
+  new      kernels/igemm.py with its NCHW choices as committed (NCHW_* constants)
+  w        no PIX_MAJOR tiles but the weight copied per call into reduction order, no
+           channels_last detour, tap-blocked grad_weight
+  w_pm     as w with PIX_MAJOR tiles (grad_input, grad_weight)
+  cl       every conv through the channels_last kernels on transposed copies (the plans'
+           own detour, copies timed; grad_input, grad_weight)
+  cl_core  the channels_last kernels on pre-transposed tensors (no copies)
   cudnn    F.conv2d / torch.nn.grad.conv2d_input / conv2d_weight, cudnn.benchmark=True
 Every variant is checked against float64 first (rel. error < 5e-3, outputs NaN-poisoned).
 Totals weight each layer by how often it occurs in ResNet-50.
+Round 1 (benchmarks/results/nvidia-h200/nchw/round1.log) ran an earlier version of this
+script: orig, pm (PIX_MAJOR everywhere), pm_w (pm + weight copy), cl, cl_core, cudnn.
 
 Standalone (no C++ extension): `python benchmarks/nchw_exp.py --kernels DIR` where DIR holds
 `kernels/` (this branch) and `kernels_orig/` (the kernels to compare against). Compile phase:
@@ -56,8 +60,10 @@ LAYERS = [
 ]
 BATCH = 32
 DIRECTIONS = ("fwd", "gi", "gw")
-VARIANTS = ("orig", "pm", "pm_w", "cl", "cl_core", "cudnn")
-COMPILED = ("orig", "pm", "pm_w", "cl")  # the variants whose plans compile kernels
+VARIANTS = ("orig", "new", "w", "w_pm", "cl", "cl_core", "cudnn")
+COMPILED = ("orig", "new", "w", "w_pm", "cl")  # the variants whose plans compile kernels
+CHOICES = ("new", "w", "w_pm", "cl")  # the candidates a plan could take
+SKIP_ORIG = set()  # layers whose orig numbers an earlier run has (--skip-orig)
 TOL = 5e-3
 GRAPH_CALLS = 10
 
@@ -72,10 +78,47 @@ def flops(layer):
 ORDER = sorted(range(len(LAYERS)), key=lambda i: -flops(LAYERS[i]) * LAYERS[i][7])
 
 
+def kind(layer):
+    _, c, _, _, r, _, _, _ = layer
+    return "gather" if c % 16 else ("1x1" if r == 1 else "kxk")
+
+
 def applies(direction, variant, layer):
-    if variant == "pm_w":
-        return direction == "gi" or (direction == "fwd" and layer[4] > 1)
+    if direction == "gi" and kind(layer) == "gather":
+        return False  # the stem: its input (the image) needs no gradient
+    if variant == "orig":
+        return layer[0] not in SKIP_ORIG
+    if variant == "w":
+        return direction != "fwd" or kind(layer) != "1x1"  # a 1x1 weight is already c-major
+    if variant in ("w_pm", "cl"):
+        return direction != "fwd"  # round 1: forward pm_w and 1x1 via cl lost; kxk: = new
     return True
+
+
+EVERY = frozenset({"1x1", "kxk", "gather"})
+NONE = frozenset()
+DEFAULTS = {}
+
+
+def configure(new, variant):
+    """Set kernels/igemm.py's NCHW choices for one variant (the committed ones for 'new')."""
+    if not DEFAULTS:
+        DEFAULTS.update(pm=dict(new.NCHW_PIX_MAJOR), copy=dict(new.NCHW_WEIGHT_COPY),
+                        via=dict(new.NCHW_VIA_CHANNELS_LAST), tap=new.GRAD_WEIGHT_TAP_BLOCKED)
+    pm, copy, via, tap = (dict(DEFAULTS["pm"]), dict(DEFAULTS["copy"]), dict(DEFAULTS["via"]),
+                          DEFAULTS["tap"])
+    if variant in ("w", "w_pm"):
+        via = {d: NONE for d in via}
+        copy = {d: EVERY for d in copy}
+        pm = {"fwd": frozenset({"gather"}), "grad_input": NONE, "grad_weight": NONE}
+        if variant == "w_pm":
+            pm.update(grad_input=EVERY, grad_weight=EVERY)
+        tap = True
+    elif variant in ("cl", "cl_core"):
+        via = {d: EVERY for d in via}
+        tap = True
+    new.NCHW_PIX_MAJOR, new.NCHW_WEIGHT_COPY, new.NCHW_VIA_CHANNELS_LAST = pm, copy, via
+    new.GRAD_WEIGHT_TAP_BLOCKED = tap
 
 
 DEVICE = "cuda"
@@ -84,7 +127,7 @@ DEVICE = "cuda"
 # bf16 NCHW (PIX_MAJOR applies to every dtype): a few layers, orig vs pm vs cuDNN, timed
 # after the fp32 table if time is left.
 BF16_LAYERS = [2, 15, 16, 10]  # l1_3x3_64, l3_1x1_1024to256, l3_3x3_256, l2_3x3_128
-BF16_VARIANTS = ("orig", "pm", "cudnn")
+BF16_VARIANTS = ("orig", "new", "cudnn")
 
 
 def tensors(torch, layer, seed, dtype=None):
@@ -145,27 +188,17 @@ def build(mods, direction, variant, layer, x, w, dy):
         mod = orig
     else:
         mod = new
-        new.NCHW_PIX_MAJOR = variant in ("pm", "pm_w")
-        kinds = frozenset({"1x1", "kxk"} if variant == "pm_w" else ())
-        new.NCHW_WEIGHT_COPY.update(fwd=kinds, grad_input=kinds)
-    if variant in ("cl", "cl_core"):
+        configure(new, variant)
+    if variant == "cl_core":
         xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
         if direction == "fwd":
             plan = mod._plan_conv2d(xc, wc, None, st, pad, dil, 1, "none")
-            if variant == "cl_core":
-                return lambda: plan(xc, wc, None)
-            return lambda: plan(x.contiguous(memory_format=cl), w.contiguous(memory_format=cl),
-                                None).contiguous()
+            return lambda: plan(xc, wc, None)
         if direction == "gi":
             plan = mod._plan_grad_input(dyc, wc, list(x.shape), st, pad, dil, 1)
-            if variant == "cl_core":
-                return lambda: plan(dyc, wc)
-            return lambda: plan(dy.contiguous(memory_format=cl),
-                                w.contiguous(memory_format=cl)).contiguous()
+            return lambda: plan(dyc, wc)
         plan = mod._plan_grad_weight(dyc, xc, list(w.shape), st, pad, dil, 1)
-        if variant == "cl_core":
-            return lambda: plan(dyc, xc)
-        return lambda: plan(dy.contiguous(memory_format=cl), x.contiguous(memory_format=cl))
+        return lambda: plan(dyc, xc)
     if direction == "fwd":
         plan = mod._plan_conv2d(x, w, None, st, pad, dil, 1, "none")
         return lambda: plan(x, w, None)
@@ -212,8 +245,9 @@ def compile_shard(args, mods):
     i, n = map(int, args.shard.split("/"))
     tasks = [(li, d, v, None) for li in ORDER for v in COMPILED for d in DIRECTIONS
              if applies(d, v, LAYERS[li])]
-    tasks += [(li, d, v, torch.bfloat16) for li in BF16_LAYERS for v in ("orig", "pm")
-              for d in DIRECTIONS]
+    if args.bf16:
+        tasks += [(li, d, v, torch.bfloat16) for li in BF16_LAYERS for v in ("orig", "new")
+                  for d in DIRECTIONS if applies(d, v, LAYERS[li])]
     done = 0
     for li, d, v, dt in tasks[i::n]:
         if time.time() - T0 > args.compile_until:
@@ -255,7 +289,7 @@ def run_timing(args, mods):
     rows = {}
     picks = []
     hdr = f"{'layer':22s} {'n':>2s} {'dir':3s} " + " ".join(f"{v:>8s}" for v in VARIANTS) + \
-        "   x(orig) x(pm) x(pm_w) x(cl)  [us; x = cudnn/ours]"
+        "   " + " ".join(f"x({v})" for v in COMPILED) + "  [us; x = cudnn/ours]"
     print(hdr, flush=True)
     stop = False
     for li in ORDER:
@@ -271,6 +305,8 @@ def run_timing(args, mods):
                 "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
         torch.backends.cudnn.benchmark = True
         for d in DIRECTIONS:
+            if not any(applies(d, v, layer) for v in VARIANTS):
+                continue
             row = {}
             for v in VARIANTS:
                 if not applies(d, v, layer):
@@ -303,9 +339,10 @@ def run_timing(args, mods):
         del x, w, dy, refs
         torch.cuda.empty_cache()
 
-    if not stop:
+    bf16 = BF16_LAYERS if args.bf16 and not stop else ()
+    if bf16:
         print("\n== bf16 NCHW (us; x = cudnn/ours) ==", flush=True)
-    for li in BF16_LAYERS if not stop else ():
+    for li in bf16:
         if time.time() - T0 > args.hard:
             break
         layer = LAYERS[li]
@@ -319,6 +356,8 @@ def run_timing(args, mods):
         for d in DIRECTIONS:
             cells = {}
             for v in BF16_VARIANTS:
+                if not applies(d, v, layer):
+                    continue
                 if time.time() - T0 > args.hard:
                     break
                 try:
@@ -338,69 +377,67 @@ def run_timing(args, mods):
                 for v in BF16_VARIANTS) + f"  t={time.time() - T0:.0f}", flush=True)
         del x, w, dy, refs
 
-    # Totals over the layers measured with every variant ok, weighted by occurrences.
-    print("\n== totals (us, weighted by occurrences in ResNet-50; x = cudnn/ours) ==", flush=True)
-    grand = {}
+    # Totals weighted by occurrences. A variant that does not apply to a row stands in with
+    # "new" (what the plan does there); orig only over the rows it was timed on.
+    def val(row, v):
+        t = row.get(v, ("-",))[0]
+        return t if isinstance(t, float) else None
+
+    print("\n== totals (us, weighted by occurrences in ResNet-50; x = cudnn/ours over the same "
+          "rows) ==", flush=True)
     for d in DIRECTIONS + ("all",):
-        tot = {v: 0.0 for v in VARIANTS + ("best",)}
-        nl = 0
-        for (li, dd), row in rows.items():
-            if d != "all" and dd != d:
-                continue
-            if not all(isinstance(row.get(v, (0.0,))[0], float) for v in VARIANTS):
-                continue
-            cnt = LAYERS[li][7]
-            nl += 1
-            for v in VARIANTS:
-                if v in row:
-                    tot[v] += cnt * row[v][0]
-                elif v == "pm_w":
-                    tot[v] += cnt * row["pm"][0]  # pm_w does not apply: same as pm
-            tot["best"] += cnt * min(row[v][0] for v in ("pm", "pm_w", "cl") if v in row)
-        grand[d] = tot
-        print(f"{d:4s} ({nl:2d} rows) " + " ".join(
-            f"{v}={tot[v]:8.0f}({tot['cudnn'] / tot[v]:.2f}x)" if tot[v] else f"{v}=-"
-            for v in VARIANTS + ("best",)), flush=True)
-    # which variant wins per row
+        parts = []
+        for v in VARIANTS + ("best",):
+            sv = sc = 0.0
+            nr = 0
+            for (li, dd), row in rows.items():
+                if d != "all" and dd != d:
+                    continue
+                cu, nw = val(row, "cudnn"), val(row, "new")
+                if cu is None or nw is None:
+                    continue
+                if v == "best":
+                    t = min(x for x in (val(row, c) for c in CHOICES) if x is not None)
+                elif v in row:
+                    t = val(row, v)
+                elif v == "orig":
+                    t = None
+                else:
+                    t = nw
+                if t is None:
+                    continue
+                cnt = LAYERS[li][7]
+                sv += cnt * t
+                sc += cnt * cu
+                nr += 1
+            parts.append(f"{v}={sv:7.0f}({sc / sv:.2f}x,{nr})" if sv else f"{v}=-")
+        print(f"{d:4s} " + " ".join(parts), flush=True)
     wins = {}
     for (li, d), row in rows.items():
-        ok = {v: row[v][0] for v in ("pm", "pm_w", "cl") if isinstance(row.get(v, ("-",))[0], float)}
+        ok = {v: val(row, v) for v in CHOICES if val(row, v) is not None}
         if ok:
-            best = min(ok, key=ok.get)
-            kind = "3x3" if LAYERS[li][4] == 3 else ("1x1" if LAYERS[li][4] == 1 else "stem")
-            wins.setdefault((d, kind, LAYERS[li][5]), []).append(best)
-    print("winners per (direction, kernel, stride):", flush=True)
+            wins.setdefault((d, kind(LAYERS[li])), []).append(min(ok, key=ok.get))
+    print("fastest candidate per (direction, kind), rows won:", flush=True)
     for key, ws in sorted(wins.items()):
-        print(f"  {key}: " + ", ".join(f"{v}={ws.count(v)}" for v in ("pm", "pm_w", "cl")), flush=True)
+        print(f"  {key}: " + ", ".join(f"{v}={ws.count(v)}" for v in CHOICES), flush=True)
     log = os.environ.get("FASTCONV_TUNE_LOG")
     if log and os.path.exists(log):
-        print("\n== tuner: pm/pm_w winners (and the best non-NCHW tile) ==", flush=True)
+        print("\n== tuner: keys where an NCHW-only tile (*) won; best plain-list tile ==", flush=True)
+        n_keys = 0
         for line in open(log):
             e = json.loads(line)
-            if "|pm" not in e["key"] or "|32x" not in e["key"]:
-                continue
             ts = [(t, c) for c, t in e["times_us"] if isinstance(t, float)]
-            if not ts:
+            if not ts or "|32x" not in e["key"]:
                 continue
+            n_keys += 1
             best = min(ts, key=lambda z: z[0])
-            plain = [z for z in ts if not z[1].get("NCHW")]
-            pb = min(plain, key=lambda z: z[0]) if plain else (float("nan"), None)
-            name = e["key"].split("|")[0]
-            print(f"  {name[6:]:10s} {'|'.join(e['key'].split('|')[3:5]):32s} "
-                  f"{'|'.join(e['key'].split('|')[5:6])} {e['key'].split('|')[-1]:6s} best "
-                  f"{short(best[1])} {best[0]:.1f} | plain-list best {short(pb[1])} {pb[0]:.1f}",
-                  flush=True)
-        print("\n== tuner: orig grad_input narrow-tile wins (Cg >= 64) ==", flush=True)
-        n_narrow = 0
-        for line in open(log):
-            e = json.loads(line)
-            if not e["key"].startswith("igemm_bwd_input") or "|pm" in e["key"] or "|32x" not in e["key"]:
-                continue
-            ts = [(t, c) for c, t in e["times_us"] if isinstance(t, float)]
-            if ts and min(ts, key=lambda z: z[0])[1]["BLOCK_N"] < 64:
-                n_narrow += 1
-                print("  narrow won:", e["key"].split("|")[3:6], flush=True)
-        print(f"  {n_narrow} narrow wins", flush=True)
+            if best[1].get("NCHW"):
+                plain = [z for z in ts if not z[1].get("NCHW")]
+                pb = min(plain, key=lambda z: z[0]) if plain else (float("nan"), None)
+                print(f"  {'|'.join(e['key'].split('|')[i] for i in (0, 3, 4, 5, 8))}"
+                      f"{e['key'].split('tf32')[-1]} {short(best[1])} {best[0]:.1f} | "
+                      f"{short(pb[1])} {pb[0]:.1f}", flush=True)
+        print(f"  ({n_keys} keys tuned)", flush=True)
     print(f"done {time.time() - T0:.0f} s", flush=True)
 
 
@@ -409,11 +446,14 @@ def main():
     ap.add_argument("--kernels", required=True, help="dir holding kernels/ and kernels_orig/")
     ap.add_argument("--shard", default=None, help="i/n: compile-only worker")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU check of every variant")
+    ap.add_argument("--bf16", action="store_true", help="also a few bf16 NCHW layers")
+    ap.add_argument("--skip-orig", default="", help="layer names whose orig numbers exist")
     ap.add_argument("--compile-until", type=float, default=80.0, help="s after T0")
     ap.add_argument("--until", type=float, default=150.0, help="no new layer after this (s)")
     ap.add_argument("--hard", type=float, default=158.0, help="no new variant after this (s)")
     args = ap.parse_args()
     mods = import_kernels(os.path.abspath(args.kernels))
+    SKIP_ORIG.update(n for n in args.skip_orig.split(",") if n)
     if args.smoke:
         smoke(mods)
     elif args.shard:
