@@ -9,8 +9,9 @@ times with CUDA graphs (GPU work only):
            channels_last detour, tap-blocked grad_weight
   w_pm     as w with PIX_MAJOR tiles (grad_input, grad_weight)
   cl       every conv through the channels_last kernels on transposed copies (the plans'
-           own detour, copies timed; grad_input, grad_weight)
-  cl_core  the channels_last kernels on pre-transposed tensors (no copies)
+           own detour, copies timed; grad_input with the weight k-innermost, grad_weight)
+  cl_core  the channels_last kernels on pre-transposed tensors (no copies; grad_input's
+           weight k-innermost)
   cudnn    F.conv2d / torch.nn.grad.conv2d_input / conv2d_weight, cudnn.benchmark=True
 Every variant is checked against float64 first (rel. error < 5e-3, outputs NaN-poisoned).
 Totals weight each layer by how often it occurs in ResNet-50.
@@ -116,6 +117,7 @@ def configure(new, variant):
         tap = True
     elif variant in ("cl", "cl_core"):
         via = {d: EVERY for d in via}
+        copy = {d: EVERY for d in copy}  # grad_input: the weight k-innermost
         tap = True
     new.NCHW_PIX_MAJOR, new.NCHW_WEIGHT_COPY, new.NCHW_VIA_CHANNELS_LAST = pm, copy, via
     new.GRAD_WEIGHT_TAP_BLOCKED = tap
@@ -191,6 +193,8 @@ def build(mods, direction, variant, layer, x, w, dy):
         configure(new, variant)
     if variant == "cl_core":
         xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
+        if direction == "gi":  # as the cl variant: the weight k-innermost
+            wc = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
         if direction == "fwd":
             plan = mod._plan_conv2d(xc, wc, None, st, pad, dil, 1, "none")
             return lambda: plan(xc, wc, None)

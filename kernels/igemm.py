@@ -742,8 +742,10 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
     if _via_cl("grad_input", dy, r, s, cg):
-        inner = _plan_grad_input(_cl(dy), _cl(w), input_size, stride, padding, dilation, groups)
-        return lambda dy, w: inner(_cl(dy), _cl(w)).contiguous()
+        # the weight k-innermost (as the tensor cores read it) where the copy is on
+        w_as = _k_major if _kind(r, s, cg) in NCHW_WEIGHT_COPY["grad_input"] else _cl
+        inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation, groups)
+        return lambda dy, w: inner(_cl(dy), w_as(w)).contiguous()
     cl = is_channels_last(dy)
     dx = new_output((n, c, h, wd), dy, cl)
     m = n * h * wd

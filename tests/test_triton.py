@@ -252,6 +252,7 @@ NCHW_MODES = {
     "tap_blocked": dict(pm=False, tap=True),
     "tap_blocked_pix_major": dict(pm=True, tap=True),
     "via_channels_last": dict(pm=False, via=True),
+    "via_channels_last_copy": dict(pm=False, via=True, copy=True),
 }
 NCHW_CASES = {name: IGEMM_CASES[name] for name in
               ("dense3x3", "strided_nonsquare", "plain1x1", "1x1_strided", "out96")}
