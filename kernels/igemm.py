@@ -360,20 +360,25 @@ def _layout_key(t):
 # activations are pixel-contiguous, so the forward's and grad_input's activation tiles
 # need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
 # "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
-# PIX_MAJOR tiles (module doc): they won where the channel-order gather is worst (the stem's
-# forward 170 vs 339 us) and in 3x3 grad_input with the weight copy (136-491 vs 316-999 us);
-# elsewhere Triton's transposed TF32 staging cost more than the scattered loads saved.
-NCHW_PIX_MAJOR = {"fwd": frozenset({"gather"}), "grad_input": frozenset({"kxk"}),
+# Per-layer times of every choice: nchw/round1.log, nchw/round2.log (us, same-run cuDNN).
+# PIX_MAJOR tiles (module doc): only the stem's forward gains (168 vs 339 us); elsewhere
+# Triton's transposed TF32 operand staging costs more than the scattered loads it saves
+# (e.g. 3x3 256@14 forward 226 vs 154 us, grad_input 396 vs 316).
+NCHW_PIX_MAJOR = {"fwd": frozenset({"gather"}), "grad_input": frozenset(),
                   "grad_weight": frozenset()}
 # Copy the weight per call into the order in which the GEMM's reduction index is
 # contiguous: the forward reduces over c (channels_last weight), grad_input over k (k
-# innermost).
-NCHW_WEIGHT_COPY = {"fwd": frozenset(), "grad_input": frozenset({"kxk"})}
-# fp32 convs that run through the channels_last kernels on transposed copies (the result
-# transposed back). 3x3 forward: 68-157 vs 117-176 us (the channels_last kernel alone: 41-57);
-# 3x3 grad_weight: 10% less in all. 1x1 layers lose: the copies cost more than the GEMM.
-NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset({"kxk"}), "grad_input": frozenset(),
-                          "grad_weight": frozenset({"kxk"})}
+# innermost). NCHW 3x3 weights have neither contiguous (c is R*S apart), nor has a 1x1
+# weight k: forward 3x3 65-112 vs 117-220 us, grad_input 32-289 vs 64-1223 us.
+NCHW_WEIGHT_COPY = {"fwd": frozenset({"kxk", "gather"}), "grad_input": frozenset({"1x1", "kxk"})}
+# fp32 convs that run through the channels_last kernels on transposed copies (x/dy and the
+# weight in, the result back to NCHW), where the output plane (Ho*Wo) is at most
+# NCHW_VIA_CL_MAX_PLANE: there the copies are cheap and the channels_last tiles fast (3x3
+# grad_input at 14x14 and 7x7: 70-198 vs 75-289 us; forward at 7x7: 76-95 vs 99-112 us).
+# On larger planes and on 1x1 layers the copies cost more than they save.
+NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset({"kxk"}), "grad_input": frozenset({"kxk"}),
+                          "grad_weight": frozenset()}
+NCHW_VIA_CL_MAX_PLANE = {"fwd": 7 * 7, "grad_input": 14 * 14, "grad_weight": 0}
 
 
 def _nchw(*tensors):
@@ -392,9 +397,10 @@ def _nchw_tag(nchw, pm, w_copy=False):
     return ("|pm" if pm else "") + ("|wcopy" if w_copy else "") if nchw else ""
 
 
-def _via_cl(direction, act, r, s, cg):
-    """act: the activation-like operand (x or dy)."""
+def _via_cl(direction, act, r, s, cg, plane):
+    """act: the activation-like operand (x or dy); plane: the forward's Ho*Wo."""
     return (_kind(r, s, cg) in NCHW_VIA_CHANNELS_LAST[direction]
+            and plane <= NCHW_VIA_CL_MAX_PLANE[direction]
             and act.dtype == torch.float32 and _nchw(act))
 
 
@@ -482,7 +488,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
-    if _via_cl("fwd", x, r, s, cg) and not is_channels_last(w):
+    if _via_cl("fwd", x, r, s, cg, ho * wo) and not is_channels_last(w):
         inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups, activation)
         return lambda x, w, bias: inner(_cl(x), _cl(w), bias).contiguous()
     cl = is_channels_last(x) or is_channels_last(w)
@@ -563,7 +569,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         # pointers): the TMA tile keeps the per-call launch.
         def run(x, w, bias):
             y = new_output((n, k, ho, wo), x, cl)
-            launch(cfg, x, w, None if bias is None else bias.contiguous(), y)
+            b = None if bias is None else bias.contiguous()
+            launch(cfg, x, _c_major(w) if w_copy else w, b, y)
             return y
         return run
 
@@ -741,7 +748,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
-    if _via_cl("grad_input", dy, r, s, cg):
+    if _via_cl("grad_input", dy, r, s, cg, ho * wo):
         # the weight k-innermost (as the tensor cores read it) where the copy is on
         w_as = _k_major if _kind(r, s, cg) in NCHW_WEIGHT_COPY["grad_input"] else _cl
         inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation, groups)
@@ -892,9 +899,10 @@ def _igemm_bwd_weight_kernel(
 
 
 _bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTERPRET_CONFIG)
-# Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0 (the switch lets a benchmark time the
-# per-element gather on the same shapes).
-GRAD_WEIGHT_TAP_BLOCKED = False
+# Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0: per-pixel instead of per-element
+# index math for x's tile. H200, TF32, NCHW ResNet-50 layers: 77-262 vs 108-303 us; on
+# channels_last copies 86-232 vs 89-241 us. (The switch lets a benchmark time the gather.)
+GRAD_WEIGHT_TAP_BLOCKED = True
 SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
 
 
@@ -920,7 +928,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
                          f"weight_size {tuple(weight_size)}")
-    if _via_cl("grad_weight", x, r, s, cg) and _nchw(dy):
+    if _via_cl("grad_weight", x, r, s, cg, ho * wo) and _nchw(dy):
         inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation, groups)
         return lambda dy, x: inner(_cl(dy), _cl(x))
     q = n * ho * wo

@@ -285,11 +285,13 @@ def nchw_mode(monkeypatch):
     def set_mode(pm=True, copy=False, via=False, tap=False):
         every = frozenset({"1x1", "kxk", "gather"})
         dirs = ("fwd", "grad_input", "grad_weight")
-        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR", {d: every if pm else frozenset() for d in dirs})
+        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR",
+                            {d: every if pm else frozenset() for d in dirs})
         monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY",
                             {d: every if copy else frozenset() for d in dirs[:2]})
         monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
                             {d: every if via else frozenset() for d in dirs})
+        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE", {d: 1 << 30 for d in dirs})
         monkeypatch.setattr(igemm, "GRAD_WEIGHT_TAP_BLOCKED", tap)
         for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
             monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
@@ -319,6 +321,24 @@ def test_igemm_nchw_modes(nchw_mode, mode, name):
             assert w.stride(0) == 1, "grad_input weight not copied k-innermost"
         if kernel == "_igemm_bwd_weight_kernel":
             assert tap == (bool(opts.get("tap")) and cg % 32 == 0), (kernel, tap)
+
+
+def test_igemm_nchw_detour_by_plane(nchw_mode, monkeypatch):
+    """The channels_last detour applies up to NCHW_VIA_CL_MAX_PLANE output pixels, per
+    direction; above it the NCHW kernels run (with the weight copy)."""
+    from fastconv.kernels import igemm
+    log = nchw_mode(pm=False, copy=True, via=True)
+    case = NCHW_CASES["taps32"]  # 5x6 output plane = 30 pixels
+    for limit, detour in ((30, True), (29, False)):
+        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE",
+                            {"fwd": limit, "grad_input": 1 << 30, "grad_weight": 0})
+        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
+            plans.clear()
+        log.clear()
+        _check_backward("triton_igemm", case, torch.float32, False)
+        acts = {name: act.stride(1) == 1 for name, _, _, act, _ in log}
+        assert acts == {"_igemm_fwd_kernel": detour, "_igemm_bwd_input_kernel": True,
+                        "_igemm_bwd_weight_kernel": False}, (limit, acts)
 
 
 @pytest.mark.parametrize("mode", ["pix_major", "copy_channel_order", "tap_blocked_pix_major"])
