@@ -341,6 +341,16 @@ def test_igemm_nchw_detour_by_plane(nchw_mode, monkeypatch):
                         "_igemm_bwd_weight_kernel": False}, (limit, acts)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_igemm_channels_last_grad_input_weight_copy(nchw_mode, dtype):
+    """channels_last fp32 grad_input reads the weight k-innermost (TF32 operands K-major);
+    16-bit keeps the channels_last weight (the tensor cores read it transposed)."""
+    log = nchw_mode(pm=False, copy=True)
+    _check_backward("triton_igemm", NCHW_CASES["taps32"], dtype, True)
+    ws = [w for name, _, _, _, w in log if name == "_igemm_bwd_input_kernel"]
+    assert ws and all((w.stride(0) == 1) == (dtype == torch.float32) for w in ws)
+
+
 @pytest.mark.parametrize("mode", ["pix_major", "copy_channel_order", "tap_blocked_pix_major"])
 def test_igemm_nchw_modes_fp64(nchw_mode, mode):
     """fp64 takes the broadcast-multiply path: the transposed tiles must feed it too."""
