@@ -12,6 +12,7 @@ times with CUDA graphs (GPU work only):
            own detour, copies timed; grad_input with the weight k-innermost, grad_weight)
   cl_core  the channels_last kernels on pre-transposed tensors (no copies; grad_input's
            weight k-innermost)
+  nhwc     the committed plans on channels_last x, w, dy (a channels_last fp32 model)
   cudnn    F.conv2d / torch.nn.grad.conv2d_input / conv2d_weight, cudnn.benchmark=True
 Every variant is checked against float64 first (rel. error < 5e-3, outputs NaN-poisoned).
 Totals weight each layer by how often it occurs in ResNet-50.
@@ -61,8 +62,9 @@ LAYERS = [
 ]
 BATCH = 32
 DIRECTIONS = ("fwd", "gi", "gw")
-VARIANTS = ("orig", "new", "w", "w_pm", "cl", "cl_core", "cudnn")
-COMPILED = ("orig", "new", "w", "w_pm", "cl")  # the variants whose plans compile kernels
+VARIANTS = ("orig", "new", "w", "w_pm", "cl", "cl_core", "nhwc", "cudnn")
+COMPILED = ("orig", "new", "w", "w_pm", "cl", "nhwc")  # the variants whose plans compile
+ACTIVE = set(VARIANTS)  # --variants
 CHOICES = ("new", "w", "w_pm", "cl")  # the candidates a plan could take
 SKIP_ORIG = set()  # layers whose orig numbers an earlier run has (--skip-orig)
 TOL = 5e-3
@@ -85,6 +87,8 @@ def kind(layer):
 
 
 def applies(direction, variant, layer):
+    if variant not in ACTIVE:
+        return False
     if direction == "gi" and kind(layer) == "gather":
         return False  # the stem: its input (the image) needs no gradient
     if variant == "orig":
@@ -191,9 +195,9 @@ def build(mods, direction, variant, layer, x, w, dy):
     else:
         mod = new
         configure(new, variant)
-    if variant == "cl_core":
+    if variant in ("cl_core", "nhwc"):
         xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
-        if direction == "gi":  # as the cl variant: the weight k-innermost
+        if direction == "gi" and variant == "cl_core":  # as cl: the weight k-innermost
             wc = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
         if direction == "fwd":
             plan = mod._plan_conv2d(xc, wc, None, st, pad, dil, 1, "none")
@@ -391,7 +395,7 @@ def run_timing(args, mods):
           "rows) ==", flush=True)
     for d in DIRECTIONS + ("all",):
         parts = []
-        for v in VARIANTS + ("best",):
+        for v in [v for v in VARIANTS if v in ACTIVE] + ["best"]:
             sv = sc = 0.0
             nr = 0
             for (li, dd), row in rows.items():
@@ -452,12 +456,14 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny CPU check of every variant")
     ap.add_argument("--bf16", action="store_true", help="also a few bf16 NCHW layers")
     ap.add_argument("--skip-orig", default="", help="layer names whose orig numbers exist")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="the variants to run")
     ap.add_argument("--compile-until", type=float, default=80.0, help="s after T0")
     ap.add_argument("--until", type=float, default=150.0, help="no new layer after this (s)")
     ap.add_argument("--hard", type=float, default=158.0, help="no new variant after this (s)")
     args = ap.parse_args()
     mods = import_kernels(os.path.abspath(args.kernels))
     SKIP_ORIG.update(n for n in args.skip_orig.split(",") if n)
+    ACTIVE.intersection_update(args.variants.split(","))
     if args.smoke:
         smoke(mods)
     elif args.shard:
