@@ -354,8 +354,9 @@ def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
 
 
-# NCHW plans. Three choices, per direction and layer kind, made when a plan is made and
-# measured on an H200 (TF32, ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
+# NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured). Three choices,
+# per direction and layer kind, made when a plan is made and measured on an H200 (TF32,
+# ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
 # TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
 # activations are pixel-contiguous, so the forward's and grad_input's activation tiles
 # need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
@@ -503,7 +504,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     tma = plain and _tma_gemm_ok(x, w, groups, i64)
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
-    nchw = _nchw(x, y)
+    nchw = x.dtype == torch.float32 and _nchw(x, y)
     kind = _kind(r, s, cg)
     pm = nchw and kind in NCHW_PIX_MAJOR["fwd"]
     w_copy = nchw and kind in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
@@ -760,7 +761,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
-    nchw = _nchw(dy, dx)
+    nchw = dy.dtype == torch.float32 and _nchw(dy, dx)
     kind = _kind(r, s, cg)
     pm = nchw and kind in NCHW_PIX_MAJOR["grad_input"]
     # channels_last fp32 too: a channels_last weight has c, not k, innermost (H200, TF32,
@@ -942,7 +943,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, x)
     sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
-    nchw = _nchw(x)
+    nchw = x.dtype == torch.float32 and _nchw(x)
     pm = nchw and _kind(r, s, cg) in NCHW_PIX_MAJOR["grad_weight"]
     geometry = (h, wd, ho, wo, q, cg, kg)
     strides = (*dy.stride(), *x.stride(),

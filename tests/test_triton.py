@@ -351,13 +351,20 @@ def test_igemm_channels_last_grad_input_weight_copy(nchw_mode, dtype):
     assert ws and all((w.stride(0) == 1) == (dtype == torch.float32) for w in ws)
 
 
-@pytest.mark.parametrize("mode", ["pix_major", "copy_channel_order", "tap_blocked_pix_major"])
-def test_igemm_nchw_modes_fp64(nchw_mode, mode):
-    """fp64 takes the broadcast-multiply path: the transposed tiles must feed it too."""
-    nchw_mode(**NCHW_MODES[mode])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+def test_igemm_nchw_choices_are_fp32_only(nchw_mode, dtype):
+    """The NCHW choices were measured in fp32 (TF32): other dtypes keep the channel-order
+    tiles and the weight as given; tap-blocked grad_weight applies to every dtype."""
+    log = nchw_mode(pm=True, copy=True, tap=True)
     for name in ("strided_nonsquare", "taps32_s2"):
-        _check_forward("triton_igemm", NCHW_CASES[name], torch.float64, False)
-        _check_backward("triton_igemm", NCHW_CASES[name], torch.float64, False)
+        _check_forward("triton_igemm", NCHW_CASES[name], dtype, False)
+        _check_backward("triton_igemm", NCHW_CASES[name], dtype, False)
+    taps = []
+    for kernel, pm, tap, act, w in log:
+        assert not pm and w.is_contiguous(), kernel
+        if kernel == "_igemm_bwd_weight_kernel":  # (dy, x, ...): x has Cg = 32 in taps32_s2
+            taps.append(tap == (w.shape[1] == 32))
+    assert len(taps) == 2 and all(taps)
 
 
 @pytest.mark.parametrize("activation", ["relu", "silu"])
