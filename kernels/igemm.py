@@ -22,6 +22,14 @@ TMA kernel (Hopper+, KIND="tma" tiles): the plain GEMM of a dense channels_last 
 with every tile (x as [N*H*W, C], w as [K, C], y as [N*H*W, K]) moved by TMA descriptors.
 fp64 has no tensor-core dot in Triton on every target, so it takes a broadcast-multiply-sum
 path (USE_DOT=False); fp32 uses tl.dot with input_precision "tf32" or "ieee".
+
+PIX_MAJOR (NCHW activations): Triton lays a load's threads along the axis its pointers are
+provably contiguous in, else along the last axis. An NCHW tile [pixels, channels] has neither
+proven (pixel offsets come through // and %, channels are H*W apart), so a warp would read 32
+channels of one pixel: 32 sectors for 128 bytes. PIX_MAJOR tiles build the pointers as
+[channels, pixels] and transpose the loaded tile (stores likewise), so that a warp runs along
+adjacent pixels. On TF32 that costs a transposed operand staging, which only pays on the
+per-element gather path: see NCHW_PIX_MAJOR.
 """
 from __future__ import annotations
 
@@ -90,6 +98,12 @@ FWD_CONFIGS_32 = [
     dict(NESTED=True, BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
 ]
+# Candidates raced only for NCHW fp32 plans ("NCHW": True; the kernels ignore it): deeper
+# reductions and more stages. Won 3 of 129 tuned NCHW keys on the H200, by 0.1-5%.
+FWD_NCHW_CONFIGS_32 = [
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+]
 NARROW_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
@@ -119,6 +133,28 @@ def _tile_ids(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl
 
 
 @triton.jit
+def _load_pix(row_ptr, col_off, row_ok, PIX_MAJOR: tl.constexpr):
+    """The tile [rows, cols] at row_ptr[:, None] + col_off[None, :] (rows = pixels), zero
+    where not row_ok. PIX_MAJOR: built as [cols, rows] and transposed (see the module doc)."""
+    if PIX_MAJOR:
+        t = tl.load(row_ptr[None, :] + col_off[:, None], mask=row_ok[None, :], other=0.0)
+        return tl.trans(t)
+    else:
+        return tl.load(row_ptr[:, None] + col_off[None, :], mask=row_ok[:, None], other=0.0)
+
+
+@triton.jit
+def _store_pix(ptr, row_off, col_off, row_ok, col_ok, val, PIX_MAJOR: tl.constexpr):
+    """ptr[row_off[:, None] + col_off[None, :]] = val (rows = pixels), masked."""
+    if PIX_MAJOR:
+        tl.store(ptr + row_off[None, :] + col_off[:, None], tl.trans(val),
+                 mask=row_ok[None, :] & col_ok[:, None])
+    else:
+        tl.store(ptr + row_off[:, None] + col_off[None, :], val,
+                 mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _igemm_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     H, W, Ho, Wo, M, Cg, Kg,
@@ -128,7 +164,7 @@ def _igemm_fwd_kernel(
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
     IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
     CHANNEL_BLOCKED: tl.constexpr, PLAIN_GEMM: tl.constexpr, NESTED: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
 ):
     pid_m, pid_n = _tile_ids(tl.program_id(0), M, Kg, BLOCK_M, BLOCK_N, GROUP)
@@ -166,7 +202,7 @@ def _igemm_fwd_kernel(
             c = cb + rk
             if NEED_I64:
                 c = c.to(tl.int64)
-            a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=m_ok[:, None], other=0.0)
+            a = _load_pix(a_row, c * sxc, m_ok, PIX_MAJOR)
             b = tl.load(w_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED and NESTED:
@@ -184,7 +220,7 @@ def _igemm_fwd_kernel(
                 c = cb + rk
                 if NEED_I64:
                     c = c.to(tl.int64)
-                a = tl.load(a_row[:, None] + c[None, :] * sxc, mask=sp_ok[:, None], other=0.0)
+                a = _load_pix(a_row, c * sxc, sp_ok, PIX_MAJOR)
                 b = tl.load(b_col[None, :] + c[:, None] * swc, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
@@ -201,8 +237,7 @@ def _igemm_fwd_kernel(
             c = cb + rk
             if NEED_I64:
                 c = c.to(tl.int64)
-            a = tl.load((x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
-                        mask=sp_ok[:, None], other=0.0)
+            a = _load_pix(x_row + ih * sxh + iw * sxw, c * sxc, sp_ok, PIX_MAJOR)
             b = tl.load((w_col + r * swr + s * sws)[None, :] + c[:, None] * swc,
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -217,10 +252,20 @@ def _igemm_fwd_kernel(
             s = rs % S
             if NEED_I64:
                 c = c.to(tl.int64)
-            ih = ih0[:, None] + (r * DH)[None, :]
-            iw = iw0[:, None] + (s * DW)[None, :]
-            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-            a = tl.load(x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok, other=0.0)
+            if PIX_MAJOR:  # the same tile built as [kk, pixels], transposed
+                ih = ih0[None, :] + (r * DH)[:, None]
+                iw = iw0[None, :] + (s * DW)[:, None]
+                a_ok = (m_ok[None, :] & k_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0)
+                        & (iw < W))
+                a = tl.trans(tl.load(x_row[None, :] + c[:, None] * sxc + ih * sxh + iw * sxw,
+                                     mask=a_ok, other=0.0))
+            else:
+                ih = ih0[:, None] + (r * DH)[None, :]
+                iw = iw0[:, None] + (s * DW)[None, :]
+                a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0)
+                        & (iw < W))
+                a = tl.load(x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=a_ok,
+                            other=0.0)
             b = tl.load(w_col[None, :] + (c * swc + r * swr + s * sws)[:, None],
                         mask=k_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -229,8 +274,8 @@ def _igemm_fwd_kernel(
         bias = tl.load(b_ptr + kout, mask=j_ok, other=0.0).to(ACC_DTYPE)
         acc += bias[None, :]
     acc = apply_activation(acc, ACT)
-    y_off = (n * syn + oh * syh + ow * syw)[:, None] + (kout * syk)[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    _store_pix(y_ptr, n * syn + oh * syh + ow * syw, kout * syk, m_ok, j_ok,
+               acc.to(y_ptr.dtype.element_ty), PIX_MAJOR)
 
 
 @triton.jit
@@ -269,7 +314,8 @@ def _igemm_fwd_tma_kernel(
 
 # One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
 _fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + NARROW_CONFIGS, INTERPRET_CONFIG),
-               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + NARROW_CONFIGS, INTERPRET_CONFIG)}
+               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + FWD_NCHW_CONFIGS_32 + NARROW_CONFIGS,
+                             INTERPRET_CONFIG)}
 
 
 def _fwd_tuner(dtype):
@@ -298,8 +344,83 @@ def _pick(tuner, key, t, launch, prune):
     return tuner.pick(key, t.device, launch, prune)
 
 
+def _meta(cfg):
+    """launch_meta, less NCHW (a tile-list marker, not a kernel parameter)."""
+    meta, opts = launch_meta(cfg)
+    meta.pop("NCHW", None)
+    return meta, opts
+
+
 def _layout_key(t):
     return "cl" if is_channels_last(t) else "nchw"
+
+
+# NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured). Three choices,
+# per direction and layer kind, made when a plan is made and measured on an H200 (TF32,
+# ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
+# TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
+# activations are pixel-contiguous, so the forward's and grad_input's activation tiles
+# need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
+# "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
+# Per-layer times of every choice: nchw/round1.log, nchw/round2.log (us, same-run cuDNN).
+# PIX_MAJOR tiles (module doc): only the stem's forward gains (168 vs 339 us); elsewhere
+# Triton's transposed TF32 operand staging costs more than the scattered loads it saves
+# (e.g. 3x3 256@14 forward 226 vs 154 us, grad_input 396 vs 316).
+NCHW_PIX_MAJOR = {"fwd": frozenset({"gather"}), "grad_input": frozenset(),
+                  "grad_weight": frozenset()}
+# Copy the weight per call into the order in which the GEMM's reduction index is
+# contiguous: the forward reduces over c (channels_last weight), grad_input over k (k
+# innermost). NCHW 3x3 weights have neither contiguous (c is R*S apart), nor has a 1x1
+# weight k: forward 3x3 65-112 vs 117-220 us, grad_input 32-289 vs 64-1223 us.
+NCHW_WEIGHT_COPY = {"fwd": frozenset({"kxk", "gather"}), "grad_input": frozenset({"1x1", "kxk"})}
+# fp32 convs that run through the channels_last kernels on transposed copies (x/dy and the
+# weight in, the result back to NCHW), where the output plane (Ho*Wo) is at most
+# NCHW_VIA_CL_MAX_PLANE: there the copies are cheap and the channels_last tiles fast (3x3
+# grad_input at 14x14 and 7x7: 70-198 vs 75-289 us; forward at 7x7: 76-95 vs 99-112 us).
+# On larger planes and on 1x1 layers the copies cost more than they save.
+NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset({"kxk"}), "grad_input": frozenset({"kxk"}),
+                          "grad_weight": frozenset()}
+NCHW_VIA_CL_MAX_PLANE = {"fwd": 7 * 7, "grad_input": 14 * 14, "grad_weight": 0}
+
+
+def _nchw(*tensors):
+    """Every tensor has adjacent pixels along W and non-adjacent channels (NCHW-like)."""
+    return all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
+
+
+def _kind(r, s, cg):
+    if cg % 16:
+        return "gather"
+    return "1x1" if r == 1 and s == 1 else "kxk"
+
+
+def _nchw_tag(pm, w_copy=False):
+    """Tuner-key suffix: plans whose kernels differ by these choices are tuned apart."""
+    return ("|pm" if pm else "") + ("|wcopy" if w_copy else "")
+
+
+def _via_cl(direction, act, r, s, cg, plane):
+    """act: the activation-like operand (x or dy); plane: the forward's Ho*Wo."""
+    return (_kind(r, s, cg) in NCHW_VIA_CHANNELS_LAST[direction]
+            and plane <= NCHW_VIA_CL_MAX_PLANE[direction]
+            and act.dtype == torch.float32 and _nchw(act))
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _c_major(w):
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def _k_major(w):
+    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+
+
+def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, tag):
+    return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
+            f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}" + tag)
 
 
 def _k_prune(kred, kg):
@@ -369,6 +490,9 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
+    if _via_cl("fwd", x, r, s, cg, ho * wo) and not is_channels_last(w):
+        inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups, activation)
+        return lambda x, w, bias: inner(_cl(x), _cl(w), bias).contiguous()
     cl = is_channels_last(x) or is_channels_last(w)
     y = new_output((n, k, ho, wo), x, cl)
     m = n * ho * wo
@@ -381,21 +505,28 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
     tma = plain and _tma_gemm_ok(x, w, groups, i64)
     y_tma = tma and _tma_store_ok(y)
     dots = dot_args(x.dtype)
+    nchw = x.dtype == torch.float32 and _nchw(x, y)
+    kind = _kind(r, s, cg)
+    pm = nchw and kind in NCHW_PIX_MAJOR["fwd"]
+    w_copy = nchw and kind in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
+    if w_copy:
+        w = _c_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
     kred = cg * r * s
 
     def kernel_args(cfg, has_bias):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         nested = meta.pop("NESTED", False)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         blocked = cg % meta["BLOCK_K"] == 0
         return grid, dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, CHANNEL_BLOCKED=blocked,
-                          PLAIN_GEMM=plain and blocked, NESTED=nested, NEED_I64=i64,
-                          GROUP=GROUP_M, **dots, **meta, **opts)
+                          PLAIN_GEMM=plain and blocked, NESTED=nested,
+                          PIX_MAJOR=pm,
+                          NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
 
     def tma_args(cfg, has_bias, store_tma):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         meta.pop("NESTED", None)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
         scalars = (ho * wo, m, c, k, y.stride(0), y.stride(1), y.stride(3))
@@ -422,8 +553,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         grid, kw = kernel_args(cfg, b is not None)
         _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{x.dtype}|{_layout_key(x)}{_layout_key(w)}|{dot_precision(x.dtype)}")
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, x, w,
+                    _nchw_tag(pm, w_copy))
     b0 = None if bias is None else bias.contiguous()
     k_fits = _k_prune(kred, kg)
     tma_now = tma and _aligned(x, w)
@@ -431,6 +562,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def prune(cfg):
         if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
+            return False
+        if cfg.get("NCHW") and not nchw:
             return False
         if cfg["BLOCK_N"] < NARROW_N <= kg:
             return False
@@ -452,6 +585,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         def run(x, w, bias):
             y = new_output((n, k, ho, wo), x, cl)
             b = w if bias is None else bias.contiguous()
+            if w_copy:
+                w = _c_major(w)
             if _aligned(x, w, y):
                 a_desc, b_desc, y_arg = descriptors(cfg, x, w, y, y_tma)
                 fast_tma(a_desc, b_desc, b, y_arg)
@@ -462,6 +597,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
 
     def run(x, w, bias):
         y = new_output((n, k, ho, wo), x, cl)
+        if w_copy:
+            w = _c_major(w)
         fast(x, w, w if bias is None else bias.contiguous(), y)
         return y
     return run
@@ -481,6 +618,8 @@ BWD_INPUT_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
 ]
 
 
@@ -492,8 +631,8 @@ def _igemm_bwd_input_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, NEED_I64: tl.constexpr,
-    ACC_DTYPE: tl.constexpr,
+    CHANNEL_BLOCKED: tl.constexpr, FLAT: tl.constexpr, PIX_MAJOR: tl.constexpr,
+    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -539,7 +678,7 @@ def _igemm_bwd_input_kernel(
                 kk = kb + rk
                 if NEED_I64:
                     kk = kk.to(tl.int64)
-                a = tl.load(a_row[:, None] + kk[None, :] * syk, mask=sp_ok[:, None], other=0.0)
+                a = _load_pix(a_row, kk * syk, sp_ok, PIX_MAJOR)
                 b = tl.load(b_col[None, :] + kk[:, None] * swk, mask=j_ok[None, :], other=0.0)
                 acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     elif CHANNEL_BLOCKED:
@@ -559,8 +698,7 @@ def _igemm_bwd_input_kernel(
             kk = kb + rk
             if NEED_I64:
                 kk = kk.to(tl.int64)
-            a = tl.load((dy_row + oh * syh + ow * syw)[:, None] + kk[None, :] * syk,
-                        mask=sp_ok[:, None], other=0.0)
+            a = _load_pix(dy_row + oh * syh + ow * syw, kk * syk, sp_ok, PIX_MAJOR)
             b = tl.load((w_col + r * swr + s * sws)[None, :] + kk[:, None] * swk,
                         mask=j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
@@ -575,20 +713,30 @@ def _igemm_bwd_input_kernel(
             s = rs % S
             if NEED_I64:
                 kk = kk.to(tl.int64)
-            th = ih[:, None] + PT - (r * DH)[None, :]
-            tw = iw[:, None] + PL - (s * DW)[None, :]
-            oh = th // SH
-            ow = tw // SW
-            a_ok = (m_ok[:, None] & q_ok[None, :] & (th >= 0) & (tw >= 0) & (th % SH == 0)
-                    & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
-            a = tl.load(dy_row[:, None] + kk[None, :] * syk + oh * syh + ow * syw, mask=a_ok,
-                        other=0.0)
+            if PIX_MAJOR:  # the same tile built as [kq, pixels], transposed
+                th = ih[None, :] + PT - (r * DH)[:, None]
+                tw = iw[None, :] + PL - (s * DW)[:, None]
+                oh = th // SH
+                ow = tw // SW
+                a_ok = (m_ok[None, :] & q_ok[:, None] & (th >= 0) & (tw >= 0) & (th % SH == 0)
+                        & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
+                a = tl.trans(tl.load(dy_row[None, :] + kk[:, None] * syk + oh * syh + ow * syw,
+                                     mask=a_ok, other=0.0))
+            else:
+                th = ih[:, None] + PT - (r * DH)[None, :]
+                tw = iw[:, None] + PL - (s * DW)[None, :]
+                oh = th // SH
+                ow = tw // SW
+                a_ok = (m_ok[:, None] & q_ok[None, :] & (th >= 0) & (tw >= 0) & (th % SH == 0)
+                        & (tw % SW == 0) & (oh < Ho) & (ow < Wo))
+                a = tl.load(dy_row[:, None] + kk[None, :] * syk + oh * syh + ow * syw, mask=a_ok,
+                            other=0.0)
             b = tl.load(w_col[None, :] + (kk * swk + r * swr + s * sws)[:, None],
                         mask=q_ok[:, None] & j_ok[None, :], other=0.0)
             acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
 
-    x_off = (n * sxn + ih * sxh + iw * sxw)[:, None] + (cin * sxc)[None, :]
-    tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    _store_pix(dx_ptr, n * sxn + ih * sxh + iw * sxw, cin * sxc, m_ok, j_ok,
+               acc.to(dx_ptr.dtype.element_ty), PIX_MAJOR)
 
 
 _bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
@@ -618,6 +766,11 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
     if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
                          f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
+    if _via_cl("grad_input", dy, r, s, cg, ho * wo):
+        # the weight k-innermost (as the tensor cores read it) where the copy is on
+        w_as = _k_major if _kind(r, s, cg) in NCHW_WEIGHT_COPY["grad_input"] else _cl
+        inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation, groups)
+        return lambda dy, w: inner(_cl(dy), w_as(w)).contiguous()
     cl = is_channels_last(dy)
     dx = new_output((n, c, h, wd), dy, cl)
     m = n * h * wd
@@ -625,31 +778,45 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
         return lambda dy, w: new_output((n, c, h, wd), dy, cl)
     i64 = needs_int64(dy, w, dx)
     dots = dot_args(dy.dtype)
+    nchw = dy.dtype == torch.float32 and _nchw(dy, dx)
+    kind = _kind(r, s, cg)
+    pm = nchw and kind in NCHW_PIX_MAJOR["grad_input"]
+    # channels_last fp32 too: a channels_last weight has c, not k, innermost (H200, TF32,
+    # the channels_last kernel alone on ResNet-50 layers: 19-176 vs 57-470 us)
+    w_copy = ((nchw or (cl and dy.dtype == torch.float32))
+              and kind in NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1)
+    if w_copy:
+        w = _k_major(w)
     geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
                 stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
     def kernel_args(cfg):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
-        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=kg % meta["BLOCK_K"] == 0,
-                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"], NEED_I64=i64,
-                          **dots, **meta, **opts)
+        blocked = kg % meta["BLOCK_K"] == 0
+        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=blocked,
+                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"],
+                          PIX_MAJOR=pm,
+                          NEED_I64=i64, **dots, **meta, **opts)
 
     def launch(cfg, dy, w, dx):
         grid, kw = kernel_args(cfg)
         _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{dy.dtype}|{_layout_key(dy)}{_layout_key(w)}|{dot_precision(dy.dtype)}")
-    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx),
-                _k_prune(kg * r * s, cg))
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy.dtype, dy, w,
+                    _nchw_tag(pm, w_copy))
+    k_fits = _k_prune(kg * r * s, cg)
+    # narrow tiles (grouped convs' few channels) only where the output is narrow
+    prune = lambda cfg: (k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
+                         and (nchw or not cfg.get("NCHW")))
+    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx), prune)
 
     grid, kw = kernel_args(cfg)
     fast = Launch(_igemm_bwd_input_kernel, grid, 3, geometry, kw, dy.device)
 
     def run(dy, w):
         dx = new_output((n, c, h, wd), dy, cl)
-        fast(dy, w, dx)
+        fast(dy, _k_major(w) if w_copy else w, dx)
         return dx
     return run
 
@@ -665,6 +832,9 @@ BWD_WEIGHT_CONFIGS = [
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(NCHW=True, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    dict(NCHW=True, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=3),
 ]
 WGRAD_INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)
 
@@ -677,8 +847,8 @@ def _igemm_bwd_weight_kernel(
     SH, SW, PT, PL, DH, DW,
     R: tl.constexpr, S: tl.constexpr,
     USE_DOT: tl.constexpr, PREC: tl.constexpr, IS_FP32: tl.constexpr, UPCAST: tl.constexpr,
-    NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TAP_BLOCKED: tl.constexpr, PIX_MAJOR: tl.constexpr, NEED_I64: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     g = tl.program_id(1)
@@ -691,8 +861,14 @@ def _igemm_bwd_weight_kernel(
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # (r, s, c), c innermost
     i_ok = offs_i < Kg
     j_ok = offs_j < JRED
-    c = offs_j % Cg
-    rs = offs_j // Cg
+    if TAP_BLOCKED:
+        # Cg % BLOCK_N == 0: the tile's columns share one tap, so the input's border mask
+        # and pixel offsets are per pixel (1-D), not per element.
+        rs = (pid_n * BLOCK_N) // Cg
+        c = pid_n * BLOCK_N - rs * Cg + tl.arange(0, BLOCK_N)
+    else:
+        c = offs_j % Cg
+        rs = offs_j // Cg
     r = rs // S
     s = rs % S
     kout = g * Kg + offs_i
@@ -717,11 +893,25 @@ def _igemm_bwd_weight_kernel(
             ow = ow.to(tl.int64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
-        ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
-        iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
-        b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
-                    mask=b_ok, other=0.0)
+        # dy's tile [i, q] already has the pixels last; x's [q, (r, s, c)] is built as
+        # [(r, s, c), q] under PIX_MAJOR.
+        if TAP_BLOCKED:
+            ih = oh * SH - PT + r * DH
+            iw = ow * SW - PL + s * DW
+            b_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = _load_pix(x_ptr + n * sxn + ih * sxh + iw * sxw, cin * sxc, b_ok, PIX_MAJOR)
+        elif PIX_MAJOR:
+            ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]
+            iw = (ow * SW - PL)[None, :] + (s * DW)[:, None]
+            b_ok = q_ok[None, :] & j_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.trans(tl.load(x_ptr + (n * sxn)[None, :] + (cin * sxc)[:, None] + ih * sxh
+                                 + iw * sxw, mask=b_ok, other=0.0))
+        else:
+            ih = (oh * SH - PT)[:, None] + (r * DH)[None, :]
+            iw = (ow * SW - PL)[:, None] + (s * DW)[None, :]
+            b_ok = q_ok[:, None] & j_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.load(x_ptr + (n * sxn)[:, None] + (cin * sxc)[None, :] + ih * sxh + iw * sxw,
+                        mask=b_ok, other=0.0)
         acc = mma(a, b, acc, USE_DOT, IS_FP32, PREC, UPCAST, ACC_DTYPE)
     # partial buffer [SPLIT, K, Cg, R, S] (contiguous, the weight's own order)
     w_off = (kout * JRED)[:, None] + (c * (R * S) + rs)[None, :]
@@ -730,6 +920,11 @@ def _igemm_bwd_weight_kernel(
 
 
 _bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTERPRET_CONFIG)
+# Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0: per-pixel instead of per-element
+# index math for x's tile. H200, TF32, NCHW ResNet-50 layers: 77-262 vs 108-303 us; on
+# channels_last copies 86-232 vs 89-241 us. (The switch lets a benchmark time the gather.)
+# fp32 only: 16-bit grad_weight was not timed with it.
+GRAD_WEIGHT_TAP_BLOCKED = True
 SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
 
 
@@ -755,6 +950,9 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
                          f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
                          f"weight_size {tuple(weight_size)}")
+    if _via_cl("grad_weight", x, r, s, cg, ho * wo) and _nchw(dy):
+        inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation, groups)
+        return lambda dy, x: inner(_cl(dy), _cl(x))
     q = n * ho * wo
     if q == 0:
         return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
@@ -763,6 +961,9 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     i64 = needs_int64(dy, x)
     sms = num_sms(x.device, 4)
     dots = dot_args(x.dtype)
+    nchw = x.dtype == torch.float32 and _nchw(x)
+    pm = nchw and _kind(r, s, cg) in NCHW_PIX_MAJOR["grad_weight"]
+    tb_on = GRAD_WEIGHT_TAP_BLOCKED and x.dtype == torch.float32
     geometry = (h, wd, ho, wo, q, cg, kg)
     strides = (*dy.stride(), *x.stride(),
                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
@@ -775,11 +976,14 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return triton.cdiv(q, chunk), chunk
 
     def kernel_args(cfg):
-        meta, opts = launch_meta(cfg)
+        meta, opts = _meta(cfg)
         split, chunk = plan(meta)
         grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
-        return split, grid, (*geometry, chunk, *strides), dict(R=r, S=s, NEED_I64=i64, **dots,
-                                                              **meta, **opts)
+        tap_blocked = tb_on and cg % meta["BLOCK_N"] == 0
+        return split, grid, (*geometry, chunk, *strides), dict(
+            R=r, S=s, TAP_BLOCKED=tap_blocked,
+            PIX_MAJOR=pm, NEED_I64=i64, **dots,
+            **meta, **opts)
 
     def launch(cfg, dy, x):
         split, grid, scalars, kw = kernel_args(cfg)
@@ -787,10 +991,11 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         _igemm_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
-    key = (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-           f"g{groups}|{x.dtype}|{_layout_key(dy)}{_layout_key(x)}|{dot_precision(x.dtype)}")
+    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, dy, x,
+                    _nchw_tag(pm) + ("|tb" if tb_on else ""))
     prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
-                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred)))
+                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred))
+                         and (nchw or not cfg.get("NCHW")))
     cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
 
     split, grid, scalars, kw = kernel_args(cfg)

@@ -241,6 +241,133 @@ def test_igemm_backward_dtypes(dtype):
     _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], dtype, False)
 
 
+# NCHW plans: PIX_MAJOR tiles (default), the channels_last tile order on NCHW tensors, the
+# per-call weight copy, and the detour through channels_last copies. Each mode must reach
+# the kernels (a spy reads their arguments) and match float64 in all three directions.
+NCHW_MODES = {
+    "pix_major": dict(pm=True),
+    "channel_order": dict(pm=False),
+    "weight_copy": dict(pm=True, copy=True),
+    "copy_channel_order": dict(pm=False, copy=True),
+    "tap_blocked": dict(pm=False, tap=True),
+    "tap_blocked_pix_major": dict(pm=True, tap=True),
+    "via_channels_last": dict(pm=False, via=True),
+    "via_channels_last_copy": dict(pm=False, via=True, copy=True),
+}
+NCHW_CASES = {name: IGEMM_CASES[name] for name in
+              ("dense3x3", "strided_nonsquare", "plain1x1", "1x1_strided", "out96")}
+# Cg = 32 = the interpreter's BLOCK_N: grad_weight's tap-blocked tiles
+NCHW_CASES["taps32"] = ((2, 32, 5, 6), (16, 32, 3, 3), 1, 1, 1, 1)
+NCHW_CASES["taps32_s2"] = ((1, 32, 7, 6), (8, 32, 3, 3), 2, 1, 1, 1)
+
+
+@pytest.fixture
+def nchw_mode(monkeypatch):
+    """set(pm, copy, via, tap) -> a log of (kernel, PIX_MAJOR, TAP_BLOCKED, activation,
+    weight) per launch."""
+    from fastconv.kernels import igemm
+    log = []
+
+    def clear():
+        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
+            plans.clear()
+
+    class Spy:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def call(*args, **kw):
+                log.append((self.name, kw["PIX_MAJOR"], kw.get("TAP_BLOCKED"), args[0], args[1]))
+                return self.kernel[grid](*args, **kw)
+            return call
+
+    def set_mode(pm=True, copy=False, via=False, tap=False):
+        every = frozenset({"1x1", "kxk", "gather"})
+        dirs = ("fwd", "grad_input", "grad_weight")
+        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR",
+                            {d: every if pm else frozenset() for d in dirs})
+        monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY",
+                            {d: every if copy else frozenset() for d in dirs[:2]})
+        monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
+                            {d: every if via else frozenset() for d in dirs})
+        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE", {d: 1 << 30 for d in dirs})
+        monkeypatch.setattr(igemm, "GRAD_WEIGHT_TAP_BLOCKED", tap)
+        for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
+            monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
+        clear()
+        return log
+    yield set_mode
+    clear()
+
+
+@pytest.mark.parametrize("mode", list(NCHW_MODES))
+@pytest.mark.parametrize("name", list(NCHW_CASES))
+def test_igemm_nchw_modes(nchw_mode, mode, name):
+    opts = NCHW_MODES[mode]
+    log = nchw_mode(**opts)
+    _check_forward("triton_igemm", NCHW_CASES[name], torch.float32, False)
+    _check_backward("triton_igemm", NCHW_CASES[name], torch.float32, False)
+    r, cg = NCHW_CASES[name][1][2], NCHW_CASES[name][1][1]
+    kinds = {entry[0] for entry in log}
+    assert kinds == {"_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"}
+    for kernel, pm, tap, act, w in log:
+        cl_act = act.is_contiguous(memory_format=torch.channels_last) and act.stride(1) == 1
+        assert cl_act == bool(opts.get("via")), (kernel, act.stride())
+        assert pm == (opts["pm"] and not opts.get("via")), kernel
+        if kernel == "_igemm_fwd_kernel" and opts.get("copy") and r > 1:
+            assert w.stride(1) == 1, "forward weight not copied channels-innermost"
+        if kernel == "_igemm_bwd_input_kernel" and opts.get("copy"):
+            assert w.stride(0) == 1, "grad_input weight not copied k-innermost"
+        if kernel == "_igemm_bwd_weight_kernel":
+            assert tap == (bool(opts.get("tap")) and cg % 32 == 0), (kernel, tap)
+
+
+def test_igemm_nchw_detour_by_plane(nchw_mode, monkeypatch):
+    """The channels_last detour applies up to NCHW_VIA_CL_MAX_PLANE output pixels, per
+    direction; above it the NCHW kernels run (with the weight copy)."""
+    from fastconv.kernels import igemm
+    log = nchw_mode(pm=False, copy=True, via=True)
+    case = NCHW_CASES["taps32"]  # 5x6 output plane = 30 pixels
+    for limit, detour in ((30, True), (29, False)):
+        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE",
+                            {"fwd": limit, "grad_input": 1 << 30, "grad_weight": 0})
+        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
+            plans.clear()
+        log.clear()
+        _check_backward("triton_igemm", case, torch.float32, False)
+        acts = {name: act.stride(1) == 1 for name, _, _, act, _ in log}
+        assert acts == {"_igemm_fwd_kernel": detour, "_igemm_bwd_input_kernel": True,
+                        "_igemm_bwd_weight_kernel": False}, (limit, acts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_igemm_channels_last_grad_input_weight_copy(nchw_mode, dtype):
+    """channels_last fp32 grad_input reads the weight k-innermost (TF32 operands K-major);
+    16-bit keeps the channels_last weight (the tensor cores read it transposed)."""
+    log = nchw_mode(pm=False, copy=True)
+    _check_backward("triton_igemm", NCHW_CASES["taps32"], dtype, True)
+    ws = [w for name, _, _, _, w in log if name == "_igemm_bwd_input_kernel"]
+    assert ws and all((w.stride(0) == 1) == (dtype == torch.float32) for w in ws)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+def test_igemm_nchw_choices_are_fp32_only(nchw_mode, dtype):
+    """The NCHW choices were measured in fp32 (TF32): other dtypes keep the channel-order
+    tiles, the weight as given and the per-element grad_weight gather (tap-blocked tiles
+    were timed in fp32 only)."""
+    log = nchw_mode(pm=True, copy=True, tap=True)
+    for name in ("strided_nonsquare", "taps32_s2"):
+        _check_forward("triton_igemm", NCHW_CASES[name], dtype, False)
+        _check_backward("triton_igemm", NCHW_CASES[name], dtype, False)
+    taps = []
+    for kernel, pm, tap, act, w in log:
+        assert not pm and w.is_contiguous(), kernel
+        if kernel == "_igemm_bwd_weight_kernel":  # (dy, x, ...): x has Cg = 32 in taps32_s2
+            taps.append(tap)
+    assert len(taps) == 2 and not any(taps)
+
+
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 def test_backward_through_epilogue(activation):
     _check_backward("triton_igemm", IGEMM_CASES["dense3x3"], torch.float32, False, activation)
