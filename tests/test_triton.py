@@ -282,7 +282,7 @@ def nchw_mode(monkeypatch):
                 return self.kernel[grid](*args, **kw)
             return call
 
-    def set_mode(pm=True, copy=False, via=False, tap=False):
+    def set_mode(pm=True, copy=False, via=False, tap=False, gather_min_taps=0):
         every = frozenset({"1x1", "kxk", "gather"})
         dirs = ("fwd", "grad_input", "grad_weight")
         monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR",
@@ -293,6 +293,7 @@ def nchw_mode(monkeypatch):
                             {d: every if via else frozenset() for d in dirs})
         monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE", {d: 1 << 30 for d in dirs})
         monkeypatch.setattr(igemm, "GRAD_WEIGHT_TAP_BLOCKED", tap)
+        monkeypatch.setattr(igemm, "GATHER_MIN_TAPS", gather_min_taps)
         for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
             monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
         clear()
@@ -321,6 +322,22 @@ def test_igemm_nchw_modes(nchw_mode, mode, name):
             assert w.stride(0) == 1, "grad_input weight not copied k-innermost"
         if kernel == "_igemm_bwd_weight_kernel":
             assert tap == (bool(opts.get("tap")) and cg % 32 == 0), (kernel, tap)
+
+
+def test_igemm_nchw_gather_forward_needs_large_kernels(nchw_mode):
+    """The forward's gather choices (pixel-major tiles, weight copy) apply from
+    GATHER_MIN_TAPS taps on (timed on a 7x7 stem only); a 3x3 conv with few channels keeps
+    the channel-order tiles and its weight as given."""
+    from fastconv.kernels import igemm
+    log = nchw_mode(pm=True, copy=True, gather_min_taps=igemm.GATHER_MIN_TAPS)
+    case = ((1, 3, 9, 8), (8, 3, 3, 3), 2, 1, 1, 1)
+    _check_forward("triton_igemm", case, torch.float32, False)
+    fwd = [(pm, w) for kernel, pm, _, _, w in log if kernel == "_igemm_fwd_kernel"]
+    assert fwd and all(not pm and w.is_contiguous() for pm, w in fwd)
+    log.clear()
+    _check_forward("triton_igemm", ((1, 3, 9, 8), (8, 3, 7, 7), 2, 3, 1, 1), torch.float32, False)
+    fwd = [(pm, w) for kernel, pm, _, _, w in log if kernel == "_igemm_fwd_kernel"]
+    assert fwd and all(pm and w.stride(1) == 1 for pm, w in fwd)
 
 
 def test_igemm_nchw_detour_by_plane(nchw_mode, monkeypatch):
