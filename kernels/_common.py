@@ -261,6 +261,39 @@ class TileTuner:
         return best
 
 
+@triton.jit
+def split_sum_kernel(part_ptr, out_ptr, SPLIT, NUMEL, K, TAPS, BLOCK: tl.constexpr):
+    """Fixed-order sum of a split reduction's partials part[SPLIT, NUMEL] (deterministic, no
+    atomics), rounded once to out's dtype. Element e = tap * K + k lands at out[k, tap]:
+    K = NUMEL, TAPS = 1 keeps the order; depthwise's [taps, channels] partials transpose
+    into the weight's [channels, taps]. Writes every element of out ((e % K, e // K) is a
+    bijection onto [K, TAPS])."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < NUMEL
+    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
+    p = part_ptr
+    for _ in range(1, SPLIT):
+        p += NUMEL  # pointer arithmetic is 64-bit
+        acc += tl.load(p + e, mask=ok, other=0.0)
+    tl.store(out_ptr + (e % K) * TAPS + e // K, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+SPLIT_SUM_BLOCK = 512
+
+
+def split_sum_args(part_size, k=None):
+    """(grid, scalar args, constexprs and options) of split_sum_kernel(part, out) for
+    partials of part_size = (split, ...); k: the inner extent to transpose by (None: keep
+    the order). One fixed-argument launch, where torch.sum(0) (+ a copy_ to 16-bit or a
+    transpose) cost two or three dispatched ops a call."""
+    numel = 1
+    for d in part_size[1:]:
+        numel *= d
+    k = numel if k is None else k
+    return ((triton.cdiv(numel, SPLIT_SUM_BLOCK),), (part_size[0], numel, k, numel // k),
+            dict(BLOCK=SPLIT_SUM_BLOCK, num_warps=4))
+
+
 GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
 
 

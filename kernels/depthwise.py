@@ -31,7 +31,8 @@ import triton.language as tl
 
 from ._common import (INT32_LIMIT, Launch, PlanCache, TileTuner, activation_code,
                       apply_activation, dot_args, dot_precision, is_channels_last, launch_meta,
-                      mma, needs_int64, new_output, num_sms, plan_key)
+                      mma, needs_int64, new_output, num_sms, plan_key, split_sum_args,
+                      split_sum_kernel)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -954,35 +955,10 @@ def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, 
     return part
 
 
-@triton.jit
-def _dw_wgrad_reduce_kernel(part_ptr, out_ptr, SPLIT, TAPS_K, K, TAPS, BLOCK: tl.constexpr):
-    """out[k, tap] = sum over split of part[split, tap, k], always in the same order."""
-    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)   # tap * K + k: contiguous in part
-    ok = e < TAPS_K
-    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
-    p = part_ptr
-    for _ in range(1, SPLIT):
-        p += TAPS_K  # pointer arithmetic is 64-bit
-        acc += tl.load(p + e, mask=ok, other=0.0)
-    tl.store(out_ptr + (e % K) * TAPS + e // K, acc.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-WGRAD_REDUCE_BLOCK = 512
-
-
-def _reduce_args(part_size):
-    """(grid, scalar args, constexprs and options) of `_dw_wgrad_reduce_kernel(part, out)`.
-    Every element of out is written: e runs over all of TAPS*K and (e % K, e // K) is a
-    bijection onto out's [K, TAPS]."""
-    split, taps, k = part_size
-    return ((triton.cdiv(taps * k, WGRAD_REDUCE_BLOCK),), (split, taps * k, k, taps),
-            dict(BLOCK=WGRAD_REDUCE_BLOCK, num_warps=4))
-
-
 def _reduce_partials(part, out):
     """One kernel instead of sum + transpose-copy (two launches, ~3 us each in a graph)."""
-    grid, scalars, kw = _reduce_args(part.shape)
-    _dw_wgrad_reduce_kernel[grid](part, out, *scalars, **kw)
+    grid, scalars, kw = split_sum_args(part.shape, k=part.shape[2])
+    split_sum_kernel[grid](part, out, *scalars, **kw)
     return out
 
 
@@ -1096,8 +1072,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     # count); a call allocates the partials and the result and launches twice.
     kernel, grid, scalars, kw, part_size = kernel_args(cfg)
     fast = Launch(kernel, grid, 3, scalars, kw, x.device)
-    rgrid, rscalars, rkw = _reduce_args(part_size)
-    reduce = Launch(_dw_wgrad_reduce_kernel, rgrid, 2, rscalars, rkw, x.device)
+    rgrid, rscalars, rkw = split_sum_args(part_size, k=part_size[2])
+    reduce = Launch(split_sum_kernel, rgrid, 2, rscalars, rkw, x.device)
     size, device = tuple(weight_size), x.device
 
     def run(dy, x):

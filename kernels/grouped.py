@@ -41,7 +41,7 @@ import triton.language as tl
 
 from ._common import (Launch, PlanCache, TileTuner, activation_code, apply_activation,
                       dot_args, dot_precision, is_channels_last, launch_meta, mma, needs_int64,
-                      new_output, num_sms, plan_key)
+                      new_output, num_sms, plan_key, split_sum_args, split_sum_kernel)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
 MAX_GROUP_WIDTH = 64  # Cg, Kg above this: a dense-ish GEMM per group, triton_igemm's job
@@ -728,34 +728,6 @@ _wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CO
 _bwd_weight_plans = PlanCache()
 
 
-@triton.jit
-def _wgrad_sum_kernel(part_ptr, out_ptr, SPLIT, NUMEL, BLOCK: tl.constexpr):
-    """out[e] = sum over split of part[split, e] in the accumulator dtype, always in the
-    same order (deterministic), rounded once to out's dtype. Writes every element of out."""
-    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = e < NUMEL
-    acc = tl.load(part_ptr + e, mask=ok, other=0.0)
-    p = part_ptr
-    for _ in range(1, SPLIT):
-        p += NUMEL  # pointer arithmetic is 64-bit
-        acc += tl.load(p + e, mask=ok, other=0.0)
-    tl.store(out_ptr + e, acc.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-WGRAD_SUM_BLOCK = 512
-
-
-def _sum_args(part_size):
-    """(grid, scalar args, constexprs and options) of `_wgrad_sum_kernel(part, out)`: one
-    launch with a fixed-argument Launch, where torch.sum(0) (+ a copy_ to 16-bit) cost two
-    or three dispatched ops a call."""
-    numel = 1
-    for d in part_size[1:]:
-        numel *= d
-    return ((triton.cdiv(numel, WGRAD_SUM_BLOCK),), (part_size[0], numel),
-            dict(BLOCK=WGRAD_SUM_BLOCK, num_warps=4))
-
-
 def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
     plan = _bwd_weight_plans.get(key)
@@ -841,8 +813,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
     # count); a call allocates the partials and the result and launches twice.
     kernel, grid, scalars, kw, part_size = kernel_args(cfg)
     fast = Launch(kernel, grid, 3, scalars, kw, x.device)
-    sgrid, sscalars, skw = _sum_args(part_size)
-    reduce = Launch(_wgrad_sum_kernel, sgrid, 2, sscalars, skw, x.device)
+    sgrid, sscalars, skw = split_sum_args(part_size)
+    reduce = Launch(split_sum_kernel, sgrid, 2, sscalars, skw, x.device)
     size, device = tuple(weight_size), x.device
 
     def run(dy, x):
