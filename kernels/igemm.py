@@ -592,8 +592,6 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
         def run(x, w, bias):
             y = new_output((n, k, ho, wo), x, cl)
             b = w if bias is None else bias.contiguous()
-            if w_copy:
-                w = _c_major(w)
             if _aligned(x, w, y):
                 a_desc, b_desc, y_arg = descriptors(cfg, x, w, y, y_tma)
                 fast_tma(a_desc, b_desc, b, y_arg)
