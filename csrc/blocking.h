@@ -119,7 +119,7 @@ constexpr int64_t kGemmPack = 0;
 
 // Every constant above, with the name fastconv._C.blocking() exports it under
 // (explain's cache model and the simulator read them from there). A constant
-// added above is added here too: tests/test_explain.py checks the count.
+// added above is added here too (tests/test_blocking.py checks).
 #define FASTCONV_BLOCKING_CONSTANTS(X)                                              \
   X(im2col_max_workspace_bytes, kIm2colMaxWorkspaceBytes)                           \
   X(im2col_min_tile_pixels, kIm2colMinTilePixels)                                   \
