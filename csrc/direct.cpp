@@ -870,6 +870,26 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   const char* op = "fastconv::direct_conv2d_grad_input";
   const auto p = check_grad_input_args(op, grad_output, weight, input_size, stride, padding,
                                        dilation, groups);
+  if (p.stride_h == 1 && p.stride_w == 1 && p.N * p.H * p.W > 0) {
+    // Stride 1: grad_input is a convolution of grad_output with the flipped,
+    // channel-transposed weight and padding (R-1)*dil - pad. Grouped layers
+    // with few channels per group take the cross-group AVX-512 tiles for it.
+    const int64_t eh = (p.R - 1) * p.dil_h, ew = (p.S - 1) * p.dil_w;
+    const std::vector<int64_t> tpad = {eh - p.pad_top, eh - p.pad_bottom, ew - p.pad_left,
+                                       ew - p.pad_right};
+    if (*std::min_element(tpad.begin(), tpad.end()) >= 0) {
+      const auto tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), p.R, p.S}, {1, 1},
+                                  tpad, {p.dil_h, p.dil_w}, p.groups);
+      if (direct_groups_avx512_applies(tp, grad_output.scalar_type())) {
+        const auto wt = weight.reshape({p.groups, p.Kg(), p.Cg, p.R, p.S})
+                            .transpose(1, 2)
+                            .flip({3, 4})
+                            .reshape({p.C, p.Kg(), p.R, p.S});
+        return direct_groups_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
+                                            grad_output.suggest_memory_format());
+      }
+    }
+  }
   auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (gin.numel() == 0) return gin;
   const int64_t Kg = p.Kg(), B = direct_pack_block(grad_output.scalar_type(), p.Cg);

@@ -333,3 +333,29 @@ def test_groups_across_lanes_avx512(case, layout, act):
     assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "nhwc")
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
     assert torch.equal(y, y_packed)
+
+
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}" for c in GROUPS_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_groups_grad_input(case, layout, isa):
+    """grad_input of grouped layers (stride 1 takes the cross-group forward tiles on AVX-512
+    with the flipped, transposed weight) against float64 autograd through F.conv2d."""
+    n, kg, g, h, wd, r, s, stride, pad, dil = case
+    torch.manual_seed(3)
+    x = torch.randn(n, kg * g, h, wd, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(kg * g, kg, r, s, dtype=torch.float64)
+    y = ref_conv(x, w, None, stride, pad, dil, g)
+    gy = torch.randn_like(y)
+    (ref,) = torch.autograd.grad(y, x, gy)
+    gy32 = gy.float()
+    if layout == "nhwc":
+        gy32 = gy32.contiguous(memory_format=torch.channels_last)
+    with isa_path(isa):
+        fastconv._C.set_debug_poison(True)
+        try:
+            gx = ops.direct_conv2d_grad_input(gy32, w.float(), list(x.shape), list(stride),
+                                              list(pad), list(dil), g)
+        finally:
+            fastconv._C.set_debug_poison(False)
+    torch.testing.assert_close(gx.double(), ref, rtol=1e-4, atol=1e-4)
