@@ -24,13 +24,19 @@ DIRECT_MIN_GROUPS = 2
 DIRECT_MIN_PIXELS = 128
 
 
+@torch.compiler.assume_constant_result
+def _cpu_isa() -> str:
+    """The ISA the CPU kernels use now (a constant to torch.compile: read while tracing)."""
+    return _C.cpu_isa()
+
+
 def cpu_dense_choice(spec: ConvSpec) -> str:
     """im2col or direct for a non-depthwise CPU conv."""
     if spec.groups >= DIRECT_MIN_GROUPS:
         return "direct"
     # direct's dense tiles beat MKL only with AVX-512 float32 (on AVX2 they took 1.2-2.7x
     # im2col's time, float64 runs the portable path).
-    if spec.R * spec.S == 1 or spec.dtype != torch.float32 or _C.cpu_isa() != "avx512":
+    if spec.R * spec.S == 1 or spec.dtype != torch.float32 or _cpu_isa() != "avx512":
         return "im2col"
     if spec.C % 16:  # stems: few input channels
         return "direct"
