@@ -62,6 +62,11 @@ constexpr int64_t kDirectAvx512PixelTileSingle = 24;
 // 2 weight vectors and a broadcast: 31 of 32 zmm; 14 = a 14x14 plane's row).
 constexpr int64_t kDirectBlockedAvx512PixelTile = 24;
 constexpr int64_t kDirectBlockedAvx512PixelTilePair = 14;
+// Dense layers with fewer output pixels (N*Ho*Wo) than this leave the tiles
+// too little work per pass over the weights (ResNet-50's 7x7 layer 4 at batch 1:
+// 49 pixels, 0.6x of im2col's speed); direct's grad_input hands them to im2col,
+// and fastconv/_heuristics.py's auto does the same for the forward.
+constexpr int64_t kDirectBlockedMinPixels = 128;
 // Input-channel cache blocking: the reduction over Cg runs in blocks whose
 // packed weights (block x R x S x kDirectOcVectors x 8 floats) take at most
 // this many bytes, so they stay in L1 (48 KiB here) across all tiles of a
@@ -144,6 +149,7 @@ constexpr int64_t kGemmPack = 0;
   X(direct_avx512_pixel_tile_single, kDirectAvx512PixelTileSingle)                  \
   X(direct_blocked_avx512_pixel_tile, kDirectBlockedAvx512PixelTile)                \
   X(direct_blocked_avx512_pixel_tile_pair, kDirectBlockedAvx512PixelTilePair)       \
+  X(direct_blocked_min_pixels, kDirectBlockedMinPixels)                             \
   X(direct_cin_block_bytes, kDirectCinBlockBytes)                                   \
   X(direct_row_block, kDirectRowBlock)                                              \
   X(direct_grad_weight_channel_tile, kDirectGradWeightChannelTile)                  \

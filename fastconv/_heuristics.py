@@ -21,7 +21,8 @@ from .spec import ConvSpec
 # - Grouped convs: direct (im2col runs one thin GEMM per group), whose AVX-512 tiles put
 #   narrow groups across lanes (ResNeXt g=32).
 DIRECT_MIN_GROUPS = 2
-DIRECT_MIN_PIXELS = 128
+# csrc/blocking.h's kDirectBlockedMinPixels (direct's grad_input uses the same cut).
+DIRECT_MIN_PIXELS = _C.blocking()["direct_blocked_min_pixels"]
 
 
 @torch.compiler.assume_constant_result
