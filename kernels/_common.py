@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .timing import cuda_graph_time
+
 ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 INT32_LIMIT = 2**31 - 1
 TORCH_TO_TL = {torch.float32: tl.float32, torch.float16: tl.float16,
@@ -297,31 +299,9 @@ def split_sum_args(part_size, k=None):
 GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
 
 
-def gpu_time(fn, reps: int = 5) -> float:
-    """Median GPU time (ms) of one fn() call, from replays of a CUDA graph of several calls:
-    host launch overhead (tens of us from Python) must not hide a 10 us kernel. Falls back
-    to triton.testing.do_bench where capture is not possible."""
-    fn()  # compiles
-    torch.cuda.synchronize()
-    try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(GRAPH_LAUNCHES):
-                fn()
-    except Exception:
-        return triton.testing.do_bench(fn, warmup=3, rep=15, return_mode="median")
-    g.replay()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / GRAPH_LAUNCHES)
-    del g
-    return sorted(times)[len(times) // 2]
+def gpu_time(fn) -> float:
+    """The tuner's time (ms) of one launch of a candidate (kernels/timing.py)."""
+    return cuda_graph_time(fn, calls=GRAPH_LAUNCHES)
 
 
 try:

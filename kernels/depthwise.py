@@ -152,7 +152,7 @@ def _dw_fwd_kernel(
 # R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
 # (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j; i
 # and j are unrolled, so the (i, j) -> tap map is resolved at compile time and no FMA is
-# wasted. Measured on the H200: benchmarks/results/nvidia-h200/depthwise_rows.md.
+# wasted. Measured on the H200: dev/results/depthwise_rows/.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
 
@@ -369,7 +369,7 @@ def _dw_fwd_toeplitz_kernel(
 # vector (16-byte loads) over a few pixels. They race the tap-loop tiles that won on the
 # H200 (before and after the rows kernel: stride-2 and some channels_last layers).
 # Every tile below won at least one layer of the H200 runs (MobileNetV2 3x3, ConvNeXt 7x7,
-# RepLKNet 13x13 / 27x27 at batch 32; benchmarks/results/nvidia-h200/dwperf_round*.log).
+# RepLKNet 13x13 / 27x27 at batch 32; dev/results/depthwise_rows/round*.log).
 ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
@@ -755,7 +755,7 @@ WGRAD_NCHW_CONFIGS = [
     dict(TAP_BLOCK=8, BLOCK_P=256, BLOCK_C=1, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
 ]
-# Measured on an H200 (tune_log of benchmarks/results): TAP_BLOCK=1 wins most channels_last
+# Measured on an H200 (the tuner log of the run at commit 284a0a4): TAP_BLOCK=1 wins most channels_last
 # shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
 WGRAD_NHWC_CONFIGS = [
     dict(TAP_BLOCK=1, BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
@@ -944,15 +944,6 @@ def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, pr
     kw = dict(SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64,
               ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
     return (s, split, cblocks), scalars, kw, (split, r * s, k)
-
-
-def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
-    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
-    grid, scalars, kw, part_size = _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding,
-                                                    dilation, i64, programs)
-    part = torch.empty(part_size, dtype=_part_dtype(x.dtype), device=x.device)
-    _dw_bwd_weight_rows_kernel[grid](dy, x, part, *scalars, **kw)
-    return part
 
 
 def _reduce_partials(part, out):

@@ -75,7 +75,7 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # Tile lists per operand width, chosen on an H200 (triton 3.6, batch 32, channels_last):
 # each of the 23 ResNet-50 layers timed with ~30 candidates in one run; these 8 per width
 # are a greedy subset whose per-layer best is within 0.5% (geomean) of the best of all
-# (benchmarks/results/nvidia-h200/igemm_sweep/). NESTED tiles won the 3x3s with Cg >= 128
+# (dev/results/igemm_tiles/). NESTED tiles won the 3x3s with Cg >= 128
 # and the strided 1x1s; flat ones the 3x3 with Cg = 64, the stem and the plain 1x1s that
 # TMA does not cover; TMA ones most plain 1x1s. Narrow tiles serve grouped convs (Kg < 64).
 FWD_CONFIGS_16 = [
@@ -357,12 +357,12 @@ def _layout_key(t):
 
 # NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured). Three choices,
 # per direction and layer kind, made when a plan is made and measured on an H200 (TF32,
-# ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
+# ResNet-50 at batch 32: dev/results/igemm_nchw/).
 # TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
 # activations are pixel-contiguous, so the forward's and grad_input's activation tiles
 # need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
 # "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
-# Per-layer times of every choice: nchw/round1.log, nchw/round2.log (us, same-run cuDNN).
+# Per-layer times of every choice: round1.log, round2.log there (us, same-run cuDNN).
 # PIX_MAJOR tiles (module doc): only the stem's forward gains (168 vs 339 us); elsewhere
 # Triton's transposed TF32 operand staging costs more than the scattered loads it saves
 # (e.g. 3x3 256@14 forward 226 vs 154 us, grad_input 396 vs 316).

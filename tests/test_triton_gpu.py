@@ -363,3 +363,66 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     for got, want in zip(first, (ref, rgx, rgw)):
         assert rel_err(got, want) < tol
+
+
+# --- The eager fast path on the GPU (was benchmarks/eager_check.py) -----------------------
+EAGER_CASES = [  # (N, C, H, W), (K, C/g, R, S), stride, padding, groups
+    ((2, 16, 9, 9), (32, 16, 3, 3), 1, 1, 1),
+    ((2, 32, 8, 8), (32, 32, 1, 1), 1, 0, 1),
+    ((1, 8, 11, 10), (16, 2, 3, 3), 2, 1, 4),
+    ((2, 16, 9, 8), (16, 1, 3, 3), 1, 1, 16),
+    ((1, 12, 10, 10), (24, 1, 5, 5), 2, 2, 12),
+]
+
+
+@pytest.mark.parametrize("act,dtype", [("none", torch.float32), ("silu", torch.float32),
+                                       ("relu", torch.bfloat16)], ids=["fp32", "fp32_silu",
+                                                                       "bf16_relu"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", EAGER_CASES, ids=["dense3x3", "dense1x1", "grouped", "dw3x3",
+                                                   "dw5x5_s2"])
+def test_eager_fast_path_equals_the_ops(case, cl, act, dtype, tf32_flag):
+    """Outputs and gradients through the eager fast path equal the same calls through the
+    registered ops bit for bit, and F.conv2d (float64) within tolerance."""
+    from fastconv import _eager
+
+    torch.backends.cudnn.allow_tf32 = False
+    xs, ws, st, pad, g = case
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(xs, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.randn(ws, device="cuda", dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0], device="cuda", dtype=dtype)
+    gy, results = None, []
+    try:
+        for enabled in (True, False):
+            _eager.ENABLED = enabled
+            xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+            y = fastconv.conv2d(xr, wr, br, st, pad, 1, g, activation=act)
+            gy = torch.randn_like(y) if gy is None else gy
+            grads = torch.autograd.grad(y, (xr, wr, br), gy)
+            with torch.no_grad():
+                y_ng = fastconv.conv2d(x, w, b, st, pad, 1, g, activation=act)
+            results.append((y.detach(), *grads, y_ng, type(y.grad_fn).__name__))
+    finally:
+        _eager.ENABLED = True
+    fast, ops = results
+    assert fast[5] == "Conv2dFunctionBackward" and ops[5] != fast[5]
+    assert all(torch.equal(a, c) for a, c in zip(fast[:5], ops[:5]))
+    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
+    ref = fastconv._ops.apply_activation(F.conv2d(xr, wr, br, st, pad, 1, g), act)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for got, want in zip(fast[:4], (ref.detach(), *torch.autograd.grad(ref, (xr, wr, br),
+                                                                       gy.double()))):
+        assert rel_err(got, want) < tol
+
+
+def test_eager_aligned_and_unaligned_inputs_alternate():
+    """The plans' direct launch keys compiled kernels by pointer alignment: an input 4 bytes
+    off a 16-byte boundary, between aligned calls."""
+    xa = torch.randn(2, 16, 9, 9, device="cuda")
+    wa = torch.randn(32, 16, 3, 3, device="cuda") / 12
+    xo = torch.randn(xa.numel() + 1, device="cuda")[1:].view(xa.shape)
+    xo.copy_(xa)
+    for t in (xa, xo, xa, xo, xo):
+        y = fastconv.conv2d(t, wa, None, 1, 1)
+        assert rel_err(y, F.conv2d(t.double(), wa.double(), None, 1, 1)) < 1e-4

@@ -1,6 +1,9 @@
 """GPU experiment for kernels/grouped.py: race the tile variants on ResNeXt-50's grouped
 3x3 layers (batch 32, channels_last) against cuDNN and triton_igemm, in one process,
-after a parallel compile phase. It produced benchmarks/results/nvidia-h200/grouped/.
+after a parallel compile phase. It produced results/grouped_tiles/.
+
+Ran on commit e5f39aa: it reaches into that commit's kernels/grouped.py internals
+(`_launcher`, `_shape_key`, the tuners' memory).
 
     python grouped_exp.py compile I N   # compile shard I of N (run N of these in parallel)
     python grouped_exp.py time          # correctness, then CUDA-graph times; one table

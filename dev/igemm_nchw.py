@@ -19,6 +19,9 @@ Totals weight each layer by how often it occurs in ResNet-50.
 Round 1 (benchmarks/results/nvidia-h200/nchw/round1.log) ran an earlier version of this
 script: orig, pm (PIX_MAJOR everywhere), pm_w (pm + weight copy), cl, cl_core, cudnn.
 
+Ran on commit 74ea11f (round 2; round 1 on an earlier version). It sets the NCHW choices as
+module globals of that commit's kernels/igemm.py; today they are fields of igemm.IgemmPolicy.
+
 Standalone (no C++ extension): `python benchmarks/nchw_exp.py --kernels DIR` where DIR holds
 `kernels/` (this branch) and `kernels_orig/` (the kernels to compare against). Compile phase:
 `--shard i/n` processes run every variant once with FASTCONV_TUNE=compile (Triton's cache
