@@ -138,7 +138,7 @@ def test_grouped_resnext(layer, variant, cl, tf32_flag):
 @pytest.mark.parametrize("variant", ["bf16", "tf32"])
 @pytest.mark.parametrize("layer", [RESNEXT50_GROUPED[0], RESNEXT50_GROUPED[3]],
                          ids=["cg4", "cg16s2"])
-def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
+def test_grouped_every_tile(layer, variant, tf32_flag):
     """Each forward/grad_input tile the tuner may pick (tests otherwise see only the first;
     the tuner would pick a fast wrong one)."""
     from fastconv.kernels import grouped
@@ -161,13 +161,13 @@ def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
         if not grouped._prune(c // g, k // g, g, dtype)(cfg):
             continue
         tried += 1
-        monkeypatch.setattr(grouped, "_pick", lambda *a, cfg=cfg: cfg)
-        for cache in ("_fwd_plans", "_bwd_input_plans"):
-            monkeypatch.setattr(grouped, cache, grouped.PlanCache())
-        out = grouped.conv2d(x, w, None, (s, s), (1, 1, 1, 1), (1, 1), g)
-        assert rel_err(out, ref) < tol, cfg
-        gx = grouped.conv2d_grad_input(dy, w, list(x.shape), (s, s), (1, 1, 1, 1), (1, 1), g)
-        assert rel_err(gx, rx) < 4 * tol, cfg
+        with grouped.FAMILY.using(grouped.POLICY.forcing(grouped_fwd=cfg,
+                                                         grouped_bwd_input=cfg)):
+            out = grouped.conv2d(x, w, None, (s, s), (1, 1, 1, 1), (1, 1), g)
+            assert rel_err(out, ref) < tol, cfg
+            gx = grouped.conv2d_grad_input(dy, w, list(x.shape), (s, s), (1, 1, 1, 1), (1, 1),
+                                           g)
+            assert rel_err(gx, rx) < 4 * tol, cfg
     assert tried >= 3
 
 
@@ -252,26 +252,14 @@ def test_repeated_calls_direct_launch(algo, c, h, r, dtype, cl):
 
 
 @pytest.mark.parametrize("dtype,bias", [(torch.bfloat16, True), (torch.float32, False)])
-def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
+def test_tma_tile_direct_launch(dtype, bias):
     """The TMA plain-GEMM tile (1x1 channels_last) launches directly from the second call
     on (host descriptors through the compiled launcher), bit for bit as the first call."""
-    from fastconv.kernels import _common, igemm
-
-    made = []
-
-    class Recorded(_common.Launch):
-        __slots__ = ()
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
+    from fastconv.kernels import igemm
 
     tiles = igemm.FWD_CONFIGS_16 if dtype == torch.bfloat16 else igemm.FWD_CONFIGS_32
     tma_tile = next(cfg for cfg in tiles if cfg.get("KIND") == "tma")
-    monkeypatch.setattr(igemm, "Launch", Recorded)
-    monkeypatch.setattr(igemm, "_pick", lambda *args: tma_tile)
-    igemm._fwd_plans.clear()
-    try:
+    with igemm.FAMILY.using(igemm.POLICY.forcing(igemm_fwd16=tma_tile, igemm_fwd32=tma_tile)):
         torch.manual_seed(0)
         x = torch.randn(4, 256, 14, 14, device="cuda", dtype=dtype).to(
             memory_format=torch.channels_last)
@@ -280,8 +268,7 @@ def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
         b = torch.randn(192, device="cuda", dtype=dtype) if bias else None
         outs = [igemm.conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none")
                 for _ in range(4)]
-    finally:
-        igemm._fwd_plans.clear()
+        made = [launch for plan in igemm.FAMILY.plans() for launch in plan.launches]
     tma = [launch for launch in made if launch.kernel is igemm._igemm_fwd_tma_kernel]
     assert len(tma) == 1 and tma[0].direct, "the TMA tile did not take the direct launch"
     for later in outs[1:]:
@@ -305,8 +292,7 @@ GROUPED_WGRAD_TILES = {
     ("triton_grouped", 128, 14, 3, 2, torch.bfloat16, True, "tap"),   # phased grad_input
     ("triton_grouped", 128, 14, 3, 2, torch.float32, False, "taps"),
 ])
-def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad, monkeypatch,
-                                        tf32_flag):
+def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad, tf32_flag):
     """Forward, grad_input and grad_weight plans of the depthwise and grouped families: after
     the first call (JIT launch, then the one-time check) every Launch of the plan holds a
     compiled runner, and the second call runs through those runners (counted), writing the
@@ -318,12 +304,13 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # fp32 exact enough for a tight tolerance
     mod = depthwise if algo == "triton_depthwise" else grouped
-    caches = ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans")
-    for cache in caches:  # this test's plans only
-        monkeypatch.setattr(mod, cache, _common.PlanCache())
-    if wgrad:
-        monkeypatch.setattr(grouped._wgrad_tuner, "pick",
-                            lambda *args, **kwargs: GROUPED_WGRAD_TILES[wgrad])
+    # this test's plans only (a policy of its own), the grad_weight tile forced
+    force = dict(grouped_bwd_weight=GROUPED_WGRAD_TILES[wgrad]) if wgrad else {}
+    with mod.FAMILY.using(mod.POLICY.forcing(**force)):
+        _check_plans_launch_directly(mod, c, h, r, stride, dtype, cl, algo)
+
+
+def _check_plans_launch_directly(mod, c, h, r, stride, dtype, cl, algo):
     groups = c if algo == "triton_depthwise" else 32
     fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.randn(2, c, h, h, device="cuda", dtype=dtype).to(memory_format=fmt)
@@ -338,7 +325,7 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
         return (y.detach(), *torch.autograd.grad(y, (x, w), dy))
 
     first = step()
-    plans = [plan for cache in caches for plan in getattr(mod, cache).values()]
+    plans = mod.FAMILY.plans()
     assert len(plans) == 3
     launches = [launch for plan in plans for launch in plan.launches]
     assert all(launch.direct for launch in launches), [
