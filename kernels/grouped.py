@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import GROUPED_MAX_GROUP_WIDTH
 from ._common import (Launch, activation_code, apply_activation, dot_args, dot_precision,
                       is_channels_last, mma, needs_int64, new_output, num_sms)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
@@ -48,7 +49,7 @@ from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups
                     out_hw, split_reduction, tune, tune_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
-MAX_GROUP_WIDTH = 64  # Cg, Kg above this: a dense-ish GEMM per group, triton_igemm's job
+MAX_GROUP_WIDTH = GROUPED_MAX_GROUP_WIDTH  # Cg, Kg above: a dense-ish GEMM per group
 MAX_UNROLL = tl.constexpr(25)  # taps unrolled up to 5x5; larger kernels loop
 
 

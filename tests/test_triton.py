@@ -866,3 +866,63 @@ def test_outputs_are_poisoned_in_tests():
 
     assert _common.POISON
     assert torch.isnan(_common.new_output((2, 3), torch.zeros(1), False)).all()
+
+
+# --- One host layer, one schema --------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["triton_igemm", "triton_depthwise", "triton_grouped"])
+def test_triton_and_cpp_schemas_agree(family):
+    """The Triton ops (fastconv/_triton.py) declare exactly the C++ families' schemas
+    (csrc/fastconv.cpp), argument names, types and defaults included."""
+    ops = torch.ops.fastconv
+    for suffix in ("_conv2d", "_conv2d_grad_input", "_conv2d_grad_weight"):
+        got = getattr(ops, family + suffix).default._schema
+        for cpp in ("reference", "im2col", "direct", "depthwise"):
+            want = getattr(ops, cpp + suffix).default._schema
+            assert str(got).replace(family, "F") == str(want).replace(cpp, "F")
+            assert [(a.name, str(a.type), a.default_value) for a in got.arguments] == [
+                (a.name, str(a.type), a.default_value) for a in want.arguments]
+
+
+def test_every_plan_carries_its_launches(policies):
+    """Forward, grad_input and grad_weight plans of every family list every Launch their run
+    calls, and each grad_weight ends in the one fixed-order split-sum kernel."""
+    from fastconv.kernels import _common, depthwise, grouped, igemm
+
+    cases = ((igemm, "triton_igemm", IGEMM_CASES["dense3x3"]),
+             (depthwise, "triton_depthwise", DW_CASES["k3"]),
+             (grouped, "triton_grouped", GROUPED_CASES["cg4"]))
+    for module, algo, case in cases:
+        policies(module, module.POLICY.forcing())  # this test's plans only
+        _check_backward(algo, case, torch.float32, False)
+        plans = module.FAMILY.plans()
+        assert len(plans) == 3, algo
+        for plan in plans:
+            assert plan.launches and all(launch.layout_ok for launch in plan.launches), algo
+        wgrad = list(module.FAMILY.grad_weight_plans.values())[0]
+        assert wgrad.launches[-1].kernel is _common.split_sum_kernel, algo
+
+
+@pytest.mark.parametrize("length,block,tiles,programs,min_blocks", [
+    (1000, 32, 4, 64, 4), (7, 16, 1, 132, 4), (5000, 1, 12, 24, 1), (64, 64, 200, 8, 1)])
+def test_split_reduction_covers_the_reduction(length, block, tiles, programs, min_blocks):
+    from fastconv.kernels._plan import split_reduction
+
+    split, chunk = split_reduction(length, block, tiles, programs, min_blocks)
+    assert chunk % block == 0 and split * chunk >= length > (split - 1) * chunk
+    assert split == 1 or tiles * split <= max(programs, tiles)
+
+
+def test_policies_are_frozen_and_default_to_the_module_policy():
+    """Policies are data: frozen, replaced rather than changed, and each family plans
+    with its module's POLICY unless a block says otherwise."""
+    from fastconv.kernels import depthwise, grouped, igemm
+
+    for module in (igemm, depthwise, grouped):
+        assert module.FAMILY.policy is module.POLICY is module.FAMILY.default
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            module.POLICY.force = {}
+        other = module.POLICY.forcing()
+        with module.FAMILY.using(other):
+            assert module.FAMILY.policy is other
+        assert module.FAMILY.policy is module.POLICY

@@ -115,7 +115,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     levels = levels_for_cachegrind()
     caps = {"L1": (levels[0].size, levels[0].ways, levels[0].line), "L2": (levels[1].size, levels[1].ways, levels[1].line)}
-    b, missing = cmodel.blocking()
+    b = cmodel.blocking()
     rows = []
     cgctl = None if args.no_valgrind else build_cgctl()
     cache = {}
@@ -160,7 +160,7 @@ def main(argv=None):
                         json.dump(cache, open(args.cg_cache, "w"), indent=1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "blocking_defaults_used": missing, "rows": rows}
+    res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "rows": rows}
     if args.out:
         json.dump(res, open(args.out, "w"), indent=1)
         print(markdown(res))
