@@ -156,7 +156,7 @@ def _dw_fwd_kernel(
 # R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
 # (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j; i
 # and j are unrolled, so the (i, j) -> tap map is resolved at compile time and no FMA is
-# wasted. Measured on the H200: dev/results/depthwise_rows/.
+# wasted. Measured on the H200: dev/triton/results/depthwise_rows/.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
 
@@ -372,7 +372,7 @@ def _dw_fwd_toeplitz_kernel(
 # vector (16-byte loads) over a few pixels. They race the tap-loop tiles that won on the
 # H200 (before and after the rows kernel: stride-2 and some channels_last layers).
 # Every tile below won at least one layer of the H200 runs (MobileNetV2 3x3, ConvNeXt 7x7,
-# RepLKNet 13x13 / 27x27 at batch 32; dev/results/depthwise_rows/round*.log).
+# RepLKNet 13x13 / 27x27 at batch 32; dev/triton/results/depthwise_rows/round*.log).
 ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),

@@ -31,7 +31,7 @@ are kept, one program per tap ("tap") or all taps as one [BLOCK_Q, taps*GPT*Cg] 
 tile ("taps": dy and x stream through once); the pixel reduction is split across programs
 into an fp32 buffer summed in a fixed order (deterministic, no atomics).
 
-Measured results and which tile won where: dev/results/grouped_tiles/README.md.
+Measured results and which tile won where: dev/triton/results/grouped_tiles/README.md.
 """
 from __future__ import annotations
 
@@ -303,7 +303,7 @@ def _min_gpt(ci, co):
 # a dot ("GPT_X": 1 = the minimum, 2 = twice it); "direct" tiles take it literally.
 # KIND: "bd" block-diagonal, taps unrolled; "bdp" the same with the tap loop software-
 # pipelined (cp.async, fewer registers); "bdk" the first 2^k taps as one long-K dot.
-# Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC; dev/grouped_tiles.py, two
+# Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC; dev/triton/grouped_tiles.py, two
 # runs): GPT_X=2 x 128 pixels won 5 of 7 bf16 layers (a 32-wide dot beats the 16-wide
 # minimum despite twice the FLOPs: per-tap overhead, not FLOPs, bounds these tiles);
 # GPT_X=1 x 64 or 128 pixels won the 16- and 32-channel layers in TF32; the 2-warp

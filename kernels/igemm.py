@@ -80,7 +80,7 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # Tile lists per operand width, chosen on an H200 (triton 3.6, batch 32, channels_last):
 # each of the 23 ResNet-50 layers timed with ~30 candidates in one run; these 8 per width
 # are a greedy subset whose per-layer best is within 0.5% (geomean) of the best of all
-# (dev/results/igemm_tiles/). NESTED tiles won the 3x3s with Cg >= 128
+# (dev/triton/results/igemm_tiles/). NESTED tiles won the 3x3s with Cg >= 128
 # and the strided 1x1s; flat ones the 3x3 with Cg = 64, the stem and the plain 1x1s that
 # TMA does not cover; TMA ones most plain 1x1s. Narrow tiles serve grouped convs (Kg < 64).
 FWD_CONFIGS_16 = [
@@ -565,7 +565,7 @@ class IgemmPolicy(Policy):
 
     NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured) make three
     choices per direction and layer kind, measured on ResNet-50 at batch 32, TF32
-    (dev/results/igemm_nchw/, per-layer times of every choice in round1.log, round2.log).
+    (dev/triton/results/igemm_nchw/, per-layer times of every choice in round1.log, round2.log).
     TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
     activations are pixel-contiguous, so the forward's and grad_input's activation tiles
     need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
