@@ -334,6 +334,9 @@ class Family:
     def __init__(self, name: str, policy: Policy, forward, grad_input, grad_weight):
         self.name = name
         self.default = policy
+        # The planners themselves (experiments build one plan under a given policy).
+        self.plan_forward, self.plan_grad_input, self.plan_grad_weight = (
+            forward, grad_input, grad_weight)
         self._states: dict = {}
         self._use(policy)
         fam = self
