@@ -99,7 +99,8 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
         got = f"input on {input.device}, weight on {weight.device}" + (
             f", bias on {bias.device}" if bias is not None else "")
         raise RuntimeError(f"fastconv.conv2d: all tensors must be on the same device; got {got}")
-    allowed = registry.dtypes(input.device.type)
+    # A device no algorithm runs on (meta) is checked against every algorithm's dtypes.
+    allowed = registry.dtypes(input.device.type) or registry.dtypes()
     if input.dtype not in allowed:
         raise TypeError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
                         f"{input.device.type}; supported: {', '.join(map(str, allowed))}")

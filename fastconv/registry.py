@@ -121,9 +121,10 @@ def is_registered(algo: Algorithm) -> bool:
     return _REGISTRY.get(algo.name) is algo
 
 
-def dtypes(device: str) -> tuple:
+def dtypes(device: Optional[str] = None) -> tuple:
     """The dtypes some registered algorithm runs on `device` (in the current mode: the
-    interpreted Triton algorithms count on the CPU under TRITON_INTERPRET=1)."""
+    interpreted Triton algorithms count on the CPU under TRITON_INTERPRET=1); device None:
+    on any device."""
     out = []
     for algo in algorithms(device, include_internal=True):
         out += [d for d in algo.dtypes if d not in out]
