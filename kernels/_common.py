@@ -65,6 +65,22 @@ def mma(a, b, acc, USE_DOT: tl.constexpr, IS_FP32: tl.constexpr, PREC: tl.conste
     return acc
 
 
+@triton.jit
+def pixel_coords(q, Ho, Wo, NEED_I64: tl.constexpr):
+    """(n, oh, ow) of flat output pixels q over an N x Ho x Wo grid (the reduction index of
+    every grad_weight), in int64 where offsets need it."""
+    hw = Ho * Wo
+    n = q // hw
+    pq = q % hw
+    oh = pq // Wo
+    ow = pq % Wo
+    if NEED_I64:
+        n = n.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+    return n, oh, ow
+
+
 def dot_args(dtype: torch.dtype) -> dict:
     """The constexprs `mma` takes, for operands of `dtype`."""
     return dict(USE_DOT=dtype != torch.float64, IS_FP32=dtype == torch.float32,

@@ -322,6 +322,19 @@ def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
             _allow_tf32())
 
 
+def _grad_entry(fam, cache: str, planner):
+    """A gradient op's entry: (grad_output, weight or input, the other operand's size, ...)."""
+    def entry(dy, t, size, stride, padding, dilation, groups):
+        plans = getattr(fam, cache)
+        key = plan_key(dy, t, None, stride, padding, dilation, groups, tuple(size))
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation, groups,
+                                        fam.policy)
+        return plan.run(dy, t)
+    return entry
+
+
 class Family:
     """A kernel family's three op entry points (`conv2d`, `conv2d_grad_input`,
     `conv2d_grad_weight`, with the ops' signatures), each with a plan cache per policy.
@@ -350,27 +363,9 @@ class Family:
                                             activation, fam.policy)
             return plan.run(x, w, bias)
 
-        def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-            plans = fam.grad_input_plans
-            key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
-            plan = plans.get(key)
-            if plan is None:
-                plan = plans[key] = grad_input(dy, w, tuple(input_size), stride, padding,
-                                               dilation, groups, fam.policy)
-            return plan.run(dy, w)
-
-        def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-            plans = fam.grad_weight_plans
-            key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
-            plan = plans.get(key)
-            if plan is None:
-                plan = plans[key] = grad_weight(dy, x, tuple(weight_size), stride, padding,
-                                                dilation, groups, fam.policy)
-            return plan.run(dy, x)
-
         self.conv2d = conv2d
-        self.conv2d_grad_input = conv2d_grad_input
-        self.conv2d_grad_weight = conv2d_grad_weight
+        self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input)
+        self.conv2d_grad_weight = _grad_entry(self, "grad_weight_plans", grad_weight)
 
     def _use(self, policy: Policy) -> None:
         # Keyed by identity: a policy's fields may be dicts (unhashable). The state holds

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, dot_args,
                       dot_precision, is_channels_last, mma, needs_int64, new_output, num_sms,
-                      split_sum_args, split_sum_kernel)
+                      pixel_coords, split_sum_args, split_sum_kernel)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_operands,
                     check_output, empty_plan, grad_weight_plan, launch_meta, out_hw,
                     split_reduction, tune, tune_key)
@@ -514,21 +514,13 @@ def _dw_bwd_weight_kernel(
         k = k.to(tl.int64)
         ci = ci.to(tl.int64)
     tap_off = (r * DH) * sxh + (s * DW) * sxw            # [T] offset of each tap
-    hw_o = Ho * Wo
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
     acc = tl.zeros((TAP_BLOCK, BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
     for q0 in range(q_lo, q_hi, BLOCK_P):
         q = q0 + tl.arange(0, BLOCK_P)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         g = tl.load(dy_ptr + (n * syn + oh * syh + ow * syw)[:, None] + (k * syk)[None, :],
                     mask=q_ok[:, None] & k_ok[None, :], other=0.0)       # [P, C]
         ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]                   # [T, P]

@@ -43,7 +43,7 @@ import triton.language as tl
 
 from . import GROUPED_MAX_GROUP_WIDTH
 from ._common import (Launch, activation_code, apply_activation, dot_args, dot_precision,
-                      is_channels_last, mma, needs_int64, new_output, num_sms)
+                      is_channels_last, mma, needs_int64, new_output, num_sms, pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
                     out_hw, split_reduction, tune, tune_key)
@@ -416,18 +416,10 @@ def _grouped_wgrad_kernel(
     acc = tl.zeros((GPT * KG_P, GPT * CG_P), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_Q):
         q = qb + tl.arange(0, BLOCK_Q)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         ih = oh * SH - PT + r * DH
         iw = ow * SW - PL + s * DW
         x_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -481,18 +473,10 @@ def _grouped_wgrad_taps_kernel(
     acc = tl.zeros((GPT * KG_P, RS_P * JW), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_Q):
         q = qb + tl.arange(0, BLOCK_Q)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
         ih = (oh * SH - PT)[:, None] + (tr * DH)[None, :]          # [BLOCK_Q, RS_P]

@@ -41,7 +41,8 @@ import triton
 import triton.language as tl
 
 from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
-                      interpreting, is_channels_last, mma, needs_int64, new_output, num_sms)
+                      interpreting, is_channels_last, mma, needs_int64, new_output, num_sms,
+                      pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
                     out_hw, split_reduction, tune, tune_key)
@@ -508,18 +509,10 @@ def _igemm_bwd_weight_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_K):
         q = qb + tl.arange(0, BLOCK_K)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
         # dy's tile [i, q] already has the pixels last; x's [q, (r, s, c)] is built as
