@@ -2,7 +2,7 @@
 
 Host launch overhead (tens of microseconds from Python) must not hide a 10 us kernel, so
 `fn` is captured `calls` times in one CUDA graph and the graph replayed; each replay is
-timed with CUDA events. Used by the tile tuner (kernels/_common.TileTuner), by
+timed with CUDA events. Used by the tile tuner (kernels/_plan.tune), by
 benchmarks/triton_vs_cudnn.py and by the experiments in dev/.
 """
 from __future__ import annotations
