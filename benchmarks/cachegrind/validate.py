@@ -58,9 +58,7 @@ def branch_blocking(root: str) -> dict:
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root,
                                                                   PYTHONDONTWRITEBYTECODE="1"), check=True,
                          cwd=root)  # not this tree's fastconv
-    b = dict(cmodel.DEFAULT_BLOCKING)
-    b.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    return b
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def build_cgctl() -> str:
