@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRODUCT = ("fastconv", "kernels", "benchmarks", "dev")
 # module._CONSTANT: another module's private name (torch's own and the extension module
 # fastconv._C are interfaces, not private state)
-PRIVATE = re.compile(r"(?<![\w.])(?!torch\b|self\b|cls\b)(\w+)\._(?!C\b)[A-Z][A-Z0-9_]*\b")
+PRIVATE = re.compile(r"(?<![\w.])(?!torch\b|self\b|cls\b)\w+(?:\.(?!_)\w+)*\._(?!C\b)[A-Z][A-Z0-9_]*\b")
 
 
 def _code_lines(path):
