@@ -51,6 +51,7 @@ int64_t im2col_last_workspace_bytes();
 namespace fastconv {
 at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups);
 int64_t direct_pack_block(at::ScalarType dtype, int64_t Kg);
+double fma_peak_gflops(const std::string& isa, int64_t iters);
 at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
                                 at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
                                 at::IntArrayRef stride, at::IntArrayRef padding,
@@ -126,6 +127,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return fastconv::direct_pack_block(torch::python::detail::py_object_to_dtype(dtype), Kg); },
         "Output channels per packed weight vector of direct_pack_weight for (dtype, K/groups) "
         "on the instruction set in use: 16 (AVX-512, float32, K/groups > 8) or 8.");
+  m.def("fma_peak_gflops", &fastconv::fma_peak_gflops, pybind11::arg("isa"),
+        pybind11::arg("iters") = 20000000,
+        "Single-thread float32 FMA throughput (GFLOP/s) of a register-only loop on 'avx2' or "
+        "'avx512' (benchmarks/fma_peak.py).");
   m.def("im2col_workspace_bytes", &im2col_workspace_bytes_py,
         "Column-buffer bytes im2col allocates for (input_size, weight_size, stride, "
         "padding[4], dilation, groups, element_size).");
