@@ -566,6 +566,8 @@ class _Conv:
         r, s = w.shape[2], w.shape[3]
         self.ci, self.co, self.groups, self.transposed = ci, co, groups, transposed
         self.size, self.device = tuple(dst.shape), src.device
+        # the output layout: PyTorch's rule (channels_last if the input or weight is)
+        self.cl = is_channels_last(src) or (not transposed and is_channels_last(w))
         # grad_input with stride > 1: one program per stride phase (see _grouped_kernel),
         # so no tap is visited by pixels it does not reach. Dilated ones keep the masked loop.
         self.phased = transposed and tuple(stride) != (1, 1) and tuple(dilation) == (1, 1)
@@ -608,15 +610,15 @@ class _Conv:
         # pixel (per stride phase when PHASED), masked only outside the tensor.
         grid, kw = self.kernel_args(cfg, has_bias)
         fast = Launch(_grouped_kernel, grid, 4, self.scalars, kw, self.device)
-        size, cl = self.size, is_channels_last
+        size, cl = self.size, self.cl
         if self.transposed:
             def run(dy, w):
-                dx = new_output(size, dy, cl(dy))
+                dx = new_output(size, dy, cl)
                 fast(dy, w, w, dx)
                 return dx
         else:
             def run(x, w, bias):
-                y = new_output(size, x, cl(x) or cl(w))
+                y = new_output(size, x, cl)
                 fast(x, w, w if bias is None else bias.contiguous(), y)
                 return y
         return Plan(run, fast)

@@ -761,9 +761,8 @@ class _Forward:
         self.scalars = (h, wd, ho, wo, self.m, cg, self.kg, *x.stride(), *ws, *y.stride(),
                         stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
         self.tma_scalars = (ho * wo, self.m, c, k, y.stride(0), y.stride(1), y.stride(3))
-        self.const = dict(R=r, S=s, ACT=activation_code(activation), GROUP=GROUP_M,
-                          **dot_args(x.dtype))
-        self.ptr_const = dict(PIX_MAJOR=pm, NEED_I64=i64)
+        self.const = dict(ACT=activation_code(activation), GROUP=GROUP_M, **dot_args(x.dtype))
+        self.ptr_const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=i64)  # the pointer kernel's
         self.out_dtype = TORCH_TO_TL[y.dtype]
         self.key = tune_key(x, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
                             "pm" if pm else "", "wcopy" if self.w_copy else "")
