@@ -367,6 +367,10 @@ class Family:
         self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input)
         self.conv2d_grad_weight = _grad_entry(self, "grad_weight_plans", grad_weight)
 
+    def entries(self):
+        """(conv2d, conv2d_grad_input, conv2d_grad_weight): what the family module exports."""
+        return self.conv2d, self.conv2d_grad_input, self.conv2d_grad_weight
+
     def _use(self, policy: Policy) -> None:
         # Keyed by identity: a policy's fields may be dicts (unhashable). The state holds
         # the policy, so its id stays unique while the state lives.

@@ -1020,6 +1020,4 @@ class _GradWeight:
 
 
 FAMILY = Family("igemm", POLICY, _plan_conv2d, _plan_grad_input, _plan_grad_weight)
-conv2d = FAMILY.conv2d
-conv2d_grad_input = FAMILY.conv2d_grad_input
-conv2d_grad_weight = FAMILY.conv2d_grad_weight
+conv2d, conv2d_grad_input, conv2d_grad_weight = FAMILY.entries()
