@@ -28,7 +28,8 @@ import torch
 import triton
 
 from ._common import (Launch, device_name, dot_precision, gpu_time, interpreting,
-                      is_channels_last, new_output, split_sum_args, split_sum_kernel)
+                      is_channels_last, needs_int64, new_output, split_sum_args,
+                      split_sum_kernel)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -101,8 +102,15 @@ class Tiles:
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """Base of each family's policy. `force` maps a Tiles name to the tile that runs
-    instead of tuning (tests and experiments use it to reach every kernel variant)."""
+    instead of tuning (tests and experiments use it to reach every kernel variant);
+    `int64` indexes in int64 whatever the tensors' size (the wide-index paths, on small
+    tensors)."""
     force: Mapping = dataclasses.field(default_factory=dict)
+    int64: bool = False
+
+    def needs_int64(self, *tensors) -> bool:
+        """Whether a kernel must form its element offsets in int64."""
+        return self.int64 or needs_int64(*tensors)
 
     def forcing(self, **tiles) -> "Policy":
         """This policy with the named tuners' tiles fixed."""

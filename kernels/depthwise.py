@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, mma, needs_int64, new_output, num_sms,
+                      dot_precision, is_channels_last, mma, new_output, num_sms,
                       pixel_coords, split_sum_args, split_sum_kernel)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_operands,
                     check_output, empty_plan, grad_weight_plan, launch_meta, out_hw,
@@ -478,8 +478,8 @@ WGRAD_NCHW_CONFIGS = [
     dict(TAP_BLOCK=8, BLOCK_P=256, BLOCK_C=1, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
 ]
-# Measured on an H200 (the tuner log of the run at commit 284a0a4): TAP_BLOCK=1 wins most channels_last
-# shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
+# Measured on an H200 (the tuner log of the run at commit 284a0a4): TAP_BLOCK=1 wins most
+# channels_last shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
 WGRAD_NHWC_CONFIGS = [
     dict(TAP_BLOCK=1, BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
@@ -785,7 +785,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
     y = new_output((n, k, ho, wo), x, cl)
     if y.numel() == 0:
         return empty_plan((n, k, ho, wo), cl)
-    fwd = _Forward(x, w, y, cl, stride, padding, dilation, bias is not None, activation)
+    fwd = _Forward(x, w, y, cl, stride, padding, dilation, bias is not None, activation, policy)
     if r * s <= UNROLL_TAPS:
         tiles = policy.fwd_rows_nhwc if is_channels_last(y) else policy.fwd_rows_nchw
     else:
@@ -804,12 +804,12 @@ class _Forward:
     """The forward's three kernels for one geometry: the tap loop, the row-reuse kernel
     ("rows") and the banded tensor-core kernel ("toeplitz"), one per tile KIND."""
 
-    def __init__(self, x, w, y, cl, stride, padding, dilation, has_bias, activation):
+    def __init__(self, x, w, y, cl, stride, padding, dilation, has_bias, activation, policy):
         self.x, self.w, self.y = x, w, y  # shapes and strides only (the plan's tensors)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.size, self.cl, self.device = tuple(y.shape), cl, x.device
         self.has_bias, self.act = has_bias, activation_code(activation)
-        self.i64 = needs_int64(x, w, y)
+        self.i64 = policy.needs_int64(x, w, y)
 
     def kernel_args(self, cfg):
         """(kernel, transpose input?, grid, scalar args, constexprs and options) of cfg."""
@@ -874,7 +874,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
     dx = new_output(tuple(input_size), dy, cl)
     if dx.numel() == 0:
         return empty_plan(tuple(input_size), cl)
-    gin = _GradInput(dy, w, dx, cl, stride, padding, dilation)
+    gin = _GradInput(dy, w, dx, cl, stride, padding, dilation, policy)
     if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
         tiles = policy.grad_input_rows_nhwc if is_channels_last(dx) else policy.grad_input_rows_nchw
     else:
@@ -889,12 +889,12 @@ class _GradInput:
     """grad_input's kernels for one geometry: the transposed tap loop, or (stride 1) the
     forward rows kernel on the flipped filter."""
 
-    def __init__(self, dy, w, dx, cl, stride, padding, dilation):
+    def __init__(self, dy, w, dx, cl, stride, padding, dilation, policy):
         r, s = w.shape[2], w.shape[3]
         self.dy, self.w, self.dx = dy, w, dx  # shapes and strides only
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.size, self.cl, self.device = tuple(dx.shape), cl, dy.device
-        self.i64 = needs_int64(dy, w, dx)
+        self.i64 = policy.needs_int64(dy, w, dx)
         # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, flipped
         self.flip_pad = ((r - 1) * dilation[0] - padding[0], 0,
                          (s - 1) * dilation[1] - padding[2], 0)
@@ -976,7 +976,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, pol
         return empty_plan(tuple(weight_size), False, zeros=True)
     gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, policy)
     if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
-        tiles = policy.grad_weight_rows_nhwc if is_channels_last(x) else policy.grad_weight_rows_nchw
+        tiles = (policy.grad_weight_rows_nhwc if is_channels_last(x)
+                 else policy.grad_weight_rows_nchw)
     else:
         tiles = policy.grad_weight_nhwc if is_channels_last(x) else policy.grad_weight_nchw
     key = tune_key(x, dy, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
@@ -993,7 +994,7 @@ class _GradWeight:
         self.dy, self.x = dy, x  # shapes and strides only
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.weight_size, self.device = tuple(weight_size), x.device
-        self.part_dtype, self.i64 = _part_dtype(x.dtype), needs_int64(dy, x)
+        self.part_dtype, self.i64 = _part_dtype(x.dtype), policy.needs_int64(dy, x)
         self.sms, self.policy = num_sms(x.device, 2), policy
 
     def kernel_args(self, cfg):

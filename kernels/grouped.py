@@ -43,7 +43,7 @@ import triton.language as tl
 
 from . import GROUPED_MAX_GROUP_WIDTH
 from ._common import (Launch, activation_code, apply_activation, dot_args, dot_precision,
-                      is_channels_last, mma, needs_int64, new_output, num_sms, pixel_coords)
+                      is_channels_last, mma, new_output, num_sms, pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
                     out_hw, split_reduction, tune, tune_key)
@@ -560,7 +560,7 @@ class _Conv:
     channels swapped (ci, co: channels per group read, written)."""
 
     def __init__(self, src, w, dst, ci, co, groups, stride, padding, dilation, transposed,
-                 activation):
+                 activation, policy):
         n, _, hs, ws = src.shape
         _, _, hd, wd = dst.shape
         r, s = w.shape[2], w.shape[3]
@@ -586,7 +586,7 @@ class _Conv:
                         dilation[0], dilation[1])
         self.const = dict(CI=ci, CO=co, CI_P=triton.next_power_of_2(ci),
                           CO_P=triton.next_power_of_2(co), R=r, S=s, TRANSPOSED=transposed,
-                          ACT=activation_code(activation), NEED_I64=needs_int64(src, w, dst),
+                          ACT=activation_code(activation), NEED_I64=policy.needs_int64(src, w, dst),
                           PHASED=self.phased, TR=tr, TS=ts, **dot_args(src.dtype))
         self.taps = r * s
 
@@ -641,7 +641,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
     if n == 0:
         return empty_plan((n, k, ho, wo), cl)
     y = new_output((n, k, ho, wo), x, cl)
-    conv = _Conv(x, w, y, cg, kg, groups, stride, padding, dilation, False, activation)
+    conv = _Conv(x, w, y, cg, kg, groups, stride, padding, dilation, False, activation, policy)
     key = tune_key(x, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
     b0 = None if bias is None else bias.contiguous()
     cfg = _pick(policy, policy.fwd, policy.fp64, key, x,
@@ -662,7 +662,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
     if n * h * wd == 0:
         return empty_plan(tuple(input_size), cl)
     dx = new_output(tuple(input_size), dy, cl)
-    conv = _Conv(dy, w, dx, kg, cg, groups, stride, padding, dilation, True, "none")
+    conv = _Conv(dy, w, dx, kg, cg, groups, stride, padding, dilation, True, "none", policy)
     key = tune_key(dy, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
     cfg = _pick(policy, policy.grad_input, policy.fp64, key, dy,
                 lambda cfg: conv.launch_once(cfg, dy, w, None, dx),
@@ -705,7 +705,7 @@ class _GradWeight:
                         dilation[0], dilation[1])
         self.const = dict(CG=cg, KG=self.kg, CG_P=triton.next_power_of_2(cg),
                           KG_P=triton.next_power_of_2(self.kg), R=r, S=s,
-                          NEED_I64=needs_int64(dy, x), **dot_args(x.dtype))
+                          NEED_I64=policy.needs_int64(dy, x), **dot_args(x.dtype))
 
     def kernel_args(self, cfg):
         """(kernel, grid, scalar args, constexprs and options, partial-sum size) of cfg. Both

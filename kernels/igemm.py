@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
-                      interpreting, is_channels_last, mma, needs_int64, new_output, num_sms,
+                      interpreting, is_channels_last, mma, new_output, num_sms,
                       pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
@@ -743,13 +743,14 @@ class _Forward:
         k, cg, r, s = w.shape
         _, _, ho, wo = size
         self.size, self.cl, self.groups, self.device = size, cl, groups, x.device
-        self.m, self.c, self.k, self.cg, self.kg, self.kred = n * ho * wo, c, k, cg, k // groups, cg * r * s
+        self.m, self.c, self.k, self.cg, self.kg = n * ho * wo, c, k, cg, k // groups
+        self.kred = cg * r * s
         self.policy = policy
         y = new_output(size, x, cl)  # for its strides
         self.plain = (r == 1 and s == 1 and tuple(stride) == (1, 1)
                       and tuple(padding) == (0, 0, 0, 0)
                       and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
-        i64 = needs_int64(x, w, y)
+        i64 = policy.needs_int64(x, w, y)
         self.tma = self.plain and _tma_gemm_ok(x, w, groups, i64)
         self.tma_now = self.tma and _aligned(x, w)  # the tuner's tensors
         self.y_tma = self.tma and _tma_store_ok(y)
@@ -906,7 +907,7 @@ class _GradInput:
         self.scalars = (h, wd, ho, wo, self.m, cg, self.kg, *dy.stride(), *self.w(w).stride(),
                         *dx.stride(), stride[0], stride[1], padding[0], padding[2], dilation[0],
                         dilation[1])
-        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=needs_int64(dy, w, dx),
+        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=policy.needs_int64(dy, w, dx),
                           **dot_args(dy.dtype))
         self.key = tune_key(dy, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
                             "pm" if pm else "", "wcopy" if self.w_copy else "")
@@ -930,7 +931,8 @@ class _GradInput:
 
     def prune(self, cfg):
         # narrow tiles (grouped convs' few channels) only where the output is narrow
-        return (_fits(cfg, self.kred, self.cg) and not cfg["BLOCK_N"] < self.policy.narrow_n <= self.cg
+        return (_fits(cfg, self.kred, self.cg)
+                and not cfg["BLOCK_N"] < self.policy.narrow_n <= self.cg
                 and (self.nchw or not cfg.get("NCHW")))
 
     def build(self, cfg) -> Plan:
@@ -985,7 +987,7 @@ class _GradWeight:
         self.scalars = (h, wd, ho, wo, self.q, cg, self.kg)
         self.strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],
                         dilation[0], dilation[1])
-        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=needs_int64(dy, x),
+        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=policy.needs_int64(dy, x),
                           **dot_args(x.dtype))
         self.key = tune_key(x, dy, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
                             "pm" if pm else "", "tb" if self.tap_blocked else "")

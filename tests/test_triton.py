@@ -245,6 +245,15 @@ def test_igemm_backward(name, cl):
     _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_igemm_int64_index_paths(policies, cl):
+    """NEED_I64 branches of the implicit GEMM's three kernels on small tensors (a policy with
+    int64 indexing; test_triton_gpu.py has a real 2^31-element tensor)."""
+    from fastconv.kernels import igemm
+    policies(igemm, dataclasses.replace(igemm.POLICY, int64=True))
+    _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], torch.float32, cl)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
 def test_igemm_backward_dtypes(dtype):
     _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], dtype, False)
@@ -481,12 +490,11 @@ def test_depthwise_rows_large_kernel(force_dw_tiles):
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-def test_depthwise_int64_index_paths(force_dw_tiles, monkeypatch, cl):
+def test_depthwise_int64_index_paths(policies, cl):
     """NEED_I64 branches of every depthwise kernel, on small tensors (the GPU test file
     has a real 2^31-element tensor): offsets formed in int64 must give the same results."""
     from fastconv.kernels import depthwise as dw
-    monkeypatch.setattr(dw, "needs_int64", lambda *tensors: True)
-    force_dw_tiles(None, None, None)  # fresh plans
+    policies(dw, dataclasses.replace(dw.POLICY, int64=True))
     _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
 
 
@@ -740,13 +748,12 @@ def test_grouped_opcheck():
                            "relu"))
 
 
-def test_grouped_int64_path(monkeypatch, policies):
+def test_grouped_int64_path(policies):
     """The int64 offset path (taken past 2^31 elements, see test_triton_gpu.py) computes the
     same thing: force it on a tiny case."""
     from fastconv.kernels import grouped
 
-    monkeypatch.setattr(grouped, "needs_int64", lambda *t: True)
-    policies(grouped, grouped.POLICY.forcing())  # fresh plans
+    policies(grouped, dataclasses.replace(grouped.POLICY, int64=True))
     _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], torch.float32, True)
 
 # --- Host overhead: the eager fast path and the plans' direct launch ----------------------
