@@ -109,17 +109,10 @@ def emit(model_path: str) -> None:
 
 
 def _tuner_choices() -> dict:
-    """Every tile choice the loaded Triton kernel modules' tuners hold, by key."""
-    from fastconv.kernels._common import TileTuner
+    """Every tile choice the Triton kernels' tuner made in this process, by key."""
+    from fastconv.kernels import _plan
 
-    out = {}
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("fastconv.kernels."):
-            for v in vars(mod).values():
-                for t in (v.values() if isinstance(v, dict) else (v,)):  # per-dtype tuner dicts
-                    if isinstance(t, TileTuner):
-                        out.update(t.memory)
-    return out
+    return dict(_plan.tuned())
 
 
 _UNITS = {"byte": 1, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "sector": 1, "nsecond": 1,

@@ -39,7 +39,7 @@ def main() -> None:
     import triton
     import triton.language as tl
 
-    from fastconv.kernels import _common, igemm
+    from fastconv.kernels import _common, _plan, igemm
 
     dev = "cuda"
     x = torch.randn(2, 16, 8, 8, device=dev).to(memory_format=torch.channels_last)
@@ -50,16 +50,12 @@ def main() -> None:
     out = igemm.conv2d(x, w, b, st, pad, dil, 1, "none")
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
 
-    # The plan's launch, rebuilt here with the same arguments igemm._plan_conv2d passes.
-    cfg = dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3)
-    meta, opts = _common.launch_meta(cfg)
+    # The plan's own launch arguments (a Plan carries its Launch objects).
+    (plan,) = igemm.FAMILY.plans()
+    launch = plan.launches[0]
+    kern, grid, geometry, kw = launch.kernel, launch.grid, launch.scalars, launch.kwargs
     y = torch.empty_like(ref)
-    geometry = (8, 8, 8, 8, 128, 16, 16, *x.stride(), *w.stride(), *y.stride(), 1, 1, 1, 1, 1, 1)
-    kw = dict(R=3, S=3, HAS_BIAS=True, ACT=0, CHANNEL_BLOCKED=True, PLAIN_GEMM=False,
-              NEED_I64=False, **_common.dot_args(x.dtype), **meta, **opts)
-    grid = (triton.cdiv(128, 64) * triton.cdiv(16, 16), 1)
     grid3 = (*grid, 1)  # a CompiledKernel's launcher takes all three dimensions
-    kern = igemm._igemm_fwd_kernel
     jit_launch = lambda: kern[grid](x, w, b, y, *geometry, **kw)  # noqa: E731
     compiled = jit_launch()
     torch.cuda.synchronize()
@@ -92,7 +88,7 @@ def main() -> None:
     t = torch.zeros(64, device=dev)
     rows = {
         "kernels.igemm.conv2d (plan hit)": lambda: igemm.conv2d(x, w, b, st, pad, dil, 1, "none"),
-        "plan_key": lambda: _common.plan_key(x, w, b, st, pad, dil, 1, "none"),
+        "plan_key": lambda: _plan.plan_key(x, w, b, st, pad, dil, 1, "none"),
         "new_output (torch.empty, channels_last)": lambda: _common.new_output((2, 16, 8, 8), x, True),
         "kernel[grid](...) JIT launch, args precomputed": jit_launch,
         **({"CompiledKernel[grid](*args)": lambda: compiled[grid3](*all_args)}

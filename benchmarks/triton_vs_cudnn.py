@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
+from fastconv.kernels.timing import cuda_graph_time
 
 # (C, K, H, R, stride, groups): square images and kernels, padding R // 2 (as the tests).
 SUITES = {
@@ -87,23 +88,7 @@ GRAPH_CALLS = 20
 def graph_time(fn, reps=15):
     """GPU time per call (us): median over replays of a CUDA graph of GRAPH_CALLS calls,
     so host overhead is out of the number on both sides."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(GRAPH_CALLS):
-            fn()
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / GRAPH_CALLS)
-    del g
-    return sorted(times)[len(times) // 2]
+    return cuda_graph_time(fn, calls=GRAPH_CALLS, reps=reps) * 1e3
 
 
 def ceilings(fh):

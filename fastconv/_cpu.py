@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads the ops into torch.ops.fastconv)
-from ._ops import output_memory_format, output_size, register_family
+from ._ops import activation_grad, output_memory_format, output_size, register_family
 from .registry import Algorithm, register
 from .spec import ConvSpec
 
@@ -31,20 +31,32 @@ def _fake_depthwise_naive(input, weight, bias, stride, padding, dilation, groups
     return input.new_empty(size).contiguous(memory_format=output_memory_format(input, weight))
 
 
+def _cost_model(algo: str):
+    """explain's cache model of `algo` (fastconv/explain/model.py), imported on first use."""
+    def cost(spec: ConvSpec) -> dict:
+        from .explain.model import cpu_cost_model
+
+        return cpu_cost_model(algo)(spec)
+    cost.__name__ = f"{algo}_cost_model"
+    return cost
+
+
 register(Algorithm(
     name="reference", op="reference", devices=("cpu",), dtypes=_DTYPES, public=False,
+    cost_model=_cost_model("reference"),
     summary="the plain seven-loop nest, no blocking (the baseline kernels are checked against)",
     constraints="any conv2d"))
 register(Algorithm(
-    name="im2col", op="im2col", devices=("cpu",), dtypes=_DTYPES,
+    name="im2col", op="im2col", devices=("cpu",), dtypes=_DTYPES, cost_model=_cost_model("im2col"),
     summary="our im2col into a bounded column buffer, then a GEMM per tile (ATen BLAS)",
     constraints="any conv2d; workspace bounded (fastconv.im2col_workspace_bytes)"))
 register(Algorithm(
-    name="direct", op="direct", devices=("cpu",), dtypes=_DTYPES,
+    name="direct", op="direct", devices=("cpu",), dtypes=_DTYPES, cost_model=_cost_model("direct"),
     summary="no workspace; weights packed 8 output channels innermost, AVX2 FMA register tile",
     constraints="any conv2d"))
 register(Algorithm(
     name="depthwise", op="depthwise", devices=("cpu",), dtypes=_DTYPES,
+    cost_model=_cost_model("depthwise"),
     summary="direct depthwise, vectorized over channels (NHWC) or pixels (NCHW)",
     constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only))
 
@@ -113,14 +125,8 @@ def _packed_backward(ctx, grad):
     input, packed, bias, out = ctx.saved_tensors
     weight_size, stride, padding, dilation, groups = ctx.geom
     ops = torch.ops.fastconv
-    act = ctx.activation
-    if act in ("relu", "relu6"):
-        grad = grad * ((out > 0) & (out < 6)) if act == "relu6" else grad * (out > 0)
-    elif act != "none":  # SiLU/GELU need the pre-activation: recompute it.
-        z = ops.direct_conv2d_packed(input, packed, weight_size, bias, stride, padding, dilation,
-                                     groups, "none")
-        grad = (torch.ops.aten.silu_backward(grad, z) if act == "silu"
-                else torch.ops.aten.gelu_backward(grad, z))
+    grad = activation_grad(grad, ctx.activation, out, lambda: ops.direct_conv2d_packed(
+        input, packed, weight_size, bias, stride, padding, dilation, groups, "none"))
     need_in, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3))
     g_in = g_w = g_b = None
     if need_in:

@@ -46,10 +46,10 @@ def cpu_dense_choice(spec: ConvSpec) -> str:
 
 # CUDA, grouped (not depthwise): triton_grouped's block-diagonal tile against
 # triton_igemm's per-group GEMM. Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC,
-# bf16 and TF32; benchmarks/grouped_exp.py): triton_grouped took 1/6-1/12 of igemm's time
+# bf16 and TF32; dev/triton/grouped_tiles.py): triton_grouped took 1/6-1/12 of igemm's time
 # at 4 and 8 channels per group and 1/1.4-1/2 at 16 and 32, forward and grad_input alike.
 # Wider groups fill igemm's tiles; 32 is the widest measured (triton_grouped itself takes
-# up to 64: fastconv/_triton.py).
+# up to 64: kernels/__init__.py).
 GROUPED_AUTO_MAX_WIDTH = 32
 
 

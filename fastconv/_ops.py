@@ -46,19 +46,26 @@ def apply_activation(x, activation: str):
     raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
-def _activation_grad(grad, ctx, fwd):
-    act = ctx.activation
-    out = ctx.saved_tensors[3]
-    if act == "relu":
+def activation_grad(grad, activation: str, out, preactivation):
+    """grad through the fused activation: ReLU and ReLU6 from the output `out`; SiLU and
+    GELU need the pre-activation, which preactivation() recomputes (the same kernel, no
+    activation)."""
+    if activation == "none":
+        return grad
+    if activation == "relu":
         return grad * (out > 0)
-    if act == "relu6":
+    if activation == "relu6":
         return grad * ((out > 0) & (out < 6))
-    # SiLU and GELU need the pre-activation: recompute it with the same kernel.
-    x, w, b, _ = ctx.saved_tensors
-    z = fwd(x, w, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, "none")
-    if act == "silu":
+    z = preactivation()
+    if activation == "silu":
         return torch.ops.aten.silu_backward(grad, z)
     return torch.ops.aten.gelu_backward(grad, z)
+
+
+def _activation_grad(grad, ctx, fwd):
+    x, w, b, out = ctx.saved_tensors
+    return activation_grad(grad, ctx.activation, out, lambda: fwd(
+        x, w, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, "none"))
 
 
 def save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups, activation,

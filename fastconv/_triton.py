@@ -1,9 +1,12 @@
 """The Triton algorithms (kernels/), registered when triton can be imported.
 
-Each family gets the three ops of the C++ families with exactly their schemas
-(csrc/fastconv.cpp), defined here through torch.library, with a CUDA kernel and a
-CPU kernel. The CPU kernel is the same Triton code and runs only under Triton's
-interpreter (TRITON_INTERPRET=1, used by CI); elsewhere it raises.
+A Triton family is a kernel module `fastconv.kernels.<module>` with the three entry
+points conv2d, conv2d_grad_input, conv2d_grad_weight (kernels/_plan.Family gives them).
+`register_triton_family` makes it an algorithm: its three ops with the C++ families'
+schemas, a CUDA kernel and a CPU kernel for each, fake kernels, autograd and FLOP
+formulas (_ops.register_family), and its registry entry. The CPU kernel is the same
+Triton code and runs only under Triton's interpreter (TRITON_INTERPRET=1, used by CI);
+elsewhere it raises.
 
 The kernel modules are imported on first use, not here: Triton decides at
 decoration time whether a kernel is interpreted, so importing them lazily lets a
@@ -15,7 +18,9 @@ import importlib
 
 import torch
 
+from . import _C  # noqa: F401  (defines the C++ families' ops, whose schemas these share)
 from ._ops import register_family
+from .kernels import GROUPED_MAX_GROUP_WIDTH
 from .registry import Algorithm, register, triton_interpret
 from .spec import ConvSpec
 
@@ -25,21 +30,20 @@ except ImportError:  # CPU-only installs without triton
     triton = None
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-_SCHEMAS = (
-    "{op}_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
-    "int[2] dilation, int groups, str activation=\"none\") -> Tensor",
-    "{op}_conv2d_grad_input(Tensor grad_output, Tensor weight, int[4] input_size, "
-    "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor",
-    "{op}_conv2d_grad_weight(Tensor grad_output, Tensor input, int[4] weight_size, "
-    "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor",
-)
-_FAMILIES = {"triton_igemm": "igemm", "triton_depthwise": "depthwise",
-             "triton_grouped": "grouped"}
-_LIB = None  # keeps the torch.library fragment alive
-
-
+OP_SUFFIXES = ("_conv2d", "_conv2d_grad_input", "_conv2d_grad_weight")
+_LIB = None  # the torch.library fragment (kept alive)
 _MODULES: dict = {}
+_IMPLS: dict = {}  # (op, device type) -> the three Python kernels registered for it
+
+
+def schemas(op: str) -> list[str]:
+    """The three op schemas of family `op`: csrc/fastconv.cpp's (FASTCONV_DEFINE_ALGO, the
+    one source), read from the registered reference ops and renamed."""
+    out = []
+    for suffix in OP_SUFFIXES:
+        schema = str(getattr(torch.ops.fastconv, "reference" + suffix).default._schema)
+        out.append(schema.replace("fastconv::reference", op, 1))
+    return out
 
 
 def _kernels(module: str):
@@ -80,33 +84,37 @@ def _impls(op: str, module: str, cpu: bool):
     return fwd, gin, gw
 
 
-_IMPLS: dict = {}  # (op, device type) -> the three Python kernels registered for it
-
-
-def _define_ops() -> None:
-    global _LIB
-    _LIB = torch.library.Library("fastconv", "FRAGMENT")
-    for op, module in _FAMILIES.items():
-        for schema in _SCHEMAS:
-            _LIB.define(schema.format(op=op))
-        names = (f"{op}_conv2d", f"{op}_conv2d_grad_input", f"{op}_conv2d_grad_weight")
-        for key, cpu in (("CUDA", False), ("CPU", True)):
-            impls = _IMPLS[op, key.lower()] = _impls(op, module, cpu)
-            for name, fn in zip(names, impls):
-                _LIB.impl(name, fn, key)
-        register_family(op, fake=True)
-
-
-def _eager_kernels(op: str):
+def _eager_kernels(op: str, module: str):
     """The kernels the ops dispatch to, for fastconv's eager path (see registry.Algorithm).
     On CUDA the kernel module's own functions (one call less); on the CPU the registered
     impls, which keep the interpreter check."""
     def kernels(device_type: str):
         if device_type == "cuda":
-            mod = _kernels(_FAMILIES[op])
+            mod = _kernels(module)
             return mod.conv2d, mod.conv2d_grad_input, mod.conv2d_grad_weight
         return _IMPLS.get((op, device_type))
     return kernels
+
+
+def register_triton_family(name: str, module: str, summary: str, constraints: str,
+                           applicable=None) -> Algorithm:
+    """Make fastconv.kernels.<module> the algorithm `name` (ops fastconv::<name>_conv2d,
+    _grad_input, _grad_weight): the one call a new Triton family needs."""
+    global _LIB
+    if _LIB is None:
+        _LIB = torch.library.Library("fastconv", "FRAGMENT")
+    for schema in schemas(name):
+        _LIB.define(schema)
+    for key, cpu in (("CUDA", False), ("CPU", True)):
+        impls = _IMPLS[name, key.lower()] = _impls(name, module, cpu)
+        for suffix, fn in zip(OP_SUFFIXES, impls):
+            _LIB.impl(name + suffix, fn, key)
+    register_family(name, fake=True)
+    extra = {} if applicable is None else {"applicable": applicable}
+    return register(Algorithm(
+        name=name, op=name, devices=("cuda",), interpreted_devices=("cpu",), dtypes=DTYPES,
+        eager_kernels=_eager_kernels(name, module), summary=summary, constraints=constraints,
+        **extra))
 
 
 def _depthwise_only(spec: ConvSpec):
@@ -117,42 +125,34 @@ def _depthwise_only(spec: ConvSpec):
             f"groups={spec.groups}")
 
 
-# kernels/grouped.py's MAX_GROUP_WIDTH, repeated so that the registry need not import the
-# kernel module (and with it triton.jit) to answer "does it apply".
-GROUPED_MAX_WIDTH = 64
-
-
 def _grouped_only(spec: ConvSpec):
-    if spec.groups > 1 and spec.Cg <= GROUPED_MAX_WIDTH and spec.Kg <= GROUPED_MAX_WIDTH:
+    width = GROUPED_MAX_GROUP_WIDTH
+    if spec.groups > 1 and spec.Cg <= width and spec.Kg <= width:
         return None
-    return (f"algo='triton_grouped' needs groups > 1 with at most {GROUPED_MAX_WIDTH} input and "
+    return (f"algo='triton_grouped' needs groups > 1 with at most {width} input and "
             f"output channels per group; this conv has groups={spec.groups}, "
             f"{spec.Cg} in / {spec.Kg} out per group")
 
 
 if triton is not None:
-    _define_ops()
-    register(Algorithm(
-        name="triton_igemm", op="triton_igemm", devices=("cuda",), interpreted_devices=("cpu",),
-        dtypes=DTYPES, eager_kernels=_eager_kernels("triton_igemm"),
-        summary="implicit GEMM in Triton (no im2col buffer; TMA descriptors for 1x1 channels_last), tensor-core tl.dot with fp32 "
-                "accumulation for fp32 (TF32 iff cudnn.allow_tf32)/fp16/bf16; fp64 via a "
-                "non-dot multiply-sum path; fused bias+activation; tiles tuned per shape and "
-                "cached on disk",
-        constraints="any conv2d (stride, padding, dilation, groups, both layouts)"))
-    register(Algorithm(
-        name="triton_depthwise", op="triton_depthwise", devices=("cuda",),
-        interpreted_devices=("cpu",), dtypes=DTYPES, eager_kernels=_eager_kernels("triton_depthwise"),
+    register_triton_family(
+        "triton_igemm", "igemm",
+        summary="implicit GEMM in Triton (no im2col buffer; TMA descriptors for 1x1 "
+                "channels_last), tensor-core tl.dot with fp32 accumulation for fp32 (TF32 iff "
+                "cudnn.allow_tf32)/fp16/bf16; fp64 via a non-dot multiply-sum path; fused "
+                "bias+activation; tiles tuned per shape and cached on disk",
+        constraints="any conv2d (stride, padding, dilation, groups, both layouts)")
+    register_triton_family(
+        "triton_depthwise", "depthwise",
         summary="direct depthwise in Triton, a pixel x channel tile per program looping over "
                 "the taps (1x1..31x31); fp32 accumulation (fp64 for fp64); fused bias+activation",
-        constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only))
-    register(Algorithm(
-        name="triton_grouped", op="triton_grouped", devices=("cuda",),
-        interpreted_devices=("cpu",), dtypes=DTYPES, eager_kernels=_eager_kernels("triton_grouped"),
+        constraints="groups == in_channels, any channel multiplier", applicable=_depthwise_only)
+    register_triton_family(
+        "triton_grouped", "grouped",
         summary="grouped conv with few channels per group in Triton: per tap one contiguous "
                 "[pixels, GPT*Cg] tile times a block-diagonal [GPT*Cg, GPT*Kg] weight on the "
                 "tensor cores (GPT groups per program, >= 16 wide); fp64 on a CUDA-core "
                 "direct tile; fp32 accumulation; fused bias+activation; grad_input per "
                 "stride phase; tiles tuned per shape",
-        constraints=f"groups > 1, at most {GROUPED_MAX_WIDTH} channels per group in and out",
-        applicable=_grouped_only))
+        constraints=f"groups > 1, at most {GROUPED_MAX_GROUP_WIDTH} channels per group in and out",
+        applicable=_grouped_only)

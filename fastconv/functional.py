@@ -14,9 +14,6 @@ _is_compiling = torch.compiler.is_compiling
 
 IntOrPair = Union[int, Sequence[int]]
 
-_CPU_DTYPES = (torch.float32, torch.float64)
-_GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
 
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, bool):
@@ -102,7 +99,8 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
         got = f"input on {input.device}, weight on {weight.device}" + (
             f", bias on {bias.device}" if bias is not None else "")
         raise RuntimeError(f"fastconv.conv2d: all tensors must be on the same device; got {got}")
-    allowed = _CPU_DTYPES if input.device.type == "cpu" and not registry.triton_interpret() else _GPU_DTYPES
+    # A device no algorithm runs on (meta) is checked against every algorithm's dtypes.
+    allowed = registry.dtypes(input.device.type) or registry.dtypes()
     if input.dtype not in allowed:
         raise TypeError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
                         f"{input.device.type}; supported: {', '.join(map(str, allowed))}")
@@ -267,7 +265,7 @@ def _lookup(key):
     value, alg = entry
     # The registry can change (tests replace or drop algorithms): the entry holds
     # only while its algorithm is still the registered one.
-    if alg is not None and registry._REGISTRY.get(alg.name) is not alg:
+    if alg is not None and not registry.is_registered(alg):
         return None
     return value
 

@@ -107,8 +107,7 @@ def why_not_convertible(m: nn.Conv2d, algo: str = "auto") -> tuple[Optional[str]
         spec = module_spec(m)
         if not registry.algorithms(spec.device):
             return f"no fastconv algorithm is registered for device {spec.device!r}", None
-        if spec.device == "cpu" and not registry.triton_interpret() and \
-                spec.dtype not in functional._CPU_DTYPES:
+        if spec.device == "cpu" and spec.dtype not in registry.dtypes("cpu"):
             return f"fastconv has no CPU kernels for {spec.dtype}", None
         alg = functional.select(spec, algo)
         reason = alg.why_not(spec)

@@ -37,7 +37,8 @@ class Algorithm:
     public: bool = True
     # Devices that only work in a special mode (Triton on CPU under TRITON_INTERPRET=1).
     interpreted_devices: tuple[str, ...] = ()
-    # Filled by fastconv.explain: spec -> modelled bytes per memory level.
+    # spec -> modelled bytes per memory level (fastconv explain), given by the module that
+    # registers the algorithm; None where there is no model.
     cost_model: Optional[Callable] = field(default=None, compare=False)
     # Optional "prepare weight" step for inference (fastconv.nn.Conv2d caches the result):
     # pack_weight(weight, groups) -> packed, and forward_packed(input, packed, weight_size, bias,
@@ -102,21 +103,32 @@ _REGISTRY: dict[str, Algorithm] = {}
 _PACKED_OPS: dict[str, Optional[tuple]] = {}  # op prefix -> (pack, forward_packed) or None
 
 
-def register(algo: Algorithm) -> Algorithm:
-    if algo.name in _REGISTRY:
+def register(algo: Algorithm, *, replace: bool = False) -> Algorithm:
+    """Add `algo` (replace=True: in place of the one registered under its name)."""
+    if algo.name in _REGISTRY and not replace:
         raise ValueError(f"algorithm {algo.name!r} is already registered")
     _REGISTRY[algo.name] = algo
     return algo
 
 
-def set_cost_model(name: str, fn: Callable) -> Algorithm:
-    """Attach a cost model (spec -> {memory level: bytes}) to a registered
-    algorithm; fastconv.explain installs one per CPU algorithm on import."""
-    from dataclasses import replace
+def unregister(name: str) -> Optional[Algorithm]:
+    """Remove the algorithm registered as `name` (tests); returns it, or None."""
+    return _REGISTRY.pop(name, None)
 
-    algo = replace(get(name), cost_model=fn)
-    _REGISTRY[name] = algo
-    return algo
+
+def is_registered(algo: Algorithm) -> bool:
+    """True while `algo` itself (not a replacement) is the one registered under its name."""
+    return _REGISTRY.get(algo.name) is algo
+
+
+def dtypes(device: Optional[str] = None) -> tuple:
+    """The dtypes some registered algorithm runs on `device` (in the current mode: the
+    interpreted Triton algorithms count on the CPU under TRITON_INTERPRET=1); device None:
+    on any device."""
+    out = []
+    for algo in algorithms(device, include_internal=True):
+        out += [d for d in algo.dtypes if d not in out]
+    return tuple(out)
 
 
 def get(name: str) -> Algorithm:

@@ -1,21 +1,18 @@
-"""Shared by the Triton kernel families: the fused epilogue, output allocation,
-64-bit index detection, dot precision, and the on-disk tile tuner.
-
-The tuner replaces triton.autotune so that (a) a choice is cached on disk across
-processes, keyed by device name + triton version + shape key, and (b) under
-TRITON_INTERPRET=1 one small fixed config runs with no timing at all.
+"""Shared by the Triton kernel families, device side and launch: the fused epilogue, the
+dot, dot precision, 64-bit index detection, output allocation, the split-sum kernel, and
+`Launch` (a kernel launch with its arguments fixed). The host plan layer built on these --
+plan cache, checks, tuner, split planner -- is kernels/_plan.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
-import threading
 
 import torch
 import triton
 import triton.language as tl
+
+from .timing import cuda_graph_time
 
 ACTIVATION_CODES = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 INT32_LIMIT = 2**31 - 1
@@ -68,6 +65,22 @@ def mma(a, b, acc, USE_DOT: tl.constexpr, IS_FP32: tl.constexpr, PREC: tl.conste
     return acc
 
 
+@triton.jit
+def pixel_coords(q, Ho, Wo, NEED_I64: tl.constexpr):
+    """(n, oh, ow) of flat output pixels q over an N x Ho x Wo grid (the reduction index of
+    every grad_weight), in int64 where offsets need it."""
+    hw = Ho * Wo
+    n = q // hw
+    pq = q % hw
+    oh = pq // Wo
+    ow = pq % Wo
+    if NEED_I64:
+        n = n.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+    return n, oh, ow
+
+
 def dot_args(dtype: torch.dtype) -> dict:
     """The constexprs `mma` takes, for operands of `dtype`."""
     return dict(USE_DOT=dtype != torch.float64, IS_FP32=dtype == torch.float32,
@@ -84,31 +97,6 @@ def max_offset(t: torch.Tensor) -> int:
 def needs_int64(*tensors) -> bool:
     """True when some element offset does not fit int32: kernels then index in int64."""
     return any(max_offset(t) > INT32_LIMIT for t in tensors if t is not None)
-
-
-class PlanCache(dict):
-    """geometry key -> run(...) closure: repeated calls skip checks, tuning lookups and
-    index-width analysis (host overhead is what small layers are made of)."""
-    MAX = 4096
-
-    def __setitem__(self, key, value):
-        if len(self) >= self.MAX:
-            self.clear()
-        super().__setitem__(key, value)
-
-
-# torch.backends.cudnn.allow_tf32 is a module property costing ~0.5 us a read; the getter
-# behind it (present in every torch this supports) costs a sixth of that.
-_allow_tf32 = getattr(torch._C, "_get_cudnn_allow_tf32", None) or (
-    lambda: torch.backends.cudnn.allow_tf32)
-
-
-def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
-    """Everything a plan depends on: shapes, strides, dtype, device, conv parameters, the
-    TF32 flag and whether there is a bias (its values and pointers are the call's own)."""
-    return (a.shape, a.stride(), b.shape, b.stride(), a.dtype, b.dtype, a.device,
-            tuple(stride), tuple(padding), tuple(dilation), groups, extra, bias is None,
-            _allow_tf32())
 
 
 # Debug: fill every output with NaN before the kernel runs, so an element it fails to write
@@ -155,112 +143,6 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def cache_dir() -> str:
-    return os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                "fastconv")
-
-
-class TileTuner:
-    """Times each candidate config once per shape key and remembers the winner,
-    in memory and in a JSON file shared by all processes.
-
-    `configs` is a list of dicts: constexpr meta-parameters plus num_warps/num_stages.
-    FASTCONV_TUNE=0 skips timing and takes the first config that `prune` keeps;
-    FASTCONV_TUNE=compile only compiles every candidate (to warm Triton's cache in parallel).
-    """
-
-    _lock = threading.Lock()
-    _disk: dict | None = None
-    FILE = "triton_tiles.json"
-
-    def __init__(self, name: str, configs: list[dict], interpret_config: dict):
-        self.name = name
-        self.configs = configs
-        self.interpret_config = interpret_config
-        self.memory: dict[str, dict] = {}
-
-    @classmethod
-    def _path(cls) -> str:
-        return os.path.join(cache_dir(), cls.FILE)
-
-    @classmethod
-    def _load_disk(cls) -> dict:
-        if cls._disk is None:
-            try:
-                with open(cls._path()) as f:
-                    cls._disk = json.load(f)
-            except (OSError, ValueError):
-                cls._disk = {}
-        return cls._disk
-
-    @classmethod
-    def _save(cls, key: str, cfg: dict) -> None:
-        path = cls._path()
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            try:  # merge with what other processes wrote meanwhile
-                with open(path) as f:
-                    disk = json.load(f)
-            except (OSError, ValueError):
-                disk = {}
-            disk.update(cls._load_disk())
-            disk[key] = cfg
-            cls._disk = disk
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(disk, f, indent=0, sort_keys=True)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home only costs re-tuning
-
-    def pick(self, shape_key, device: torch.device, launch, prune=None) -> dict:
-        """`launch(cfg)` runs the kernel once with config cfg."""
-        if interpreting() or device.type != "cuda":
-            return self.interpret_config
-        key = f"{self.name}|{device_name(device)}|triton-{triton.__version__}|{shape_key}"
-        if key in self.memory:
-            return self.memory[key]
-        with self._lock:
-            disk = self._load_disk()
-            if key in disk:
-                self.memory[key] = disk[key]
-                return disk[key]
-        candidates = [c for c in self.configs if prune is None or prune(c)] or self.configs[:1]
-        mode = os.environ.get("FASTCONV_TUNE", "1")
-        if mode == "compile":
-            # Warm Triton's on-disk kernel cache only (run in parallel processes before a
-            # timed session); nothing is timed or remembered.
-            for cfg in candidates:
-                try:
-                    launch(cfg)
-                except Exception:
-                    pass
-            return candidates[0]
-        if mode == "0" or len(candidates) == 1:
-            best = candidates[0]
-        else:
-            best, best_t, times = None, float("inf"), []
-            for cfg in candidates:
-                try:
-                    t = gpu_time(lambda: launch(cfg))
-                except Exception as e:  # e.g. out of shared memory for this tile
-                    times.append((cfg, repr(e)[:80]))
-                    continue
-                times.append((cfg, round(t * 1e3, 2)))
-                if t < best_t:
-                    best, best_t = cfg, t
-            if best is None:
-                raise RuntimeError(f"fastconv: no {self.name} tile config compiled for {shape_key}")
-            log = os.environ.get("FASTCONV_TUNE_LOG")
-            if log:  # every candidate's time (us), for reading the tuning afterwards
-                with open(log, "a") as f:
-                    f.write(json.dumps({"key": key, "times_us": times}) + "\n")
-        self.memory[key] = best
-        with self._lock:
-            self._save(key, best)
-        return best
-
-
 @triton.jit
 def split_sum_kernel(part_ptr, out_ptr, SPLIT, NUMEL, K, TAPS, BLOCK: tl.constexpr):
     """Fixed-order sum of a split reduction's partials part[SPLIT, NUMEL] (deterministic, no
@@ -297,31 +179,9 @@ def split_sum_args(part_size, k=None):
 GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
 
 
-def gpu_time(fn, reps: int = 5) -> float:
-    """Median GPU time (ms) of one fn() call, from replays of a CUDA graph of several calls:
-    host launch overhead (tens of us from Python) must not hide a 10 us kernel. Falls back
-    to triton.testing.do_bench where capture is not possible."""
-    fn()  # compiles
-    torch.cuda.synchronize()
-    try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(GRAPH_LAUNCHES):
-                fn()
-    except Exception:
-        return triton.testing.do_bench(fn, warmup=3, rep=15, return_mode="median")
-    g.replay()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / GRAPH_LAUNCHES)
-    del g
-    return sorted(times)[len(times) // 2]
+def gpu_time(fn) -> float:
+    """The tuner's time (ms) of one launch of a candidate (kernels/timing.py)."""
+    return cuda_graph_time(fn, calls=GRAPH_LAUNCHES)
 
 
 try:
@@ -440,10 +300,3 @@ def _signature(t):
 
 def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-def launch_meta(cfg: dict) -> tuple[dict, dict]:
-    """Split a config into kernel constexprs and launch options (KIND picks the kernel)."""
-    meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", "KIND")}
-    opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
-    return meta, opts

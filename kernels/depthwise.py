@@ -25,14 +25,18 @@ in a fixed order -- deterministic always, no atomics.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_LIMIT, Launch, PlanCache, TileTuner, activation_code,
-                      apply_activation, dot_args, dot_precision, is_channels_last, launch_meta,
-                      mma, needs_int64, new_output, num_sms, plan_key, split_sum_args,
-                      split_sum_kernel)
+from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, dot_args,
+                      dot_precision, is_channels_last, mma, new_output, num_sms,
+                      pixel_coords, split_sum_args, split_sum_kernel)
+from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_operands,
+                    check_output, empty_plan, grad_weight_plan, launch_meta, out_hw,
+                    split_reduction, tune, tune_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -152,7 +156,7 @@ def _dw_fwd_kernel(
 # R of them). Loads per output drop from R*S to S*((ROWS-1)*SH + (R-1)*DH + 1)/ROWS
 # (7x7, ROWS=8: 49 -> 12.25; 3x3: 9 -> 3.75). Loop order s, input row i, output row j; i
 # and j are unrolled, so the (i, j) -> tap map is resolved at compile time and no FMA is
-# wasted. Measured on the H200: benchmarks/results/nvidia-h200/depthwise_rows.md.
+# wasted. Measured on the H200: dev/triton/results/depthwise_rows/.
 # --------------------------------------------------------------------------------------
 ROWS_MAX = 8  # accumulators a0..a7 below: the largest ROWS a config may ask for
 
@@ -313,7 +317,6 @@ TOEPLITZ_CONFIGS = [
     dict(KIND="toeplitz", BLOCK_H=64, BLOCK_W=16, num_warps=4, num_stages=2),
 ]
 TOEPLITZ_INTERPRET_CONFIG = dict(KIND="toeplitz", BLOCK_H=16, BLOCK_W=16)
-TOEPLITZ_MIN_S = 9  # narrower kernels waste too much of the band (and are memory-bound anyway)
 
 
 @triton.jit
@@ -369,7 +372,7 @@ def _dw_fwd_toeplitz_kernel(
 # vector (16-byte loads) over a few pixels. They race the tap-loop tiles that won on the
 # H200 (before and after the rows kernel: stride-2 and some channels_last layers).
 # Every tile below won at least one layer of the H200 runs (MobileNetV2 3x3, ConvNeXt 7x7,
-# RepLKNet 13x13 / 27x27 at batch 32; benchmarks/results/nvidia-h200/dwperf_round*.log).
+# RepLKNet 13x13 / 27x27 at batch 32; dev/triton/results/depthwise_rows/round*.log).
 ROWS_NCHW_CONFIGS = [
     dict(KIND="rows", ROWS=8, BLOCK_W=64, BLOCK_C=1, num_warps=2, num_stages=1),
     dict(KIND="rows", ROWS=4, BLOCK_W=64, BLOCK_C=2, num_warps=4, num_stages=1),
@@ -393,196 +396,6 @@ ROWS_LARGE_CL_CONFIGS = ROWS_LARGE_CONFIGS + [
     dict(KIND="rows", ROWS=8, BLOCK_W=8, BLOCK_C=32, num_warps=2, num_stages=1),
 ]
 ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=16, BLOCK_C=8)
-# Kernels up to UNROLL_TAPS taps: rows tiles and the best tap-loop tiles race.
-_fwd_tuner_rows_nchw = TileTuner("dw_fwd_rows_nchw", ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7],
-                                 ROWS_INTERPRET_CONFIG)
-_fwd_tuner_rows_nhwc = TileTuner("dw_fwd_rows_nhwc", ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
-                                 + NHWC_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
-# Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
-# unrolled, against the rows kernel.
-_fwd_tuner_nchw = TileTuner("dw_fwd_nchw_v2", ROWS_LARGE_CONFIGS + NCHW_CONFIGS,
-                            INTERPRET_CONFIG)
-_fwd_tuner_nhwc = TileTuner("dw_fwd_nhwc_v2", ROWS_LARGE_CL_CONFIGS + NHWC_CONFIGS,
-                            INTERPRET_CONFIG)
-# Large kernels: the tuner races the tensor-core band against the direct loop. All direct
-# tiles take part: on the H200 run in benchmarks/results (which had only the first two, both
-# pruned for images under 64 pixels wide) small images were left with the band alone, whose
-# 16x16 tiles waste most of a 7x7 or 14x14 plane (RepLKNet 13x13 @ 7x7: 375 us NCHW vs
-# 89 us for the direct channels_last tile).
-_fwd_tuner_large = TileTuner("dw_fwd_large_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CONFIGS
-                             + NCHW_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
-_fwd_tuner_large_cl = TileTuner("dw_fwd_large_cl_v2", TOEPLITZ_CONFIGS + ROWS_LARGE_CL_CONFIGS
-                                + NHWC_CONFIGS, TOEPLITZ_INTERPRET_CONFIG)
-
-
-def _out_hw(h, w, r, s, stride, padding, dilation):
-    ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return ho, wo
-
-
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _part_dtype(dtype):
-    """torch dtype of grad_weight's partial sums (the kernels' accumulator)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check(x, w, groups, name):
-    if x.dtype != w.dtype:
-        raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"fastconv.{name}: unsupported dtype {x.dtype}")
-    c, k = x.shape[1], w.shape[0]
-    if groups != c or w.shape[1] != 1 or k % c:
-        raise ValueError(f"fastconv.{name}: needs a depthwise conv (groups == in_channels, "
-                         f"weight (k*in_channels, 1, R, S)); got input channels {c}, weight "
-                         f"{tuple(w.shape)}, groups={groups}")
-
-
-def _prune_for(ho, wo, k):
-    """Skip tiles far larger than the image or the channel count."""
-    def prune(cfg):
-        return (cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo))
-                and cfg.get("BLOCK_H", cfg.get("ROWS")) <= max(2, triton.next_power_of_2(ho))
-                and cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
-    return prune
-
-
-def _prune_large(ho, wo, k):
-    direct = _prune_for(ho, wo, k)
-
-    def prune(cfg):
-        if cfg.get("KIND") != "toeplitz":
-            return direct(cfg)
-        return (cfg["BLOCK_W"] <= max(16, triton.next_power_of_2(wo))
-                and cfg["BLOCK_H"] <= max(16, triton.next_power_of_2(ho)))
-    return prune
-
-
-def _key(x, w, stride, padding, dilation, extra=""):
-    cl = "cl" if is_channels_last(x) else "nchw"
-    return (f"{tuple(x.shape)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-            f"|{x.dtype}|{cl}{extra}")
-
-
-_fwd_plans = PlanCache()
-
-
-def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
-    key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
-    plan = _fwd_plans.get(key)
-    if plan is None:
-        plan = _fwd_plans[key] = _plan_conv2d(x, w, bias, stride, padding, dilation, groups,
-                                              activation)
-    return plan(x, w, bias)
-
-
-def _rows_args(meta, opts, x, w, y, stride, padding, dilation, has_bias, act, i64, flip=False):
-    """(grid, scalar args, constexprs and options) of the row-reuse kernel computing
-    y = conv(x, w) (+ b, activation), any layouts. flip=True convolves with w rotated by 180
-    degrees, read in place through negative strides from its last tap (grad_input of a
-    stride-1 conv): the kernel then takes `_flipped(w)` as its weight."""
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    ho, wo = y.shape[2], y.shape[3]
-    swk, swr, sws = w.stride(0), w.stride(2), w.stride(3)
-    if flip:
-        swr, sws = -swr, -sws
-    rows = meta["ROWS"]
-    if rows not in (1, 2, 4, 8):
-        raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
-    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
-    tiles_hw = triton.cdiv(ho, rows) * tiles_w
-    grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
-    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), swk, swr, sws,
-               *y.stride(), stride[1], padding[0], padding[2], dilation[1])
-    return grid, scalars, dict(SH=stride[0], DH=dilation[0], R=r, S=s, HAS_BIAS=has_bias,
-                               ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta,
-                               **opts)
-
-
-def _flipped(w):
-    """w's last tap, from which the flipped kernel is read through negative strides."""
-    return w[:, :, w.shape[2] - 1:, w.shape[3] - 1:]
-
-
-def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
-    """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
-    _check(x, w, groups, "triton_depthwise_conv2d")
-    n, c, h, wd = x.shape
-    k, _, r, s = w.shape
-    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"fastconv.triton_depthwise_conv2d: empty output {ho}x{wo}")
-    cl = is_channels_last(x) or is_channels_last(w)
-    y = new_output((n, k, ho, wo), x, cl)
-    if y.numel() == 0:
-        return lambda x, w, bias: new_output((n, k, ho, wo), x, cl)
-    act = activation_code(activation)
-    i64 = needs_int64(x, w, y)
-    has_bias = bias is not None
-
-    conv = (stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
-    wst = (w.stride(0), w.stride(2), w.stride(3))
-
-    def kernel_args(cfg):
-        """(kernel, transpose input?, grid, scalar args, constexprs and options) of cfg."""
-        meta, opts = launch_meta(cfg)
-        if cfg.get("KIND") == "rows":
-            grid, scalars, kw = _rows_args(meta, opts, x, w, y, stride, padding, dilation,
-                                           has_bias, act, i64)
-            return _dw_fwd_rows_kernel, False, grid, scalars, kw
-        tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
-        tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
-        if cfg.get("KIND") == "toeplitz":
-            # Rows of one channel must be contiguous for the A tiles: channels_last input is
-            # transposed once per call (a few us against a compute-bound conv); the output is
-            # written through its strides in whatever layout it has.
-            kw = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
-                                                + (s - 1) * dilation[1] + 1))
-            d = dot_args(x.dtype)
-            xt_strides = (c * h * wd, h * wd, wd, 1)  # x.contiguous()'s
-            return _dw_fwd_toeplitz_kernel, True, (n * k, tiles_hw), (
-                h, wd, ho, wo, k, k // c, tiles_w, *xt_strides, *wst, *y.stride(), *conv), dict(
-                R=r, S=s, HAS_BIAS=has_bias, ACT=act,
-                NEED_I64=i64 or n * c * h * wd > INT32_LIMIT, IS_FP32=d["IS_FP32"],
-                PREC=d["PREC"], UPCAST=d["UPCAST"], KW=kw, **meta, **opts)
-        return _dw_fwd_kernel, False, (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"])), (
-            h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), *wst, *y.stride(),
-            *conv), dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
-                         ACC_DTYPE=_acc_dtype(x.dtype), UNROLL=r * s <= UNROLL_TAPS, **meta,
-                         **opts)
-
-    def launch(cfg, x, w, b, y):
-        kernel, transpose, grid, scalars, kw = kernel_args(cfg)
-        kernel[grid](x.contiguous() if transpose else x, w, b, y, *scalars, **kw)
-
-    if r * s <= UNROLL_TAPS:
-        tuner = _fwd_tuner_rows_nhwc if is_channels_last(y) else _fwd_tuner_rows_nchw
-    else:
-        tuner = _fwd_tuner_nhwc if is_channels_last(y) else _fwd_tuner_nchw
-    prune = _prune_for(ho, wo, k)
-    if s >= TOEPLITZ_MIN_S and (x.dtype in (torch.float16, torch.bfloat16)
-                                or dot_precision(x.dtype) == "tf32"):
-        tuner = _fwd_tuner_large_cl if is_channels_last(y) else _fwd_tuner_large
-        prune = _prune_large(ho, wo, k)
-    b0 = w if bias is None else bias.contiguous()
-    cfg = tuner.pick(_key(x, w, stride, padding, dilation, ("cl" if cl else "")
-                          + dot_precision(x.dtype)), x.device,
-                     lambda cfg: launch(cfg, x, w, b0, y), prune)
-
-    kernel, transpose, grid, scalars, kw = kernel_args(cfg)
-    fast = Launch(kernel, grid, 4, scalars, kw, x.device)
-
-    def run(x, w, bias):
-        y = new_output((n, k, ho, wo), x, cl)
-        fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(), y)
-        return y
-    run.launches = (fast,)
-    return run
 
 
 # --------------------------------------------------------------------------------------
@@ -648,96 +461,6 @@ def _dw_bwd_input_kernel(
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=pix_ok[:, None] & c_ok[None, :])
 
 
-_bwd_input_tuner_nchw = TileTuner("dw_bwd_input_nchw", NCHW_CONFIGS, INTERPRET_CONFIG)
-_bwd_input_tuner_nhwc = TileTuner("dw_bwd_input_nhwc", NHWC_CONFIGS, INTERPRET_CONFIG)
-# Stride 1, one output channel per input channel, up to UNROLL_TAPS taps: grad_input is the
-# forward correlation of dy with the flipped kernel, so the forward rows tiles run it.
-_bwd_input_tuner_rows_nchw = TileTuner("dw_bwd_input_rows_nchw", ROWS_NCHW_CONFIGS
-                                       + NCHW_CONFIGS[6:7], ROWS_INTERPRET_CONFIG)
-_bwd_input_tuner_rows_nhwc = TileTuner("dw_bwd_input_rows_nhwc", ROWS_NHWC_CONFIGS
-                                       + NHWC_CONFIGS[2:3] + NHWC_CONFIGS[1:2],
-                                       ROWS_INTERPRET_CONFIG)
-
-
-_bwd_input_plans = PlanCache()
-
-
-def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
-    plan = _bwd_input_plans.get(key)
-    if plan is None:
-        plan = _bwd_input_plans[key] = _plan_grad_input(dy, w, input_size, stride, padding,
-                                                        dilation, groups)
-    return plan(dy, w)
-
-
-def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    n, c, h, wd = input_size
-    k, _, r, s = w.shape
-    if dy.dtype != w.dtype:
-        raise TypeError(f"fastconv.triton_depthwise_conv2d_grad_input: dtypes differ "
-                        f"({dy.dtype} vs {w.dtype})")
-    if groups != c or w.shape[1] != 1 or k % c or dy.shape[1] != k:
-        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_input: not a depthwise conv: "
-                         f"input_size {tuple(input_size)}, weight {tuple(w.shape)}, groups={groups}")
-    ho, wo = dy.shape[2], dy.shape[3]
-    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation):
-        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_input: grad_output "
-                         f"{tuple(dy.shape)} does not match input_size {tuple(input_size)}")
-    cl = is_channels_last(dy)
-    dx = new_output((n, c, h, wd), dy, cl)
-    if dx.numel() == 0:
-        return lambda dy, w: new_output((n, c, h, wd), dy, cl)
-    i64 = needs_int64(dy, w, dx)
-
-    # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, kernel flipped
-    flip_pad = ((r - 1) * dilation[0] - padding[0], 0, (s - 1) * dilation[1] - padding[2], 0)
-
-    def kernel_args(cfg):
-        """(kernel, flipped weight?, grid, scalar args, constexprs and options) of cfg."""
-        meta, opts = launch_meta(cfg)
-        if cfg.get("KIND") == "rows":
-            grid, scalars, kw = _rows_args(meta, opts, dy, w, dx, (1, 1), flip_pad, dilation,
-                                           False, 0, i64, flip=True)
-            return _dw_fwd_rows_kernel, True, grid, scalars, kw
-        tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
-        tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
-        return _dw_bwd_input_kernel, False, (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"])), (
-            h, wd, ho, wo, c, k // c, tiles_w, tiles_hw,
-            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1]), dict(
-            R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(dy.dtype), UNROLL=r * s <= UNROLL_TAPS,
-            **meta, **opts)
-
-    def launch(cfg, dy, w, dx):
-        kernel, flip, grid, scalars, kw = kernel_args(cfg)
-        if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias
-            kernel[grid](dy, _flipped(w), w, dx, *scalars, **kw)
-        else:
-            kernel[grid](dy, w, dx, *scalars, **kw)
-
-    if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
-        tuner = _bwd_input_tuner_rows_nhwc if is_channels_last(dx) else _bwd_input_tuner_rows_nchw
-    else:
-        tuner = _bwd_input_tuner_nhwc if is_channels_last(dx) else _bwd_input_tuner_nchw
-    key = (f"{tuple(input_size)}|{tuple(w.shape)}|{tuple(stride)}{tuple(padding)}"
-           f"{tuple(dilation)}|{dy.dtype}|{'cl' if is_channels_last(dy) else 'nchw'}")
-    cfg = tuner.pick(key, dy.device, lambda cfg: launch(cfg, dy, w, dx), _prune_for(h, wd, c))
-
-    kernel, flip, grid, scalars, kw = kernel_args(cfg)
-    fast = Launch(kernel, grid, 4 if flip else 3, scalars, kw, dy.device)
-
-    def run(dy, w):
-        dx = new_output((n, c, h, wd), dy, cl)
-        if flip:
-            fast(dy, _flipped(w), w, dx)
-        else:
-            fast(dy, w, dx)
-        return dx
-    run.launches = (fast,)
-    return run
-
-
 # --------------------------------------------------------------------------------------
 # grad_weight: dw[k, 0, r, s] = sum_{n, oh, ow} dy[n, k, oh, ow] * x[n, k // MULT, ih, iw]
 # Each program owns TAP_BLOCK taps x BLOCK_C channels and one chunk of the N*Ho*Wo
@@ -755,8 +478,8 @@ WGRAD_NCHW_CONFIGS = [
     dict(TAP_BLOCK=8, BLOCK_P=256, BLOCK_C=1, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=1024, BLOCK_C=1, num_warps=4, num_stages=1),
 ]
-# Measured on an H200 (tune_log of benchmarks/results): TAP_BLOCK=1 wins most channels_last
-# shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
+# Measured on an H200 (the tuner log of the run at commit 284a0a4): TAP_BLOCK=1 wins most
+# channels_last shapes (its [P, C] tile loads 16-byte channel vectors; the 3-D tap tile does not).
 WGRAD_NHWC_CONFIGS = [
     dict(TAP_BLOCK=1, BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1),
     dict(TAP_BLOCK=1, BLOCK_P=64, BLOCK_C=64, num_warps=8, num_stages=1),
@@ -766,7 +489,6 @@ WGRAD_NHWC_CONFIGS = [
     dict(TAP_BLOCK=64, BLOCK_P=1, BLOCK_C=32, num_warps=4, num_stages=1),
 ]
 WGRAD_INTERPRET_CONFIG = dict(TAP_BLOCK=16, BLOCK_P=16, BLOCK_C=4)
-WGRAD_PROGRAMS_PER_SM = 8  # the split aims at this many programs per SM
 
 
 @triton.jit
@@ -792,21 +514,13 @@ def _dw_bwd_weight_kernel(
         k = k.to(tl.int64)
         ci = ci.to(tl.int64)
     tap_off = (r * DH) * sxh + (s * DW) * sxw            # [T] offset of each tap
-    hw_o = Ho * Wo
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
     acc = tl.zeros((TAP_BLOCK, BLOCK_P, BLOCK_C), dtype=ACC_DTYPE)
     for q0 in range(q_lo, q_hi, BLOCK_P):
         q = q0 + tl.arange(0, BLOCK_P)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         g = tl.load(dy_ptr + (n * syn + oh * syh + ow * syw)[:, None] + (k * syk)[None, :],
                     mask=q_ok[:, None] & k_ok[None, :], other=0.0)       # [P, C]
         ih = (oh * SH - PT)[None, :] + (r * DH)[:, None]                   # [T, P]
@@ -923,45 +637,6 @@ def _dw_bwd_weight_rows_kernel(
         tl.store(base + 7 * S * K, tl.sum(a7, axis=0), mask=k_ok)
 
 
-def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
-    """Row-reuse grad_weight: (grid, scalar args, constexprs and options, partial-sum size
-    [split, R*S, K]) for `_dw_bwd_weight_rows_kernel(dy, x, part, ...)`."""
-    n, c, h, wd = x.shape
-    k, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
-    rows = meta["ROWS"]
-    if rows not in (1, 2, 4, 8) or r > ROWS_MAX:
-        raise ValueError(f"fastconv: rows grad_weight needs ROWS in 1, 2, 4, 8 and R <= "
-                         f"{ROWS_MAX}; got ROWS={rows}, R={r}")
-    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
-    tiles_hw = triton.cdiv(ho, rows) * tiles_w
-    tiles = n * tiles_hw
-    cblocks = triton.cdiv(k, meta["BLOCK_C"])
-    split = max(1, min(tiles, programs // (cblocks * s)))
-    chunk = triton.cdiv(tiles, split)
-    split = triton.cdiv(tiles, chunk)
-    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk, *dy.stride(),
-               *x.stride(), stride[1], padding[0], padding[2], dilation[1])
-    kw = dict(SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64,
-              ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
-    return (s, split, cblocks), scalars, kw, (split, r * s, k)
-
-
-def _launch_wgrad_rows(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
-    """Row-reuse grad_weight: returns the fp32 partial sums [split, R*S, K]."""
-    grid, scalars, kw, part_size = _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding,
-                                                    dilation, i64, programs)
-    part = torch.empty(part_size, dtype=_part_dtype(x.dtype), device=x.device)
-    _dw_bwd_weight_rows_kernel[grid](dy, x, part, *scalars, **kw)
-    return part
-
-
-def _reduce_partials(part, out):
-    """One kernel instead of sum + transpose-copy (two launches, ~3 us each in a graph)."""
-    grid, scalars, kw = split_sum_args(part.shape, k=part.shape[2])
-    split_sum_kernel[grid](part, out, *scalars, **kw)
-    return out
-
-
 # Rows tiles for grad_weight. P: programs per SM (the split of the pixel tiles); each
 # program writes one [R*S, BLOCK_C] partial, so more programs cost reduction traffic.
 WGRAD_ROWS_NCHW_CONFIGS = [
@@ -977,87 +652,387 @@ WGRAD_ROWS_NHWC_CONFIGS = [
     dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=64, P=8, num_warps=2, num_stages=1),
 ]
 WGRAD_ROWS_INTERPRET_CONFIG = dict(KIND="rows", ROWS=4, BLOCK_W=8, BLOCK_C=4, P=1)
-# The tap-block tiles never beat these on the H200 layers (56 cases): not raced.
-_wgrad_tuner_rows_nchw = TileTuner("dw_bwd_weight_rows_nchw", WGRAD_ROWS_NCHW_CONFIGS,
-                                   WGRAD_ROWS_INTERPRET_CONFIG)
-_wgrad_tuner_rows_nhwc = TileTuner("dw_bwd_weight_rows_nhwc", WGRAD_ROWS_NHWC_CONFIGS,
-                                   WGRAD_ROWS_INTERPRET_CONFIG)
-_wgrad_tuner_nchw = TileTuner("dw_bwd_weight_nchw", WGRAD_NCHW_CONFIGS, WGRAD_INTERPRET_CONFIG)
-_wgrad_tuner_nhwc = TileTuner("dw_bwd_weight_nhwc", WGRAD_NHWC_CONFIGS, WGRAD_INTERPRET_CONFIG)
 
 
-_bwd_weight_plans = PlanCache()
+# --------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DepthwisePolicy(Policy):
+    """The depthwise family's tile lists and choices (defaults: as measured on an H200).
+    One Tiles per (kernel set, layout); the plans choose among them by filter size,
+    stride and dtype."""
+    # Kernels up to unroll_taps taps: rows tiles and the best tap-loop tiles race.
+    fwd_rows_nchw: Tiles = Tiles("dw_fwd_rows_nchw", tuple(ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7]),
+                                 ROWS_INTERPRET_CONFIG)
+    fwd_rows_nhwc: Tiles = Tiles("dw_fwd_rows_nhwc", tuple(ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
+                                                           + NHWC_CONFIGS[6:7]),
+                                 ROWS_INTERPRET_CONFIG)
+    # Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
+    # unrolled, against the rows kernel.
+    fwd_nchw: Tiles = Tiles("dw_fwd_nchw_v2", tuple(ROWS_LARGE_CONFIGS + NCHW_CONFIGS),
+                            INTERPRET_CONFIG)
+    fwd_nhwc: Tiles = Tiles("dw_fwd_nhwc_v2", tuple(ROWS_LARGE_CL_CONFIGS + NHWC_CONFIGS),
+                            INTERPRET_CONFIG)
+    # Large kernels: the tensor-core band races the direct loop. All direct tiles take
+    # part: on an earlier H200 run (only the first two, both pruned for images under 64
+    # pixels wide) small images were left with the band alone, whose 16x16 tiles waste most
+    # of a 7x7 or 14x14 plane (RepLKNet 13x13 @ 7x7: 375 us NCHW vs 89 us for the direct
+    # channels_last tile).
+    fwd_large: Tiles = Tiles("dw_fwd_large_v2", tuple(TOEPLITZ_CONFIGS + ROWS_LARGE_CONFIGS
+                                                      + NCHW_CONFIGS), TOEPLITZ_INTERPRET_CONFIG)
+    fwd_large_cl: Tiles = Tiles("dw_fwd_large_cl_v2", tuple(TOEPLITZ_CONFIGS
+                                                            + ROWS_LARGE_CL_CONFIGS
+                                                            + NHWC_CONFIGS),
+                                TOEPLITZ_INTERPRET_CONFIG)
+    grad_input_nchw: Tiles = Tiles("dw_bwd_input_nchw", tuple(NCHW_CONFIGS), INTERPRET_CONFIG)
+    grad_input_nhwc: Tiles = Tiles("dw_bwd_input_nhwc", tuple(NHWC_CONFIGS), INTERPRET_CONFIG)
+    # Stride 1, one output channel per input channel, up to unroll_taps taps: grad_input is
+    # the forward correlation of dy with the flipped kernel, so the forward rows tiles run it.
+    grad_input_rows_nchw: Tiles = Tiles("dw_bwd_input_rows_nchw",
+                                        tuple(ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7]),
+                                        ROWS_INTERPRET_CONFIG)
+    grad_input_rows_nhwc: Tiles = Tiles("dw_bwd_input_rows_nhwc",
+                                        tuple(ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
+                                              + NHWC_CONFIGS[1:2]), ROWS_INTERPRET_CONFIG)
+    # The tap-block tiles never beat the rows tiles on the H200 layers (56 cases): not raced.
+    grad_weight_rows_nchw: Tiles = Tiles("dw_bwd_weight_rows_nchw",
+                                         tuple(WGRAD_ROWS_NCHW_CONFIGS),
+                                         WGRAD_ROWS_INTERPRET_CONFIG)
+    grad_weight_rows_nhwc: Tiles = Tiles("dw_bwd_weight_rows_nhwc",
+                                         tuple(WGRAD_ROWS_NHWC_CONFIGS),
+                                         WGRAD_ROWS_INTERPRET_CONFIG)
+    grad_weight_nchw: Tiles = Tiles("dw_bwd_weight_nchw", tuple(WGRAD_NCHW_CONFIGS),
+                                    WGRAD_INTERPRET_CONFIG)
+    grad_weight_nhwc: Tiles = Tiles("dw_bwd_weight_nhwc", tuple(WGRAD_NHWC_CONFIGS),
+                                    WGRAD_INTERPRET_CONFIG)
+    # narrower kernels waste too much of the band (and are memory-bound anyway)
+    toeplitz_min_s: int = 9
+    grad_weight_programs_per_sm: int = 8  # the tap-block split aims at this many per SM
 
 
-def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-    key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
-    plan = _bwd_weight_plans.get(key)
-    if plan is None:
-        plan = _bwd_weight_plans[key] = _plan_grad_weight(dy, x, weight_size, stride, padding,
-                                                          dilation, groups)
-    return plan(dy, x)
+POLICY = DepthwisePolicy()
 
 
-def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
+def _acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _part_dtype(dtype):
+    """torch dtype of grad_weight's partial sums (the kernels' accumulator)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(name, a, b, input_size, weight_size, groups):
+    check_operands(name, a, b)
+    c, k = input_size[1], weight_size[0]
+    if groups != c or weight_size[1] != 1 or k % c:
+        raise ValueError(f"fastconv.{name}: needs a depthwise conv (groups == in_channels, "
+                         f"weight (k*in_channels, 1, R, S)); got input channels {c}, weight "
+                         f"{tuple(weight_size)}, groups={groups}")
+
+
+def _fits(cfg, ho, wo, k):
+    """Skip tiles far larger than the image or the channel count."""
+    if cfg.get("KIND") == "toeplitz":
+        return (cfg["BLOCK_W"] <= max(16, triton.next_power_of_2(wo))
+                and cfg["BLOCK_H"] <= max(16, triton.next_power_of_2(ho)))
+    return (cfg["BLOCK_W"] <= max(4, triton.next_power_of_2(wo))
+            and cfg.get("BLOCK_H", cfg.get("ROWS")) <= max(2, triton.next_power_of_2(ho))
+            and cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k)))
+
+
+def _rows_args(meta, opts, x, w, y, stride, padding, dilation, has_bias, act, i64, flip=False):
+    """(grid, scalar args, constexprs and options) of the row-reuse kernel computing
+    y = conv(x, w) (+ b, activation), any layouts. flip=True convolves with w rotated by 180
+    degrees, read in place through negative strides from its last tap (grad_input of a
+    stride-1 conv): the kernel then takes `_flipped(w)` as its weight."""
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    swk, swr, sws = w.stride(0), w.stride(2), w.stride(3)
+    if flip:
+        swr, sws = -swr, -sws
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8):
+        raise ValueError(f"fastconv: rows kernel needs ROWS in 1, 2, 4, {ROWS_MAX}; got {rows}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    grid = (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"]))
+    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), swk, swr, sws,
+               *y.stride(), stride[1], padding[0], padding[2], dilation[1])
+    return grid, scalars, dict(SH=stride[0], DH=dilation[0], R=r, S=s, HAS_BIAS=has_bias,
+                               ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta,
+                               **opts)
+
+
+def _flipped(w):
+    """w's last tap, from which the flipped kernel is read through negative strides."""
+    return w[:, :, w.shape[2] - 1:, w.shape[3] - 1:]
+
+
+# --------------------------------------------------------------------------------------
+# Forward plan
+# --------------------------------------------------------------------------------------
+def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, policy):
+    name = "triton_depthwise_conv2d"
+    _check(name, x, w, x.shape, w.shape, groups)
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    ho, wo = out_hw(h, wd, r, s, stride, padding, dilation)
+    check_output(name, ho, wo)
+    cl = is_channels_last(x) or is_channels_last(w)
+    y = new_output((n, k, ho, wo), x, cl)
+    if y.numel() == 0:
+        return empty_plan((n, k, ho, wo), cl)
+    fwd = _Forward(x, w, y, cl, stride, padding, dilation, bias is not None, activation, policy)
+    if r * s <= UNROLL_TAPS:
+        tiles = policy.fwd_rows_nhwc if is_channels_last(y) else policy.fwd_rows_nchw
+    else:
+        tiles = policy.fwd_nhwc if is_channels_last(y) else policy.fwd_nchw
+    if s >= policy.toeplitz_min_s and (x.dtype in (torch.float16, torch.bfloat16)
+                                       or dot_precision(x.dtype) == "tf32"):
+        tiles = policy.fwd_large_cl if is_channels_last(y) else policy.fwd_large
+    b0 = w if bias is None else bias.contiguous()
+    key = tune_key(x, w, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
+    cfg = tune(policy, tiles, key, x.device, lambda cfg: fwd.launch_once(cfg, x, w, b0, y),
+               lambda cfg: _fits(cfg, ho, wo, k))
+    return fwd.build(cfg)
+
+
+class _Forward:
+    """The forward's three kernels for one geometry: the tap loop, the row-reuse kernel
+    ("rows") and the banded tensor-core kernel ("toeplitz"), one per tile KIND."""
+
+    def __init__(self, x, w, y, cl, stride, padding, dilation, has_bias, activation, policy):
+        self.x, self.w, self.y = x, w, y  # shapes and strides only (the plan's tensors)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.size, self.cl, self.device = tuple(y.shape), cl, x.device
+        self.has_bias, self.act = has_bias, activation_code(activation)
+        self.i64 = policy.needs_int64(x, w, y)
+
+    def kernel_args(self, cfg):
+        """(kernel, transpose input?, grid, scalar args, constexprs and options) of cfg."""
+        x, w, y, stride, dilation = self.x, self.w, self.y, self.stride, self.dilation
+        n, c, h, wd = x.shape
+        k, _, r, s = w.shape
+        ho, wo = y.shape[2], y.shape[3]
+        meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            grid, scalars, kw = _rows_args(meta, opts, x, w, y, stride, self.padding, dilation,
+                                           self.has_bias, self.act, self.i64)
+            return _dw_fwd_rows_kernel, False, grid, scalars, kw
+        conv = (stride[0], stride[1], self.padding[0], self.padding[2], dilation[0], dilation[1])
+        wst = (w.stride(0), w.stride(2), w.stride(3))
+        tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+        tiles_hw = triton.cdiv(ho, meta["BLOCK_H"]) * tiles_w
+        common = dict(R=r, S=s, HAS_BIAS=self.has_bias, ACT=self.act, **meta, **opts)
+        if cfg.get("KIND") == "toeplitz":
+            # Rows of one channel must be contiguous for the A tiles: channels_last input is
+            # transposed once per call (a few us against a compute-bound conv); the output is
+            # written through its strides in whatever layout it has.
+            band = max(16, triton.next_power_of_2((meta["BLOCK_W"] - 1) * stride[1]
+                                                  + (s - 1) * dilation[1] + 1))
+            d = dot_args(x.dtype)
+            xt_strides = (c * h * wd, h * wd, wd, 1)  # x.contiguous()'s
+            return _dw_fwd_toeplitz_kernel, True, (n * k, tiles_hw), (
+                h, wd, ho, wo, k, k // c, tiles_w, *xt_strides, *wst, *y.stride(), *conv), dict(
+                NEED_I64=self.i64 or n * c * h * wd > INT32_LIMIT, IS_FP32=d["IS_FP32"],
+                PREC=d["PREC"], UPCAST=d["UPCAST"], KW=band, **common)
+        return _dw_fwd_kernel, False, (n * tiles_hw, triton.cdiv(k, meta["BLOCK_C"])), (
+            h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), *wst, *y.stride(),
+            *conv), dict(NEED_I64=self.i64, ACC_DTYPE=_acc_dtype(x.dtype),
+                         UNROLL=r * s <= UNROLL_TAPS, **common)
+
+    def launch_once(self, cfg, x, w, b, y):
+        kernel, transpose, grid, scalars, kw = self.kernel_args(cfg)
+        kernel[grid](x.contiguous() if transpose else x, w, b, y, *scalars, **kw)
+
+    def build(self, cfg) -> Plan:
+        kernel, transpose, grid, scalars, kw = self.kernel_args(cfg)
+        fast = Launch(kernel, grid, 4, scalars, kw, self.device)
+        size, cl = self.size, self.cl
+
+        def run(x, w, bias):
+            y = new_output(size, x, cl)
+            fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(),
+                 y)
+            return y
+        return Plan(run, fast)
+
+
+# --------------------------------------------------------------------------------------
+# grad_input plan
+# --------------------------------------------------------------------------------------
+def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, policy):
+    name = "triton_depthwise_conv2d_grad_input"
+    _check(name, dy, w, input_size, w.shape, groups)
+    n, c, h, wd = input_size
+    k, _, r, s = w.shape
+    check_grad_output(name, dy, input_size, w.shape, stride, padding, dilation)
+    cl = is_channels_last(dy)
+    dx = new_output(tuple(input_size), dy, cl)
+    if dx.numel() == 0:
+        return empty_plan(tuple(input_size), cl)
+    gin = _GradInput(dy, w, dx, cl, stride, padding, dilation, policy)
+    if tuple(stride) == (1, 1) and k == c and r * s <= UNROLL_TAPS:
+        tiles = policy.grad_input_rows_nhwc if is_channels_last(dx) else policy.grad_input_rows_nchw
+    else:
+        tiles = policy.grad_input_nhwc if is_channels_last(dx) else policy.grad_input_nchw
+    key = tune_key(dy, w, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
+    cfg = tune(policy, tiles, key, dy.device, lambda cfg: gin.launch_once(cfg, dy, w, dx),
+               lambda cfg: _fits(cfg, h, wd, c))
+    return gin.build(cfg)
+
+
+class _GradInput:
+    """grad_input's kernels for one geometry: the transposed tap loop, or (stride 1) the
+    forward rows kernel on the flipped filter."""
+
+    def __init__(self, dy, w, dx, cl, stride, padding, dilation, policy):
+        r, s = w.shape[2], w.shape[3]
+        self.dy, self.w, self.dx = dy, w, dx  # shapes and strides only
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.size, self.cl, self.device = tuple(dx.shape), cl, dy.device
+        self.i64 = policy.needs_int64(dy, w, dx)
+        # the forward conv that computes dx when stride is 1: padding (R-1)*d - p, flipped
+        self.flip_pad = ((r - 1) * dilation[0] - padding[0], 0,
+                         (s - 1) * dilation[1] - padding[2], 0)
+
+    def kernel_args(self, cfg):
+        """(kernel, flipped weight?, grid, scalar args, constexprs and options) of cfg."""
+        dy, w, dx, stride, padding, dilation = (self.dy, self.w, self.dx, self.stride,
+                                                self.padding, self.dilation)
+        n, c, h, wd = dx.shape
+        k, _, r, s = w.shape
+        meta, opts = launch_meta(cfg)
+        if cfg.get("KIND") == "rows":
+            grid, scalars, kw = _rows_args(meta, opts, dy, w, dx, (1, 1), self.flip_pad,
+                                           dilation, False, 0, self.i64, flip=True)
+            return _dw_fwd_rows_kernel, True, grid, scalars, kw
+        tiles_w = triton.cdiv(wd, meta["BLOCK_W"])
+        tiles_hw = triton.cdiv(h, meta["BLOCK_H"]) * tiles_w
+        return _dw_bwd_input_kernel, False, (n * tiles_hw, triton.cdiv(c, meta["BLOCK_C"])), (
+            h, wd, dy.shape[2], dy.shape[3], c, k // c, tiles_w, tiles_hw,
+            *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1]), dict(
+            R=r, S=s, NEED_I64=self.i64, ACC_DTYPE=_acc_dtype(dy.dtype),
+            UNROLL=r * s <= UNROLL_TAPS, **meta, **opts)
+
+    def launch_once(self, cfg, dy, w, dx):
+        kernel, flip, grid, scalars, kw = self.kernel_args(cfg)
+        if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias
+            kernel[grid](dy, _flipped(w), w, dx, *scalars, **kw)
+        else:
+            kernel[grid](dy, w, dx, *scalars, **kw)
+
+    def build(self, cfg) -> Plan:
+        kernel, flip, grid, scalars, kw = self.kernel_args(cfg)
+        fast = Launch(kernel, grid, 4 if flip else 3, scalars, kw, self.device)
+        size, cl = self.size, self.cl
+
+        def run(dy, w):
+            dx = new_output(size, dy, cl)
+            if flip:
+                fast(dy, _flipped(w), w, dx)
+            else:
+                fast(dy, w, dx)
+            return dx
+        return Plan(run, fast)
+
+
+def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
+    """Row-reuse grad_weight: (grid, scalar args, constexprs and options, partial-sum size
+    [split, R*S, K]) for `_dw_bwd_weight_rows_kernel(dy, x, part, ...)`. The split cuts
+    the output row tiles."""
+    n, c, h, wd = x.shape
+    k, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    rows = meta["ROWS"]
+    if rows not in (1, 2, 4, 8) or r > ROWS_MAX:
+        raise ValueError(f"fastconv: rows grad_weight needs ROWS in 1, 2, 4, 8 and R <= "
+                         f"{ROWS_MAX}; got ROWS={rows}, R={r}")
+    tiles_w = triton.cdiv(wo, meta["BLOCK_W"])
+    tiles_hw = triton.cdiv(ho, rows) * tiles_w
+    tiles = n * tiles_hw
+    cblocks = triton.cdiv(k, meta["BLOCK_C"])
+    split, chunk = split_reduction(tiles, 1, cblocks * s, programs)
+    scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, tiles, chunk, *dy.stride(),
+               *x.stride(), stride[1], padding[0], padding[2], dilation[1])
+    kw = dict(SH=stride[0], DH=dilation[0], R=r, S=s, NEED_I64=i64,
+              ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+    return (s, split, cblocks), scalars, kw, (split, r * s, k)
+
+
+# --------------------------------------------------------------------------------------
+# grad_weight plan
+# --------------------------------------------------------------------------------------
+def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, policy):
+    name = "triton_depthwise_conv2d_grad_weight"
+    _check(name, dy, x, x.shape, weight_size, groups)
     k, _, r, s = weight_size
     n, c, h, wd = x.shape
-    if dy.dtype != x.dtype:
-        raise TypeError(f"fastconv.triton_depthwise_conv2d_grad_weight: dtypes differ "
-                        f"({dy.dtype} vs {x.dtype})")
-    if groups != c or weight_size[1] != 1 or k % c or dy.shape[1] != k:
-        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_weight: not a depthwise conv: "
-                         f"input {tuple(x.shape)}, weight_size {tuple(weight_size)}, groups={groups}")
-    ho, wo = dy.shape[2], dy.shape[3]
-    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation):
-        raise ValueError(f"fastconv.triton_depthwise_conv2d_grad_weight: grad_output "
-                         f"{tuple(dy.shape)} does not match input {tuple(x.shape)}")
-    q = n * ho * wo
-    if q == 0:
-        return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    acc_t = _part_dtype(x.dtype)
-    i64 = needs_int64(dy, x)
-    sms = num_sms(x.device, 2)
+    ho, wo = check_grad_output(name, dy, x.shape, weight_size, stride, padding, dilation)
+    if n * ho * wo == 0:
+        return empty_plan(tuple(weight_size), False, zeros=True)
+    gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, policy)
+    if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
+        tiles = (policy.grad_weight_rows_nhwc if is_channels_last(x)
+                 else policy.grad_weight_rows_nchw)
+    else:
+        tiles = policy.grad_weight_nhwc if is_channels_last(x) else policy.grad_weight_nchw
+    key = tune_key(x, dy, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
+    # timed with its reduction: the split size trades partial traffic against parallelism
+    cfg = tune(policy, tiles, key, x.device, lambda cfg: gw.launch_once(cfg, dy, x), gw.prune)
+    return gw.build(cfg)
 
-    def plan(meta):
-        programs = triton.cdiv(r * s, meta["TAP_BLOCK"]) * triton.cdiv(k, meta["BLOCK_C"])
-        want = max(1, (WGRAD_PROGRAMS_PER_SM * sms) // programs)
-        split = max(1, min(want, triton.cdiv(q, meta["BLOCK_P"])))
-        chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_P"]) * meta["BLOCK_P"]
-        return triton.cdiv(q, chunk), chunk
 
-    def kernel_args(cfg):
+class _GradWeight:
+    """grad_weight's kernels for one geometry: tap blocks x channel blocks, or the rows
+    kernel (one program per kernel column); the pixel reduction split across programs."""
+
+    def __init__(self, dy, x, weight_size, stride, padding, dilation, policy):
+        self.dy, self.x = dy, x  # shapes and strides only
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight_size, self.device = tuple(weight_size), x.device
+        self.part_dtype, self.i64 = _part_dtype(x.dtype), policy.needs_int64(dy, x)
+        self.sms, self.policy = num_sms(x.device, 2), policy
+
+    def kernel_args(self, cfg):
         """(kernel, grid, scalar args, constexprs and options, partial-sum size) of cfg.
         Both kernels write every element of part [split, R*S, K]: each split index has a
         program per (tap block | kernel column, channel block), which stores all of its
         taps and channels (zeros for an empty chunk)."""
+        dy, x, stride, padding, dilation = self.dy, self.x, self.stride, self.padding, self.dilation
+        k, _, r, s = self.weight_size
+        n, c, h, wd = x.shape
+        ho, wo = dy.shape[2], dy.shape[3]
         meta, opts = launch_meta(cfg)
         if cfg.get("KIND") == "rows":
-            programs = meta.pop("P") * sms
+            programs = meta.pop("P") * self.sms
             grid, scalars, kw, part_size = _wgrad_rows_args(meta, opts, dy, x, r, s, stride,
-                                                            padding, dilation, i64, programs)
+                                                            padding, dilation, self.i64, programs)
             return _dw_bwd_weight_rows_kernel, grid, scalars, kw, part_size
-        split, chunk = plan(meta)
+        q = n * ho * wo
+        tiles = triton.cdiv(r * s, meta["TAP_BLOCK"]) * triton.cdiv(k, meta["BLOCK_C"])
+        split, chunk = split_reduction(q, meta["BLOCK_P"], tiles,
+                                       self.policy.grad_weight_programs_per_sm * self.sms)
         grid = (triton.cdiv(r * s, meta["TAP_BLOCK"]), triton.cdiv(k, meta["BLOCK_C"]), split)
         scalars = (h, wd, ho, wo, k, k // c, q, chunk, *dy.stride(), *x.stride(),
                    stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
-        kw = dict(R=r, S=s, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
+        kw = dict(R=r, S=s, NEED_I64=self.i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta, **opts)
         return _dw_bwd_weight_kernel, grid, scalars, kw, (split, r * s, k)
 
-    def run_cfg(cfg, dy, x):
-        kernel, grid, scalars, kw, part_size = kernel_args(cfg)
-        part = torch.empty(part_size, dtype=acc_t, device=x.device)
+    def launch_once(self, cfg, dy, x):
+        """The kernel and its fixed-order reduction, JIT-launched (the tuner's)."""
+        kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
+        part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
         kernel[grid](dy, x, part, *scalars, **kw)
-        # Fixed-order reduction over the split: the same bits on every run.
-        return _reduce_partials(part, new_output(tuple(weight_size), x, False))
+        rgrid, rscalars, rkw = split_sum_args(part_size, k=part_size[2])
+        split_sum_kernel[rgrid](part, new_output(self.weight_size, x, False), *rscalars, **rkw)
 
-    if r <= ROWS_MAX and r * s <= UNROLL_TAPS:
-        tuner = _wgrad_tuner_rows_nhwc if is_channels_last(x) else _wgrad_tuner_rows_nchw
-    else:
-        tuner = _wgrad_tuner_nhwc if is_channels_last(x) else _wgrad_tuner_nchw
-    key = (f"{tuple(x.shape)}|{tuple(weight_size)}|{tuple(stride)}{tuple(padding)}"
-           f"{tuple(dilation)}|{x.dtype}|{'cl' if is_channels_last(x) else 'nchw'}"
-           f"{'cl' if is_channels_last(dy) else 'nchw'}")
-    def prune(cfg):
+    def prune(self, cfg):
+        k, _, r, s = self.weight_size
+        ho, wo = self.dy.shape[2], self.dy.shape[3]
         if cfg.get("KIND") == "rows":
             return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
                     and cfg["ROWS"] <= max(2, triton.next_power_of_2(ho))
@@ -1065,22 +1040,13 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
         return (cfg["BLOCK_C"] <= max(1, triton.next_power_of_2(k))
                 and cfg["TAP_BLOCK"] <= triton.next_power_of_2(r * s))
 
-    # timed with its reduction: the split size trades partial traffic against parallelism
-    cfg = tuner.pick(key, x.device, lambda cfg: run_cfg(cfg, dy, x), prune)
+    def build(self, cfg) -> Plan:
+        kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
+        fast = Launch(kernel, grid, 3, scalars, kw, self.device)
+        # the [split, taps, K] partials transpose into the weight's [K, taps]
+        return grad_weight_plan(fast, part_size, self.part_dtype, self.weight_size, self.device,
+                                k=part_size[2])
 
-    # Both launches fixed now (the grids depend only on the plan key and the device's SM
-    # count); a call allocates the partials and the result and launches twice.
-    kernel, grid, scalars, kw, part_size = kernel_args(cfg)
-    fast = Launch(kernel, grid, 3, scalars, kw, x.device)
-    rgrid, rscalars, rkw = split_sum_args(part_size, k=part_size[2])
-    reduce = Launch(split_sum_kernel, rgrid, 2, rscalars, rkw, x.device)
-    size, device = tuple(weight_size), x.device
 
-    def run(dy, x):
-        part = torch.empty(part_size, dtype=acc_t, device=device)
-        fast(dy, x, part)
-        dw = new_output(size, x, False)
-        reduce(part, dw)
-        return dw
-    run.launches = (fast, reduce)
-    return run
+FAMILY = Family("depthwise", POLICY, _plan_conv2d, _plan_grad_input, _plan_grad_weight)
+conv2d, conv2d_grad_input, conv2d_grad_weight = FAMILY.entries()

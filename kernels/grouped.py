@@ -31,20 +31,25 @@ are kept, one program per tap ("tap") or all taps as one [BLOCK_Q, taps*GPT*Cg] 
 tile ("taps": dy and x stream through once); the pixel reduction is split across programs
 into an fp32 buffer summed in a fixed order (deterministic, no atomics).
 
-Measured results and which tile won where: benchmarks/results/nvidia-h200/README.md.
+Measured results and which tile won where: dev/triton/results/grouped_tiles/README.md.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (Launch, PlanCache, TileTuner, activation_code, apply_activation,
-                      dot_args, dot_precision, is_channels_last, launch_meta, mma, needs_int64,
-                      new_output, num_sms, plan_key, split_sum_args, split_sum_kernel)
+from . import GROUPED_MAX_GROUP_WIDTH
+from ._common import (Launch, activation_code, apply_activation, dot_args, dot_precision,
+                      is_channels_last, mma, new_output, num_sms, pixel_coords)
+from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
+                    check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
+                    out_hw, split_reduction, tune, tune_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
-MAX_GROUP_WIDTH = 64  # Cg, Kg above this: a dense-ish GEMM per group, triton_igemm's job
+MAX_GROUP_WIDTH = GROUPED_MAX_GROUP_WIDTH  # Cg, Kg above: a dense-ish GEMM per group
 MAX_UNROLL = tl.constexpr(25)  # taps unrolled up to 5x5; larger kernels loop
 
 
@@ -298,7 +303,7 @@ def _min_gpt(ci, co):
 # a dot ("GPT_X": 1 = the minimum, 2 = twice it); "direct" tiles take it literally.
 # KIND: "bd" block-diagonal, taps unrolled; "bdp" the same with the tap loop software-
 # pipelined (cp.async, fewer registers); "bdk" the first 2^k taps as one long-K dot.
-# Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC; benchmarks/grouped_exp.py, two
+# Measured on the H200 (ResNeXt-50 g=32, batch 32, NHWC; dev/triton/grouped_tiles.py, two
 # runs): GPT_X=2 x 128 pixels won 5 of 7 bf16 layers (a 32-wide dot beats the 16-wide
 # minimum despite twice the FLOPs: per-tap overhead, not FLOPs, bounds these tiles);
 # GPT_X=1 x 64 or 128 pixels won the 16- and 32-channel layers in TF32; the 2-warp
@@ -367,198 +372,6 @@ def _prune(ci, co, groups, dtype):
     return prune
 
 
-def _out_hw(h, w, r, s, stride, padding, dilation):
-    ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return ho, wo
-
-
-def _check(a, b, name, groups):
-    if a.dtype != b.dtype:
-        raise TypeError(f"fastconv.{name}: dtypes differ ({a.dtype} vs {b.dtype})")
-    if a.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"fastconv.{name}: unsupported dtype {a.dtype}")
-    if a.dim() != 4 or b.dim() != 4:
-        raise ValueError(f"fastconv.{name}: expected 4-D tensors, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    if groups < 1:
-        raise ValueError(f"fastconv.{name}: groups must be >= 1, got {groups}")
-
-
-def _check_width(cg, kg, name):
-    if cg > MAX_GROUP_WIDTH or kg > MAX_GROUP_WIDTH:
-        raise ValueError(f"fastconv.{name}: {cg} input / {kg} output channels per group; this "
-                         f"kernel handles at most {MAX_GROUP_WIDTH} (use triton_igemm)")
-
-
-def _layout_key(t):
-    return "cl" if is_channels_last(t) else "nchw"
-
-
-def _shape_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, a, b):
-    return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-            f"g{groups}|{a.dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(a.dtype)}")
-
-
-def _pick(tuner, key, t, launch, prune):
-    if t.dtype == torch.float64:
-        return FP64_CONFIG if t.device.type == "cuda" else FP64_INTERPRET_CONFIG
-    return tuner.pick(key, t.device, launch, prune)
-
-
-_fwd_tuner = TileTuner("grouped_fwd", FWD_CONFIGS, INTERPRET_CONFIG)
-_bwd_input_tuner = TileTuner("grouped_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
-_fwd_plans = PlanCache()
-_bwd_input_plans = PlanCache()
-
-
-def _launcher(src_shape, dst_shape, ci, co, groups, r, s, stride, padding, dilation,
-              transposed, act, i64, dots, src_strides, w_strides, dst_strides):
-    """launch(cfg, src, w, bias, dst) for the shared forward / grad_input kernel, through
-    Triton's JIT (the tuner's); launch.direct(cfg, has_bias, device) is the plan's Launch
-    of that config (`Launch(src, w, bias or w, dst)`)."""
-    n, _, hs, ws = src_shape
-    _, _, hd, wd = dst_shape
-    # grad_input with stride > 1: one program per stride phase (see _grouped_kernel), so no
-    # tap is visited by pixels it does not reach. Dilated ones keep the masked loop.
-    phased = transposed and tuple(stride) != (1, 1) and tuple(dilation) == (1, 1)
-    if phased:
-        m = n * triton.cdiv(hd, stride[0]) * triton.cdiv(wd, stride[1])
-        tr, ts = triton.cdiv(r, stride[0]), triton.cdiv(s, stride[1])
-    else:
-        m = n * hd * wd
-        tr, ts = 1, 1
-    swk, swc, swr, sws = w_strides
-    kg = co if not transposed else ci
-    # Weight offsets of (ci, co): forward w[g*Kg + co, ci], transposed w[g*Kg + ci, co].
-    sw_ci, sw_co = (swc, swk) if not transposed else (swk, swc)
-    geometry = (hs, ws, hd, wd, m, groups, *src_strides, kg * swk, sw_ci, sw_co, swr, sws,
-                *dst_strides, stride[0], stride[1], padding[0], padding[2], dilation[0],
-                dilation[1])
-
-    def kernel_args(cfg, has_bias):
-        """(grid, constexprs and options) of cfg: every parameter after the scalars by name,
-        the defaulted ones included (Launch's direct path needs them all)."""
-        direct, gpt, block_m, opts, kind = _resolve(cfg, ci, co, groups)
-        # "bdk": the first TB = 2^k <= R*S taps as one dot (forward only)
-        tb = 1 << (r * s).bit_length() - 1 if kind == "bdk" and not transposed else 0
-        grid = (triton.cdiv(m, block_m) * triton.cdiv(groups, gpt),
-                stride[0] * stride[1] if phased else 1)
-        return grid, dict(
-            CI=ci, CO=co, CI_P=triton.next_power_of_2(ci), CO_P=triton.next_power_of_2(co),
-            R=r, S=s, TRANSPOSED=transposed, HAS_BIAS=has_bias, ACT=act, NEED_I64=i64,
-            EVEN_G=groups % gpt == 0, DIRECT=direct, GPT=gpt, BLOCK_M=block_m, PHASED=phased,
-            TR=tr, TS=ts, TB=tb, PIPE=kind == "bdp", **dots, **opts)
-
-    def launch(cfg, src, w, b, dst):
-        grid, kw = kernel_args(cfg, b is not None)
-        _grouped_kernel[grid](src, w, w if b is None else b, dst, *geometry, **kw)
-
-    def direct_launch(cfg, has_bias, device):
-        # The output (dst) is fully written: programs cover every group chunk and every
-        # pixel (per stride phase when PHASED), masked only outside the tensor.
-        grid, kw = kernel_args(cfg, has_bias)
-        return Launch(_grouped_kernel, grid, 4, geometry, kw, device)
-
-    launch.direct = direct_launch
-    return launch
-
-
-def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
-    key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
-    plan = _fwd_plans.get(key)
-    if plan is None:
-        plan = _fwd_plans[key] = _plan_conv2d(x, w, bias, stride, padding, dilation, groups,
-                                              activation)
-    return plan(x, w, bias)
-
-
-def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
-    """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
-    name = "triton_grouped_conv2d"
-    _check(x, w, name, groups)
-    n, c, h, wd = x.shape
-    k, cg, r, s = w.shape
-    if c != cg * groups or k % groups:
-        raise ValueError(f"fastconv.{name}: input {tuple(x.shape)} and weight {tuple(w.shape)} "
-                         f"do not match groups={groups}")
-    kg = k // groups
-    _check_width(cg, kg, name)
-    if bias is not None and (bias.dim() != 1 or bias.numel() != k or bias.dtype != x.dtype):
-        raise ValueError(f"fastconv.{name}: bias must be a 1-D {x.dtype} tensor of {k} "
-                         f"elements, got {tuple(bias.shape)} {bias.dtype}")
-    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"fastconv.{name}: empty output {ho}x{wo}")
-    cl = is_channels_last(x) or is_channels_last(w)
-    act = activation_code(activation)
-    y = new_output((n, k, ho, wo), x, cl)
-    if n == 0:
-        return lambda x, w, bias: new_output((n, k, ho, wo), x, cl)
-    launch = _launcher(x.shape, y.shape, cg, kg, groups, r, s, stride, padding, dilation,
-                       False, act, needs_int64(x, w, y), dot_args(x.dtype), x.stride(),
-                       w.stride(), y.stride())
-    key = _shape_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x, w)
-    b0 = None if bias is None else bias.contiguous()
-    cfg = _pick(_fwd_tuner, key, x, lambda cfg: launch(cfg, x, w, b0, y),
-                _prune(cg, kg, groups, x.dtype))
-
-    fast = launch.direct(cfg, bias is not None, x.device)
-    size = (n, k, ho, wo)
-
-    def run(x, w, bias):
-        y = new_output(size, x, cl)
-        fast(x, w, w if bias is None else bias.contiguous(), y)
-        return y
-    run.launches = (fast,)
-    return run
-
-
-def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
-    plan = _bwd_input_plans.get(key)
-    if plan is None:
-        plan = _bwd_input_plans[key] = _plan_grad_input(dy, w, input_size, stride, padding,
-                                                        dilation, groups)
-    return plan(dy, w)
-
-
-def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    name = "triton_grouped_conv2d_grad_input"
-    _check(dy, w, name, groups)
-    n, c, h, wd = input_size
-    k, cg, r, s = w.shape
-    if c != cg * groups or k % groups:
-        raise ValueError(f"fastconv.{name}: input_size {tuple(input_size)} and weight "
-                         f"{tuple(w.shape)} do not match groups={groups}")
-    kg = k // groups
-    _check_width(cg, kg, name)
-    if (tuple(dy.shape[2:]) != _out_hw(h, wd, r, s, stride, padding, dilation)
-            or dy.shape[0] != n or dy.shape[1] != k):
-        raise ValueError(f"fastconv.{name}: grad_output {tuple(dy.shape)} does not match "
-                         f"input_size {tuple(input_size)} and weight {tuple(w.shape)}")
-    cl = is_channels_last(dy)
-    dx = new_output((n, c, h, wd), dy, cl)
-    if n * h * wd == 0:
-        return lambda dy, w: new_output((n, c, h, wd), dy, cl)
-    launch = _launcher(dy.shape, dx.shape, kg, cg, groups, r, s, stride, padding, dilation,
-                       True, 0, needs_int64(dy, w, dx), dot_args(dy.dtype), dy.stride(),
-                       w.stride(), dx.stride())
-    key = _shape_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy, w)
-    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, None, dx),
-                _prune(kg, cg, groups, dy.dtype))
-
-    fast = launch.direct(cfg, False, dy.device)
-    size = (n, c, h, wd)
-
-    def run(dy, w):
-        dx = new_output(size, dy, cl)
-        fast(dy, w, w, dx)
-        return dx
-    run.launches = (fast,)
-    return run
-
-
 # --------------------------------------------------------------------------------------
 # grad_weight: per tap (r, s) and group g,
 #   dW[g*Kg + k, c, r, s] = sum_{q=(n, oh, ow)} dY[n, g*Kg+k, oh, ow] * x[n, g*Cg+c, ih, iw]
@@ -603,18 +416,10 @@ def _grouped_wgrad_kernel(
     acc = tl.zeros((GPT * KG_P, GPT * CG_P), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_Q):
         q = qb + tl.arange(0, BLOCK_Q)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         ih = oh * SH - PT + r * DH
         iw = ow * SW - PL + s * DW
         x_ok = q_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -668,18 +473,10 @@ def _grouped_wgrad_taps_kernel(
     acc = tl.zeros((GPT * KG_P, RS_P * JW), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_Q):
         q = qb + tl.arange(0, BLOCK_Q)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
         ih = (oh * SH - PT)[:, None] + (tr * DH)[None, :]          # [BLOCK_Q, RS_P]
@@ -721,108 +518,235 @@ WGRAD_CONFIGS = [
 WGRAD_INTERPRET_CONFIG = dict(KIND="taps", GPT_X=1, BLOCK_Q=32)
 WGRAD_FP64_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16, num_warps=4, num_stages=1)
 WGRAD_FP64_INTERPRET_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16)
-# "taps" keeps a [GPT*Kg, taps*GPT*Cg] fp32 accumulator: at most this many elements per warp.
-TAPS_ACC_PER_WARP = 1024
-SM_TARGET_PROGRAMS = 4  # programs per SM the pixel split aims at (default; PROGS overrides)
-_wgrad_tuner = TileTuner("grouped_bwd_weight", WGRAD_CONFIGS, WGRAD_INTERPRET_CONFIG)
-_bwd_weight_plans = PlanCache()
 
 
-def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-    key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
-    plan = _bwd_weight_plans.get(key)
-    if plan is None:
-        plan = _bwd_weight_plans[key] = _plan_grad_weight(dy, x, weight_size, stride, padding,
-                                                          dilation, groups)
-    return plan(dy, x)
+# --------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GroupedPolicy(Policy):
+    """The grouped family's tile lists and choices (defaults: as measured on an H200)."""
+    fwd: Tiles = Tiles("grouped_fwd", tuple(FWD_CONFIGS), INTERPRET_CONFIG)
+    grad_input: Tiles = Tiles("grouped_bwd_input", tuple(BWD_INPUT_CONFIGS), INTERPRET_CONFIG)
+    grad_weight: Tiles = Tiles("grouped_bwd_weight", tuple(WGRAD_CONFIGS),
+                               WGRAD_INTERPRET_CONFIG)
+    # fp64: the CUDA-core tiles, small, no tuning (GPU, interpreter)
+    fp64: tuple = (FP64_CONFIG, FP64_INTERPRET_CONFIG)
+    grad_weight_fp64: tuple = (WGRAD_FP64_CONFIG, WGRAD_FP64_INTERPRET_CONFIG)
+    # "taps" keeps a [GPT*Kg, taps*GPT*Cg] fp32 accumulator: at most this many per warp.
+    taps_acc_per_warp: int = 1024
+    # programs per SM the pixel split aims at (a tile's PROGS overrides)
+    grad_weight_programs_per_sm: int = 4
 
 
-def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-    name = "triton_grouped_conv2d_grad_weight"
-    _check(dy, x, name, groups)
-    k, cg, r, s = weight_size
+POLICY = GroupedPolicy()
+
+
+def _pick(policy, tiles, fp64, key, t, launch, prune):
+    if t.dtype == torch.float64 and tiles.name not in policy.force:
+        return dict(fp64[0] if t.device.type == "cuda" else fp64[1])
+    return tune(policy, tiles, key, t.device, launch, prune)
+
+
+def _check_width(cg, kg, name):
+    if cg > MAX_GROUP_WIDTH or kg > MAX_GROUP_WIDTH:
+        raise ValueError(f"fastconv.{name}: {cg} input / {kg} output channels per group; this "
+                         f"kernel handles at most {MAX_GROUP_WIDTH} (use triton_igemm)")
+
+
+class _Conv:
+    """The shared forward / grad_input kernel for one geometry: src (x or dy) convolved
+    into dst (y or dx); `transposed` for grad_input, with the roles of input and output
+    channels swapped (ci, co: channels per group read, written)."""
+
+    def __init__(self, src, w, dst, ci, co, groups, stride, padding, dilation, transposed,
+                 activation, policy):
+        n, _, hs, ws = src.shape
+        _, _, hd, wd = dst.shape
+        r, s = w.shape[2], w.shape[3]
+        self.ci, self.co, self.groups, self.transposed = ci, co, groups, transposed
+        self.size, self.device = tuple(dst.shape), src.device
+        # the output layout: PyTorch's rule (channels_last if the input or weight is)
+        self.cl = is_channels_last(src) or (not transposed and is_channels_last(w))
+        # grad_input with stride > 1: one program per stride phase (see _grouped_kernel),
+        # so no tap is visited by pixels it does not reach. Dilated ones keep the masked loop.
+        self.phased = transposed and tuple(stride) != (1, 1) and tuple(dilation) == (1, 1)
+        if self.phased:
+            self.m = n * triton.cdiv(hd, stride[0]) * triton.cdiv(wd, stride[1])
+            tr, ts = triton.cdiv(r, stride[0]), triton.cdiv(s, stride[1])
+        else:
+            self.m, tr, ts = n * hd * wd, 1, 1
+        self.phases = stride[0] * stride[1] if self.phased else 1
+        swk, swc, swr, sws = w.stride()
+        kg = co if not transposed else ci
+        # Weight offsets of (ci, co): forward w[g*Kg + co, ci], transposed w[g*Kg + ci, co].
+        sw_ci, sw_co = (swc, swk) if not transposed else (swk, swc)
+        self.scalars = (hs, ws, hd, wd, self.m, groups, *src.stride(), kg * swk, sw_ci, sw_co,
+                        swr, sws, *dst.stride(), stride[0], stride[1], padding[0], padding[2],
+                        dilation[0], dilation[1])
+        self.const = dict(CI=ci, CO=co, CI_P=triton.next_power_of_2(ci),
+                          CO_P=triton.next_power_of_2(co), R=r, S=s, TRANSPOSED=transposed,
+                          ACT=activation_code(activation), NEED_I64=policy.needs_int64(src, w, dst),
+                          PHASED=self.phased, TR=tr, TS=ts, **dot_args(src.dtype))
+        self.taps = r * s
+
+    def kernel_args(self, cfg, has_bias):
+        """(grid, constexprs and options) of cfg: every parameter after the scalars by name,
+        the defaulted ones included (Launch's direct path needs them all)."""
+        direct, gpt, block_m, opts, kind = _resolve(cfg, self.ci, self.co, self.groups)
+        # "bdk": the first TB = 2^k <= R*S taps as one dot (forward only)
+        tb = 1 << self.taps.bit_length() - 1 if kind == "bdk" and not self.transposed else 0
+        grid = (triton.cdiv(self.m, block_m) * triton.cdiv(self.groups, gpt), self.phases)
+        return grid, dict(HAS_BIAS=has_bias, EVEN_G=self.groups % gpt == 0, DIRECT=direct,
+                          GPT=gpt, BLOCK_M=block_m, TB=tb, PIPE=kind == "bdp", **self.const,
+                          **opts)
+
+    def launch_once(self, cfg, src, w, b, dst):
+        grid, kw = self.kernel_args(cfg, b is not None)
+        _grouped_kernel[grid](src, w, w if b is None else b, dst, *self.scalars, **kw)
+
+    def build(self, cfg, has_bias) -> Plan:
+        # The output (dst) is fully written: programs cover every group chunk and every
+        # pixel (per stride phase when PHASED), masked only outside the tensor.
+        grid, kw = self.kernel_args(cfg, has_bias)
+        fast = Launch(_grouped_kernel, grid, 4, self.scalars, kw, self.device)
+        size, cl = self.size, self.cl
+        if self.transposed:
+            def run(dy, w):
+                dx = new_output(size, dy, cl)
+                fast(dy, w, w, dx)
+                return dx
+        else:
+            def run(x, w, bias):
+                y = new_output(size, x, cl)
+                fast(x, w, w if bias is None else bias.contiguous(), y)
+                return y
+        return Plan(run, fast)
+
+
+def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, policy):
+    name = "triton_grouped_conv2d"
+    check_operands(name, x, w, groups)
+    check_groups(name, x.shape, w.shape, groups)
     n, c, h, wd = x.shape
-    if c != cg * groups or k % groups:
-        raise ValueError(f"fastconv.{name}: input {tuple(x.shape)} and weight_size "
-                         f"{tuple(weight_size)} do not match groups={groups}")
+    k, cg, r, s = w.shape
     kg = k // groups
     _check_width(cg, kg, name)
-    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
-    if tuple(dy.shape) != (n, k, ho, wo):
-        raise ValueError(f"fastconv.{name}: grad_output {tuple(dy.shape)} does not match input "
-                         f"{tuple(x.shape)} and weight_size {tuple(weight_size)}")
-    q = n * ho * wo
-    if q == 0:
-        return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    i64 = needs_int64(dy, x)
-    sms = num_sms(x.device, 4)
-    dots = dot_args(x.dtype)
-    args = (h, wd, ho, wo, q, groups)
-    strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],
-               dilation[0], dilation[1])
+    if bias is not None and (bias.dim() != 1 or bias.numel() != k or bias.dtype != x.dtype):
+        raise ValueError(f"fastconv.{name}: bias must be a 1-D {x.dtype} tensor of {k} "
+                         f"elements, got {tuple(bias.shape)} {bias.dtype}")
+    ho, wo = out_hw(h, wd, r, s, stride, padding, dilation)
+    check_output(name, ho, wo)
+    cl = is_channels_last(x) or is_channels_last(w)
+    if n == 0:
+        return empty_plan((n, k, ho, wo), cl)
+    y = new_output((n, k, ho, wo), x, cl)
+    conv = _Conv(x, w, y, cg, kg, groups, stride, padding, dilation, False, activation, policy)
+    key = tune_key(x, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
+    b0 = None if bias is None else bias.contiguous()
+    cfg = _pick(policy, policy.fwd, policy.fp64, key, x,
+                lambda cfg: conv.launch_once(cfg, x, w, b0, y), _prune(cg, kg, groups, x.dtype))
+    return conv.build(cfg, bias is not None)
 
-    rs_p = triton.next_power_of_2(r * s)
 
-    def plan(cfg):
-        gpt = _min_gpt(cg, kg) * cfg["GPT_X"]
-        tiles = (1 if cfg.get("KIND") == "taps" else r * s) * triton.cdiv(groups, gpt)
-        want = max(1, (cfg.get("PROGS", SM_TARGET_PROGRAMS) * sms) // tiles)
-        split = max(1, min(want, triton.cdiv(q, 4 * cfg["BLOCK_Q"])))
-        chunk = triton.cdiv(triton.cdiv(q, split), cfg["BLOCK_Q"]) * cfg["BLOCK_Q"]
-        return gpt, tiles, triton.cdiv(q, chunk), chunk
+def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, policy):
+    name = "triton_grouped_conv2d_grad_input"
+    check_operands(name, dy, w, groups)
+    check_groups(name, input_size, w.shape, groups, "input_size")
+    n, c, h, wd = input_size
+    k, cg, r, s = w.shape
+    kg = k // groups
+    _check_width(cg, kg, name)
+    check_grad_output(name, dy, input_size, w.shape, stride, padding, dilation)
+    cl = is_channels_last(dy)
+    if n * h * wd == 0:
+        return empty_plan(tuple(input_size), cl)
+    dx = new_output(tuple(input_size), dy, cl)
+    conv = _Conv(dy, w, dx, kg, cg, groups, stride, padding, dilation, True, "none", policy)
+    key = tune_key(dy, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
+    cfg = _pick(policy, policy.grad_input, policy.fp64, key, dy,
+                lambda cfg: conv.launch_once(cfg, dy, w, None, dx),
+                _prune(kg, cg, groups, dy.dtype))
+    return conv.build(cfg, False)
 
-    def kernel_args(cfg):
+
+def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, policy):
+    name = "triton_grouped_conv2d_grad_weight"
+    check_operands(name, dy, x, groups)
+    check_groups(name, x.shape, weight_size, groups)
+    k, cg, r, s = weight_size
+    n, c, h, wd = x.shape
+    _check_width(cg, k // groups, name)
+    ho, wo = check_grad_output(name, dy, x.shape, weight_size, stride, padding, dilation)
+    if n * ho * wo == 0:
+        return empty_plan(tuple(weight_size), False, zeros=True)
+    gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, groups, policy)
+    key = tune_key(x, dy, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
+    cfg = _pick(policy, policy.grad_weight, policy.grad_weight_fp64, key, x,
+                lambda cfg: gw.launch_once(cfg, dy, x), gw.prune)
+    return gw.build(cfg)
+
+
+class _GradWeight:
+    """grad_weight for one geometry: per tap ("tap") or for all taps ("taps") and GPT
+    groups, the block-diagonal dot over a chunk of the pixels."""
+
+    def __init__(self, dy, x, weight_size, stride, padding, dilation, groups, policy):
+        k, cg, r, s = weight_size
+        n, c, h, wd = x.shape
+        ho, wo = dy.shape[2], dy.shape[3]
+        self.weight_size, self.groups, self.device = tuple(weight_size), groups, x.device
+        self.q, self.cg, self.kg, self.taps = n * ho * wo, cg, k // groups, r * s
+        self.part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.sms, self.policy = num_sms(x.device, 4), policy
+        self.rs_p = triton.next_power_of_2(r * s)
+        self.scalars = (h, wd, ho, wo, self.q, groups)
+        self.strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],
+                        dilation[0], dilation[1])
+        self.const = dict(CG=cg, KG=self.kg, CG_P=triton.next_power_of_2(cg),
+                          KG_P=triton.next_power_of_2(self.kg), R=r, S=s,
+                          NEED_I64=policy.needs_int64(dy, x), **dot_args(x.dtype))
+
+    def kernel_args(self, cfg):
         """(kernel, grid, scalar args, constexprs and options, partial-sum size) of cfg. Both
         kernels write every element of part [split, K, Cg, R, S]: per split, the programs
         cover every (tap, group chunk) and store each group's whole [Kg, Cg] diagonal block
         (zeros for an empty chunk)."""
         meta, opts = launch_meta(cfg)
-        gpt, tiles, split, chunk = plan(cfg)
-        kw = dict(CG=cg, KG=kg, CG_P=triton.next_power_of_2(cg),
-                  KG_P=triton.next_power_of_2(kg), R=r, S=s, NEED_I64=i64, GPT=gpt,
-                  BLOCK_Q=meta["BLOCK_Q"], **dots, **opts)
+        gpt = _min_gpt(self.cg, self.kg) * cfg["GPT_X"]
+        taps = cfg.get("KIND") == "taps"
+        tiles = (1 if taps else self.taps) * triton.cdiv(self.groups, gpt)
+        programs = cfg.get("PROGS", self.policy.grad_weight_programs_per_sm) * self.sms
+        split, chunk = split_reduction(self.q, cfg["BLOCK_Q"], tiles, programs, min_blocks=4)
+        kw = dict(GPT=gpt, BLOCK_Q=meta["BLOCK_Q"], **self.const, **opts)
         kernel = _grouped_wgrad_kernel
-        if cfg.get("KIND") == "taps":
+        if taps:
             kernel = _grouped_wgrad_taps_kernel
-            kw.update(RS_P=rs_p, EVEN_G=groups % gpt == 0)
-        return kernel, (tiles, split), (*args, chunk, *strides), kw, (split, k, cg, r, s)
+            kw.update(RS_P=self.rs_p, EVEN_G=self.groups % gpt == 0)
+        return (kernel, (tiles, split), (*self.scalars, chunk, *self.strides), kw,
+                (split, *self.weight_size))
 
-    def launch(cfg, dy, x):
-        kernel, grid, scalars, kw, part_size = kernel_args(cfg)
-        part = torch.empty(part_size, dtype=acc_dtype, device=x.device)
+    def launch_once(self, cfg, dy, x):
+        kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
+        part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
         kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
-    def prune(cfg):
-        gpt = _min_gpt(cg, kg) * cfg["GPT_X"]
-        if cfg["GPT_X"] > 1 and gpt > triton.next_power_of_2(groups):
+    def prune(self, cfg):
+        gpt = _min_gpt(self.cg, self.kg) * cfg["GPT_X"]
+        if cfg["GPT_X"] > 1 and gpt > triton.next_power_of_2(self.groups):
             return False
         if cfg.get("KIND") == "taps":
-            acc = (gpt * triton.next_power_of_2(kg) * rs_p * gpt * triton.next_power_of_2(cg))
-            return acc <= TAPS_ACC_PER_WARP * cfg["num_warps"]
+            acc = (gpt * triton.next_power_of_2(self.kg) * self.rs_p * gpt
+                   * triton.next_power_of_2(self.cg))
+            return acc <= self.policy.taps_acc_per_warp * cfg["num_warps"]
         return True
 
-    key = _shape_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x, dy)
-    if x.dtype == torch.float64:
-        cfg = WGRAD_FP64_CONFIG if x.device.type == "cuda" else WGRAD_FP64_INTERPRET_CONFIG
-    else:
-        cfg = _wgrad_tuner.pick(key, x.device, lambda cfg: launch(cfg, dy, x), prune)
+    def build(self, cfg) -> Plan:
+        kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
+        fast = Launch(kernel, grid, 3, scalars, kw, self.device)
+        return grad_weight_plan(fast, part_size, self.part_dtype, self.weight_size, self.device)
 
-    # Both launches fixed now (the grids depend only on the plan key and the device's SM
-    # count); a call allocates the partials and the result and launches twice.
-    kernel, grid, scalars, kw, part_size = kernel_args(cfg)
-    fast = Launch(kernel, grid, 3, scalars, kw, x.device)
-    sgrid, sscalars, skw = split_sum_args(part_size)
-    reduce = Launch(split_sum_kernel, sgrid, 2, sscalars, skw, x.device)
-    size, device = tuple(weight_size), x.device
 
-    def run(dy, x):
-        part = torch.empty(part_size, dtype=acc_dtype, device=device)
-        fast(dy, x, part)
-        # Fixed-order sum over the split: the same bits on every run.
-        dw = new_output(size, x, False)
-        reduce(part, dw)
-        return dw
-    run.launches = (fast, reduce)
-    return run
+FAMILY = Family("grouped", POLICY, _plan_conv2d, _plan_grad_input, _plan_grad_weight)
+conv2d, conv2d_grad_input, conv2d_grad_weight = FAMILY.entries()

@@ -29,17 +29,23 @@ proven (pixel offsets come through // and %, channels are H*W apart), so a warp 
 channels of one pixel: 32 sectors for 128 bytes. PIX_MAJOR tiles build the pointers as
 [channels, pixels] and transpose the loaded tile (stores likewise), so that a warp runs along
 adjacent pixels. On TF32 that costs a transposed operand staging, which only pays on the
-per-element gather path: see NCHW_PIX_MAJOR.
+per-element gather path: see IgemmPolicy.nchw_pix_major.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (Launch, PlanCache, TORCH_TO_TL, TileTuner, activation_code,
-                      apply_activation, dot_args, dot_precision, interpreting, is_channels_last,
-                      launch_meta, mma, needs_int64, new_output, num_sms, plan_key)
+from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
+                      interpreting, is_channels_last, mma, new_output, num_sms,
+                      pixel_coords)
+from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
+                    check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
+                    out_hw, split_reduction, tune, tune_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -75,7 +81,7 @@ def reference_conv2d(x, w, bias, stride, padding, dilation, groups):
 # Tile lists per operand width, chosen on an H200 (triton 3.6, batch 32, channels_last):
 # each of the 23 ResNet-50 layers timed with ~30 candidates in one run; these 8 per width
 # are a greedy subset whose per-layer best is within 0.5% (geomean) of the best of all
-# (benchmarks/results/nvidia-h200/igemm_sweep/). NESTED tiles won the 3x3s with Cg >= 128
+# (dev/triton/results/igemm_tiles/). NESTED tiles won the 3x3s with Cg >= 128
 # and the strided 1x1s; flat ones the 3x3 with Cg = 64, the stem and the plain 1x1s that
 # TMA does not cover; TMA ones most plain 1x1s. Narrow tiles serve grouped convs (Kg < 64).
 FWD_CONFIGS_16 = [
@@ -109,8 +115,6 @@ NARROW_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
     dict(BLOCK_M=256, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),
 ]
-NARROW_N = 64          # tiles narrower than this only where Kg < NARROW_N
-SHORT_K_STAGES = 2     # 2-stage tiles only for reductions of <= 2 blocks (e.g. C = 64 1x1)
 INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
 # fp64 multiplies a [M, K, N] broadcast in registers: small tiles, no tuning.
 FP64_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=8, num_warps=4, num_stages=1)
@@ -312,303 +316,6 @@ def _igemm_fwd_tma_kernel(
         tl.store(y + y_off, acc.to(OUT_DTYPE), mask=(offs_m < M)[:, None] & j_ok[None, :])
 
 
-# One tuner per operand width: the two lists differ (BLOCK_K 64 vs 32).
-_fwd_tuners = {16: TileTuner("igemm_fwd16", FWD_CONFIGS_16 + NARROW_CONFIGS, INTERPRET_CONFIG),
-               32: TileTuner("igemm_fwd32", FWD_CONFIGS_32 + FWD_NCHW_CONFIGS_32 + NARROW_CONFIGS,
-                             INTERPRET_CONFIG)}
-
-
-def _fwd_tuner(dtype):
-    return _fwd_tuners[16 if dtype in (torch.float16, torch.bfloat16) else 32]
-
-
-def _out_hw(h, w, r, s, stride, padding, dilation):
-    ho = (h + padding[0] + padding[1] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    wo = (w + padding[2] + padding[3] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return ho, wo
-
-
-def _check(x, w, name):
-    if x.dtype != w.dtype:
-        raise TypeError(f"fastconv.{name}: dtypes differ ({x.dtype} vs {w.dtype})")
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"fastconv.{name}: unsupported dtype {x.dtype}")
-    if x.dim() != 4 or w.dim() != 4:
-        raise ValueError(f"fastconv.{name}: expected 4-D tensors, got {tuple(x.shape)} and "
-                         f"{tuple(w.shape)}")
-
-
-def _pick(tuner, key, t, launch, prune):
-    if t.dtype == torch.float64 and t.device.type == "cuda":
-        return FP64_CONFIG
-    return tuner.pick(key, t.device, launch, prune)
-
-
-def _meta(cfg):
-    """launch_meta, less NCHW (a tile-list marker, not a kernel parameter)."""
-    meta, opts = launch_meta(cfg)
-    meta.pop("NCHW", None)
-    return meta, opts
-
-
-def _layout_key(t):
-    return "cl" if is_channels_last(t) else "nchw"
-
-
-# NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured). Three choices,
-# per direction and layer kind, made when a plan is made and measured on an H200 (TF32,
-# ResNet-50 at batch 32: benchmarks/results/nvidia-h200/nchw/).
-# TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
-# activations are pixel-contiguous, so the forward's and grad_input's activation tiles
-# need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
-# "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
-# Per-layer times of every choice: nchw/round1.log, nchw/round2.log (us, same-run cuDNN).
-# PIX_MAJOR tiles (module doc): only the stem's forward gains (168 vs 339 us); elsewhere
-# Triton's transposed TF32 operand staging costs more than the scattered loads it saves
-# (e.g. 3x3 256@14 forward 226 vs 154 us, grad_input 396 vs 316).
-NCHW_PIX_MAJOR = {"fwd": frozenset({"gather"}), "grad_input": frozenset(),
-                  "grad_weight": frozenset()}
-# Copy the weight per call into the order in which the GEMM's reduction index is
-# contiguous: the forward reduces over c (channels_last weight), grad_input over k (k
-# innermost). NCHW 3x3 weights have neither contiguous (c is R*S apart), nor has a 1x1
-# weight k: forward 3x3 65-112 vs 117-220 us, grad_input 32-289 vs 64-1223 us.
-NCHW_WEIGHT_COPY = {"fwd": frozenset({"kxk", "gather"}), "grad_input": frozenset({"1x1", "kxk"})}
-# fp32 convs that run through the channels_last kernels on transposed copies (x/dy and the
-# weight in, the result back to NCHW), where the output plane (Ho*Wo) is at most
-# NCHW_VIA_CL_MAX_PLANE: there the copies are cheap and the channels_last tiles fast (3x3
-# grad_input at 14x14 and 7x7: 70-198 vs 75-289 us; forward at 7x7: 76-95 vs 99-112 us).
-# On larger planes and on 1x1 layers the copies cost more than they save.
-NCHW_VIA_CHANNELS_LAST = {"fwd": frozenset({"kxk"}), "grad_input": frozenset({"kxk"}),
-                          "grad_weight": frozenset()}
-NCHW_VIA_CL_MAX_PLANE = {"fwd": 7 * 7, "grad_input": 14 * 14, "grad_weight": 0}
-# The forward's "gather" choices were timed on ResNet-50's 7x7 stem only. Applied to
-# MobileNetV2/EfficientNet-B0 (3x3 stems, 1x1 layers with 24/40 channels) the whole TF32
-# forward went from 2.50 to 2.79 ms and 3.45 to 3.90 ms (CUDA graphs, H200): below this
-# many taps they keep the channel-order tiles.
-GATHER_MIN_TAPS = 49
-
-
-def _nchw(*tensors):
-    """Every tensor has adjacent pixels along W and non-adjacent channels (NCHW-like)."""
-    return all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
-
-
-def _kind(r, s, cg):
-    if cg % 16:
-        return "gather"
-    return "1x1" if r == 1 and s == 1 else "kxk"
-
-
-def _nchw_tag(pm, w_copy=False):
-    """Tuner-key suffix: plans whose kernels differ by these choices are tuned apart."""
-    return ("|pm" if pm else "") + ("|wcopy" if w_copy else "")
-
-
-def _via_cl(direction, act, r, s, cg, plane):
-    """act: the activation-like operand (x or dy); plane: the forward's Ho*Wo."""
-    return (_kind(r, s, cg) in NCHW_VIA_CHANNELS_LAST[direction]
-            and plane <= NCHW_VIA_CL_MAX_PLANE[direction]
-            and act.dtype == torch.float32 and _nchw(act))
-
-
-def _cl(t):
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-def _c_major(w):
-    return w.contiguous(memory_format=torch.channels_last)
-
-
-def _k_major(w):
-    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-
-
-def _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dtype, a, b, tag):
-    return (f"{n}x{c}x{h}x{wd}|{k}x{cg}x{r}x{s}|{tuple(stride)}{tuple(padding)}{tuple(dilation)}"
-            f"g{groups}|{dtype}|{_layout_key(a)}{_layout_key(b)}|{dot_precision(dtype)}" + tag)
-
-
-def _k_prune(kred, kg):
-    """Tiles no wider than the problem (BLOCK_N <= pow2(Kg), BLOCK_K <= pow2(K))."""
-    def prune(cfg):
-        if cfg["BLOCK_N"] > max(16, triton.next_power_of_2(kg)):
-            return False
-        if cfg["BLOCK_K"] > max(16, triton.next_power_of_2(kred)):
-            return False
-        return True
-    return prune
-
-
-def _tma_device(device):
-    """TMA descriptors: Hopper and later, or the interpreter (which emulates them)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)[0] >= 9
-    return interpreting()
-
-
-def _tma_gemm_ok(x, w, groups, i64):
-    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
-    both need unit channel stride, dense rows and 16-byte aligned row strides. (TMA boxes
-    for 3x3 taps -- shifted pixel rows with the border rows zeroed -- were correct but
-    20-35% slower than the pointer tiles on every ResNet-50 3x3 layer: not used.)"""
-    n, c, h, wd = x.shape
-    return (TensorDescriptor is not None and groups == 1 and not i64
-            and x.dtype != torch.float64 and _tma_device(x.device)
-            and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
-            and (n == 1 or x.stride(0) == h * wd * c)
-            and w.stride(1) == 1 and w.stride(0) == c
-            and (c * x.element_size()) % 16 == 0)
-
-
-def _tma_store_ok(y):
-    """y as the matrix [N*Ho*Wo, K] (channels_last, or 1x1 pixels), rows 16-byte aligned."""
-    n, k, ho, wo = y.shape
-    return (y.stride(1) == 1 and y.stride(3) == k and y.stride(2) == wo * k
-            and (n == 1 or y.stride(0) == ho * wo * k) and (k * y.element_size()) % 16 == 0)
-
-
-def _aligned(*tensors):
-    return all(t.data_ptr() % 16 == 0 for t in tensors)
-
-
-_fwd_plans = PlanCache()
-
-
-def conv2d(x, w, bias, stride, padding, dilation, groups, activation="none"):
-    key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
-    plan = _fwd_plans.get(key)
-    if plan is None:
-        plan = _fwd_plans[key] = _plan_conv2d(x, w, bias, stride, padding, dilation, groups,
-                                              activation)
-    return plan(x, w, bias)
-
-
-def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation):
-    """Checks, tile choice and launch constants for one geometry; returns run(x, w, bias)."""
-    _check(x, w, "triton_igemm_conv2d")
-    n, c, h, wd = x.shape
-    k, cg, r, s = w.shape
-    if c != cg * groups or k % groups:
-        raise ValueError(f"fastconv.triton_igemm_conv2d: input {tuple(x.shape)} and weight "
-                         f"{tuple(w.shape)} do not match groups={groups}")
-    kg = k // groups
-    ho, wo = _out_hw(h, wd, r, s, stride, padding, dilation)
-    if ho <= 0 or wo <= 0:
-        raise ValueError(f"fastconv.triton_igemm_conv2d: empty output {ho}x{wo}")
-    if _via_cl("fwd", x, r, s, cg, ho * wo) and not is_channels_last(w):
-        inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups, activation)
-        return lambda x, w, bias: inner(_cl(x), _cl(w), bias).contiguous()
-    cl = is_channels_last(x) or is_channels_last(w)
-    y = new_output((n, k, ho, wo), x, cl)
-    m = n * ho * wo
-    if m == 0:
-        return lambda x, w, bias: new_output((n, k, ho, wo), x, cl)
-    plain = (r == 1 and s == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
-             and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
-    act = activation_code(activation)
-    i64 = needs_int64(x, w, y)
-    tma = plain and _tma_gemm_ok(x, w, groups, i64)
-    y_tma = tma and _tma_store_ok(y)
-    dots = dot_args(x.dtype)
-    nchw = x.dtype == torch.float32 and _nchw(x, y)
-    kind = _kind(r, s, cg)
-    if kind == "gather" and r * s < GATHER_MIN_TAPS:
-        kind = None  # not timed: the channel-order tiles as before
-    pm = nchw and kind in NCHW_PIX_MAJOR["fwd"]
-    w_copy = nchw and kind in NCHW_WEIGHT_COPY["fwd"] and w.stride(1) != 1
-    if w_copy:
-        w = _c_major(w)
-    geometry = (h, wd, ho, wo, m, cg, kg, *x.stride(), *w.stride(), *y.stride(),
-                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
-    kred = cg * r * s
-
-    def kernel_args(cfg, has_bias):
-        meta, opts = _meta(cfg)
-        nested = meta.pop("NESTED", False)
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
-        blocked = cg % meta["BLOCK_K"] == 0
-        return grid, dict(R=r, S=s, HAS_BIAS=has_bias, ACT=act, CHANNEL_BLOCKED=blocked,
-                          PLAIN_GEMM=plain and blocked, NESTED=nested,
-                          PIX_MAJOR=pm,
-                          NEED_I64=i64, GROUP=GROUP_M, **dots, **meta, **opts)
-
-    def tma_args(cfg, has_bias, store_tma):
-        meta, opts = _meta(cfg)
-        meta.pop("NESTED", None)
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(kg, meta["BLOCK_N"]), groups)
-        scalars = (ho * wo, m, c, k, y.stride(0), y.stride(1), y.stride(3))
-        return grid, scalars, dict(Y_TMA=store_tma, OUT_DTYPE=TORCH_TO_TL[y.dtype],
-                                   HAS_BIAS=has_bias, ACT=act, GROUP=GROUP_M, **dots, **meta,
-                                   **opts)
-
-    def descriptors(cfg, x, w, y, store_tma):
-        bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-        return (TensorDescriptor(x, [m, c], [c, 1], [bm, bk]),
-                TensorDescriptor(w, [k, c], [c, 1], [bn, bk]),
-                TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else y)
-
-    def launch(cfg, x, w, b, y):
-        # A call whose tensors start off the 16-byte grid (a view) cannot use TMA: it runs
-        # the same tile through pointers.
-        if cfg.get("KIND") == "tma" and tma and _aligned(x, w):
-            store_tma = y_tma and _aligned(y)
-            grid, scalars, kw = tma_args(cfg, b is not None, store_tma)
-            a_desc, b_desc, y_arg = descriptors(cfg, x, w, y, store_tma)
-            _igemm_fwd_tma_kernel[grid](a_desc, b_desc, w if b is None else b, y_arg,
-                                        *scalars, **kw)
-            return
-        grid, kw = kernel_args(cfg, b is not None)
-        _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *geometry, **kw)
-
-    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, x, w,
-                    _nchw_tag(pm, w_copy))
-    b0 = None if bias is None else bias.contiguous()
-    k_fits = _k_prune(kred, kg)
-    tma_now = tma and _aligned(x, w)
-    blocks = lambda cfg: triton.cdiv(kred, cfg["BLOCK_K"])  # noqa: E731
-
-    def prune(cfg):
-        if not k_fits(cfg) or (cfg.get("KIND") == "tma" and not tma_now):
-            return False
-        if cfg.get("NCHW") and not nchw:
-            return False
-        if cfg["BLOCK_N"] < NARROW_N <= kg:
-            return False
-        if cfg["num_stages"] <= SHORT_K_STAGES and blocks(cfg) > SHORT_K_STAGES:
-            return False
-        # NESTED only changes the loop of channel-blocked convs with taps or strides
-        return not cfg.get("NESTED") or (cg % cfg["BLOCK_K"] == 0 and not plain)
-    cfg = _pick(_fwd_tuner(x.dtype), key, x, lambda cfg: launch(cfg, x, w, b0, y), prune)
-
-    grid, kw = kernel_args(cfg, bias is not None)
-    fast = Launch(_igemm_fwd_kernel, grid, 4, geometry, kw, x.device)
-
-    if cfg.get("KIND") == "tma" and tma:
-        # Descriptors wrap each call's tensors (~1 us each); a call whose tensors start off
-        # the 16-byte grid (a view) runs the same tile through pointers.
-        tma_grid, scalars, tma_kw = tma_args(cfg, bias is not None, y_tma)
-        fast_tma = Launch(_igemm_fwd_tma_kernel, tma_grid, 4, scalars, tma_kw, x.device)
-
-        def run(x, w, bias):
-            y = new_output((n, k, ho, wo), x, cl)
-            b = w if bias is None else bias.contiguous()
-            if _aligned(x, w, y):
-                a_desc, b_desc, y_arg = descriptors(cfg, x, w, y, y_tma)
-                fast_tma(a_desc, b_desc, b, y_arg)
-            else:
-                fast(x, w, b, y)
-            return y
-        return run
-
-    def run(x, w, bias):
-        y = new_output((n, k, ho, wo), x, cl)
-        if w_copy:
-            w = _c_major(w)
-        fast(x, w, w if bias is None else bias.contiguous(), y)
-        return y
-    return run
-
-
 # --------------------------------------------------------------------------------------
 # grad_input: a transposed convolution, as an implicit GEMM over input pixels.
 #   dX[m, c] = sum_{kk=(r,s,k)} dY[n, g*Kg+k, ho, wo] * w[g*Kg+k, c, r, s]
@@ -744,88 +451,6 @@ def _igemm_bwd_input_kernel(
                acc.to(dx_ptr.dtype.element_ty), PIX_MAJOR)
 
 
-_bwd_input_tuner = TileTuner("igemm_bwd_input", BWD_INPUT_CONFIGS, INTERPRET_CONFIG)
-# grad_input loop choice, measured on an H200 (bf16, batch 32): the flat loop won at Kg=64
-# (3x3@56: 31 vs 37 us) and lost at Kg >= 256 (1x1 1024->256@14: 20 vs 12 us).
-GRAD_INPUT_FLAT_BLOCKS = 2
-
-
-_bwd_input_plans = PlanCache()
-
-
-def conv2d_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    key = plan_key(dy, w, None, stride, padding, dilation, groups, tuple(input_size))
-    plan = _bwd_input_plans.get(key)
-    if plan is None:
-        plan = _bwd_input_plans[key] = _plan_grad_input(dy, w, input_size, stride, padding,
-                                                        dilation, groups)
-    return plan(dy, w)
-
-
-def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups):
-    _check(dy, w, "triton_igemm_conv2d_grad_input")
-    n, c, h, wd = input_size
-    k, cg, r, s = w.shape
-    kg = k // groups
-    ho, wo = dy.shape[2], dy.shape[3]
-    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
-        raise ValueError(f"fastconv.triton_igemm_conv2d_grad_input: grad_output {tuple(dy.shape)} "
-                         f"does not match input_size {tuple(input_size)} and weight {tuple(w.shape)}")
-    if _via_cl("grad_input", dy, r, s, cg, ho * wo):
-        # the weight k-innermost (as the tensor cores read it) where the copy is on
-        w_as = _k_major if _kind(r, s, cg) in NCHW_WEIGHT_COPY["grad_input"] else _cl
-        inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation, groups)
-        return lambda dy, w: inner(_cl(dy), w_as(w)).contiguous()
-    cl = is_channels_last(dy)
-    dx = new_output((n, c, h, wd), dy, cl)
-    m = n * h * wd
-    if m == 0:
-        return lambda dy, w: new_output((n, c, h, wd), dy, cl)
-    i64 = needs_int64(dy, w, dx)
-    dots = dot_args(dy.dtype)
-    nchw = dy.dtype == torch.float32 and _nchw(dy, dx)
-    kind = _kind(r, s, cg)
-    pm = nchw and kind in NCHW_PIX_MAJOR["grad_input"]
-    # channels_last fp32 too: a channels_last weight has c, not k, innermost (H200, TF32,
-    # the channels_last kernel alone on ResNet-50 layers: 19-176 vs 57-470 us)
-    w_copy = ((nchw or (cl and dy.dtype == torch.float32))
-              and kind in NCHW_WEIGHT_COPY["grad_input"] and w.stride(0) != 1)
-    if w_copy:
-        w = _k_major(w)
-    geometry = (h, wd, ho, wo, m, cg, kg, *dy.stride(), *w.stride(), *dx.stride(),
-                stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
-
-    def kernel_args(cfg):
-        meta, opts = _meta(cfg)
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cg, meta["BLOCK_N"]), groups)
-        blocked = kg % meta["BLOCK_K"] == 0
-        return grid, dict(R=r, S=s, CHANNEL_BLOCKED=blocked,
-                          FLAT=kg <= GRAD_INPUT_FLAT_BLOCKS * meta["BLOCK_K"],
-                          PIX_MAJOR=pm,
-                          NEED_I64=i64, **dots, **meta, **opts)
-
-    def launch(cfg, dy, w, dx):
-        grid, kw = kernel_args(cfg)
-        _igemm_bwd_input_kernel[grid](dy, w, dx, *geometry, **kw)
-
-    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, dy.dtype, dy, w,
-                    _nchw_tag(pm, w_copy))
-    k_fits = _k_prune(kg * r * s, cg)
-    # narrow tiles (grouped convs' few channels) only where the output is narrow
-    prune = lambda cfg: (k_fits(cfg) and not cfg["BLOCK_N"] < NARROW_N <= cg  # noqa: E731
-                         and (nchw or not cfg.get("NCHW")))
-    cfg = _pick(_bwd_input_tuner, key, dy, lambda cfg: launch(cfg, dy, w, dx), prune)
-
-    grid, kw = kernel_args(cfg)
-    fast = Launch(_igemm_bwd_input_kernel, grid, 3, geometry, kw, dy.device)
-
-    def run(dy, w):
-        dx = new_output((n, c, h, wd), dy, cl)
-        fast(dy, _k_major(w) if w_copy else w, dx)
-        return dx
-    return run
-
-
 # --------------------------------------------------------------------------------------
 # grad_weight: dW[i, (c, r, s)] = sum_{q=(n, oh, ow)} dY[n, g*Kg+i, oh, ow] * x[n, g*Cg+c, ih, iw]
 # The reduction (N*Ho*Wo) is long and the output small, so the reduction is split into
@@ -884,18 +509,10 @@ def _igemm_bwd_weight_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     q_lo = split * CHUNK
     q_hi = tl.minimum(q_lo + CHUNK, Q)
-    hw_o = Ho * Wo
     for qb in range(q_lo, q_hi, BLOCK_K):
         q = qb + tl.arange(0, BLOCK_K)
         q_ok = q < q_hi
-        n = q // hw_o
-        pq = q % hw_o
-        oh = pq // Wo
-        ow = pq % Wo
-        if NEED_I64:
-            n = n.to(tl.int64)
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
+        n, oh, ow = pixel_coords(q, Ho, Wo, NEED_I64)
         a = tl.load(dy_ptr + (kout * syk)[:, None] + (n * syn + oh * syh + ow * syw)[None, :],
                     mask=i_ok[:, None] & q_ok[None, :], other=0.0)
         # dy's tile [i, q] already has the pixels last; x's [q, (r, s, c)] is built as
@@ -924,97 +541,485 @@ def _igemm_bwd_weight_kernel(
     tl.store(part_ptr + base + w_off, acc, mask=i_ok[:, None] & j_ok[None, :])
 
 
-_bwd_weight_tuner = TileTuner("igemm_bwd_weight", BWD_WEIGHT_CONFIGS, WGRAD_INTERPRET_CONFIG)
-# Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0: per-pixel instead of per-element
-# index math for x's tile. H200, TF32, NCHW ResNet-50 layers: 77-262 vs 108-303 us; on
-# channels_last copies 86-232 vs 89-241 us. (The switch lets a benchmark time the gather.)
-# fp32 only: 16-bit grad_weight was not timed with it.
-GRAD_WEIGHT_TAP_BLOCKED = True
-SM_TARGET_PROGRAMS = 2  # programs per SM the split aims at
+# --------------------------------------------------------------------------------------
+# Policy: every choice the plans make, as data
+# --------------------------------------------------------------------------------------
+FWD16_TILES = Tiles("igemm_fwd16", tuple(FWD_CONFIGS_16 + NARROW_CONFIGS), INTERPRET_CONFIG)
+FWD32_TILES = Tiles("igemm_fwd32", tuple(FWD_CONFIGS_32 + FWD_NCHW_CONFIGS_32 + NARROW_CONFIGS),
+                    INTERPRET_CONFIG)
+GRAD_INPUT_TILES = Tiles("igemm_bwd_input", tuple(BWD_INPUT_CONFIGS), INTERPRET_CONFIG)
+GRAD_WEIGHT_TILES = Tiles("igemm_bwd_weight", tuple(BWD_WEIGHT_CONFIGS), WGRAD_INTERPRET_CONFIG)
+_EVERY_KIND = frozenset({"1x1", "kxk", "gather"})
 
 
-_bwd_weight_plans = PlanCache()
+@dataclasses.dataclass(frozen=True)
+class IgemmPolicy(Policy):
+    """The implicit GEMM's choices. Defaults: what was measured best on an H200.
+
+    NCHW fp32 plans (other dtypes keep the channel-order tiles: not measured) make three
+    choices per direction and layer kind, measured on ResNet-50 at batch 32, TF32
+    (dev/triton/results/igemm_nchw/, per-layer times of every choice in round1.log, round2.log).
+    TF32 tensor cores read both operands K-major (the reduction index contiguous); NCHW
+    activations are pixel-contiguous, so the forward's and grad_input's activation tiles
+    need a transpose somewhere, and so do NCHW weights. Layer kinds: "1x1", "kxk", and
+    "gather" (Cg not a multiple of 16: the per-element kk decomposition, e.g. the RGB stem).
+    """
+    fwd16: Tiles = FWD16_TILES          # 16-bit operands (BLOCK_K 64)
+    fwd32: Tiles = FWD32_TILES          # fp32 (BLOCK_K 32) and fp64 under the interpreter
+    grad_input: Tiles = GRAD_INPUT_TILES
+    grad_weight: Tiles = GRAD_WEIGHT_TILES
+    fp64: Mapping = dataclasses.field(default_factory=lambda: dict(FP64_CONFIG))
+    narrow_n: int = 64        # tiles narrower than this only where Kg < narrow_n
+    short_k_stages: int = 2   # 2-stage tiles only for reductions of <= 2 blocks (C = 64 1x1)
+    # grad_input loop, measured on an H200 (bf16, batch 32): the flat loop won at Kg=64
+    # (3x3@56: 31 vs 37 us) and lost at Kg >= 256 (1x1 1024->256@14: 20 vs 12 us).
+    grad_input_flat_blocks: int = 2
+    # PIX_MAJOR tiles (module doc): only the stem's forward gains (168 vs 339 us); elsewhere
+    # Triton's transposed TF32 operand staging costs more than the scattered loads it saves
+    # (e.g. 3x3 256@14 forward 226 vs 154 us, grad_input 396 vs 316).
+    nchw_pix_major: Mapping = dataclasses.field(default_factory=lambda: {
+        "fwd": frozenset({"gather"}), "grad_input": frozenset(), "grad_weight": frozenset()})
+    # Copy the weight per call into the order in which the GEMM's reduction index is
+    # contiguous: the forward reduces over c (channels_last weight), grad_input over k (k
+    # innermost). NCHW 3x3 weights have neither contiguous (c is R*S apart), nor has a 1x1
+    # weight k: forward 3x3 65-112 vs 117-220 us, grad_input 32-289 vs 64-1223 us.
+    nchw_weight_copy: Mapping = dataclasses.field(default_factory=lambda: {
+        "fwd": frozenset({"kxk", "gather"}), "grad_input": frozenset({"1x1", "kxk"})})
+    # fp32 convs that run through the channels_last kernels on transposed copies (x/dy and
+    # the weight in, the result back to NCHW), where the output plane (Ho*Wo) is at most
+    # nchw_via_cl_max_plane: there the copies are cheap and the channels_last tiles fast (3x3
+    # grad_input at 14x14 and 7x7: 70-198 vs 75-289 us; forward at 7x7: 76-95 vs 99-112
+    # us). On larger planes and on 1x1 layers the copies cost more than they save.
+    nchw_via_channels_last: Mapping = dataclasses.field(default_factory=lambda: {
+        "fwd": frozenset({"kxk"}), "grad_input": frozenset({"kxk"}),
+        "grad_weight": frozenset()})
+    nchw_via_cl_max_plane: Mapping = dataclasses.field(default_factory=lambda: {
+        "fwd": 7 * 7, "grad_input": 14 * 14, "grad_weight": 0})
+    # The forward's "gather" choices were timed on ResNet-50's 7x7 stem only. Applied to
+    # MobileNetV2/EfficientNet-B0 (3x3 stems, 1x1 layers with 24/40 channels) the whole
+    # TF32 forward went from 2.50 to 2.79 ms and 3.45 to 3.90 ms (CUDA graphs, H200): below
+    # this many taps they keep the channel-order tiles.
+    gather_min_taps: int = 49
+    # Tap-blocked grad_weight tiles where Cg % BLOCK_N == 0: per-pixel instead of
+    # per-element index math for x's tile. H200, TF32, NCHW ResNet-50 layers: 77-262 vs
+    # 108-303 us; on channels_last copies 86-232 vs 89-241 us. fp32 only: 16-bit
+    # grad_weight was not timed with it.
+    grad_weight_tap_blocked: bool = True
+    grad_weight_programs_per_sm: int = 2  # the split of the pixel reduction aims at this
+
+    def every_nchw_choice(self, pix_major=True, weight_copy=False, via_channels_last=False,
+                          tap_blocked=False, gather_min_taps=0) -> "IgemmPolicy":
+        """Each NCHW choice on (or off) for every direction and layer kind (tests and
+        experiments reach every kernel variant with it)."""
+        dirs = ("fwd", "grad_input", "grad_weight")
+        on = lambda flag: {d: _EVERY_KIND if flag else frozenset() for d in dirs}  # noqa: E731
+        return dataclasses.replace(
+            self, nchw_pix_major=on(pix_major),
+            nchw_weight_copy={d: v for d, v in on(weight_copy).items() if d != "grad_weight"},
+            nchw_via_channels_last=on(via_channels_last),
+            nchw_via_cl_max_plane={d: 1 << 30 for d in dirs},
+            grad_weight_tap_blocked=tap_blocked, gather_min_taps=gather_min_taps)
+
+    def nchw_kind(self, direction, r, s, cg):
+        """The layer kind for the NCHW choices of `direction` (None: none apply)."""
+        kind = _kind(r, s, cg)
+        if direction == "fwd" and kind == "gather" and r * s < self.gather_min_taps:
+            return None  # not timed: the channel-order tiles as before
+        return kind
+
+    def via_channels_last(self, direction, act, r, s, cg, plane):
+        """act: the activation-like operand (x or dy); plane: the forward's Ho*Wo."""
+        return (_kind(r, s, cg) in self.nchw_via_channels_last[direction]
+                and plane <= self.nchw_via_cl_max_plane[direction]
+                and act.dtype == torch.float32 and _nchw(act))
 
 
-def conv2d_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-    key = plan_key(dy, x, None, stride, padding, dilation, groups, tuple(weight_size))
-    plan = _bwd_weight_plans.get(key)
-    if plan is None:
-        plan = _bwd_weight_plans[key] = _plan_grad_weight(dy, x, weight_size, stride, padding,
-                                                          dilation, groups)
-    return plan(dy, x)
+POLICY = IgemmPolicy()
 
 
-def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups):
-    _check(dy, x, "triton_igemm_conv2d_grad_weight")
+def _kind(r, s, cg):
+    if cg % 16:
+        return "gather"
+    return "1x1" if r == 1 and s == 1 else "kxk"
+
+
+def _nchw(*tensors):
+    """Every tensor has adjacent pixels along W and non-adjacent channels (NCHW-like)."""
+    return all(t.stride(3) == 1 and t.stride(1) != 1 for t in tensors)
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _c_major(w):
+    return w.contiguous(memory_format=torch.channels_last)
+
+
+def _k_major(w):
+    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+
+
+def _pick(policy, tiles, key, t, launch, prune):
+    """The tile: fp64 on a GPU has one fixed tile (a [M, K, N] broadcast in registers)."""
+    if t.dtype == torch.float64 and t.device.type == "cuda" and tiles.name not in policy.force:
+        return dict(policy.fp64)
+    return tune(policy, tiles, key, t.device, launch, prune)
+
+
+def _fits(cfg, kred, width):
+    """Tiles no wider than the problem (BLOCK_N <= pow2(width), BLOCK_K <= pow2(kred))."""
+    return (cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(width))
+            and cfg["BLOCK_K"] <= max(16, triton.next_power_of_2(kred)))
+
+
+def _tma_device(device):
+    """TMA descriptors: Hopper and later, or the interpreter (which emulates them)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return interpreting()
+
+
+def _tma_gemm_ok(x, w, groups, i64):
+    """A 1x1/stride-1 conv reads x as the matrix [N*H*W, C] and w as [K, C] through TMA:
+    both need unit channel stride, dense rows and 16-byte aligned row strides. (TMA boxes
+    for 3x3 taps -- shifted pixel rows with the border rows zeroed -- were correct but
+    20-35% slower than the pointer tiles on every ResNet-50 3x3 layer: not used.)"""
+    n, c, h, wd = x.shape
+    return (TensorDescriptor is not None and groups == 1 and not i64
+            and x.dtype != torch.float64 and _tma_device(x.device)
+            and x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == wd * c
+            and (n == 1 or x.stride(0) == h * wd * c)
+            and w.stride(1) == 1 and w.stride(0) == c
+            and (c * x.element_size()) % 16 == 0)
+
+
+def _tma_store_ok(y):
+    """y as the matrix [N*Ho*Wo, K] (channels_last, or 1x1 pixels), rows 16-byte aligned."""
+    n, k, ho, wo = y.shape
+    return (y.stride(1) == 1 and y.stride(3) == k and y.stride(2) == wo * k
+            and (n == 1 or y.stride(0) == ho * wo * k) and (k * y.element_size()) % 16 == 0)
+
+
+def _aligned(*tensors):
+    return all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+# --------------------------------------------------------------------------------------
+# Forward plan: choose (layout detour, kernel variant, tile), then build the launches
+# --------------------------------------------------------------------------------------
+def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, policy):
+    name = "triton_igemm_conv2d"
+    check_operands(name, x, w)
+    check_groups(name, x.shape, w.shape, groups)
+    n, c, h, wd = x.shape
+    k, cg, r, s = w.shape
+    ho, wo = out_hw(h, wd, r, s, stride, padding, dilation)
+    check_output(name, ho, wo)
+    if policy.via_channels_last("fwd", x, r, s, cg, ho * wo) and not is_channels_last(w):
+        inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups,
+                             activation, policy)
+        return Plan(lambda x, w, bias: inner.run(_cl(x), _cl(w), bias).contiguous(),
+                    *inner.launches)
+    cl = is_channels_last(x) or is_channels_last(w)
+    if n * ho * wo == 0:
+        return empty_plan((n, k, ho, wo), cl)
+    fwd = _Forward(x, w, (n, k, ho, wo), cl, stride, padding, dilation, groups, activation,
+                   policy)
+    tiles = policy.fwd16 if x.dtype in (torch.float16, torch.bfloat16) else policy.fwd32
+    b0 = None if bias is None else bias.contiguous()
+    y = new_output(fwd.size, x, cl)
+    cfg = _pick(policy, tiles, fwd.key, x, lambda cfg: fwd.launch_once(cfg, x, fwd.w(w), b0, y),
+                fwd.prune)
+    return fwd.build(cfg, bias is not None)
+
+
+class _Forward:
+    """One forward geometry's variant: the choices that hold for every tile, and how a
+    tile becomes launch arguments."""
+
+    def __init__(self, x, w, size, cl, stride, padding, dilation, groups, activation, policy):
+        n, c, h, wd = x.shape
+        k, cg, r, s = w.shape
+        _, _, ho, wo = size
+        self.size, self.cl, self.groups, self.device = size, cl, groups, x.device
+        self.m, self.c, self.k, self.cg, self.kg = n * ho * wo, c, k, cg, k // groups
+        self.kred = cg * r * s
+        self.policy = policy
+        y = new_output(size, x, cl)  # for its strides
+        self.plain = (r == 1 and s == 1 and tuple(stride) == (1, 1)
+                      and tuple(padding) == (0, 0, 0, 0)
+                      and x.stride(2) == wd * x.stride(3) and y.stride(2) == wo * y.stride(3))
+        i64 = policy.needs_int64(x, w, y)
+        self.tma = self.plain and _tma_gemm_ok(x, w, groups, i64)
+        self.tma_now = self.tma and _aligned(x, w)  # the tuner's tensors
+        self.y_tma = self.tma and _tma_store_ok(y)
+        self.nchw = x.dtype == torch.float32 and _nchw(x, y)
+        kind = policy.nchw_kind("fwd", r, s, cg)
+        pm = self.nchw and kind in policy.nchw_pix_major["fwd"]
+        self.w_copy = self.nchw and kind in policy.nchw_weight_copy["fwd"] and w.stride(1) != 1
+        ws = self.w(w).stride()
+        self.scalars = (h, wd, ho, wo, self.m, cg, self.kg, *x.stride(), *ws, *y.stride(),
+                        stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+        self.tma_scalars = (ho * wo, self.m, c, k, y.stride(0), y.stride(1), y.stride(3))
+        self.const = dict(ACT=activation_code(activation), GROUP=GROUP_M, **dot_args(x.dtype))
+        self.ptr_const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=i64)  # the pointer kernel's
+        self.out_dtype = TORCH_TO_TL[y.dtype]
+        self.key = tune_key(x, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
+                            "pm" if pm else "", "wcopy" if self.w_copy else "")
+
+    def w(self, w):
+        """The weight as the kernel reads it (copied channels-innermost where chosen)."""
+        return _c_major(w) if self.w_copy else w
+
+    def grid(self, meta):
+        return (triton.cdiv(self.m, meta["BLOCK_M"]) * triton.cdiv(self.kg, meta["BLOCK_N"]),
+                self.groups)
+
+    def kernel_args(self, cfg, has_bias):
+        """(grid, constexprs and options) of the pointer kernel."""
+        meta, opts = launch_meta(cfg)
+        nested = meta.pop("NESTED", False)
+        blocked = self.cg % meta["BLOCK_K"] == 0
+        return self.grid(meta), dict(HAS_BIAS=has_bias, CHANNEL_BLOCKED=blocked,
+                                     PLAIN_GEMM=self.plain and blocked, NESTED=nested,
+                                     **self.ptr_const, **self.const, **meta, **opts)
+
+    def tma_args(self, cfg, has_bias, store_tma):
+        """(grid, constexprs and options) of the TMA kernel."""
+        meta, opts = launch_meta(cfg)
+        meta.pop("NESTED", None)
+        return self.grid(meta), dict(Y_TMA=store_tma, OUT_DTYPE=self.out_dtype,
+                                     HAS_BIAS=has_bias, **self.const, **meta, **opts)
+
+    def descriptors(self, cfg, x, w, y, store_tma):
+        bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+        m, c, k = self.m, self.c, self.k
+        return (TensorDescriptor(x, [m, c], [c, 1], [bm, bk]),
+                TensorDescriptor(w, [k, c], [c, 1], [bn, bk]),
+                TensorDescriptor(y, [m, k], [k, 1], [bm, bn]) if store_tma else y)
+
+    def launch_once(self, cfg, x, w, b, y):
+        """One JIT launch of cfg (the tuner's). A call whose tensors start off the 16-byte
+        grid (a view) cannot use TMA: it runs the same tile through pointers."""
+        if cfg.get("KIND") == "tma" and self.tma and _aligned(x, w):
+            store_tma = self.y_tma and _aligned(y)
+            grid, kw = self.tma_args(cfg, b is not None, store_tma)
+            a_desc, b_desc, y_arg = self.descriptors(cfg, x, w, y, store_tma)
+            _igemm_fwd_tma_kernel[grid](a_desc, b_desc, w if b is None else b, y_arg,
+                                        *self.tma_scalars, **kw)
+            return
+        grid, kw = self.kernel_args(cfg, b is not None)
+        _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *self.scalars, **kw)
+
+    def prune(self, cfg):
+        p = self.policy
+        if not _fits(cfg, self.kred, self.kg) or (cfg.get("KIND") == "tma" and not self.tma_now):
+            return False
+        if cfg.get("NCHW") and not self.nchw:
+            return False
+        if cfg["BLOCK_N"] < p.narrow_n <= self.kg:
+            return False
+        if (cfg["num_stages"] <= p.short_k_stages
+                and triton.cdiv(self.kred, cfg["BLOCK_K"]) > p.short_k_stages):
+            return False
+        # NESTED only changes the loop of channel-blocked convs with taps or strides
+        return not cfg.get("NESTED") or (self.cg % cfg["BLOCK_K"] == 0 and not self.plain)
+
+    def build(self, cfg, has_bias) -> Plan:
+        grid, kw = self.kernel_args(cfg, has_bias)
+        fast = Launch(_igemm_fwd_kernel, grid, 4, self.scalars, kw, self.device)
+        size, cl = self.size, self.cl
+        if cfg.get("KIND") == "tma" and self.tma:
+            # Descriptors wrap each call's tensors (~1 us each); a call whose tensors start
+            # off the 16-byte grid (a view) runs the same tile through pointers.
+            tma_grid, tma_kw = self.tma_args(cfg, has_bias, self.y_tma)
+            fast_tma = Launch(_igemm_fwd_tma_kernel, tma_grid, 4, self.tma_scalars, tma_kw,
+                              self.device)
+            descriptors, y_tma = self.descriptors, self.y_tma
+
+            def run(x, w, bias):
+                y = new_output(size, x, cl)
+                b = w if bias is None else bias.contiguous()
+                if _aligned(x, w, y):
+                    a_desc, b_desc, y_arg = descriptors(cfg, x, w, y, y_tma)
+                    fast_tma(a_desc, b_desc, b, y_arg)
+                else:
+                    fast(x, w, b, y)
+                return y
+            return Plan(run, fast_tma, fast)
+        w_copy = self.w_copy
+
+        def run(x, w, bias):
+            y = new_output(size, x, cl)
+            if w_copy:
+                w = _c_major(w)
+            fast(x, w, w if bias is None else bias.contiguous(), y)
+            return y
+        return Plan(run, fast)
+
+
+# --------------------------------------------------------------------------------------
+# grad_input plan
+# --------------------------------------------------------------------------------------
+def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, policy):
+    name = "triton_igemm_conv2d_grad_input"
+    check_operands(name, dy, w)
+    check_groups(name, input_size, w.shape, groups, "input_size")
+    n, c, h, wd = input_size
+    k, cg, r, s = w.shape
+    ho, wo = check_grad_output(name, dy, input_size, w.shape, stride, padding, dilation)
+    if policy.via_channels_last("grad_input", dy, r, s, cg, ho * wo):
+        # the weight k-innermost (as the tensor cores read it) where the copy is on
+        w_as = _k_major if _kind(r, s, cg) in policy.nchw_weight_copy["grad_input"] else _cl
+        inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation,
+                                 groups, policy)
+        return Plan(lambda dy, w: inner.run(_cl(dy), w_as(w)).contiguous(), *inner.launches)
+    cl = is_channels_last(dy)
+    if n * h * wd == 0:
+        return empty_plan((n, c, h, wd), cl)
+    gin = _GradInput(dy, w, input_size, cl, stride, padding, dilation, groups, policy)
+    dx = new_output(gin.size, dy, cl)
+    cfg = _pick(policy, policy.grad_input, gin.key, dy,
+                lambda cfg: gin.launch_once(cfg, dy, gin.w(w), dx), gin.prune)
+    return gin.build(cfg)
+
+
+class _GradInput:
+    """grad_input's variant for one geometry: a transposed conv as an implicit GEMM over
+    input pixels, reducing over (tap, k)."""
+
+    def __init__(self, dy, w, input_size, cl, stride, padding, dilation, groups, policy):
+        n, c, h, wd = input_size
+        k, cg, r, s = w.shape
+        ho, wo = dy.shape[2], dy.shape[3]
+        self.size, self.cl, self.groups, self.device = tuple(input_size), cl, groups, dy.device
+        self.m, self.cg, self.kg, self.policy = n * h * wd, cg, k // groups, policy
+        dx = new_output(self.size, dy, cl)  # for its strides
+        nchw = dy.dtype == torch.float32 and _nchw(dy, dx)
+        self.nchw = nchw
+        kind = policy.nchw_kind("grad_input", r, s, cg)
+        pm = nchw and kind in policy.nchw_pix_major["grad_input"]
+        # channels_last fp32 too: a channels_last weight has c, not k, innermost (H200,
+        # TF32, the channels_last kernel alone on ResNet-50 layers: 19-176 vs 57-470 us)
+        self.w_copy = ((nchw or (cl and dy.dtype == torch.float32))
+                       and kind in policy.nchw_weight_copy["grad_input"] and w.stride(0) != 1)
+        self.scalars = (h, wd, ho, wo, self.m, cg, self.kg, *dy.stride(), *self.w(w).stride(),
+                        *dx.stride(), stride[0], stride[1], padding[0], padding[2], dilation[0],
+                        dilation[1])
+        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=policy.needs_int64(dy, w, dx),
+                          **dot_args(dy.dtype))
+        self.key = tune_key(dy, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
+                            "pm" if pm else "", "wcopy" if self.w_copy else "")
+        self.kred = self.kg * r * s
+
+    def w(self, w):
+        """The weight as the kernel reads it (copied k-innermost where chosen)."""
+        return _k_major(w) if self.w_copy else w
+
+    def kernel_args(self, cfg):
+        meta, opts = launch_meta(cfg)
+        grid = (triton.cdiv(self.m, meta["BLOCK_M"]) * triton.cdiv(self.cg, meta["BLOCK_N"]),
+                self.groups)
+        return grid, dict(CHANNEL_BLOCKED=self.kg % meta["BLOCK_K"] == 0,
+                          FLAT=self.kg <= self.policy.grad_input_flat_blocks * meta["BLOCK_K"],
+                          **self.const, **meta, **opts)
+
+    def launch_once(self, cfg, dy, w, dx):
+        grid, kw = self.kernel_args(cfg)
+        _igemm_bwd_input_kernel[grid](dy, w, dx, *self.scalars, **kw)
+
+    def prune(self, cfg):
+        # narrow tiles (grouped convs' few channels) only where the output is narrow
+        return (_fits(cfg, self.kred, self.cg)
+                and not cfg["BLOCK_N"] < self.policy.narrow_n <= self.cg
+                and (self.nchw or not cfg.get("NCHW")))
+
+    def build(self, cfg) -> Plan:
+        grid, kw = self.kernel_args(cfg)
+        fast = Launch(_igemm_bwd_input_kernel, grid, 3, self.scalars, kw, self.device)
+        size, cl, w_as = self.size, self.cl, self.w
+
+        def run(dy, w):
+            dx = new_output(size, dy, cl)
+            fast(dy, w_as(w), dx)
+            return dx
+        return Plan(run, fast)
+
+
+# --------------------------------------------------------------------------------------
+# grad_weight plan: split over pixels into fp32 partials, then the fixed-order split sum
+# --------------------------------------------------------------------------------------
+def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, policy):
+    name = "triton_igemm_conv2d_grad_weight"
+    check_operands(name, dy, x)
+    check_groups(name, x.shape, weight_size, groups)
     k, cg, r, s = weight_size
     n, c, h, wd = x.shape
-    kg = k // groups
-    ho, wo = dy.shape[2], dy.shape[3]
-    if (ho, wo) != _out_hw(h, wd, r, s, stride, padding, dilation) or dy.shape[1] != k:
-        raise ValueError(f"fastconv.triton_igemm_conv2d_grad_weight: grad_output "
-                         f"{tuple(dy.shape)} does not match input {tuple(x.shape)} and "
-                         f"weight_size {tuple(weight_size)}")
-    if _via_cl("grad_weight", x, r, s, cg, ho * wo) and _nchw(dy):
-        inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation, groups)
-        return lambda dy, x: inner(_cl(dy), _cl(x))
-    q = n * ho * wo
-    if q == 0:
-        return lambda dy, x: torch.zeros(tuple(weight_size), dtype=x.dtype, device=x.device)
-    jred = cg * r * s
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    i64 = needs_int64(dy, x)
-    sms = num_sms(x.device, 4)
-    dots = dot_args(x.dtype)
-    nchw = x.dtype == torch.float32 and _nchw(x)
-    pm = nchw and _kind(r, s, cg) in NCHW_PIX_MAJOR["grad_weight"]
-    tb_on = GRAD_WEIGHT_TAP_BLOCKED and x.dtype == torch.float32
-    geometry = (h, wd, ho, wo, q, cg, kg)
-    strides = (*dy.stride(), *x.stride(),
-               stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+    ho, wo = check_grad_output(name, dy, x.shape, weight_size, stride, padding, dilation)
+    if policy.via_channels_last("grad_weight", x, r, s, cg, ho * wo) and _nchw(dy):
+        inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation,
+                                  groups, policy)
+        return Plan(lambda dy, x: inner.run(_cl(dy), _cl(x)), *inner.launches)
+    if n * ho * wo == 0:
+        return empty_plan(tuple(weight_size), False, zeros=True)
+    gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, groups, policy)
+    cfg = _pick(policy, policy.grad_weight, gw.key, x, lambda cfg: gw.launch_once(cfg, dy, x),
+                gw.prune)
+    return gw.build(cfg)
 
-    def plan(meta):
-        tiles = triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]) * groups
-        want = max(1, (SM_TARGET_PROGRAMS * sms) // tiles)
-        split = max(1, min(want, triton.cdiv(q, 4 * meta["BLOCK_K"])))
-        chunk = triton.cdiv(triton.cdiv(q, split), meta["BLOCK_K"]) * meta["BLOCK_K"]
-        return triton.cdiv(q, chunk), chunk
 
-    def kernel_args(cfg):
-        meta, opts = _meta(cfg)
-        split, chunk = plan(meta)
-        grid = (triton.cdiv(kg, meta["BLOCK_M"]) * triton.cdiv(jred, meta["BLOCK_N"]), groups, split)
-        tap_blocked = tb_on and cg % meta["BLOCK_N"] == 0
-        return split, grid, (*geometry, chunk, *strides), dict(
-            R=r, S=s, TAP_BLOCKED=tap_blocked,
-            PIX_MAJOR=pm, NEED_I64=i64, **dots,
-            **meta, **opts)
+class _GradWeight:
+    """grad_weight's variant for one geometry: dW[i, (r, s, c)] reduced over the pixels q,
+    the reduction split across programs (deterministic: no atomics)."""
 
-    def launch(cfg, dy, x):
-        split, grid, scalars, kw = kernel_args(cfg)
-        part = torch.empty((split, k, cg, r, s), dtype=acc_dtype, device=x.device)
+    def __init__(self, dy, x, weight_size, stride, padding, dilation, groups, policy):
+        k, cg, r, s = weight_size
+        n, c, h, wd = x.shape
+        ho, wo = dy.shape[2], dy.shape[3]
+        self.weight_size, self.groups, self.device = tuple(weight_size), groups, x.device
+        self.q, self.cg, self.kg, self.jred = n * ho * wo, cg, k // groups, cg * r * s
+        self.part_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.programs = policy.grad_weight_programs_per_sm * num_sms(x.device, 4)
+        self.nchw = x.dtype == torch.float32 and _nchw(x)
+        pm = self.nchw and _kind(r, s, cg) in policy.nchw_pix_major["grad_weight"]
+        self.tap_blocked = policy.grad_weight_tap_blocked and x.dtype == torch.float32
+        self.scalars = (h, wd, ho, wo, self.q, cg, self.kg)
+        self.strides = (*dy.stride(), *x.stride(), stride[0], stride[1], padding[0], padding[2],
+                        dilation[0], dilation[1])
+        self.const = dict(R=r, S=s, PIX_MAJOR=pm, NEED_I64=policy.needs_int64(dy, x),
+                          **dot_args(x.dtype))
+        self.key = tune_key(x, dy, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups,
+                            "pm" if pm else "", "tb" if self.tap_blocked else "")
+
+    def kernel_args(self, cfg):
+        """(grid, scalar args, constexprs and options, partial-sum size) of cfg."""
+        meta, opts = launch_meta(cfg)
+        tiles = triton.cdiv(self.kg, meta["BLOCK_M"]) * triton.cdiv(self.jred, meta["BLOCK_N"])
+        split, chunk = split_reduction(self.q, meta["BLOCK_K"], tiles * self.groups,
+                                       self.programs, min_blocks=4)
+        kw = dict(TAP_BLOCKED=self.tap_blocked and self.cg % meta["BLOCK_N"] == 0,
+                  **self.const, **meta, **opts)
+        return ((tiles, self.groups, split), (*self.scalars, chunk, *self.strides), kw,
+                (split, *self.weight_size))
+
+    def launch_once(self, cfg, dy, x):
+        """The kernel alone (the tuner's): the partial sums."""
+        grid, scalars, kw, part_size = self.kernel_args(cfg)
+        part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
         _igemm_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
         return part
 
-    key = _tune_key(n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups, x.dtype, dy, x,
-                    _nchw_tag(pm) + ("|tb" if tb_on else ""))
-    prune = lambda cfg: (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(kg))  # noqa: E731
-                         and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(jred))
-                         and (nchw or not cfg.get("NCHW")))
-    cfg = _pick(_bwd_weight_tuner, key, x, lambda cfg: launch(cfg, dy, x), prune)
+    def prune(self, cfg):
+        return (cfg["BLOCK_M"] <= max(16, triton.next_power_of_2(self.kg))
+                and cfg["BLOCK_N"] <= max(16, triton.next_power_of_2(self.jred))
+                and (self.nchw or not cfg.get("NCHW")))
 
-    split, grid, scalars, kw = kernel_args(cfg)
-    part_size = (split, k, cg, r, s)
-    fast = Launch(_igemm_bwd_weight_kernel, grid, 3, scalars, kw, x.device)
+    def build(self, cfg) -> Plan:
+        grid, scalars, kw, part_size = self.kernel_args(cfg)
+        fast = Launch(_igemm_bwd_weight_kernel, grid, 3, scalars, kw, self.device)
+        return grad_weight_plan(fast, part_size, self.part_dtype, self.weight_size, self.device)
 
-    def run(dy, x):
-        part = torch.empty(part_size, dtype=acc_dtype, device=x.device)
-        fast(dy, x, part)
-        # Fixed-order sum over the split: the same bits on every run.
-        dw = new_output(tuple(weight_size), x, False)
-        if part.dtype == dw.dtype:
-            torch.sum(part, dim=0, out=dw)
-        else:
-            dw.copy_(part.sum(0))
-        return dw
-    return run
+
+FAMILY = Family("igemm", POLICY, _plan_conv2d, _plan_grad_input, _plan_grad_weight)
+conv2d, conv2d_grad_input, conv2d_grad_weight = FAMILY.entries()

@@ -382,11 +382,14 @@ def test_interpreted_algorithms_not_timed_by_default(monkeypatch):
     fake = registry.Algorithm(name="_bench_test_interpreted", op="reference", devices=("cuda",),
                               dtypes=(torch.float32,), summary="test", constraints="any",
                               interpreted_devices=("cpu",))
-    monkeypatch.setitem(registry._REGISTRY, fake.name, fake)
+    registry.register(fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    spec = ConvSpec(1, 8, 8, 8, 8, 3, 3)
-    assert fake in registry.applicable(spec) and fake not in default_algorithms(spec)
-    assert default_algorithms(spec)
+    try:
+        spec = ConvSpec(1, 8, 8, 8, 8, 3, 3)
+        assert fake in registry.applicable(spec) and fake not in default_algorithms(spec)
+        assert default_algorithms(spec)
+    finally:
+        registry.unregister(fake.name)
 
 
 def test_python_dash_m_entry_point():

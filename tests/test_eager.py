@@ -44,7 +44,7 @@ def eager_algo():
     functional.clear_cache()
     calls.clear()
     yield
-    registry._REGISTRY.pop(NAME)
+    registry.unregister(NAME)
     functional.clear_cache()
     _eager.ENABLED = True
 

@@ -106,7 +106,7 @@ def test_model_of_a_streaming_depthwise_conv():
 def test_model_tracks_the_simulator(algo, spec, levels_checked):
     """Bytes the L1 (L2 row) and L2 (DRAM row) misses pull from below: model within 25% of the simulator."""
     levels = [CacheLevel("L1", 48 << 10, 12, 64), CacheLevel("L2", 2 << 20, 16, 64)]
-    b = dict(cmodel.DEFAULT_BLOCKING)  # the kernels' constants as of this writing, merged or not
+    b = cmodel.blocking()  # the kernels' own constants, which the simulator replays too
     sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False, blocking_constants=b)
     mod = cmodel.model(algo, spec, b).bytes_per_level(cmodel.level_configs(levels))
     for lv in levels_checked:
@@ -115,8 +115,15 @@ def test_model_tracks_the_simulator(algo, spec, levels_checked):
 
 
 def test_registry_cost_models_installed():
+    """The CPU algorithms come registered with their cost models; importing explain
+    changes nothing in the registry."""
+    before = {a.name: a for a in registry.algorithms(include_internal=True)}
     import fastconv.explain  # noqa: F401
+    import fastconv.explain.report  # noqa: F401
 
+    assert {a.name: a for a in registry.algorithms(include_internal=True)} == before
+    assert all(before[n] is a for n, a in
+               ((a.name, a) for a in registry.algorithms(include_internal=True)))
     for name in ("reference", "im2col", "direct", "depthwise"):
         fn = registry.get(name).cost_model
         assert fn is not None

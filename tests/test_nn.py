@@ -193,14 +193,17 @@ def packed_algo(request, monkeypatch):
             summary="test-only: reference conv on a flipped channels-last weight", public=False,
             constraints="any conv2d", pack_weight=spy, forward_packed=_fake_forward_packed))
         yield name, spy
-        registry._REGISTRY.pop(name)
+        registry.unregister(name)
     else:  # the real op: same checks, its pack function counted
         alg = registry.get("direct")
         pack, forward_packed = alg.packing
         spy = PackSpy(pack)
-        monkeypatch.setitem(registry._REGISTRY, "direct", dataclasses.replace(
-            alg, pack_weight=spy, forward_packed=forward_packed))
-        yield "direct", spy
+        registry.register(dataclasses.replace(alg, pack_weight=spy,
+                                              forward_packed=forward_packed), replace=True)
+        try:
+            yield "direct", spy
+        finally:
+            registry.register(alg, replace=True)
 
 
 def test_packed_cache_reused_and_invalidated(packed_algo):

@@ -153,7 +153,7 @@ def test_registry_changes_invalidate_entries():
         for _ in range(2):
             torch.testing.assert_close(fastconv.conv2d(x, w, algo=name), F.conv2d(x, w))
     finally:
-        registry._REGISTRY.pop(name)
+        registry.unregister(name)
     assert _error(lambda: fastconv.conv2d(x, w, algo=name))[0] is ValueError
 
 

@@ -9,6 +9,9 @@ triton: CI runs this module in its own process,
 Shapes are tiny because the interpreter executes every program in Python.
 The full-size matrix (real layer shapes, every dtype/layout) is in test_triton_gpu.py.
 """
+import contextlib
+import dataclasses
+import json
 import os
 
 import pytest
@@ -148,15 +151,21 @@ KIND_TILES = {"nested": dict(NESTED=True, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
 
 
 @pytest.fixture
-def igemm_tile(monkeypatch):
-    """force(kind): the next igemm forward plans use KIND_TILES[kind]; returns a log with
-    one "tma" entry per TMA-kernel launch."""
+def policies():
+    """use(family, policy): the rest of the test plans and runs `family` under `policy`
+    (fresh plans; the default policy again afterwards)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda family, policy: stack.enter_context(family.FAMILY.using(policy))
+
+
+@pytest.fixture
+def igemm_tile(policies, monkeypatch):
+    """force(kind): the igemm forward plans use KIND_TILES[kind]; returns a log with one
+    "tma" entry per TMA-kernel launch."""
     from fastconv.kernels import igemm
     log = []
 
     def force(kind):
-        for tuner in igemm._fwd_tuners.values():
-            monkeypatch.setattr(tuner, "interpret_config", KIND_TILES[kind])
         tma_kernel = igemm._igemm_fwd_tma_kernel
 
         class Spy:
@@ -164,10 +173,10 @@ def igemm_tile(monkeypatch):
                 log.append("tma")
                 return tma_kernel[grid]
         monkeypatch.setattr(igemm, "_igemm_fwd_tma_kernel", Spy())
-        igemm._fwd_plans.clear()
+        tile = KIND_TILES[kind]
+        policies(igemm, igemm.POLICY.forcing(igemm_fwd16=tile, igemm_fwd32=tile))
         return log
     yield force
-    igemm._fwd_plans.clear()
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
@@ -236,6 +245,15 @@ def test_igemm_backward(name, cl):
     _check_backward("triton_igemm", IGEMM_CASES[name], torch.float32, cl)
 
 
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_igemm_int64_index_paths(policies, cl):
+    """NEED_I64 branches of the implicit GEMM's three kernels on small tensors (a policy with
+    int64 indexing; test_triton_gpu.py has a real 2^31-element tensor)."""
+    from fastconv.kernels import igemm
+    policies(igemm, dataclasses.replace(igemm.POLICY, int64=True))
+    _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], torch.float32, cl)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
 def test_igemm_backward_dtypes(dtype):
     _check_backward("triton_igemm", IGEMM_CASES["strided_nonsquare"], dtype, False)
@@ -262,15 +280,12 @@ NCHW_CASES["taps32_s2"] = ((1, 32, 7, 6), (8, 32, 3, 3), 2, 1, 1, 1)
 
 
 @pytest.fixture
-def nchw_mode(monkeypatch):
-    """set(pm, copy, via, tap) -> a log of (kernel, PIX_MAJOR, TAP_BLOCKED, activation,
-    weight) per launch."""
+def nchw_mode(policies, monkeypatch):
+    """set(pm, copy, via, tap, gather_min_taps, **fields) -> a log of (kernel, PIX_MAJOR,
+    TAP_BLOCKED, activation, weight) per launch, under an IgemmPolicy with those choices
+    for every direction and layer kind (other fields replaced by `fields`)."""
     from fastconv.kernels import igemm
     log = []
-
-    def clear():
-        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
-            plans.clear()
 
     class Spy:
         def __init__(self, name, kernel):
@@ -282,24 +297,14 @@ def nchw_mode(monkeypatch):
                 return self.kernel[grid](*args, **kw)
             return call
 
-    def set_mode(pm=True, copy=False, via=False, tap=False, gather_min_taps=0):
-        every = frozenset({"1x1", "kxk", "gather"})
-        dirs = ("fwd", "grad_input", "grad_weight")
-        monkeypatch.setattr(igemm, "NCHW_PIX_MAJOR",
-                            {d: every if pm else frozenset() for d in dirs})
-        monkeypatch.setattr(igemm, "NCHW_WEIGHT_COPY",
-                            {d: every if copy else frozenset() for d in dirs[:2]})
-        monkeypatch.setattr(igemm, "NCHW_VIA_CHANNELS_LAST",
-                            {d: every if via else frozenset() for d in dirs})
-        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE", {d: 1 << 30 for d in dirs})
-        monkeypatch.setattr(igemm, "GRAD_WEIGHT_TAP_BLOCKED", tap)
-        monkeypatch.setattr(igemm, "GATHER_MIN_TAPS", gather_min_taps)
-        for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
-            monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
-        clear()
+    for name in ("_igemm_fwd_kernel", "_igemm_bwd_input_kernel", "_igemm_bwd_weight_kernel"):
+        monkeypatch.setattr(igemm, name, Spy(name, getattr(igemm, name)))
+
+    def set_mode(pm=True, copy=False, via=False, tap=False, gather_min_taps=0, **fields):
+        policy = igemm.POLICY.every_nchw_choice(pm, copy, via, tap, gather_min_taps)
+        policies(igemm, dataclasses.replace(policy, **fields))
         return log
     yield set_mode
-    clear()
 
 
 @pytest.mark.parametrize("mode", list(NCHW_MODES))
@@ -326,10 +331,10 @@ def test_igemm_nchw_modes(nchw_mode, mode, name):
 
 def test_igemm_nchw_gather_forward_needs_large_kernels(nchw_mode):
     """The forward's gather choices (pixel-major tiles, weight copy) apply from
-    GATHER_MIN_TAPS taps on (timed on a 7x7 stem only); a 3x3 conv with few channels keeps
+    gather_min_taps taps on (timed on a 7x7 stem only); a 3x3 conv with few channels keeps
     the channel-order tiles and its weight as given."""
     from fastconv.kernels import igemm
-    log = nchw_mode(pm=True, copy=True, gather_min_taps=igemm.GATHER_MIN_TAPS)
+    log = nchw_mode(pm=True, copy=True, gather_min_taps=igemm.POLICY.gather_min_taps)
     case = ((1, 3, 9, 8), (8, 3, 3, 3), 2, 1, 1, 1)
     _check_forward("triton_igemm", case, torch.float32, False)
     fwd = [(pm, w) for kernel, pm, _, _, w in log if kernel == "_igemm_fwd_kernel"]
@@ -340,17 +345,13 @@ def test_igemm_nchw_gather_forward_needs_large_kernels(nchw_mode):
     assert fwd and all(pm and w.stride(1) == 1 for pm, w in fwd)
 
 
-def test_igemm_nchw_detour_by_plane(nchw_mode, monkeypatch):
-    """The channels_last detour applies up to NCHW_VIA_CL_MAX_PLANE output pixels, per
+def test_igemm_nchw_detour_by_plane(nchw_mode):
+    """The channels_last detour applies up to nchw_via_cl_max_plane output pixels, per
     direction; above it the NCHW kernels run (with the weight copy)."""
-    from fastconv.kernels import igemm
-    log = nchw_mode(pm=False, copy=True, via=True)
     case = NCHW_CASES["taps32"]  # 5x6 output plane = 30 pixels
     for limit, detour in ((30, True), (29, False)):
-        monkeypatch.setattr(igemm, "NCHW_VIA_CL_MAX_PLANE",
-                            {"fwd": limit, "grad_input": 1 << 30, "grad_weight": 0})
-        for plans in (igemm._fwd_plans, igemm._bwd_input_plans, igemm._bwd_weight_plans):
-            plans.clear()
+        log = nchw_mode(pm=False, copy=True, via=True, nchw_via_cl_max_plane={
+            "fwd": limit, "grad_input": 1 << 30, "grad_weight": 0})
         log.clear()
         _check_backward("triton_igemm", case, torch.float32, False)
         acts = {name: act.stride(1) == 1 for name, _, _, act, _ in log}
@@ -433,34 +434,26 @@ def _assert_plans_launch_directly(module):
     arguments are laid out as the compiled kernel's own launcher takes them, so on a GPU they
     go direct after the first call (the interpreter always JIT-launches: only the layout can
     be checked here; tests/test_triton_gpu.py checks the direct launch itself)."""
-    plans = [plan for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans")
-             for plan in getattr(module, cache).values()]
+    plans = module.FAMILY.plans()
     assert plans
     for plan in plans:
         assert plan.launches and all(launch.layout_ok for launch in plan.launches)
 
 
 @pytest.fixture
-def force_dw_tiles(monkeypatch):
-    """force(fwd, bwd_input, bwd_weight): the interpreter runs each tuner's interpret_config,
-    so pointing those at other tiles covers the kernels and tile shapes that only the GPU
-    tuner would pick (plan caches are cleared so that no earlier plan is reused)."""
+def force_dw_tiles(policies):
+    """force(fwd, bwd_input, bwd_weight, **tiles): the rows tuners' tiles fixed (and any
+    other tuner's by name), which covers the kernels and tile shapes that only the GPU tuner
+    would pick; the plans are fresh (no earlier plan is reused)."""
     from fastconv.kernels import depthwise as dw
 
-    def clear():
-        for plans in (dw._fwd_plans, dw._bwd_input_plans, dw._bwd_weight_plans):
-            plans.clear()
-
-    def force(fwd, bwd_input, bwd_weight):
-        tuners = ((("_fwd_tuner_rows_nchw", "_fwd_tuner_rows_nhwc"), fwd),
-                  (("_bwd_input_tuner_rows_nchw", "_bwd_input_tuner_rows_nhwc"), bwd_input),
-                  (("_wgrad_tuner_rows_nchw", "_wgrad_tuner_rows_nhwc"), bwd_weight))
-        for names, cfg in tuners:
-            for name in names if cfg is not None else ():
-                monkeypatch.setattr(getattr(dw, name), "interpret_config", cfg)
-        clear()
+    def force(fwd, bwd_input, bwd_weight, **tiles):
+        for prefix, cfg in (("dw_fwd_rows", fwd), ("dw_bwd_input_rows", bwd_input),
+                            ("dw_bwd_weight_rows", bwd_weight)):
+            if cfg is not None:
+                tiles.update({f"{prefix}_nchw": cfg, f"{prefix}_nhwc": cfg})
+        policies(dw, dw.POLICY.forcing(**tiles))
     yield force
-    clear()
 
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
@@ -489,23 +482,19 @@ def test_depthwise_tap_loop_kernels_small(force_dw_tiles, cl):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="forces the interpreter's tile choice")
-def test_depthwise_rows_large_kernel(force_dw_tiles, monkeypatch):
+def test_depthwise_rows_large_kernel(force_dw_tiles):
     """13x13 on a 9x10 image (taps beyond UNROLL_TAPS): the rows tile of the large tuners."""
-    from fastconv.kernels import depthwise as dw
-    for name in ("_fwd_tuner_nchw", "_fwd_tuner_nhwc"):
-        monkeypatch.setattr(getattr(dw, name), "interpret_config",
-                            dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4))
-    force_dw_tiles(None, None, None)  # clears the plans
+    rows = dict(KIND="rows", ROWS=8, BLOCK_W=16, BLOCK_C=4)
+    force_dw_tiles(None, None, None, dw_fwd_nchw_v2=rows, dw_fwd_nhwc_v2=rows)
     _check_forward("triton_depthwise", DW_CASES["k13"], torch.float32, True, "relu")
 
 
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-def test_depthwise_int64_index_paths(force_dw_tiles, monkeypatch, cl):
+def test_depthwise_int64_index_paths(policies, cl):
     """NEED_I64 branches of every depthwise kernel, on small tensors (the GPU test file
     has a real 2^31-element tensor): offsets formed in int64 must give the same results."""
     from fastconv.kernels import depthwise as dw
-    monkeypatch.setattr(dw, "needs_int64", lambda *tensors: True)
-    force_dw_tiles(None, None, None)  # clears the plans
+    policies(dw, dataclasses.replace(dw.POLICY, int64=True))
     _check_backward("triton_depthwise", DW_CASES["k3"], torch.float32, cl)
 
 
@@ -563,32 +552,41 @@ def test_errors_are_clear(monkeypatch):
 
 
 def test_tuning_cache_roundtrip(tmp_path, monkeypatch):
-    """The tile choice is timed once, written to $FASTCONV_CACHE_DIR, and read back by a
-    fresh tuner (a second process) without timing again. Timing is faked: config A=2 wins."""
-    from fastconv.kernels import _common
+    """The tile choice is timed once, written to $FASTCONV_CACHE_DIR under a key with the
+    schema version, and read back by a second process without timing again; a policy's
+    forced tile is never timed. Timing is faked: config A=2 wins."""
+    from fastconv.kernels import _plan
 
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("FASTCONV_TUNE", "1")
-    monkeypatch.setattr(_common.TileTuner, "_disk", None)
-    monkeypatch.setattr(_common, "interpreting", lambda: False)
-    monkeypatch.setattr(_common, "device_name", lambda d: "fake-gpu")
+    monkeypatch.setattr(_plan, "interpreting", lambda: False)
+    monkeypatch.setattr(_plan, "device_name", lambda d: "fake-gpu")
     timed = []
 
     def fake_time(fn):
         fn()
         timed.append(launched[-1])
         return 1.0 if launched[-1]["A"] == 2 else 2.0
-    monkeypatch.setattr(_common, "gpu_time", fake_time)
+    monkeypatch.setattr(_plan, "gpu_time", fake_time)
     launched = []
     fake_cuda = type("FakeDevice", (), {"type": "cuda"})()
-    configs = [dict(A=1), dict(A=2)]
-    best = _common.TileTuner("unit", configs, dict(A=0)).pick("shape", fake_cuda, launched.append)
-    assert best == dict(A=2) and len(timed) == 2
-    monkeypatch.setattr(_common.TileTuner, "_disk", None)  # as a new process sees it
-    timed.clear()
-    again = _common.TileTuner("unit", configs, dict(A=0)).pick("shape", fake_cuda, launched.append)
-    assert again == best and not timed, "a second tuner re-timed a cached shape"
-    assert (tmp_path / _common.TileTuner.FILE).exists()
+    tiles = _plan.Tiles("unit", (dict(A=1), dict(A=2)), dict(A=0))
+    policy = _plan.Policy()
+    _plan.forget_disk()
+    try:
+        best = _plan.tune(policy, tiles, "shape", fake_cuda, launched.append)
+        assert best == dict(A=2) and len(timed) == 2
+        _plan.forget_disk()  # as a new process sees it
+        timed.clear()
+        again = _plan.tune(policy, tiles, "shape", fake_cuda, launched.append)
+        assert again == best and not timed, "a second process re-timed a cached shape"
+        stored = json.loads((tmp_path / _plan.TUNER_FILE).read_text())
+        assert [k.split("|")[:2] for k in stored] == [[f"v{_plan.TUNER_SCHEMA}", "unit"]]
+        forced = _plan.tune(policy.forcing(unit=dict(A=1)), tiles, "other", fake_cuda,
+                            launched.append)
+        assert forced == dict(A=1) and not timed
+    finally:
+        _plan.forget_disk()
 
 
 def test_opcheck():
@@ -669,16 +667,13 @@ def test_grouped_backward_through_epilogue():
     (dict(KIND="bdk", GPT_X=1, BLOCK_M=16), dict(KIND="taps", GPT_X=2, BLOCK_Q=16)),
 ], ids=["direct", "x2_pipelined", "taps_in_k"])
 @pytest.mark.parametrize("name", ["cg4", "cg2_kg3", "cg8_s2_asym"])
-def test_grouped_tile_variants(name, tile, wtile, monkeypatch):
+def test_grouped_tile_variants(name, tile, wtile, policies):
     """The interpreter runs one fixed tile; the GPU tuner races the others: check those too
     (forward and grad_input share the kernel)."""
     from fastconv.kernels import grouped
 
-    for tuner in (grouped._fwd_tuner, grouped._bwd_input_tuner):
-        monkeypatch.setattr(tuner, "interpret_config", tile)
-    monkeypatch.setattr(grouped._wgrad_tuner, "interpret_config", wtile)
-    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
-        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+    policies(grouped, grouped.POLICY.forcing(grouped_fwd=tile, grouped_bwd_input=tile,
+                                             grouped_bwd_weight=wtile))
     _check_backward("triton_grouped", GROUPED_CASES[name], torch.float32, name != "cg2_kg3")
     _assert_plans_launch_directly(grouped)
 
@@ -753,14 +748,12 @@ def test_grouped_opcheck():
                            "relu"))
 
 
-def test_grouped_int64_path(monkeypatch):
+def test_grouped_int64_path(policies):
     """The int64 offset path (taken past 2^31 elements, see test_triton_gpu.py) computes the
     same thing: force it on a tiny case."""
     from fastconv.kernels import grouped
 
-    monkeypatch.setattr(grouped, "needs_int64", lambda *t: True)
-    for cache in ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans"):
-        monkeypatch.setattr(grouped, cache, grouped.PlanCache())
+    policies(grouped, dataclasses.replace(grouped.POLICY, int64=True))
     _check_backward("triton_grouped", GROUPED_CASES["cg8_s2_asym"], torch.float32, True)
 
 # --- Host overhead: the eager fast path and the plans' direct launch ----------------------
@@ -880,3 +873,63 @@ def test_outputs_are_poisoned_in_tests():
 
     assert _common.POISON
     assert torch.isnan(_common.new_output((2, 3), torch.zeros(1), False)).all()
+
+
+# --- One host layer, one schema --------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["triton_igemm", "triton_depthwise", "triton_grouped"])
+def test_triton_and_cpp_schemas_agree(family):
+    """The Triton ops (fastconv/_triton.py) declare exactly the C++ families' schemas
+    (csrc/fastconv.cpp), argument names, types and defaults included."""
+    ops = torch.ops.fastconv
+    for suffix in ("_conv2d", "_conv2d_grad_input", "_conv2d_grad_weight"):
+        got = getattr(ops, family + suffix).default._schema
+        for cpp in ("reference", "im2col", "direct", "depthwise"):
+            want = getattr(ops, cpp + suffix).default._schema
+            assert str(got).replace(family, "F") == str(want).replace(cpp, "F")
+            assert [(a.name, str(a.type), a.default_value) for a in got.arguments] == [
+                (a.name, str(a.type), a.default_value) for a in want.arguments]
+
+
+def test_every_plan_carries_its_launches(policies):
+    """Forward, grad_input and grad_weight plans of every family list every Launch their run
+    calls, and each grad_weight ends in the one fixed-order split-sum kernel."""
+    from fastconv.kernels import _common, depthwise, grouped, igemm
+
+    cases = ((igemm, "triton_igemm", IGEMM_CASES["dense3x3"]),
+             (depthwise, "triton_depthwise", DW_CASES["k3"]),
+             (grouped, "triton_grouped", GROUPED_CASES["cg4"]))
+    for module, algo, case in cases:
+        policies(module, module.POLICY.forcing())  # this test's plans only
+        _check_backward(algo, case, torch.float32, False)
+        plans = module.FAMILY.plans()
+        assert len(plans) == 3, algo
+        for plan in plans:
+            assert plan.launches and all(launch.layout_ok for launch in plan.launches), algo
+        wgrad = list(module.FAMILY.grad_weight_plans.values())[0]
+        assert wgrad.launches[-1].kernel is _common.split_sum_kernel, algo
+
+
+@pytest.mark.parametrize("length,block,tiles,programs,min_blocks", [
+    (1000, 32, 4, 64, 4), (7, 16, 1, 132, 4), (5000, 1, 12, 24, 1), (64, 64, 200, 8, 1)])
+def test_split_reduction_covers_the_reduction(length, block, tiles, programs, min_blocks):
+    from fastconv.kernels._plan import split_reduction
+
+    split, chunk = split_reduction(length, block, tiles, programs, min_blocks)
+    assert chunk % block == 0 and split * chunk >= length > (split - 1) * chunk
+    assert split == 1 or tiles * split <= max(programs, tiles)
+
+
+def test_policies_are_frozen_and_default_to_the_module_policy():
+    """Policies are data: frozen, replaced rather than changed, and each family plans
+    with its module's POLICY unless a block says otherwise."""
+    from fastconv.kernels import depthwise, grouped, igemm
+
+    for module in (igemm, depthwise, grouped):
+        assert module.FAMILY.policy is module.POLICY is module.FAMILY.default
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            module.POLICY.force = {}
+        other = module.POLICY.forcing()
+        with module.FAMILY.using(other):
+            assert module.FAMILY.policy is other
+        assert module.FAMILY.policy is module.POLICY

@@ -138,7 +138,7 @@ def test_grouped_resnext(layer, variant, cl, tf32_flag):
 @pytest.mark.parametrize("variant", ["bf16", "tf32"])
 @pytest.mark.parametrize("layer", [RESNEXT50_GROUPED[0], RESNEXT50_GROUPED[3]],
                          ids=["cg4", "cg16s2"])
-def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
+def test_grouped_every_tile(layer, variant, tf32_flag):
     """Each forward/grad_input tile the tuner may pick (tests otherwise see only the first;
     the tuner would pick a fast wrong one)."""
     from fastconv.kernels import grouped
@@ -161,13 +161,13 @@ def test_grouped_every_tile(layer, variant, tf32_flag, monkeypatch):
         if not grouped._prune(c // g, k // g, g, dtype)(cfg):
             continue
         tried += 1
-        monkeypatch.setattr(grouped, "_pick", lambda *a, cfg=cfg: cfg)
-        for cache in ("_fwd_plans", "_bwd_input_plans"):
-            monkeypatch.setattr(grouped, cache, grouped.PlanCache())
-        out = grouped.conv2d(x, w, None, (s, s), (1, 1, 1, 1), (1, 1), g)
-        assert rel_err(out, ref) < tol, cfg
-        gx = grouped.conv2d_grad_input(dy, w, list(x.shape), (s, s), (1, 1, 1, 1), (1, 1), g)
-        assert rel_err(gx, rx) < 4 * tol, cfg
+        with grouped.FAMILY.using(grouped.POLICY.forcing(grouped_fwd=cfg,
+                                                         grouped_bwd_input=cfg)):
+            out = grouped.conv2d(x, w, None, (s, s), (1, 1, 1, 1), (1, 1), g)
+            assert rel_err(out, ref) < tol, cfg
+            gx = grouped.conv2d_grad_input(dy, w, list(x.shape), (s, s), (1, 1, 1, 1), (1, 1),
+                                           g)
+            assert rel_err(gx, rx) < 4 * tol, cfg
     assert tried >= 3
 
 
@@ -252,26 +252,14 @@ def test_repeated_calls_direct_launch(algo, c, h, r, dtype, cl):
 
 
 @pytest.mark.parametrize("dtype,bias", [(torch.bfloat16, True), (torch.float32, False)])
-def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
+def test_tma_tile_direct_launch(dtype, bias):
     """The TMA plain-GEMM tile (1x1 channels_last) launches directly from the second call
     on (host descriptors through the compiled launcher), bit for bit as the first call."""
-    from fastconv.kernels import _common, igemm
-
-    made = []
-
-    class Recorded(_common.Launch):
-        __slots__ = ()
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
+    from fastconv.kernels import igemm
 
     tiles = igemm.FWD_CONFIGS_16 if dtype == torch.bfloat16 else igemm.FWD_CONFIGS_32
     tma_tile = next(cfg for cfg in tiles if cfg.get("KIND") == "tma")
-    monkeypatch.setattr(igemm, "Launch", Recorded)
-    monkeypatch.setattr(igemm, "_pick", lambda *args: tma_tile)
-    igemm._fwd_plans.clear()
-    try:
+    with igemm.FAMILY.using(igemm.POLICY.forcing(igemm_fwd16=tma_tile, igemm_fwd32=tma_tile)):
         torch.manual_seed(0)
         x = torch.randn(4, 256, 14, 14, device="cuda", dtype=dtype).to(
             memory_format=torch.channels_last)
@@ -280,8 +268,7 @@ def test_tma_tile_direct_launch(monkeypatch, dtype, bias):
         b = torch.randn(192, device="cuda", dtype=dtype) if bias else None
         outs = [igemm.conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none")
                 for _ in range(4)]
-    finally:
-        igemm._fwd_plans.clear()
+        made = [launch for plan in igemm.FAMILY.plans() for launch in plan.launches]
     tma = [launch for launch in made if launch.kernel is igemm._igemm_fwd_tma_kernel]
     assert len(tma) == 1 and tma[0].direct, "the TMA tile did not take the direct launch"
     for later in outs[1:]:
@@ -305,8 +292,7 @@ GROUPED_WGRAD_TILES = {
     ("triton_grouped", 128, 14, 3, 2, torch.bfloat16, True, "tap"),   # phased grad_input
     ("triton_grouped", 128, 14, 3, 2, torch.float32, False, "taps"),
 ])
-def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad, monkeypatch,
-                                        tf32_flag):
+def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad, tf32_flag):
     """Forward, grad_input and grad_weight plans of the depthwise and grouped families: after
     the first call (JIT launch, then the one-time check) every Launch of the plan holds a
     compiled runner, and the second call runs through those runners (counted), writing the
@@ -318,12 +304,13 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = False  # fp32 exact enough for a tight tolerance
     mod = depthwise if algo == "triton_depthwise" else grouped
-    caches = ("_fwd_plans", "_bwd_input_plans", "_bwd_weight_plans")
-    for cache in caches:  # this test's plans only
-        monkeypatch.setattr(mod, cache, _common.PlanCache())
-    if wgrad:
-        monkeypatch.setattr(grouped._wgrad_tuner, "pick",
-                            lambda *args, **kwargs: GROUPED_WGRAD_TILES[wgrad])
+    # this test's plans only (a policy of its own), the grad_weight tile forced
+    force = dict(grouped_bwd_weight=GROUPED_WGRAD_TILES[wgrad]) if wgrad else {}
+    with mod.FAMILY.using(mod.POLICY.forcing(**force)):
+        _check_plans_launch_directly(mod, c, h, r, stride, dtype, cl, algo)
+
+
+def _check_plans_launch_directly(mod, c, h, r, stride, dtype, cl, algo):
     groups = c if algo == "triton_depthwise" else 32
     fmt = torch.channels_last if cl else torch.contiguous_format
     x = torch.randn(2, c, h, h, device="cuda", dtype=dtype).to(memory_format=fmt)
@@ -338,7 +325,7 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
         return (y.detach(), *torch.autograd.grad(y, (x, w), dy))
 
     first = step()
-    plans = [plan for cache in caches for plan in getattr(mod, cache).values()]
+    plans = mod.FAMILY.plans()
     assert len(plans) == 3
     launches = [launch for plan in plans for launch in plan.launches]
     assert all(launch.direct for launch in launches), [
@@ -363,3 +350,66 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     for got, want in zip(first, (ref, rgx, rgw)):
         assert rel_err(got, want) < tol
+
+
+# --- The eager fast path on the GPU (was benchmarks/eager_check.py) -----------------------
+EAGER_CASES = [  # (N, C, H, W), (K, C/g, R, S), stride, padding, groups
+    ((2, 16, 9, 9), (32, 16, 3, 3), 1, 1, 1),
+    ((2, 32, 8, 8), (32, 32, 1, 1), 1, 0, 1),
+    ((1, 8, 11, 10), (16, 2, 3, 3), 2, 1, 4),
+    ((2, 16, 9, 8), (16, 1, 3, 3), 1, 1, 16),
+    ((1, 12, 10, 10), (24, 1, 5, 5), 2, 2, 12),
+]
+
+
+@pytest.mark.parametrize("act,dtype", [("none", torch.float32), ("silu", torch.float32),
+                                       ("relu", torch.bfloat16)], ids=["fp32", "fp32_silu",
+                                                                       "bf16_relu"])
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", EAGER_CASES, ids=["dense3x3", "dense1x1", "grouped", "dw3x3",
+                                                   "dw5x5_s2"])
+def test_eager_fast_path_equals_the_ops(case, cl, act, dtype, tf32_flag):
+    """Outputs and gradients through the eager fast path equal the same calls through the
+    registered ops bit for bit, and F.conv2d (float64) within tolerance."""
+    from fastconv import _eager
+
+    torch.backends.cudnn.allow_tf32 = False
+    xs, ws, st, pad, g = case
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    x = torch.randn(xs, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+    w = torch.randn(ws, device="cuda", dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5
+    b = torch.randn(ws[0], device="cuda", dtype=dtype)
+    gy, results = None, []
+    try:
+        for enabled in (True, False):
+            _eager.ENABLED = enabled
+            xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+            y = fastconv.conv2d(xr, wr, br, st, pad, 1, g, activation=act)
+            gy = torch.randn_like(y) if gy is None else gy
+            grads = torch.autograd.grad(y, (xr, wr, br), gy)
+            with torch.no_grad():
+                y_ng = fastconv.conv2d(x, w, b, st, pad, 1, g, activation=act)
+            results.append((y.detach(), *grads, y_ng, type(y.grad_fn).__name__))
+    finally:
+        _eager.ENABLED = True
+    fast, ops = results
+    assert fast[5] == "Conv2dFunctionBackward" and ops[5] != fast[5]
+    assert all(torch.equal(a, c) for a, c in zip(fast[:5], ops[:5]))
+    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
+    ref = fastconv._ops.apply_activation(F.conv2d(xr, wr, br, st, pad, 1, g), act)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for got, want in zip(fast[:4], (ref.detach(), *torch.autograd.grad(ref, (xr, wr, br),
+                                                                       gy.double()))):
+        assert rel_err(got, want) < tol
+
+
+def test_eager_aligned_and_unaligned_inputs_alternate():
+    """The plans' direct launch keys compiled kernels by pointer alignment: an input 4 bytes
+    off a 16-byte boundary, between aligned calls."""
+    xa = torch.randn(2, 16, 9, 9, device="cuda")
+    wa = torch.randn(32, 16, 3, 3, device="cuda") / 12
+    xo = torch.randn(xa.numel() + 1, device="cuda")[1:].view(xa.shape)
+    xo.copy_(xa)
+    for t in (xa, xo, xa, xo, xo):
+        y = fastconv.conv2d(t, wa, None, 1, 1)
+        assert rel_err(y, F.conv2d(t.double(), wa.double(), None, 1, 1)) < 1e-4

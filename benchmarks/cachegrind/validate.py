@@ -58,9 +58,7 @@ def branch_blocking(root: str) -> dict:
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root,
                                                                   PYTHONDONTWRITEBYTECODE="1"), check=True,
                          cwd=root)  # not this tree's fastconv
-    b = dict(cmodel.DEFAULT_BLOCKING)
-    b.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    return b
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def build_cgctl() -> str:
@@ -115,7 +113,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     levels = levels_for_cachegrind()
     caps = {"L1": (levels[0].size, levels[0].ways, levels[0].line), "L2": (levels[1].size, levels[1].ways, levels[1].line)}
-    b, missing = cmodel.blocking()
+    b = cmodel.blocking()
     rows = []
     cgctl = None if args.no_valgrind else build_cgctl()
     cache = {}
@@ -160,7 +158,7 @@ def main(argv=None):
                         json.dump(cache, open(args.cg_cache, "w"), indent=1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "blocking_defaults_used": missing, "rows": rows}
+    res = {"levels": [lv.__dict__ for lv in levels], "blocking": b, "rows": rows}
     if args.out:
         json.dump(res, open(args.out, "w"), indent=1)
         print(markdown(res))

@@ -32,52 +32,18 @@ from ..spec import ConvSpec
 INF = float("inf")
 LINE = 64
 
-# Named defaults, used only if fastconv._C.blocking() lacks a constant (kept
-# equal to the C++ defaults in csrc/cachesim.cpp).
-DEFAULT_BLOCKING = {
-    "im2col_max_workspace_bytes": 1 << 20,
-    "im2col_min_tile_pixels": 128,
-    "direct_oc_block": 8,
-    "direct_oc_vectors": 2,
-    "direct_pixel_tile": 6,
-    "direct_pixel_tile_single": 12,
-    "direct_row_block": 4,
-    "direct_cin_block_bytes": 16 << 10,
-    "depthwise_vec_width": 8,
-    "depthwise_nhwc_pixel_tile": 4,
-    "depthwise_nhwc_chan_vecs": 2,
-    "depthwise_nhwc_channel_group": 256,
-    "depthwise_nchw_reg_rows": 2,
-    "depthwise_nchw_tile_accs": 8,
-    "depthwise_nchw_width_vecs": 4,
-    "depthwise_row_tile": 16,
-    "im2col_item_channels": 64,
-    "im2col_item_pixels": 256,
-    "im2col_item_min_macs": 1 << 21,
-    # The BLAS GEMM behind im2col, modelled as BLIS Haswell sgemm blocking.
-    "gemm_mr": 6,
-    "gemm_nr": 16,
-    "gemm_mc": 168,
-    "gemm_kc": 256,
-    "gemm_nc": 4080,
-    # 0: MKL's no-copy sgemm kernels (what ATen runs for im2col's items here), 1: Goto packing.
-    "gemm_pack": 0,
-}
 VECTOR_BYTES = 32  # AVX2
 # A read whose reuse distance is spread evenly over [0, D] is split into this
 # many terms of distances D/16, 3D/16, ...
 SLICES = 8
 
 
-def blocking() -> tuple[dict, list[str]]:
-    """(constants, names that fell back to DEFAULT_BLOCKING)."""
+def blocking() -> dict:
+    """The kernels' blocking constants, as fastconv._C.blocking() exports them from
+    csrc/blocking.h: the one source (the model and the simulator read the same numbers)."""
     from .. import _C
 
-    got = dict(_C.blocking())
-    missing = [k for k in DEFAULT_BLOCKING if k not in got]
-    out = dict(DEFAULT_BLOCKING)
-    out.update(got)
-    return out, missing
+    return dict(_C.blocking())
 
 
 @dataclass
@@ -650,7 +616,7 @@ CPU_MODELS = {
 
 def model(algo: str, spec: ConvSpec, b: dict | None = None) -> Model:
     if b is None:
-        b, _ = blocking()
+        b = blocking()
     if algo not in CPU_MODELS:
         raise ValueError(f"no CPU cache model for algo {algo!r}; have {', '.join(CPU_MODELS)}")
     return CPU_MODELS[algo](spec, b)

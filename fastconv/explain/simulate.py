@@ -40,7 +40,7 @@ def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
     if algo not in SIMULATED_ALGOS:
         raise ValueError(f"the cache simulator replays {', '.join(SIMULATED_ALGOS)}; not {algo!r}")
     levels = levels or cache_levels()
-    b = blocking_constants if blocking_constants is not None else blocking()[0]
+    b = blocking_constants if blocking_constants is not None else blocking()
     raw = _C.cachesim_simulate(algo, geometry(spec), {k: int(v) for k, v in b.items()},
                                [lv.as_tuple() for lv in levels], int(sample_accesses), bool(reuse_histogram))
     return {"levels": per_level(raw, levels), "operands": raw["operands"], "reuse_hist": raw["reuse_hist"],
@@ -52,6 +52,6 @@ def record(algo: str, spec: ConvSpec, unit: int = 0, max_records: int = 200_000)
     """(operand, byte offset, bytes, is_write) of the accesses of one work unit."""
     from .. import _C
 
-    b, _ = blocking()
+    b = blocking()
     return _C.cachesim_record(algo, geometry(spec), {k: int(v) for k, v in b.items()}, unit, unit + 1,
                               max_records)

@@ -66,7 +66,9 @@ def _autocast(input, weight, bias):
     float32 where fastconv has no kernels for it (the CPU kernels are fp32/fp64)."""
     device = input.device.type
     dtype = torch.get_autocast_dtype(device)
-    supported = _functional._CPU_DTYPES if device == "cpu" else _functional._GPU_DTYPES
+    from .. import registry
+
+    supported = registry.dtypes(device)
     if dtype not in supported:
         dtype = torch.float32
     cast = (lambda t: t if t is None or t.dtype == dtype else t.to(dtype))

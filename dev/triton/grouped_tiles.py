@@ -1,18 +1,21 @@
 """GPU experiment for kernels/grouped.py: race the tile variants on ResNeXt-50's grouped
 3x3 layers (batch 32, channels_last) against cuDNN and triton_igemm, in one process,
-after a parallel compile phase. It produced benchmarks/results/nvidia-h200/grouped/.
+after a parallel compile phase. It produced results/grouped_tiles/.
 
-    python grouped_exp.py compile I N   # compile shard I of N (run N of these in parallel)
-    python grouped_exp.py time          # correctness, then CUDA-graph times; one table
+Written against the current code: each tile runs as a plan built under a policy that forces
+it (grouped.POLICY.forcing), timed with the one CUDA-graph timer (fastconv/kernels/timing.py).
+The two runs in results/grouped_tiles/ used an earlier version at commit e5f39aa.
 
-KDIR (env) is the directory holding the `kernels` package (default: the repo root). The
-runs used (from the repository root, 15 compile shards in parallel, then the time phase):
+    python dev/triton/grouped_tiles.py compile I N   # compile shard I of N (N in parallel)
+    python dev/triton/grouped_tiles.py time          # correctness, then CUDA-graph times
+    DEV=cpu BATCH=1 TRITON_INTERPRET=1 python dev/triton/grouped_tiles.py smoke  # CPU check
 
-    export KDIR=$PWD FASTCONV_TUNE=0 FASTCONV_POISON=1 FASTCONV_CACHE_DIR=$(mktemp -d)
+The runs used (from the repository root, 15 compile shards in parallel, then the time phase):
+
+    export FASTCONV_TUNE=0 FASTCONV_POISON=1 FASTCONV_CACHE_DIR=$(mktemp -d)
     export TRITON_CACHE_DIR=$(mktemp -d)
-    cp benchmarks/results/nvidia-h200/triton_tiles.json $FASTCONV_CACHE_DIR/  # igemm's tiles
-    for i in $(seq 0 14); do python benchmarks/grouped_exp.py compile $i 15 & done; wait
-    BUDGET_S=120 python benchmarks/grouped_exp.py time
+    for i in $(seq 0 14); do python dev/triton/grouped_tiles.py compile $i 15 & done; wait
+    BUDGET_S=120 python dev/triton/grouped_tiles.py time
 
 The variant list below is the one after the two runs (it adds the "bdp"/"bdk" tiles the
 runs did not time); the logs name the variants each run timed.
@@ -21,12 +24,11 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.environ.get("KDIR", os.path.join(os.path.dirname(__file__), "..")))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from kernels import _common, grouped, igemm  # noqa: E402
+from fastconv.kernels import grouped, igemm
+from fastconv.kernels.timing import cuda_graph_time
 
 BATCH = int(os.environ.get("BATCH", "32"))
 DEV = os.environ.get("DEV", "cuda")  # "cpu" + TRITON_INTERPRET=1: a smoke test of the script
@@ -76,24 +78,23 @@ def make(c, h, s, dtype):
     return x, w, (s, s), (1, 1, 1, 1), (1, 1), g
 
 
-def fwd_launch(x, w, st, pad, dil, g):
-    n, c, h, wd = x.shape
-    k, cg = w.shape[:2]
-    ho, wo = grouped._out_hw(h, wd, 3, 3, st, pad, dil)
-    y = _common.new_output((n, k, ho, wo), x, True)
-    launch = grouped._launcher(x.shape, y.shape, cg, k // g, g, 3, 3, st, pad, dil, False, 0,
-                               False, _common.dot_args(x.dtype), x.stride(), w.stride(),
-                               y.stride())
-    return (lambda cfg: launch(cfg, x, w, None, y)), y
+def gpu_time(fn):
+    return cuda_graph_time(fn, calls=10, reps=15)
 
 
-def bin_launch(dy, w, xshape, st, pad, dil, g):
-    k, cg = w.shape[:2]
-    dx = _common.new_output(xshape, dy, True)
-    launch = grouped._launcher(dy.shape, dx.shape, k // g, cg, g, 3, 3, st, pad, dil, True, 0,
-                               False, _common.dot_args(dy.dtype), dy.stride(), w.stride(),
-                               dx.stride())
-    return (lambda cfg: launch(cfg, dy, w, None, dx)), dx
+def forced(direction, cfg, *args):
+    """fn() -> the result of one grouped plan with its tile forced to cfg."""
+    tiles = {"fwd": "grouped_fwd", "bin": "grouped_bwd_input", "bw": "grouped_bwd_weight"}
+    policy = grouped.POLICY.forcing(**{tiles[direction]: cfg})
+    fam = grouped.FAMILY
+    if direction == "fwd":
+        x, w, st, pad, dil, g = args
+        plan = fam.plan_forward(x, w, None, st, pad, dil, g, "none", policy)
+        return lambda: plan.run(x, w, None)
+    dy, t, size, st, pad, dil, g = args
+    planner = fam.plan_grad_input if direction == "bin" else fam.plan_grad_weight
+    plan = planner(dy, t, tuple(size), st, pad, dil, g, policy)
+    return lambda: plan.run(dy, t)
 
 
 def fwd_ok(name, li):
@@ -118,7 +119,7 @@ def bw_ok(name, li):
     if gpt > 32:
         return False
     if cfg["KIND"] == "taps":
-        return gpt * cg * 16 * gpt * cg <= grouped.TAPS_ACC_PER_WARP * cfg["num_warps"]
+        return gpt * cg * 16 * gpt * cg <= grouped.POLICY.taps_acc_per_warp * cfg["num_warps"]
     return True
 
 
@@ -156,52 +157,44 @@ def run_job(job, timing):
         out = ours()
         if not timing:
             return None
-        return dict(err=rel(out, ref), t=_common.gpu_time(ours, reps=15),
-                    t_ref=_common.gpu_time(lambda: F.conv2d(x, w, None, st, 1, dil, g), reps=15))
+        return dict(err=rel(out, ref), t=gpu_time(ours),
+                    t_ref=gpu_time(lambda: F.conv2d(x, w, None, st, 1, dil, g)))
     if kind == "fwd":
-        launch, y = fwd_launch(x, w, st, pad, dil, g)
-        launch(FWD[v])
+        fn = forced("fwd", FWD[v], x, w, st, pad, dil, g)
+        y = fn()
         if not timing:
             return None
         ref = F.conv2d(x, w, None, st, 1, dil, g)
-        return dict(err=rel(y, ref), t=_common.gpu_time(lambda: launch(FWD[v]), reps=15))
+        return dict(err=rel(y, ref), t=gpu_time(fn))
     ref = F.conv2d(x, w, None, st, 1, dil, g)
     dy = torch.randn_like(ref)
     if kind == "bin":
-        launch, dx = bin_launch(dy, w, x.shape, st, pad, dil, g)
-        launch(BWD_IN[v])
+        fn = forced("bin", BWD_IN[v], dy, w, x.shape, st, pad, dil, g)
+        dx = fn()
         if not timing:
             return None
         rx = torch.ops.aten.convolution_backward(dy, x, w, None, st, (1, 1), dil, False, (0, 0),
                                                  g, (True, False, False))[0]
-        t_ref = _common.gpu_time(lambda: torch.ops.aten.convolution_backward(
-            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (True, False, False)), reps=15)
-        return dict(err=rel(dx, rx), t=_common.gpu_time(lambda: launch(BWD_IN[v]), reps=15),
-                    t_ref=t_ref)
+        t_ref = gpu_time(lambda: torch.ops.aten.convolution_backward(
+            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (True, False, False)))
+        return dict(err=rel(dx, rx), t=gpu_time(fn), t_ref=t_ref)
     if kind == "bw":
-        grouped._wgrad_tuner.memory.clear()
-        grouped._bwd_weight_plans.clear()
-        key = grouped._shape_key(*x.shape, *w.shape, st, pad, dil, g, x, dy)
-        dev = _common.device_name(x.device)
-        import triton
-        grouped._wgrad_tuner.memory[
-            f"grouped_bwd_weight|{dev}|triton-{triton.__version__}|{key}"] = BWD_W[v]
-        fn = lambda: grouped.conv2d_grad_weight(dy, x, list(w.shape), st, pad, dil, g)  # noqa
+        fn = forced("bw", BWD_W[v], dy, x, w.shape, st, pad, dil, g)
         dw = fn()
         if not timing:
             return None
         rw = torch.ops.aten.convolution_backward(dy, x, w, None, st, (1, 1), dil, False, (0, 0),
                                                  g, (False, True, False))[1]
-        t_ref = _common.gpu_time(lambda: torch.ops.aten.convolution_backward(
-            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (False, True, False)), reps=15)
-        return dict(err=rel(dw, rw), t=_common.gpu_time(fn, reps=15), t_ref=t_ref)
+        t_ref = gpu_time(lambda: torch.ops.aten.convolution_backward(
+            dy, x, w, None, st, (1, 1), dil, False, (0, 0), g, (False, True, False)))
+        return dict(err=rel(dw, rw), t=gpu_time(fn), t_ref=t_ref)
     if kind == "igemm_bwd":
         fi = lambda: igemm.conv2d_grad_input(dy, w, list(x.shape), st, pad, dil, g)  # noqa
         fw = lambda: igemm.conv2d_grad_weight(dy, x, list(w.shape), st, pad, dil, g)  # noqa
         fi(), fw()
         if not timing:
             return None
-        return dict(err=0.0, t=_common.gpu_time(fi, reps=15), t_ref=_common.gpu_time(fw, reps=15))
+        return dict(err=0.0, t=gpu_time(fi), t_ref=gpu_time(fw))
     raise ValueError(kind)
 
 
@@ -210,9 +203,35 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def smoke():
+    """Every forward, grad_input and grad_weight tile on each layer's channels at a 6x6 plane
+    against float64 (the interpreter on a CPU: DEV=cpu TRITON_INTERPRET=1), nothing timed."""
+    for li, (c, h, s) in enumerate(LAYERS):
+        LAYERS[li] = (c, min(h, 6), s)
+        x, w, st, pad, dil, g = setup(li, "tf32")
+        xd, wd = x.double(), w.double()
+        ref = F.conv2d(xd, wd, None, st, 1, dil, g)
+        dy = torch.randn(ref.shape, device=DEV).contiguous(memory_format=torch.channels_last)
+        rx = torch.nn.grad.conv2d_input(x.shape, wd, dy.double(), st, 1, dil, g)
+        rw = torch.nn.grad.conv2d_weight(xd, w.shape, dy.double(), st, 1, dil, g)
+        checks = [(forced("fwd", FWD[v], x, w, st, pad, dil, g), ref, v) for v in FWD
+                  if fwd_ok(v, li)]
+        checks += [(forced("bin", BWD_IN[v], dy, w, x.shape, st, pad, dil, g), rx, v)
+                   for v in BWD_IN]
+        checks += [(forced("bw", BWD_W[v], dy, x, w.shape, st, pad, dil, g), rw, v)
+                   for v in BWD_W if bw_ok(v, li)]
+        for fn, want, v in checks:
+            err = ((fn().double() - want).norm() / want.norm()).item()
+            assert err < 1e-4, (LAYERS[li], v, err)
+        print(f"smoke ok C{c} s{s}: {len(checks)} tiles", flush=True)
+
+
 def main():
     mode = sys.argv[1]
     all_jobs = jobs()
+    if mode == "smoke":
+        smoke()
+        return
     if mode == "compile":
         i, n = int(sys.argv[2]), int(sys.argv[3])
         t0 = time.time()

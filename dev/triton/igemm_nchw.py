@@ -2,9 +2,8 @@
 
 For every layer of the `resnet50` table (batch 32, NCHW, cudnn.allow_tf32=True) and each of
 forward, grad_input, grad_weight (not the stem's grad_input: an image needs no gradient),
-times with CUDA graphs (GPU work only):
-  orig     the kernels before the nchw branch (a copy, package `kernels_orig`), tuner on
-  new      kernels/igemm.py with its NCHW choices as committed (NCHW_* constants)
+times with CUDA graphs (GPU work only), each variant an `igemm.IgemmPolicy`:
+  new      the committed choices (igemm.POLICY)
   w        no PIX_MAJOR tiles but the weight copied per call into reduction order, no
            channels_last detour, tap-blocked grad_weight
   w_pm     as w with PIX_MAJOR tiles (grad_input, grad_weight)
@@ -16,21 +15,29 @@ times with CUDA graphs (GPU work only):
   cudnn    F.conv2d / torch.nn.grad.conv2d_input / conv2d_weight, cudnn.benchmark=True
 Every variant is checked against float64 first (rel. error < 5e-3, outputs NaN-poisoned).
 Totals weight each layer by how often it occurs in ResNet-50.
-Round 1 (benchmarks/results/nvidia-h200/nchw/round1.log) ran an earlier version of this
-script: orig, pm (PIX_MAJOR everywhere), pm_w (pm + weight copy), cl, cl_core, cudnn.
 
-Standalone (no C++ extension): `python benchmarks/nchw_exp.py --kernels DIR` where DIR holds
-`kernels/` (this branch) and `kernels_orig/` (the kernels to compare against). Compile phase:
-`--shard i/n` processes run every variant once with FASTCONV_TUNE=compile (Triton's cache
-warms in parallel), then one process tunes and times.
+Rounds 1 and 2 (results/igemm_nchw/round1.log, round2.log) ran this experiment at commits
+before 74ea11f, with an `orig` column (the kernels before the NCHW work, a copy imported as
+`kernels_orig`) that this version, written against the current code, no longer has.
+
+    python dev/triton/igemm_nchw.py                       # on the GPU machine
+    TRITON_INTERPRET=1 python dev/triton/igemm_nchw.py --smoke   # every variant, tiny, CPU
+Compile phase: `--shard i/n` processes run every variant once with FASTCONV_TUNE=compile
+(Triton's cache warms in parallel), then one process tunes and times.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import sys
 import time
+
+import torch
+import torch.nn.functional as F
+
+from fastconv.kernels import _common, igemm
+from fastconv.kernels.timing import cuda_graph_time
 
 T0 = float(os.environ.get("NCHW_EXP_T0", time.time()))
 
@@ -62,13 +69,12 @@ LAYERS = [
 ]
 BATCH = 32
 DIRECTIONS = ("fwd", "gi", "gw")
-VARIANTS = ("orig", "new", "w", "w_pm", "cl", "cl_core", "nhwc", "cudnn")
-COMPILED = ("orig", "new", "w", "w_pm", "cl", "nhwc")  # the variants whose plans compile
+VARIANTS = ("new", "w", "w_pm", "cl", "cl_core", "nhwc", "cudnn")
+COMPILED = ("new", "w", "w_pm", "cl", "nhwc")  # the variants whose plans compile
 ACTIVE = set(VARIANTS)  # --variants
 CHOICES = ("new", "w", "w_pm", "cl")  # the candidates a plan could take
-SKIP_ORIG = set()  # layers whose orig numbers an earlier run has (--skip-orig)
 TOL = 5e-3
-GRAPH_CALLS = 10
+DEVICE = "cuda"
 
 
 def flops(layer):
@@ -91,8 +97,6 @@ def applies(direction, variant, layer):
         return False
     if direction == "gi" and kind(layer) == "gather":
         return False  # the stem: its input (the image) needs no gradient
-    if variant == "orig":
-        return layer[0] not in SKIP_ORIG
     if variant == "w":
         return direction != "fwd" or kind(layer) != "1x1"  # a 1x1 weight is already c-major
     if variant in ("w_pm", "cl"):
@@ -102,41 +106,32 @@ def applies(direction, variant, layer):
 
 EVERY = frozenset({"1x1", "kxk", "gather"})
 NONE = frozenset()
-DEFAULTS = {}
 
 
-def configure(new, variant):
-    """Set kernels/igemm.py's NCHW choices for one variant (the committed ones for 'new')."""
-    if not DEFAULTS:
-        DEFAULTS.update(pm=dict(new.NCHW_PIX_MAJOR), copy=dict(new.NCHW_WEIGHT_COPY),
-                        via=dict(new.NCHW_VIA_CHANNELS_LAST), tap=new.GRAD_WEIGHT_TAP_BLOCKED)
-    pm, copy, via, tap = (dict(DEFAULTS["pm"]), dict(DEFAULTS["copy"]), dict(DEFAULTS["via"]),
-                          DEFAULTS["tap"])
+def policy(variant) -> igemm.IgemmPolicy:
+    """The IgemmPolicy of one variant (the committed one for new, nhwc and cudnn)."""
+    base = igemm.POLICY
+    dirs = ("fwd", "grad_input", "grad_weight")
     if variant in ("w", "w_pm"):
-        via = {d: NONE for d in via}
-        copy = {d: EVERY for d in copy}
         pm = {"fwd": frozenset({"gather"}), "grad_input": NONE, "grad_weight": NONE}
         if variant == "w_pm":
             pm.update(grad_input=EVERY, grad_weight=EVERY)
-        tap = True
-    elif variant in ("cl", "cl_core"):
-        via = {d: EVERY for d in via}
-        copy = {d: EVERY for d in copy}  # grad_input: the weight k-innermost
-        tap = True
-    new.NCHW_PIX_MAJOR, new.NCHW_WEIGHT_COPY, new.NCHW_VIA_CHANNELS_LAST = pm, copy, via
-    new.GRAD_WEIGHT_TAP_BLOCKED = tap
+        return dataclasses.replace(base, nchw_pix_major=pm,
+                                   nchw_via_channels_last={d: NONE for d in dirs},
+                                   nchw_weight_copy={"fwd": EVERY, "grad_input": EVERY},
+                                   grad_weight_tap_blocked=True)
+    if variant in ("cl", "cl_core"):
+        return dataclasses.replace(base, nchw_via_channels_last={d: EVERY for d in dirs},
+                                   nchw_via_cl_max_plane={d: 1 << 30 for d in dirs},
+                                   nchw_weight_copy={"fwd": EVERY, "grad_input": EVERY},
+                                   grad_weight_tap_blocked=True)
+    return base
 
 
-DEVICE = "cuda"
+POLICIES = {v: policy(v) for v in VARIANTS}
 
 
-# bf16 NCHW (PIX_MAJOR applies to every dtype): a few layers, orig vs pm vs cuDNN, timed
-# after the fp32 table if time is left.
-BF16_LAYERS = [2, 15, 16, 10]  # l1_3x3_64, l3_1x1_1024to256, l3_3x3_256, l2_3x3_128
-BF16_VARIANTS = ("orig", "new", "cudnn")
-
-
-def tensors(torch, layer, seed, dtype=None):
+def tensors(layer, seed, dtype=None):
     _, c, h, k, r, s, p, _ = layer
     g = torch.Generator(device=DEVICE).manual_seed(seed)
     x = torch.randn(BATCH, c, h, h, device=DEVICE, generator=g)
@@ -148,121 +143,74 @@ def tensors(torch, layer, seed, dtype=None):
     return x, w, dy
 
 
-def smoke(mods):
+def references(layer, x, w, dy):
+    _, c, h, k, r, s, p, _ = layer
+    return {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
+            "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
+            "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+
+
+def smoke():
     """Every variant's plan and check on tiny CPU stand-ins (TRITON_INTERPRET=1): no timing."""
-    import torch
-    import torch.nn.functional as F
     global BATCH, DEVICE
     BATCH, DEVICE = 2, "cpu"
-    for m in mods:
-        sys.modules[m.__name__.rsplit(".", 1)[0] + "._common"].set_debug_poison(True)
+    _common.set_debug_poison(True)
     small = {(n, min(c, 48), min(h, 9), min(k, 40), r, s, p, cnt)
              for n, c, h, k, r, s, p, cnt in LAYERS}
     for layer in sorted(small):
-        x, w, dy = tensors(torch, layer, 0)
-        _, c, h, k, r, s, p, _ = layer
-        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
-                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
-                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+        x, w, dy = tensors(layer, 0)
+        refs = references(layer, x, w, dy)
         for d in DIRECTIONS:
             for v in VARIANTS:
                 if applies(d, v, layer):
-                    for mod in mods:
-                        mod._fwd_plans.clear()
-                        mod._bwd_input_plans.clear()
-                        mod._bwd_weight_plans.clear()
-                    err = rel(build(mods, d, v, layer, x, w, dy)(), refs[d])
+                    err = rel(build(d, v, layer, x, w, dy)(), refs[d])
                     assert err < 1e-5, (layer, d, v, err)
         print("smoke ok", layer, flush=True)
 
 
-def build(mods, direction, variant, layer, x, w, dy):
-    """fn() -> the direction's result (NCHW), for one variant; planning (and tuning) here."""
-    import torch
-    import torch.nn.functional as F
-    orig, new = mods
+def build(direction, variant, layer, x, w, dy):
+    """fn() -> the direction's result, for one variant; planning (and tuning) here."""
     _, c, h, k, r, s, p, _ = layer
     st, pad, dil = (s, s), (p, p, p, p), (1, 1)
-    cl = torch.channels_last
     if variant == "cudnn":
         if direction == "fwd":
             return lambda: F.conv2d(x, w, None, s, p)
         if direction == "gi":
             return lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, s, p)
         return lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, s, p)
-    if variant == "orig":
-        mod = orig
-    else:
-        mod = new
-        configure(new, variant)
+    fam, pol = igemm.FAMILY, POLICIES[variant]
     if variant in ("cl_core", "nhwc"):
-        xc, wc, dyc = (t.contiguous(memory_format=cl) for t in (x, w, dy))
+        x, w, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, w, dy))
         if direction == "gi" and variant == "cl_core":  # as cl: the weight k-innermost
-            wc = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-        if direction == "fwd":
-            plan = mod._plan_conv2d(xc, wc, None, st, pad, dil, 1, "none")
-            return lambda: plan(xc, wc, None)
-        if direction == "gi":
-            plan = mod._plan_grad_input(dyc, wc, list(x.shape), st, pad, dil, 1)
-            return lambda: plan(dyc, wc)
-        plan = mod._plan_grad_weight(dyc, xc, list(w.shape), st, pad, dil, 1)
-        return lambda: plan(dyc, xc)
+            w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
     if direction == "fwd":
-        plan = mod._plan_conv2d(x, w, None, st, pad, dil, 1, "none")
-        return lambda: plan(x, w, None)
+        plan = fam.plan_forward(x, w, None, st, pad, dil, 1, "none", pol)
+        return lambda: plan.run(x, w, None)
     if direction == "gi":
-        plan = mod._plan_grad_input(dy, w, list(x.shape), st, pad, dil, 1)
-        return lambda: plan(dy, w)
-    plan = mod._plan_grad_weight(dy, x, list(w.shape), st, pad, dil, 1)
-    return lambda: plan(dy, x)
+        plan = fam.plan_grad_input(dy, w, tuple(x.shape), st, pad, dil, 1, pol)
+        return lambda: plan.run(dy, w)
+    plan = fam.plan_grad_weight(dy, x, tuple(w.shape), st, pad, dil, 1, pol)
+    return lambda: plan.run(dy, x)
 
 
-def import_kernels(kdir):
-    sys.path.insert(0, kdir)
-    from kernels import igemm as new  # noqa: E402
-    from kernels_orig import igemm as orig  # noqa: E402
-    from kernels_orig import _common as orig_common
-    orig_common.TileTuner.FILE = "tiles_orig.json"  # the two families must not share choices
-    return orig, new
+def graph_time(fn):
+    """GPU time per call (us), from CUDA-graph replays (kernels/timing.py)."""
+    return cuda_graph_time(fn, calls=10, reps=10) * 1e3
 
 
-def graph_time(torch, fn, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(GRAPH_CALLS):
-            fn()
-    g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / GRAPH_CALLS)
-    del g
-    return sorted(times)[len(times) // 2]
-
-
-def compile_shard(args, mods):
-    import torch
+def compile_shard(args):
     torch.backends.cudnn.allow_tf32 = True
     os.environ["FASTCONV_TUNE"] = "compile"
     i, n = map(int, args.shard.split("/"))
-    tasks = [(li, d, v, None) for li in ORDER for v in COMPILED for d in DIRECTIONS
+    tasks = [(li, d, v) for li in ORDER for v in COMPILED for d in DIRECTIONS
              if applies(d, v, LAYERS[li])]
-    if args.bf16:
-        tasks += [(li, d, v, torch.bfloat16) for li in BF16_LAYERS for v in ("orig", "new")
-                  for d in DIRECTIONS if applies(d, v, LAYERS[li])]
     done = 0
-    for li, d, v, dt in tasks[i::n]:
+    for li, d, v in tasks[i::n]:
         if time.time() - T0 > args.compile_until:
             break
-        x, w, dy = tensors(torch, LAYERS[li], li, dt)
+        x, w, dy = tensors(LAYERS[li], li)
         try:
-            build(mods, d, v, LAYERS[li], x, w, dy)()
+            build(d, v, LAYERS[li], x, w, dy)()
         except Exception as e:  # reported again, with the layer, by the timing process
             print(f"compile {LAYERS[li][0]} {d} {v}: {e!r}"[:300], flush=True)
         done += 1
@@ -282,16 +230,10 @@ def short(cfg):
         "*" if cfg.get("NCHW") else "")
 
 
-def run_timing(args, mods):
-    import torch
-    import torch.nn.functional as F
+def run_timing(args):
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = True
-    commons = [sys.modules[m.__name__.rsplit(".", 1)[0] + "._common"] for m in mods]
-
-    def poison(on):  # NaN-filled outputs for the check; off while timing (a fill per call)
-        for cm in commons:
-            cm.set_debug_poison(on)
+    poison = _common.set_debug_poison  # NaN-filled outputs for the check; off while timing
     print(f"{torch.__version__} cudnn {torch.backends.cudnn.version()} "
           f"{torch.cuda.get_device_name()} start {time.time() - T0:.0f} s", flush=True)
     rows = {}
@@ -305,12 +247,10 @@ def run_timing(args, mods):
             print(f"-- time budget: stopped before {LAYERS[li][0]}", flush=True)
             break
         layer = LAYERS[li]
-        x, w, dy = tensors(torch, layer, li)
-        _, c, h, k, r, s, p, cnt = layer
+        x, w, dy = tensors(layer, li)
+        cnt = layer[7]
         torch.backends.cudnn.benchmark = False
-        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
-                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
-                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
+        refs = references(layer, x, w, dy)
         torch.backends.cudnn.benchmark = True
         for d in DIRECTIONS:
             if not any(applies(d, v, layer) for v in VARIANTS):
@@ -324,14 +264,14 @@ def run_timing(args, mods):
                     break
                 try:
                     poison(True)
-                    fn = build(mods, d, v, layer, x, w, dy)
+                    fn = build(d, v, layer, x, w, dy)
                     out = fn()
                     poison(False)
                     err = rel(out, refs[d])
                     if not err < TOL:
                         row[v] = ("BAD", err)
                         continue
-                    row[v] = (graph_time(torch, fn), err)
+                    row[v] = (graph_time(fn), err)
                 except Exception as e:
                     print(f"   {layer[0]} {d} {v}: {e!r}"[:300], flush=True)
                     row[v] = ("ERR", None)
@@ -347,46 +287,8 @@ def run_timing(args, mods):
         del x, w, dy, refs
         torch.cuda.empty_cache()
 
-    bf16 = BF16_LAYERS if args.bf16 and not stop else ()
-    if bf16:
-        print("\n== bf16 NCHW (us; x = cudnn/ours) ==", flush=True)
-    for li in bf16:
-        if time.time() - T0 > args.hard:
-            break
-        layer = LAYERS[li]
-        x, w, dy = tensors(torch, layer, li, torch.bfloat16)
-        _, c, h, k, r, s, p, cnt = layer
-        torch.backends.cudnn.benchmark = False
-        refs = {"fwd": F.conv2d(x.double(), w.double(), None, s, p),
-                "gi": torch.nn.grad.conv2d_input(x.shape, w.double(), dy.double(), s, p),
-                "gw": torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), s, p)}
-        torch.backends.cudnn.benchmark = True
-        for d in DIRECTIONS:
-            cells = {}
-            for v in BF16_VARIANTS:
-                if not applies(d, v, layer):
-                    continue
-                if time.time() - T0 > args.hard:
-                    break
-                try:
-                    poison(True)
-                    fn = build(mods, d, v, layer, x, w, dy)
-                    err = rel(fn(), refs[d])
-                    poison(False)
-                    cells[v] = graph_time(torch, fn) if err < 2e-2 else f"BAD{err:.0e}"
-                except Exception as e:
-                    poison(False)
-                    cells[v] = "ERR"
-                    print(f"   bf16 {layer[0]} {d} {v}: {e!r}"[:300], flush=True)
-            cu = cells.get("cudnn")
-            print(f"bf16 {layer[0]:22s} {d:3s} " + " ".join(
-                f"{v}={cells[v]:.1f}" + (f"({cu / cells[v]:.2f}x)" if isinstance(cu, float) else "")
-                if isinstance(cells.get(v), float) else f"{v}={cells.get(v, '-')}"
-                for v in BF16_VARIANTS) + f"  t={time.time() - T0:.0f}", flush=True)
-        del x, w, dy, refs
-
     # Totals weighted by occurrences. A variant that does not apply to a row stands in with
-    # "new" (what the plan does there); orig only over the rows it was timed on.
+    # "new" (what the plan does there).
     def val(row, v):
         t = row.get(v, ("-",))[0]
         return t if isinstance(t, float) else None
@@ -408,8 +310,6 @@ def run_timing(args, mods):
                     t = min(x for x in (val(row, c) for c in CHOICES) if x is not None)
                 elif v in row:
                     t = val(row, v)
-                elif v == "orig":
-                    t = None
                 else:
                     t = nw
                 if t is None:
@@ -451,25 +351,20 @@ def run_timing(args, mods):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kernels", required=True, help="dir holding kernels/ and kernels_orig/")
     ap.add_argument("--shard", default=None, help="i/n: compile-only worker")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU check of every variant")
-    ap.add_argument("--bf16", action="store_true", help="also a few bf16 NCHW layers")
-    ap.add_argument("--skip-orig", default="", help="layer names whose orig numbers exist")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="the variants to run")
     ap.add_argument("--compile-until", type=float, default=80.0, help="s after T0")
     ap.add_argument("--until", type=float, default=150.0, help="no new layer after this (s)")
     ap.add_argument("--hard", type=float, default=158.0, help="no new variant after this (s)")
     args = ap.parse_args()
-    mods = import_kernels(os.path.abspath(args.kernels))
-    SKIP_ORIG.update(n for n in args.skip_orig.split(",") if n)
     ACTIVE.intersection_update(args.variants.split(","))
     if args.smoke:
-        smoke(mods)
+        smoke()
     elif args.shard:
-        compile_shard(args, mods)
+        compile_shard(args)
     else:
-        run_timing(args, mods)
+        run_timing(args)
 
 
 if __name__ == "__main__":
