@@ -100,6 +100,20 @@ constexpr int64_t kDepthwiseGradWeightMaxPartialBytes = 16 << 20;
 constexpr int64_t kDepthwiseGradWeightTapGroup = 6;
 // grad_weight NHWC: independent accumulators per channel vector (hides FMA latency).
 constexpr int64_t kDepthwiseGradWeightUnroll = 4;
+// depthwise, AVX-512 (16 lanes). Register tile: kDepthwiseAvx512PixelTile output
+// pixels x kDepthwiseAvx512ChanVecs channel vectors = 21 zmm accumulators plus
+// 3 weight vectors; each tap costs 3 weight loads and 21 FMAs with a folded
+// input load (2 loads per cycle keep up). 7 divides every MobileNetV2 and
+// ConvNeXt plane width (112, 56, 28, 14, 7), so rows hold no partial tiles.
+constexpr int64_t kDepthwiseAvx512PixelTile = 7;
+constexpr int64_t kDepthwiseAvx512ChanVecs = 3;
+// NHWC parallel task: one output row x this many channels (two tile widths).
+constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
+// NCHW: a task transposes this many channels of a block of input rows into a
+// [pixel][channel] tile of about kDepthwiseAvx512NchwTileBytes (L2-resident),
+// runs the channel-vector kernel on it and transposes the output back.
+constexpr int64_t kDepthwiseAvx512NchwChannelBlock = 48;
+constexpr int64_t kDepthwiseAvx512NchwTileBytes = 128 << 10;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
@@ -151,6 +165,11 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_grad_weight_max_partial_bytes, kDepthwiseGradWeightMaxPartialBytes)   \
   X(depthwise_grad_weight_tap_group, kDepthwiseGradWeightTapGroup)                  \
   X(depthwise_grad_weight_unroll, kDepthwiseGradWeightUnroll)                       \
+  X(depthwise_avx512_pixel_tile, kDepthwiseAvx512PixelTile)                        \
+  X(depthwise_avx512_chan_vecs, kDepthwiseAvx512ChanVecs)                          \
+  X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
+  X(depthwise_avx512_nchw_channel_block, kDepthwiseAvx512NchwChannelBlock)         \
+  X(depthwise_avx512_nchw_tile_bytes, kDepthwiseAvx512NchwTileBytes)               \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -289,8 +289,14 @@ void build_phase_rows(const T* plane, int64_t W, int64_t ih_lo, int64_t nrows, c
   }
 }
 
+bool nchw_cblock_applies(const ConvParams& p);
+void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
+                                const ConvParams& p, Activation act);
+
 template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams& p, Activation act) {
+  if constexpr (std::is_same<T, float>::value)
+    if (use_avx512() && nchw_cblock_applies(p)) return forward_nchw_cblock_avx512(x, w, bias, y, p, act);
   const int64_t M = p.K / p.C, RS = p.R * p.S;
   const PhaseRows pr = PhaseRows::make(p);
   std::vector<int64_t> tap_off(p.S);
@@ -728,9 +734,247 @@ void nhwc_fwd_portable(const T* x_img, const T* wp, const T* bias, T* y_row, con
   }
 }
 
+// ---------------------------------------------------------------------------
+// AVX-512 (float32): 16-lane channel-vector kernels. One register tile serves
+// NHWC images and channel-blocked tiles of NCHW images alike: the operands are
+// described by a ChanView (pixel-major, channels at unit stride).
+// ---------------------------------------------------------------------------
+struct ChanView {
+  const float* x;      // input (ih, iw, c) at x[(ih * W + iw) * x_pix + c]
+  int64_t x_pix;
+  const float* w;      // weight (r, s, c) at w[(r * S + s) * w_tap + c]
+  int64_t w_tap;
+  const float* bias;   // bias[c], or null
+  float* y;            // output (oh, ow, c) at y[(oh * Wo + ow) * y_pix + c]
+  int64_t y_pix;
+};
+
+// Valid kernel columns [cs0[ow], cs1[ow]) of every output column, padded with
+// empty ranges up to Wo + kDepthwiseAvx512PixelTile so a partial tile's missing
+// pixels mask every tap off.
+struct ColRanges {
+  std::vector<int64_t> s0, s1;
+  explicit ColRanges(const NhwcGeom& g)
+      : s0(g.Wo + kDepthwiseAvx512PixelTile, g.S), s1(g.Wo + kDepthwiseAvx512PixelTile, 0) {
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      int64_t iw0;
+      g.col_range(ow, &iw0, &s0[ow], &s1[ow]);
+    }
+  }
+};
+
+#if FASTCONV_X86
+FASTCONV_TARGET_AVX512 inline __mmask16 mask16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+// Stores act(v) to the lanes of m. MAXPS/MINPS return their second operand when
+// either is NaN, so max(0, v) and min(6, .) keep a NaN like torch.relu does.
+FASTCONV_TARGET_AVX512 inline void store16(float* p, __m512 v, __mmask16 m, Activation act) {
+  if (act == Activation::ReLU) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  if (act == Activation::ReLU6)
+    v = _mm512_min_ps(_mm512_set1_ps(6.f), _mm512_max_ps(_mm512_setzero_ps(), v));
+  _mm512_mask_storeu_ps(p, m, v);
+  if (act == Activation::SiLU || act == Activation::GELU)
+    for (int i = 0; i < 16; ++i)
+      if (m >> i & 1) p[i] = activate(p[i], act);
+}
+
+// P output pixels from ow (npix of them real) x V channel vectors from channel
+// k (the last vector's lanes in `tail`), kernel rows [r0, r1). Interior tiles
+// (every tap of every pixel in bounds) run plain loads; Border tiles mask each
+// (pixel, kernel column) tap off where it falls outside the image: a masked
+// load does not fault, and the masked FMA leaves the accumulator as it was, so
+// the sum is the same as the plain loop nest's over the valid taps.
+template <int P, int V, bool Border>
+FASTCONV_TARGET_AVX512 void chan_tile_p7_avx512(const ChanView& cv, const NhwcGeom& g,
+                                               const int64_t* cs0, const int64_t* cs1, int64_t oh,
+                                               int64_t ih0, int64_t r0, int64_t r1, int64_t ow,
+                                               int64_t npix, int64_t k, __mmask16 tail,
+                                               Activation act) {
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  const int64_t px = g.sw * cv.x_pix;  // input step between neighbouring output pixels
+  __m512 acc[P][V];
+  for (int q = 0; q < P; ++q)
+    for (int v = 0; v < V; ++v) acc[q][v] = _mm512_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = cv.x + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * cv.x_pix + k;
+    const float* wr = cv.w + r * g.S * cv.w_tap + k;
+    for (int64_t s = 0; s < g.S; ++s) {
+      const float* xs = xr + s * g.dw * cv.x_pix;
+      __m512 wv[V];
+      for (int v = 0; v < V; ++v) wv[v] = _mm512_maskz_loadu_ps(vm[v], wr + s * cv.w_tap + 16 * v);
+      for (int q = 0; q < P; ++q) {
+        if constexpr (Border) {
+          const __mmask16 pm = (s >= cs0[ow + q]) & (s < cs1[ow + q]) ? __mmask16(0xFFFF) : __mmask16(0);
+          for (int v = 0; v < V; ++v) {
+            const __mmask16 m = vm[v] & pm;
+            acc[q][v] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m, xs + q * px + 16 * v), wv[v],
+                                              acc[q][v], m);
+          }
+        } else {
+          for (int v = 0; v < V; ++v) {
+            const __m512 xv = v == V - 1 ? _mm512_maskz_loadu_ps(vm[v], xs + q * px + 16 * v)
+                                         : _mm512_loadu_ps(xs + q * px + 16 * v);
+            acc[q][v] = _mm512_fmadd_ps(xv, wv[v], acc[q][v]);
+          }
+        }
+      }
+    }
+  }
+  float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
+  for (int v = 0; v < V; ++v) {
+    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
+    for (int q = 0; q < P; ++q)
+      if (!Border || q < npix) store16(yp + q * cv.y_pix + 16 * v, _mm512_add_ps(acc[q][v], bv), vm[v], act);
+  }
+}
+
+// One output row, channels [k0, k1): pixel tiles outer, channel vectors inner,
+// so the input rows stream through once and the weight slice stays in L1.
+FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& g,
+                                            const ColRanges& cr, int64_t oh, int64_t k0,
+                                            int64_t k1, Activation act) {
+  constexpr int P = kDepthwiseAvx512PixelTile, V = kDepthwiseAvx512ChanVecs;
+  static_assert(V == 3, "update the switch below");
+  int64_t ih0, r0, r1;
+  g.row_range(oh, &ih0, &r0, &r1);
+  const int64_t *cs0 = cr.s0.data(), *cs1 = cr.s1.data();
+  for (int64_t ow = 0; ow < g.Wo; ow += P) {
+    const int64_t npix = std::min<int64_t>(P, g.Wo - ow);
+    const bool interior = ow >= g.ow_lo && ow + P <= g.ow_hi;
+    for (int64_t k = k0; k < k1; k += 16 * V) {
+      const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+      const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+#define FASTCONV_DW_TILE(NV)                                                                      \
+  if (interior)                                                                                   \
+    chan_tile_p7_avx512<P, NV, false>(cv, g, cs0, cs1, oh, ih0, r0, r1, ow, npix, k, tail, act); \
+  else                                                                                            \
+    chan_tile_p7_avx512<P, NV, true>(cv, g, cs0, cs1, oh, ih0, r0, r1, ow, npix, k, tail, act);
+      if (nv == 3) { FASTCONV_DW_TILE(3) }
+      else if (nv == 2) { FASTCONV_DW_TILE(2) }
+      else { FASTCONV_DW_TILE(1) }
+#undef FASTCONV_DW_TILE
+    }
+  }
+}
+
+// 16x16 transpose of r[0..16) in registers (unpack, unpack, two lane shuffles).
+FASTCONV_TARGET_AVX512 inline void transpose16x16(__m512* r) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xdd);
+    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+
+// dst[j * dst_ld + i] = src[i * src_ld + j] for i < rows, j < cols, in 16x16 blocks.
+FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, int64_t rows,
+                                             int64_t cols, float* dst, int64_t dst_ld) {
+  __m512 r[16];
+  for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, rows - i0);
+    const __mmask16 im = mask16(ni);
+    for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+      const int64_t nj = std::min<int64_t>(16, cols - j0);
+      const __mmask16 jm = mask16(nj);
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < ni ? _mm512_maskz_loadu_ps(jm, src + (i0 + i) * src_ld + j0) : _mm512_setzero_ps();
+      transpose16x16(r);
+      for (int j = 0; j < nj; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * dst_ld + i0, im, r[j]);
+    }
+  }
+}
+#endif
+
+// NCHW on AVX-512 through channel-blocked tiles: a task is one image, a block
+// of kDepthwiseAvx512NchwChannelBlock channels and a block of output rows. The
+// input rows the block reads are transposed into a [pixel][channel] tile, the
+// channel-vector kernel runs on it as on an NHWC image, and the output tile is
+// transposed back. Lanes stay full whatever the plane width (a 7-wide row
+// would fill 7 of 16 lanes), and stride needs no phase split.
+bool nchw_cblock_applies(const ConvParams& p) { return p.K == p.C; }
+
+void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
+                                const ConvParams& p, Activation act) {
+#if FASTCONV_X86
+  const NhwcGeom g(p);
+  const ColRanges cr(g);
+  const int64_t K = p.K, RS = p.R * p.S, CB = kDepthwiseAvx512NchwChannelBlock;
+  std::vector<float> wp(RS * K);  // [R][S][K]
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t rs = 0; rs < RS; ++rs) wp[rs * K + k] = w[k * RS + rs];
+  const int64_t ncb = ceil_div(K, CB);
+  // Output rows per task: the input tile (rows plus halo) about
+  // kDepthwiseAvx512NchwTileBytes.
+  const int64_t in_rows_budget = std::max<int64_t>(1, kDepthwiseAvx512NchwTileBytes / (CB * p.W * 4));
+  const int64_t rows_per_task =
+      std::max<int64_t>(1, std::min(p.Ho, (in_rows_budget - (p.R - 1) * p.dil_h) / p.stride_h));
+  const int64_t nrb = ceil_div(p.Ho, rows_per_task);
+  at::parallel_for(0, p.N * ncb * nrb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> xbuf, ybuf;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task % nrb, cb = task / nrb % ncb, n = task / nrb / ncb;
+      const int64_t c0 = cb * CB, nc = std::min(CB, K - c0), ld = round_up(nc, 16);
+      const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.Ho, oh0 + rows_per_task);
+      const int64_t ih_lo = std::max<int64_t>(0, oh0 * p.stride_h - p.pad_top);
+      const int64_t ih_hi = std::min(p.H, (oh1 - 1) * p.stride_h - p.pad_top + (p.R - 1) * p.dil_h + 1);
+      const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
+      xbuf.resize(std::max<int64_t>(1, nrows * p.W * ld));
+      ybuf.resize((oh1 - oh0) * p.Wo * ld);
+      const float* xc = x + (n * p.C + c0) * p.H * p.W;
+      if (nrows > 0) transpose_avx512(xc + ih_lo * p.W, p.H * p.W, nc, nrows * p.W, xbuf.data(), ld);
+      // Rows outside [ih_lo, ih_hi) are never read (row_range clips to the image).
+      const ChanView cv{xbuf.data() - ih_lo * p.W * ld, ld, wp.data() + c0, K,
+                        bias ? bias + c0 : nullptr, ybuf.data() - oh0 * p.Wo * ld, ld};
+      for (int64_t oh = oh0; oh < oh1; ++oh) chan_row_avx512(cv, g, cr, oh, 0, nc, act);
+      transpose_avx512(ybuf.data(), ld, (oh1 - oh0) * p.Wo, nc,
+                       y + (n * K + c0) * p.Ho * p.Wo + oh0 * p.Wo, p.Ho * p.Wo);
+    }
+  });
+#else
+  TORCH_CHECK(false, "forward_nchw_cblock_avx512: not an x86 build");
+#endif
+}
+
 template <typename T>
 void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParams& p, Activation act) {
   const NhwcGeom g(p);
+#if FASTCONV_X86
+  if constexpr (std::is_same<T, float>::value)
+    if (use_avx512()) {
+      const ColRanges cr(g);
+      const int64_t CG = kDepthwiseAvx512ChannelGroup, ncg = ceil_div(p.K, CG);
+      at::parallel_for(0, p.N * p.Ho * ncg, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t cg = task % ncg, row = task / ncg, n = row / p.Ho, oh = row % p.Ho;
+          const ChanView cv{xk + n * p.H * p.W * p.K, p.K, wp, p.K, bias,
+                            y + n * p.Ho * p.Wo * p.K, p.K};
+          chan_row_avx512(cv, g, cr, oh, cg * CG, std::min(p.K, (cg + 1) * CG), act);
+        }
+      });
+      return;
+    }
+#endif
   const int64_t ncg = ceil_div(p.K, kDepthwiseNhwcChannelGroup);
   const bool avx2 = use_avx2<T>();
   at::parallel_for(0, p.N * p.Ho * ncg, 1, [&](int64_t begin, int64_t end) {
