@@ -135,6 +135,22 @@ FASTCONV_TARGET_AVX2 inline void store8(float* p, __m256 v, __m256i mask, int64_
     for (int64_t i = 0; i < (Masked ? n : kVec); ++i) p[i] = activate(p[i], act);
 }
 
+FASTCONV_TARGET_AVX512 inline __mmask16 mask16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+// Stores act(v) to the lanes of m. MAXPS/MINPS return their second operand when
+// either is NaN, so max(0, v) and min(6, .) keep a NaN like torch.relu does.
+FASTCONV_TARGET_AVX512 inline void store16(float* p, __m512 v, __mmask16 m, Activation act) {
+  if (act == Activation::ReLU) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  if (act == Activation::ReLU6)
+    v = _mm512_min_ps(_mm512_set1_ps(6.f), _mm512_max_ps(_mm512_setzero_ps(), v));
+  _mm512_mask_storeu_ps(p, m, v);
+  if (act == Activation::SiLU || act == Activation::GELU)
+    for (int i = 0; i < 16; ++i)
+      if (m >> i & 1) p[i] = activate(p[i], act);
+}
+
 FASTCONV_TARGET_AVX2 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -469,6 +485,51 @@ FASTCONV_TARGET_AVX2 void gw_rows_avx2(const float* const* dyrows, const float* 
   for (int g = 0; g < G; ++g) out[g] += hsum8(_mm256_add_ps(a0[g], a1[g]));
 }
 
+// AVX-512 twin of gw_rows_avx2; the row tail is a masked load of both operands.
+template <int G>
+FASTCONV_TARGET_AVX512 void gw_rows_avx512(const float* const* dyrows, const float* const* xrows,
+                                           int64_t nrows, int64_t Wo, const int64_t* offs, float* out) {
+  __m512 a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
+  const int64_t full = Wo / 16 * 16;
+  const __mmask16 mask = mask16(Wo - full);
+  for (int64_t i = 0; i < nrows; ++i) {
+    const float* d = dyrows[i];
+    const float* xr = xrows[i];
+    int64_t j = 0;
+    for (; j + 32 <= full; j += 32) {
+      const __m512 d0 = _mm512_loadu_ps(d + j), d1 = _mm512_loadu_ps(d + j + 16);
+      for (int g = 0; g < G; ++g) {
+        a0[g] = _mm512_fmadd_ps(d0, _mm512_loadu_ps(xr + offs[g] + j), a0[g]);
+        a1[g] = _mm512_fmadd_ps(d1, _mm512_loadu_ps(xr + offs[g] + j + 16), a1[g]);
+      }
+    }
+    for (; j < full; j += 16) {
+      const __m512 d0 = _mm512_loadu_ps(d + j);
+      for (int g = 0; g < G; ++g) a0[g] = _mm512_fmadd_ps(d0, _mm512_loadu_ps(xr + offs[g] + j), a0[g]);
+    }
+    if (full < Wo) {
+      const __m512 d1 = _mm512_maskz_loadu_ps(mask, d + full);
+      for (int g = 0; g < G; ++g)
+        a1[g] = _mm512_fmadd_ps(d1, _mm512_maskz_loadu_ps(mask, xr + offs[g] + full), a1[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) out[g] += _mm512_reduce_add_ps(_mm512_add_ps(a0[g], a1[g]));
+}
+
+void gw_rows_avx512_any(const float* const* dyrows, const float* const* xrows, int64_t nrows,
+                        int64_t Wo, const int64_t* offs, int64_t G, float* out) {
+  static_assert(kDepthwiseGradWeightTapGroup == 6, "update the switch below");
+  switch (G) {
+    case 1: return gw_rows_avx512<1>(dyrows, xrows, nrows, Wo, offs, out);
+    case 2: return gw_rows_avx512<2>(dyrows, xrows, nrows, Wo, offs, out);
+    case 3: return gw_rows_avx512<3>(dyrows, xrows, nrows, Wo, offs, out);
+    case 4: return gw_rows_avx512<4>(dyrows, xrows, nrows, Wo, offs, out);
+    case 5: return gw_rows_avx512<5>(dyrows, xrows, nrows, Wo, offs, out);
+    default: return gw_rows_avx512<6>(dyrows, xrows, nrows, Wo, offs, out);
+  }
+}
+
 void gw_rows_avx2_any(const float* const* dyrows, const float* const* xrows, int64_t nrows,
                       int64_t Wo, const int64_t* offs, int64_t G, float* out) {
   static_assert(kDepthwiseGradWeightTapGroup == 6, "update the switch below");
@@ -526,7 +587,7 @@ void grad_weight_nchw(const T* dy, const T* x, T* gw, const ConvParams& p) {
   for (int64_t s = 0; s < p.S; ++s) tap_off[s] = pr.tap_offset(s, p.dil_w);
   const Chunks ch = Chunks::make(p, sizeof(T));
   std::vector<T> part(ch.nchunks * p.K * RS);
-  const bool avx2 = use_avx2<T>();
+  const bool avx2 = use_avx2<T>(), avx512 = avx2 && use_avx512();
   at::parallel_for(0, ch.nchunks * p.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf;
     std::vector<const T*> dyrows, xrows;
@@ -564,12 +625,18 @@ void grad_weight_nchw(const T* dy, const T* x, T* gw, const ConvParams& p) {
             for (int64_t s0 = 0; s0 < p.S; s0 += G) {
               const int64_t gs = std::min(G, p.S - s0);
 #if FASTCONV_X86
-              if constexpr (std::is_same<T, float>::value)
+              if constexpr (std::is_same<T, float>::value) {
+                if (avx512) {
+                  gw_rows_avx512_any(dyrows.data(), xrows.data(), nr, p.Wo, tap_off.data() + s0, gs,
+                                     slab + r * p.S + s0);
+                  continue;
+                }
                 if (avx2) {
                   gw_rows_avx2_any(dyrows.data(), xrows.data(), nr, p.Wo, tap_off.data() + s0, gs,
                                    slab + r * p.S + s0);
                   continue;
                 }
+              }
 #endif
               gw_rows_portable(dyrows.data(), xrows.data(), nr, p.Wo, tap_off.data() + s0, gs,
                                slab + r * p.S + s0);
@@ -739,6 +806,9 @@ void nhwc_fwd_portable(const T* x_img, const T* wp, const T* bias, T* y_row, con
 // NHWC images and channel-blocked tiles of NCHW images alike: the operands are
 // described by a ChanView (pixel-major, channels at unit stride).
 // ---------------------------------------------------------------------------
+// Widest kernel the channel-vector kernels take (a per-column mask table on the stack).
+constexpr int64_t kChanMaxS = 64;
+
 struct ChanView {
   const float* x;      // input (ih, iw, c) at x[(ih * W + iw) * x_pix + c]
   int64_t x_pix;
@@ -764,22 +834,6 @@ struct ColRanges {
 };
 
 #if FASTCONV_X86
-FASTCONV_TARGET_AVX512 inline __mmask16 mask16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-}
-
-// Stores act(v) to the lanes of m. MAXPS/MINPS return their second operand when
-// either is NaN, so max(0, v) and min(6, .) keep a NaN like torch.relu does.
-FASTCONV_TARGET_AVX512 inline void store16(float* p, __m512 v, __mmask16 m, Activation act) {
-  if (act == Activation::ReLU) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-  if (act == Activation::ReLU6)
-    v = _mm512_min_ps(_mm512_set1_ps(6.f), _mm512_max_ps(_mm512_setzero_ps(), v));
-  _mm512_mask_storeu_ps(p, m, v);
-  if (act == Activation::SiLU || act == Activation::GELU)
-    for (int i = 0; i < 16; ++i)
-      if (m >> i & 1) p[i] = activate(p[i], act);
-}
-
 // P output pixels from ow (npix of them real) x V channel vectors from channel
 // k (the last vector's lanes in `tail`), kernel rows [r0, r1). Interior tiles
 // (every tap of every pixel in bounds) run plain loads; Border tiles mask each
@@ -788,15 +842,18 @@ FASTCONV_TARGET_AVX512 inline void store16(float* p, __m512 v, __mmask16 m, Acti
 // the sum is the same as the plain loop nest's over the valid taps.
 template <int P, int V, bool Border>
 FASTCONV_TARGET_AVX512 void chan_tile_p7_avx512(const ChanView& cv, const NhwcGeom& g,
-                                               const int64_t* cs0, const int64_t* cs1, int64_t oh,
+                                               const __mmask16* tap_masks, int64_t oh,
                                                int64_t ih0, int64_t r0, int64_t r1, int64_t ow,
                                                int64_t npix, int64_t k, __mmask16 tail,
                                                Activation act) {
   __mmask16 vm[V];
+#pragma GCC unroll 4
   for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
   const int64_t px = g.sw * cv.x_pix;  // input step between neighbouring output pixels
   __m512 acc[P][V];
+#pragma GCC unroll 16
   for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[q][v] = _mm512_setzero_ps();
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = cv.x + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * cv.x_pix + k;
@@ -804,28 +861,39 @@ FASTCONV_TARGET_AVX512 void chan_tile_p7_avx512(const ChanView& cv, const NhwcGe
     for (int64_t s = 0; s < g.S; ++s) {
       const float* xs = xr + s * g.dw * cv.x_pix;
       __m512 wv[V];
+#pragma GCC unroll 4
       for (int v = 0; v < V; ++v) wv[v] = _mm512_maskz_loadu_ps(vm[v], wr + s * cv.w_tap + 16 * v);
-      for (int q = 0; q < P; ++q) {
-        if constexpr (Border) {
-          const __mmask16 pm = (s >= cs0[ow + q]) & (s < cs1[ow + q]) ? __mmask16(0xFFFF) : __mmask16(0);
+      if constexpr (Border) {
+        // A mask per (kernel column, pixel), from a table: measured 2x faster
+        // than deriving it from the column ranges in the loop (front-end bound).
+        const __mmask16* ms = tap_masks + s * P;
+#pragma GCC unroll 16
+        for (int q = 0; q < P; ++q) {
+          const __mmask16 pm = ms[q];
+#pragma GCC unroll 4
           for (int v = 0; v < V; ++v) {
-            const __mmask16 m = vm[v] & pm;
+            const __mmask16 m = v == V - 1 ? __mmask16(vm[v] & pm) : pm;
             acc[q][v] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m, xs + q * px + 16 * v), wv[v],
                                               acc[q][v], m);
           }
-        } else {
+        }
+      } else {
+#pragma GCC unroll 16
+        for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
           for (int v = 0; v < V; ++v) {
             const __m512 xv = v == V - 1 ? _mm512_maskz_loadu_ps(vm[v], xs + q * px + 16 * v)
                                          : _mm512_loadu_ps(xs + q * px + 16 * v);
             acc[q][v] = _mm512_fmadd_ps(xv, wv[v], acc[q][v]);
           }
-        }
       }
     }
   }
   float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
+#pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
     const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
     for (int q = 0; q < P; ++q)
       if (!Border || q < npix) store16(yp + q * cv.y_pix + 16 * v, _mm512_add_ps(acc[q][v], bv), vm[v], act);
   }
@@ -841,17 +909,22 @@ FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& 
   int64_t ih0, r0, r1;
   g.row_range(oh, &ih0, &r0, &r1);
   const int64_t *cs0 = cr.s0.data(), *cs1 = cr.s1.data();
+  __mmask16 tap_masks[kChanMaxS * P];  // [s][q]: 0xFFFF where column s of pixel q is in bounds
   for (int64_t ow = 0; ow < g.Wo; ow += P) {
     const int64_t npix = std::min<int64_t>(P, g.Wo - ow);
     const bool interior = ow >= g.ow_lo && ow + P <= g.ow_hi;
+    if (!interior)
+      for (int64_t s = 0; s < g.S; ++s)
+        for (int q = 0; q < P; ++q)
+          tap_masks[s * P + q] = s >= cs0[ow + q] && s < cs1[ow + q] ? __mmask16(0xFFFF) : __mmask16(0);
     for (int64_t k = k0; k < k1; k += 16 * V) {
       const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
       const __mmask16 tail = mask16(nk - 16 * (nv - 1));
 #define FASTCONV_DW_TILE(NV)                                                                      \
   if (interior)                                                                                   \
-    chan_tile_p7_avx512<P, NV, false>(cv, g, cs0, cs1, oh, ih0, r0, r1, ow, npix, k, tail, act); \
+    chan_tile_p7_avx512<P, NV, false>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act); \
   else                                                                                            \
-    chan_tile_p7_avx512<P, NV, true>(cv, g, cs0, cs1, oh, ih0, r0, r1, ow, npix, k, tail, act);
+    chan_tile_p7_avx512<P, NV, true>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act);
       if (nv == 3) { FASTCONV_DW_TILE(3) }
       else if (nv == 2) { FASTCONV_DW_TILE(2) }
       else { FASTCONV_DW_TILE(1) }
@@ -912,7 +985,7 @@ FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, i
 // channel-vector kernel runs on it as on an NHWC image, and the output tile is
 // transposed back. Lanes stay full whatever the plane width (a 7-wide row
 // would fill 7 of 16 lanes), and stride needs no phase split.
-bool nchw_cblock_applies(const ConvParams& p) { return p.K == p.C; }
+bool nchw_cblock_applies(const ConvParams& p) { return p.K == p.C && p.S <= kChanMaxS; }
 
 void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
                                 const ConvParams& p, Activation act) {
@@ -921,8 +994,7 @@ void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bia
   const ColRanges cr(g);
   const int64_t K = p.K, RS = p.R * p.S, CB = kDepthwiseAvx512NchwChannelBlock;
   std::vector<float> wp(RS * K);  // [R][S][K]
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t rs = 0; rs < RS; ++rs) wp[rs * K + k] = w[k * RS + rs];
+  transpose_avx512(w, RS, K, RS, wp.data(), K);
   const int64_t ncb = ceil_div(K, CB);
   // Output rows per task: the input tile (rows plus halo) about
   // kDepthwiseAvx512NchwTileBytes.
@@ -961,7 +1033,7 @@ void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParam
   const NhwcGeom g(p);
 #if FASTCONV_X86
   if constexpr (std::is_same<T, float>::value)
-    if (use_avx512()) {
+    if (use_avx512() && p.S <= kChanMaxS) {
       const ColRanges cr(g);
       const int64_t CG = kDepthwiseAvx512ChannelGroup, ncg = ceil_div(p.K, CG);
       at::parallel_for(0, p.N * p.Ho * ncg, 1, [&](int64_t begin, int64_t end) {
@@ -1055,6 +1127,60 @@ FASTCONV_TARGET_AVX2 void nhwc_gin_avx2(const float* dy_img, const float* wp, co
 }
 #endif
 
+#if FASTCONV_X86
+// AVX-512 twin of nhwc_gin_row_avx2 (16-channel vectors, masked channel tail).
+template <int V>
+FASTCONV_TARGET_AVX512 void nhwc_gin_row_avx512(const float* dy_img, const float* wp, const NhwcGeom& g,
+                                                const GinTaps& t, int64_t k0, __mmask16 tail,
+                                                float* dst, int64_t dst_stride) {
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  for (int64_t iw = 0; iw < g.W; ++iw) {
+    __m512 a0[V], a1[V];
+    for (int v = 0; v < V; ++v) a0[v] = a1[v] = _mm512_setzero_ps();
+    const int64_t j0 = t.col_start[iw], j1 = t.col_start[iw + 1];
+    for (int64_t i = 0; i < t.nrow; ++i) {
+      const float* dyr = dy_img + t.row_oh[i] * g.Wo * g.K + k0;
+      const float* wr = wp + t.row_r[i] * g.S * g.K + k0;
+      int64_t j = j0;
+      for (; j + 2 <= j1; j += 2) {
+        const float* d0 = dyr + t.col_ow[j] * g.K;
+        const float* d1 = dyr + t.col_ow[j + 1] * g.K;
+        const float* w0 = wr + t.col_s[j] * g.K;
+        const float* w1 = wr + t.col_s[j + 1] * g.K;
+        for (int v = 0; v < V; ++v) {
+          a0[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(vm[v], d0 + 16 * v), _mm512_maskz_loadu_ps(vm[v], w0 + 16 * v), a0[v]);
+          a1[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(vm[v], d1 + 16 * v), _mm512_maskz_loadu_ps(vm[v], w1 + 16 * v), a1[v]);
+        }
+      }
+      if (j < j1) {
+        const float* d0 = dyr + t.col_ow[j] * g.K;
+        const float* w0 = wr + t.col_s[j] * g.K;
+        for (int v = 0; v < V; ++v)
+          a0[v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(vm[v], d0 + 16 * v), _mm512_maskz_loadu_ps(vm[v], w0 + 16 * v), a0[v]);
+      }
+    }
+    for (int v = 0; v < V; ++v)
+      _mm512_mask_storeu_ps(dst + iw * dst_stride + 16 * v, vm[v], _mm512_add_ps(a0[v], a1[v]));
+  }
+}
+
+FASTCONV_TARGET_AVX512 void nhwc_gin_avx512(const float* dy_img, const float* wp, const NhwcGeom& g,
+                                            const GinTaps& t, int64_t k0, int64_t k1, float* dst,
+                                            int64_t dst_stride) {
+  constexpr int V = kDepthwiseAvx512ChanVecs;
+  static_assert(V == 3, "update the dispatch below");
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+    float* d = dst + (k - k0);
+    if (nv == 3) nhwc_gin_row_avx512<3>(dy_img, wp, g, t, k, tail, d, dst_stride);
+    else if (nv == 2) nhwc_gin_row_avx512<2>(dy_img, wp, g, t, k, tail, d, dst_stride);
+    else nhwc_gin_row_avx512<1>(dy_img, wp, g, t, k, tail, d, dst_stride);
+  }
+}
+#endif
+
 template <typename T>
 void nhwc_gin_portable(const T* dy_img, const T* wp, const NhwcGeom& g, const GinTaps& t, int64_t k0,
                        int64_t k1, T* dst, int64_t dst_stride) {
@@ -1115,7 +1241,10 @@ void grad_input_nhwc(const T* dy, const T* wp, T* dx, const ConvParams& p) {
       bool done = false;
 #if FASTCONV_X86
       if constexpr (std::is_same<T, float>::value)
-        if (avx2) {
+        if (use_avx512()) {
+          nhwc_gin_avx512(dy_img, wp, g, t, k0, k1, dst, dst_stride);
+          done = true;
+        } else if (avx2) {
           nhwc_gin_avx2(dy_img, wp, g, t, k0, k1, dst, dst_stride);
           done = true;
         }
@@ -1173,6 +1302,50 @@ FASTCONV_TARGET_AVX2 void nhwc_gw_avx2(const float* dy, const float* x, int64_t 
 }
 #endif
 
+#if FASTCONV_X86
+// AVX-512 twin of nhwc_gw_seg_avx2: dst[0..16V) += sum over i < n of dy[i*K + .] * x[i*xstep + .].
+template <int V>
+FASTCONV_TARGET_AVX512 void nhwc_gw_seg_avx512(const float* dy, const float* x, int64_t n, int64_t K,
+                                               int64_t xstep, float* dst, __mmask16 tail) {
+  constexpr int U = kDepthwiseGradWeightUnroll;
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  __m512 acc[U][V];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < V; ++v) acc[u][v] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + U <= n; i += U)
+    for (int u = 0; u < U; ++u) {
+      const float* d = dy + (i + u) * K;
+      const float* xp = x + (i + u) * xstep;
+      for (int v = 0; v < V; ++v)
+        acc[u][v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(vm[v], d + 16 * v),
+                                    _mm512_maskz_loadu_ps(vm[v], xp + 16 * v), acc[u][v]);
+    }
+  for (; i < n; ++i)
+    for (int v = 0; v < V; ++v)
+      acc[0][v] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(vm[v], dy + i * K + 16 * v),
+                                  _mm512_maskz_loadu_ps(vm[v], x + i * xstep + 16 * v), acc[0][v]);
+  for (int v = 0; v < V; ++v) {
+    __m512 s = acc[0][v];
+    for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[u][v]);
+    s = _mm512_add_ps(_mm512_maskz_loadu_ps(vm[v], dst + 16 * v), s);
+    _mm512_mask_storeu_ps(dst + 16 * v, vm[v], s);
+  }
+}
+
+FASTCONV_TARGET_AVX512 void nhwc_gw_avx512(const float* dy, const float* x, int64_t n, int64_t K,
+                                           int64_t xstep, int64_t k0, int64_t k1, float* dst) {
+  constexpr int V = 2;  // 2 vectors x kDepthwiseGradWeightUnroll accumulators
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+    if (nv == 2) nhwc_gw_seg_avx512<2>(dy + k, x + k, n, K, xstep, dst + k, tail);
+    else nhwc_gw_seg_avx512<1>(dy + k, x + k, n, K, xstep, dst + k, tail);
+  }
+}
+#endif
+
 template <typename T>
 void nhwc_gw_portable(const T* dy, const T* x, int64_t n, int64_t K, int64_t xstep, int64_t k0,
                       int64_t k1, T* dst) {
@@ -1191,7 +1364,7 @@ void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
   const Chunks ch = Chunks::make(p, sizeof(T));
   const int64_t ncg = ceil_div(K, kDepthwiseNhwcChannelGroup);
   std::vector<T> part(ch.nchunks * RS * K);  // [chunk][r][s][k]
-  const bool avx2 = use_avx2<T>();
+  const bool avx2 = use_avx2<T>(), avx512 = avx2 && use_avx512();
   at::parallel_for(0, ch.nchunks * ncg, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t chunk = task / ncg, cg = task % ncg;
@@ -1216,11 +1389,16 @@ void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
             const T* xp = xrow + (lo * p.stride_w + off) * K;
             T* dst = slab + (r * p.S + s) * K;
 #if FASTCONV_X86
-            if constexpr (std::is_same<T, float>::value)
+            if constexpr (std::is_same<T, float>::value) {
+              if (avx512) {
+                nhwc_gw_avx512(d, xp, hi - lo, K, p.stride_w * K, k0, k1, dst);
+                continue;
+              }
               if (avx2) {
                 nhwc_gw_avx2(d, xp, hi - lo, K, p.stride_w * K, k0, k1, dst);
                 continue;
               }
+            }
 #endif
             nhwc_gw_portable(d, xp, hi - lo, K, p.stride_w * K, k0, k1, dst);
           }
@@ -1252,6 +1430,14 @@ std::vector<T> pack_weight_rsk(const at::Tensor& w) {
   const int64_t K = w.size(0), RS = w.size(2) * w.size(3);
   const T* src = w.data_ptr<T>();
   std::vector<T> out(RS * K);
+#if FASTCONV_X86
+  // The scalar loop took a third of a 7x7 layer's time at batch 1 (measured).
+  if constexpr (std::is_same<T, float>::value)
+    if (use_avx512()) {
+      transpose_avx512(src, RS, K, RS, out.data(), K);
+      return out;
+    }
+#endif
   for (int64_t k = 0; k < K; ++k)
     for (int64_t rs = 0; rs < RS; ++rs) out[rs * K + k] = src[k * RS + rs];
   return out;
