@@ -840,52 +840,67 @@ struct ColRanges {
 // (pixel, kernel column) tap off where it falls outside the image: a masked
 // load does not fault, and the masked FMA leaves the accumulator as it was, so
 // the sum is the same as the plain loop nest's over the valid taps.
-template <int P, int V, bool Border>
-FASTCONV_TARGET_AVX512 void chan_tile_p7_avx512(const ChanView& cv, const NhwcGeom& g,
+// Pixel q's input address: three base pointers (q = 0, 3, 6) plus 0, 1 or 2
+// pixel steps fit x86 addressing, so the 7 pixels need 4 registers, not 7
+// (with 7 the offsets spilled to the stack and xmm registers, measured).
+FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline const float* pix_ptr(
+    const float* b0, const float* b3, const float* b6, int64_t px, int q) {
+  const float* b = q < 3 ? b0 : (q < 6 ? b3 : b6);
+  return b + (q % 3) * px;
+}
+
+// noinline: inlined into the row loop (12 variants) its accumulators spilled (measured).
+template <int P, int V, bool Border, bool Full>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const ChanView& cv, const NhwcGeom& g,
                                                const __mmask16* tap_masks, int64_t oh,
                                                int64_t ih0, int64_t r0, int64_t r1, int64_t ow,
                                                int64_t npix, int64_t k, __mmask16 tail,
                                                Activation act) {
+  static_assert(P <= 9, "pix_ptr covers 9 pixels");
   __mmask16 vm[V];
 #pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 && !Full ? tail : __mmask16(0xFFFF);
   const int64_t px = g.sw * cv.x_pix;  // input step between neighbouring output pixels
+  const int64_t xs_step = g.dw * cv.x_pix, ws_step = cv.w_tap;
   __m512 acc[P][V];
 #pragma GCC unroll 16
   for (int q = 0; q < P; ++q)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) acc[q][v] = _mm512_setzero_ps();
   for (int64_t r = r0; r < r1; ++r) {
-    const float* xr = cv.x + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * cv.x_pix + k;
-    const float* wr = cv.w + r * g.S * cv.w_tap + k;
-    for (int64_t s = 0; s < g.S; ++s) {
-      const float* xs = xr + s * g.dw * cv.x_pix;
+    const float* xs = cv.x + ((ih0 + r * g.dh) * g.W + ow * g.sw - g.pl) * cv.x_pix + k;
+    const float* ws = cv.w + r * g.S * cv.w_tap + k;
+    const __mmask16* ms = tap_masks;
+    for (int64_t s = 0; s < g.S; ++s, xs += xs_step, ws += ws_step, ms += P) {
+      const float *b0 = xs, *b3 = xs + 3 * px, *b6 = xs + 6 * px;
       __m512 wv[V];
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) wv[v] = _mm512_maskz_loadu_ps(vm[v], wr + s * cv.w_tap + 16 * v);
+      for (int v = 0; v < V; ++v)
+        wv[v] = Full ? _mm512_loadu_ps(ws + 16 * v) : _mm512_maskz_loadu_ps(vm[v], ws + 16 * v);
       if constexpr (Border) {
         // A mask per (kernel column, pixel), from a table: measured 2x faster
         // than deriving it from the column ranges in the loop (front-end bound).
-        const __mmask16* ms = tap_masks + s * P;
 #pragma GCC unroll 16
         for (int q = 0; q < P; ++q) {
           const __mmask16 pm = ms[q];
+          const float* xq = pix_ptr(b0, b3, b6, px, q);
 #pragma GCC unroll 4
           for (int v = 0; v < V; ++v) {
-            const __mmask16 m = v == V - 1 ? __mmask16(vm[v] & pm) : pm;
-            acc[q][v] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m, xs + q * px + 16 * v), wv[v],
-                                              acc[q][v], m);
+            const __mmask16 m = v == V - 1 && !Full ? __mmask16(vm[v] & pm) : pm;
+            acc[q][v] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(m, xq + 16 * v), wv[v], acc[q][v], m);
           }
         }
       } else {
 #pragma GCC unroll 16
-        for (int q = 0; q < P; ++q)
+        for (int q = 0; q < P; ++q) {
+          const float* xq = pix_ptr(b0, b3, b6, px, q);
 #pragma GCC unroll 4
           for (int v = 0; v < V; ++v) {
-            const __m512 xv = v == V - 1 ? _mm512_maskz_loadu_ps(vm[v], xs + q * px + 16 * v)
-                                         : _mm512_loadu_ps(xs + q * px + 16 * v);
+            const __m512 xv = v == V - 1 && !Full ? _mm512_maskz_loadu_ps(vm[v], xq + 16 * v)
+                                                  : _mm512_loadu_ps(xq + 16 * v);
             acc[q][v] = _mm512_fmadd_ps(xv, wv[v], acc[q][v]);
           }
+        }
       }
     }
   }
@@ -920,11 +935,16 @@ FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& 
     for (int64_t k = k0; k < k1; k += 16 * V) {
       const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
       const __mmask16 tail = mask16(nk - 16 * (nv - 1));
-#define FASTCONV_DW_TILE(NV)                                                                      \
-  if (interior)                                                                                   \
-    chan_tile_p7_avx512<P, NV, false>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act); \
-  else                                                                                            \
-    chan_tile_p7_avx512<P, NV, true>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act);
+      const bool full = tail == __mmask16(0xFFFF);
+#define FASTCONV_DW_TILE(NV)                                                                       \
+  if (interior && full)                                                                            \
+    chan_tile_p7_avx512<P, NV, false, true>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act);  \
+  else if (interior)                                                                               \
+    chan_tile_p7_avx512<P, NV, false, false>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act); \
+  else if (full)                                                                                   \
+    chan_tile_p7_avx512<P, NV, true, true>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act);   \
+  else                                                                                             \
+    chan_tile_p7_avx512<P, NV, true, false>(cv, g, tap_masks, oh, ih0, r0, r1, ow, npix, k, tail, act);
       if (nv == 3) { FASTCONV_DW_TILE(3) }
       else if (nv == 2) { FASTCONV_DW_TILE(2) }
       else { FASTCONV_DW_TILE(1) }
