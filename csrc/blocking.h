@@ -114,6 +114,9 @@ constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 // runs the channel-vector kernel on it and transposes the output back.
 constexpr int64_t kDepthwiseAvx512NchwChannelBlock = 48;
 constexpr int64_t kDepthwiseAvx512NchwTileBytes = 128 << 10;
+// NCHW backward: planes at most this wide run the NHWC gradient kernels on
+// transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
+constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
@@ -170,6 +173,7 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
   X(depthwise_avx512_nchw_channel_block, kDepthwiseAvx512NchwChannelBlock)         \
   X(depthwise_avx512_nchw_tile_bytes, kDepthwiseAvx512NchwTileBytes)               \
+  X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \
