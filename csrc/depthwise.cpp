@@ -928,6 +928,18 @@ FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& 
   for (int64_t ow = 0; ow < g.Wo; ow += P) {
     const int64_t npix = std::min<int64_t>(P, g.Wo - ow);
     const bool interior = ow >= g.ow_lo && ow + P <= g.ow_hi;
+    // Prefetch (to L2) this tile's part of the input rows the next output row
+    // adds: from DRAM the strided tile walk leaves the hardware prefetchers behind
+    // (batch 8 ran 1.5x slower per image than batch 1, whose input sits in L2).
+    for (int64_t ih = ih0 + g.R * g.dh; ih < ih0 + g.R * g.dh + g.sh; ++ih) {
+      if (ih >= g.H) break;
+      const int64_t iw_a = std::max<int64_t>(0, ow * g.sw - g.pl);
+      const int64_t iw_b = std::min(g.W, (ow + P) * g.sw - g.pl);
+      for (int64_t iw = iw_a; iw < iw_b; ++iw) {
+        const char* pp = reinterpret_cast<const char*>(cv.x + (ih * g.W + iw) * cv.x_pix + k0);
+        for (int64_t b = 0; b < (k1 - k0) * 4; b += 64) _mm_prefetch(pp + b, _MM_HINT_T1);
+      }
+    }
     if (!interior)
       for (int64_t s = 0; s < g.S; ++s)
         for (int q = 0; q < P; ++q)
