@@ -109,11 +109,15 @@ constexpr int64_t kDepthwiseAvx512PixelTile = 7;
 constexpr int64_t kDepthwiseAvx512ChanVecs = 3;
 // NHWC parallel task: one output row x this many channels (two tile widths).
 constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
-// NCHW: a task transposes this many channels of a block of input rows into a
-// [pixel][channel] tile of about kDepthwiseAvx512NchwTileBytes (L2-resident),
-// runs the channel-vector kernel on it and transposes the output back.
-constexpr int64_t kDepthwiseAvx512NchwChannelBlock = 48;
-constexpr int64_t kDepthwiseAvx512NchwTileBytes = 128 << 10;
+// Channel-blocked tiles (NCHW, and NHWC planes at most
+// kDepthwiseAvx512NhwcTileMaxWidth wide): a task writes this many channels of
+// a block of input rows, zero-padded, into a [row][column][channel] tile of
+// about kDepthwiseAvx512TileBytes (L2-resident), runs the channel-vector
+// kernel on it without border masks and (NCHW) transposes the output back.
+// Up to 28 wide, 2 of every 4 pixel tiles (7 pixels) touch a 7x7 border.
+constexpr int64_t kDepthwiseAvx512ChannelBlock = 48;
+constexpr int64_t kDepthwiseAvx512TileBytes = 128 << 10;
+constexpr int64_t kDepthwiseAvx512NhwcTileMaxWidth = 28;
 // NCHW backward: planes at most this wide run the NHWC gradient kernels on
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
@@ -171,8 +175,9 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_pixel_tile, kDepthwiseAvx512PixelTile)                        \
   X(depthwise_avx512_chan_vecs, kDepthwiseAvx512ChanVecs)                          \
   X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
-  X(depthwise_avx512_nchw_channel_block, kDepthwiseAvx512NchwChannelBlock)         \
-  X(depthwise_avx512_nchw_tile_bytes, kDepthwiseAvx512NchwTileBytes)               \
+  X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
+  X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \
+  X(depthwise_avx512_nhwc_tile_max_width, kDepthwiseAvx512NhwcTileMaxWidth)        \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \

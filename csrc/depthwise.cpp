@@ -119,9 +119,11 @@ FASTCONV_TARGET_AVX2 inline __m256 load8(const float* p, __m256i mask) {
 // applied to the just-stored lanes while they are in L1.
 template <bool Masked>
 FASTCONV_TARGET_AVX2 inline void store8(float* p, __m256 v, __m256i mask, int64_t n, Activation act) {
-  if (act == Activation::ReLU) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  // max(0, v): MAXPS returns its second operand when either is NaN, so NaN
+  // propagates like torch.relu (max(v, 0) turned NaN into 0).
+  if (act == Activation::ReLU) v = _mm256_max_ps(_mm256_setzero_ps(), v);
   if (act == Activation::ReLU6)
-    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.f));
+    v = _mm256_min_ps(_mm256_set1_ps(6.f), _mm256_max_ps(_mm256_setzero_ps(), v));
   if constexpr (Masked) {
     // Measured: vmaskmovps stores of neighbouring short rows ran ~3x slower than
     // a spill and a scalar copy of the n valid lanes.
@@ -1011,28 +1013,37 @@ FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, i
 }
 #endif
 
-// NCHW on AVX-512 through channel-blocked tiles: a task is one image, a block
-// of kDepthwiseAvx512NchwChannelBlock channels and a block of output rows. The
-// input rows the block reads are transposed into a [pixel][channel] tile, the
-// channel-vector kernel runs on it as on an NHWC image, and the output tile is
-// transposed back. Lanes stay full whatever the plane width (a 7-wide row
-// would fill 7 of 16 lanes), and stride needs no phase split.
+// Channel-blocked, zero-padded tiles on AVX-512. A task is one image, a block
+// of kDepthwiseAvx512ChannelBlock channels and a block of output rows: the
+// input rows the block reads are written into a [row][column][channel] tile
+// with the padding as zeros (NCHW: by 16x16 transposes; NHWC: a copy of the
+// channel slice), the channel-vector kernel runs on it with every pixel tile
+// interior (no border masks), and NCHW output is transposed back. NCHW lanes
+// stay full whatever the plane width (a 7-wide row would fill 7 of 16), and
+// stride needs no phase split. For narrow NHWC planes, where most pixel tiles
+// touch the border, the copy costs less than the masked border tiles did.
 bool nchw_cblock_applies(const ConvParams& p) { return p.K == p.C && p.S <= kChanMaxS; }
+// NHWC: measured (1 thread) a gain only for 7x7 kernels on 14..28-wide planes
+// (ConvNeXt-T stages 2 and 3, 8-15%); on 3x3 layers the copy cost more than the
+// masks (MobileNetV2 b4: 0.09 -> 0.19 ms), and a 7-wide plane is one tile.
+bool nhwc_cblock_applies(const ConvParams& p) {
+  return p.R * p.S >= 25 && p.Wo >= 2 * kDepthwiseAvx512PixelTile &&
+         p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS;
+}
 
-void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
-                                const ConvParams& p, Activation act) {
+// x: NCHW with K == C channels, or NHWC in K-channel space; y in the same
+// layout; wp: the weight packed [R][S][K].
+void forward_cblock_avx512(const float* x, const float* wp, const float* bias, float* y,
+                           const ConvParams& p, Activation act, bool nhwc) {
 #if FASTCONV_X86
-  const NhwcGeom g(p);
-  const ColRanges cr(g);
-  const int64_t K = p.K, RS = p.R * p.S, CB = kDepthwiseAvx512NchwChannelBlock;
-  std::vector<float> wp(RS * K);  // [R][S][K]
-  transpose_avx512(w, RS, K, RS, wp.data(), K);
+  const int64_t K = p.K, CB = kDepthwiseAvx512ChannelBlock;
+  const int64_t Wp = (p.Wo - 1) * p.stride_w + (p.S - 1) * p.dil_w + 1;  // padded tile width
+  const int64_t halo = (p.R - 1) * p.dil_h;
   const int64_t ncb = ceil_div(K, CB);
-  // Output rows per task: the input tile (rows plus halo) about
-  // kDepthwiseAvx512NchwTileBytes.
-  const int64_t in_rows_budget = std::max<int64_t>(1, kDepthwiseAvx512NchwTileBytes / (CB * p.W * 4));
+  // Output rows per task: the padded input tile about kDepthwiseAvx512TileBytes.
+  const int64_t in_rows_budget = std::max<int64_t>(1, kDepthwiseAvx512TileBytes / (CB * Wp * 4));
   const int64_t rows_per_task =
-      std::max<int64_t>(1, std::min(p.Ho, (in_rows_budget - (p.R - 1) * p.dil_h) / p.stride_h));
+      std::max<int64_t>(1, std::min(p.Ho, (in_rows_budget - halo) / p.stride_h));
   const int64_t nrb = ceil_div(p.Ho, rows_per_task);
   at::parallel_for(0, p.N * ncb * nrb, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> xbuf, ybuf;
@@ -1040,23 +1051,61 @@ void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bia
       const int64_t rb = task % nrb, cb = task / nrb % ncb, n = task / nrb / ncb;
       const int64_t c0 = cb * CB, nc = std::min(CB, K - c0), ld = round_up(nc, 16);
       const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.Ho, oh0 + rows_per_task);
-      const int64_t ih_lo = std::max<int64_t>(0, oh0 * p.stride_h - p.pad_top);
-      const int64_t ih_hi = std::min(p.H, (oh1 - 1) * p.stride_h - p.pad_top + (p.R - 1) * p.dil_h + 1);
-      const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
-      xbuf.resize(std::max<int64_t>(1, nrows * p.W * ld));
-      ybuf.resize((oh1 - oh0) * p.Wo * ld);
-      const float* xc = x + (n * p.C + c0) * p.H * p.W;
-      if (nrows > 0) transpose_avx512(xc + ih_lo * p.W, p.H * p.W, nc, nrows * p.W, xbuf.data(), ld);
-      // Rows outside [ih_lo, ih_hi) are never read (row_range clips to the image).
-      const ChanView cv{xbuf.data() - ih_lo * p.W * ld, ld, wp.data() + c0, K,
-                        bias ? bias + c0 : nullptr, ybuf.data() - oh0 * p.Wo * ld, ld};
-      for (int64_t oh = oh0; oh < oh1; ++oh) chan_row_avx512(cv, g, cr, oh, 0, nc, act);
-      transpose_avx512(ybuf.data(), ld, (oh1 - oh0) * p.Wo, nc,
-                       y + (n * K + c0) * p.Ho * p.Wo + oh0 * p.Wo, p.Ho * p.Wo);
+      const int64_t nro = oh1 - oh0, ihf = oh0 * p.stride_h - p.pad_top;
+      const int64_t nrows = (nro - 1) * p.stride_h + halo + 1;
+      xbuf.resize(nrows * Wp * ld);
+      // Tile column j holds input column j - pad_left.
+      const int64_t j0 = std::min(Wp, p.pad_left), j1 = std::max(j0, std::min(Wp, p.pad_left + p.W));
+      for (int64_t b = 0; b < nrows; ++b) {
+        const int64_t ih = ihf + b;
+        float* row = xbuf.data() + b * Wp * ld;
+        if (ih < 0 || ih >= p.H) {
+          std::fill(row, row + Wp * ld, 0.f);
+          continue;
+        }
+        std::fill(row, row + j0 * ld, 0.f);
+        std::fill(row + j1 * ld, row + Wp * ld, 0.f);
+        if (nhwc) {
+          const float* src = x + ((n * p.H + ih) * p.W + j0 - p.pad_left) * K + c0;
+          for (int64_t j = j0; j < j1; ++j, src += K) std::memcpy(row + j * ld, src, nc * sizeof(float));
+        } else {
+          transpose_avx512(x + ((n * K + c0) * p.H + ih) * p.W + j0 - p.pad_left, p.H * p.W, nc,
+                           j1 - j0, row + j0 * ld, ld);
+        }
+      }
+      ConvParams q = p;  // the tile: no padding, every pixel tile interior
+      q.H = nrows; q.W = Wp; q.pad_top = q.pad_left = q.pad_bottom = q.pad_right = 0; q.Ho = nro;
+      const NhwcGeom gt(q);
+      const ColRanges crt(gt);
+      float* yt;
+      int64_t y_pix;
+      if (nhwc) {
+        yt = y + (n * p.Ho + oh0) * p.Wo * K + c0;
+        y_pix = K;
+      } else {
+        ybuf.resize(nro * p.Wo * ld);
+        yt = ybuf.data();
+        y_pix = ld;
+      }
+      const ChanView cv{xbuf.data(), ld, wp + c0, K, bias ? bias + c0 : nullptr, yt, y_pix};
+      for (int64_t oh = 0; oh < nro; ++oh) chan_row_avx512(cv, gt, crt, oh, 0, nc, act);
+      if (!nhwc)
+        transpose_avx512(ybuf.data(), ld, nro * p.Wo, nc, y + (n * K + c0) * p.Ho * p.Wo + oh0 * p.Wo,
+                         p.Ho * p.Wo);
     }
   });
 #else
-  TORCH_CHECK(false, "forward_nchw_cblock_avx512: not an x86 build");
+  TORCH_CHECK(false, "forward_cblock_avx512: not an x86 build");
+#endif
+}
+
+void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
+                                const ConvParams& p, Activation act) {
+#if FASTCONV_X86
+  const int64_t RS = p.R * p.S;
+  std::vector<float> wp(RS * p.K);
+  transpose_avx512(w, RS, p.K, RS, wp.data(), p.K);
+  forward_cblock_avx512(x, wp.data(), bias, y, p, act, false);
 #endif
 }
 
@@ -1064,7 +1113,9 @@ template <typename T>
 void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParams& p, Activation act) {
   const NhwcGeom g(p);
 #if FASTCONV_X86
-  if constexpr (std::is_same<T, float>::value)
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_avx512() && nhwc_cblock_applies(p))
+      return forward_cblock_avx512(xk, wp, bias, y, p, act, true);
     if (use_avx512() && p.S <= kChanMaxS) {
       const ColRanges cr(g);
       const int64_t CG = kDepthwiseAvx512ChannelGroup, ncg = ceil_div(p.K, CG);
@@ -1078,6 +1129,7 @@ void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParam
       });
       return;
     }
+  }
 #endif
   const int64_t ncg = ceil_div(p.K, kDepthwiseNhwcChannelGroup);
   const bool avx2 = use_avx2<T>();
