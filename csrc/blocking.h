@@ -118,6 +118,9 @@ constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 constexpr int64_t kDepthwiseAvx512ChannelBlock = 48;
 constexpr int64_t kDepthwiseAvx512TileBytes = 128 << 10;
 constexpr int64_t kDepthwiseAvx512NhwcTileMaxWidth = 28;
+// NCHW stride-1 kernels of at most 9 taps on planes at least this wide keep the
+// row kernels (full row vectors; the tile transposes cost more than they save).
+constexpr int64_t kDepthwiseAvx512NchwRowsMinWidth = 56;
 // NCHW backward: planes at most this wide run the NHWC gradient kernels on
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
@@ -178,6 +181,7 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
   X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \
   X(depthwise_avx512_nhwc_tile_max_width, kDepthwiseAvx512NhwcTileMaxWidth)        \
+  X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \

@@ -1022,7 +1022,14 @@ FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, i
 // stay full whatever the plane width (a 7-wide row would fill 7 of 16), and
 // stride needs no phase split. For narrow NHWC planes, where most pixel tiles
 // touch the border, the copy costs less than the masked border tiles did.
-bool nchw_cblock_applies(const ConvParams& p) { return p.K == p.C && p.S <= kChanMaxS; }
+// Wide stride-1 3x3 planes (MobileNetV2 b1, b3: 112 and 56 wide) stay on the
+// row kernels: their rows fill the vectors, and the tiles' transposes measured
+// as fast at batch 1 and 1.7x slower at batch 8 (b1, 1 thread).
+bool nchw_cblock_applies(const ConvParams& p) {
+  const bool wide_rows = p.stride_h == 1 && p.stride_w == 1 && p.R * p.S <= 9 &&
+                         p.Wo >= kDepthwiseAvx512NchwRowsMinWidth;
+  return p.K == p.C && p.S <= kChanMaxS && !wide_rows;
+}
 // NHWC: measured (1 thread) a gain only for 7x7 kernels on 14..28-wide planes
 // (ConvNeXt-T stages 2 and 3, 8-15%); on 3x3 layers the copy cost more than the
 // masks (MobileNetV2 b4: 0.09 -> 0.19 ms), and a 7-wide plane is one tile.
