@@ -112,6 +112,30 @@ constexpr int64_t kDepthwiseGradWeightMaxPartialBytes = 16 << 20;
 constexpr int64_t kDepthwiseGradWeightTapGroup = 6;
 // grad_weight NHWC: independent accumulators per channel vector (hides FMA latency).
 constexpr int64_t kDepthwiseGradWeightUnroll = 4;
+// depthwise, AVX-512 (16 lanes). Register tile: kDepthwiseAvx512PixelTile output
+// pixels x kDepthwiseAvx512ChanVecs channel vectors = 21 zmm accumulators plus
+// 3 weight vectors; each tap costs 3 weight loads and 21 FMAs with a folded
+// input load (2 loads per cycle keep up). 7 divides every MobileNetV2 and
+// ConvNeXt plane width (112, 56, 28, 14, 7), so rows hold no partial tiles.
+constexpr int64_t kDepthwiseAvx512PixelTile = 7;
+constexpr int64_t kDepthwiseAvx512ChanVecs = 3;
+// NHWC parallel task: one output row x this many channels (two tile widths).
+constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
+// Channel-blocked tiles (NCHW, and NHWC planes at most
+// kDepthwiseAvx512NhwcTileMaxWidth wide): a task writes this many channels of
+// a block of input rows, zero-padded, into a [row][column][channel] tile of
+// about kDepthwiseAvx512TileBytes (L2-resident), runs the channel-vector
+// kernel on it without border masks and (NCHW) transposes the output back.
+// Up to 28 wide, 2 of every 4 pixel tiles (7 pixels) touch a 7x7 border.
+constexpr int64_t kDepthwiseAvx512ChannelBlock = 48;
+constexpr int64_t kDepthwiseAvx512TileBytes = 128 << 10;
+constexpr int64_t kDepthwiseAvx512NhwcTileMaxWidth = 28;
+// NCHW stride-1 kernels of at most 9 taps on planes at least this wide keep the
+// row kernels (full row vectors; the tile transposes cost more than they save).
+constexpr int64_t kDepthwiseAvx512NchwRowsMinWidth = 56;
+// NCHW backward: planes at most this wide run the NHWC gradient kernels on
+// transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
+constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
@@ -166,6 +190,14 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_grad_weight_max_partial_bytes, kDepthwiseGradWeightMaxPartialBytes)   \
   X(depthwise_grad_weight_tap_group, kDepthwiseGradWeightTapGroup)                  \
   X(depthwise_grad_weight_unroll, kDepthwiseGradWeightUnroll)                       \
+  X(depthwise_avx512_pixel_tile, kDepthwiseAvx512PixelTile)                        \
+  X(depthwise_avx512_chan_vecs, kDepthwiseAvx512ChanVecs)                          \
+  X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
+  X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
+  X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \
+  X(depthwise_avx512_nhwc_tile_max_width, kDepthwiseAvx512NhwcTileMaxWidth)        \
+  X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
+  X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -202,3 +202,40 @@ def test_opcheck():
     args = ([1, 2], [1, 1, 1, 1], [1, 1], 4, "relu")
     torch.library.opcheck(torch.ops.fastconv.depthwise_conv2d, (x, wt, b, *args))
     torch.library.opcheck(torch.ops.fastconv.depthwise_naive_conv2d, (x, wt, b, *args))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("path", ["avx512", "avx2"])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_nan_propagates_through_relu(activation, path, layout):
+    """A NaN input reaches the output through the fused ReLU/ReLU6, as torch.relu
+    does (MAXPS returns its second operand on NaN: the kernels write max(0, v))."""
+    x, wt, b = make(1, 48, 9, 21, 1, (3, 3), torch.float32, layout, bias=True, seed=5)
+    x[0, 3, 4, 7] = float("nan")
+    with code_path(path):
+        out = fastconv.conv2d(x, wt, b, 1, 1, 1, 48, algo="depthwise", activation=activation)
+    ref = apply_activation(F.conv2d(x, wt, b, 1, 1, 1, 48), activation)
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("geom", ["k3_s2_tail", "k7", "k3_wide", "rect_asym", "m2"])
+def test_avx512_matches_avx2(geom, layout):
+    """The AVX-512 and AVX2 paths sum each output in the same (r, s) order, but
+    the NCHW AVX-512 path adds padding zeros instead of skipping taps, and the
+    gradient paths reduce in other orders: float tolerance, float64 reference."""
+    n, c, h, w, m, ks, stride, padding, dilation = GEOMETRIES[geom]
+    x, wt, _ = make(n, c, h, w, m, ks, torch.float32, layout, seed=11)
+    spec = fastconv.conv_spec(x, wt, None, stride, padding, dilation, c)[2]
+    args = (list(spec.stride), list(spec.padding), list(spec.dilation), c)
+    ops = torch.ops.fastconv
+    res = {}
+    for path in ("avx512", "avx2"):
+        with code_path(path):
+            y = ops.depthwise_conv2d(x, wt, None, *args)
+            gi = ops.depthwise_conv2d_grad_input(y, wt, list(x.shape), *args)
+            gw = ops.depthwise_conv2d_grad_weight(y, x, list(wt.shape), *args)
+            res[path] = (y, gi, gw)
+    for a, b in zip(res["avx512"], res["avx2"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * (b.abs().max().item() + 1))
