@@ -161,9 +161,6 @@ def format_text(r: dict) -> str:
         c = r["ceilings"]
         lines.append(f"ceilings: {c['peak_gflops']:.0f} GFLOP/s; " +
                      ", ".join(f"{k} {v:.0f} GB/s" for k, v in c["bandwidth_gbs"].items()))
-    if r["blocking_defaults_used"]:
-        lines.append("blocking constants not exported by _C.blocking(), model defaults used: " +
-                     ", ".join(r["blocking_defaults_used"]))
     for a in r["algorithms"]:
         lines.append("")
         lines.append(f"== {a['algo']}   workspace {_fmt_bytes(a['workspace_bytes'])}")
