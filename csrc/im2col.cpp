@@ -31,6 +31,7 @@
 
 #include "blocking.h"
 #include "ops.h"
+#include "util.h"
 
 // MKL's per-thread thread count (the C, by-value entry point). libtorch_cpu
 // exports it when torch is built with MKL; weak, so the extension still loads
@@ -61,7 +62,6 @@ struct SequentialBlasGuard {
 // with im2col_workspace_bytes).
 std::atomic<int64_t> g_last_workspace_bytes{0};
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // 1x1, stride 1, no padding: the input is already the column matrix.
 bool is_pointwise(const ConvParams& p) {
@@ -108,10 +108,6 @@ std::vector<Segment> segments(const ConvParams& p, int64_t p0, int64_t p1) {
   return segs;
 }
 
-struct Strides4 {
-  int64_t n, c, h, w;
-  explicit Strides4(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-};
 
 // `t` with exactly the canonical strides of `fmt` (is_contiguous ignores the
 // strides of size-1 dims; the GEMM views below rely on all of them).
