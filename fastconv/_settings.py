@@ -31,6 +31,10 @@ cache_dir             FASTCONV_CACHE_DIR         directory of the tuned-tile fil
 direct_launch         FASTCONV_DIRECT_LAUNCH     after a kernel's first launch, call Triton's
                                                  compiled kernel directly, skipping the JIT's
                                                  argument binding (default True; "0": off).
+cpu_isa               FASTCONV_CPU_ISA           the most capable instruction set fastconv's CPU
+                                                 kernels may use: "avx512", "avx2" or
+                                                 "portable" (default: the best this CPU has;
+                                                 reading it gives the level in use).
 eager_fast_path       (none)                     fastconv.conv2d calls the kernels without the
                                                  dispatcher where nothing can tell the
                                                  difference (fastconv/_eager.py; default True).
@@ -74,7 +78,10 @@ def _set_env(name: str, value: Optional[str]) -> None:
 class Settings:
     """fastconv.settings (the table is in this class's docstring, set below)."""
 
-    _NAMES = ("tune", "tune_log", "cache_dir", "direct_launch", "eager_fast_path", "algorithms")
+    _NAMES = ("tune", "tune_log", "cache_dir", "direct_launch", "cpu_isa", "eager_fast_path",
+              "algorithms")
+    _ENV = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH",
+            "FASTCONV_CPU_ISA")
 
     def __init__(self) -> None:
         self._algorithms: tuple = ()
@@ -128,6 +135,20 @@ class Settings:
         if common is not None:
             common.DIRECT_LAUNCH = bool(on) and common._direct_launch_supported()
 
+    # -- CPU kernels -------------------------------------------------------------------------
+    @property
+    def cpu_isa(self) -> str:
+        from . import _C
+
+        return _C.cpu_isa()
+
+    @cpu_isa.setter
+    def cpu_isa(self, name: str) -> None:
+        from . import _C
+
+        _C.set_max_isa(name)  # ValueError naming the valid levels
+        _set_env("FASTCONV_CPU_ISA", name)
+
     @property
     def eager_fast_path(self) -> bool:
         return _eager.ENABLED
@@ -170,8 +191,7 @@ class Settings:
         if unknown:
             raise TypeError(f"fastconv.settings.flags: unknown setting(s) {sorted(unknown)}; "
                             f"expected some of {', '.join(self._NAMES)}")
-        env = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH")
-        saved_env = {k: os.environ.get(k) for k in env}
+        saved_env = {k: os.environ.get(k) for k in self._ENV}
         saved = {k: getattr(self, k) for k in values}
         try:
             for k, v in values.items():

@@ -12,7 +12,8 @@ from fastconv.spec import ConvSpec
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for k in ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH"):
+    for k in ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH",
+              "FASTCONV_CPU_ISA"):
         monkeypatch.delenv(k, raising=False)
 
 
@@ -42,8 +43,24 @@ def test_setting_writes_the_variable_and_flags_restore(tmp_path):
     with pytest.raises(TypeError, match="unknown setting"):
         with s.flags(speed="max"):
             pass
-    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "direct_launch", "eager_fast_path",
-                                "algorithms"}
+    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "direct_launch", "cpu_isa",
+                                "eager_fast_path", "algorithms"}
+
+
+def test_cpu_isa_caps_the_kernels():
+    s = fastconv.settings
+    best = fastconv._C.cpu_isa_supported()
+    assert s.cpu_isa == fastconv._C.cpu_isa()
+    x, w = torch.randn(1, 16, 9, 9, dtype=torch.float64), torch.randn(16, 16, 3, 3, dtype=torch.float64)
+    want = torch.nn.functional.conv2d(x, w, padding=1)
+    with s.flags(cpu_isa="portable"):
+        assert s.cpu_isa == fastconv._C.cpu_isa() == "portable"
+        assert os.environ["FASTCONV_CPU_ISA"] == "portable"
+        torch.testing.assert_close(fastconv.conv2d(x, w, padding=1, algo="direct"), want)
+    assert "FASTCONV_CPU_ISA" not in os.environ and fastconv._C.cpu_isa() == best
+    with pytest.raises(ValueError, match="portable"):
+        s.cpu_isa = "sse9"
+    assert fastconv._C.cpu_isa() == best
 
 
 def test_the_kernels_read_what_settings_write(tmp_path):

@@ -40,7 +40,8 @@ def add_parser(sub):
     p.add_argument("--backward", action="store_true",
                    help="also time forward+backward (rows with pass 'fwd+bwd' beside the 'fwd' rows)")
     p.add_argument("--quick", action="store_true",
-                   help="representative subset of each table, shorter measurements")
+                   help="representative subset of each table, shorter measurements (sums over the "
+                        "timed layers are then labelled as a subset, not the network)")
     p.add_argument("--repeats", type=int, default=None,
                    help="minimum timed samples per measurement (default 5, --quick 3)")
     p.add_argument("--threads", type=int, default=None,

@@ -99,6 +99,12 @@ def is_oversubscribed(reasons) -> bool:
 def run_warnings(header: dict, rows) -> list[str]:
     """The run-level warnings every output repeats (empty when the run looks sound)."""
     out = list(header.get("warnings", []))
+    if "warnings" not in header and header.get("device") == "cpu":  # a run from before the checks
+        load = header.get("loadavg_at_start")
+        w = load_warning(load[0] if load else None, header.get("cpu_count") or 1,
+                         header.get("threads") or 1)
+        if w:
+            out.append(f"at start: {w} (this run predates the per-row checks)")
     flagged = [r for r in rows if r.get("warning")]
     if flagged:
         over = sum(1 for r in flagged if r.get("oversubscribed"))

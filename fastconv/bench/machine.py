@@ -75,6 +75,16 @@ def _cpu_capability() -> str:
         return "unknown"
 
 
+def _fastconv_isa() -> Optional[str]:
+    """The instruction set fastconv's CPU kernels use (fastconv.settings.cpu_isa)."""
+    try:
+        from .. import _C
+
+        return _C.cpu_isa()
+    except (ImportError, AttributeError):
+        return None
+
+
 def _cpu_flags() -> str:
     """The matrix and bf16 extensions oneDNN may use, which get_cpu_capability doesn't name."""
     try:
@@ -120,6 +130,7 @@ def describe(device: str, dtype: torch.dtype, threads: int) -> dict:
         "device": device,
         "cpu": _cpu_model(),
         "cpu_capability": _cpu_capability(),
+        "fastconv_cpu_isa": _fastconv_isa(),
         "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
@@ -169,7 +180,8 @@ def header_lines(h: dict) -> list[str]:
     tf = h["tf32"]
     lines = [
         f"device: {h['device']} — {h['device_name']}" + (
-            f" (ATen CPU capability {h.get('cpu_capability', '?')}"
+            f" (ATen CPU capability {h.get('cpu_capability', '?')}, fastconv kernels "
+            f"{h.get('fastconv_cpu_isa', '?')}"
             + (f"; {h['cpu_flags']}" if h.get("cpu_flags") else "") + ")" if h["device"] == "cpu" else ""),
         f"threads: {h['threads']} (of {h['cpu_count']} logical CPUs; {h.get('threads_from', 'as given')}); "
         f"load average at start {h.get('loadavg_at_start')} (1/5/15 min)",
@@ -188,5 +200,7 @@ def header_lines(h: dict) -> list[str]:
     if st:
         lines.append(f"stability: PyTorch on {st['layer']} re-measured at the end: {st['again_ms']:.4g} ms vs "
                      f"{st['first_ms']:.4g} ms (spread {st['first_min_ms']:.4g}–{st['first_max_ms']:.4g}): "
-                     + ("within the spread" if st["within_spread"] else "OUTSIDE the spread (noisy machine)"))
+                     + ("within the spread" if st["within_spread"] else "OUTSIDE the spread (noisy machine)")
+                     + (f"; but the first measurement itself failed a check ({st['first_warning']})"
+                        if st.get("first_warning") else ""))
     return lines

@@ -27,7 +27,8 @@ ROW_COLUMNS = (
 )
 # The run's metadata, repeated on every row (as timm's and Liger's result files do), so one
 # results file is self-describing and files of several runs concatenate.
-RUN_COLUMNS = ("date_utc", "host", "device_name", "cpu_capability", "cpu_count", "threads",
+RUN_COLUMNS = ("date_utc", "host", "device_name", "cpu_capability", "fastconv_cpu_isa", "cpu_count",
+               "threads",
                "loadavg_1m", "torch_version", "triton_version", "onednn_version", "cudnn_version",
                "cuda_version", "python_version", "fastconv_version", "fastconv_commit")
 CSV_COLUMNS = ROW_COLUMNS + list(RUN_COLUMNS)
@@ -39,7 +40,8 @@ def run_columns(header: Optional[dict]) -> dict:
     load = h.get("loadavg_at_start")
     return {
         "date_utc": h.get("date_utc"), "host": h.get("host"), "device_name": h.get("device_name"),
-        "cpu_capability": h.get("cpu_capability"), "cpu_count": h.get("cpu_count"),
+        "cpu_capability": h.get("cpu_capability"), "fastconv_cpu_isa": h.get("fastconv_cpu_isa"),
+        "cpu_count": h.get("cpu_count"),
         "threads": h.get("threads"), "loadavg_1m": load[0] if load else None,
         "torch_version": h.get("torch"), "triton_version": h.get("triton"),
         "onednn_version": h.get("onednn"), "cudnn_version": h.get("cudnn"),

@@ -277,9 +277,11 @@ class Runner:
         again = self.time(baselines.candidate(baselines.torch_conv_fn(layer.spec), xs, w,
                                               first_row["pass"] == "fwd+bwd"))
         lo, hi = first_row["torch_min_ms"], first_row["torch_max_ms"]
+        # Agreeing with a first measurement that was itself collapsed proves nothing: say so.
         return {"layer": f"{layer.suite}/{layer.name}", "first_ms": first_row["torch_ms"],
                 "first_min_ms": lo, "first_max_ms": hi, "again_ms": again.median_ms,
-                "within_spread": bool(lo <= again.median_ms <= hi)}
+                "within_spread": bool(lo <= again.median_ms <= hi),
+                "first_warning": first_row.get("warning", "")}
 
     @staticmethod
     def _derived(row: dict, flops: int, nbytes: int) -> dict:
