@@ -42,19 +42,24 @@ def _subtitle(h) -> str:
             f"torch {h['torch']}, {lib}")
 
 
-def _banner(fig, header, rows) -> bool:
-    """A red banner across the top when the run's timings are not trustworthy."""
+def _banner(fig, header, rows) -> float:
+    """A red banner across the top when the run's timings are not trustworthy; returns the
+    figure fraction left below it (1.0: no banner)."""
+    import textwrap
+
     ws = health.run_warnings(header, rows)
     if not ws:
-        return False
+        return 1.0
     text = f"{health.BANNER}: {ws[0]}" + (f" (+{len(ws) - 1} more, see summary.md)" if len(ws) > 1 else "")
-    fig.text(0.5, 0.995, text, ha="center", va="top", fontsize=9, color="white", wrap=True,
+    w_in, h_in = fig.get_size_inches()
+    lines = textwrap.wrap(text, max(40, int(w_in * 13)))  # ~13 characters of 9-point text per inch
+    fig.text(0.5, 0.995, "\n".join(lines), ha="center", va="top", fontsize=9, color="white",
              bbox=dict(facecolor="#C00000", edgecolor="none", boxstyle="round,pad=0.3"))
-    return True
+    return 1.0 - (0.16 * len(lines) + 0.2) / h_in
 
 
-def _save(fig, path, warned: bool) -> None:
-    fig.tight_layout(rect=(0, 0, 1, 0.95) if warned else (0, 0, 1, 1))
+def _save(fig, path, top: float) -> None:
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -267,5 +267,5 @@ def terminal_summary(rows) -> str:
                      + (f"  ({s['flagged']} rows flagged)" if s["flagged"] else ""))
     lines.append("Σcount×ms: sum over the timed layers of count x median ms"
                  + (" (k of n layers: a subset, not the whole network)" if subset else
-                    " (every layer: the network's conv time)"))
+                    " (every layer of each table: a network table's whole conv time)"))
     return "\n".join(lines)
