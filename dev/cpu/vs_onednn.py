@@ -18,16 +18,22 @@ import fastconv
 from fastconv.bench import tables
 
 
+# With --threads 1 the clock is the thread's CPU time: time the thread spends
+# descheduled (other processes on a busy machine) is not counted, so ratios hold
+# on a loaded machine. Multi-threaded runs need wall time and a quiet machine.
+CLOCK = time.perf_counter
+
+
 def timeit(fn, min_time=0.02):
     fn()
-    n, t0 = 1, time.perf_counter()
+    t0 = CLOCK()
     fn()
-    dt = time.perf_counter() - t0
+    dt = CLOCK() - t0
     n = max(1, int(min_time / max(dt, 1e-7)))
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - t0) / n
+    return (CLOCK() - t0) / n
 
 
 def main():
@@ -43,6 +49,8 @@ def main():
     ap.add_argument("--module", action="store_true", help="fastconv.nn.Conv2d vs nn.Conv2d (eval)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.thread_time if args.threads == 1 else time.perf_counter
     torch.manual_seed(0)
     for suite in args.suite:
         for layout in args.layout:
