@@ -148,6 +148,9 @@ class Settings:
 
         _C.set_max_isa(name)  # ValueError naming the valid levels
         _set_env("FASTCONV_CPU_ISA", name)
+        from . import functional
+
+        functional.clear_cache()  # algo="auto" weighs the ISA (fastconv/_heuristics.py)
 
     @property
     def eager_fast_path(self) -> bool:
