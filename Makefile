@@ -1,5 +1,6 @@
 # `make bench` and `make test` each set up a fresh virtual environment (once),
 # build the extension and run. Nothing but Python 3.11 and gcc is assumed.
+# The extension is built without build isolation, against the venv's own torch (setup.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ $(VENV)/.deps: requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
-$(VENV)/.built: $(VENV)/.deps setup.py $(wildcard csrc/*.cpp csrc/*.h)
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	MAX_JOBS=2 $(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@
 

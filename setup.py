@@ -1,14 +1,52 @@
-"""Build fastconv: the C++ extension fastconv._C plus the Python packages.
+"""Build fastconv: the C++ extension fastconv._C and the Python packages.
 
-torch is a build dependency, so install with `pip install --no-build-isolation -e .`.
+The package metadata (name, version, license, dependencies, the `fastconv` command) is in
+pyproject.toml; the version is written once, in fastconv/version.py.
+
+fastconv._C is compiled against torch's headers and linked against its libraries, so it must
+be built with the torch that will import it, in that torch's environment, without build
+isolation:
+
+    pip install --no-build-isolation -e .
+
+An isolated build (plain `pip install .`, `pip wheel .`, `python -m build`) would run in a
+temporary environment without that torch; this script stops it at once with that command.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+INSTALL = "pip install --no-build-isolation -e .   (or: pip wheel --no-build-isolation .)"
+
+# Temporary build environments: pip's (pip-build-env-*) and uv's (builds-v*).
+_ISOLATION_MARKERS = ("pip-build-env-", os.sep + "builds-v")
+
+
+def isolated_build() -> bool:
+    return any(m in p for p in sys.path for m in _ISOLATION_MARKERS)
+
+
+def require_torch():
+    """torch from the environment fastconv will run in, else exit with the right command."""
+    if isolated_build():
+        sys.exit("fastconv: refusing to build in an isolated build environment. fastconv._C must "
+                 "be compiled against the torch that will import it, and an isolated build would "
+                 "use another one (or none). Install torch first, then run, from the source "
+                 f"directory:\n    {INSTALL}")
+    try:
+        import torch
+    except ImportError:
+        sys.exit("fastconv: torch is not importable. fastconv._C is compiled against the "
+                 "installed torch: install torch first (e.g. `pip install torch`), then run:\n"
+                 f"    {INSTALL}")
+    return torch
+
+
+require_torch()
+from torch.utils.cpp_extension import BuildExtension, CppExtension  # noqa: E402
 
 # Portable flags only: AVX2+FMA code is compiled per function with
 # __attribute__((target("avx2,fma"))) and chosen at run time (csrc/cpu_features.h),
@@ -21,9 +59,6 @@ if os.environ.get("FASTCONV_DEBUG_BUILD"):
     cxx_flags = ["-O0", "-g", "-fopenmp"]
 
 setup(
-    name="fastconv",
-    version="0.1.0",
-    description="Hand-written convolution kernels (C++ CPU, Triton GPU) with a memory-access explainer",
     packages=find_packages(include=["fastconv", "fastconv.*"]) + ["fastconv.kernels"],
     package_dir={"fastconv.kernels": "kernels"},
     package_data={"fastconv": ["bench/tables/*.csv"]},
@@ -37,12 +72,4 @@ setup(
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
-    extras_require={
-        "gpu": ["triton>=3.2"],
-        "plots": ["matplotlib"],
-        "test": ["pytest", "hypothesis", "triton>=3.2", "matplotlib"],
-    },
-    entry_points={"console_scripts": ["fastconv=fastconv.cli:main"]},
 )

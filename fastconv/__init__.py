@@ -2,16 +2,19 @@
 drop-in modules, a benchmark against cuDNN/oneDNN, and a memory-access explainer."""
 from __future__ import annotations
 
+from .version import __version__
 from . import _cpu  # noqa: F401  (registers the CPU algorithms)
 from . import _triton  # noqa: F401  (registers the Triton algorithms when triton imports)
 from . import _C
+from . import _autocast
 from .functional import conv2d, conv_spec, flops, select
 from .registry import Algorithm, algorithms
 from .spec import ConvSpec
 from . import nn  # noqa: E402  (drop-in modules)
-from .model import convert, fuse, revert  # noqa: E402
+from .model import ConversionWarning, convert, fuse, revert  # noqa: E402
+from ._settings import settings, use_algorithms  # noqa: E402
 
-__version__ = "0.1.0"
+_autocast.register_all()  # the ops' autocast rule (every algorithm is registered by now)
 
 
 def im2col_workspace_bytes(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
@@ -29,4 +32,5 @@ def im2col_workspace_bytes(input_shape, weight_shape, stride=1, padding=0, dilat
 
 
 __all__ = ["conv2d", "conv_spec", "flops", "select", "algorithms", "Algorithm", "ConvSpec",
-           "im2col_workspace_bytes", "nn", "convert", "revert", "fuse"]
+           "im2col_workspace_bytes", "nn", "convert", "revert", "fuse", "ConversionWarning",
+           "settings", "use_algorithms", "__version__"]

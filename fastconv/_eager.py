@@ -10,8 +10,8 @@ included). Everything else takes the registered ops: torch.compile, tensor subcl
 (FakeTensor, DTensor, ...), TorchDispatchMode / TorchFunctionMode (FlopCounterMode, fake
 and functional modes, `with torch.device(...)`), functorch transforms (vmap, grad,
 functionalize), the JIT tracer, the autograd profiler (so traces name the ops), and
-forward-mode AD. Autocast needs no check: the ops have no autocast kernel (autocast falls
-through to them with the arguments unchanged), so the direct call sees what they would.
+forward-mode AD. Under autocast fastconv.conv2d and the modules call the ops themselves
+(fastconv/_autocast.py: the ops' autocast kernels cast the result), never this path.
 """
 from __future__ import annotations
 

@@ -6,7 +6,10 @@ import sys
 
 
 def main(argv=None) -> int:
+    from .version import __version__
+
     parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from .bench import cli as bench_cli
 

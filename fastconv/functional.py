@@ -5,12 +5,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _eager, registry
+from . import _autocast, _eager, registry
+from ._settings import settings as _settings
 from ._ops import ACTIVATIONS
 from .spec import ConvSpec
 
 Tensor = torch.Tensor
 _is_compiling = torch.compiler.is_compiling
+_any_autocast = torch._C._is_any_autocast_enabled
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -145,7 +147,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
     algo: "auto" or a registered algorithm name (see fastconv.algorithms()).
     activation: None, "relu", "relu6", "silu" or "gelu", fused into the kernel's epilogue.
+    Under torch.autocast the result has F.conv2d's dtype (fastconv/_autocast.py).
     """
+    if _any_autocast() and isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        return _autocast.conv2d(input, weight, bias, stride, padding, dilation, groups, algo,
+                                activation)
     return run(plan(input, weight, bias, stride, padding, dilation, groups, algo, activation),
                input, weight, bias)
 
@@ -289,7 +295,7 @@ def clear_cache() -> None:
 def select(spec: ConvSpec, algo: str = "auto") -> registry.Algorithm:
     """The algorithm that will run `spec`; ValueError if a named one doesn't apply."""
     if algo == "auto":
-        alg = registry.choose(spec)
+        alg = _settings.choose(spec)  # registry.choose unless fastconv.use_algorithms(...)
         reason = alg.why_not(spec)
         if reason is not None:
             # e.g. bf16 on CPU tensors under TRITON_INTERPRET: auto picks CPU kernels.

@@ -2,8 +2,12 @@
 
 ``convert`` swaps every torch.nn.Conv2d (subclasses too) for fastconv.nn.Conv2d by
 changing the module's class in place: the module object, its Parameters, buffers,
-hooks, training flag and state_dict keys all stay as they were. It leaves alone what
-fastconv cannot run and says why in a report (``model.fastconv_report``).
+hooks, training flag and state_dict keys all stay as they were. A user subclass
+``MyConv(nn.Conv2d)`` becomes a generated subclass of both fastconv.nn.Conv2d and
+``MyConv`` (one per class, cached), so ``isinstance(m, MyConv)`` and MyConv's methods
+survive; ``revert`` gives the module back its exact class. It leaves alone what fastconv
+cannot run, says why in a report (``model.fastconv_report``) and in one
+``ConversionWarning`` per call.
 
 ``fuse`` prepares a model for inference: it folds each BatchNorm2d into the conv in
 front of it and a following ReLU/ReLU6/SiLU/GELU module into the conv's epilogue.
@@ -11,21 +15,31 @@ front of it and a following ReLU/ReLU6/SiLU/GELU module into the conv's epilogue
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from . import functional, registry
 from .nn.blocks import ChannelShuffle
-from .nn.conv import CACHE_ATTRS, Conv2d as FastConv2d, check_algo
+from .nn.conv import CACHE_ATTRS, Conv2d as FastConv2d, check_algo, converted_class, user_class
 from .spec import ConvSpec
 
 Filter = Callable[[str, nn.Module], bool]
 
 REPORT_ATTR = "fastconv_report"
+# Older versions stored the class a module was converted from on the instance.
 _ORIG_CLASS_ATTR = "_fastconv_orig_class"
+
+logger = logging.getLogger("fastconv")
+
+
+class ConversionWarning(UserWarning):
+    """convert/fuse left some Conv2d modules unconverted (the report says which and why)."""
 
 # Activation modules fuse() folds into a conv epilogue, by fastconv activation name.
 def _activation_name(m: nn.Module) -> Optional[str]:
@@ -136,11 +150,33 @@ def convert(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "a
     inplace: convert `model` itself (same module and Parameter objects); otherwise a
     deep copy is converted and returned.
 
-    A converted subclass becomes exactly fastconv.nn.Conv2d (its instance attributes
-    stay; ``revert`` restores the class). Skipped, with the reason in the report: lazy modules not yet initialized,
-    subclasses that override forward, and dtypes/devices/geometries no fastconv
-    algorithm runs, and parametrized modules. The report is at ``model.fastconv_report`` (print it).
+    A plain nn.Conv2d becomes fastconv.nn.Conv2d; a subclass ``MyConv`` becomes a generated
+    subclass of fastconv.nn.Conv2d and MyConv (``fastconv.nn.conv.converted_class``), so it is
+    still a MyConv with MyConv's methods; ``revert`` restores the exact class. Skipped, with
+    the reason in the report: lazy modules not yet initialized, subclasses that override
+    forward, parametrized modules, and dtypes/devices/geometries no fastconv algorithm runs.
+    The report is at ``model.fastconv_report`` (print it); skips other than ``filter``'s
+    also raise one ``fastconv.ConversionWarning`` naming each module and reason, and every
+    swap is logged at DEBUG level on the ``fastconv`` logger.
     """
+    rep = _convert(model, filter, algo, inplace)
+    _warn_skipped(report(rep), stacklevel=2)
+    return rep
+
+
+def _warn_skipped(rep: ConversionReport, stacklevel: int) -> None:
+    """One warning for every module convert could not run (those the caller's filter
+    excluded, or already fastconv, are the caller's choice: no warning). `stacklevel` as
+    warnings.warn's, counted from the function calling this one."""
+    bad = [(name, why) for name, why in rep.skipped
+           if not why.endswith("excluded by filter") and not why.startswith("already fastconv")]
+    if bad:
+        listed = "; ".join(f"{name}: {why}" for name, why in bad)
+        warnings.warn(f"fastconv.{rep.action}: {len(bad)} Conv2d module(s) left as they were: "
+                      f"{listed}", ConversionWarning, stacklevel=stacklevel + 1)
+
+
+def _convert(model: nn.Module, filter: Optional[Filter], algo: str, inplace: bool) -> nn.Module:
     check_algo(algo)
     if not isinstance(model, nn.Module):
         raise TypeError(f"fastconv.convert: expected an nn.Module, got {type(model).__name__}")
@@ -162,21 +198,23 @@ def convert(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "a
             rep.skipped.append((qual, f"{_describe(m)}: {reason}"))
             continue
         desc = _describe(m)
-        m.__dict__[_ORIG_CLASS_ATTR] = type(m)
-        m.__class__ = FastConv2d
+        m.__class__ = converted_class(type(m))
         m.algo = algo
         m.activation = None
         m.invalidate_packed_weight()
         w = m.weight
         rep.swapped.append((qual, f"{desc} {str(w.dtype).replace('torch.', '')} "
                                   f"{w.device.type}: algo={algo!r} -> {alg_name}"))
+        logger.debug("fastconv.convert: %s %s", qual, rep.swapped[-1][1])
+    for qual, why in rep.skipped:
+        logger.debug("fastconv.convert: skipped %s: %s", qual, why)
     return _finish(model, rep)
 
 
 def revert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Undo convert: every fastconv.nn.Conv2d (blocks' convs too) becomes the class it was
-    converted from (torch.nn.Conv2d for modules built as fastconv modules). Convs with
-    a fused activation are left alone (fuse is one-way)."""
+    converted from, exactly (torch.nn.Conv2d for modules built as fastconv modules). Convs
+    with a fused activation are left alone (fuse is one-way)."""
     if not inplace:
         model = copy.deepcopy(model)
     rep = ConversionReport("revert")
@@ -188,7 +226,7 @@ def revert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             rep.skipped.append((qual, f"{_describe(m)}: has fused activation {m.activation!r}; "
                                       "fuse() is one-way"))
             continue
-        cls = m.__dict__.pop(_ORIG_CLASS_ATTR, nn.Conv2d)
+        cls = m.__dict__.pop(_ORIG_CLASS_ATTR, None) or user_class(type(m))
         if issubclass(cls, FastConv2d):
             cls = nn.Conv2d
         desc = _describe(m)
@@ -210,18 +248,17 @@ def _foldable_bn(bn: nn.Module, conv: nn.Conv2d) -> bool:
 
 @torch.no_grad()
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    """conv <- bn(conv(.)) with bn's running statistics (inference semantics)."""
-    inv_std = torch.rsqrt(bn.running_var.to(torch.float64) + bn.eps)
-    gamma = bn.weight.to(torch.float64) if bn.affine else torch.ones_like(inv_std)
-    beta = bn.bias.to(torch.float64) if bn.affine else torch.zeros_like(inv_std)
-    scale = gamma * inv_std
+    """conv <- bn(conv(.)) with bn's running statistics (inference semantics), through
+    torch.nn.utils.fusion.fuse_conv_bn_weights (computed in float64, stored in the
+    conv's dtype and memory format)."""
     w = conv.weight
-    b = conv.bias.to(torch.float64) if conv.bias is not None else torch.zeros_like(scale)
-    new_w = (w.to(torch.float64) * scale.reshape(-1, 1, 1, 1)).to(w.dtype)
-    new_b = ((b - bn.running_mean.to(torch.float64)) * scale + beta).to(w.dtype)
-    conv.weight = nn.Parameter(new_w.contiguous(memory_format=_mem_format(w)),
+    f64 = (lambda t: None if t is None else t.to(torch.float64))
+    new_w, new_b = fuse_conv_bn_weights(f64(w), f64(conv.bias), f64(bn.running_mean),
+                                        f64(bn.running_var), bn.eps, f64(bn.weight),
+                                        f64(bn.bias))
+    conv.weight = nn.Parameter(new_w.to(w.dtype).contiguous(memory_format=_mem_format(w)),
                                requires_grad=w.requires_grad)
-    conv.bias = nn.Parameter(new_b, requires_grad=w.requires_grad)
+    conv.bias = nn.Parameter(new_b.to(w.dtype), requires_grad=w.requires_grad)
     if isinstance(conv, FastConv2d):
         conv.invalidate_packed_weight()
 
@@ -382,11 +419,13 @@ def fuse(model: nn.Module, *, filter: Optional[Filter] = None, algo: str = "auto
                          f"call model.eval() first ({', '.join(training[:3])} in training mode)")
     if not inplace:
         model = copy.deepcopy(model)
-    conv_rep = report(convert(model, filter=filter, algo=algo, inplace=True))
+    conv_rep = report(_convert(model, filter, algo, inplace=True))
     rep = ConversionReport("fuse", swapped=conv_rep.swapped, skipped=conv_rep.skipped)
+    _warn_skipped(rep, stacklevel=2)
     _Fuser(model, rep).run(model)
     return _finish(model, rep)
 
 
-__all__ = ["convert", "revert", "fuse", "report", "ConversionReport", "fold_batchnorm",
+__all__ = ["convert", "revert", "fuse", "report", "ConversionReport", "ConversionWarning",
+           "fold_batchnorm",
            "why_not_convertible"]

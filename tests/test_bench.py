@@ -1,6 +1,8 @@
 """fastconv bench: layer tables, FLOP/byte formulas, baselines, the timing harness, and the
 command end to end (CPU, in-process). No timing thresholds: timing is tested on its statistics."""
 import json
+import math
+import os
 import subprocess
 import sys
 
@@ -270,7 +272,7 @@ def test_quick_run_writes_every_output(quick_run):
 def test_quick_run_csv_schema(quick_run):
     _, out = quick_run
     text = (out / "results.csv").read_text()
-    assert text.startswith("# device: cpu") and "# TF32:" in text and "# ceilings (measured)" in text
+    assert text.startswith("suite,layer,") and "#" not in text.splitlines()[0]
     rows = report.read_csv(str(out / "results.csv"))
     assert tuple(rows[0].keys()) == tuple(report.CSV_COLUMNS)
     required = ["suite", "layer", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
@@ -298,15 +300,51 @@ def test_quick_run_csv_schema(quick_run):
         assert got == want == {a.name for a in default_algorithms(layer.spec)} and want
 
 
+def test_results_are_plain_tables_with_the_run_metadata(quick_run):
+    """results.csv: one header line, then rows (csv.DictReader); results.json: a list of
+    records with the same columns. The run's metadata is in columns on every row."""
+    import csv
+
+    _, out = quick_run
+    with open(out / "results.csv", newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == list(report.CSV_COLUMNS) and len(lines) > 1
+    assert all(len(line) == len(lines[0]) for line in lines)
+    rows = [dict(zip(lines[0], line)) for line in lines[1:]]
+    records = json.loads((out / "results.json").read_text())
+    assert isinstance(records, list) and len(records) == len(rows)
+    for r, j in zip(rows, records):
+        assert list(j) == list(report.CSV_COLUMNS)
+        assert r["torch_version"] == j["torch_version"] == torch.__version__
+        assert r["fastconv_version"] == fastconv.__version__ and r["device_name"] == j["device_name"] != ""
+        assert r["date_utc"] == j["date_utc"] and len(r["date_utc"]) == 19
+        assert int(r["threads"]) == j["threads"] == 1 and r["layer"] == j["layer"]
+        assert float(r["time_ms"]) == pytest.approx(j["time_ms"], rel=1e-5)
+        assert r["warning"] == (j["warning"] or "") and r["oversubscribed"] in ("True", "False")
+
+
+def test_results_load_with_pandas(quick_run):
+    pd = pytest.importorskip("pandas")
+    _, out = quick_run
+    df_csv = pd.read_csv(out / "results.csv")
+    df_json = pd.read_json(out / "results.json")
+    assert list(df_csv.columns) == list(df_json.columns) == list(report.CSV_COLUMNS)
+    assert len(df_csv) == len(df_json) == len(report.read_csv(str(out / "results.csv"))) > 0
+    assert (df_csv["torch_version"] == torch.__version__).all()
+    assert (df_json["device_name"] == df_csv["device_name"]).all()
+    assert df_csv["time_ms"].dtype.kind == "f" and (df_csv["time_ms"] > 0).all()
+    assert (df_csv["time_ms"] - df_json["time_ms"]).abs().max() <= 1e-5 * df_csv["time_ms"].max()
+
+
 def test_quick_run_json_header(quick_run):
     _, out = quick_run
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "run.json").read_text())
     h = doc["header"]
     for key in ("torch", "triton", "onednn", "mkldnn_available", "cudnn", "device_name", "threads", "tf32"):
         assert key in h
     assert h["threads"] == 1
     assert h["ceilings"]["copy_gbps"] > 0 and h["ceilings"]["matmul_gflops"] > 0
-    assert len(doc["rows"]) > 0 and "conv_vs_linear" in doc["sources"]
+    assert "conv_vs_linear" in doc["sources"] and h["pass"] == "fwd"
     st = h["stability"]  # recorded, not asserted: a real run on a shared machine may be noisy
     assert st["first_min_ms"] <= st["first_ms"] <= st["first_max_ms"] and st["again_ms"] > 0
 
@@ -325,8 +363,16 @@ def test_replot_from_json(quick_run):
 def test_cli_rejects_bad_arguments(tmp_path):
     from fastconv.cli import main
 
-    with pytest.raises(SystemExit, match="unknown algo"):
+    with pytest.raises(SystemExit, match="unknown algo 'winograd9000'"):
         main(["bench", "--device", "cpu", "--algo", "winograd9000", "--out", str(tmp_path)])
+    # --out naming an existing file: a one-line error before any timing, no traceback.
+    f = tmp_path / "taken"
+    f.write_text("x")
+    with pytest.raises(SystemExit, match="is an existing file"):
+        main(["bench", "--device", "cpu", "--suite", "conv_vs_linear", "--out", str(f)])
+    with pytest.raises(SystemExit, match="is an existing file"):
+        main(["explain", "--input", "1,4,6,6", "--weight", "4,4,3,3", "--out", str(f)])
+    assert f.read_text() == "x"
     with pytest.raises(SystemExit):
         main(["bench", "--device", "cpu", "--suite", "vgg16", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not supported on cpu"):
@@ -358,7 +404,7 @@ def test_quick_run_on_gpu(tmp_path):
     assert rows and all(r["device"] == "cuda" and float(r["torch_ms"]) > 0 for r in rows)
     assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
     assert any(r["torch_backend"].startswith("cudnn") for r in rows)
-    header = json.loads((tmp_path / "results.json").read_text())["header"]
+    header = json.loads((tmp_path / "run.json").read_text())["header"]
     assert header["device_name"] and header["cudnn"] and header["tf32"]["cudnn.benchmark"] is True
 
 
@@ -396,3 +442,150 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--suite" in out.stdout and "--backward" in out.stdout
+
+
+# -- oversubscription: the checks on injected measurements (no timing in these tests) -------------
+from fastconv.bench import health  # noqa: E402
+
+
+def test_default_threads_follow_the_load():
+    assert health.default_threads(2, 0.1, 2) == 2  # idle machine: torch's default
+    assert health.default_threads(2, 1.0, 2) == 1  # one busy process: one CPU left
+    assert health.default_threads(2, 3.2, 2) == 1  # the issue's load: never below 1
+    assert health.default_threads(16, 4.0, 16) == 12
+    assert health.default_threads(8, None, 8) == 8  # no load average on this OS
+
+
+def test_checks_flag_the_issues_numbers():
+    # 2 cores, load 3.2, oneDNN at 2 threads 28.8 ms vs 0.296 ms on one thread.
+    assert "oversubscribed" in health.load_warning(3.2, 2, 2)
+    assert health.load_warning(0.2, 2, 2) is None and health.load_warning(3.2, 2, 1) is None
+    w = health.collapse_warning(2, 28.8, 0.296)
+    assert w.startswith("oversubscribed") and "97.3x" in w
+    assert health.collapse_warning(2, 0.2, 0.296) is None  # two threads faster: fine
+    assert health.collapse_warning(1, 28.8, 0.296) is None  # one thread can't collapse
+    assert health.collapse_warning(2, 28.8, math.nan) is None
+    assert health.spread_warning(1.0, 3.5, "im2col").startswith("noisy")
+    assert health.spread_warning(1.0, 1.2, "im2col") is None
+    row = {"algo": "im2col", "torch_ms": 28.8, "torch_1t_ms": 0.296, "torch_min_ms": 27.0,
+           "torch_max_ms": 30.0, "time_min_ms": 0.4, "time_max_ms": 0.5}
+    reasons = health.row_warnings(row, 2)
+    assert len(reasons) == 1 and health.is_oversubscribed(reasons)
+
+
+def _fake_time(one_thread_ms, many_thread_ms, spread=1.0):
+    """Runner.time replaced: every candidate takes `many_thread_ms` at the run's thread count,
+    PyTorch's one-thread calibration `one_thread_ms`; samples span `spread`x."""
+    calls = []
+
+    def time(self, fn, warmup=1, threads=None):
+        ms = one_thread_ms if threads == 1 else many_thread_ms
+        calls.append(threads)
+        return timing.Timing(ms, ms, ms, ms, ms * spread, 5)
+
+    return time, calls
+
+
+def test_collapsed_threads_are_remeasured_and_flagged_everywhere(monkeypatch, tmp_path):
+    from fastconv.bench import plots
+    from fastconv.bench.runner import Options, Result, Runner, run
+
+    fake, calls = _fake_time(0.296, 28.8)
+    monkeypatch.setattr(Runner, "time", fake)
+    monkeypatch.setattr(health, "loadavg", lambda: 0.1)  # this machine's real load stays out
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    res = run(Options(device="cpu", suites=["resnext"], quick=True, algos=["direct"], threads=2,
+                      repeats=1, progress=False, measure_ceilings=False))
+    assert res.rows and all(r["oversubscribed"] and "28.8 ms on 2 threads" in r["warning"]
+                            for r in res.rows)
+    assert all(r["measured"] == 1 + health.RETRIES for r in res.rows)  # measured again first
+    assert calls.count(1) == len(res.rows) * (1 + health.RETRIES)  # one calibration per measurement
+    # Console/summary, CSV/JSON columns and the plots all carry it.
+    lines = report.warning_lines(res)
+    assert lines[0].startswith(health.BANNER) and "oversubscribed" in lines[0]
+    report.write_summary(res, str(tmp_path / "summary.md"))
+    assert f"WARNING — {health.BANNER}" in (tmp_path / "summary.md").read_text()
+    report.write_csv(res.rows, str(tmp_path / "results.csv"), res.header)
+    assert all(r["oversubscribed"] == "True" for r in report.read_csv(str(tmp_path / "results.csv")))
+    drawn = []
+    monkeypatch.setattr(plots, "_banner", lambda fig, h, rows: drawn.append(health.run_warnings(h, rows)) or 0.9)
+    plots.write_all(res.rows, res.header, str(tmp_path))
+    assert len(drawn) == 2 and all(d for d in drawn)
+    # A sound run: no warning anywhere.
+    fake_ok, _ = _fake_time(0.296, 0.2)
+    monkeypatch.setattr(Runner, "time", fake_ok)
+    ok = run(Options(device="cpu", suites=["resnext"], quick=True, algos=["direct"], threads=2,
+                     repeats=1, progress=False, measure_ceilings=False))
+    assert not any(r["warning"] for r in ok.rows) and report.warning_lines(ok) == []
+    assert all(r["measured"] == 1 for r in ok.rows)
+    assert isinstance(ok, Result)
+
+
+def test_noisy_rows_are_flagged_not_oversubscribed(monkeypatch):
+    from fastconv.bench.runner import Options, Runner, run
+
+    fake, _ = _fake_time(0.3, 0.3, spread=10.0)
+    monkeypatch.setattr(Runner, "time", fake)
+    res = run(Options(device="cpu", suites=["resnext"], quick=True, algos=["direct"], threads=1,
+                      repeats=1, progress=False, measure_ceilings=False))
+    assert all(r["warning"].startswith("noisy") and not r["oversubscribed"] for r in res.rows)
+
+
+def test_default_thread_count_comes_from_the_load(monkeypatch):
+    from fastconv.bench.runner import Options, Runner
+
+    monkeypatch.setattr(health, "loadavg", lambda: 3.2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    r = Runner(Options(device="cpu"))
+    assert r.threads == 1 and "load average 3.2" in r.threads_from
+    assert Runner(Options(device="cpu", threads=2)).threads == 2
+
+
+# -- the command's remaining options ------------------------------------------------------------------
+def test_algo_auto_and_labels(monkeypatch, tmp_path):
+    """--algo auto runs what algo='auto' picks per layer; --backward's pass label; the
+    conv_vs_linear plot only when that suite ran; --quick sums labelled as a subset."""
+    from fastconv.bench.runner import Options, Runner, run
+    from fastconv.bench import plots
+
+    fake, _ = _fake_time(0.3, 0.3)
+    monkeypatch.setattr(Runner, "time", fake)
+    res = run(Options(device="cpu", suites=["mobilenetv2"], quick=True, algos=["auto"], backward=True,
+                      threads=1, repeats=1, progress=False, measure_ceilings=False))
+    picked = {(r["layer"], r["algo"]) for r in res.rows if r["pass"] == "fwd"}
+    for layer in tables.load("mobilenetv2", quick=True):
+        assert (layer.name, fastconv.select(layer.spec).name) in picked
+    assert res.header["pass"] == "fwd, fwd+bwd" and {r["pass"] for r in res.rows} == {"fwd", "fwd+bwd"}
+    assert plots.write_all(res.rows, res.header, str(tmp_path)) == ["speedup.png", "roofline.png"]
+    assert not (tmp_path / "conv_vs_linear.png").exists()
+    summary = report.summary_table(res.rows)
+    n = len(tables.rows("mobilenetv2"))
+    assert summary and all(not s["complete"] and s["table_layers"] == n for s in summary)
+    assert all(s["network_ms"] != s["network_ms"] and s["timed_ms"] > 0 for s in summary)
+    text = report.terminal_summary(res.rows)
+    assert f"of {n}" in text and "not the whole network" in text
+    report.write_summary(res, str(tmp_path / "summary.md"))
+    assert f" of {n} |" in (tmp_path / "summary.md").read_text()
+
+
+def test_full_table_is_the_network(monkeypatch):
+    from fastconv.bench.runner import Options, Runner, run
+
+    fake, _ = _fake_time(0.5, 0.5)
+    monkeypatch.setattr(Runner, "time", fake)
+    res = run(Options(device="cpu", suites=["conv_vs_linear"], batch=1, algos=["im2col"], threads=1,
+                      repeats=1, progress=False, measure_ceilings=False))
+    (s,) = report.summary_table(res.rows)
+    counts = sum(layer.count for layer in tables.load("conv_vs_linear", batch=1))
+    assert s["complete"] and s["network_ms"] == pytest.approx(0.5 * counts)
+
+
+def test_cli_accepts_algo_auto(tmp_path, monkeypatch):
+    from fastconv.bench import cli as bench_cli
+
+    args = bench_cli.add_parser(__import__("argparse").ArgumentParser().add_subparsers()).parse_args(
+        ["--device", "cpu", "--algo", "auto", "im2col", "--out", str(tmp_path)])
+    opts = bench_cli.options_from_args(args)
+    assert list(opts.algos) == ["auto", "im2col"]

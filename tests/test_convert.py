@@ -258,8 +258,14 @@ def test_skips_what_fastconv_cannot_run():
         nn.Conv2d(4, 6, 1),
         torch.nn.utils.parametrizations.weight_norm(nn.Conv2d(6, 6, 1)),
     )
-    fast = fastconv.convert(model, filter=lambda name, m: name != "5")
+    with pytest.warns(fastconv.ConversionWarning) as caught:
+        fast = fastconv.convert(model, filter=lambda name, m: name != "5")
     rep = fast.fastconv_report
+    # One warning, naming every module convert could not run (not the one the filter excluded).
+    assert len(caught) == 1 and caught[0].filename == __file__
+    msg = str(caught[0].message)
+    assert "5 Conv2d module(s)" in msg and all(f"{i}: " in msg for i in ("1", "2", "3", "4", "6"))
+    assert "5: " not in msg and "bfloat16" in msg
     assert [n for n, _ in rep.swapped] == ["0"]
     reasons = dict(rep.skipped)
     assert "parametrized" in reasons["6"]
@@ -297,7 +303,8 @@ def test_hook_based_weight_norm_keeps_working():
 
 def test_explicit_algo_and_report_names_it():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 8, 3))
-    fast = fastconv.convert(model, algo="depthwise")
+    with pytest.warns(fastconv.ConversionWarning, match="groups == in_channels"):
+        fast = fastconv.convert(model, algo="depthwise")
     rep = fast.fastconv_report
     assert [n for n, _ in rep.swapped] == ["0"] and fast[0].algo == "depthwise"
     assert "groups == in_channels" in dict(rep.skipped)["1"]
@@ -307,14 +314,67 @@ def test_revert_round_trip():
     torch.manual_seed(0)
     model = EveryPaddingNet().double()
     fast = fastconv.convert(model)
-    # The class becomes fastconv's; the subclass's attributes stay and revert restores it.
-    assert type(fast.convs[4]) is FastConv2d and fast.convs[4].tag == "plain"
+    # The subclass becomes a subclass of it and fastconv's; its attributes stay and revert
+    # restores the exact class.
+    assert isinstance(fast.convs[4], PlainSubConv) and isinstance(fast.convs[4], FastConv2d)
+    assert fast.convs[4].tag == "plain" and type(fast.convs[0]) is FastConv2d
     back = fastconv.revert(fast)
     assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
     assert not any(hasattr(m, "algo") for m in back.modules())
     assert len(back.fastconv_report.swapped) == 7
     x = torch.randn(2, 4, 9, 10, dtype=torch.float64)
     assert_same_run(run(back, x), run(model, x))
+
+
+class DescribedConv(nn.Conv2d):
+    """A user's subclass with its own methods and class attribute (forward untouched)."""
+    kind = "described"
+
+    def describe(self):
+        return f"{type(self).__name__} {self.in_channels}->{self.out_channels}"
+
+    @property
+    def fan_in(self):
+        return self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+
+
+def test_convert_keeps_the_users_class_and_its_methods(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(DescribedConv(3, 4, 3, padding=1), nn.ReLU(), DescribedConv(4, 4, 1),
+                          PlainSubConv(4, 4, 1)).double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    want = model(x)
+    fast = fastconv.convert(model)
+    for m in (fast[0], fast[2]):
+        assert isinstance(m, DescribedConv) and isinstance(m, FastConv2d)
+        assert m.describe() == f"DescribedConv {m.in_channels}->4" and m.kind == "described"
+    assert fast[0].fan_in == 27
+    # One generated class per user class, and fastconv's forward is the one that runs.
+    assert type(fast[0]) is type(fast[2]) is fastconv.nn.conv.converted_class(DescribedConv)
+    assert type(fast[0]).forward is FastConv2d.forward
+    assert isinstance(fast[3], PlainSubConv) and type(fast[3]) is not type(fast[0])
+    assert_same_run(run(fast, x), run(model, x))
+    torch.testing.assert_close(fast(x), want, **F64)
+    # Pickling (torch.save of the whole model) and deepcopy keep the generated class.
+    path = tmp_path / "m.pt"
+    torch.save(fast, path)
+    loaded = torch.load(path, weights_only=False)
+    assert type(loaded[0]) is type(fast[0]) and loaded[0].describe() == fast[0].describe()
+    torch.testing.assert_close(loaded(x), want, **F64)
+    assert type(copy.deepcopy(fast)[2]) is type(fast[2])
+    # revert restores the exact classes, leaving nothing of fastconv behind.
+    back = fastconv.revert(fast)
+    assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+    assert not any(hasattr(m, "algo") or hasattr(m, "_packed_key") for m in back.modules())
+    torch.testing.assert_close(back(x), want, **F64)
+
+
+def test_fuse_warns_once_and_keeps_the_report():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1).to(torch.bfloat16)).eval()
+    with pytest.warns(fastconv.ConversionWarning) as caught:
+        fused = fastconv.fuse(model)
+    assert len(caught) == 1 and "fastconv.fuse" in str(caught[0].message) and caught[0].filename == __file__
+    assert "bfloat16" in dict(fused.fastconv_report.skipped)["2"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -276,11 +276,15 @@ def test_double_backward_goes_through_the_ops():
     torch.testing.assert_close(g.requires_grad, second_order().requires_grad)
 
 
-def test_autocast_sees_the_same_arguments():
+def test_autocast_takes_the_ops_and_their_rule():
+    """Under autocast the op's autocast kernel must cast the result (fastconv/_autocast.py):
+    the fast path, which skips the dispatcher, is not taken, and the result is F.conv2d's
+    dtype with the switch on or off."""
     x, w, b = (t.float() for t in _data())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = _conv(x, w, b)
-    assert calls["fwd"] == 1 and out.dtype == torch.float32
+        want = F.conv2d(x, w, b, stride=(2, 1), padding=1)
+    assert calls["fwd"] == 0 and out.dtype == want.dtype == torch.bfloat16
     _eager.ENABLED = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(out, _conv(x, w, b))

@@ -195,8 +195,12 @@ def test_bad_arguments_are_clear_errors():
         run_cli("--input", "1,8,2,2", "--weight", "16,8,3,3")
     with pytest.raises(SystemExit, match="SUITE:NAME"):
         run_cli("--layer", "resnet50")
-    with pytest.raises(SystemExit, match="layer"):
+    with pytest.raises(SystemExit, match="unknown suite 'no_such_suite'.*resnet50"):
         run_cli("--layer", "no_such_suite:no_such_layer")
+    # An unknown name lists every valid one: table names, stage names, torchvision paths.
+    with pytest.raises(SystemExit, match=r"layer1_3x3_64.*conv2_x.*layer1\.0\.conv2") as e:
+        run_cli("--layer", "resnet50:layer9.0.conv2")
+    assert "Traceback" not in str(e.value)
     with pytest.raises(SystemExit, match="depthwise"):
         run_cli("--input", "1,8,8,8", "--weight", "16,8,3,3", "--algo", "depthwise")
 
@@ -235,3 +239,102 @@ def test_gpu_cost_model_hand_counted():
     b = gpu_cost_model(dw, 50 << 20, dict(BLOCK_H=4, BLOCK_W=8, BLOCK_C=32))
     tiles = 2 * 8 * 8 // 32
     assert b["L2"] == inp + inp + 32 * e * tiles  # output = input size here
+
+
+# -- --layer: the names people know ------------------------------------------------------------------
+@pytest.mark.parametrize("text,table_name", [
+    ("resnet50:conv2_x", "layer1_3x3_64"),  # documented in --help
+    ("resnet50:layer1.0.conv2", "layer1_3x3_64"),  # documented in the README
+    ("resnet50:conv1", "conv1_7x7_s2"),
+    ("resnet50:layer3.0.downsample.0", "layer3_downsample_512to1024_s2"),
+    ("resnet50:layer4_3x3_512", "layer4_3x3_512"),
+    ("resnext:conv5_x", "layer4_gconv3x3_1024_g32"),
+    ("mobilenetv2:features.2.conv.1.0", "b2_dw3x3_96_s2"),
+    ("convnext_t:features.1.0.block.0", "stage1_dw7x7_96"),
+])
+def test_layer_accepts_torchvision_paths_and_stage_names(text, table_name):
+    from fastconv.bench import tables
+    from fastconv.explain.cli import layer_spec
+
+    suite = text.split(":")[0]
+    assert layer_spec(text) == tables.find(suite, table_name).spec
+
+
+@pytest.mark.parametrize("suite", ["resnet50", "resnext", "mobilenetv2", "convnext_t"])
+def test_torchvision_paths_count_every_conv_of_the_table(suite):
+    """Each table row's `count` is how often its geometry occurs in the network: the
+    torchvision module paths that map to it must number exactly that."""
+    from collections import Counter
+
+    from fastconv.bench import tables
+
+    al = tables.aliases(suite)
+    per_row = Counter(name for alias, name in al.items() if "." in alias or alias == "conv1")
+    assert {layer.name: layer.count for layer in tables.load(suite)} == dict(per_row)
+
+
+def test_layer_example_from_help_runs(quick_ceilings):
+    out = run_cli("--layer", "resnet50:conv2_x", "--json", "--quick")
+    assert json.loads(out)["spec"].startswith("N=1 C=64 56x56 -> K=64 3x3")
+
+
+# -- pictures ----------------------------------------------------------------------------------------
+def test_access_pattern_draws_the_layer_asked_for(quick_ceilings, tmp_path, capsys):
+    """The issue's case: a 64->64 56x56 conv and a 32-channel depthwise 28x28 conv drew the
+    same fixed toy picture."""
+    a, b = tmp_path / "dense", tmp_path / "dw"
+    run_cli("--input", "1,64,56,56", "--weight", "64,64,3,3", "--padding", "1", "--quick", "--out", str(a))
+    out = run_cli("--input", "1,32,28,28", "--weight", "32,1,3,3", "--groups", "32", "--padding", "1",
+                  "--quick", "--out", str(b))
+    assert (a / "access_pattern.png").read_bytes() != (b / "access_pattern.png").read_bytes()
+    assert "not exported" not in out and "defaults used" not in out
+
+
+def _figure_of(monkeypatch, draw, *args):
+    """Run a pictures function, keeping its matplotlib figure instead of closing it."""
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    draw(*args)
+    return kept[-1]
+
+
+def test_roofline_colours_and_bound_markers(monkeypatch, tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from fastconv.explain import pictures
+
+    res = {"spec": "test", "layout": "nchw", "flops": 1e9, "ceilings": QUICK_CEILINGS.to_dict(),
+           "algorithms": [{"algo": "im2col", "intensity": {"L1": 2.0, "DRAM": 20.0}, "bound_ms": 20.0,
+                           "measured_ms": 40.0},
+                          {"algo": "direct", "intensity": {"L1": 4.0, "DRAM": 40.0}, "bound_ms": 12.0,
+                           "measured_ms": None}]}
+    fig = _figure_of(monkeypatch, pictures.roofline, res, str(tmp_path))
+    ax = fig.axes[0]
+    roof_colours = {to_rgba(line.get_color()) for line in ax.get_lines()}
+    algo_colours = {to_rgba(f"C{i}") for i in range(2)}
+    assert roof_colours and not roof_colours & algo_colours
+    hollow = filled = 0
+    for coll in ax.collections:
+        if len(coll.get_offsets()) == 0:
+            continue  # legend proxies
+        fc = coll.get_facecolors()
+        if len(fc) == 0 or fc[0][3] == 0:
+            hollow += len(coll.get_offsets())
+        else:
+            filled += len(coll.get_offsets())
+    # Every level of both algorithms has its bound (hollow); only im2col was measured (filled).
+    assert hollow == 4 and filled == 2
+
+
+def test_access_pattern_title_fits(monkeypatch, tmp_path):
+    from fastconv.explain import pictures
+
+    spec = ConvSpec(1, 64, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1))
+    fig = _figure_of(monkeypatch, pictures.access_pattern, spec, str(tmp_path), ["im2col", "direct"])
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    width, height = fig.canvas.get_width_height()
+    assert 0 <= box.x0 and box.x1 <= width and box.y1 <= height
+    assert spec.describe() in fig._suptitle.get_text().replace("\n", " ")

@@ -451,9 +451,10 @@ def test_block_algo_knob_reaches_every_conv():
     torch.testing.assert_close(blk.double()(x), fastconv.revert(blk)(x), **F64)
 
 
-def test_autocast_cpu_runs_in_float32():
+def test_autocast_cpu_runs_in_float32_and_returns_bfloat16():
     # CPU autocast asks for bfloat16, which the CPU kernels lack: fastconv computes in fp32
-    # and mixed-dtype inputs (a bf16 activation from an autocast Linear) still work.
+    # and returns bfloat16 like F.conv2d (fastconv/_autocast.py); mixed-dtype inputs (a bf16
+    # activation from an autocast layer) still work.
     torch.manual_seed(0)
     ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))
     fast = fastconv.convert(ref)
@@ -462,7 +463,10 @@ def test_autocast_cpu_runs_in_float32():
         y_ref = ref(x)
         y = fast(x)
         y_mixed = fast[1](fast[0](x).to(torch.bfloat16))
-    assert y.dtype == torch.float32 and y_mixed.dtype == torch.float32
-    torch.testing.assert_close(y, y_ref.float(), atol=0.05, rtol=0.05)
-    torch.testing.assert_close(y_mixed, fast(x), atol=0.05, rtol=0.05)
-    torch.testing.assert_close(y, fast(x))  # exactly the fp32 result
+    assert y.dtype == y_ref.dtype == y_mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(y_mixed.float(), fast(x), atol=0.05, rtol=0.05)
+    # float32 operands are not rounded first: the fp32 conv, rounded once at the end.
+    c0 = fast[0](x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fast[0](x), c0.to(torch.bfloat16), atol=0, rtol=0)

@@ -2,8 +2,15 @@
 
 Every row is measured in one run: each applicable fastconv algorithm (from the registry), PyTorch's
 F.conv2d (cuDNN / oneDNN / slow_conv2d, named), the equivalent GEMM through torch.mm (bmm over
-groups), F.unfold + matmul, and (conv_vs_linear) nn.Linear. Writes results.csv, results.json,
-summary.md, speedup.png, roofline.png and conv_vs_linear.png to --out.
+groups), F.unfold + matmul, and (conv_vs_linear) nn.Linear. Writes results.csv and
+results.json (one row per layer, pass and algorithm, the run's metadata as columns), run.json
+(flags, measured ceilings, warnings), summary.md, speedup.png, roofline.png and, when the
+conv_vs_linear suite ran, conv_vs_linear.png to --out.
+
+On the CPU the default thread count is torch's, capped by the CPUs the load average leaves
+idle, and every row is checked for oversubscription (threads slower than one thread), noise
+and load; a failing layer is measured again, and what still fails is flagged loudly in the
+console, summary.md, results (`warning`, `oversubscribed`) and the plots.
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import argparse
 import os
 import sys
 
-from . import tables
+from . import report, tables
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
@@ -28,14 +35,18 @@ def add_parser(sub):
     p.add_argument("--batch", type=int, default=None,
                    help="batch size for every layer (default: the table's N, else 1 on cpu / 32 on cuda)")
     p.add_argument("--algo", nargs="+", default=None, metavar="ALGO",
-                   help="registered algorithm names (default: every applicable public algorithm)")
-    p.add_argument("--backward", action="store_true", help="also time forward+backward")
+                   help="registered algorithm names, or auto (the algorithm fastconv.conv2d's "
+                        "algo='auto' picks per layer) (default: every applicable public algorithm)")
+    p.add_argument("--backward", action="store_true",
+                   help="also time forward+backward (rows with pass 'fwd+bwd' beside the 'fwd' rows)")
     p.add_argument("--quick", action="store_true",
-                   help="representative subset of each table, shorter measurements")
+                   help="representative subset of each table, shorter measurements (sums over the "
+                        "timed layers are then labelled as a subset, not the network)")
     p.add_argument("--repeats", type=int, default=None,
                    help="minimum timed samples per measurement (default 5, --quick 3)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (fixed for the whole run and recorded; default: torch's)")
+                   help="CPU threads (fixed for the whole run and recorded; default: torch's, "
+                        "capped by the CPUs the load average leaves idle)")
     p.add_argument("--tf32", choices=("on", "off"), default="on",
                    help="CUDA float32: allow TF32 in cuBLAS/cuDNN, as Triton's tl.dot does by default")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out/)")
@@ -70,6 +81,8 @@ def options_from_args(args):
         from .. import registry
 
         for name in args.algo:
+            if name == "auto":
+                continue
             try:
                 registry.get(name)
             except ValueError as e:
@@ -79,19 +92,46 @@ def options_from_args(args):
                    threads=args.threads, tf32=args.tf32 == "on", copy_mib=args.copy_mib)
 
 
+def output_dir(path: str, command: str = "fastconv bench") -> str:
+    """Create `path` as a directory; a clean error when it is a file or cannot be made."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"{command}: --out {path} is an existing file; give a directory "
+                         "(it is created if missing)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"{command}: cannot create the output directory {path}: {e.strerror or e}")
+    return path
+
+
+def print_warnings(result) -> None:
+    """The run's warnings, loudly, after the summary table (and on the terminal when stdout
+    goes to a file)."""
+    lines = report.warning_lines(result)
+    if not lines:
+        return
+    bar = "!" * 78
+    text = "\n".join([bar, *(f"!! {ln}" for ln in lines), bar])
+    print(text, flush=True)
+    if not sys.stdout.isatty() and sys.stderr.isatty():  # stdout goes to a file: tell the terminal too
+        print(text, file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     import fastconv  # noqa: F401  (registers the algorithms)
 
-    from . import machine, plots, report, runner
+    from . import machine, plots, runner
 
     if args.replot is not None:
+        if not os.path.isfile(os.path.join(args.replot, "results.json")):
+            raise SystemExit(f"fastconv bench: --replot {args.replot}: no results.json there")
         result = report.load_json(os.path.join(args.replot, "results.json"))
         names = plots.write_all(result.rows, result.header, args.replot)
         report.write_summary(result, os.path.join(args.replot, "summary.md"), names)
         print(f"wrote {', '.join(['summary.md', *names])} to {args.replot}/")
         return 0
     opts = options_from_args(args)
-    os.makedirs(args.out, exist_ok=True)
+    output_dir(args.out)
     print("fastconv bench: measuring this machine's ceilings...", file=sys.stderr)
 
     printed = []
@@ -110,6 +150,7 @@ def run(args) -> int:
     print(report.terminal_summary(result.rows))
     if "stability" in result.header:
         print(machine.header_lines(result.header)[-1])
+    print_warnings(result)
     bad = [r for r in result.rows if not r["ok"]]
     for r in bad:
         print(f"WARNING: {r['algo']} on {r['suite']}/{r['layer']}: max relative error "
@@ -119,5 +160,6 @@ def run(args) -> int:
     report.write_json(result, os.path.join(args.out, "results.json"))
     names = [] if args.no_plots else plots.write_all(result.rows, result.header, args.out)
     report.write_summary(result, os.path.join(args.out, "summary.md"), names)
-    print(f"wrote {', '.join(['results.csv', 'results.json', 'summary.md', *names])} to {args.out}/")
+    print(f"wrote {', '.join(['results.csv', 'results.json', 'run.json', 'summary.md', *names])} "
+          f"to {args.out}/")
     return 1 if bad else 0

@@ -66,13 +66,33 @@ def _git_commit() -> Optional[str]:
         return None
 
 
+def _cpu_capability() -> str:
+    """ATen's vector ISA on this CPU (torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2,
+    AVX512, ...), what its own kernels run; fastconv's CPU kernels use AVX2+FMA at most."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
+def _fastconv_isa() -> Optional[str]:
+    """The instruction set fastconv's CPU kernels use (fastconv.settings.cpu_isa)."""
+    try:
+        from .. import _C
+
+        return _C.cpu_isa()
+    except (ImportError, AttributeError):
+        return None
+
+
 def _cpu_flags() -> str:
+    """The matrix and bf16 extensions oneDNN may use, which get_cpu_capability doesn't name."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
                     have = set(line.split(":", 1)[1].split())
-                    return " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if x in have)
+                    return " ".join(x for x in ("avx512_bf16", "amx_tile", "amx_bf16") if x in have)
     except OSError:
         pass
     return ""
@@ -109,6 +129,8 @@ def describe(device: str, dtype: torch.dtype, threads: int) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": device,
         "cpu": _cpu_model(),
+        "cpu_capability": _cpu_capability(),
+        "fastconv_cpu_isa": _fastconv_isa(),
         "cpu_flags": _cpu_flags(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
@@ -157,9 +179,12 @@ def header_lines(h: dict) -> list[str]:
     c = h.get("ceilings", {})
     tf = h["tf32"]
     lines = [
-        f"device: {h['device']} — {h['device_name']}" + (f" ({h['cpu_flags']})" if h["device"] == "cpu" else ""),
-        f"threads: {h['threads']} (of {h['cpu_count']} logical CPUs); load average at start "
-        f"{h.get('loadavg_at_start')} (1/5/15 min)",
+        f"device: {h['device']} — {h['device_name']}" + (
+            f" (ATen CPU capability {h.get('cpu_capability', '?')}, fastconv kernels "
+            f"{h.get('fastconv_cpu_isa', '?')}"
+            + (f"; {h['cpu_flags']}" if h.get("cpu_flags") else "") + ")" if h["device"] == "cpu" else ""),
+        f"threads: {h['threads']} (of {h['cpu_count']} logical CPUs; {h.get('threads_from', 'as given')}); "
+        f"load average at start {h.get('loadavg_at_start')} (1/5/15 min)",
         f"torch {h['torch']}, triton {h['triton']}, oneDNN {h['onednn']} (mkldnn available: "
         f"{h['mkldnn_available']}), cuDNN {h['cudnn']}" + (f", CUDA {h.get('cuda')}" if h["device"] == "cuda" else ""),
         f"fastconv {h['fastconv']} (commit {h['fastconv_commit']}), python {h['python']}, host {h['host']}, {h['date_utc']} UTC",
@@ -175,5 +200,7 @@ def header_lines(h: dict) -> list[str]:
     if st:
         lines.append(f"stability: PyTorch on {st['layer']} re-measured at the end: {st['again_ms']:.4g} ms vs "
                      f"{st['first_ms']:.4g} ms (spread {st['first_min_ms']:.4g}–{st['first_max_ms']:.4g}): "
-                     + ("within the spread" if st["within_spread"] else "OUTSIDE the spread (noisy machine)"))
+                     + ("within the spread" if st["within_spread"] else "OUTSIDE the spread (noisy machine)")
+                     + (f"; but the first measurement itself failed a check ({st['first_warning']})"
+                        if st.get("first_warning") else ""))
     return lines

@@ -1,4 +1,7 @@
-"""speedup.png, roofline.png and conv_vs_linear.png (matplotlib, Agg backend: no display needed)."""
+"""speedup.png, roofline.png and conv_vs_linear.png (matplotlib, Agg backend: no display needed).
+
+A run whose timings failed the oversubscription/noise checks (fastconv/bench/health.py) gets a
+red banner on every plot, and its flagged rows are hatched (bars) or crossed out (points)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
+from . import health  # noqa: E402
 from .report import geomean  # noqa: E402
 
 _MARKERS = "osD^vP*Xhp<>"
@@ -37,6 +42,28 @@ def _subtitle(h) -> str:
             f"torch {h['torch']}, {lib}")
 
 
+def _banner(fig, header, rows) -> float:
+    """A red banner across the top when the run's timings are not trustworthy; returns the
+    figure fraction left below it (1.0: no banner)."""
+    import textwrap
+
+    ws = health.run_warnings(header, rows)
+    if not ws:
+        return 1.0
+    text = f"{health.BANNER}: {ws[0]}" + (f" (+{len(ws) - 1} more, see summary.md)" if len(ws) > 1 else "")
+    w_in, h_in = fig.get_size_inches()
+    lines = textwrap.wrap(text, max(40, int(w_in * 13)))  # ~13 characters of 9-point text per inch
+    fig.text(0.5, 0.995, "\n".join(lines), ha="center", va="top", fontsize=9, color="white",
+             bbox=dict(facecolor="#C00000", edgecolor="none", boxstyle="round,pad=0.3"))
+    return 1.0 - (0.16 * len(lines) + 0.2) / h_in
+
+
+def _save(fig, path, top: float) -> None:
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def speedup_plot(rows, header, path: str) -> None:
     layers = _layers(rows)
     algos = _algos(rows)
@@ -44,15 +71,26 @@ def speedup_plot(rows, header, path: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.28 * n * max(1, len(algos)) ** 0.5))
     height = 0.8 / max(len(algos), 1)
     colors = plt.get_cmap("tab10")
+    any_flagged, handles = False, []
     for j, algo in enumerate(algos):
-        ys, xs = [], []
+        ys, xs, flagged = [], [], []
         for i, rs in enumerate(layers.values()):
             for r in rs:
                 if r["algo"] == algo and r["speedup"] == r["speedup"]:
                     ys.append(i - 0.4 + height * (j + 0.5))
                     xs.append(r["speedup"])
+                    flagged.append(bool(r.get("warning")))
         g = geomean(xs)
-        ax.barh(ys, xs, height=height, color=colors(j), label=f"{algo} (geomean {g:.3g}x)")
+        bars = ax.barh(ys, xs, height=height, color=colors(j))
+        handles.append(Patch(facecolor=colors(j), label=f"{algo} (geomean {g:.3g}x)"))
+        for bar, bad in zip(bars, flagged):
+            if bad:
+                bar.set_hatch("xxx")
+                bar.set_edgecolor("#C00000")
+                any_flagged = True
+    if any_flagged:
+        handles.append(Patch(facecolor="white", hatch="xxx", edgecolor="#C00000",
+                             label="failed a timing check (see warning column)"))
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
     vals = [r["speedup"] for r in rows if r["algo"] and r["speedup"] == r["speedup"] and r["speedup"] > 0]
@@ -65,10 +103,8 @@ def speedup_plot(rows, header, path: str) -> None:
     backends = sorted({r["torch_backend"] for r in rows})
     ax.set_title(f"fastconv vs PyTorch ({', '.join(backends)})\n{_subtitle(header)}", fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    _save(fig, path, _banner(fig, header, rows))
 
 
 def roofline_plot(rows, header, path: str) -> None:
@@ -92,7 +128,7 @@ def roofline_plot(rows, header, path: str) -> None:
     suites = sorted({r["suite"] for r in fwd})
     algos = _algos(fwd)
     colors = plt.get_cmap("tab10")
-    seen_torch = False
+    seen_torch = flagged = False
     for si, suite in enumerate(suites):
         m = _MARKERS[si % len(_MARKERS)]
         done = set()
@@ -102,6 +138,9 @@ def roofline_plot(rows, header, path: str) -> None:
             if r["algo"] and r["gflops"] == r["gflops"]:
                 ax.scatter(r["intensity"], r["gflops"], marker=m, color=colors(algos.index(r["algo"])),
                            s=28, alpha=0.85, edgecolors="none")
+                if r.get("warning"):
+                    ax.scatter(r["intensity"], r["gflops"], marker="x", color="#C00000", s=60, lw=1)
+                    flagged = True
             key = (r["layer"], r["N"])
             if key not in done and r["torch_gflops"] == r["torch_gflops"]:
                 done.add(key)
@@ -115,6 +154,8 @@ def roofline_plot(rows, header, path: str) -> None:
         ax.scatter([], [], facecolors="none", edgecolors=_TORCH_COLOR, marker="o", label="PyTorch F.conv2d")
     for si, suite in enumerate(suites):
         ax.scatter([], [], color="gray", marker=_MARKERS[si % len(_MARKERS)], label=suite)
+    if flagged:
+        ax.scatter([], [], marker="x", color="#C00000", label="failed a timing check")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
@@ -123,17 +164,15 @@ def roofline_plot(rows, header, path: str) -> None:
     ax.set_title(f"roofline ({rows[0]['pass'] if rows else 'fwd'})\n{_subtitle(header)}", fontsize=9)
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, _banner(fig, header, rows))
 
 
 def conv_vs_linear_plot(rows, header, path: str) -> None:
+    """The conv_vs_linear suite's layers (the caller draws it only when that suite ran)."""
     chosen = [r for r in rows if r["suite"] == "conv_vs_linear"]
     title = "conv vs the equivalent GEMM vs nn.Linear"
     if not chosen:
-        chosen = rows
-        title = "conv vs the equivalent GEMM (no conv_vs_linear suite in this run)"
+        raise ValueError("conv_vs_linear_plot: no conv_vs_linear rows in this run")
     layers = _layers(chosen)
     series = [("PyTorch F.conv2d", "torch_ms"), ("fastconv (best algo)", "best_ms"),
               ("GEMM torch.mm/bmm", "gemm_ms"), ("nn.Linear (F.linear)", "linear_ms"),
@@ -162,18 +201,21 @@ def conv_vs_linear_plot(rows, header, path: str) -> None:
     ax.set_title(f"{title}\n{_subtitle(header)}", fontsize=9)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, _banner(fig, header, chosen))
 
 
-PLOTS = (("speedup.png", speedup_plot), ("roofline.png", roofline_plot),
-         ("conv_vs_linear.png", conv_vs_linear_plot))
+# (file name, function, which runs draw it)
+PLOTS = (("speedup.png", speedup_plot, lambda rows: True),
+         ("roofline.png", roofline_plot, lambda rows: True),
+         ("conv_vs_linear.png", conv_vs_linear_plot,
+          lambda rows: any(r["suite"] == "conv_vs_linear" for r in rows)))
 
 
 def write_all(rows, header, out_dir: str) -> list[str]:
+    """Draw the plots this run has data for; their file names."""
     names = []
-    for name, fn in PLOTS:
-        fn(rows, header, os.path.join(out_dir, name))
-        names.append(name)
+    for name, fn, applies in PLOTS:
+        if applies(rows):
+            fn(rows, header, os.path.join(out_dir, name))
+            names.append(name)
     return names

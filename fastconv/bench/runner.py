@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -10,7 +11,7 @@ import torch
 
 from .. import registry
 from ..spec import ConvSpec
-from . import baselines, machine, tables
+from . import baselines, health, machine, tables
 from .timing import CPU_MIN_RUN_TIME_S, GPU_REP_MS, Timing, measure
 
 # Tensors a baseline may allocate before we skip it (F.unfold's columns and the GEMM's A operand
@@ -31,11 +32,11 @@ class Options:
     dtype: torch.dtype = torch.float32
     layout: str = "nchw"
     batch: Optional[int] = None
-    algos: Optional[Sequence[str]] = None  # None: every applicable public algorithm
+    algos: Optional[Sequence[str]] = None  # None: every applicable public algorithm; "auto": its pick
     backward: bool = False
     quick: bool = False
     repeats: int = 5
-    threads: Optional[int] = None
+    threads: Optional[int] = None  # None: torch's default, capped by the CPUs the load leaves idle
     tf32: bool = True
     progress: bool = True
     measure_ceilings: bool = True
@@ -88,7 +89,16 @@ class Runner:
     def __init__(self, opts: Options):
         self.o = opts
         self.device = opts.device
-        self.threads = opts.threads or torch.get_num_threads()
+        self.load_at_start = health.loadavg()
+        if opts.threads is not None:
+            self.threads, self.threads_from = opts.threads, "--threads"
+        elif self.device == "cpu":
+            self.threads = health.default_threads(os.cpu_count() or 1, self.load_at_start,
+                                                  torch.get_num_threads())
+            self.threads_from = (f"torch's default {torch.get_num_threads()}, capped by the idle "
+                                 f"CPUs (load average {self.load_at_start})")
+        else:
+            self.threads, self.threads_from = torch.get_num_threads(), "torch's default"
         if self.device == "cpu":
             torch.set_num_threads(self.threads)
         if self.device == "cuda":
@@ -119,27 +129,43 @@ class Runner:
             return default_algorithms(spec), []
         run, skip = [], []
         for name in self.o.algos:
-            alg = registry.get(name)
-            reason = alg.why_not(spec)
-            if reason is None:
-                run.append(alg)
+            if name == "auto":  # what fastconv.conv2d(algo="auto") runs for this layer
+                from ..functional import select
+
+                try:
+                    alg = select(spec, "auto")
+                except (TypeError, ValueError) as e:
+                    skip.append((name, str(e)))
+                    continue
             else:
-                skip.append((name, reason))
+                alg = registry.get(name)
+                reason = alg.why_not(spec)
+                if reason is not None:
+                    skip.append((name, reason))
+                    continue
+            if alg not in run:
+                run.append(alg)
         return run, skip
 
     def passes(self) -> list[str]:
         return ["fwd", "fwd+bwd"] if self.o.backward else ["fwd"]
 
     # -- timing --------------------------------------------------------------------------------
-    def time(self, fn, warmup: int = 1) -> Timing:
+    def time(self, fn, warmup: int = 1, threads: Optional[int] = None) -> Timing:
         return measure(fn, self.device, repeats=self.o.repeats, min_run_time=self.min_run_time,
-                       rep_ms=self.rep_ms, threads=self.threads, warmup=warmup)
+                       rep_ms=self.rep_ms, threads=threads or self.threads, warmup=warmup)
 
     def header(self) -> dict:
         h = machine.describe(self.device, self.o.dtype, self.threads)
         h.update(layout=self.o.layout, batch=self.o.batch if self.o.batch is not None else
                  f"table N, else {DEFAULT_BATCH[self.device]}", quick=self.o.quick, repeats=self.o.repeats,
-                 **{"pass": "+".join(self.passes())})
+                 **{"pass": ", ".join(self.passes())})
+        h["threads_from"] = self.threads_from
+        h["warnings"] = []
+        if self.device == "cpu":
+            w = health.load_warning(self.load_at_start, os.cpu_count() or 1, self.threads)
+            if w:
+                h["warnings"].append(f"at start: {w}")
         h["timing"] = ("triton.testing.do_bench (L2 flushed), median of per-call CUDA-event times"
                        if self.device == "cuda" else
                        f"torch.utils.benchmark blocked_autorange (min_run_time {self.min_run_time}s, "
@@ -151,6 +177,22 @@ class Runner:
         return h
 
     def run_layer(self, layer: tables.Layer, pss: str, result: Result) -> list[dict]:
+        """The layer's rows. On the CPU each row is checked (fastconv/bench/health.py); a layer
+        with a failing row is measured again, up to health.RETRIES times, and what still fails
+        keeps its reasons in `warning` (and `oversubscribed` when threads collapsed)."""
+        for attempt in range(1 + health.RETRIES):
+            skipped: list = []
+            rows = self._measure_layer(layer, pss, skipped)
+            for r in rows:
+                reasons = health.row_warnings(r, self.threads) if self.device == "cpu" else []
+                r.update(warning="; ".join(reasons), oversubscribed=health.is_oversubscribed(reasons),
+                         measured=attempt + 1)
+            if not any(r["warning"] for r in rows):
+                break
+        result.skipped.extend(skipped)
+        return rows
+
+    def _measure_layer(self, layer: tables.Layer, pss: str, skipped: list) -> list[dict]:
         spec, backward = layer.spec, pss == "fwd+bwd"
         torch.manual_seed(self.o.seed)
         xs, w = baselines.make_inputs(spec, seed=self.o.seed)
@@ -167,6 +209,12 @@ class Runner:
         base["torch_backend"] = baselines.torch_backend(spec, xs[0], w)
         t = self.time(baselines.candidate(conv, xs, w, backward))
         base.update(t.as_dict("torch"))
+        # The calibration: the same conv on one thread, which other processes cannot make
+        # collapse. More threads slower than one means the CPUs are oversubscribed.
+        base["torch_1t_ms"] = math.nan
+        if self.device == "cpu" and self.threads > 1:
+            base["torch_1t_ms"] = self.time(baselines.candidate(conv, xs, w, backward),
+                                            threads=1).median_ms
 
         # The equivalent GEMM (mm, or bmm over groups) and the same GEMM through nn.Linear.
         m, n, k = spec.gemm_shape
@@ -185,7 +233,7 @@ class Runner:
                 base.update(_nan_timing("linear"))
             del a_pool, b
         else:
-            result.skipped.append((layer.suite, layer.name, "gemm", f"operand A is {a_bytes >> 20} MiB"))
+            skipped.append((layer.suite, layer.name, "gemm", f"operand A is {a_bytes >> 20} MiB"))
             base.update(_nan_timing("gemm"), **_nan_timing("linear"))
 
         # F.unfold + matmul: the columns are as large as the GEMM's A.
@@ -193,7 +241,7 @@ class Runner:
             base.update(self.time(baselines.candidate(baselines.unfold_fn(spec), xs, w, backward))
                         .as_dict("unfold"))
         else:
-            result.skipped.append((layer.suite, layer.name, "unfold", f"columns are {a_bytes >> 20} MiB"))
+            skipped.append((layer.suite, layer.name, "unfold", f"columns are {a_bytes >> 20} MiB"))
             base.update(_nan_timing("unfold"))
 
         for k_ in ("torch", "gemm", "unfold", "linear"):
@@ -202,7 +250,7 @@ class Runner:
 
         algs, skip = self.algorithms(spec)
         for name, reason in skip:
-            result.skipped.append((layer.suite, layer.name, name, reason))
+            skipped.append((layer.suite, layer.name, name, reason))
         rows = []
         for alg in algs:
             fn = baselines.fastconv_fn(alg, spec)
@@ -229,9 +277,11 @@ class Runner:
         again = self.time(baselines.candidate(baselines.torch_conv_fn(layer.spec), xs, w,
                                               first_row["pass"] == "fwd+bwd"))
         lo, hi = first_row["torch_min_ms"], first_row["torch_max_ms"]
+        # Agreeing with a first measurement that was itself collapsed proves nothing: say so.
         return {"layer": f"{layer.suite}/{layer.name}", "first_ms": first_row["torch_ms"],
                 "first_min_ms": lo, "first_max_ms": hi, "again_ms": again.median_ms,
-                "within_spread": bool(lo <= again.median_ms <= hi)}
+                "within_spread": bool(lo <= again.median_ms <= hi),
+                "first_warning": first_row.get("warning", "")}
 
     @staticmethod
     def _derived(row: dict, flops: int, nbytes: int) -> dict:
@@ -267,7 +317,8 @@ def _run(opts: Options, on_row, on_header) -> Result:
     layers = r.layers()
     if opts.algos is not None:
         for name in opts.algos:
-            registry.get(name)  # unknown names fail before any timing
+            if name != "auto":
+                registry.get(name)  # unknown names fail before any timing
     result = Result(header=r.header())
     if on_header is not None:
         on_header(result.header)

@@ -2,7 +2,14 @@
 
     fastconv explain --input 1,64,56,56 --weight 64,64,3,3 --padding 1 --simulate --measure
     fastconv explain --layer resnet50:conv2_x --json
+    fastconv explain --layer resnet50:layer1.0.conv2 --out explain-out
     fastconv explain --vs-linear
+
+--layer SUITE:NAME takes a layer of `fastconv bench`'s tables (suites: resnet50, mobilenetv2,
+convnext_t, replknet, resnext, conv_vs_linear) by its table name (resnet50:layer1_3x3_64), its
+torchvision module path (resnet50:layer1.0.conv2, mobilenetv2:features.2.conv.1.0,
+convnext_t:features.1.0.block.0) or, for the ResNets, its stage in He et al.'s Table 1
+(resnet50:conv1, resnet50:conv2_x ... conv5_x: the stage's stride-1 3x3 conv).
 """
 from __future__ import annotations
 
@@ -43,7 +50,8 @@ def add_parser(subparsers):
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="N,C,H,W")
     p.add_argument("--weight", help="K,C/g,R,S")
-    p.add_argument("--layer", help="SUITE:NAME from fastconv.bench.tables (instead of --input/--weight)")
+    p.add_argument("--layer", help="SUITE:NAME, a layer of the bench tables by table name, torchvision "
+                                   "module path or ResNet stage (see above; instead of --input/--weight)")
     p.add_argument("--stride", default="1")
     p.add_argument("--padding", default="0", help="p, ph,pw or top,bottom,left,right")
     p.add_argument("--dilation", default="1")
@@ -99,30 +107,21 @@ def spec_from_args(args):
 
 
 def layer_spec(text: str):
-    """SUITE:NAME looked up in fastconv.bench.tables (written by the benchmark suite)."""
-    if ":" not in text:
-        raise SystemExit(f"fastconv explain: --layer takes SUITE:NAME, got {text!r}")
-    suite, name = text.split(":", 1)
-    try:
-        from ..bench import tables
-    except ImportError as e:
-        raise SystemExit(f"fastconv explain: --layer needs fastconv.bench.tables, which is not available ({e})")
-    if not hasattr(tables, "load"):
-        raise SystemExit("fastconv explain: fastconv.bench.tables has no load(suite); cannot resolve --layer")
-    try:
-        layers = tables.load(suite)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise SystemExit(f"fastconv explain: --layer {text}: {e.args[0] if e.args else e}")
-    match = [layer for layer in layers if getattr(layer, "name", None) == name]
-    if not match:
-        known = ", ".join(str(getattr(layer, "name", "?")) for layer in layers)
-        raise SystemExit(f"fastconv explain: --layer {text}: no layer {name!r} in suite {suite!r} (layers: {known})")
-    spec = getattr(match[0], "spec", match[0])
-    from ..spec import ConvSpec
+    """SUITE:NAME from fastconv.bench.tables: a table row name (`layer1_3x3_64`), a torchvision
+    module path (`layer1.0.conv2`, `features.3.conv.1.0`) or a ResNet stage name (`conv2_x`)."""
+    from ..bench import tables
 
-    if not isinstance(spec, ConvSpec):
-        raise SystemExit(f"fastconv explain: --layer {text}: the table entry is not a ConvSpec ({type(spec).__name__})")
-    return spec
+    if ":" not in text:
+        raise SystemExit(f"fastconv explain: --layer takes SUITE:NAME (suites: {', '.join(tables.SUITES)}), "
+                         f"got {text!r}")
+    suite, name = text.split(":", 1)
+    if suite not in tables.SUITES:
+        raise SystemExit(f"fastconv explain: --layer {text}: unknown suite {suite!r}; expected one of "
+                         f"{', '.join(tables.SUITES)}")
+    try:
+        return tables.find(suite, name).spec
+    except ValueError as e:
+        raise SystemExit(f"fastconv explain: --layer {text}: {e}")
 
 
 def run(args) -> int:
@@ -138,6 +137,10 @@ def run(args) -> int:
             print(vs_linear.format_text(res))
         return 0
     spec = spec_from_args(args)
+    if args.out:  # before any work: a bad --out fails at once
+        from ..bench.cli import output_dir
+
+        output_dir(args.out, "fastconv explain")
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("fastconv explain: --device cuda but torch.cuda.is_available() is False")
     from . import machine, report
@@ -152,7 +155,6 @@ def run(args) -> int:
     if args.out:
         from . import pictures
 
-        os.makedirs(args.out, exist_ok=True)
         res["pictures"] = pictures.draw_all(spec, res, args.out)
     if args.json:
         json.dump(res, sys.stdout, indent=1, default=float)

@@ -1,12 +1,13 @@
 """Pictures of `fastconv explain --out DIR` (matplotlib, Agg, PNG).
 
-- access_pattern.png: for a small layer, the input elements one work unit of
-  im2col, direct and depthwise touches (NCHW and NHWC side by side), drawn in
+- access_pattern.png: for the layer asked for, the input elements one work unit of
+  each applicable simulated algorithm (im2col, direct, depthwise) touches, drawn in
   memory order, coloured by when each is first touched, and how often.
 - reuse_distance.png: reuse-distance histograms per algorithm (simulated), with
   the cache sizes marked: every access right of a cache's line is a miss there.
-- roofline.png: the measured ceilings with the modelled points (intensity at
-  each level) and the measured ones.
+- roofline.png: the measured ceilings (grey roofs) with each algorithm's points
+  (its own colour) at its intensity per level: hollow at the roofline bound, filled
+  at the measured rate (--measure).
 - bytes_per_level.png: bytes each level delivers, per algorithm, stacked by operand.
 """
 from __future__ import annotations
@@ -31,9 +32,9 @@ def _plt():
     return plt
 
 
-# A small layer: every pattern is visible at a glance.
-SMALL_DENSE = ConvSpec(1, 8, 10, 10, 16, 3, 3, padding=(1, 1, 1, 1))
-SMALL_DEPTHWISE = ConvSpec(1, 16, 10, 10, 16, 3, 3, padding=(1, 1, 1, 1), groups=16)
+# Algorithms whose one-work-unit input accesses the simulator can record.
+PATTERN_ALGOS = ("im2col", "direct", "depthwise")
+ROOF_COLOR = "0.35"  # the roofs are grey; the algorithms take the colour cycle
 
 
 def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
@@ -79,32 +80,50 @@ def input_touch_map(algo: str, spec: ConvSpec, max_records: int = 200_000):
     return order, count
 
 
-def access_pattern(out_dir: str) -> str:
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def access_pattern(spec: ConvSpec, out_dir: str, algos=None) -> str:
+    """The input elements one work unit of each algorithm touches, for `spec` itself."""
     plt = _plt()
-    cases = [("im2col", SMALL_DENSE), ("direct", SMALL_DENSE), ("depthwise", SMALL_DEPTHWISE)]
-    fig, axes = plt.subplots(2, 6, figsize=(20, 9), squeeze=False)
-    col = 0
-    for algo, base in cases:
-        for layout in ("nchw", "nhwc"):
-            spec = base.with_(layout=layout)
-            order, count = input_touch_map(algo, spec)
-            ax = axes[0][col]
-            im = ax.imshow(order, aspect="auto", cmap="viridis", interpolation="nearest")
-            ax.set_title(f"{algo} {layout.upper()}\nfirst touch (0 = first)", fontsize=9)
-            ax.set_xlabel("w" if layout == "nchw" else "c")
-            ax.set_ylabel("(c, h) row" if layout == "nchw" else "(h, w) row")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-            ax = axes[1][col]
-            im = ax.imshow(count, aspect="auto", cmap="magma", interpolation="nearest")
-            ax.set_title("touches per input element", fontsize=9)
-            ax.set_xlabel("w" if layout == "nchw" else "c")
-            fig.colorbar(im, ax=ax, fraction=0.046)
-            col += 1
-    fig.suptitle(f"Input elements touched by one work unit, in memory order (dense: {SMALL_DENSE.describe()}; "
-                 f"depthwise: {SMALL_DEPTHWISE.describe()}). im2col: one pixel tile's column build; "
-                 "direct: one register tile; depthwise: one task (NHWC: an output row; NCHW: a 16-row block of one channel, which reads the input once into its row buffer)",
-                 fontsize=9)
-    fig.tight_layout()
+    algos = [a for a in (algos or PATTERN_ALGOS) if a in PATTERN_ALGOS]
+    if spec.groups != spec.C:
+        algos = [a for a in algos if a != "depthwise"]
+    if not algos:
+        algos = ["im2col"]
+    unit = {"im2col": "one pixel tile's column build", "direct": "one register tile",
+            "depthwise": ("one task: an output row" if spec.layout == "nhwc" else
+                          "one task: a block of rows of one channel, read once into its row buffer")}
+    fig, axes = plt.subplots(2, len(algos), figsize=(4.2 * len(algos) + 1.5, 9), squeeze=False)
+    inner = "w" if spec.layout == "nchw" else "c"
+    outer = "(c, h)" if spec.layout == "nchw" else "(h, w)"
+    for col, algo in enumerate(algos):
+        order, count = input_touch_map(algo, spec)
+        touched = np.where(~np.isnan(order).all(axis=1))[0]
+        lo, hi = (int(touched.min()), int(touched.max()) + 1) if len(touched) else (0, order.shape[0])
+        lo, hi = max(0, lo - 1), min(order.shape[0], max(hi + 1, lo + 8))  # a little context
+        ext = (-0.5, order.shape[1] - 0.5, hi - 0.5, lo - 0.5)
+        ax = axes[0][col]
+        im = ax.imshow(order[lo:hi], aspect="auto", cmap="viridis", interpolation="nearest", extent=ext)
+        ax.set_title(_wrap(f"{algo}: {unit[algo]}", 40) + "\nfirst touch (0 = first, blank = untouched)",
+                     fontsize=9)
+        ax.set_xlabel(f"{inner} (innermost in memory)")
+        ax.set_ylabel(f"{outer} row of the input, rows {lo}-{hi - 1} of {order.shape[0]}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax = axes[1][col]
+        im = ax.imshow(count[lo:hi], aspect="auto", cmap="magma", interpolation="nearest", extent=ext)
+        ax.set_title("touches per input element", fontsize=9)
+        ax.set_xlabel(f"{inner} (innermost in memory)")
+        ax.set_ylabel(f"{outer} row")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    title = (f"Input elements touched by one work unit, in memory order: {spec.describe()}, "
+             f"{spec.layout.upper()} (first image of the batch; rows outside those shown are untouched)")
+    # ~11 characters of 10-point text per inch of figure
+    fig.suptitle(_wrap(title, int(11 * fig.get_size_inches()[0])), fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     path = os.path.join(out_dir, "access_pattern.png")
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -139,32 +158,46 @@ def reuse_distance(res: dict, out_dir: str) -> str:
 def roofline(res: dict, out_dir: str) -> str:
     plt = _plt()
     c = res["ceilings"]
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, ax = plt.subplots(figsize=(9, 6))
     xs = np.logspace(-2, 3, 200)
+    styles = ["--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
     if c:
         peak = c["peak_gflops"]
-        ax.axhline(peak, color="k", lw=1)
-        ax.text(xs[0], peak * 1.05, f"matmul {peak:.0f} GFLOP/s")
-        for lv, bw in c["bandwidth_gbs"].items():
-            ax.plot(xs, np.minimum(xs * bw, peak), lw=1, ls="--", label=f"{lv} {bw:.0f} GB/s")
+        ax.axhline(peak, color=ROOF_COLOR, lw=1.5)
+        ax.text(xs[0], peak * 1.05, f"matmul peak {peak:.0f} GFLOP/s", color=ROOF_COLOR, fontsize=8)
+        for i, (lv, bw) in enumerate(c["bandwidth_gbs"].items()):
+            ax.plot(xs, np.minimum(xs * bw, peak), color=ROOF_COLOR, lw=1.2, ls=styles[i % len(styles)],
+                    label=f"roof: {lv} {bw:.0f} GB/s")
     markers = {"L1": "o", "L2": "s", "L3": "^", "DRAM": "D", "HBM": "D"}
+    measured_any = bound_any = False
     for i, a in enumerate(res["algorithms"]):
         color = f"C{i}"
         perf = res["flops"] / (a["measured_ms"] * 1e-3) / 1e9 if a.get("measured_ms") else None
+        bound = res["flops"] / (a["bound_ms"] * 1e-3) / 1e9 if a.get("bound_ms") else None
+        ax.scatter([], [], color=color, marker="s", label=a["algo"])
         for lv, inten in a["intensity"].items():
             if not inten:
                 continue
-            y = perf if perf else (res["flops"] / (a["bound_ms"] * 1e-3) / 1e9 if a.get("bound_ms") else None)
-            if y is None:
-                continue
-            ax.scatter([inten], [y], color=color, marker=markers.get(lv, "o"), facecolors="none" if not perf else color,
-                       s=50, label=f"{a['algo']} @ {lv}" if lv == "DRAM" or lv == "HBM" else None)
+            m = markers.get(lv, "o")
+            if bound:  # hollow: what the roofline allows at this level's intensity
+                ax.scatter([inten], [bound], marker=m, facecolors="none", edgecolors=color, s=60, lw=1.3)
+                bound_any = True
+            if perf:  # filled: what was measured
+                ax.scatter([inten], [perf], marker=m, color=color, s=45)
+                measured_any = True
+    for lv, m in markers.items():
+        if any(lv in a["intensity"] for a in res["algorithms"]) and lv != "HBM":
+            ax.scatter([], [], marker=m, color="k", facecolors="none", label=f"at {lv} intensity")
+    if bound_any:
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="k", label="hollow: roofline bound")
+    if measured_any:
+        ax.scatter([], [], marker="o", color="k", label="filled: measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity at each level (FLOP/byte): o L1, s L2, ^ L3, D DRAM")
-    ax.set_ylabel("GFLOP/s (filled: measured; hollow: roofline bound)")
-    ax.set_title(f"Roofline, {res['spec']} {res['layout']}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("arithmetic intensity at each memory level (FLOP per byte that level delivers)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(_wrap(f"Roofline, {res['spec']} {res['layout']}", 90), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path = os.path.join(out_dir, "roofline.png")
     fig.savefig(path, dpi=90)
@@ -226,7 +259,7 @@ def draw_all(spec: ConvSpec, res: dict, out_dir: str) -> list[str]:
     """Write every picture; simulates (quickly) for the reuse histograms if needed."""
     from .simulate import SIMULATED_ALGOS, simulate
 
-    paths = [access_pattern(out_dir)]
+    paths = [access_pattern(spec, out_dir, [a["algo"] for a in res["algorithms"]])]
     if spec.device == "cpu":
         for a in res["algorithms"]:
             if not a.get("reuse_hist") and a["algo"] in SIMULATED_ALGOS:

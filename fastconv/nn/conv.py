@@ -21,9 +21,9 @@ with ``requires_grad=False``) the module packs the weight once and reuses it. Th
 cache key is the weight's version counter, data pointer, shape, strides, device and
 dtype, so an optimizer step (in-place update), ``.to()``, ``load_state_dict`` and
 ``param.data = ...`` all invalidate it; ``_apply`` and ``_load_from_state_dict`` also
-drop it eagerly. Under autocast, inputs, weight and bias are cast to the autocast
-dtype (float32 where fastconv has no kernel for it). Training, and anything under ``torch.compile``, uses the regular
-op with its registered autograd. The one change the key cannot see is an in-place
+drop it eagerly. Under autocast the module follows the ops' registered autocast rule
+(fastconv/_autocast.py: the result has F.conv2d's dtype). Training, and anything under
+``torch.compile``, uses the regular op with its registered autograd. The one change the key cannot see is an in-place
 write through ``weight.data`` (``.data`` does not share the version counter); call
 ``invalidate_packed_weight()`` after such a write.
 """
@@ -31,11 +31,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional as _functional
+from .. import _autocast, functional as _functional
 from .._ops import ACTIVATIONS
 
 # Attributes fastconv adds to an nn.Conv2d (convert/revert add and remove exactly these).
@@ -59,20 +61,6 @@ def check_algo(algo) -> str:
 
         registry.get(algo)  # ValueError naming the known algorithms
     return algo
-
-
-def _autocast(input, weight, bias):
-    """Autocast's rule for convolutions: run in the autocast dtype (bf16/fp16), or in
-    float32 where fastconv has no kernels for it (the CPU kernels are fp32/fp64)."""
-    device = input.device.type
-    dtype = torch.get_autocast_dtype(device)
-    from .. import registry
-
-    supported = registry.dtypes(device)
-    if dtype not in supported:
-        dtype = torch.float32
-    cast = (lambda t: t if t is None or t.dtype == dtype else t.to(dtype))
-    return cast(input), cast(weight), cast(bias)
 
 
 class Conv2d(nn.Conv2d):
@@ -105,7 +93,8 @@ class Conv2d(nn.Conv2d):
         else:
             padding = self.padding
         if torch.is_autocast_enabled(input.device.type):
-            input, weight, bias = _autocast(input, weight, bias)
+            return _autocast.conv2d(input, weight, bias, self.stride, padding, self.dilation,
+                                    self.groups, self.algo, self.activation)
         # The validated plan (algorithm, op arguments) is cached per input geometry by
         # fastconv.conv2d's cache, whose key holds this module's current stride, padding,
         # dilation, groups, algo and activation: changing any of them replans.
@@ -206,3 +195,48 @@ class Conv2d(nn.Conv2d):
         if self.activation is not None:
             s += f", activation={self.activation!r}"
         return s
+
+
+# -- the classes convert() gives user subclasses -------------------------------------
+# user class -> generated subclass of (Conv2d, user class); weak, so a class defined in a
+# function can still be collected.
+_CONVERTED: "weakref.WeakKeyDictionary[type, type]" = weakref.WeakKeyDictionary()
+
+
+def converted_class(cls: type) -> type:
+    """The class fastconv.convert gives a module of class `cls`.
+
+    nn.Conv2d -> Conv2d. A subclass ``MyConv(nn.Conv2d)`` -> a subclass of both Conv2d and
+    MyConv (Conv2d first, so its forward runs; MyConv's other methods and attributes stay
+    and ``isinstance(m, MyConv)`` holds), generated once per class and named like it
+    (module ``fastconv.nn.converted``). ``user_class`` maps it back."""
+    if not (isinstance(cls, type) and issubclass(cls, nn.Conv2d)):
+        raise TypeError(f"converted_class: expected a subclass of torch.nn.Conv2d, got {cls!r}")
+    if cls is nn.Conv2d or issubclass(cls, Conv2d):
+        return Conv2d if cls is nn.Conv2d else cls
+    gen = _CONVERTED.get(cls)
+    if gen is None:
+        gen = type(cls.__name__, (Conv2d, cls), {
+            "__module__": "fastconv.nn.converted", "__qualname__": cls.__qualname__,
+            "__doc__": f"{cls.__module__}.{cls.__qualname__} running on fastconv kernels "
+                       "(made by fastconv.convert).",
+            "_fastconv_user_class": cls, "__reduce_ex__": _reduce_converted})
+        _CONVERTED[cls] = gen
+    return gen
+
+
+def user_class(cls: type) -> type:
+    """The class a converted module had before convert (nn.Conv2d for Conv2d itself)."""
+    return cls.__dict__.get("_fastconv_user_class", nn.Conv2d)
+
+
+def _reduce_converted(self, protocol):
+    # A generated class cannot be pickled by name; pickle the user's class (importable
+    # wherever the model loads) and regenerate the subclass from it.
+    _, _, *rest = object.__reduce_ex__(self, max(2, protocol))
+    return (_new_converted, (type(self)._fastconv_user_class,), *rest)
+
+
+def _new_converted(cls: type):
+    gen = converted_class(cls)
+    return gen.__new__(gen)
