@@ -122,9 +122,10 @@ FASTCONV_TARGET_AVX2 inline __m256 load8(const float* p, __m256i mask) {
 // applied to the just-stored lanes while they are in L1.
 template <bool Masked>
 FASTCONV_TARGET_AVX2 inline void store8(float* p, __m256 v, __m256i mask, int64_t n, Activation act) {
-  if (act == Activation::ReLU) v = _mm256_max_ps(v, _mm256_setzero_ps());
+  // MAXPS/MINPS return their second operand when either is NaN: v goes second.
+  if (act == Activation::ReLU) v = _mm256_max_ps(_mm256_setzero_ps(), v);
   if (act == Activation::ReLU6)
-    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.f));
+    v = _mm256_min_ps(_mm256_set1_ps(6.f), _mm256_max_ps(_mm256_setzero_ps(), v));
   if constexpr (Masked) {
     // Measured: vmaskmovps stores of neighbouring short rows ran ~3x slower than
     // a spill and a scalar copy of the n valid lanes.

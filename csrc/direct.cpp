@@ -227,8 +227,9 @@ FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
 #pragma GCC unroll 16
       for (int p = 0; p < PT; ++p) {
         __m256 v = _mm256_add_ps(acc[o][p], b);
-        if (a.act == Activation::ReLU) v = _mm256_max_ps(v, zero);
-        if (a.act == Activation::ReLU6) v = _mm256_min_ps(_mm256_max_ps(v, zero), six);
+        // MAXPS/MINPS return their second operand when either is NaN: v goes second.
+        if (a.act == Activation::ReLU) v = _mm256_max_ps(zero, v);
+        if (a.act == Activation::ReLU6) v = _mm256_min_ps(six, _mm256_max_ps(zero, v));
         acc[o][p] = v;
       }
     }

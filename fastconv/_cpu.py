@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads the ops into torch.ops.fastconv)
-from ._ops import output_memory_format, output_size, register_family
+from ._ops import output_memory_format, output_size, register_family, relu_grad
 from .registry import Algorithm, register
 from .spec import ConvSpec
 
@@ -115,7 +115,7 @@ def _packed_backward(ctx, grad):
     ops = torch.ops.fastconv
     act = ctx.activation
     if act in ("relu", "relu6"):
-        grad = grad * ((out > 0) & (out < 6)) if act == "relu6" else grad * (out > 0)
+        grad = relu_grad(grad, out, act)
     elif act != "none":  # SiLU/GELU need the pre-activation: recompute it.
         z = ops.direct_conv2d_packed(input, packed, weight_size, bias, stride, padding, dilation,
                                      groups, "none")

@@ -6,6 +6,8 @@ torch.compile, torch.library.opcheck and FlopCounterMode all see fastconv ops.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
@@ -38,7 +40,8 @@ def apply_activation(x, activation: str):
     if activation == "relu":
         return torch.relu(x)
     if activation == "relu6":
-        return torch.clamp(x, 0.0, 6.0)
+        # nn.ReLU6 is hardtanh(0, 6): its gradient is 0 at both ends (clamp's is 1).
+        return torch.nn.functional.relu6(x)
     if activation == "silu":
         return torch.nn.functional.silu(x)
     if activation == "gelu":
@@ -46,13 +49,19 @@ def apply_activation(x, activation: str):
     raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
+def relu_grad(grad, out, activation: str):
+    """torch's threshold_backward / hardtanh_backward from the fused output: a NaN output
+    passes the gradient through, and a NaN or Inf gradient never meets a multiply by 0."""
+    if activation == "relu":
+        return torch.where(out <= 0, 0.0, grad)
+    return torch.where((out <= 0) | (out >= 6), 0.0, grad)
+
+
 def _activation_grad(grad, ctx, fwd):
     act = ctx.activation
     out = ctx.saved_tensors[3]
-    if act == "relu":
-        return grad * (out > 0)
-    if act == "relu6":
-        return grad * ((out > 0) & (out < 6))
+    if act in ("relu", "relu6"):
+        return relu_grad(grad, out, act)
     # SiLU and GELU need the pre-activation: recompute it with the same kernel.
     x, w, b, _ = ctx.saved_tensors
     z = fwd(x, w, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, "none")
@@ -126,6 +135,17 @@ def register_family(op: str, *, fake: bool = True) -> None:
     if not torch._C._dispatch_has_kernel_for_dispatch_key(qual, "Autograd"):
         torch.library.register_autograd(qual, backward, setup_context=setup_context)
 
+    # Double backward: the grad ops are linear in both tensors, and each of their
+    # derivatives is again one of the family's three ops (see _grad_input_backward).
+    for suffix, bw in (("_grad_input", _grad_input_backward), ("_grad_weight", _grad_weight_backward)):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(qual + suffix, "Autograd"):
+            torch.library.register_autograd(qual + suffix, functools.partial(bw, fwd, gin, gw),
+                                            setup_context=_grad_setup_context)
+
+    torch.library.register_vmap(qual, functools.partial(_vmap_forward, fwd))
+    torch.library.register_vmap(qual + "_grad_input", functools.partial(_vmap_grad_input, gin))
+    torch.library.register_vmap(qual + "_grad_weight", functools.partial(_vmap_grad_weight, gw))
+
     @register_flop_formula(fwd)
     def _flops_fwd(input_shape, weight_shape, *args, out_shape=None, **kwargs):
         return conv_flop_count(input_shape, weight_shape, out_shape, transposed=False)
@@ -138,3 +158,165 @@ def register_family(op: str, *, fake: bool = True) -> None:
     @register_flop_formula(gw)
     def _flops_gw(grad_shape, input_shape, *args, out_shape=None, **kwargs):
         return conv_flop_count(input_shape, out_shape, grad_shape, transposed=False)
+
+
+# --- Double backward ---------------------------------------------------------------------
+# grad_input(g, w) is the transposed conv of g by w, and grad_weight(g, x) the correlation
+# of g with x; both are bilinear, and by <conv(x, w), g> = <x, grad_input(g, w)> =
+# <w, grad_weight(g, x)> each derivative is one of the same family's three ops.
+
+def _grad_setup_context(ctx, inputs, output):
+    grad_output, other, size, stride, padding, dilation, groups = inputs
+    ctx.geom = (list(size), stride, padding, dilation, groups)
+    ctx.save_for_backward(grad_output, other)
+
+
+def _grad_input_backward(fwd, gin, gw, ctx, grad):
+    """grad_input(g, w) -> input_size: d/dg = conv(grad, w), d/dw = grad_weight(g, grad)."""
+    g, weight = ctx.saved_tensors
+    _, stride, padding, dilation, groups = ctx.geom
+    d_g = (fwd(grad, weight, None, stride, padding, dilation, groups, "none")
+           if ctx.needs_input_grad[0] else None)
+    d_w = (gw(g, grad, list(weight.shape), stride, padding, dilation, groups)
+           if ctx.needs_input_grad[1] else None)
+    return d_g, d_w, None, None, None, None, None
+
+
+def _grad_weight_backward(fwd, gin, gw, ctx, grad):
+    """grad_weight(g, x) -> weight_size: d/dg = conv(x, grad), d/dx = grad_input(g, grad)."""
+    g, input = ctx.saved_tensors
+    _, stride, padding, dilation, groups = ctx.geom
+    d_g = (fwd(input, grad, None, stride, padding, dilation, groups, "none")
+           if ctx.needs_input_grad[0] else None)
+    d_x = (gin(g, grad, list(input.shape), stride, padding, dilation, groups)
+           if ctx.needs_input_grad[1] else None)
+    return d_g, d_x, None, None, None, None, None
+
+
+# --- vmap ------------------------------------------------------------------------------
+# A vmapped batch of B convolutions is one convolution: a batched input alone folds into N;
+# a batched weight (or bias, or a grad_weight) makes B times the groups, the B copies side
+# by side in the channel dimension.
+
+def _fold_batch(t, bdim):
+    """(..B at bdim.., N, ...) -> (B*N, ...)."""
+    t = t.movedim(bdim, 0)
+    return t.reshape(-1, *t.shape[2:])
+
+
+def _channels(t, bdim, batch):
+    """An (N, C, H, W) operand as (N, B*C, H, W), copy b in channels [b*C, (b+1)*C)."""
+    if bdim is None:
+        return t.repeat(1, batch, 1, 1)
+    t = t.movedim(bdim, 1)
+    return t.reshape(t.shape[0], -1, *t.shape[3:])
+
+
+def _stacked(t, bdim, batch):
+    """A weight (K, ...) or bias (K,) as (B*K, ...), copy b in rows [b*K, (b+1)*K)."""
+    if bdim is None:
+        return t.repeat(batch, *([1] * (t.dim() - 1)))
+    return _fold_batch(t, bdim)
+
+
+def _unfold_channels(out, batch):
+    return out.reshape(out.shape[0], batch, -1, *out.shape[2:]), 1
+
+
+def _vmap_forward(fwd, info, in_dims, input, weight, bias, stride, padding, dilation, groups,
+                  activation="none"):
+    xd, wd, bd = in_dims[:3]
+    batch = info.batch_size
+    if wd is None and bd is None:
+        out = fwd(_fold_batch(input, xd), weight, bias, stride, padding, dilation, groups,
+                  activation)
+        return out.reshape(batch, -1, *out.shape[1:]), 0
+    b = None if bias is None else _stacked(bias, bd, batch)
+    out = fwd(_channels(input, xd, batch), _stacked(weight, wd, batch), b, stride, padding,
+              dilation, groups * batch, activation)
+    return _unfold_channels(out, batch)
+
+
+def _vmap_grad_input(gin, info, in_dims, grad_output, weight, input_size, stride, padding,
+                     dilation, groups):
+    gd, wd = in_dims[:2]
+    batch = info.batch_size
+    n, c, h, w = input_size
+    if wd is None:
+        out = gin(_fold_batch(grad_output, gd), weight, [batch * n, c, h, w], stride, padding,
+                  dilation, groups)
+        return out.reshape(batch, n, *out.shape[1:]), 0
+    out = gin(_channels(grad_output, gd, batch), _stacked(weight, wd, batch),
+              [n, batch * c, h, w], stride, padding, dilation, groups * batch)
+    return _unfold_channels(out, batch)
+
+
+def _vmap_grad_weight(gw, info, in_dims, grad_output, input, weight_size, stride, padding,
+                      dilation, groups):
+    gd, xd = in_dims[:2]
+    batch = info.batch_size
+    k = weight_size[0]
+    # grad_weight sums over N: the copies can only go side by side as groups.
+    out = gw(_channels(grad_output, gd, batch), _channels(input, xd, batch),
+             [batch * k, *weight_size[1:]], stride, padding, dilation, groups * batch)
+    return out.reshape(batch, k, *out.shape[1:]), 0
+
+
+# --- Forward-mode AD and torch.func ----------------------------------------------------------
+def activation_jvp(tangent, activation, out, z_fn):
+    """The tangent of act(z) from z's tangent, with torch's own formulas: relu/hardtanh pass
+    the tangent where their backward passes the gradient; SiLU/GELU need z (z_fn())."""
+    if activation == "none":
+        return tangent
+    if activation in ("relu", "relu6"):
+        return relu_grad(tangent, out, activation)
+    if activation == "silu":
+        return torch.ops.aten.silu_backward(tangent, z_fn())
+    return torch.ops.aten.gelu_backward(tangent, z_fn())
+
+
+class TransformConv2d(torch.autograd.Function):
+    """A family's forward op as an autograd.Function with a jvp rule: fastconv.conv2d's path
+    under forward-mode AD and torch.func transforms (jvp, jacfwd, grad, vmap, ...).
+
+    Custom ops get no forward-mode formula from torch.library, and the CPU families' C++
+    autograd kernel has no functorch support; this Function has both. Under vmap its rule
+    is generated from the ops' own vmap rules (register_vmap above)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias, ops, stride, padding, dilation, groups, activation):
+        return ops[0](input, weight, bias, stride, padding, dilation, groups, activation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, ops, stride, padding, dilation, groups, activation = inputs
+        ctx.ops = ops
+        save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups,
+                          activation, output)
+        ctx.save_for_forward(input, weight, bias, output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g_in, g_w, g_b = conv_backward(ctx, grad, *ctx.ops)
+        return g_in, g_w, g_b, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight, bias, out = ctx.saved_tensors
+        fwd = ctx.ops[0]
+        geom = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
+        # z = conv(x, w) + b is bilinear: z' = conv(x', w) + conv(x, w') + b'.
+        parts = []
+        if input_t is not None:
+            parts.append(fwd(input_t, weight, None, *geom, "none"))
+        if weight_t is not None:
+            parts.append(fwd(input, weight_t, None, *geom, "none"))
+        if bias_t is not None:
+            parts.append(bias_t.reshape(1, -1, 1, 1).expand(out.shape))
+        if not parts:
+            return torch.zeros_like(out)
+        tangent = functools.reduce(torch.add, parts)
+        return activation_jvp(tangent, ctx.activation, out,
+                              lambda: fwd(input, weight, bias, *geom, "none"))
