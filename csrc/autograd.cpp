@@ -128,7 +128,19 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction<Family>> {
     } else if (act != "none") {
       const c10::optional<Tensor> b = has_bias ? c10::optional<Tensor>(bias) : c10::nullopt;
       const Tensor z = ops.fwd.call(input, weight, b, stride, padding, dilation, groups, "none");
-      grad = act == "silu" ? at::silu_backward(grad, z) : at::gelu_backward(grad, z);
+      if (at::GradMode::is_enabled()) {
+        // create_graph: aten's silu_backward/gelu_backward have no derivative, so their
+        // formulas run as differentiable ops (as in fastconv/_ops.py).
+        if (act == "silu") {
+          const Tensor s = at::sigmoid(z);
+          grad = grad * (s * (1 + z * (1 - s)));
+        } else {
+          const Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
+          grad = grad * (cdf + z * (at::exp(-0.5 * z * z) * 0.3989422804014327));
+        }
+      } else {
+        grad = act == "silu" ? at::silu_backward(grad, z) : at::gelu_backward(grad, z);
+      }
     }
 
     // Edges are the tensor inputs in order: input, weight, then bias when given.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads the ops into torch.ops.fastconv)
-from ._ops import output_memory_format, output_size, register_family, relu_grad
+from ._ops import (output_memory_format, output_size, register_family, relu_grad,
+                   smooth_activation_grad)
 from .registry import Algorithm, register
 from .spec import ConvSpec
 
@@ -119,8 +120,7 @@ def _packed_backward(ctx, grad):
     elif act != "none":  # SiLU/GELU need the pre-activation: recompute it.
         z = ops.direct_conv2d_packed(input, packed, weight_size, bias, stride, padding, dilation,
                                      groups, "none")
-        grad = (torch.ops.aten.silu_backward(grad, z) if act == "silu"
-                else torch.ops.aten.gelu_backward(grad, z))
+        grad = smooth_activation_grad(grad, z, act)
     need_in, need_w, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 3))
     g_in = g_w = g_b = None
     if need_in:

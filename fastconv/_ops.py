@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.autograd import forward_ad
 from torch._prims_common import suggest_memory_format
 from torch.utils.flop_counter import conv_flop_count, register_flop_formula
 
@@ -49,6 +50,23 @@ def apply_activation(x, activation: str):
     raise ValueError(f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
+def smooth_activation_grad(grad, z, activation: str):
+    """grad * act'(z) for SiLU/GELU. aten's silu_backward/gelu_backward have neither a
+    derivative nor a forward-mode formula, so where one may be needed (grad mode on in a
+    backward: create_graph; forward AD; torch.func) aten's formulas run as plain ops."""
+    if (not torch.is_grad_enabled() and forward_ad._current_level < 0
+            and not torch._C._are_functorch_transforms_active()):
+        if activation == "silu":
+            return torch.ops.aten.silu_backward(grad, z)
+        return torch.ops.aten.gelu_backward(grad, z)
+    if activation == "silu":  # aten's formula: s * (1 + z * (1 - s))
+        s = torch.sigmoid(z)
+        return grad * (s * (1 + z * (1 - s)))
+    cdf = 0.5 * (1 + torch.erf(z * 0.7071067811865476))  # aten's: cdf + z * pdf
+    pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327
+    return grad * (cdf + z * pdf)
+
+
 def relu_grad(grad, out, activation: str):
     """torch's threshold_backward / hardtanh_backward from the fused output: a NaN output
     passes the gradient through, and a NaN or Inf gradient never meets a multiply by 0."""
@@ -65,9 +83,7 @@ def _activation_grad(grad, ctx, fwd):
     # SiLU and GELU need the pre-activation: recompute it with the same kernel.
     x, w, b, _ = ctx.saved_tensors
     z = fwd(x, w, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, "none")
-    if act == "silu":
-        return torch.ops.aten.silu_backward(grad, z)
-    return torch.ops.aten.gelu_backward(grad, z)
+    return smooth_activation_grad(grad, z, act)
 
 
 def save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups, activation,
@@ -270,40 +286,51 @@ def activation_jvp(tangent, activation, out, z_fn):
         return tangent
     if activation in ("relu", "relu6"):
         return relu_grad(tangent, out, activation)
-    if activation == "silu":
-        return torch.ops.aten.silu_backward(tangent, z_fn())
-    return torch.ops.aten.gelu_backward(tangent, z_fn())
+    return smooth_activation_grad(tangent, z_fn(), activation)
+
+
+class _Meta:
+    """A Function's non-tensor arguments as one opaque object: torch.func flattens
+    arguments as pytrees, and its generated vmap rule expects one gradient per leaf."""
+    __slots__ = ("ops", "size", "stride", "padding", "dilation", "groups", "activation")
+
+    def __init__(self, ops, size, stride, padding, dilation, groups, activation="none"):
+        self.ops, self.size, self.stride, self.padding = ops, size, stride, padding
+        self.dilation, self.groups, self.activation = dilation, groups, activation
 
 
 class TransformConv2d(torch.autograd.Function):
     """A family's forward op as an autograd.Function with a jvp rule: fastconv.conv2d's path
-    under forward-mode AD and torch.func transforms (jvp, jacfwd, grad, vmap, ...).
+    under forward-mode AD and torch.func transforms (jvp, jacfwd, grad, vmap, hessian, ...).
 
     Custom ops get no forward-mode formula from torch.library, and the CPU families' C++
-    autograd kernel has no functorch support; this Function has both. Under vmap its rule
-    is generated from the ops' own vmap rules (register_vmap above)."""
+    autograd kernel has no functorch support; this Function has both. Its backward runs
+    the grad ops through _GradInput/_GradWeight, Functions with jvp rules too, so forward-
+    over-reverse (torch.func.hessian) works. Under vmap the rules are generated from the
+    ops' own vmap rules (register_vmap above)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias, ops, stride, padding, dilation, groups, activation):
-        return ops[0](input, weight, bias, stride, padding, dilation, groups, activation)
+    def forward(input, weight, bias, m):
+        return m.ops[0](input, weight, bias, m.stride, m.padding, m.dilation, m.groups,
+                        m.activation)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, ops, stride, padding, dilation, groups, activation = inputs
-        ctx.ops = ops
-        save_for_backward(ctx, input, weight, bias, stride, padding, dilation, groups,
-                          activation, output)
+        input, weight, bias, m = inputs
+        ctx.ops = m.ops
+        save_for_backward(ctx, input, weight, bias, m.stride, m.padding, m.dilation, m.groups,
+                          m.activation, output)
         ctx.save_for_forward(input, weight, bias, output)
 
     @staticmethod
     def backward(ctx, grad):
-        g_in, g_w, g_b = conv_backward(ctx, grad, *ctx.ops)
-        return g_in, g_w, g_b, None, None, None, None, None, None
+        g_in, g_w, g_b = conv_backward(ctx, grad, *_transform_ops(ctx.ops))
+        return g_in, g_w, g_b, None
 
     @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t, *_):
+    def jvp(ctx, input_t, weight_t, bias_t, _):
         input, weight, bias, out = ctx.saved_tensors
         fwd = ctx.ops[0]
         geom = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
@@ -320,3 +347,69 @@ class TransformConv2d(torch.autograd.Function):
         tangent = functools.reduce(torch.add, parts)
         return activation_jvp(tangent, ctx.activation, out,
                               lambda: fwd(input, weight, bias, *geom, "none"))
+
+
+def transform_conv2d(ops, x, w, b, stride, padding, dilation, groups, activation="none"):
+    return TransformConv2d.apply(x, w, b, _Meta(ops, None, stride, padding, dilation, groups,
+                                                activation))
+
+
+def _transform_ops(ops):
+    """The three ops as callables with the ops' signatures, through the Functions here."""
+    def fwd(x, w, b, stride, padding, dilation, groups, activation="none"):
+        return transform_conv2d(ops, x, w, b, stride, padding, dilation, groups, activation)
+
+    def gin(g, w, size, stride, padding, dilation, groups):
+        return _GradInput.apply(g, w, _Meta(ops, list(size), stride, padding, dilation, groups))
+
+    def gw(g, x, size, stride, padding, dilation, groups):
+        return _GradWeight.apply(g, x, _Meta(ops, list(size), stride, padding, dilation, groups))
+
+    return fwd, gin, gw
+
+
+class _GradOp(torch.autograd.Function):
+    """A grad op (bilinear in its two tensors) with backward and jvp rules."""
+
+    generate_vmap_rule = True
+    INDEX = 0  # the op's index in ops
+    BACKWARD = None  # _grad_input_backward or _grad_weight_backward
+
+    @classmethod
+    def forward(cls, g, other, m):
+        return m.ops[cls.INDEX](g, other, m.size, m.stride, m.padding, m.dilation, m.groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, other, m = inputs
+        ctx.ops = m.ops
+        ctx.geom = (m.size, m.stride, m.padding, m.dilation, m.groups)
+        ctx.save_for_backward(g, other)
+        ctx.save_for_forward(g, other)
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        return (*cls.BACKWARD(*_transform_ops(ctx.ops), ctx, grad)[:2], None)
+
+    @classmethod
+    def jvp(cls, ctx, g_t, other_t, _):
+        g, other = ctx.saved_tensors
+        op = ctx.ops[cls.INDEX]
+        parts = []
+        if g_t is not None:
+            parts.append(op(g_t, other, *ctx.geom))
+        if other_t is not None:
+            parts.append(op(g, other_t, *ctx.geom))
+        if not parts:
+            return g.new_zeros(ctx.geom[0])
+        return functools.reduce(torch.add, parts)
+
+
+class _GradInput(_GradOp):
+    INDEX = 1
+    BACKWARD = staticmethod(_grad_input_backward)
+
+
+class _GradWeight(_GradOp):
+    INDEX = 2
+    BACKWARD = staticmethod(_grad_weight_backward)

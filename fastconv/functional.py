@@ -35,8 +35,8 @@ class ConvTypeError(RuntimeError, TypeError):
 
 
 class ConvNotImplementedError(NotImplementedError, TypeError):
-    """A tensor kind fastconv has no kernels for (nested, sparse); F.conv2d raises
-    NotImplementedError for those, a RuntimeError too."""
+    """A dtype or tensor kind fastconv has no kernels for (int, bool, nested, sparse, ...);
+    F.conv2d raises NotImplementedError (a RuntimeError) for those it lacks too."""
 
 
 class ConvOutOfMemoryError(torch.OutOfMemoryError):
@@ -145,7 +145,7 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
         if t is None:
             continue
         if not t.dtype.is_floating_point:
-            raise ConvTypeError(f"fastconv.conv2d: {name} has dtype {t.dtype}; only floating-point "
+            raise ConvNotImplementedError(f"fastconv.conv2d: {name} has dtype {t.dtype}; only floating-point "
                             "tensors are supported")
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         got = f"input {input.dtype}, weight {weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
@@ -156,7 +156,7 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
         raise RuntimeError(f"fastconv.conv2d: all tensors must be on the same device; got {got}")
     allowed = _CPU_DTYPES if input.device.type == "cpu" and not registry.triton_interpret() else _GPU_DTYPES
     if input.dtype not in allowed:
-        raise ConvTypeError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
+        raise ConvNotImplementedError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
                         f"{input.device.type}; supported: {', '.join(map(str, allowed))}")
 
     unbatched = input.dim() == 3
@@ -193,7 +193,14 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
     if eff[0] > padded[0] or eff[1] > padded[1]:
         raise ConvValueError(f"fastconv.conv2d: kernel size {eff} (after dilation) is larger than the "
                          f"padded input {padded}")
-    spec = ConvSpec.from_tensors(x, weight, st, pad, dil, groups, bias)
+    try:
+        spec = ConvSpec.from_tensors(x, weight, st, pad, dil, groups, bias)
+    except RuntimeError:
+        # Under vmap a batched tensor can't answer is_contiguous(channels_last) (NYI); the
+        # layout only steers the algorithm choice, so decide as for NCHW.
+        meta = torch.empty(tuple(x.shape), device="meta")
+        spec = ConvSpec.from_tensors(meta, weight, st, pad, dil, groups, bias).with_(
+            device=x.device.type, dtype=x.dtype)
     return x, unbatched, spec
 
 
@@ -291,8 +298,8 @@ def run(p: Plan, input, weight, bias):
         out = _eager.conv2d(p.kernels, p.ops, x, weight, bias, p.stride, p.padding, p.dilation,
                             p.groups, p.activation)
     elif p.family_ops is not None and not _is_compiling() and _transformed():
-        out = _ops.TransformConv2d.apply(x, weight, bias, p.family_ops, p.stride, p.padding,
-                                         p.dilation, p.groups, p.activation)
+        out = _ops.transform_conv2d(p.family_ops, x, weight, bias, p.stride, p.padding,
+                                    p.dilation, p.groups, p.activation)
     else:
         out = p.op(x, weight, bias, p.stride, p.padding, p.dilation, p.groups, p.activation)
     return out.squeeze(0) if p.unbatched else out
@@ -327,6 +334,8 @@ def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, act
     if _is_compiling():
         return None  # traced code specializes on its own; keep the trace free of the cache
     if not (isinstance(input, Tensor) and isinstance(weight, Tensor)) or type(groups) is not int:
+        return None
+    if input.is_nested or weight.is_nested:  # no .shape: the full path names the problem
         return None
     # Plain ints are the common case; _pair_key reads the rest as _pair would.
     st = (stride, stride) if type(stride) is int else _pair_key(stride)

@@ -204,13 +204,13 @@ def _hostile():
         ("bias wrong size", lambda: ((x(*X), x(*W), x(3)), {}, ())),
         ("bias 0-d", lambda: ((x(*X), x(*W), torch.tensor(1.0)), {}, ())),
         ("bias 2-D", lambda: ((x(*X), x(*W), x(4, 1)), {}, ())),
-        ("int tensors", lambda: ((torch.ones(X, dtype=torch.int32), torch.ones(W, dtype=torch.int32)), {}, ())),
+        ("int tensors", lambda: ((torch.ones(X, dtype=torch.int32), torch.ones(W, dtype=torch.int32)), {}, ("may_refuse",))),
         ("bool tensors", lambda: ((torch.ones(X, dtype=torch.bool), torch.ones(W, dtype=torch.bool)), {}, ())),
         ("complex tensors", lambda: ((x(*X).to(torch.complex64), x(*W).to(torch.complex64)), {}, ("may_refuse",))),
         ("half on cpu", lambda: ((x(*X).half(), x(*W).half()), {}, ("may_refuse",))),
         ("mixed dtypes", lambda: ((x(*X), x(*W).double()), {}, ())),
         ("bias dtype differs", lambda: ((x(*X), x(*W), x(4).double()), {}, ())),
-        ("mixed devices", lambda: ((x(*X), x(*W).to("meta")), {}, ())),
+        ("mixed devices", lambda: ((x(*X), x(*W).to("meta")), {}, ("may_refuse",))),
         ("input not a tensor", lambda: (([[1.0]], x(*W)), {}, ())),
         ("weight None", lambda: ((x(*X), None), {}, ())),
         ("nested input", lambda: ((torch.nested.nested_tensor([x(3, 8, 8), x(3, 6, 6)]), x(*W)), {}, ())),
@@ -225,8 +225,8 @@ def _hostile():
         ("channels_last weight only", lambda: ((x(*X), x(*W).contiguous(memory_format=torch.channels_last)), {}, ())),
         ("output of 4 TiB", lambda: ((torch.zeros(1, 1, 1, 1).expand(2**20, 1, 2**10, 2**10),
                                       torch.zeros(1024, 1, 1, 1)), {}, ("no_torch",))),
-        ("output elements overflow int64", lambda: ((torch.zeros(1, 1, 1, 1).expand(2**31, 1, 2**31, 2**31),
-                                                     torch.zeros(4, 1, 1, 1)), {}, ("no_torch",))),
+        ("output elements overflow int64", lambda: ((torch.zeros(1, 1, 1, 1).expand(2**20, 1, 2**20, 2**10),
+                                                     torch.zeros(2**14, 1, 1, 1)), {}, ("no_torch",))),
         ("unknown algo", lambda: ((x(*X), x(*W)), dict(algo="winograd"), ("fastconv_only",))),
         ("unknown activation", lambda: ((x(*X), x(*W)), dict(activation="tanh"), ("fastconv_only",))),
         ("algo not a string", lambda: ((x(*X), x(*W)), dict(algo=3), ("fastconv_only",))),
@@ -363,7 +363,10 @@ def main(argv=None) -> int:
     ap.add_argument("--indices", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
-        _worker(a.worker, a.seed, [int(i) for i in a.indices.split(",") if i])
+        # Through the imported module, not __main__: one module object, whatever runs it.
+        from fastconv.testing import fuzz
+
+        fuzz._worker(a.worker, a.seed, [int(i) for i in a.indices.split(",") if i])
         return 0
     failed = 0
     if a.n > 0:
