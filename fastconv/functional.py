@@ -284,7 +284,8 @@ def plan(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, al
         alg = None
     else:
         alg = select(spec, algo)
-        check_memory(spec, alg)
+        if not _is_compiling():  # traced sizes may be symbolic; the compiled call allocates
+            check_memory(spec, alg)
     p = Plan(unbatched, spec, alg, act, eager=not _is_compiling())
     # Only a call that got this far (every check passed, an algorithm chosen) is cached.
     _store(key, p, alg)
