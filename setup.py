@@ -13,9 +13,12 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # Portable flags only: AVX2+FMA code is compiled per function with
 # __attribute__((target("avx2,fma"))) and chosen at run time (csrc/cpu_features.h),
 # so the same binary runs on a machine without AVX2.
-cxx_flags = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+# -fopenmp: at::parallel_for is serial in a translation unit compiled without
+# OpenMP (ATen/ParallelOpenMP.h). The extension's libgomp is torch's (same
+# SONAME, already loaded), so torch.set_num_threads governs our threads too.
+cxx_flags = ["-O3", "-fno-math-errno", "-Wall", "-Wno-unused-function", "-fopenmp"]
 if os.environ.get("FASTCONV_DEBUG_BUILD"):
-    cxx_flags = ["-O0", "-g"]
+    cxx_flags = ["-O0", "-g", "-fopenmp"]
 
 setup(
     name="fastconv",
@@ -30,6 +33,7 @@ setup(
             sorted(glob.glob(os.path.join("csrc", "*.cpp"))),
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -23,9 +23,10 @@ constexpr int64_t kIm2colMinTilePixels = 128;
 // summed in the same order whatever torch.get_num_threads() is.
 // Small enough that one tile gives both threads work (a 1 MiB tile of a
 // 64-channel 3x3 layer is ~450 pixels), large enough for MKL's sgemm to run
-// near full speed (N >= ~100).
-constexpr int64_t kIm2colItemChannels = 64;
-constexpr int64_t kIm2colItemPixels = 256;
+// near full speed: on ResNet-50's 1x1 layers (1 thread, batch 1, AVX-512 MKL)
+// 128 x 512 items ran 5-7% faster than 64 x 256, 256 x 1024 no faster again.
+constexpr int64_t kIm2colItemChannels = 128;
+constexpr int64_t kIm2colItemPixels = 512;
 // ... but an item's inner block grows until it holds this many multiply-adds,
 // so shallow GEMMs (1x1 convs with few channels) are not drowned in per-call
 // overhead (three tensor views, an op dispatch and MKL's setup per call).
@@ -48,6 +49,16 @@ constexpr int64_t kDirectPixelTile = 6;
 // When a group has a single oc block (Kg <= 8) the tile is 1 vector x this
 // many pixels, again 12 accumulators.
 constexpr int64_t kDirectPixelTileSingle = 12;
+// AVX-512 forward tiles: weights packed 16 output channels innermost (one zmm
+// of floats) for groups of more than 8 output channels; 2 oc vectors x 12
+// pixels or 1 x 24 = 24 zmm accumulators, plus the weight vectors and one
+// broadcast, of 32 registers.
+constexpr int64_t kDirectAvx512OcBlock = 16;
+constexpr int64_t kDirectAvx512PixelTile = 12;
+constexpr int64_t kDirectAvx512PixelTileSingle = 24;
+// AVX-512 grouped tiles (direct_groups_avx512.cpp: 16 channels of 16/Kg groups
+// per zmm): up to this many output pixels of one row, one accumulator each.
+constexpr int64_t kDirectGroupsAvx512PixelTile = 24;
 // Input-channel cache blocking: the reduction over Cg runs in blocks whose
 // packed weights (block x R x S x kDirectOcVectors x 8 floats) take at most
 // this many bytes, so they stay in L1 (48 KiB here) across all tiles of a
@@ -94,5 +105,60 @@ constexpr int64_t kDepthwiseGradWeightTapGroup = 6;
 // grad_weight NHWC: independent accumulators per channel vector (hides FMA latency).
 constexpr int64_t kDepthwiseGradWeightUnroll = 4;
 
+// The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
+// Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
+// (bli_cntx_init_haswell.c): MR x NR register tile, MC x KC packed A block
+// (L2), KC x NC packed B panel (L3). Not our kernels' blocking: the model's.
+constexpr int64_t kGemmMR = 6;
+constexpr int64_t kGemmNR = 16;
+constexpr int64_t kGemmMC = 168;
+constexpr int64_t kGemmKC = 256;
+constexpr int64_t kGemmNC = 4080;
+// 0: MKL's no-copy kernels (what ATen runs for im2col's items here); 1: Goto
+// with packed A and B.
+constexpr int64_t kGemmPack = 0;
+
 }  // namespace blocking
 }  // namespace fastconv
+
+// Every constant above, with the name fastconv._C.blocking() exports it under
+// (explain's cache model and the simulator read them from there). A constant
+// added above is added here too (tests/test_blocking.py checks).
+#define FASTCONV_BLOCKING_CONSTANTS(X)                                              \
+  X(im2col_max_workspace_bytes, kIm2colMaxWorkspaceBytes)                           \
+  X(im2col_min_tile_pixels, kIm2colMinTilePixels)                                   \
+  X(im2col_item_channels, kIm2colItemChannels)                                      \
+  X(im2col_item_pixels, kIm2colItemPixels)                                          \
+  X(im2col_item_min_macs, kIm2colItemMinMacs)                                       \
+  X(im2col_item_columns, kIm2colItemColumns)                                        \
+  X(im2col_col2im_channels, kIm2colCol2imChannels)                                  \
+  X(direct_oc_block, kDirectOcBlock)                                                \
+  X(direct_oc_vectors, kDirectOcVectors)                                            \
+  X(direct_pixel_tile, kDirectPixelTile)                                            \
+  X(direct_pixel_tile_single, kDirectPixelTileSingle)                               \
+  X(direct_avx512_oc_block, kDirectAvx512OcBlock)                                   \
+  X(direct_avx512_pixel_tile, kDirectAvx512PixelTile)                               \
+  X(direct_avx512_pixel_tile_single, kDirectAvx512PixelTileSingle)                  \
+  X(direct_groups_avx512_pixel_tile, kDirectGroupsAvx512PixelTile)                  \
+  X(direct_cin_block_bytes, kDirectCinBlockBytes)                                   \
+  X(direct_row_block, kDirectRowBlock)                                              \
+  X(direct_grad_weight_channel_tile, kDirectGradWeightChannelTile)                  \
+  X(depthwise_vec_width, kDepthwiseVecWidth)                                        \
+  X(depthwise_nhwc_pixel_tile, kDepthwiseNhwcPixelTile)                             \
+  X(depthwise_nhwc_chan_vecs, kDepthwiseNhwcChanVecs)                               \
+  X(depthwise_nhwc_channel_group, kDepthwiseNhwcChannelGroup)                       \
+  X(depthwise_nchw_width_vecs, kDepthwiseNchwWidthVecs)                             \
+  X(depthwise_nchw_reg_rows, kDepthwiseNchwRegRows)                                 \
+  X(depthwise_nchw_tile_accs, kDepthwiseNchwTileAccs)                               \
+  X(depthwise_row_tile, kDepthwiseRowTile)                                          \
+  X(depthwise_grad_weight_min_chunk_rows, kDepthwiseGradWeightMinChunkRows)         \
+  X(depthwise_grad_weight_max_chunks, kDepthwiseGradWeightMaxChunks)                \
+  X(depthwise_grad_weight_max_partial_bytes, kDepthwiseGradWeightMaxPartialBytes)   \
+  X(depthwise_grad_weight_tap_group, kDepthwiseGradWeightTapGroup)                  \
+  X(depthwise_grad_weight_unroll, kDepthwiseGradWeightUnroll)                       \
+  X(gemm_mr, kGemmMR)                                                               \
+  X(gemm_nr, kGemmNR)                                                               \
+  X(gemm_mc, kGemmMC)                                                               \
+  X(gemm_kc, kGemmKC)                                                               \
+  X(gemm_nc, kGemmNC)                                                               \
+  X(gemm_pack, kGemmPack)

@@ -5,6 +5,8 @@
 // each generator is a template over a "sink" that either simulates the access
 // or records it (for pictures).
 #include "cachesim.h"
+#include "blocking.h"
+#include "util.h"
 
 #include <algorithm>
 #include <chrono>
@@ -28,43 +30,9 @@ const char* operand_name(int op) {
 
 namespace {
 
-// Named defaults for blocking constants a kernel branch may not export yet.
-// (The values are those of the kernels' designs; `fastconv explain` reports
-// which constants came from _C.blocking() and which from here.)
-constexpr int64_t kDefaultIm2colMaxWorkspaceBytes = 1 << 20;
-constexpr int64_t kDefaultIm2colMinTilePixels = 128;
-constexpr int64_t kDefaultIm2colItemChannels = 64;
-constexpr int64_t kDefaultIm2colItemPixels = 256;
-constexpr int64_t kDefaultIm2colItemMinMacs = 1 << 21;
-constexpr int64_t kDefaultDirectOcBlock = 8;
-constexpr int64_t kDefaultDirectOcVectors = 2;
-constexpr int64_t kDefaultDirectPixelTile = 6;
-constexpr int64_t kDefaultDirectPixelTileSingle = 12;
-constexpr int64_t kDefaultDirectRowBlock = 4;
-constexpr int64_t kDefaultDirectCinBlockBytes = 16 << 10;
-constexpr int64_t kDefaultDepthwiseVector = 8;
-constexpr int64_t kDefaultDepthwiseNhwcPixelTile = 4;
-constexpr int64_t kDefaultDepthwiseNhwcChanVecs = 2;
-constexpr int64_t kDefaultDepthwiseNhwcChannelGroup = 256;
-constexpr int64_t kDefaultDepthwiseNchwRegRows = 2;
-constexpr int64_t kDefaultDepthwiseNchwTileAccs = 8;
-constexpr int64_t kDefaultDepthwiseNchwWidthVecs = 4;
-constexpr int64_t kDefaultDepthwiseRowTile = 16;
-// The BLAS GEMM im2col calls is modelled as a Goto/BLIS blocked GEMM with the
-// BLIS Haswell sgemm blocking (bli_cntx_init_haswell.c): MR x NR register tile,
-// MC x KC packed A block (L2), KC x NC packed B panel (L3).
-constexpr int64_t kDefaultGemmMR = 6;
-constexpr int64_t kDefaultGemmNR = 16;
-constexpr int64_t kDefaultGemmMC = 168;
-constexpr int64_t kDefaultGemmKC = 256;
-constexpr int64_t kDefaultGemmNC = 4080;
-// 0: MKL's no-copy kernels (what runs here); 1: Goto with packed A and B.
-constexpr int64_t kDefaultGemmPack = 0;
 // Vector register width in bytes (AVX2): a "vector access" is this wide.
 constexpr int64_t kVectorBytes = 32;
 
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 int64_t get(const std::map<std::string, int64_t>& b, const char* key, int64_t dflt) {
   auto it = b.find(key);
@@ -547,8 +515,8 @@ Im2colPlan im2col_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   p.kdim = g.Cg() * g.R * g.S;
   p.kall = g.C * g.R * g.S;
   p.total = g.N * L.Ho * L.Wo;
-  const int64_t max_ws = get(b, "im2col_max_workspace_bytes", kDefaultIm2colMaxWorkspaceBytes);
-  const int64_t min_tile = get(b, "im2col_min_tile_pixels", kDefaultIm2colMinTilePixels);
+  const int64_t max_ws = get(b, "im2col_max_workspace_bytes", blocking::kIm2colMaxWorkspaceBytes);
+  const int64_t min_tile = get(b, "im2col_min_tile_pixels", blocking::kIm2colMinTilePixels);
   int64_t tile = std::min(p.total, std::max(min_tile, max_ws / std::max<int64_t>(1, p.kall * g.elem)));
   const int64_t count = (p.total + tile - 1) / tile;
   p.tile = (p.total + count - 1) / count;
@@ -573,17 +541,17 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   const auto plan = im2col_plan(g, b);
   const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), HWo = L.Ho * L.Wo;
   const int64_t Kd = plan.kdim, kall = plan.kall;
-  const int64_t item_ch = get(b, "im2col_item_channels", kDefaultIm2colItemChannels);
-  const int64_t item_px = get(b, "im2col_item_pixels", kDefaultIm2colItemPixels);
-  const int64_t item_min_macs = get(b, "im2col_item_min_macs", kDefaultIm2colItemMinMacs);
+  const int64_t item_ch = get(b, "im2col_item_channels", blocking::kIm2colItemChannels);
+  const int64_t item_px = get(b, "im2col_item_pixels", blocking::kIm2colItemPixels);
+  const int64_t item_min_macs = get(b, "im2col_item_min_macs", blocking::kIm2colItemMinMacs);
   // Cuts [0, n) into ceil(n / max_block) nearly equal blocks.
   auto even_block = [](int64_t n, int64_t max_block) {
     return n <= 0 ? int64_t(1) : ceil_div(n, ceil_div(n, std::max<int64_t>(1, max_block)));
   };
-  const GemmBlocking gb{get(b, "gemm_mr", kDefaultGemmMR), get(b, "gemm_nr", kDefaultGemmNR),
-                        get(b, "gemm_mc", kDefaultGemmMC), get(b, "gemm_kc", kDefaultGemmKC),
-                        get(b, "gemm_nc", kDefaultGemmNC)};
-  const bool pack = get(b, "gemm_pack", kDefaultGemmPack) != 0;
+  const GemmBlocking gb{get(b, "gemm_mr", blocking::kGemmMR), get(b, "gemm_nr", blocking::kGemmNR),
+                        get(b, "gemm_mc", blocking::kGemmMC), get(b, "gemm_kc", blocking::kGemmKC),
+                        get(b, "gemm_nc", blocking::kGemmNC)};
+  const bool pack = get(b, "gemm_pack", blocking::kGemmPack) != 0;
   // One GEMM call: Goto with packing, or MKL's no-copy kernels.
   auto call = [&](int64_t M, int64_t N, int64_t K, int opA, auto a_off, int opB, auto b_off, auto c_off,
                   bool b_contig_n) {
@@ -728,20 +696,20 @@ struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, 
 
 DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
   DirectPlan p;
-  p.vec = get(b, "direct_oc_block", kDefaultDirectOcBlock);
+  p.vec = get(b, "direct_oc_block", blocking::kDirectOcBlock);
   p.oc_blocks = (g.Kg() + p.vec - 1) / p.vec;
   if (p.oc_blocks == 1) {
     p.vectors = 1;
-    p.tile = get(b, "direct_pixel_tile_single", kDefaultDirectPixelTileSingle);
+    p.tile = get(b, "direct_pixel_tile_single", blocking::kDirectPixelTileSingle);
   } else {
-    p.vectors = get(b, "direct_oc_vectors", kDefaultDirectOcVectors);
-    p.tile = get(b, "direct_pixel_tile", kDefaultDirectPixelTile);
+    p.vectors = get(b, "direct_oc_vectors", blocking::kDirectOcVectors);
+    p.tile = get(b, "direct_pixel_tile", blocking::kDirectPixelTile);
   }
   p.oc_tiles = (p.oc_blocks + p.vectors - 1) / p.vectors;
-  p.row_block = get(b, "direct_row_block", kDefaultDirectRowBlock);
+  p.row_block = get(b, "direct_row_block", blocking::kDirectRowBlock);
   p.row_blocks = (g.Ho() + p.row_block - 1) / p.row_block;
   // Input-channel blocks whose packed weights (x R x S x vectors x 8) fit the budget.
-  const int64_t budget = get(b, "direct_cin_block_bytes", kDefaultDirectCinBlockBytes);
+  const int64_t budget = get(b, "direct_cin_block_bytes", blocking::kDirectCinBlockBytes);
   p.cin_block = std::max<int64_t>(1, budget / (g.R * g.S * p.vectors * p.vec * g.elem));
   return p;
 }
@@ -900,14 +868,14 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
 struct DepthwisePlan { int64_t vec, nhwc_pixels, chan_vecs, channel_group, width_vecs, row_tile, reg_rows, tile_accs; };
 
 DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
-  return {get(b, "depthwise_vec_width", kDefaultDepthwiseVector),
-          get(b, "depthwise_nhwc_pixel_tile", kDefaultDepthwiseNhwcPixelTile),
-          get(b, "depthwise_nhwc_chan_vecs", kDefaultDepthwiseNhwcChanVecs),
-          get(b, "depthwise_nhwc_channel_group", kDefaultDepthwiseNhwcChannelGroup),
-          get(b, "depthwise_nchw_width_vecs", kDefaultDepthwiseNchwWidthVecs),
-          get(b, "depthwise_row_tile", kDefaultDepthwiseRowTile),
-          get(b, "depthwise_nchw_reg_rows", kDefaultDepthwiseNchwRegRows),
-          get(b, "depthwise_nchw_tile_accs", kDefaultDepthwiseNchwTileAccs)};
+  return {get(b, "depthwise_vec_width", blocking::kDepthwiseVecWidth),
+          get(b, "depthwise_nhwc_pixel_tile", blocking::kDepthwiseNhwcPixelTile),
+          get(b, "depthwise_nhwc_chan_vecs", blocking::kDepthwiseNhwcChanVecs),
+          get(b, "depthwise_nhwc_channel_group", blocking::kDepthwiseNhwcChannelGroup),
+          get(b, "depthwise_nchw_width_vecs", blocking::kDepthwiseNchwWidthVecs),
+          get(b, "depthwise_row_tile", blocking::kDepthwiseRowTile),
+          get(b, "depthwise_nchw_reg_rows", blocking::kDepthwiseNchwRegRows),
+          get(b, "depthwise_nchw_tile_accs", blocking::kDepthwiseNchwTileAccs)};
 }
 
 template <class Sink>

@@ -41,6 +41,7 @@
 #include "blocking.h"
 #include "cpu_features.h"
 #include "ops.h"
+#include "util.h"
 
 #if FASTCONV_X86
 #include <immintrin.h>
@@ -54,10 +55,6 @@ using namespace blocking;
 
 constexpr int64_t kVec = kDepthwiseVecWidth;
 
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
-inline int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 void check_depthwise(const char* op, const ConvParams& p) {
   TORCH_CHECK(p.groups == p.C && p.Cg == 1 && p.K % p.C == 0, op,

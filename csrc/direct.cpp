@@ -33,6 +33,7 @@
 #include "blocking.h"
 #include "cpu_features.h"
 #include "ops.h"
+#include "util.h"
 
 namespace fastconv {
 
@@ -43,17 +44,29 @@ using blocking::kDirectOcVectors;
 using blocking::kDirectPixelTile;
 using blocking::kDirectPixelTileSingle;
 using blocking::kDirectRowBlock;
-constexpr int kB = int(blocking::kDirectOcBlock);  // lanes per weight vector
+// Output channels per packed weight vector: 8 (one ymm of floats: AVX2 and the
+// portable path) or 16 (one zmm: AVX-512). The packed weight's last dimension
+// says which; every kernel below is a template over it.
+constexpr int kB = int(blocking::kDirectOcBlock);
+constexpr int kB16 = int(blocking::kDirectAvx512OcBlock);
 static_assert(kB == 8, "the AVX2 kernels hold 8 float output channels per ymm register");
+static_assert(kB16 == 16, "the AVX-512 kernels hold 16 float output channels per zmm register");
 static_assert(kDirectOcVectors == 2, "the oc-vector pair is hard-wired in the task split");
-constexpr int kMaxTile = int(kDirectPixelTileSingle);
-static_assert(kDirectPixelTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
+// Widest pixel tile of any kernel (one oc vector), and the tile buffer's floats.
+constexpr int kMaxTile = int(blocking::kDirectAvx512PixelTileSingle);
+constexpr int kMaxTileFloats = kMaxTile * kB16;
+static_assert(kDirectPixelTileSingle <= kMaxTile && kDirectPixelTile * kDirectOcVectors <= kMaxTile,
+              "tile buffer too small");
+static_assert(blocking::kDirectAvx512PixelTile * kDirectOcVectors <= kMaxTile, "tile buffer too small");
 
-inline int64_t floor_div(int64_t a, int64_t b) {  // b > 0
-  return a >= 0 ? a / b : -((-a + b - 1) / b);
+// Pixel-tile widths of the forward kernels for a block width B: one oc vector, two.
+template <int B> constexpr int pixel_tile_single() {
+  return B == 16 ? int(blocking::kDirectAvx512PixelTileSingle) : int(kDirectPixelTileSingle);
 }
-inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
-inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+template <int B> constexpr int pixel_tile_pair() {
+  return B == 16 ? int(blocking::kDirectAvx512PixelTile) : int(kDirectPixelTile);
+}
+
 
 // ---------------------------------------------------------------------------
 // The forward engine: y[n, g*Ko + k, oh, ow] = act(bias + sum_{c, r, s}
@@ -102,10 +115,10 @@ struct FwdTile {
 // native SIMD on baseline x86-64 (SSE2) and on Arm (NEON), so the compiler
 // keeps the same register tile without intrinsics. (One 32-byte generic vector
 // made GCC broadcast scalars through the stack: 25x slower, measured.)
-template <typename T>
+template <typename T, int B = kB>
 struct Lanes {
   typedef T type __attribute__((vector_size(16)));
-  static constexpr int Q = int(kB * sizeof(T) / 16);
+  static constexpr int Q = int(B * sizeof(T) / 16);
 };
 template <typename T>
 inline typename Lanes<T>::type load_lanes(const T* p) {
@@ -119,10 +132,10 @@ inline void store_lanes(T* p, const typename Lanes<T>::type& v) {
 }
 constexpr int kLanesPerPart(int bytes) { return 16 / bytes; }
 
-template <typename T, int OCV, int PT>
+template <typename T, int B, int OCV, int PT>
 void fwd_tile_portable(const FwdTile<T>& a) {
-  using V = typename Lanes<T>::type;
-  constexpr int Q = Lanes<T>::Q, L = kLanesPerPart(sizeof(T));
+  using V = typename Lanes<T, B>::type;
+  constexpr int Q = Lanes<T, B>::Q, L = kLanesPerPart(sizeof(T));
   V acc[OCV][PT][Q];
 #pragma GCC unroll 16
   for (int o = 0; o < OCV; ++o)
@@ -130,7 +143,7 @@ void fwd_tile_portable(const FwdTile<T>& a) {
     for (int p = 0; p < PT; ++p)
 #pragma GCC unroll 4
       for (int q = 0; q < Q; ++q)
-        acc[o][p][q] = a.load_acc ? load_lanes(a.out + (o * PT + p) * kB + q * L) : V{};
+        acc[o][p][q] = a.load_acc ? load_lanes(a.out + (o * PT + p) * B + q * L) : V{};
   const T* xc = a.x;
   const T* wc = a.w;
   for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c)
@@ -156,7 +169,7 @@ void fwd_tile_portable(const FwdTile<T>& a) {
 #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p)
 #pragma GCC unroll 4
-      for (int q = 0; q < Q; ++q) store_lanes(a.out + (o * PT + p) * kB + q * L, acc[o][p][q]);
+      for (int q = 0; q < Q; ++q) store_lanes(a.out + (o * PT + p) * B + q * L, acc[o][p][q]);
 }
 
 #if FASTCONV_X86
@@ -273,6 +286,98 @@ FASTCONV_TARGET_AVX2 void fwd_tile_avx2(const FwdTile<float>& a) {
     #pragma GCC unroll 16
     for (int p = 0; p < PT; ++p) _mm256_storeu_ps(a.out + (o * PT + p) * kB, acc[o][p]);
 }
+
+// AVX-512: the same tile with 16 output channels per zmm vector (weights packed
+// [..][16]). 32 zmm registers hold OCV x PT accumulators (2 x 12 or 1 x 24),
+// the OCV weight vectors and one broadcast.
+template <int OCV, int PT>
+FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline void fwd_step_avx512(
+    __m512 (&acc)[OCV][PT], const float* xs, const float* ws, int64_t xp, int64_t wkb) {
+  __m512 w[OCV];
+#pragma GCC unroll 4
+  for (int o = 0; o < OCV; ++o) w[o] = _mm512_loadu_ps(ws + o * wkb);
+#pragma GCC unroll 32
+  for (int p = 0; p < PT; ++p) {
+    const __m512 xv = _mm512_set1_ps(xs[p * xp]);
+#pragma GCC unroll 4
+    for (int o = 0; o < OCV; ++o) acc[o][p] = _mm512_fmadd_ps(w[o], xv, acc[o][p]);
+  }
+}
+
+template <int OCV, int PT>
+FASTCONV_TARGET_AVX512 void fwd_tile_avx512(const FwdTile<float>& a) {
+  constexpr int B = kB16;
+  // Narrow tiles split the taps over U accumulator sets (4-cycle FMA latency,
+  // 2 FMA ports: 8 independent chains), summed at the end in a fixed order.
+  constexpr int U = OCV * PT >= 8 ? 1 : (OCV * PT >= 4 ? 2 : 4);
+  __m512 acc[OCV][PT], acc1[OCV][PT], acc2[OCV][PT], acc3[OCV][PT];
+#pragma GCC unroll 32
+  for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 32
+    for (int p = 0; p < PT; ++p) {
+      acc1[o][p] = acc2[o][p] = acc3[o][p] = _mm512_setzero_ps();
+      acc[o][p] = a.load_acc ? _mm512_loadu_ps(a.out + (o * PT + p) * B) : acc1[o][p];
+    }
+  const float* xc = a.x;
+  const float* wc = a.w;
+  const int64_t xp = a.x_p, wkb = a.w_kb, ntap = a.ntap;
+  const int64_t* xoff = a.xoff;
+  const int64_t* woff = a.woff;
+  for (int64_t c = 0; c < a.nc; ++c, xc += a.x_c, wc += a.w_c) {
+    int64_t t = 0;
+    if constexpr (U == 2) {
+      for (; t + 2 <= ntap; t += 2) {
+        fwd_step_avx512<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx512<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
+      }
+    }
+    if constexpr (U == 4) {
+      for (; t + 4 <= ntap; t += 4) {
+        fwd_step_avx512<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+        fwd_step_avx512<OCV, PT>(acc1, xc + xoff[t + 1], wc + woff[t + 1], xp, wkb);
+        fwd_step_avx512<OCV, PT>(acc2, xc + xoff[t + 2], wc + woff[t + 2], xp, wkb);
+        fwd_step_avx512<OCV, PT>(acc3, xc + xoff[t + 3], wc + woff[t + 3], xp, wkb);
+      }
+    }
+    for (; t < ntap; ++t) fwd_step_avx512<OCV, PT>(acc, xc + xoff[t], wc + woff[t], xp, wkb);
+  }
+  if constexpr (U > 1) {
+#pragma GCC unroll 32
+    for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 32
+      for (int p = 0; p < PT; ++p)
+        acc[o][p] = _mm512_add_ps(_mm512_add_ps(acc[o][p], acc1[o][p]),
+                                  _mm512_add_ps(acc2[o][p], acc3[o][p]));
+  }
+  if (!a.y) {
+#pragma GCC unroll 32
+    for (int o = 0; o < OCV; ++o)
+#pragma GCC unroll 32
+      for (int p = 0; p < PT; ++p) _mm512_storeu_ps(a.out + (o * PT + p) * B, acc[o][p]);
+    return;
+  }
+  // Fused store: bias, activation (max(0, v) keeps NaN: MAXPS returns its second
+  // operand when either is NaN, as torch.relu does), then the output's layout.
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.f);
+  // NCHW: lane j of an accumulator goes to channel j's plane (y_k apart).
+  const __m512i lane_offsets = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(int(a.y_k)));
+#pragma GCC unroll 4
+  for (int o = 0; o < OCV; ++o) {
+    const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + o * B) : zero;
+#pragma GCC unroll 32
+    for (int p = 0; p < PT; ++p) {
+      __m512 v = _mm512_add_ps(acc[o][p], b);
+      if (a.act == Activation::ReLU) v = _mm512_max_ps(zero, v);
+      if (a.act == Activation::ReLU6) v = _mm512_min_ps(six, _mm512_max_ps(zero, v));
+      if (a.y_k == 1)
+        _mm512_storeu_ps(a.y + p * a.y_p + o * B, v);
+      else
+        _mm512_i32scatter_ps(a.y + p * a.y_p + o * B * a.y_k, lane_offsets, v, 4);
+    }
+  }
+}
 #endif
 
 // grad_weight tile: OCV vectors of 8 output channels x NCH input channels x
@@ -377,23 +482,32 @@ FASTCONV_TARGET_AVX2 void gw_tile_avx2(const GwTile<float>& a) {
 // Kernel tables indexed [ocv - 1][tile width]; width 0 is unused.
 template <typename Fn>
 struct Table {
-  std::array<Fn, kMaxTile + 1> one{};  // ocv == 1: widths 1..kDirectPixelTileSingle
-  std::array<Fn, kMaxTile + 1> two{};  // ocv == 2: widths 1..kDirectPixelTile
-  bool fused_store = false;  // the kernels can write NHWC output themselves (FwdTile::y)
+  std::array<Fn, kMaxTile + 1> one{};  // ocv == 1: widths 1..pixel_tile_single<B>()
+  std::array<Fn, kMaxTile + 1> two{};  // ocv == 2: widths 1..pixel_tile_pair<B>()
+  bool fused_store = false;  // the kernels can write the output themselves (FwdTile::y)
   Fn get(int64_t ocv, int64_t width) const { return ocv == 1 ? one[width] : two[width]; }
 };
 
 template <typename T> using FwdFn = void (*)(const FwdTile<T>&);
 template <typename T> using GwFn = void (*)(const GwTile<T>&);
+template <int V> using Int = std::integral_constant<int, V>;
 
-template <typename T, size_t... I>
-Table<FwdFn<T>> make_fwd_portable(std::index_sequence<I...>) {
+// Fills a forward table for block width B: pick(Int<ocv>, Int<width>) returns
+// the kernel, instantiated only for the widths B's tiles use.
+template <typename T, int B, class Pick, size_t... I>
+Table<FwdFn<T>> make_fwd_table(Pick pick, std::index_sequence<I...>) {
   Table<FwdFn<T>> t;
-  ((t.one[I + 1] = &fwd_tile_portable<T, 1, int(I) + 1>), ...);
-  ((I < kDirectPixelTile ? (t.two[I + 1] = &fwd_tile_portable<T, 2, int(I % kDirectPixelTile) + 1>)
-                         : nullptr), ...);
+  auto one = [&](auto w) {
+    if constexpr (decltype(w)::value <= pixel_tile_single<B>()) t.one[w] = pick(Int<1>{}, w);
+  };
+  auto two = [&](auto w) {
+    if constexpr (decltype(w)::value <= pixel_tile_pair<B>()) t.two[w] = pick(Int<2>{}, w);
+  };
+  (one(Int<int(I) + 1>{}), ...);
+  (two(Int<int(I) + 1>{}), ...);
   return t;
 }
+
 // grad_weight kernels indexed by gw_index(ocv, nch, nt).
 constexpr int kGwMaxTaps = 6;
 constexpr int kGwKernels = 2 * 2 * kGwMaxTaps;
@@ -408,27 +522,36 @@ GwTable<T> make_gw_portable(std::index_sequence<I...>) {
 }
 #if FASTCONV_X86
 template <size_t... I>
-Table<FwdFn<float>> make_fwd_avx2(std::index_sequence<I...>) {
-  Table<FwdFn<float>> t;
-  ((t.one[I + 1] = &fwd_tile_avx2<1, int(I) + 1>), ...);
-  ((I < kDirectPixelTile ? (t.two[I + 1] = &fwd_tile_avx2<2, int(I % kDirectPixelTile) + 1>)
-                         : nullptr), ...);
-  return t;
-}
-template <size_t... I>
 GwTable<float> make_gw_avx2(std::index_sequence<I...>) {
   return {&gw_tile_avx2<int(I) / (2 * kGwMaxTaps) + 1, int(I) / kGwMaxTaps % 2 + 1,
                         int(I) % kGwMaxTaps + 1>...};
 }
 #endif
 
-template <typename T>
+// The forward kernels for weights packed B channels innermost: AVX-512 (B = 16)
+// or AVX2 (B = 8) when the CPU and the ISA cap allow, else the portable ones.
+template <typename T, int B>
 const Table<FwdFn<T>>& fwd_table() {
-  static const auto portable = make_fwd_portable<T>(std::make_index_sequence<kMaxTile>());
+  constexpr auto widths = std::make_index_sequence<kMaxTile>();
+  static const auto portable = make_fwd_table<T, B>(
+      [](auto ocv, auto w) { return &fwd_tile_portable<T, B, decltype(ocv)::value, decltype(w)::value>; },
+      widths);
 #if FASTCONV_X86
-  if constexpr (std::is_same_v<T, float>) {
-    static const auto avx2 = [] {
-      auto t = make_fwd_avx2(std::make_index_sequence<kMaxTile>());
+  if constexpr (std::is_same_v<T, float> && B == kB16) {
+    static const auto avx512 = [&] {
+      auto t = make_fwd_table<float, B>(
+          [](auto ocv, auto w) { return &fwd_tile_avx512<decltype(ocv)::value, decltype(w)::value>; },
+          widths);
+      t.fused_store = true;
+      return t;
+    }();
+    if (use_avx512()) return avx512;
+  }
+  if constexpr (std::is_same_v<T, float> && B == kB) {
+    static const auto avx2 = [&] {
+      auto t = make_fwd_table<float, B>(
+          [](auto ocv, auto w) { return &fwd_tile_avx2<decltype(ocv)::value, decltype(w)::value>; },
+          widths);
       t.fused_store = true;
       return t;
     }();
@@ -476,17 +599,17 @@ const GwTable<T>& gw_table() {
   return portable;
 }
 
-// Writes one finished tile (buf[OCV][np][8]) at output row oh, columns
+// Writes one finished tile (buf[OCV][np][B]) at output row oh, columns
 // ow0..ow0+np-1, channels 0..nk-1 of the tile, with bias and activation.
-template <typename T>
+template <typename T, int B>
 inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk, T* y,
                        const T* bias, int64_t oh, int64_t ow0) {
   T* base = y + oh * P.yh + ow0 * P.yw;
-  if (P.yk == 1) {  // NHWC: 8 contiguous channels per pixel
+  if (P.yk == 1) {  // NHWC: contiguous channels per pixel
     for (int64_t p = 0; p < np; ++p) {
       T* yp = base + p * P.yw;
       for (int64_t k = 0; k < nk; ++k) {
-        const T v = buf[((k / kB) * np + p) * kB + k % kB] + (bias ? bias[k] : T(0));
+        const T v = buf[((k / B) * np + p) * B + k % B] + (bias ? bias[k] : T(0));
         yp[k] = activate(v, P.act);
       }
     }
@@ -494,21 +617,12 @@ inline void store_tile(const Problem<T>& P, const T* buf, int64_t np, int64_t nk
     for (int64_t k = 0; k < nk; ++k) {
       T* yk = base + k * P.yk;
       const T b = bias ? bias[k] : T(0);
-      const T* bk = buf + (k / kB) * np * kB + k % kB;
-      for (int64_t p = 0; p < np; ++p) yk[p * P.yw] = activate(bk[p * kB] + b, P.act);
+      const T* bk = buf + (k / B) * np * B + k % B;
+      for (int64_t p = 0; p < np; ++p) yk[p * P.yw] = activate(bk[p * B] + b, P.act);
     }
   }
 }
 
-// Bytes of packed weights per input-channel block (kDirectCinBlockBytes);
-// FASTCONV_DIRECT_CIN_BLOCK_BYTES overrides it while tuning.
-inline int64_t cin_block_bytes() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("FASTCONV_DIRECT_CIN_BLOCK_BYTES");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : blocking::kDirectCinBlockBytes;
-  }();
-  return v;
-}
 
 // Splits n interior pixels into ceil(n / tile) tiles of near-equal width, so a
 // row never ends in a 1- or 2-pixel tile (13 -> 5, 4, 4 rather than 6, 6, 1).
@@ -517,15 +631,15 @@ inline int64_t balanced_width(int64_t remaining, int64_t tile) {
   return ceil_div(remaining, tiles);
 }
 
-template <typename T>
+template <typename T, int B>
 void run_forward(const Problem<T>& P) {
   if (P.N == 0 || P.Ho == 0 || P.Wo == 0 || P.G == 0 || P.Ko == 0) return;
-  const auto& tab = fwd_table<T>();
-  const int64_t KB = ceil_div(P.Ko, kB);
+  const auto& tab = fwd_table<T, B>();
+  const int64_t KB = ceil_div(P.Ko, B);
   const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors;
   const int64_t NP = ceil_div(KB, ocv_max);
   const int64_t RB = ceil_div(P.Ho, kDirectRowBlock);
-  const int64_t w_r = P.S * kB, w_c = P.R * w_r, w_kb = P.Cr * w_c;
+  const int64_t w_r = P.S * B, w_c = P.R * w_r, w_kb = P.Cr * w_c;
   // Interior columns: every tap s in [0, S) lands inside the input row.
   const int64_t ow_lo = clamp64(ceil_div(P.pw, P.sw), 0, P.Wo);
   const int64_t ow_hi = clamp64(floor_div(P.W - 1 - (P.S - 1) * P.dw + P.pw, P.sw) + 1, ow_lo, P.Wo);
@@ -533,14 +647,16 @@ void run_forward(const Problem<T>& P) {
   // in L1 while every tile of the task's rows runs over them; partial sums wait
   // in a per-task row buffer between blocks.
   const int64_t cin_block = std::max<int64_t>(
-      1, cin_block_bytes() / (P.R * P.S * ocv_max * kB * int64_t(sizeof(T))));
+      1, blocking::kDirectCinBlockBytes / (P.R * P.S * ocv_max * B * int64_t(sizeof(T))));
   const bool blocked = cin_block < P.Cr;
-  const bool can_fuse = tab.fused_store && (P.yk == 1 || P.yw == 1) &&
+  // AVX2 stores NHWC or NCHW with contiguous rows; AVX-512 scatters lanes y_k apart (int32).
+  const bool layout_ok = B == kB16 ? P.yk * (B - 1) < (int64_t(1) << 31) : (P.yk == 1 || P.yw == 1);
+  const bool can_fuse = tab.fused_store && layout_ok &&
                         (P.act == Activation::None || P.act == Activation::ReLU ||
                          P.act == Activation::ReLU6);
   at::parallel_for(0, P.N * P.G * NP * RB, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) T buf[kMaxTile * kB];
-    std::vector<T> partial(blocked ? kDirectRowBlock * P.Wo * ocv_max * kB : 0);
+    alignas(64) T buf[kMaxTileFloats];
+    std::vector<T> partial(blocked ? kDirectRowBlock * P.Wo * ocv_max * B : 0);
     // Tap tables: interior taps of the current row, and one border pixel's.
     std::vector<int64_t> tables(4 * P.R * P.S);
     int64_t* in_x = tables.data();
@@ -551,13 +667,13 @@ void run_forward(const Problem<T>& P) {
       const int64_t rb = item % RB, pb = (item / RB) % NP, g = (item / (RB * NP)) % P.G,
                     n = item / (RB * NP * P.G);
       const int64_t kb0 = pb * ocv_max, ocv = std::min(ocv_max, KB - kb0);
-      const int64_t pt_max = ocv == 1 ? kDirectPixelTileSingle : kDirectPixelTile;
-      const int64_t nk = std::min<int64_t>(ocv * kB, P.Ko - kb0 * kB);
+      const int64_t pt_max = ocv == 1 ? pixel_tile_single<B>() : pixel_tile_pair<B>();
+      const int64_t nk = std::min<int64_t>(ocv * B, P.Ko - kb0 * B);
       const T* xg = P.x + n * P.xn + g * P.Cr * P.xc;
       const T* wg = P.wp + (g * KB + kb0) * w_kb;
-      T* yg = P.y + n * P.yn + (g * P.Ko + kb0 * kB) * P.yk;
-      const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * kB : nullptr;
-      const bool fuse = can_fuse && nk == ocv * kB;
+      T* yg = P.y + n * P.yn + (g * P.Ko + kb0 * B) * P.yk;
+      const T* bg = P.bias ? P.bias + g * P.Ko + kb0 * B : nullptr;
+      const bool fuse = can_fuse && nk == ocv * B;
       FwdTile<T> t;
       t.x_c = P.xc; t.x_p = P.sw * P.xw; t.w_c = w_c; t.w_kb = w_kb;
       t.y_p = P.yw; t.y_k = P.yk; t.bias = bg; t.act = P.act;
@@ -571,10 +687,10 @@ void run_forward(const Problem<T>& P) {
         for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
           // This tile's partial sums (blocked) or the tile buffer.
           auto region = [&](int64_t ow) {
-            return blocked ? partial.data() + ((oh - oh_begin) * P.Wo + ow) * ocv * kB : buf;
+            return blocked ? partial.data() + ((oh - oh_begin) * P.Wo + ow) * ocv * B : buf;
           };
           auto finish = [&](int64_t ow, int64_t np) {
-            if (last && !fuse) store_tile(P, region(ow), np, nk, yg, bg, oh, ow);
+            if (last && !fuse) store_tile<T, B>(P, region(ow), np, nk, yg, bg, oh, ow);
           };
           // Rows: only the taps r that land inside the input.
           const int64_t ih0 = oh * P.sh - P.ph;
@@ -584,7 +700,7 @@ void run_forward(const Problem<T>& P) {
           for (int64_t r = r_lo; r < r_hi; ++r)
             for (int64_t s = 0; s < P.S; ++s, ++nt) {
               in_x[nt] = (ih0 + r * P.dh) * P.xh + s * P.dw * P.xw;
-              in_w[nt] = (r * P.S + s) * kB;
+              in_w[nt] = (r * P.S + s) * B;
             }
           auto border = [&](int64_t ow) {
             const int64_t iw0 = ow * P.sw - P.pw;
@@ -594,7 +710,7 @@ void run_forward(const Problem<T>& P) {
             for (int64_t r = r_lo; r < r_hi; ++r)
               for (int64_t s = s_lo; s < s_hi; ++s, ++bt) {
                 bd_x[bt] = (ih0 + r * P.dh) * P.xh + (iw0 + s * P.dw) * P.xw;
-                bd_w[bt] = (r * P.S + s) * kB;
+                bd_w[bt] = (r * P.S + s) * B;
               }
             t.x = xb; t.w = wb; t.ntap = bt; t.xoff = bd_x; t.woff = bd_w;
             t.out = region(ow);
@@ -623,38 +739,49 @@ void run_forward(const Problem<T>& P) {
 // ---------------------------------------------------------------------------
 // Packing.
 
-// weight [K, Cg, R, S] (any strides) -> [G][KB][Cg][R][S][8], zero-padded.
+// weight [K, Cg, R, S] (any strides) -> [G][KB][Cg][R][S][B], zero-padded.
 template <typename T>
-void pack_weight(const at::Tensor& weight, int64_t G, T* out) {
+void pack_weight(const at::Tensor& weight, int64_t G, int64_t B, T* out) {
   const int64_t K = weight.size(0), Cg = weight.size(1), R = weight.size(2), S = weight.size(3);
-  const int64_t Kg = K / G, KB = ceil_div(Kg, kB);
+  const int64_t Kg = K / G, KB = ceil_div(Kg, B);
   const T* w = weight.data_ptr<T>();
   const int64_t s0 = weight.stride(0), s1 = weight.stride(1), s2 = weight.stride(2), s3 = weight.stride(3);
   at::parallel_for(0, G * KB, 1, [&](int64_t begin, int64_t end) {
     for (int64_t gb = begin; gb < end; ++gb) {
       const int64_t g = gb / KB, kb = gb % KB;
-      T* o = out + gb * Cg * R * S * kB;
+      T* o = out + gb * Cg * R * S * B;
       for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < R; ++r)
           for (int64_t s = 0; s < S; ++s)
-            for (int64_t j = 0; j < kB; ++j) {
-              const int64_t k = kb * kB + j;
+            for (int64_t j = 0; j < B; ++j) {
+              const int64_t k = kb * B + j;
               *o++ = k < Kg ? w[(g * Kg + k) * s0 + c * s1 + r * s2 + s * s3] : T(0);
             }
     }
   });
 }
 
-int64_t packed_blocks(int64_t Kg) { return ceil_div(Kg, kB); }
-
 void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& input,
                   const ConvParams& p) {
   check_same(op, "input", input, "packed_weight", packed);
-  const std::vector<int64_t> want = {p.groups, packed_blocks(p.Kg()), p.Cg, p.R, p.S, kB};
+  const int64_t B = packed.dim() == 6 ? packed.size(5) : 0;
+  TORCH_CHECK(B == kB || (B == kB16 && packed.scalar_type() == at::kFloat), op,
+              ": packed_weight has shape ", packed.sizes(), ", expected [groups, blocks, C/groups, R, "
+              "S, ", int(kB), " or ", int(kB16), " (float32)] (from direct_pack_weight(weight, groups))");
+  const std::vector<int64_t> want = {p.groups, ceil_div(p.Kg(), B), p.Cg, p.R, p.S, B};
   TORCH_CHECK(packed.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
               packed.sizes(), ", expected ", at::IntArrayRef(want),
               " (from direct_pack_weight(weight, groups))");
   TORCH_CHECK(packed.is_contiguous(), op, ": packed_weight must be contiguous");
+}
+
+// The engine for weights packed B channels innermost (B = 16: float32 only).
+template <typename T>
+void run_forward_packed(const Problem<T>& P, int64_t B) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (B == kB16) return run_forward<T, kB16>(P);
+  }
+  run_forward<T, kB>(P);
 }
 
 template <typename T>
@@ -682,8 +809,9 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "direct", [&] {
-    run_forward(forward_problem<scalar_t>(p, input, packed.data_ptr<scalar_t>(), out,
-                                          has_bias ? b.data_ptr<scalar_t>() : nullptr, act));
+    run_forward_packed(forward_problem<scalar_t>(p, input, packed.data_ptr<scalar_t>(), out,
+                                                 has_bias ? b.data_ptr<scalar_t>() : nullptr, act),
+                       packed.size(5));
   });
   return out;
 }
@@ -692,6 +820,20 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
 
 // ---------------------------------------------------------------------------
 // Ops.
+
+// direct_groups_avx512.cpp: grouped convs with Cg == Kg <= 16, 16 lanes across groups.
+bool direct_groups_avx512_applies(const ConvParams& p, at::ScalarType dtype);
+at::Tensor direct_groups_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
+                                        const c10::optional<at::Tensor>& bias, const ConvParams& p,
+                                        Activation act, at::MemoryFormat fmt);
+
+// Output channels per packed weight vector for this dtype and channels per
+// group on the ISA in use: 16 (a zmm of floats) with AVX-512 when a group has
+// more than 8 output channels, else 8 (narrower groups would leave most of a
+// zmm empty; the AVX2 tiles run them).
+int64_t direct_pack_block(at::ScalarType dtype, int64_t Kg) {
+  return dtype == at::kFloat && use_avx512() && Kg > kB ? kB16 : kB;
+}
 
 at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups) {
   const char* op = "fastconv::direct_pack_weight";
@@ -702,10 +844,11 @@ at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups) {
   TORCH_CHECK(weight.size(0) % groups == 0, op, ": groups=", groups,
               " does not divide out_channels=", weight.size(0));
   const int64_t Kg = weight.size(0) / groups;
-  auto packed = at::empty({groups, packed_blocks(Kg), weight.size(1), weight.size(2),
-                           weight.size(3), kB}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  const int64_t B = direct_pack_block(weight.scalar_type(), Kg);
+  auto packed = at::empty({groups, ceil_div(Kg, B), weight.size(1), weight.size(2),
+                           weight.size(3), B}, weight.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "direct", [&] {
-    pack_weight<scalar_t>(weight, groups, packed.data_ptr<scalar_t>());
+    pack_weight<scalar_t>(weight, groups, B, packed.data_ptr<scalar_t>());
   });
   return packed;
 }
@@ -720,6 +863,16 @@ at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packe
   check_inputs(op, input, packed_weight, bias, p);
   check_packed(op, packed_weight, input, p);
   const auto act = parse_activation(std::string(activation));
+  if (direct_groups_avx512_applies(p, input.scalar_type())) {
+    // [G][KB][Cg][R][S][B] -> [K][Cg][R][S] (weights are small; the grouped
+    // kernel repacks them across groups).
+    const int64_t B = packed_weight.size(5), Kg = p.Kg();
+    const auto w = packed_weight.permute({0, 1, 5, 2, 3, 4})
+                       .reshape({p.groups, packed_weight.size(1) * B, p.Cg, p.R, p.S})
+                       .slice(1, 0, Kg)
+                       .reshape({p.K, p.Cg, p.R, p.S});
+    return direct_groups_avx512_forward(input, w, bias, p, act, input.suggest_memory_format());
+  }
   // The packed weight has no memory format of its own: the output follows the input.
   return forward_packed(op, input, packed_weight, p, bias, act, input.suggest_memory_format());
 }
@@ -731,6 +884,9 @@ at::Tensor direct_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const char* op = "fastconv::direct_conv2d";
   const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
+  if (direct_groups_avx512_applies(p, input.scalar_type()))
+    return direct_groups_avx512_forward(input, weight, bias, p, act,
+                                        conv_memory_format(input, weight));
   const auto packed = direct_pack_weight(weight, groups);
   return forward_packed(op, input, packed, p, bias, act, conv_memory_format(input, weight));
 }
@@ -742,9 +898,30 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   const char* op = "fastconv::direct_conv2d_grad_input";
   const auto p = check_grad_input_args(op, grad_output, weight, input_size, stride, padding,
                                        dilation, groups);
+  if (p.stride_h == 1 && p.stride_w == 1 && p.N * p.H * p.W > 0) {
+    // Stride 1: grad_input is a convolution of grad_output with the flipped,
+    // channel-transposed weight and padding (R-1)*dil - pad. Grouped layers
+    // with few channels per group take the cross-group AVX-512 tiles for it.
+    const int64_t eh = (p.R - 1) * p.dil_h, ew = (p.S - 1) * p.dil_w;
+    const std::vector<int64_t> tpad = {eh - p.pad_top, eh - p.pad_bottom, ew - p.pad_left,
+                                       ew - p.pad_right};
+    if (*std::min_element(tpad.begin(), tpad.end()) >= 0) {
+      const auto tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), p.R, p.S}, {1, 1},
+                                  tpad, {p.dil_h, p.dil_w}, p.groups);
+      if (direct_groups_avx512_applies(tp, grad_output.scalar_type())) {
+        const auto wt = weight.reshape({p.groups, p.Kg(), p.Cg, p.R, p.S})
+                            .transpose(1, 2)
+                            .flip({3, 4})
+                            .reshape({p.C, p.Kg(), p.R, p.S});
+        return direct_groups_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
+                                            grad_output.suggest_memory_format());
+      }
+    }
+  }
   auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (gin.numel() == 0) return gin;
-  const int64_t Kg = p.Kg(), CB = ceil_div(p.Cg, kB);
+  const int64_t Kg = p.Kg(), B = direct_pack_block(grad_output.scalar_type(), p.Cg);
+  const int64_t CB = ceil_div(p.Cg, B);
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "direct", [&] {
     const scalar_t* w = weight.data_ptr<scalar_t>();
     const int64_t ws0 = weight.stride(0), ws1 = weight.stride(1), ws2 = weight.stride(2),
@@ -776,18 +953,18 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
           continue;
         }
         const int64_t Rp = th.r.size(), Sp = tw.r.size();
-        // Channel-transposed, phase sub-kernel: [G][Cg/8][Kg][Rp][Sp][8].
-        auto packed = at::empty({p.groups, CB, Kg, Rp, Sp, kB}, weight.options());
+        // Channel-transposed, phase sub-kernel: [G][Cg/B][Kg][Rp][Sp][B].
+        auto packed = at::empty({p.groups, CB, Kg, Rp, Sp, B}, weight.options());
         scalar_t* wp = packed.data_ptr<scalar_t>();
         at::parallel_for(0, p.groups * CB, 1, [&](int64_t begin, int64_t end) {
           for (int64_t gb = begin; gb < end; ++gb) {
             const int64_t g = gb / CB, cb = gb % CB;
-            scalar_t* o = wp + gb * Kg * Rp * Sp * kB;
+            scalar_t* o = wp + gb * Kg * Rp * Sp * B;
             for (int64_t k = 0; k < Kg; ++k)
               for (int64_t jr = 0; jr < Rp; ++jr)
                 for (int64_t js = 0; js < Sp; ++js)
-                  for (int64_t j = 0; j < kB; ++j) {
-                    const int64_t c = cb * kB + j;
+                  for (int64_t j = 0; j < B; ++j) {
+                    const int64_t c = cb * B + j;
                     *o++ = c < p.Cg ? w[(g * Kg + k) * ws0 + c * ws1 + th.r[jr] * ws2 + tw.r[js] * ws3]
                                     : scalar_t(0);
                   }
@@ -808,7 +985,7 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
         P.y = gin.data_ptr<scalar_t>() + fh * gin.stride(2) + fw * gin.stride(3);
         P.bias = nullptr;
         P.act = Activation::None;
-        run_forward(P);
+        run_forward_packed(P, B);
       }
   });
   return gin;
@@ -940,13 +1117,13 @@ at::Tensor direct_naive_conv2d(const at::Tensor& input, const at::Tensor& weight
     const T* wp = packed.data_ptr<T>();
     const T* bp = has_bias ? b.data_ptr<T>() : nullptr;
     T* y = out.data_ptr<T>();
-    const int64_t Kg = p.Kg(), KB = ceil_div(Kg, kB);
+    const int64_t Kg = p.Kg(), B = packed.size(5), KB = ceil_div(Kg, B);
     for (int64_t n = 0; n < p.N; ++n)
       for (int64_t g = 0; g < p.groups; ++g)
         for (int64_t kb = 0; kb < KB; ++kb)
           for (int64_t oh = 0; oh < p.Ho; ++oh)
             for (int64_t ow = 0; ow < p.Wo; ++ow) {
-              T acc[kB] = {};
+              T acc[kB16] = {};
               for (int64_t c = 0; c < p.Cg; ++c)
                 for (int64_t r = 0; r < p.R; ++r) {
                   const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
@@ -956,12 +1133,12 @@ at::Tensor direct_naive_conv2d(const at::Tensor& input, const at::Tensor& weight
                     if (iw < 0 || iw >= p.W) continue;
                     const T xv = x[n * input.stride(0) + (g * p.Cg + c) * input.stride(1) +
                                    ih * input.stride(2) + iw * input.stride(3)];
-                    const T* wv = wp + ((((g * KB + kb) * p.Cg + c) * p.R + r) * p.S + s) * kB;
-                    for (int j = 0; j < kB; ++j) acc[j] += wv[j] * xv;
+                    const T* wv = wp + ((((g * KB + kb) * p.Cg + c) * p.R + r) * p.S + s) * B;
+                    for (int j = 0; j < B; ++j) acc[j] += wv[j] * xv;
                   }
                 }
-              for (int j = 0; j < kB; ++j) {
-                const int64_t k = kb * kB + j;
+              for (int j = 0; j < B; ++j) {
+                const int64_t k = kb * B + j;
                 if (k >= Kg) break;
                 const int64_t ko = g * Kg + k;
                 y[n * out.stride(0) + ko * out.stride(1) + oh * out.stride(2) + ow * out.stride(3)] =

@@ -50,6 +50,8 @@ int64_t im2col_last_workspace_bytes();
 // packed weight, and the plain loop nest of the blocked algorithm (tests).
 namespace fastconv {
 at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups);
+int64_t direct_pack_block(at::ScalarType dtype, int64_t Kg);
+double fma_peak_gflops(const std::string& isa, int64_t iters);
 at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
                                 at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
                                 at::IntArrayRef stride, at::IntArrayRef padding,
@@ -109,44 +111,36 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Fill every new output with NaN before kernels write it (tests use this).");
   m.def("debug_poison", &fastconv::debug_poison);
   m.def("cpu_has_avx2_fma", &fastconv::cpu_has_avx2_fma,
-        "Whether this CPU runs the AVX2+FMA code paths.");
+        "Whether this CPU supports the AVX2+FMA code paths.");
   m.def("set_force_portable", &fastconv::set_force_portable,
-        "Force the portable (non-AVX2) code paths, to test them on an AVX2 machine.");
+        "Force the portable (no SIMD intrinsics) paths (True), or lift the cap (False).");
+  m.def("cpu_isa", [] { return std::string(fastconv::isa_name(fastconv::cpu_isa())); },
+        "The instruction set the CPU kernels use now: avx512, avx2 or portable.");
+  m.def("cpu_isa_supported",
+        [] { return std::string(fastconv::isa_name(fastconv::cpu_isa_supported())); },
+        "The best instruction set this CPU supports (before FASTCONV_CPU_ISA / set_max_isa).");
+  m.def("set_max_isa", [](const std::string& name) {
+        fastconv::set_max_isa(fastconv::parse_isa(name.c_str())); },
+        "Cap the instruction set the CPU kernels use (portable, avx2, avx512); tests force "
+        "each path with it. The environment variable FASTCONV_CPU_ISA sets the cap at load.");
+  m.def("direct_pack_block", [](pybind11::object dtype, int64_t Kg) {
+        return fastconv::direct_pack_block(torch::python::detail::py_object_to_dtype(dtype), Kg); },
+        "Output channels per packed weight vector of direct_pack_weight for (dtype, K/groups) "
+        "on the instruction set in use: 16 (AVX-512, float32, K/groups > 8) or 8.");
+  m.def("fma_peak_gflops", &fastconv::fma_peak_gflops, pybind11::arg("isa"),
+        pybind11::arg("iters") = 20000000,
+        "Single-thread float32 FMA throughput (GFLOP/s) of a register-only loop on 'avx2' or "
+        "'avx512' (benchmarks/fma_peak.py).");
   m.def("im2col_workspace_bytes", &im2col_workspace_bytes_py,
         "Column-buffer bytes im2col allocates for (input_size, weight_size, stride, "
         "padding[4], dilation, groups, element_size).");
   m.def("im2col_last_workspace_bytes", &fastconv::im2col_last_workspace_bytes,
         "Column-buffer bytes allocated by the latest im2col op (for tests).");
   m.def("blocking", [] {
-    namespace b = fastconv::blocking;
     pybind11::dict d;
-    d["im2col_max_workspace_bytes"] = b::kIm2colMaxWorkspaceBytes;
-    d["im2col_min_tile_pixels"] = b::kIm2colMinTilePixels;
-    d["direct_oc_block"] = b::kDirectOcBlock;
-    d["direct_oc_vectors"] = b::kDirectOcVectors;
-    d["direct_pixel_tile"] = b::kDirectPixelTile;
-    d["direct_pixel_tile_single"] = b::kDirectPixelTileSingle;
-    d["direct_row_block"] = b::kDirectRowBlock;
-    d["depthwise_vec_width"] = b::kDepthwiseVecWidth;
-    d["depthwise_nhwc_pixel_tile"] = b::kDepthwiseNhwcPixelTile;
-    d["depthwise_nhwc_chan_vecs"] = b::kDepthwiseNhwcChanVecs;
-    d["depthwise_nhwc_channel_group"] = b::kDepthwiseNhwcChannelGroup;
-    d["depthwise_nchw_width_vecs"] = b::kDepthwiseNchwWidthVecs;
-    d["depthwise_nchw_reg_rows"] = b::kDepthwiseNchwRegRows;
-    d["depthwise_nchw_tile_accs"] = b::kDepthwiseNchwTileAccs;
-    d["depthwise_row_tile"] = b::kDepthwiseRowTile;
-    d["depthwise_grad_weight_min_chunk_rows"] = b::kDepthwiseGradWeightMinChunkRows;
-    d["depthwise_grad_weight_max_chunks"] = b::kDepthwiseGradWeightMaxChunks;
-    d["depthwise_grad_weight_max_partial_bytes"] = b::kDepthwiseGradWeightMaxPartialBytes;
-    d["depthwise_grad_weight_tap_group"] = b::kDepthwiseGradWeightTapGroup;
-    d["depthwise_grad_weight_unroll"] = b::kDepthwiseGradWeightUnroll;
-    d["direct_cin_block_bytes"] = b::kDirectCinBlockBytes;
-    d["direct_grad_weight_channel_tile"] = b::kDirectGradWeightChannelTile;
-    d["im2col_item_channels"] = b::kIm2colItemChannels;
-    d["im2col_item_pixels"] = b::kIm2colItemPixels;
-    d["im2col_item_min_macs"] = b::kIm2colItemMinMacs;
-    d["im2col_item_columns"] = b::kIm2colItemColumns;
-    d["im2col_col2im_channels"] = b::kIm2colCol2imChannels;
+#define FASTCONV_EXPORT_CONSTANT(name, constant) d[#name] = fastconv::blocking::constant;
+    FASTCONV_BLOCKING_CONSTANTS(FASTCONV_EXPORT_CONSTANT)
+#undef FASTCONV_EXPORT_CONSTANT
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
   fastconv::cachesim::bind(m);

@@ -31,6 +31,7 @@
 
 #include "blocking.h"
 #include "ops.h"
+#include "util.h"
 
 // MKL's per-thread thread count (the C, by-value entry point). libtorch_cpu
 // exports it when torch is built with MKL; weak, so the extension still loads
@@ -61,7 +62,6 @@ struct SequentialBlasGuard {
 // with im2col_workspace_bytes).
 std::atomic<int64_t> g_last_workspace_bytes{0};
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // 1x1, stride 1, no padding: the input is already the column matrix.
 bool is_pointwise(const ConvParams& p) {
@@ -108,10 +108,6 @@ std::vector<Segment> segments(const ConvParams& p, int64_t p0, int64_t p1) {
   return segs;
 }
 
-struct Strides4 {
-  int64_t n, c, h, w;
-  explicit Strides4(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-};
 
 // `t` with exactly the canonical strides of `fmt` (is_contiguous ignores the
 // strides of size-1 dims; the GEMM views below rely on all of them).
@@ -414,38 +410,90 @@ at::Tensor column_buffer(const ConvParams& p, const Tiling& tl, bool direct,
 // ---------------------------------------------------------------------------
 // Forward.
 
+// One parallel region per call: items of every tile, tile by tile. A thread
+// builds the column buffer of each tile it has items of in its own workspace
+// (its items are consecutive, so at most one tile is built by both threads),
+// so no barrier separates the copy from the GEMMs. The items, and so every
+// output element's GEMM, do not depend on the thread count. A single tile
+// (small layers) keeps one shared buffer, copied by all threads first.
+struct TileItem {
+  int64_t tile;
+  Item it;
+};
+
+template <typename MakeItems>
+std::vector<TileItem> tile_items(const Tiling& tl, MakeItems make) {
+  std::vector<TileItem> all;
+  for (int64_t t = 0; t < tl.count; ++t)
+    for (const Item& it : make(t)) all.push_back({t, it});
+  return all;
+}
+
+// Runs f(tile, item, column buffer of that tile) over all items. build(t, col)
+// writes tile t's columns; none when the input is the column matrix (direct).
+template <typename T, typename Build, typename F>
+void run_tiles(const ConvParams& p, const Tiling& tl, bool direct, const at::TensorOptions& opts,
+               const std::vector<TileItem>& all, Build build, F f) {
+  const int64_t ws = col_rows(p) * tl.tile;
+  if (direct || tl.count == 1) {
+    at::Tensor buf = column_buffer(p, tl, direct, opts);
+    T* col = direct ? nullptr : buf.data_ptr<T>();
+    if (!direct) build(0, col);
+    at::parallel_for(0, (int64_t)all.size(), 1, [&](int64_t b, int64_t e) {
+      SequentialBlasGuard one_blas_thread;
+      for (int64_t i = b; i < e; ++i) f(all[i].tile, all[i].it, col);
+    });
+    return;
+  }
+  g_last_workspace_bytes.store(ws * int64_t(sizeof(T)));  // per thread
+  at::parallel_for(0, (int64_t)all.size(), 1, [&](int64_t b, int64_t e) {
+    SequentialBlasGuard one_blas_thread;
+    at::Tensor buf = at::empty({ws}, opts);
+    T* col = buf.data_ptr<T>();
+    int64_t built = -1;
+    for (int64_t i = b; i < e; ++i) {
+      if (all[i].tile != built) {
+        built = all[i].tile;
+        build(built, col);
+      }
+      f(all[i].tile, all[i].it, col);
+    }
+  });
+}
+
 template <typename T>
 void forward_nchw(const at::Tensor& x, const at::Tensor& w, const T* bias, Activation act,
                   const ConvParams& p, at::Tensor& out) {
   const bool direct = is_pointwise(p);  // then x is canonical NCHW
   const Tiling tl = make_tiling(p, sizeof(T));
   const auto opts = x.options();
-  at::Tensor buf = column_buffer(p, tl, direct, opts);
-  T* col = direct ? nullptr : buf.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
   const T* wp = w.data_ptr<T>();
   T* yp = out.data_ptr<T>();
   const Strides4 xs(x), ys(out);
   const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg;
-  for (int64_t t = 0; t < tl.count; ++t) {
-    const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
-    const auto segs = segments(p, p0, p1);
-    if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, seg_lengths(segs),
-                                  kIm2colItemPixels, Kd);
-    run_items(items, [&](const Item& it) {
-      const Segment& sg = segs[it.seg];
-      const int64_t k = it.g * Kg + it.m0;
-      auto A = mat(wp + k * Kd, it.mn, Kd, Kd, 1, opts);
-      auto B = direct ? mat(xp + sg.n * xs.n + it.g * Cg * xs.c + sg.q + it.c0, Cg, it.cn, xs.c, 1, opts)
-                      : mat(col + it.g * Kd * P + sg.off + it.c0, Kd, it.cn, P, 1, opts);
-      // Output pixel stride is ys.w: 1 for NCHW, K for channels_last.
-      T* yo = yp + sg.n * ys.n + k * ys.c + (sg.q + it.c0) * ys.w;
-      auto C = mat(yo, it.mn, it.cn, ys.c, ys.w, opts);
-      at::mm_out(C, A, B);
-      epilogue(yo, it.mn, it.cn, ys.c, ys.w, bias ? bias + k : nullptr, act);
-    });
-  }
+  std::vector<std::vector<Segment>> segs(tl.count);
+  for (int64_t t = 0; t < tl.count; ++t)
+    segs[t] = segments(p, t * tl.tile, std::min(tl.total, (t + 1) * tl.tile));
+  const auto all = tile_items(tl, [&](int64_t t) {
+    return make_items(p.groups, Kg, kIm2colItemChannels, seg_lengths(segs[t]), kIm2colItemPixels, Kd);
+  });
+  auto tile_pixels = [&](int64_t t) { return std::min(tl.total, (t + 1) * tl.tile) - t * tl.tile; };
+  run_tiles<T>(p, tl, direct, opts, all,
+               [&](int64_t t, T* col) { im2col_nchw(xp, xs, p, segs[t], tile_pixels(t), col); },
+               [&](int64_t t, const Item& it, T* col) {
+    const Segment& sg = segs[t][it.seg];
+    const int64_t P = tile_pixels(t);
+    const int64_t k = it.g * Kg + it.m0;
+    auto A = mat(wp + k * Kd, it.mn, Kd, Kd, 1, opts);
+    auto B = direct ? mat(xp + sg.n * xs.n + it.g * Cg * xs.c + sg.q + it.c0, Cg, it.cn, xs.c, 1, opts)
+                    : mat(col + it.g * Kd * P + sg.off + it.c0, Kd, it.cn, P, 1, opts);
+    // Output pixel stride is ys.w: 1 for NCHW, K for channels_last.
+    T* yo = yp + sg.n * ys.n + k * ys.c + (sg.q + it.c0) * ys.w;
+    auto C = mat(yo, it.mn, it.cn, ys.c, ys.w, opts);
+    at::mm_out(C, A, B);
+    epilogue(yo, it.mn, it.cn, ys.c, ys.w, bias ? bias + k : nullptr, act);
+  });
 }
 
 template <typename T>
@@ -454,29 +502,30 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& wcl, const T* bias, Act
   const bool direct = is_pointwise(p);  // then x is canonical channels_last
   const Tiling tl = make_tiling(p, sizeof(T));
   const auto opts = x.options();
-  at::Tensor buf = column_buffer(p, tl, direct, opts);
-  T* col = direct ? nullptr : buf.data_ptr<T>();
   const T* xp = x.data_ptr<T>();
   const T* wp = wcl.data_ptr<T>();
   T* yp = out.data_ptr<T>();  // canonical channels_last: [N·Ho·Wo x K]
   const Strides4 xs(x);
   const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p);
-  for (int64_t t = 0; t < tl.count; ++t) {
-    const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
-    if (!direct) im2col_nhwc(xp, xs, p, p0, p1, col);
-    // M = pixels here, cut like NCHW's pixel blocks; the inner blocks are channels.
-    const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kg}, kIm2colItemChannels, Kd);
-    run_items(items, [&](const Item& it) {
-      const int64_t px = p0 + it.m0, k = it.g * Kg + it.c0;
-      auto A = direct ? mat(xp + px * p.C + it.g * Cg, it.mn, Cg, p.C, 1, opts)
-                      : mat(col + it.m0 * kall + it.g * Kd, it.mn, Kd, kall, 1, opts);
-      auto B = mat(wp + k * Kd, Kd, it.cn, 1, Kd, opts);  // Wcl_g^T
-      T* yo = yp + px * K + k;
-      auto C = mat(yo, it.mn, it.cn, K, 1, opts);
-      at::mm_out(C, A, B);
-      epilogue(yo, it.cn, it.mn, 1, K, bias ? bias + k : nullptr, act);
-    });
-  }
+  auto tile_pixels = [&](int64_t t) { return std::min(tl.total, (t + 1) * tl.tile) - t * tl.tile; };
+  // M = pixels here, cut like NCHW's pixel blocks; the inner blocks are channels.
+  const auto all = tile_items(tl, [&](int64_t t) {
+    return make_items(p.groups, tile_pixels(t), kIm2colItemPixels, {Kg}, kIm2colItemChannels, Kd);
+  });
+  run_tiles<T>(p, tl, direct, opts, all,
+               [&](int64_t t, T* col) {
+                 im2col_nhwc(xp, xs, p, t * tl.tile, t * tl.tile + tile_pixels(t), col);
+               },
+               [&](int64_t t, const Item& it, T* col) {
+    const int64_t px = t * tl.tile + it.m0, k = it.g * Kg + it.c0;
+    auto A = direct ? mat(xp + px * p.C + it.g * Cg, it.mn, Cg, p.C, 1, opts)
+                    : mat(col + it.m0 * kall + it.g * Kd, it.mn, Kd, kall, 1, opts);
+    auto B = mat(wp + k * Kd, Kd, it.cn, 1, Kd, opts);  // Wcl_g^T
+    T* yo = yp + px * K + k;
+    auto C = mat(yo, it.mn, it.cn, K, 1, opts);
+    at::mm_out(C, A, B);
+    epilogue(yo, it.cn, it.mn, 1, K, bias ? bias + k : nullptr, act);
+  });
 }
 
 // ---------------------------------------------------------------------------

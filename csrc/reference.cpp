@@ -3,16 +3,12 @@
 // baseline every tuned kernel is compared with, and it is slow on purpose:
 // nothing is blocked, every MAC re-reads input and weight from memory.
 #include "ops.h"
+#include "util.h"
 
 namespace fastconv {
 
 namespace {
 
-struct Strides4 {
-  int64_t s0, s1, s2, s3;
-  explicit Strides4(const at::Tensor& t) : s0(t.stride(0)), s1(t.stride(1)), s2(t.stride(2)), s3(t.stride(3)) {}
-  int64_t at(int64_t a, int64_t b, int64_t c, int64_t d) const { return a * s0 + b * s1 + c * s2 + d * s3; }
-};
 
 }  // namespace
 

@@ -52,14 +52,14 @@ register(Algorithm(
 
 # --- direct's extra ops: weight packing (cached by modules), the packed forward,
 # and the plain loop nest of the blocked algorithm (tests compare against it).
-_DIRECT_OC_BLOCK = _C.blocking()["direct_oc_block"]
-
-
-def direct_packed_shape(weight_size, groups):
-    """Shape of direct_pack_weight(weight, groups): [G][ceil(Kg/8)][Cg][R][S][8]."""
+def direct_packed_shape(weight_size, groups, dtype=torch.float32):
+    """Shape of direct_pack_weight(weight, groups): [G][ceil(Kg/B)][Cg][R][S][B], where B
+    (output channels per packed vector) is 16 on AVX-512 for float32 groups of more than 8
+    output channels, else 8 (fastconv._C.direct_pack_block)."""
     k, cg, r, s = weight_size
     kg = k // groups
-    return [groups, -(-kg // _DIRECT_OC_BLOCK), cg, r, s, _DIRECT_OC_BLOCK]
+    b = _C.direct_pack_block(dtype, kg)
+    return [groups, -(-kg // b), cg, r, s, b]
 
 
 def direct_unpack_weight(packed, weight_size, groups):
@@ -72,7 +72,7 @@ def direct_unpack_weight(packed, weight_size, groups):
 
 @torch.library.register_fake("fastconv::direct_pack_weight")
 def _fake_direct_pack(weight, groups):
-    return weight.new_empty(direct_packed_shape(list(weight.shape), groups))
+    return weight.new_empty(direct_packed_shape(list(weight.shape), groups, weight.dtype))
 
 
 @torch.library.register_fake("fastconv::direct_conv2d_packed")

@@ -52,3 +52,29 @@ def check_against_torch(x, w, b, *, algo, stride=1, padding=0, dilation=1, group
         assert not a.grad.isnan().any(), f"NaN in grad of {name}"
         torch.testing.assert_close(a.grad, r.grad, **tol, msg=lambda m: f"grad {name}: {m}")
     return out
+
+
+# The CPU kernels' instruction-set paths this machine can run, best first
+# (fastconv._C.cpu_isa_supported(); tests force each with set_max_isa).
+_ISA_ORDER = ("avx512", "avx2", "portable")
+SUPPORTED_ISAS = _ISA_ORDER[_ISA_ORDER.index(fastconv._C.cpu_isa_supported()):]
+
+
+class isa_path:
+    """Context manager: run the CPU kernels on `isa` (skips the test if this CPU lacks it)."""
+
+    def __init__(self, isa: str):
+        self.isa = isa
+
+    def __enter__(self):
+        import pytest
+
+        if self.isa not in SUPPORTED_ISAS:
+            pytest.skip(f"CPU has no {self.isa} (supports {', '.join(SUPPORTED_ISAS)})")
+        self.before = fastconv._C.cpu_isa()
+        fastconv._C.set_max_isa(self.isa)
+        return self
+
+    def __exit__(self, *exc):
+        fastconv._C.set_max_isa(self.before)
+        return False

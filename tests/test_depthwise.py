@@ -1,8 +1,6 @@
 """algo='depthwise' (csrc/depthwise.cpp): forward, grad_input and grad_weight against
 torch.nn.functional.conv2d, over kernel sizes, strides, dilations, padding, channel
 multipliers, layouts, dtypes and both code paths (AVX2 and the portable one)."""
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +8,8 @@ import torch.nn.functional as F
 import fastconv
 from fastconv._ops import apply_activation
 
-HAS_AVX2 = fastconv._C.cpu_has_avx2_fma()
+from helpers import isa_path
+
 
 # (N, C, H, W, M, (R, S), stride, padding, dilation); padding is an int/pair or 'same'.
 GEOMETRIES = {
@@ -35,19 +34,10 @@ GEOMETRIES = {
     "pad_gt_kernel": (1, 8, 6, 7, 1, (3, 3), 1, 4, 1),
 }
 
-# (dtype, path): float32 runs the AVX2 kernels or the forced-portable ones.
-PATHS = [(torch.float32, "avx2"), (torch.float32, "portable"), (torch.float64, "portable")]
-
-
-@contextlib.contextmanager
-def code_path(path):
-    if path == "avx2" and not HAS_AVX2:
-        pytest.skip("CPU has no AVX2+FMA")
-    fastconv._C.set_force_portable(path == "portable")
-    try:
-        yield
-    finally:
-        fastconv._C.set_force_portable(False)
+# (dtype, path): float32 runs each SIMD path the CPU has, or the forced-portable one.
+PATHS = [(torch.float32, "avx512"), (torch.float32, "avx2"), (torch.float32, "portable"),
+         (torch.float64, "portable")]
+code_path = isa_path
 
 
 def tol(dtype):
@@ -96,7 +86,7 @@ def check_against_torch(x, wt, b, stride, padding, dilation, activation=None, gr
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx512", "f32-avx2", "f32-portable", "f64"])
 @pytest.mark.parametrize("geom", list(GEOMETRIES), ids=list(GEOMETRIES))
 def test_forward_and_grads(geom, dtype, path, layout):
     n, c, h, w, m, ks, stride, padding, dilation = GEOMETRIES[geom]
@@ -107,7 +97,7 @@ def test_forward_and_grads(geom, dtype, path, layout):
 
 @pytest.mark.parametrize("activation", [None, "relu", "relu6", "silu", "gelu"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx512", "f32-avx2", "f32-portable", "f64"])
 def test_bias_activation(activation, dtype, path, layout):
     x, wt, b = make(2, 20, 9, 11, 1, (3, 3), dtype, layout, bias=True, seed=3)
     x = x * 3  # so relu6 clips at both ends
@@ -118,7 +108,7 @@ def test_bias_activation(activation, dtype, path, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx512", "f32-avx2", "f32-portable", "f64"])
 def test_batch_zero(dtype, path, layout):
     x, wt, b = make(0, 6, 7, 8, 2, (3, 3), dtype, layout, bias=True)
     with code_path(path):
@@ -131,7 +121,7 @@ def test_batch_zero(dtype, path, layout):
         assert torch.equal(wt.grad, torch.zeros_like(wt))
 
 
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx2", "f32-portable", "f64"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f32-avx512", "f32-avx2", "f32-portable", "f64"])
 def test_non_contiguous(dtype, path):
     x, wt, b = make(2, 8, 21, 19, 2, (3, 3), dtype, "nchw", bias=True)
     xs = x[:, :, ::2, 1:]  # strided view, neither NCHW- nor NHWC-contiguous

@@ -8,6 +8,8 @@ import fastconv
 from fastconv._cpu import direct_packed_shape, direct_unpack_weight
 from fastconv._ops import apply_activation
 
+from helpers import SUPPORTED_ISAS, isa_path
+
 ops = torch.ops.fastconv
 
 # (N, C, H, W, K, R, S, stride, padding (top, bottom, left, right), dilation, groups)
@@ -33,13 +35,10 @@ IDS = [f"case{i}" for i in range(len(CASES))]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
-@pytest.fixture(params=["avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def path(request):
-    if request.param == "avx2" and not fastconv._C.cpu_has_avx2_fma():
-        pytest.skip("CPU has no AVX2+FMA")
-    fastconv._C.set_force_portable(request.param == "portable")
-    yield request.param
-    fastconv._C.set_force_portable(False)
+    with isa_path(request.param):
+        yield request.param
 
 
 def ref_conv(x, w, b, stride, padding, dilation, groups):
@@ -102,11 +101,11 @@ def test_naive_loop_nest_and_packed(case, layout):
     ref = ref_conv(x, w, b, stride, padding, dilation, groups)
     close(ops.direct_naive_conv2d(x, w, b, *geo), ref, torch.float64)
     packed = ops.direct_pack_weight(w, groups)
-    assert list(packed.shape) == direct_packed_shape(list(w.shape), groups)
+    assert list(packed.shape) == direct_packed_shape(list(w.shape), groups, w.dtype)
     # The tail block's padding channels are zero.
-    kg = w.shape[0] // groups
-    if kg % 8:
-        assert packed[:, -1, ..., kg % 8:].abs().sum() == 0
+    kg, blk = w.shape[0] // groups, packed.shape[-1]
+    if kg % blk:
+        assert packed[:, -1, ..., kg % blk:].abs().sum() == 0
     torch.testing.assert_close(direct_unpack_weight(packed, list(w.shape), groups), w,
                                rtol=0, atol=0)
     y_packed = ops.direct_conv2d_packed(x, packed, list(w.shape), b, *geo)
@@ -218,7 +217,7 @@ def test_bad_packed_weight_is_rejected():
     packed = ops.direct_pack_weight(w, groups)
     geo = (list(stride), list(padding), list(dilation), groups)
     with pytest.raises(RuntimeError, match="packed_weight has shape"):
-        ops.direct_conv2d_packed(x, packed[:, :1], list(w.shape), b, *geo)
+        ops.direct_conv2d_packed(x, packed[:, :, 1:], list(w.shape), b, *geo)
     with pytest.raises(RuntimeError, match="same dtype"):
         ops.direct_conv2d_packed(x, packed.double(), list(w.shape), b, *geo)
     with pytest.raises(RuntimeError, match="does not divide"):
@@ -244,3 +243,119 @@ def test_opcheck_extra_ops():
     torch.library.opcheck(ops.direct_conv2d_packed,
                           (x.requires_grad_(), pk, [12, 3, 3, 3], b, *geo, "relu"))
     torch.library.opcheck(ops.direct_naive_conv2d, (x.detach(), w.detach(), b, *geo, "none"))
+
+
+@pytest.mark.parametrize("pack_isa", ["avx512", "avx2", "portable"])
+@pytest.mark.parametrize("run_isa", ["avx512", "avx2", "portable"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_packed_block_follows_isa_and_runs_anywhere(pack_isa, run_isa, layout):
+    """AVX-512 packs float32 groups of > 8 output channels 16 innermost; a weight packed on
+    one path (a module's cache) gives the same result when run with any other path."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 20, 9, 17)
+    w = torch.randn(40, 10, 3, 3)  # groups=2: Kg = 20 -> blocks of 16 on AVX-512
+    b = torch.randn(40)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    geo = ([1, 2], [1, 1, 2, 0], [1, 1], 2)
+    with isa_path(pack_isa):
+        packed = ops.direct_pack_weight(w, 2)
+        assert packed.shape[-1] == (16 if pack_isa == "avx512" else 8)
+        assert list(packed.shape) == direct_packed_shape(list(w.shape), 2)
+    ref = ref_conv(x.double(), w.double(), b.double(), (1, 2), (1, 1, 2, 0), (1, 1), 2).float()
+    with isa_path(run_isa):
+        for act in ("none", "relu"):
+            y = ops.direct_conv2d_packed(x, packed, list(w.shape), b, *geo, act)
+            torch.testing.assert_close(y, apply_activation(ref, act), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("act", ["none", "relu", "relu6", "silu"])
+def test_avx512_tiles_match_avx2(layout, act):
+    """Every AVX-512 tile width (1..24 single, 1..12 pairs, border pixels) against the AVX2
+    path, within float tolerance (same taps, same order per output; lanes differ)."""
+    if "avx512" not in SUPPORTED_ISAS:
+        pytest.skip("CPU has no AVX-512")
+    torch.manual_seed(1)
+    for kg, wd in ((16, 27), (32, 15), (40, 29), (24, 3)):
+        x = torch.randn(1, 13, 5, wd)
+        w = torch.randn(kg, 13, 3, 3)
+        if layout == "nhwc":
+            x = x.contiguous(memory_format=torch.channels_last)
+        geo = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+        outs = {}
+        for isa in ("avx512", "avx2"):
+            with isa_path(isa):
+                fastconv._C.set_debug_poison(True)
+                try:
+                    outs[isa] = ops.direct_conv2d(x, w, None, *geo, act)
+                finally:
+                    fastconv._C.set_debug_poison(False)
+        assert not outs["avx512"].isnan().any()
+        torch.testing.assert_close(outs["avx512"], outs["avx2"], rtol=1e-5, atol=1e-5)
+
+
+# Grouped layers that take the AVX-512 cross-group tiles (Cg == Kg in 2, 4, 8, 16):
+# (N, Kg, groups, H, W, R, S, stride, padding (t, b, l, r), dilation)
+GROUPS_CASES = [
+    (2, 4, 8, 9, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),     # ResNeXt layer1-like, 2 row tiles
+    (1, 8, 6, 11, 13, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),    # stride 2
+    (1, 2, 16, 7, 9, 3, 5, (1, 2), (2, 0, 1, 3), (2, 1)),     # 8 groups per vector, asymmetric
+    (1, 16, 2, 6, 27, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1)),    # one group per vector, 27 = 14+13
+]
+
+
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}" for c in GROUPS_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("act", ["none", "relu6", "gelu"])
+def test_groups_across_lanes_avx512(case, layout, act):
+    """The cross-group AVX-512 tiles against float64 F.conv2d, directly and through a packed
+    weight (a module's cache), with bias and fused activations, poisoned outputs."""
+    if "avx512" not in SUPPORTED_ISAS:
+        pytest.skip("CPU has no AVX-512")
+    n, kg, g, h, wd, r, s, stride, pad, dil = case
+    torch.manual_seed(2)
+    x = torch.randn(n, kg * g, h, wd)
+    w = torch.randn(kg * g, kg, r, s)
+    b = torch.randn(kg * g)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    geo = (list(stride), list(pad), list(dil), g)
+    ref = apply_activation(ref_conv(x.double(), w.double(), b.double(), stride, pad, dil, g), act)
+    with isa_path("avx512"):
+        fastconv._C.set_debug_poison(True)
+        try:
+            y = ops.direct_conv2d(x, w, b, *geo, act)
+            y_packed = ops.direct_conv2d_packed(x, ops.direct_pack_weight(w, g), list(w.shape), b,
+                                                *geo, act)
+        finally:
+            fastconv._C.set_debug_poison(False)
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "nhwc")
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+    assert torch.equal(y, y_packed)
+
+
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}" for c in GROUPS_CASES])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_groups_grad_input(case, layout, isa):
+    """grad_input of grouped layers (stride 1 takes the cross-group forward tiles on AVX-512
+    with the flipped, transposed weight) against float64 autograd through F.conv2d."""
+    n, kg, g, h, wd, r, s, stride, pad, dil = case
+    torch.manual_seed(3)
+    x = torch.randn(n, kg * g, h, wd, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(kg * g, kg, r, s, dtype=torch.float64)
+    y = ref_conv(x, w, None, stride, pad, dil, g)
+    gy = torch.randn_like(y)
+    (ref,) = torch.autograd.grad(y, x, gy)
+    gy32 = gy.float()
+    if layout == "nhwc":
+        gy32 = gy32.contiguous(memory_format=torch.channels_last)
+    with isa_path(isa):
+        fastconv._C.set_debug_poison(True)
+        try:
+            gx = ops.direct_conv2d_grad_input(gy32, w.float(), list(x.shape), list(stride),
+                                              list(pad), list(dil), g)
+        finally:
+            fastconv._C.set_debug_poison(False)
+    torch.testing.assert_close(gx.double(), ref, rtol=1e-4, atol=1e-4)
