@@ -412,33 +412,42 @@ def test_relu_gradient_with_nan_or_inf_upstream():
 # stride-phase-split line buffers so that every tap is one contiguous load. Masking either
 # would cost the layout its design; F.conv2d's own backends differ here too.
 PADDING_RULE_EXCEPTIONS = {
-    ("im2col", "nchw"): "padded taps are stored zeros multiplied in a BLAS GEMM",
-    ("im2col", "nhwc"): "padded taps are stored zeros multiplied in a BLAS GEMM",
-    ("depthwise", "nchw"): "rows are copied into zero-padded line buffers; every tap runs",
+    ("im2col", "nchw", "dense"): "padded taps are stored zeros multiplied in a BLAS GEMM",
+    ("im2col", "nhwc", "dense"): "padded taps are stored zeros multiplied in a BLAS GEMM",
+    ("im2col", "nchw", "grouped"): "padded taps are stored zeros multiplied in a BLAS GEMM",
+    ("im2col", "nhwc", "grouped"): "padded taps are stored zeros multiplied in a BLAS GEMM",
+    ("depthwise", "nchw", "depthwise"): "rows copied into zero-padded line buffers; every tap runs",
 }
+if fastconv._C.cpu_isa() == "avx512":
+    # direct's cross-group AVX-512 tiles (Cg == Kg <= 16) copy the input once into a
+    # zero-padded, group-blocked layout and run every tap over it.
+    for _layout in ("nchw", "nhwc"):
+        PADDING_RULE_EXCEPTIONS["direct", _layout, "grouped"] = "zero-padded group-blocked copy"
+# (channels, groups) of each kind; grouped: 4 channels per group in and out.
+PADDING_KINDS = {"dense": (8, 1), "grouped": (16, 4), "depthwise": (8, 8)}
+PADDING_CASES = [(a, k) for a in ALGOS for k in PADDING_KINDS if (a == "depthwise") == (k == "depthwise")]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("algo", ALGOS)
-def test_padding_taps_contribute_nothing(algo, layout):
-    c = 8
-    groups = c if algo == "depthwise" else 1
+@pytest.mark.parametrize("algo,kind", PADDING_CASES, ids=[f"{a}-{k}" for a, k in PADDING_CASES])
+def test_padding_taps_contribute_nothing(algo, kind, layout):
+    c, groups = PADDING_KINDS[kind]
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     # Positive input: the Inf taps of all channels add up to +Inf, never Inf - Inf.
-    x = (torch.rand(1, c, 5, 5, dtype=torch.double) + 0.5).contiguous(memory_format=fmt)
-    w = torch.randn(c, c // groups, 3, 3, dtype=torch.double)
+    x = (torch.rand(1, c, 5, 5, dtype=torch.float32) + 0.5).contiguous(memory_format=fmt)
+    w = torch.randn(c, c // groups, 3, 3, dtype=torch.float32)
     w[:, :, 0, 0] = float("inf")  # the top-left tap: in the padding for row 0 and column 0
     out = fastconv.conv2d(x, w, None, padding=1, groups=groups, algo=algo)
     # grad_output NaN at output (0, 0) only, where taps with r = 0 or s = 0 read padding.
-    gy = torch.randn(1, c, 5, 5, dtype=torch.double)
+    gy = torch.randn(1, c, 5, 5, dtype=torch.float32)
     gy[:, :, 0, 0] = float("nan")
     gw = getattr(torch.ops.fastconv, f"{algo}_conv2d_grad_weight")(
         gy.contiguous(memory_format=fmt), x, list(w.shape), [1, 1], [1] * 4, [1, 1], groups)
     follows = (out.isnan().sum() == 0 and out[:, :, 1:, 1:].isinf().all()
                and gw[:, :, 1:, 1:].isnan().all() and not gw[:, :, 0, :].isnan().any()
                and not gw[:, :, :, 0].isnan().any())
-    assert bool(follows) == ((algo, layout) not in PADDING_RULE_EXCEPTIONS), (
-        f"{algo} {layout}: {int(out.isnan().sum())} NaN in the output, "
+    assert bool(follows) == ((algo, layout, kind) not in PADDING_RULE_EXCEPTIONS), (
+        f"{algo} {layout} {kind}: {int(out.isnan().sum())} NaN in the output, "
         f"{int(gw.isnan().sum())} in grad_weight")
 
 
