@@ -192,7 +192,13 @@ def test_packed_inference_path_yields_to_forward_ad():
 # --- PyTorch's OpInfo samples and error inputs for conv2d ----------------------------------------
 def _conv2d_opinfo():
     pytest.importorskip("expecttest")  # torch.testing._internal imports it
+    frozen = torch.backends.flags_frozen()
     from torch.testing._internal.common_methods_invocations import op_db
+
+    # Importing torch's test utilities freezes torch.backends flags for the whole process
+    # (disable_global_flags); later tests set cudnn flags, so undo what this import did.
+    if not frozen and torch.backends.flags_frozen():
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 
     ops = [op for op in op_db if op.name == "nn.functional.conv2d"]
     if not ops:
