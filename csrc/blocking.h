@@ -56,9 +56,12 @@ constexpr int64_t kDirectPixelTileSingle = 12;
 constexpr int64_t kDirectAvx512OcBlock = 16;
 constexpr int64_t kDirectAvx512PixelTile = 12;
 constexpr int64_t kDirectAvx512PixelTileSingle = 24;
-// AVX-512 grouped tiles (direct_groups_avx512.cpp: 16 channels of 16/Kg groups
-// per zmm): up to this many output pixels of one row, one accumulator each.
-constexpr int64_t kDirectGroupsAvx512PixelTile = 24;
+// AVX-512 tiles over the padded, channel-blocked input (direct_blocked_avx512.cpp):
+// up to this many output pixels of one row with one vector of 16 output
+// channels (24 accumulators), or with two vectors (2 x 14 = 28 accumulators,
+// 2 weight vectors and a broadcast: 31 of 32 zmm; 14 = a 14x14 plane's row).
+constexpr int64_t kDirectBlockedAvx512PixelTile = 24;
+constexpr int64_t kDirectBlockedAvx512PixelTilePair = 14;
 // Input-channel cache blocking: the reduction over Cg runs in blocks whose
 // packed weights (block x R x S x kDirectOcVectors x 8 floats) take at most
 // this many bytes, so they stay in L1 (48 KiB here) across all tiles of a
@@ -139,7 +142,8 @@ constexpr int64_t kGemmPack = 0;
   X(direct_avx512_oc_block, kDirectAvx512OcBlock)                                   \
   X(direct_avx512_pixel_tile, kDirectAvx512PixelTile)                               \
   X(direct_avx512_pixel_tile_single, kDirectAvx512PixelTileSingle)                  \
-  X(direct_groups_avx512_pixel_tile, kDirectGroupsAvx512PixelTile)                  \
+  X(direct_blocked_avx512_pixel_tile, kDirectBlockedAvx512PixelTile)                \
+  X(direct_blocked_avx512_pixel_tile_pair, kDirectBlockedAvx512PixelTilePair)       \
   X(direct_cin_block_bytes, kDirectCinBlockBytes)                                   \
   X(direct_row_block, kDirectRowBlock)                                              \
   X(direct_grad_weight_channel_tile, kDirectGradWeightChannelTile)                  \

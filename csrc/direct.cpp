@@ -821,9 +821,10 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
 // ---------------------------------------------------------------------------
 // Ops.
 
-// direct_groups_avx512.cpp: grouped convs with Cg == Kg <= 16, 16 lanes across groups.
-bool direct_groups_avx512_applies(const ConvParams& p, at::ScalarType dtype);
-at::Tensor direct_groups_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
+// direct_blocked_avx512.cpp: AVX-512 tiles over a padded, channel-blocked copy of the input
+// (narrow groups across lanes; dense layers and wide groups with 16-channel multiples).
+bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
+at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
                                         const c10::optional<at::Tensor>& bias, const ConvParams& p,
                                         Activation act, at::MemoryFormat fmt);
 
@@ -863,15 +864,14 @@ at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packe
   check_inputs(op, input, packed_weight, bias, p);
   check_packed(op, packed_weight, input, p);
   const auto act = parse_activation(std::string(activation));
-  if (direct_groups_avx512_applies(p, input.scalar_type())) {
-    // [G][KB][Cg][R][S][B] -> [K][Cg][R][S] (weights are small; the grouped
-    // kernel repacks them across groups).
+  if (direct_blocked_avx512_applies(p, input.scalar_type())) {
+    // [G][KB][Cg][R][S][B] -> [K][Cg][R][S]; the blocked kernel packs its own.
     const int64_t B = packed_weight.size(5), Kg = p.Kg();
     const auto w = packed_weight.permute({0, 1, 5, 2, 3, 4})
                        .reshape({p.groups, packed_weight.size(1) * B, p.Cg, p.R, p.S})
                        .slice(1, 0, Kg)
                        .reshape({p.K, p.Cg, p.R, p.S});
-    return direct_groups_avx512_forward(input, w, bias, p, act, input.suggest_memory_format());
+    return direct_blocked_avx512_forward(input, w, bias, p, act, input.suggest_memory_format());
   }
   // The packed weight has no memory format of its own: the output follows the input.
   return forward_packed(op, input, packed_weight, p, bias, act, input.suggest_memory_format());
@@ -884,8 +884,8 @@ at::Tensor direct_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const char* op = "fastconv::direct_conv2d";
   const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
-  if (direct_groups_avx512_applies(p, input.scalar_type()))
-    return direct_groups_avx512_forward(input, weight, bias, p, act,
+  if (direct_blocked_avx512_applies(p, input.scalar_type()))
+    return direct_blocked_avx512_forward(input, weight, bias, p, act,
                                         conv_memory_format(input, weight));
   const auto packed = direct_pack_weight(weight, groups);
   return forward_packed(op, input, packed, p, bias, act, conv_memory_format(input, weight));
@@ -900,20 +900,20 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                                        dilation, groups);
   if (p.stride_h == 1 && p.stride_w == 1 && p.N * p.H * p.W > 0) {
     // Stride 1: grad_input is a convolution of grad_output with the flipped,
-    // channel-transposed weight and padding (R-1)*dil - pad. Grouped layers
-    // with few channels per group take the cross-group AVX-512 tiles for it.
+    // channel-transposed weight and padding (R-1)*dil - pad, which the
+    // blocked AVX-512 tiles run.
     const int64_t eh = (p.R - 1) * p.dil_h, ew = (p.S - 1) * p.dil_w;
     const std::vector<int64_t> tpad = {eh - p.pad_top, eh - p.pad_bottom, ew - p.pad_left,
                                        ew - p.pad_right};
     if (*std::min_element(tpad.begin(), tpad.end()) >= 0) {
       const auto tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), p.R, p.S}, {1, 1},
                                   tpad, {p.dil_h, p.dil_w}, p.groups);
-      if (direct_groups_avx512_applies(tp, grad_output.scalar_type())) {
+      if (direct_blocked_avx512_applies(tp, grad_output.scalar_type())) {
         const auto wt = weight.reshape({p.groups, p.Kg(), p.Cg, p.R, p.S})
                             .transpose(1, 2)
                             .flip({3, 4})
                             .reshape({p.C, p.Kg(), p.R, p.S});
-        return direct_groups_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
+        return direct_blocked_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
                                             grad_output.suggest_memory_format());
       }
     }

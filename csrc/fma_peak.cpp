@@ -3,7 +3,7 @@
 // compares the direct kernel's FLOP rate with it.
 #include <c10/util/Exception.h>
 
-#include <chrono>
+#include <time.h>
 #include <cstdint>
 #include <string>
 
@@ -63,10 +63,13 @@ double fma_peak_gflops(const std::string& isa, int64_t iters) {
   TORCH_CHECK_VALUE(cpu_isa_supported() >= want, "fma_peak_gflops: this CPU has no ", isa);
 #if FASTCONV_X86
   const int lanes = want == CpuIsa::Avx512 ? 16 : 8;
-  const auto t0 = std::chrono::steady_clock::now();
+  // The thread's CPU time: time spent descheduled by other processes is not counted.
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
   volatile double sink = want == CpuIsa::Avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
   (void)sink;
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  const double s = double(t1.tv_sec - t0.tv_sec) + 1e-9 * double(t1.tv_nsec - t0.tv_nsec);
   const int chains = want == CpuIsa::Avx512 ? kChains512 : kChains256;
   return double(iters) * chains * lanes * 2 / s * 1e-9;
 #else

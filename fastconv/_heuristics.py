@@ -1,21 +1,46 @@
 """Thresholds behind algo="auto", named and in one place."""
 from __future__ import annotations
 
+import torch
+
+from . import _C
 from .spec import ConvSpec
 
-# Measured with `fastconv bench` on this project's 2-core Xeon (AVX2 kernels, 2 threads;
-# benchmarks/results/cpu-xeon-2c/): on dense convs (groups == 1) direct takes 1.2-2.7x
-# im2col's time on every ResNet-50 / MobileNetV2 layer with many input channels, 3x3 included
-# (im2col's GEMM is MKL, which uses AVX-512 here; direct is AVX2 by design); on the stems
-# (3 input channels) the two are within 12% either way (7x7/2 0.92x, 3x3/2 0.88x, ConvNeXt's
-# 4x4/4 1.12x of im2col's time). On grouped convs im2col runs one thin GEMM per group, and
-# direct wins: ResNeXt-50 g=32 3x3 at 14^2 and 7^2 took 0.56x and 0.61x of im2col's time.
+# CPU, not depthwise: im2col (our column copy + MKL's GEMM) or direct (our tiles). Measured on
+# this project's 2-core Sapphire Rapids Xeon (AVX-512; dev/cpu/vs_onednn.py, 1 thread, batch 1
+# and 8, NCHW and channels_last, ratios against oneDNN in one run):
+# - 1x1 convs are one GEMM, and MKL's is faster than our tiles (direct 0.3-1.0x of oneDNN,
+#   im2col 0.5-1.2x): im2col, which skips the copy for stride 1.
+# - Stems (input channels not a multiple of 16: the general direct tile) on 7x7/2: direct
+#   1.3-1.9x of oneDNN in NCHW and 0.7-0.8x in NHWC, im2col 0.6-1.1x / 0.6x: direct.
+# - Other dense kxk convs run direct's AVX-512 tiles over a padded copy of the input: 0.8-1.0x
+#   of oneDNN where the output has at least DIRECT_MIN_PIXELS pixels (ResNet-50 layers 1-3,
+#   layer 4 at batch 8), where im2col took 0.6-0.9x; on ResNet-50's 7x7 layer 4 at batch 1
+#   (49 pixels: 2 row tiles of 7 per image, 4 passes over the weights) im2col 1.0-1.1x, direct
+#   0.6-0.7x: im2col.
+# - Grouped convs: direct (im2col runs one thin GEMM per group), whose AVX-512 tiles put
+#   narrow groups across lanes (ResNeXt g=32).
 DIRECT_MIN_GROUPS = 2
+DIRECT_MIN_PIXELS = 128
+
+
+@torch.compiler.assume_constant_result
+def _cpu_isa() -> str:
+    """The ISA the CPU kernels use now (a constant to torch.compile: read while tracing)."""
+    return _C.cpu_isa()
 
 
 def cpu_dense_choice(spec: ConvSpec) -> str:
     """im2col or direct for a non-depthwise CPU conv."""
-    return "direct" if spec.groups >= DIRECT_MIN_GROUPS else "im2col"
+    if spec.groups >= DIRECT_MIN_GROUPS:
+        return "direct"
+    # direct's dense tiles beat MKL only with AVX-512 float32 (on AVX2 they took 1.2-2.7x
+    # im2col's time, float64 runs the portable path).
+    if spec.R * spec.S == 1 or spec.dtype != torch.float32 or _cpu_isa() != "avx512":
+        return "im2col"
+    if spec.C % 16:  # stems: few input channels
+        return "direct"
+    return "direct" if spec.N * spec.Ho * spec.Wo >= DIRECT_MIN_PIXELS else "im2col"
 
 
 # CUDA, grouped (not depthwise): triton_grouped's block-diagonal tile against

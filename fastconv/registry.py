@@ -143,7 +143,8 @@ def choose(spec: ConvSpec) -> Algorithm:
 
     CPU: depthwise shapes (groups == C_in) go to `depthwise`; 1x1 stride-1 convs are
     a plain GEMM and go to `im2col` (no column copy is made); other grouped convs go to
-    `direct`; other dense convs to `im2col` (measurements in fastconv/_heuristics.py).
+    `direct`; other dense convs to `direct` or `im2col` by layer and ISA
+    (fastconv/_heuristics.py, with the measurements).
     CUDA: depthwise shapes go to `triton_depthwise`; other grouped convs with few channels
     per group to `triton_grouped` (fastconv/_heuristics.py); everything else to `triton_igemm`.
     """

@@ -295,21 +295,27 @@ def test_avx512_tiles_match_avx2(layout, act):
         torch.testing.assert_close(outs["avx512"], outs["avx2"], rtol=1e-5, atol=1e-5)
 
 
-# Grouped layers that take the AVX-512 cross-group tiles (Cg == Kg in 2, 4, 8, 16):
-# (N, Kg, groups, H, W, R, S, stride, padding (t, b, l, r), dilation)
+# Layers that take the AVX-512 tiles over the padded, channel-blocked input
+# (direct_blocked_avx512.cpp): narrow groups across lanes (Cg == Kg in 2, 4, 8) and
+# 16-channel multiples (wide groups, dense layers; two vectors per tile when Kg % 32 == 0).
+# (N, Kg (== Cg), groups, H, W, R, S, stride, padding (t, b, l, r), dilation)
 GROUPS_CASES = [
     (2, 4, 8, 9, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),     # ResNeXt layer1-like, 2 row tiles
     (1, 8, 6, 11, 13, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1)),    # stride 2
     (1, 2, 16, 7, 9, 3, 5, (1, 2), (2, 0, 1, 3), (2, 1)),     # 8 groups per vector, asymmetric
     (1, 16, 2, 6, 27, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1)),    # one group per vector, 27 = 14+13
+    (1, 32, 2, 7, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),     # wide groups, 2 vectors x 7 pixels
+    (2, 32, 1, 5, 31, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),    # dense, 31 = 14 + 9 + 8
+    (1, 48, 1, 6, 9, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # dense 1x1, 3 single vectors
+    (1, 16, 1, 9, 10, 5, 3, (2, 1), (2, 1, 0, 2), (1, 2)),    # dense, strides and dilation
 ]
 
 
-@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}" for c in GROUPS_CASES])
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}g{c[2]}_{i}" for i, c in enumerate(GROUPS_CASES)])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("act", ["none", "relu6", "gelu"])
-def test_groups_across_lanes_avx512(case, layout, act):
-    """The cross-group AVX-512 tiles against float64 F.conv2d, directly and through a packed
+def test_blocked_tiles_avx512(case, layout, act):
+    """The blocked AVX-512 tiles against float64 F.conv2d, directly and through a packed
     weight (a module's cache), with bias and fused activations, poisoned outputs."""
     if "avx512" not in SUPPORTED_ISAS:
         pytest.skip("CPU has no AVX-512")
@@ -335,12 +341,12 @@ def test_groups_across_lanes_avx512(case, layout, act):
     assert torch.equal(y, y_packed)
 
 
-@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}" for c in GROUPS_CASES])
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}g{c[2]}_{i}" for i, c in enumerate(GROUPS_CASES)])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_groups_grad_input(case, layout, isa):
-    """grad_input of grouped layers (stride 1 takes the cross-group forward tiles on AVX-512
-    with the flipped, transposed weight) against float64 autograd through F.conv2d."""
+    """grad_input (stride 1 takes the blocked forward tiles on AVX-512 with the flipped,
+    transposed weight) against float64 autograd through F.conv2d."""
     n, kg, g, h, wd, r, s, stride, pad, dil = case
     torch.manual_seed(3)
     x = torch.randn(n, kg * g, h, wd, dtype=torch.float64, requires_grad=True)
