@@ -112,15 +112,35 @@ struct ConvFunction : public torch::autograd::Function<ConvFunction<Family>> {
     const int64_t groups = ctx->saved_data["groups"].toInt();
     const auto& ops = family_ops<Family>();
 
+    // create_graph=False runs this with grad mode off: nothing to record, so skip the
+    // autograd kernels of the ops below (the grad ops' is Python, fastconv/_ops.py).
+    // With create_graph=True every op here is differentiable, the grad ops included.
+    c10::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+
     Tensor grad = grads[0];
+    // torch's threshold_backward / hardtanh_backward: a NaN output passes the gradient
+    // through, and a NaN or Inf gradient is never multiplied by 0.
     if (act == "relu") {
-      grad = grad.mul(saved[3].gt(0));
+      grad = at::where(saved[3].le(0), 0, grad);
     } else if (act == "relu6") {
-      grad = grad.mul(saved[3].gt(0).logical_and(saved[3].lt(6)));
+      grad = at::where(saved[3].le(0).logical_or(saved[3].ge(6)), 0, grad);
     } else if (act != "none") {
       const c10::optional<Tensor> b = has_bias ? c10::optional<Tensor>(bias) : c10::nullopt;
       const Tensor z = ops.fwd.call(input, weight, b, stride, padding, dilation, groups, "none");
-      grad = act == "silu" ? at::silu_backward(grad, z) : at::gelu_backward(grad, z);
+      if (at::GradMode::is_enabled()) {
+        // create_graph: aten's silu_backward/gelu_backward have no derivative, so their
+        // formulas run as differentiable ops (as in fastconv/_ops.py).
+        if (act == "silu") {
+          const Tensor s = at::sigmoid(z);
+          grad = grad * (s * (1 + z * (1 - s)));
+        } else {
+          const Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
+          grad = grad * (cdf + z * (at::exp(-0.5 * z * z) * 0.3989422804014327));
+        }
+      } else {
+        grad = act == "silu" ? at::silu_backward(grad, z) : at::gelu_backward(grad, z);
+      }
     }
 
     // Edges are the tensor inputs in order: input, weight, then bias when given.

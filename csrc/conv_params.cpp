@@ -7,7 +7,19 @@ namespace fastconv {
 
 namespace {
 std::atomic<bool> g_poison{false};
+
+// *out = a * b + c, true when any step overflows int64.
+bool mul_add_overflows(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t m = 0;
+  return __builtin_mul_overflow(a, b, &m) || __builtin_add_overflow(m, c, out);
 }
+
+// *out = a + b + c, true when any step overflows int64.
+bool add3_overflows(int64_t a, int64_t b, int64_t c, int64_t* out) {
+  int64_t t = 0;
+  return __builtin_add_overflow(a, b, &t) || __builtin_add_overflow(t, c, out);
+}
+}  // namespace
 
 void set_debug_poison(bool on) { g_poison.store(on); }
 bool debug_poison() { return g_poison.load(); }
@@ -43,12 +55,26 @@ ConvParams make_params(const char* op, at::IntArrayRef input_size, at::IntArrayR
   TORCH_CHECK(p.Cg * groups == p.C, op, ": weight expects ", p.Cg * groups,
               " input channels (weight.size(1)=", p.Cg, " x groups=", groups, "), input has ", p.C);
 
-  const int64_t eff_r = p.dil_h * (p.R - 1) + 1, eff_s = p.dil_w * (p.S - 1) + 1;
-  const int64_t hp = p.H + p.pad_top + p.pad_bottom, wp = p.W + p.pad_left + p.pad_right;
+  // Every size below must fit in int64 before it is formed: a wrapped padded size or
+  // kernel extent would pass the checks that follow with a wrong (even negative) output.
+  int64_t eff_r = 0, eff_s = 0, hp = 0, wp = 0;
+  const bool overflow =
+      mul_add_overflows(p.dil_h, p.R - 1, 1, &eff_r) || mul_add_overflows(p.dil_w, p.S - 1, 1, &eff_s) ||
+      add3_overflows(p.H, p.pad_top, p.pad_bottom, &hp) ||
+      add3_overflows(p.W, p.pad_left, p.pad_right, &wp);
+  TORCH_CHECK(!overflow, op, ": the padded input (", input_size[2], " + ", padding[0], " + ",
+              padding[1], ", ", input_size[3], " + ", padding[2], " + ", padding[3],
+              ") or the dilated kernel (", dilation, " x (", weight_size.slice(2), " - 1) + 1) "
+              "does not fit in int64");
   TORCH_CHECK(eff_r <= hp && eff_s <= wp, op, ": kernel size (", eff_r, ", ", eff_s,
               ") after dilation is larger than the padded input (", hp, ", ", wp, ")");
   p.Ho = (hp - eff_r) / p.stride_h + 1;
   p.Wo = (wp - eff_s) / p.stride_w + 1;
+  int64_t numel = 1;
+  bool numel_overflow = false;
+  for (int64_t d : {p.N, p.K, p.Ho, p.Wo}) numel_overflow |= __builtin_mul_overflow(numel, d, &numel);
+  TORCH_CHECK(!numel_overflow, op, ": the output [", p.N, ", ", p.K, ", ", p.Ho, ", ", p.Wo,
+              "] has more elements than int64 can count");
   return p;
 }
 

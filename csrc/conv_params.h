@@ -75,8 +75,9 @@ template <typename T>
 inline T activate(T v, Activation act) {
   switch (act) {
     case Activation::None: return v;
-    case Activation::ReLU: return v > T(0) ? v : T(0);
-    case Activation::ReLU6: return std::min(std::max(v, T(0)), T(6));
+    // Written so that NaN passes through, as torch.relu / F.relu6 do.
+    case Activation::ReLU: return v < T(0) ? T(0) : v;
+    case Activation::ReLU6: return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
     case Activation::SiLU: return v / (T(1) + std::exp(-v));
     case Activation::GELU: return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
   }

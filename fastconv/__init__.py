@@ -7,7 +7,8 @@ from . import _cpu  # noqa: F401  (registers the CPU algorithms)
 from . import _triton  # noqa: F401  (registers the Triton algorithms when triton imports)
 from . import _C
 from . import _autocast
-from .functional import conv2d, conv_spec, flops, select
+from .functional import (ConvNotImplementedError, ConvOutOfMemoryError, ConvTypeError,
+                         ConvValueError, conv2d, conv_spec, flops, select)
 from .registry import Algorithm, algorithms
 from .spec import ConvSpec
 from . import nn  # noqa: E402  (drop-in modules)
@@ -31,6 +32,7 @@ def im2col_workspace_bytes(input_shape, weight_shape, stride=1, padding=0, dilat
                                      spec.element_size)
 
 
-__all__ = ["conv2d", "conv_spec", "flops", "select", "algorithms", "Algorithm", "ConvSpec",
+__all__ = ["conv2d", "conv_spec", "ConvValueError", "ConvTypeError", "ConvNotImplementedError",
+           "ConvOutOfMemoryError", "flops", "select", "algorithms", "Algorithm", "ConvSpec",
            "im2col_workspace_bytes", "nn", "convert", "revert", "fuse", "ConversionWarning",
            "settings", "use_algorithms", "__version__"]

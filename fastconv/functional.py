@@ -1,11 +1,14 @@
 """fastconv.conv2d: torch.nn.functional.conv2d's exact semantics on fastconv kernels."""
 from __future__ import annotations
 
+import operator
+import os
 from typing import Optional, Sequence, Union
 
 import torch
+from torch.autograd import forward_ad
 
-from . import _autocast, _eager, registry
+from . import _autocast, _eager, _ops, registry
 from ._settings import settings as _settings
 from ._ops import ACTIVATIONS
 from .spec import ConvSpec
@@ -16,25 +19,70 @@ _any_autocast = torch._C._is_any_autocast_enabled
 
 IntOrPair = Union[int, Sequence[int]]
 
+_INT64_MAX = 2**63 - 1
+# F.conv2d rejects larger padding (aten's check in _convolution): so do we.
+_MAX_PADDING = 2**62 - 1
+
+
+# F.conv2d raises RuntimeError for every malformed call. These classes keep the old
+# ValueError/TypeError bases too, so that both kinds of `except` clause catch them.
+class ConvValueError(RuntimeError, ValueError):
+    """A conv2d argument with a bad value (caught by `except RuntimeError` and `except ValueError`)."""
+
+
+class ConvTypeError(RuntimeError, TypeError):
+    """A conv2d argument of a bad type (caught by `except RuntimeError` and `except TypeError`)."""
+
+
+class ConvNotImplementedError(NotImplementedError, TypeError):
+    """A dtype or tensor kind fastconv has no kernels for (int, bool, nested, sparse, ...);
+    F.conv2d raises NotImplementedError (a RuntimeError) for those it lacks too."""
+
+
+class ConvOutOfMemoryError(torch.OutOfMemoryError):
+    """An output or workspace larger than the device's memory, refused before allocating."""
+
+
+def _int(v, name: str) -> int:
+    """v as a Python int: ints, numpy integers and integer 0-d tensors (as F.conv2d), not bool."""
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise ConvTypeError(f"fastconv.conv2d: {name} must be an int or a tuple of 2 ints, got bool")
+    try:
+        i = operator.index(v)
+    except TypeError:
+        raise ConvTypeError(f"fastconv.conv2d: {name} must be an int or a tuple of 2 ints, got "
+                            f"{v!r}") from None
+    if not -_INT64_MAX - 1 <= i <= _INT64_MAX:
+        raise ConvValueError(f"fastconv.conv2d: {name}={i} does not fit in int64")
+    return i
+
 
 def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a tuple of 2 ints, got bool")
-    if isinstance(value, int):
-        return (value, value)
     if isinstance(value, (tuple, list, torch.Size)):
-        if len(value) == 1 and isinstance(value[0], int):
-            return (value[0], value[0])
-        if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return (int(value[0]), int(value[1]))
-    raise TypeError(f"{name} must be an int or a tuple of 2 ints, got {value!r}")
+        if len(value) == 1:
+            v = _int(value[0], name)
+            return (v, v)
+        if len(value) == 2:
+            return (_int(value[0], name), _int(value[1], name))
+        raise ConvTypeError(f"fastconv.conv2d: {name} must be an int or a tuple of 2 ints, got "
+                            f"{value!r}")
+    v = _int(value, name)
+    return (v, v)
 
 
 def _check_tensor(t, name: str, allow_none: bool = False) -> None:
     if t is None and allow_none:
         return
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"fastconv.conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+        raise ConvTypeError(f"fastconv.conv2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested:
+        raise ConvNotImplementedError(f"fastconv.conv2d: {name} is a nested tensor; fastconv has "
+                                      "kernels for dense (strided) tensors only: convolve each "
+                                      "component (t.unbind()) or pad to a dense batch")
+    if t.layout != torch.strided:
+        raise ConvNotImplementedError(f"fastconv.conv2d: {name} has layout {t.layout}; fastconv "
+                                      "has kernels for dense (torch.strided) tensors only: "
+                                      "call .to_dense() first")
 
 
 def _resolve_padding(padding, spatial, kernel, dilation, stride) -> tuple[int, int, int, int]:
@@ -45,18 +93,21 @@ def _resolve_padding(padding, spatial, kernel, dilation, stride) -> tuple[int, i
             return (0, 0, 0, 0)
         if padding == "same":
             if stride != (1, 1):
-                raise ValueError("fastconv.conv2d: padding='same' is not supported for strided "
+                raise ConvValueError("fastconv.conv2d: padding='same' is not supported for strided "
                                  f"convolutions (stride={stride})")
             out = []
             for d, k in zip(dilation, kernel):
                 total = d * (k - 1)
                 out += [total // 2, total - total // 2]
             return tuple(out)
-        raise ValueError(f"fastconv.conv2d: invalid padding string {padding!r}; expected 'same' "
+        raise ConvValueError(f"fastconv.conv2d: invalid padding string {padding!r}; expected 'same' "
                          "or 'valid'")
     ph, pw = _pair(padding, "padding")
     if ph < 0 or pw < 0:
-        raise ValueError(f"fastconv.conv2d: padding must be non-negative, got {(ph, pw)}")
+        raise ConvValueError(f"fastconv.conv2d: padding must be non-negative, got {(ph, pw)}")
+    if max(ph, pw) > _MAX_PADDING:
+        raise ConvValueError(f"fastconv.conv2d: padding {(ph, pw)} is larger than "
+                             f"{_MAX_PADDING} (2**62 - 1), the most F.conv2d accepts")
     return (ph, ph, pw, pw)
 
 
@@ -79,24 +130,26 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
     _check_tensor(weight, "weight")
     _check_tensor(bias, "bias", allow_none=True)
     if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"fastconv.conv2d: groups must be an int, got {groups!r}")
+        raise ConvTypeError(f"fastconv.conv2d: groups must be an int, got {groups!r}")
     if groups <= 0:
-        raise ValueError(f"fastconv.conv2d: groups must be positive, got {groups}")
+        raise ConvValueError(f"fastconv.conv2d: groups must be positive, got {groups}")
+    if groups > _INT64_MAX:
+        raise ConvValueError(f"fastconv.conv2d: groups={groups} does not fit in int64")
     if weight.dim() != 4:
-        raise ValueError(f"fastconv.conv2d: expected a 4-D weight (out_channels, in_channels/groups, "
+        raise ConvValueError(f"fastconv.conv2d: expected a 4-D weight (out_channels, in_channels/groups, "
                          f"kH, kW), got {weight.dim()}-D with shape {tuple(weight.shape)}")
     if input.dim() not in (3, 4):
-        raise ValueError(f"fastconv.conv2d: expected 3-D (unbatched) or 4-D (batched) input, got "
+        raise ConvValueError(f"fastconv.conv2d: expected 3-D (unbatched) or 4-D (batched) input, got "
                          f"{input.dim()}-D with shape {tuple(input.shape)}")
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is None:
             continue
         if not t.dtype.is_floating_point:
-            raise TypeError(f"fastconv.conv2d: {name} has dtype {t.dtype}; only floating-point "
+            raise ConvNotImplementedError(f"fastconv.conv2d: {name} has dtype {t.dtype}; only floating-point "
                             "tensors are supported")
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         got = f"input {input.dtype}, weight {weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
-        raise TypeError(f"fastconv.conv2d: all tensors must have the same dtype; got {got}")
+        raise ConvTypeError(f"fastconv.conv2d: all tensors must have the same dtype; got {got}")
     if weight.device != input.device or (bias is not None and bias.device != input.device):
         got = f"input on {input.device}, weight on {weight.device}" + (
             f", bias on {bias.device}" if bias is not None else "")
@@ -104,39 +157,51 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
     # A device no algorithm runs on (meta) is checked against every algorithm's dtypes.
     allowed = registry.dtypes(input.device.type) or registry.dtypes()
     if input.dtype not in allowed:
-        raise TypeError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
+        raise ConvNotImplementedError(f"fastconv.conv2d: dtype {input.dtype} is not supported on "
                         f"{input.device.type}; supported: {', '.join(map(str, allowed))}")
 
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     n, c, h, w = x.shape
     k, cg, r, s = weight.shape
-    if min(k, cg, r, s) <= 0:
-        raise ValueError(f"fastconv.conv2d: weight has an empty dimension: {tuple(weight.shape)}")
+    # in_channels = 0 is F.conv2d's empty reduction (weight (K, 0, R, S)): see _no_channels.
+    if min(k, r, s) <= 0 or (cg == 0) != (c == 0):
+        raise ConvValueError(f"fastconv.conv2d: weight has an empty dimension: {tuple(weight.shape)}")
     if c % groups != 0:
-        raise ValueError(f"fastconv.conv2d: groups={groups} does not divide in_channels={c}")
+        raise ConvValueError(f"fastconv.conv2d: groups={groups} does not divide in_channels={c}")
     if k % groups != 0:
-        raise ValueError(f"fastconv.conv2d: groups={groups} does not divide out_channels={k}")
+        raise ConvValueError(f"fastconv.conv2d: groups={groups} does not divide out_channels={k}")
     if cg * groups != c:
-        raise ValueError(f"fastconv.conv2d: expected input with {cg * groups} channels "
+        raise ConvValueError(f"fastconv.conv2d: expected input with {cg * groups} channels "
                          f"(weight {tuple(weight.shape)} x groups={groups}), got {c} channels "
                          f"(input shape {tuple(input.shape)})")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != k):
-        raise ValueError(f"fastconv.conv2d: bias must have shape ({k},), got {tuple(bias.shape)}")
+        raise ConvValueError(f"fastconv.conv2d: bias must have shape ({k},), got {tuple(bias.shape)}")
 
     st = _pair(stride, "stride")
     dil = _pair(dilation, "dilation")
     if min(st) <= 0:
-        raise ValueError(f"fastconv.conv2d: stride must be positive, got {st}")
+        raise ConvValueError(f"fastconv.conv2d: stride must be positive, got {st}")
     if min(dil) <= 0:
-        raise ValueError(f"fastconv.conv2d: dilation must be positive, got {dil}")
+        raise ConvValueError(f"fastconv.conv2d: dilation must be positive, got {dil}")
     pad = _resolve_padding(padding, (h, w), (r, s), dil, st)
     eff = (dil[0] * (r - 1) + 1, dil[1] * (s - 1) + 1)
     padded = (h + pad[0] + pad[1], w + pad[2] + pad[3])
+    # Python ints don't wrap, but the kernels compute these in int64.
+    if max(*eff, *padded) > _INT64_MAX:
+        raise ConvValueError(f"fastconv.conv2d: the padded input {padded} or the dilated kernel "
+                             f"{eff} does not fit in int64")
     if eff[0] > padded[0] or eff[1] > padded[1]:
-        raise ValueError(f"fastconv.conv2d: kernel size {eff} (after dilation) is larger than the "
+        raise ConvValueError(f"fastconv.conv2d: kernel size {eff} (after dilation) is larger than the "
                          f"padded input {padded}")
-    spec = ConvSpec.from_tensors(x, weight, st, pad, dil, groups, bias)
+    try:
+        spec = ConvSpec.from_tensors(x, weight, st, pad, dil, groups, bias)
+    except RuntimeError:
+        # Under vmap a batched tensor can't answer is_contiguous(channels_last) (NYI); the
+        # layout only steers the algorithm choice, so decide as for NCHW.
+        meta = torch.empty(tuple(x.shape), device="meta")
+        spec = ConvSpec.from_tensors(meta, weight, st, pad, dil, groups, bias).with_(
+            device=x.device.type, dtype=x.dtype)
     return x, unbatched, spec
 
 
@@ -157,19 +222,51 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 
 class Plan:
-    """A validated call: the algorithm and the op's arguments, cached per geometry."""
+    """A validated call: the algorithm and the op's arguments, cached per geometry.
+    alg is None for in_channels = 0 (no kernel runs: see _no_channels)."""
     __slots__ = ("unbatched", "spec", "alg", "op", "stride", "padding", "dilation", "groups",
-                 "activation", "kernels", "ops", "packing")
+                 "activation", "kernels", "ops", "family_ops", "_packing")
 
     def __init__(self, unbatched, spec, alg, activation, eager):
         self.unbatched, self.spec, self.alg, self.activation = unbatched, spec, alg, activation
-        self.op = alg.forward
         self.stride, self.padding = list(spec.stride), list(spec.padding)
         self.dilation, self.groups = list(spec.dilation), spec.groups
+        if alg is None:
+            self.op, self.kernels, self.ops, self.family_ops, self._packing = (
+                _no_channels, None, None, None, None)
+            return
+        self.op = alg.forward
+        self.family_ops = (alg.forward, alg.grad_input, alg.grad_weight)
         # The eager path's kernels (fastconv/_eager.py); never inside a trace.
         self.kernels = alg.eager_kernels(spec.device) if (eager and alg.eager_kernels) else None
-        self.ops = (alg.forward, alg.grad_input, alg.grad_weight) if self.kernels else None
-        self.packing = alg.packing if eager else None  # packed weights: eager inference only
+        self.ops = self.family_ops if self.kernels else None
+        self._packing = alg.packing if eager else None  # packed weights: eager inference only
+
+    @property
+    def packing(self):
+        """(pack_weight, forward_packed) for eager inference, or None. The packed ops have
+        no forward-mode or functorch rules: None under those (checked per call, since the
+        plan is cached across them)."""
+        if self._packing is None or _transformed():
+            return None
+        return self._packing
+
+
+def _transformed() -> bool:
+    """Forward-mode AD or a torch.func transform is active (see _ops.TransformConv2d)."""
+    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+def _no_channels(x, weight, bias, stride, padding, dilation, groups, activation):
+    """in_channels = 0: an empty reduction, so no kernel has anything to compute. Its output
+    is F.conv2d's own, shape included (torch 2.13 gives N x 0 x Ho x Wo here, not N x K x
+    Ho x Wo; PyTorch's test_conv_empty_channel checks that bias and weight get zero grads)."""
+    pad = (padding[0], padding[2])
+    if padding[0] != padding[1] or padding[2] != padding[3]:
+        x = torch.nn.functional.pad(x, (padding[2], padding[3], padding[0], padding[1]))
+        pad = (0, 0)
+    out = torch.nn.functional.conv2d(x, weight, bias, stride, pad, dilation, groups)
+    return _ops.apply_activation(out, activation)
 
 
 def plan(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
@@ -181,12 +278,19 @@ def plan(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, al
         return hit
     act = "none" if activation is None else activation
     if act not in ACTIVATIONS:
-        raise ValueError(f"fastconv.conv2d: unknown activation {activation!r}; expected one of "
-                         f"None, {', '.join(a for a in ACTIVATIONS if a != 'none')}")
+        raise ConvValueError(f"fastconv.conv2d: unknown activation {activation!r}; expected one "
+                             f"of None, {', '.join(a for a in ACTIVATIONS if a != 'none')}")
     if not isinstance(algo, str):
-        raise TypeError(f"fastconv.conv2d: algo must be a string, got {algo!r}")
+        raise ConvTypeError(f"fastconv.conv2d: algo must be a string, got {algo!r}")
     _, unbatched, spec = conv_spec(input, weight, bias, stride, padding, dilation, groups)
-    alg = select(spec, algo)
+    if spec.C == 0:
+        if algo != "auto":
+            _get(algo)
+        alg = None
+    else:
+        alg = select(spec, algo)
+        if not _is_compiling():  # traced sizes may be symbolic; the compiled call allocates
+            check_memory(spec, alg)
     p = Plan(unbatched, spec, alg, act, eager=not _is_compiling())
     # Only a call that got this far (every check passed, an algorithm chosen) is cached.
     _store(key, p, alg)
@@ -199,6 +303,9 @@ def run(p: Plan, input, weight, bias):
     if p.kernels is not None and _eager.plain(input, weight, bias):
         out = _eager.conv2d(p.kernels, p.ops, x, weight, bias, p.stride, p.padding, p.dilation,
                             p.groups, p.activation)
+    elif p.family_ops is not None and not _is_compiling() and _transformed():
+        out = _ops.transform_conv2d(p.family_ops, x, weight, bias, p.stride, p.padding,
+                                    p.dilation, p.groups, p.activation)
     else:
         out = p.op(x, weight, bias, p.stride, p.padding, p.dilation, p.groups, p.activation)
     return out.squeeze(0) if p.unbatched else out
@@ -233,6 +340,8 @@ def _cache_key(input, weight, bias, stride, padding, dilation, groups, algo, act
     if _is_compiling():
         return None  # traced code specializes on its own; keep the trace free of the cache
     if not (isinstance(input, Tensor) and isinstance(weight, Tensor)) or type(groups) is not int:
+        return None
+    if input.is_nested or weight.is_nested:  # no .shape: the full path names the problem
         return None
     # Plain ints are the common case; _pair_key reads the rest as _pair would.
     st = (stride, stride) if type(stride) is int else _pair_key(stride)
@@ -292,20 +401,93 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+def _get(algo: str) -> registry.Algorithm:
+    try:
+        return registry.get(algo)
+    except ValueError as e:
+        raise ConvValueError(f"fastconv.conv2d: {e}") from None
+
+
+def _meta_stand_in(spec: ConvSpec, alg: Optional[registry.Algorithm]) -> ConvSpec:
+    """Meta tensors run an op's fake kernel, which every algorithm has: decide applicability
+    as on the device the algorithm runs on (auto: the CPU for CPU dtypes, else CUDA)."""
+    if alg is not None:
+        device = alg.devices[0]
+    else:
+        cuda_algos = any("cuda" in a.devices for a in registry.algorithms())
+        device = "cpu" if spec.dtype in registry.dtypes("cpu") or not cuda_algos else "cuda"
+    return spec.with_(device=device)
+
+
 def select(spec: ConvSpec, algo: str = "auto") -> registry.Algorithm:
-    """The algorithm that will run `spec`; ValueError if a named one doesn't apply."""
+    """The algorithm that will run `spec`; ConvValueError if a named one doesn't apply."""
     if algo == "auto":
-        alg = _settings.choose(spec)  # registry.choose unless fastconv.use_algorithms(...)
-        reason = alg.why_not(spec)
+        probe = _meta_stand_in(spec, None) if spec.device == "meta" else spec
+        alg = _settings.choose(probe)  # registry.choose unless fastconv.use_algorithms(...)
+        reason = alg.why_not(probe)
         if reason is not None:
             # e.g. bf16 on CPU tensors under TRITON_INTERPRET: auto picks CPU kernels.
-            raise TypeError(f"fastconv.conv2d: algo='auto' chose {alg.name!r}, but {reason}")
+            raise ConvTypeError(f"fastconv.conv2d: algo='auto' chose {alg.name!r}, but {reason}")
         return alg
-    alg = registry.get(algo)
-    reason = alg.why_not(spec)
+    alg = _get(algo)
+    probe = _meta_stand_in(spec, alg) if spec.device == "meta" else spec
+    reason = alg.why_not(probe)
     if reason is not None:
-        raise ValueError(f"fastconv.conv2d: {reason}")
+        raise ConvValueError(f"fastconv.conv2d: {reason}")
     return alg
+
+
+# --- Up-front size check ---------------------------------------------------------------------
+# A tensor larger than the device's whole memory can never be allocated; asking for one
+# anyway leaves the outcome to the OS's overcommit policy (or the CUDA caching allocator's
+# retries). The bound is the device's total memory (not what is free now, which changes
+# and costs a syscall to read): it refuses only what cannot fit on any run. Checked once
+# per plan. The other buffers are bounded: im2col's column buffer by its tiling (checked
+# here too, as its minimum tile can exceed the bound for huge C*R*S), depthwise's and the
+# Triton grad_weight split partials by the weight's size times a fixed split count.
+_MEMORY: dict = {}
+
+
+def device_memory_bytes(device: str) -> Optional[int]:
+    """Total memory of a device type's device 0, or None where nothing is allocated (meta)."""
+    if device not in _MEMORY:
+        if device == "cpu":
+            _MEMORY[device] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        elif device == "cuda" and torch.cuda.is_available():
+            _MEMORY[device] = torch.cuda.get_device_properties(
+                torch.cuda.current_device()).total_memory
+        else:
+            _MEMORY[device] = None
+    return _MEMORY[device]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(spec: ConvSpec, alg: registry.Algorithm) -> None:
+    """ConvOutOfMemoryError naming the size and the limit when the output or im2col's
+    workspace cannot fit in the device's memory."""
+    limit = device_memory_bytes(spec.device)
+    if limit is None:
+        return
+    out_bytes = spec.N * spec.K * spec.Ho * spec.Wo * spec.element_size
+    if out_bytes > limit:
+        raise ConvOutOfMemoryError(
+            f"fastconv.conv2d: the output {list(spec.output_shape)} ({spec.dtype}) needs "
+            f"{_gib(out_bytes)}, more than the {_gib(limit)} of memory of this {spec.device} "
+            "device")
+    if alg.op == "im2col":
+        from . import _C
+
+        ws = _C.im2col_workspace_bytes(list(spec.input_shape), list(spec.weight_shape),
+                                       list(spec.stride), list(spec.padding), list(spec.dilation),
+                                       spec.groups, spec.element_size)
+        if out_bytes + ws > limit:
+            raise ConvOutOfMemoryError(
+                f"fastconv.conv2d: algo='im2col' needs a {_gib(ws)} column buffer besides the "
+                f"{_gib(out_bytes)} output, more than the {_gib(limit)} of memory of this "
+                f"{spec.device} device")
 
 
 def flops(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> int:

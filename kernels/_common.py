@@ -34,10 +34,11 @@ def activation_code(activation: str) -> int:
 @triton.jit
 def apply_activation(x, ACT: tl.constexpr):
     """Epilogue activation on an fp32 (or fp64) accumulator tile."""
+    # Comparisons, not tl.maximum/minimum, so that NaN passes through as in torch.relu.
     if ACT == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.where(x < 0.0, 0.0, x)
     elif ACT == 2:
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        x = tl.where(x < 0.0, 0.0, tl.where(x > 6.0, 6.0, x))
     elif ACT == 3:
         x = x / (1.0 + tl.exp(-x))
     elif ACT == 4:

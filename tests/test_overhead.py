@@ -154,7 +154,7 @@ def test_registry_changes_invalidate_entries():
             torch.testing.assert_close(fastconv.conv2d(x, w, algo=name), F.conv2d(x, w))
     finally:
         registry.unregister(name)
-    assert _error(lambda: fastconv.conv2d(x, w, algo=name))[0] is ValueError
+    assert _error(lambda: fastconv.conv2d(x, w, algo=name))[0] is fastconv.ConvValueError
 
 
 def test_triton_interpret_state_is_part_of_the_key(monkeypatch):

@@ -933,3 +933,55 @@ def test_policies_are_frozen_and_default_to_the_module_policy():
         with module.FAMILY.using(other):
             assert module.FAMILY.policy is other
         assert module.FAMILY.policy is module.POLICY
+
+
+# --- Issue 15 on the Triton families: NaN through the epilogue, double backward, torch.func ---
+TRITON_FAMILIES = {  # algo: (input shape, weight shape, groups), small for the interpreter
+    "triton_igemm": ((1, 1, 3, 5), (2, 1, 1, 1), 1),
+    "triton_depthwise": ((1, 2, 3, 5), (2, 1, 1, 1), 2),
+    "triton_grouped": ((1, 2, 3, 5), (2, 1, 1, 1), 2),
+}
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6", "silu"])
+@pytest.mark.parametrize("algo", list(TRITON_FAMILIES))
+def test_epilogue_propagates_nan_and_inf(algo, activation):
+    """Each pixel's pre-activation is one input value times 1: NaN and +-Inf reach the
+    epilogue as they are, and the fused activation must treat them as torch's does."""
+    xs, ws, groups = TRITON_FAMILIES[algo]
+    # triton_grouped's fp32 tile is a dot with a block-diagonal weight: there a NaN or Inf
+    # input also meets the other groups' stored zeros (NaN in every group's output), so the
+    # epilogue is checked on its fp64 path, a direct tile.
+    dtype = torch.float64 if algo == "triton_grouped" else torch.float32
+    vals = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, 7.0], dtype=dtype)
+    x = vals.repeat(xs[0], xs[1], xs[2], 1).to(DEVICE)
+    w = torch.ones(ws, dtype=dtype).to(DEVICE)  # no 0 * Inf anywhere
+    out = fastconv.conv2d(x, w, None, groups=groups, algo=algo, activation=activation)
+    act = {"relu": torch.relu, "relu6": F.relu6, "silu": F.silu}[activation]
+    ref = act(F.conv2d(x.cpu(), w.cpu(), None, groups=groups))
+    torch.testing.assert_close(out.cpu(), ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("algo", list(TRITON_FAMILIES))
+def test_double_backward(algo):
+    """gradgradcheck through the Triton ops (the grad ops' registered autograd), float64."""
+    xs, ws, groups = TRITON_FAMILIES[algo]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    w = torch.randn(ws, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_()
+    f = lambda x, w: fastconv.conv2d(x, w, None, 1, 0, 1, groups, algo=algo, activation="silu")  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (x, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("algo", list(TRITON_FAMILIES))
+def test_forward_ad_and_vmap(algo):
+    xs, ws, groups = TRITON_FAMILIES[algo]
+    x = torch.randn(xs, dtype=torch.float64).to(DEVICE)
+    w = torch.randn(ws, dtype=torch.float64).to(DEVICE)
+    t = torch.randn_like(x)
+    conv = lambda x, w: fastconv.conv2d(x, w, None, groups=groups, algo=algo)  # noqa: E731
+    got = torch.func.jvp(lambda x: conv(x, w), (x,), (t,))[1]
+    torch.testing.assert_close(got, F.conv2d(t, w, None, groups=groups))
+    ws_batch = torch.stack([w, 2 * w])
+    got = torch.func.vmap(conv, in_dims=(None, 0))(x, ws_batch)
+    torch.testing.assert_close(got, torch.stack([F.conv2d(x, v, None, groups=groups) for v in ws_batch]))
