@@ -64,12 +64,12 @@ def test_cpu_isa_caps_the_kernels():
 
 
 def test_the_kernels_read_what_settings_write(tmp_path):
-    """The Triton helpers read the same variables (kernels/_common.py)."""
+    """The Triton host layer reads the same variables (kernels/_plan.py, kernels/_common.py)."""
     pytest.importorskip("triton")
-    from fastconv.kernels import _common
+    from fastconv.kernels import _common, _plan
 
     with fastconv.settings.flags(cache_dir=tmp_path):
-        assert _common.cache_dir() == str(tmp_path)
+        assert _plan.cache_dir() == str(tmp_path)
     with fastconv.settings.flags(direct_launch=False):
         assert _common.DIRECT_LAUNCH is False and not _common._direct_launch_supported()
     assert _common.DIRECT_LAUNCH == _common._direct_launch_supported()
