@@ -5,6 +5,7 @@
 
 #include "blocking.h"
 #include "cachesim.h"
+#include "triton_launch.h"
 #include "cpu_features.h"
 #include "ops.h"
 
@@ -144,4 +145,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   }, "The kernels' blocking parameters (read by fastconv explain).");
   fastconv::cachesim::bind(m);
+  fastconv::triton_launch::bind(m);
 }

@@ -28,8 +28,10 @@ tune_log              FASTCONV_TUNE_LOG          a file each tuning appends its 
                                                  times to (JSON lines); None: no log.
 cache_dir             FASTCONV_CACHE_DIR         directory of the tuned-tile file (default
                                                  ~/.cache/fastconv).
-direct_launch         FASTCONV_DIRECT_LAUNCH     after a kernel's first launch, call Triton's
-                                                 compiled kernel directly, skipping the JIT's
+direct_launch         FASTCONV_DIRECT_LAUNCH     after a kernel's first launch, launch the
+                                                 compiled kernel from C++ (cuLaunchKernel with
+                                                 its parameters laid out once), or else through
+                                                 Triton's compiled launcher, skipping the JIT's
                                                  argument binding (default True; "0": off).
 cpu_isa               FASTCONV_CPU_ISA           the most capable instruction set fastconv's CPU
                                                  kernels may use: "avx512", "avx2" or
@@ -134,6 +136,7 @@ class Settings:
         common = sys.modules.get("fastconv.kernels._common")
         if common is not None:
             common.DIRECT_LAUNCH = bool(on) and common._direct_launch_supported()
+            common.NATIVE_LAUNCH = common._native_launch_class() if common.DIRECT_LAUNCH else None
 
     # -- CPU kernels -------------------------------------------------------------------------
     @property

@@ -6,6 +6,7 @@ plan cache, checks, tuner, split planner -- is kernels/_plan.py.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 
 import torch
@@ -209,6 +210,58 @@ def _direct_launch_supported() -> bool:
 DIRECT_LAUNCH = _direct_launch_supported()
 _current_device = torch.cuda.current_device  # the device Triton launches on
 
+# Triton signature types of scalars a native launch can pass (32-bit or 64-bit slots).
+_NATIVE_SCALARS = frozenset(("i1", "i8", "i16", "i32", "i64", "u1", "u8", "u16", "u32", "u64",
+                             "fp32", "fp64"))
+
+
+def _native_launch_class():
+    """fastconv._C.NativeLaunch (csrc/triton_launch.cpp) where the extension has it and the
+    CUDA driver loads, from triton 3.5 on: its launcher passes every non-constexpr
+    parameter in signature order, then the global and profile scratch pointers (checked
+    against 3.6 and 3.9)."""
+    try:
+        major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+        C = importlib.import_module("fastconv._C")
+    except (ValueError, ImportError):
+        return None
+    cls = getattr(C, "NativeLaunch", None)
+    if cls is None or (major, minor) < (3, 5) or C.cuda_driver_error():
+        return None
+    return cls
+
+
+def native_params(kernel, args, n_tensors):
+    """The parameter list of _C.NativeLaunch for compiled `kernel` called with `args` (the
+    tensors first): ("tensor", i) or (signature type, value) per non-constexpr parameter,
+    then the two scratch pointers; None where the kernel needs what a native launch does
+    not do (clusters, cooperative or PDL launches, scratch memory, TMA descriptors,
+    instrumentation, tuple parameters)."""
+    md = kernel.metadata
+    if (getattr(md, "num_ctas", 1) != 1 or getattr(md, "launch_cooperative_grid", False)
+            or getattr(md, "launch_pdl", False) or getattr(md, "tensordesc_meta", None)
+            or getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0)
+            or getattr(md, "instrumentation_mode", "")):
+        return None
+    types = list(kernel.src.signature.values())
+    if len(types) != len(args):
+        return None
+    params = []
+    for i, (ty, value) in enumerate(zip(types, args)):
+        if ty == "constexpr":
+            continue
+        if not isinstance(ty, str):
+            return None
+        if ty.startswith("*"):
+            if i >= n_tensors or not isinstance(value, torch.Tensor):
+                return None
+            params.append(("tensor", i))
+        elif ty in _NATIVE_SCALARS and isinstance(value, (int, float)):
+            params.append((ty, value))
+        else:
+            return None
+    return params + [("nullptr", 0), ("nullptr", 0)]
+
 
 class Launch:
     """One plan's kernel launch, `kernel[grid](*tensors, *scalars, **kwargs)`, with all but
@@ -232,13 +285,14 @@ class Launch:
     check can synchronize there) and where DIRECT_LAUNCH is False."""
 
     __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled",
-                 "layout_ok")
+                 "layout_ok", "native", "n_tensors")
 
     def __init__(self, kernel, grid, n_tensors: int, scalars, kwargs: dict, device):
         self.kernel, self.grid = kernel, tuple(grid)
         self.grid3 = (*self.grid, 1, 1)[:3]  # the compiled launcher takes all three
         self.scalars, self.kwargs = tuple(scalars), kwargs
-        self.compiled = None
+        self.compiled = self.native = None
+        self.n_tensors = n_tensors
         names = getattr(kernel, "arg_names", None)
         rest = names[n_tensors + len(self.scalars):] if names else None
         # Every parameter after the tensors and scalars given by keyword (defaults included):
@@ -256,6 +310,9 @@ class Launch:
         return bool(self.compiled)
 
     def __call__(self, *tensors):
+        native = self.native
+        if native is not None and native(*tensors):
+            return
         cache = self.compiled
         if cache is not None:
             key = (_current_device(), *[_signature(t) for t in tensors])
@@ -265,16 +322,40 @@ class Launch:
                 return
         kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
         if cache is not None and isinstance(kernel, _CompiledKernel) and not _capturing():
-            same = self._same_result(kernel, tensors)
+            runner = kernel[self.grid3]  # binds the grid once; each call takes the stream
+            same = self._same_result(lambda *args: runner(*args, *self.args_tail), tensors)
             if same:
-                # CompiledKernel[grid] binds the grid once; each call takes the stream then.
-                cache[key] = kernel[self.grid3]
+                cache[key] = runner
+                self._add_native(kernel, tensors, key[0])
             elif same is not None:
                 self.compiled = None
 
-    def _same_result(self, kernel, tensors):
-        """True/False: the direct launch writes / does not write what the JIT launch wrote;
-        None: no like-for-like buffer to check with (the next signature will be checked)."""
+    def _add_native(self, kernel, tensors, device):
+        """Launch this signature from C++ from now on (csrc/triton_launch.cpp), once a
+        native launch has written what the JIT launch wrote."""
+        cls = NATIVE_LAUNCH
+        if cls is None or not all(isinstance(t, torch.Tensor) for t in tensors):
+            return
+        try:
+            native = self.native
+            if native is None:
+                params = native_params(kernel, (*tensors, *self.args_tail), len(tensors))
+                if params is None:
+                    return
+                md = kernel.metadata
+                native = cls(list(self.grid3), 32 * md.num_warps, md.shared, len(tensors), params)
+            native.add_variant(device, [t.data_ptr() % 16 == 0 for t in tensors],
+                               [t.dtype for t in tensors], kernel.function)
+            ok = self._same_result(lambda *args: native(*args) or _raise_no_variant(), tensors)
+        except Exception:  # noqa: BLE001 - any failure keeps the Python launch
+            ok = False
+        # An unchecked or failed variant must not stay reachable: all or nothing.
+        self.native = native if ok else None
+
+    def _same_result(self, launch, tensors):
+        """True/False: `launch(*tensors)` (a direct launch) writes / does not write what the
+        JIT launch wrote; None: no like-for-like buffer to check with (the next signature
+        will be checked)."""
         out = tensors[-1]
         desc = not isinstance(out, torch.Tensor)  # a TMA descriptor of the output
         base = out.base if desc else out
@@ -284,10 +365,17 @@ class Launch:
         again.fill_(float("nan"))
         try:
             arg = dataclasses.replace(out, base=again) if desc else again
-            kernel[self.grid3](*tensors[:-1], arg, *self.args_tail)
+            launch(*tensors[:-1], arg)
             return torch.equal(again, base)
         except Exception:  # noqa: BLE001 - any failure just keeps the JIT launch
             return False
+
+
+def _raise_no_variant():
+    raise RuntimeError("native launch found no variant for its own signature")
+
+
+NATIVE_LAUNCH = _native_launch_class() if DIRECT_LAUNCH else None
 
 
 def _signature(t):

@@ -572,9 +572,7 @@ def test_torch_compile_inductor_cuda(name):
 def test_compile_reduce_overhead_cuda(name):
     """CUDA graphs, the cure for a host-bound eager step: torch.compile's reduce-overhead
     mode (inductor + cudagraph trees) replays fastconv's kernels, forward and backward, and
-    matches the eager unconverted model. (A manual torch.cuda.graph capture of this tiny
-    MobileNetV2's backward failed on the H200 with cudaErrorStreamCaptureImplicit; the
-    torchvision models capture fine: benchmarks/models_gpu.py's *_graph rows.)"""
+    matches the eager unconverted model."""
     factory, shape, _ = MODELS[name]
     torch.manual_seed(0)
     tf32 = torch.backends.cudnn.allow_tf32
@@ -597,6 +595,55 @@ def test_compile_reduce_overhead_cuda(name):
         torch.testing.assert_close(y.detach(), y_ref.detach(), **tol)
         for (n, p), (_, q) in zip(fast.named_parameters(), model.named_parameters()):
             torch.testing.assert_close(p.grad, q.grad, **tol, msg=n)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16_cl"])
+def test_manual_cuda_graph_training_step(precision):
+    """A training step (forward, backward, SGD step) captured by hand with torch.cuda.graph,
+    as PyTorch's CUDA-graph recipe does it (warm-up on a side stream, static input), replays
+    to the same parameters as the eager unconverted model's step."""
+    factory, shape, _ = MODELS["mobilenet_v2"]
+    torch.manual_seed(0)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    bf16 = precision == "bf16_cl"
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    try:
+        model = factory().cuda().to(dtype=dtype, memory_format=fmt)
+        fast = fastconv.convert(copy.deepcopy(model))
+        x = torch.randn(*shape, device="cuda", dtype=dtype).to(memory_format=fmt)
+        opt = torch.optim.SGD(fast.parameters(), lr=0.1)
+
+        def step():
+            opt.zero_grad(set_to_none=False)
+            fast(x).float().square().mean().backward()
+            opt.step()
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # plans, tiles and autograd buffers made outside the capture
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        fast.load_state_dict(model.state_dict())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        fast.load_state_dict(model.state_dict())
+        graph.replay()
+        torch.cuda.synchronize()
+
+        ref_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ref_opt.zero_grad()
+        model(x).float().square().mean().backward()
+        ref_opt.step()
+        tol = dict(rtol=5e-2, atol=5e-2) if bf16 else dict(rtol=2e-4, atol=2e-4)
+        for (n, p), (_, q) in zip(fast.named_parameters(), model.named_parameters()):
+            torch.testing.assert_close(p, q, **tol, msg=n)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
 

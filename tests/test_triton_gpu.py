@@ -296,7 +296,8 @@ def test_converted_plans_launch_directly(algo, c, h, r, stride, dtype, cl, wgrad
     """Forward, grad_input and grad_weight plans of the depthwise and grouped families: after
     the first call (JIT launch, then the one-time check) every Launch of the plan holds a
     compiled runner, and the second call runs through those runners (counted), writing the
-    first call's bits. A plan left on the JIT path fails here, not just runs slower."""
+    first call's bits. A plan left on the JIT path fails here, not just runs slower; so
+    does one left on Python's launcher where the native (C++) launch is available."""
     from fastconv.kernels import _common, depthwise, grouped
 
     if not _common.DIRECT_LAUNCH:
@@ -331,16 +332,23 @@ def _check_plans_launch_directly(mod, c, h, r, stride, dtype, cl, algo):
     assert all(launch.direct for launch in launches), [
         (getattr(launch.kernel, "__name__", launch.kernel), launch.layout_ok, launch.compiled)
         for launch in launches]
+    from fastconv.kernels import _common
+    if _common.NATIVE_LAUNCH is not None:  # and from C++ (csrc/triton_launch.cpp)
+        assert all(launch.native is not None for launch in launches), [
+            getattr(launch.kernel, "__name__", launch.kernel) for launch in launches
+            if launch.native is None]
     used = []
 
     def counted(runner, i):
         def run(*args):
             used.append(i)
-            runner(*args)
+            return runner(*args)
         return run
 
     for i, launch in enumerate(launches):
         launch.compiled = {key: counted(runner, i) for key, runner in launch.compiled.items()}
+        if launch.native is not None:
+            launch.native = counted(launch.native, i)
     second = step()
     assert sorted(set(used)) == list(range(len(launches)))
     for a, b in zip(first, second):
@@ -403,9 +411,11 @@ def test_eager_fast_path_equals_the_ops(case, cl, act, dtype, tf32_flag):
         assert rel_err(got, want) < tol
 
 
-def test_eager_aligned_and_unaligned_inputs_alternate():
+def test_eager_aligned_and_unaligned_inputs_alternate(tf32_flag):
     """The plans' direct launch keys compiled kernels by pointer alignment: an input 4 bytes
-    off a 16-byte boundary, between aligned calls."""
+    off a 16-byte boundary, between aligned calls. (Strict fp32: TF32's 10-bit mantissa
+    alone is ~5e-4 off.)"""
+    torch.backends.cudnn.allow_tf32 = False
     xa = torch.randn(2, 16, 9, 9, device="cuda")
     wa = torch.randn(32, 16, 3, 3, device="cuda") / 12
     xo = torch.randn(xa.numel() + 1, device="cuda")[1:].view(xa.shape)
@@ -413,3 +423,30 @@ def test_eager_aligned_and_unaligned_inputs_alternate():
     for t in (xa, xo, xa, xo, xo):
         y = fastconv.conv2d(t, wa, None, 1, 1)
         assert rel_err(y, F.conv2d(t.double(), wa.double(), None, 1, 1)) < 1e-4
+
+
+def test_native_launch_uses_torchs_current_stream():
+    """The C++ launch (csrc/triton_launch.cpp) queues on the stream PyTorch has current:
+    on a side stream held by a sleep, a conv launched after an in-place update of its
+    input sees the update (on any other stream it would run at once, on the old input)."""
+    from fastconv.kernels import _common
+
+    if _common.NATIVE_LAUNCH is None:
+        pytest.skip("no native launch here (FASTCONV_DIRECT_LAUNCH=0, triton < 3.5, or no driver)")
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 28, 28, device="cuda", dtype=torch.bfloat16)
+    x_new = torch.randn_like(x)
+    w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.bfloat16) / 24
+    for _ in range(3):  # plan and check, then native launches
+        fastconv.conv2d(x, w, None, 1, 1, algo="triton_igemm")
+    from fastconv.kernels import igemm
+    launches = [launch for plan in igemm.FAMILY.plans() for launch in plan.launches]
+    assert any(launch.native is not None for launch in launches)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)
+        x.copy_(x_new)
+        y = fastconv.conv2d(x, w, None, 1, 1, algo="triton_igemm")
+    torch.cuda.synchronize()
+    assert rel_err(y, F.conv2d(x_new.double(), w.double(), None, 1, 1)) < 2e-2

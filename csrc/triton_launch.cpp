@@ -1,0 +1,282 @@
+// Launching compiled Triton kernels from C++ (kernels/_common.Launch's native path).
+//
+// Why: a Triton launch from Python costs ~10 us of host time (the compiled kernel's
+// runner, launch metadata, scratch allocation, argument extraction), as much as cuDNN's
+// whole F.conv2d call. A plan's launch fixes every argument but its tensors, so the
+// kernel parameters can be laid out once here and each call only fills in pointers and
+// calls cuLaunchKernel on PyTorch's current stream.
+//
+// The extension is built without the CUDA toolkit and must load where there is no GPU:
+// the driver API (libcuda.so.1) is opened on first use, and the few types it needs are
+// declared here. The current stream comes from c10's device guard (the CUDA one is
+// registered by torch's CUDA library whenever CUDA tensors exist).
+#include "triton_launch.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <dlfcn.h>
+#include <torch/python.h>
+
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace fastconv {
+namespace triton_launch {
+namespace {
+
+// Driver API subset (cuda.h's declarations, whose ABI is stable).
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = void*;
+using CUfunction = void*;
+using CUstream = void*;
+using LaunchKernelFn = CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                    unsigned, unsigned, CUstream, void**, void**);
+using GetErrorStringFn = CUresult (*)(CUresult, const char**);
+using CtxGetCurrentFn = CUresult (*)(CUcontext*);
+using CtxSetCurrentFn = CUresult (*)(CUcontext);
+using DeviceGetFn = CUresult (*)(CUdevice*, int);
+using PrimaryCtxRetainFn = CUresult (*)(CUcontext*, CUdevice);
+
+struct Driver {
+  LaunchKernelFn launch_kernel = nullptr;
+  GetErrorStringFn get_error_string = nullptr;
+  CtxGetCurrentFn ctx_get_current = nullptr;
+  CtxSetCurrentFn ctx_set_current = nullptr;
+  DeviceGetFn device_get = nullptr;
+  PrimaryCtxRetainFn primary_ctx_retain = nullptr;
+  std::string error;  // why it could not be loaded (empty when loaded)
+};
+
+template <class Fn>
+void load_symbol(void* lib, const char* name, Fn* fn, std::string* error) {
+  *fn = reinterpret_cast<Fn>(dlsym(lib, name));
+  if (*fn == nullptr && error->empty()) {
+    *error = std::string("libcuda.so.1 has no symbol ") + name;
+  }
+}
+
+const Driver& driver() {
+  static const Driver d = [] {
+    Driver d;
+    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr) {
+      const char* why = dlerror();
+      d.error = std::string("cannot open the CUDA driver libcuda.so.1: ") + (why ? why : "");
+      return d;
+    }
+    load_symbol(lib, "cuLaunchKernel", &d.launch_kernel, &d.error);
+    load_symbol(lib, "cuGetErrorString", &d.get_error_string, &d.error);
+    load_symbol(lib, "cuCtxGetCurrent", &d.ctx_get_current, &d.error);
+    load_symbol(lib, "cuCtxSetCurrent", &d.ctx_set_current, &d.error);
+    load_symbol(lib, "cuDeviceGet", &d.device_get, &d.error);
+    load_symbol(lib, "cuDevicePrimaryCtxRetain", &d.primary_ctx_retain, &d.error);
+    return d;
+  }();
+  return d;
+}
+
+std::string error_text(const Driver& d, CUresult r) {
+  const char* s = nullptr;
+  if (d.get_error_string != nullptr && d.get_error_string(r, &s) == 0 && s != nullptr) {
+    return std::string(s) + " (CUresult " + std::to_string(r) + ")";
+  }
+  return "CUresult " + std::to_string(r);
+}
+
+// A thread that has only run the runtime API on other devices, or none (an autograd
+// worker), may have no current context; Triton's modules live in the primary context.
+void ensure_context(const Driver& d, int device) {
+  thread_local int ready_device = -1;
+  if (ready_device == device) return;
+  CUcontext ctx = nullptr;
+  CUresult r = d.ctx_get_current(&ctx);
+  TORCH_CHECK(r == 0, "fastconv: cuCtxGetCurrent failed: ", error_text(d, r));
+  if (ctx == nullptr) {
+    CUdevice dev = 0;
+    r = d.device_get(&dev, device);
+    TORCH_CHECK(r == 0, "fastconv: cuDeviceGet(", device, ") failed: ", error_text(d, r));
+    r = d.primary_ctx_retain(&ctx, dev);
+    TORCH_CHECK(r == 0, "fastconv: cuDevicePrimaryCtxRetain failed: ", error_text(d, r));
+    r = d.ctx_set_current(ctx);
+    TORCH_CHECK(r == 0, "fastconv: cuCtxSetCurrent failed: ", error_text(d, r));
+  }
+  ready_device = device;
+}
+
+}  // namespace
+
+// One kernel parameter: a tensor's data pointer (index into the call's tensors) or a
+// fixed scalar of 4 or 8 bytes (Triton's signature types; pointers to scratch are 0).
+struct Param {
+  int tensor = -1;  // >= 0: the call's tensor number
+  int bytes = 8;
+  uint64_t value = 0;
+};
+
+static Param scalar_param(const std::string& type, pybind11::handle value) {
+  Param p;
+  if (type == "nullptr") {
+    return p;  // a scratch pointer Triton passes as 0 when the kernel needs none
+  }
+  if (type == "fp32" || type == "f32") {
+    float f = value.cast<float>();
+    p.bytes = 4;
+    std::memcpy(&p.value, &f, 4);
+  } else if (type == "fp64" || type == "f64") {
+    double f = value.cast<double>();
+    std::memcpy(&p.value, &f, 8);
+  } else if (type == "i1" || type == "i8" || type == "i16" || type == "i32" || type == "u1" ||
+             type == "u8" || type == "u16" || type == "u32") {
+    // Triton passes every integer narrower than 64 bits as a 32-bit parameter.
+    int64_t v = value.cast<int64_t>();
+    TORCH_CHECK(v >= INT32_MIN && v <= static_cast<int64_t>(UINT32_MAX),
+                "fastconv: scalar ", v, " does not fit the kernel's ", type, " parameter");
+    uint32_t u = static_cast<uint32_t>(v);
+    p.bytes = 4;
+    std::memcpy(&p.value, &u, 4);
+  } else if (type == "i64" || type == "u64") {
+    int64_t v = value.cast<int64_t>();
+    std::memcpy(&p.value, &v, 8);
+  } else {
+    TORCH_CHECK(false, "fastconv: no native launch for Triton parameter type ", type);
+  }
+  return p;
+}
+
+// A compiled kernel of one call signature: which device it was loaded on and, per
+// tensor, the dtype and whether its pointer is 16-byte aligned (what Triton specializes
+// a pointer argument on).
+struct Variant {
+  int device;
+  uint64_t aligned_mask;
+  std::vector<at::ScalarType> dtypes;
+  CUfunction function;
+};
+
+class NativeLaunch {
+ public:
+  NativeLaunch(std::vector<int64_t> grid, int64_t threads, int64_t shared_bytes, int64_t n_tensors,
+               pybind11::list params)
+      : threads_(threads), shared_(shared_bytes), n_tensors_(n_tensors) {
+    TORCH_CHECK(grid.size() == 3, "fastconv: a native launch needs a 3-D grid");
+    TORCH_CHECK(n_tensors >= 1 && n_tensors <= 64, "fastconv: bad tensor count ", n_tensors);
+    for (int i = 0; i < 3; ++i) {
+      TORCH_CHECK(grid[i] >= 0 && grid[i] <= INT32_MAX, "fastconv: grid ", grid, " out of range");
+      grid_[i] = static_cast<unsigned>(grid[i]);
+    }
+    TORCH_CHECK(threads > 0 && threads <= 1024, "fastconv: bad block size ", threads);
+    for (auto item : params) {
+      auto spec = item.cast<pybind11::tuple>();  // ("tensor", i) or (type, value)
+      auto kind = spec[0].cast<std::string>();
+      if (kind == "tensor") {
+        Param p;
+        p.tensor = spec[1].cast<int>();
+        TORCH_CHECK(p.tensor >= 0 && p.tensor < n_tensors, "fastconv: tensor parameter ",
+                    p.tensor, " of ", n_tensors);
+        params_.push_back(p);
+      } else {
+        params_.push_back(scalar_param(kind, spec[1]));
+      }
+    }
+  }
+
+  void add_variant(int64_t device, std::vector<bool> aligned, std::vector<pybind11::object> dtypes,
+                   uint64_t function) {
+    TORCH_CHECK(static_cast<int64_t>(aligned.size()) == n_tensors_ &&
+                    static_cast<int64_t>(dtypes.size()) == n_tensors_,
+                "fastconv: a variant names every tensor's alignment and dtype");
+    Variant v{static_cast<int>(device), 0, {}, reinterpret_cast<CUfunction>(function)};
+    for (int64_t i = 0; i < n_tensors_; ++i) {
+      if (aligned[i]) v.aligned_mask |= uint64_t{1} << i;
+      v.dtypes.push_back(torch::python::detail::py_object_to_dtype(dtypes[i]));
+    }
+    variants_.push_back(std::move(v));
+  }
+
+  // Launches and returns true when some variant matches the tensors and the current
+  // device; false (nothing launched) otherwise, for the caller's slower path.
+  bool launch(const std::vector<at::Tensor>& tensors) const {
+    if (static_cast<int64_t>(tensors.size()) != n_tensors_ || variants_.empty()) return false;
+    uint64_t mask = 0;
+    for (int64_t i = 0; i < n_tensors_; ++i) {
+      const at::Tensor& t = tensors[i];
+      if (!t.defined() || !t.is_cuda()) return false;
+      if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0) mask |= uint64_t{1} << i;
+    }
+    const auto* guard = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA);
+    const c10::Device device = guard->getDevice();
+    const Variant* hit = nullptr;
+    for (const auto& v : variants_) {
+      if (v.device != device.index() || v.aligned_mask != mask) continue;
+      bool same = true;
+      for (int64_t i = 0; i < n_tensors_ && same; ++i) same = tensors[i].scalar_type() == v.dtypes[i];
+      if (same) {
+        hit = &v;
+        break;
+      }
+    }
+    if (hit == nullptr) return false;
+    const Driver& d = driver();
+    TORCH_CHECK(d.error.empty(), "fastconv: ", d.error);
+    ensure_context(d, device.index());
+    void* stream = guard->getStreamNativeHandle(guard->getStream(device));
+
+    // Parameter storage: pointers and scalars in 8-byte slots; params[i] points at each.
+    std::vector<uint64_t> storage(params_.size());
+    std::vector<void*> args(params_.size());
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const Param& p = params_[i];
+      storage[i] = p.tensor >= 0
+                       ? static_cast<uint64_t>(reinterpret_cast<uintptr_t>(tensors[p.tensor].data_ptr()))
+                       : p.value;
+      args[i] = &storage[i];
+    }
+    if (grid_[0] == 0 || grid_[1] == 0 || grid_[2] == 0) return true;  // Triton skips these too
+    CUresult r = d.launch_kernel(hit->function, grid_[0], grid_[1], grid_[2],
+                                 static_cast<unsigned>(threads_), 1, 1,
+                                 static_cast<unsigned>(shared_), stream, args.data(), nullptr);
+    TORCH_CHECK(r == 0, "fastconv: cuLaunchKernel failed: ", error_text(d, r));
+    return true;
+  }
+
+  int64_t variants() const { return static_cast<int64_t>(variants_.size()); }
+
+ private:
+  unsigned grid_[3];
+  int64_t threads_, shared_, n_tensors_;
+  std::vector<Param> params_;
+  std::vector<Variant> variants_;
+};
+
+std::string driver_error() { return driver().error; }
+
+void bind(pybind11::module& m) {
+  namespace py = pybind11;
+  py::class_<NativeLaunch>(m, "NativeLaunch",
+                           "A compiled Triton kernel's launch with every non-tensor parameter "
+                           "fixed (kernels/_common.Launch): call(tensors) -> launched")
+      .def(py::init<std::vector<int64_t>, int64_t, int64_t, int64_t, py::list>(), py::arg("grid"),
+           py::arg("threads"), py::arg("shared_bytes"), py::arg("n_tensors"), py::arg("params"))
+      .def("add_variant", &NativeLaunch::add_variant, py::arg("device"), py::arg("aligned"),
+           py::arg("dtypes"), py::arg("function"),
+           "The compiled kernel (CUfunction handle) for tensors of these dtypes and 16-byte "
+           "alignments on this device.")
+      .def("__call__", [](const NativeLaunch& self, py::args args) {
+             std::vector<at::Tensor> tensors;
+             tensors.reserve(args.size());
+             for (auto a : args) {
+               if (!THPVariable_Check(a.ptr())) return false;
+               tensors.push_back(THPVariable_Unpack(a.ptr()));
+             }
+             return self.launch(tensors);
+           })
+      .def_property_readonly("variants", &NativeLaunch::variants);
+  m.def("cuda_driver_error", &driver_error,
+        "Why the CUDA driver API could not be loaded for native launches ('' when it was).");
+}
+
+}  // namespace triton_launch
+}  // namespace fastconv
