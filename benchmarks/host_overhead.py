@@ -7,7 +7,9 @@ kernel itself is negligible (so wall time per call = host overhead), against F.c
 Rows, outermost first: the nn.Conv2d module, fastconv.conv2d (with the eager fast path,
 and with it switched off: through the registered op), the registered op through the
 dispatcher, the kernel module's Python entry, and (CUDA) a bare Triton launch; then the
-same for a training step (forward + backward).
+same for a training step (forward + backward). Rows take turns in rounds (the best round
+counts), and the last lines give fastconv.nn.Conv2d's host time over nn.Conv2d's, no grad
+and forward+backward: on a GPU, the ratios issue 12's targets are about.
 --profile prints cProfile's top functions for the module forward and a training step.
 --mock-kernels replaces the Triton kernel modules' entry points by the output allocation
 alone, so that on a machine without a GPU (Triton algorithms on CPU tensors under
@@ -28,17 +30,25 @@ import fastconv
 from fastconv import _eager
 
 
-def per_call_us(fn, calls: int, sync) -> float:
-    for _ in range(50):
-        fn()
-    sync()
-    best = float("inf")
-    for _ in range(5):  # min over repeats: the least-disturbed estimate of the host cost
-        t0 = time.perf_counter()
-        for _ in range(calls):
+REPEATS = 7
+
+
+def per_call_us(cases: dict, calls: int, sync, repeats: int = REPEATS) -> dict:
+    """label -> host us per call of each case. The cases take turns, one block of `calls`
+    calls each per round, so that a slow spell of a noisy host hits every row alike; each
+    row keeps its best round (the least-disturbed estimate of the host cost)."""
+    for fn in cases.values():
+        for _ in range(50):
             fn()
-        sync()
-        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    sync()
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(repeats):
+        for label, fn in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            best[label] = min(best[label], (time.perf_counter() - t0) / calls * 1e6)
     return best
 
 
@@ -74,7 +84,7 @@ def main() -> None:
     if args.mock_kernels:
         mock_kernels()
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    rows = []
+    rows, ratios = [], []
     for name, c, k, groups, ks in (("dense 3x3", 16, 16, 1, 3), ("depthwise 3x3", 16, 16, 16, 3)):
         x = torch.randn(2, c, 8, 8, device=dev).to(memory_format=torch.channels_last)
         ref = torch.nn.Conv2d(c, k, ks, padding=1, groups=groups).to(dev)
@@ -104,6 +114,7 @@ def main() -> None:
 
         no_grad = {
             "F.conv2d (cuDNN/oneDNN), no grad": lambda: F.conv2d(x, w, b, 1, 1, 1, groups),
+            "nn.Conv2d (torch), no grad": lambda: ref(x),
             "fastconv.nn.Conv2d, no grad": lambda: mod(x),
             "fastconv.conv2d, no grad": lambda: fastconv.conv2d(x, w, b, 1, 1, 1, groups, algo=algo),
             "fastconv.conv2d, no grad, via the op": ops_path(
@@ -131,10 +142,11 @@ def main() -> None:
         }
         cases = {**no_grad, **train}
         with torch.no_grad():
-            for label in no_grad:
-                rows.append((name, alg.name, label, per_call_us(cases[label], args.calls, sync)))
-        for label in train:
-            rows.append((name, alg.name, label, per_call_us(cases[label], args.calls // 4, sync)))
+            times = per_call_us(no_grad, args.calls, sync)
+        times.update(per_call_us(train, args.calls // 4, sync))
+        rows += [(name, alg.name, label, times[label]) for label in cases]
+        ratios.append((name, times["fastconv.nn.Conv2d, no grad"] / times["nn.Conv2d (torch), no grad"],
+                       times["fastconv.nn.Conv2d fwd+bwd"] / times["nn.Conv2d fwd+bwd (torch)"]))
         if args.profile:
             for label in ("fastconv.nn.Conv2d, no grad", "fastconv.nn.Conv2d fwd+bwd"):
                 prof = cProfile.Profile()
@@ -157,10 +169,13 @@ def main() -> None:
 
         t = torch.zeros(64, device=dev)
         rows.append(("-", "-", "bare Triton launch (1 program)",
-                     per_call_us(lambda: _noop[(1,)](t, 64, BLOCK=64), args.calls, sync)))
+                     per_call_us({"": lambda: _noop[(1,)](t, 64, BLOCK=64)}, args.calls, sync)[""]))
     print(f"\nhost time per call, us ({dev}, torch {torch.__version__})")
     for r in rows:
         print(f"{r[0]:14s} {r[1]:17s} {r[2]:45s} {r[3]:8.1f}")
+    print("\nfastconv.nn.Conv2d / nn.Conv2d host time (same rounds)")
+    for name, no_grad, train in ratios:
+        print(f"{name:14s} no grad {no_grad:5.2f}x   fwd+bwd {train:5.2f}x")
 
 
 if __name__ == "__main__":
