@@ -145,7 +145,8 @@ def main() -> None:
             times = per_call_us(no_grad, args.calls, sync)
         times.update(per_call_us(train, args.calls // 4, sync))
         rows += [(name, alg.name, label, times[label]) for label in cases]
-        ratios.append((name, times["fastconv.nn.Conv2d, no grad"] / times["nn.Conv2d (torch), no grad"],
+        ratios.append((name,
+                       times["fastconv.nn.Conv2d, no grad"] / times["nn.Conv2d (torch), no grad"],
                        times["fastconv.nn.Conv2d fwd+bwd"] / times["nn.Conv2d fwd+bwd (torch)"]))
         if args.profile:
             for label in ("fastconv.nn.Conv2d, no grad", "fastconv.nn.Conv2d fwd+bwd"):
@@ -169,7 +170,8 @@ def main() -> None:
 
         t = torch.zeros(64, device=dev)
         rows.append(("-", "-", "bare Triton launch (1 program)",
-                     per_call_us({"": lambda: _noop[(1,)](t, 64, BLOCK=64)}, args.calls, sync)[""]))
+                     per_call_us({"": lambda: _noop[(1,)](t, 64, BLOCK=64)}, args.calls,
+                                 sync)[""]))
     print(f"\nhost time per call, us ({dev}, torch {torch.__version__})")
     for r in rows:
         print(f"{r[0]:14s} {r[1]:17s} {r[2]:45s} {r[3]:8.1f}")

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <dlfcn.h>
+#include <pybind11/stl.h>
 #include <torch/python.h>
 
 #include <cstring>
@@ -106,8 +107,6 @@ void ensure_context(const Driver& d, int device) {
   ready_device = device;
 }
 
-}  // namespace
-
 // One kernel parameter: a tensor's data pointer (index into the call's tensors) or a
 // fixed scalar of 4 or 8 bytes (Triton's signature types; pointers to scratch are 0).
 struct Param {
@@ -116,7 +115,7 @@ struct Param {
   uint64_t value = 0;
 };
 
-static Param scalar_param(const std::string& type, pybind11::handle value) {
+Param scalar_param(const std::string& type, pybind11::handle value) {
   Param p;
   if (type == "nullptr") {
     return p;  // a scratch pointer Triton passes as 0 when the kernel needs none
@@ -154,20 +153,20 @@ struct Variant {
   uint64_t aligned_mask;
   std::vector<at::ScalarType> dtypes;
   CUfunction function;
+  unsigned threads;  // 32 x num_warps
+  unsigned shared;   // dynamic shared memory bytes
 };
 
 class NativeLaunch {
  public:
-  NativeLaunch(std::vector<int64_t> grid, int64_t threads, int64_t shared_bytes, int64_t n_tensors,
-               pybind11::list params)
-      : threads_(threads), shared_(shared_bytes), n_tensors_(n_tensors) {
+  NativeLaunch(std::vector<int64_t> grid, int64_t n_tensors, pybind11::list params)
+      : n_tensors_(n_tensors) {
     TORCH_CHECK(grid.size() == 3, "fastconv: a native launch needs a 3-D grid");
     TORCH_CHECK(n_tensors >= 1 && n_tensors <= 64, "fastconv: bad tensor count ", n_tensors);
     for (int i = 0; i < 3; ++i) {
       TORCH_CHECK(grid[i] >= 0 && grid[i] <= INT32_MAX, "fastconv: grid ", grid, " out of range");
       grid_[i] = static_cast<unsigned>(grid[i]);
     }
-    TORCH_CHECK(threads > 0 && threads <= 1024, "fastconv: bad block size ", threads);
     for (auto item : params) {
       auto spec = item.cast<pybind11::tuple>();  // ("tensor", i) or (type, value)
       auto kind = spec[0].cast<std::string>();
@@ -184,11 +183,15 @@ class NativeLaunch {
   }
 
   void add_variant(int64_t device, std::vector<bool> aligned, std::vector<pybind11::object> dtypes,
-                   uint64_t function) {
+                   uint64_t function, int64_t threads, int64_t shared_bytes) {
     TORCH_CHECK(static_cast<int64_t>(aligned.size()) == n_tensors_ &&
                     static_cast<int64_t>(dtypes.size()) == n_tensors_,
                 "fastconv: a variant names every tensor's alignment and dtype");
-    Variant v{static_cast<int>(device), 0, {}, reinterpret_cast<CUfunction>(function)};
+    TORCH_CHECK(threads > 0 && threads <= 1024, "fastconv: bad block size ", threads);
+    TORCH_CHECK(shared_bytes >= 0 && shared_bytes <= INT32_MAX, "fastconv: bad shared memory size ",
+                shared_bytes);
+    Variant v{static_cast<int>(device), 0, {}, reinterpret_cast<CUfunction>(function),
+              static_cast<unsigned>(threads), static_cast<unsigned>(shared_bytes)};
     for (int64_t i = 0; i < n_tensors_; ++i) {
       if (aligned[i]) v.aligned_mask |= uint64_t{1} << i;
       v.dtypes.push_back(torch::python::detail::py_object_to_dtype(dtypes[i]));
@@ -235,9 +238,8 @@ class NativeLaunch {
       args[i] = &storage[i];
     }
     if (grid_[0] == 0 || grid_[1] == 0 || grid_[2] == 0) return true;  // Triton skips these too
-    CUresult r = d.launch_kernel(hit->function, grid_[0], grid_[1], grid_[2],
-                                 static_cast<unsigned>(threads_), 1, 1,
-                                 static_cast<unsigned>(shared_), stream, args.data(), nullptr);
+    CUresult r = d.launch_kernel(hit->function, grid_[0], grid_[1], grid_[2], hit->threads, 1, 1,
+                                 hit->shared, stream, args.data(), nullptr);
     TORCH_CHECK(r == 0, "fastconv: cuLaunchKernel failed: ", error_text(d, r));
     return true;
   }
@@ -246,10 +248,84 @@ class NativeLaunch {
 
  private:
   unsigned grid_[3];
-  int64_t threads_, shared_, n_tensors_;
+  int64_t n_tensors_;
   std::vector<Param> params_;
   std::vector<Variant> variants_;
 };
+
+// A plan's whole call in C++ (kernels/_plan.Plan's native form): allocate its buffers,
+// run its launches over slots [a, b, bias-or-b, buffers...], return one slot. Returns
+// None, having launched nothing that matters, where a launch has no variant for these
+// tensors or the bias is not contiguous: the Python plan then runs.
+class NativePlan {
+ public:
+  NativePlan(pybind11::list buffers, pybind11::list steps, int64_t result) : result_(result) {
+    for (auto item : buffers) {  // (sizes, channels_last, dtype slot or dtype)
+      auto spec = item.cast<pybind11::tuple>();
+      Buffer b;
+      b.sizes = spec[0].cast<std::vector<int64_t>>();
+      b.channels_last = spec[1].cast<bool>();
+      if (pybind11::isinstance<pybind11::int_>(spec[2])) {
+        b.dtype_slot = spec[2].cast<int>();
+        TORCH_CHECK(b.dtype_slot >= 0 && b.dtype_slot < 3, "fastconv: dtype slot ", b.dtype_slot);
+      } else {
+        b.dtype = torch::python::detail::py_object_to_dtype(spec[2]);
+      }
+      TORCH_CHECK(!b.channels_last || b.sizes.size() == 4, "fastconv: channels_last needs 4-D");
+      buffers_.push_back(std::move(b));
+    }
+    const int n_slots = 3 + static_cast<int>(buffers_.size());
+    for (auto item : steps) {  // (NativeLaunch, slots)
+      auto spec = item.cast<pybind11::tuple>();
+      Step st{spec[0], spec[0].cast<const NativeLaunch*>(), spec[1].cast<std::vector<int>>()};
+      for (int slot : st.slots) {
+        TORCH_CHECK(slot >= 0 && slot < n_slots, "fastconv: slot ", slot, " of ", n_slots);
+      }
+      steps_.push_back(std::move(st));
+    }
+    TORCH_CHECK(result >= 0 && result < n_slots && !steps_.empty(), "fastconv: bad native plan");
+  }
+
+  pybind11::object run(const at::Tensor& a, const at::Tensor& b,
+                       const c10::optional<at::Tensor>& c) const {
+    if (c.has_value() && c->defined() && !c->is_contiguous()) return pybind11::none();
+    std::vector<at::Tensor> slots;
+    slots.reserve(3 + buffers_.size());
+    slots.push_back(a);
+    slots.push_back(b);
+    slots.push_back(c.has_value() && c->defined() ? *c : b);
+    for (const auto& buf : buffers_) {
+      auto dtype = buf.dtype_slot >= 0 ? slots[buf.dtype_slot].scalar_type() : buf.dtype;
+      auto fmt = buf.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+      slots.push_back(at::empty(buf.sizes, a.options().dtype(dtype), fmt));
+    }
+    std::vector<at::Tensor> args;
+    for (const auto& st : steps_) {
+      args.clear();
+      for (int slot : st.slots) args.push_back(slots[slot]);
+      if (!st.launch->launch(args)) return pybind11::none();
+    }
+    return pybind11::cast(slots[result_]);
+  }
+
+ private:
+  struct Buffer {
+    std::vector<int64_t> sizes;
+    bool channels_last = false;
+    int dtype_slot = -1;
+    at::ScalarType dtype = at::kFloat;
+  };
+  struct Step {
+    pybind11::object owner;  // keeps the NativeLaunch alive
+    const NativeLaunch* launch;
+    std::vector<int> slots;
+  };
+  std::vector<Buffer> buffers_;
+  std::vector<Step> steps_;
+  int64_t result_;
+};
+
+}  // namespace
 
 std::string driver_error() { return driver().error; }
 
@@ -258,10 +334,10 @@ void bind(pybind11::module& m) {
   py::class_<NativeLaunch>(m, "NativeLaunch",
                            "A compiled Triton kernel's launch with every non-tensor parameter "
                            "fixed (kernels/_common.Launch): call(tensors) -> launched")
-      .def(py::init<std::vector<int64_t>, int64_t, int64_t, int64_t, py::list>(), py::arg("grid"),
-           py::arg("threads"), py::arg("shared_bytes"), py::arg("n_tensors"), py::arg("params"))
+      .def(py::init<std::vector<int64_t>, int64_t, py::list>(), py::arg("grid"),
+           py::arg("n_tensors"), py::arg("params"))
       .def("add_variant", &NativeLaunch::add_variant, py::arg("device"), py::arg("aligned"),
-           py::arg("dtypes"), py::arg("function"),
+           py::arg("dtypes"), py::arg("function"), py::arg("threads"), py::arg("shared_bytes"),
            "The compiled kernel (CUfunction handle) for tensors of these dtypes and 16-byte "
            "alignments on this device.")
       .def("__call__", [](const NativeLaunch& self, py::args args) {
@@ -274,6 +350,14 @@ void bind(pybind11::module& m) {
              return self.launch(tensors);
            })
       .def_property_readonly("variants", &NativeLaunch::variants);
+  py::class_<NativePlan>(m, "NativePlan",
+                         "A plan's call in C++ (kernels/_plan.Plan): buffers [(sizes, "
+                         "channels_last, dtype or slot)], steps [(NativeLaunch, slots)], result "
+                         "slot; slots are a, b, bias-or-b, then the buffers. "
+                         "call(a, b, bias) -> output, or None where the Python plan must run")
+      .def(py::init<py::list, py::list, int64_t>(), py::arg("buffers"), py::arg("steps"),
+           py::arg("result"))
+      .def("__call__", &NativePlan::run, py::arg("a"), py::arg("b"), py::arg("c") = py::none());
   m.def("cuda_driver_error", &driver_error,
         "Why the CUDA driver API could not be loaded for native launches ('' when it was).");
 }

@@ -281,8 +281,14 @@ class Launch:
     deterministic). If that fails or raises (another Triton's launcher convention, or
     non-finite data), this Launch stays on the JIT. The last tensor is the output, which
     the kernels only write. Host TMA descriptors (triton's TensorDescriptor) may stand for
-    tensors: the launcher encodes them on every call, direct or JIT. Off under the interpreter, during CUDA graph capture (no
-    check can synchronize there) and where DIRECT_LAUNCH is False."""
+    tensors: the launcher encodes them on every call, direct or JIT.
+
+    Native launch: a signature whose kernel needs nothing but pointers and fixed scalars
+    (native_params) is also checked launched from C++ (_C.NativeLaunch: cuLaunchKernel with
+    the parameters laid out once, on torch's current stream); once it writes the JIT
+    launch's bits, `native` launches every call of a known signature, no Python launcher.
+    All of this is off under the interpreter, during CUDA graph capture (no check can
+    synchronize there) and where DIRECT_LAUNCH is False."""
 
     __slots__ = ("kernel", "grid", "grid3", "scalars", "kwargs", "args_tail", "compiled",
                  "layout_ok", "native", "n_tensors")
@@ -332,25 +338,25 @@ class Launch:
 
     def _add_native(self, kernel, tensors, device):
         """Launch this signature from C++ from now on (csrc/triton_launch.cpp), once a
-        native launch has written what the JIT launch wrote."""
+        native launch of it alone has written what the JIT launch wrote."""
         cls = NATIVE_LAUNCH
         if cls is None or not all(isinstance(t, torch.Tensor) for t in tensors):
             return
+        variant = (device, [t.data_ptr() % 16 == 0 for t in tensors], [t.dtype for t in tensors],
+                   kernel.function, 32 * kernel.metadata.num_warps, kernel.metadata.shared)
         try:
-            native = self.native
-            if native is None:
-                params = native_params(kernel, (*tensors, *self.args_tail), len(tensors))
-                if params is None:
-                    return
-                md = kernel.metadata
-                native = cls(list(self.grid3), 32 * md.num_warps, md.shared, len(tensors), params)
-            native.add_variant(device, [t.data_ptr() % 16 == 0 for t in tensors],
-                               [t.dtype for t in tensors], kernel.function)
-            ok = self._same_result(lambda *args: native(*args) or _raise_no_variant(), tensors)
+            params = native_params(kernel, (*tensors, *self.args_tail), len(tensors))
+            if params is None:
+                return
+            trial = cls(list(self.grid3), len(tensors), params)
+            trial.add_variant(*variant)
+            ok = self._same_result(lambda *args: trial(*args) or _raise_no_variant(), tensors)
         except Exception:  # noqa: BLE001 - any failure keeps the Python launch
-            ok = False
-        # An unchecked or failed variant must not stay reachable: all or nothing.
-        self.native = native if ok else None
+            return
+        if ok:
+            if self.native is None:
+                self.native = cls(list(self.grid3), len(tensors), params)
+            self.native.add_variant(*variant)
 
     def _same_result(self, launch, tensors):
         """True/False: `launch(*tensors)` (a direct launch) writes / does not write what the

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -27,6 +28,7 @@ from typing import Callable, Mapping
 import torch
 import triton
 
+from . import _common
 from ._common import (Launch, device_name, dot_precision, gpu_time, interpreting,
                       is_channels_last, needs_int64, new_output, split_sum_args,
                       split_sum_kernel)
@@ -254,14 +256,66 @@ def launch_meta(cfg: dict, markers=("KIND", "NCHW")) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------
 # Plans
 # --------------------------------------------------------------------------------------
-class Plan:
-    """One geometry's prepared call: run(*tensors) -> output, and every Launch it calls
-    (kernels/_common.Launch: arguments fixed, direct launch after the first call)."""
-    __slots__ = ("run", "launches")
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """A plan's call as data, for its C++ form (_C.NativePlan, csrc/triton_launch.cpp):
+    buffers [(size, channels_last, dtype or the slot whose dtype it takes)], launches
+    [(Launch, slots)] and the result slot, over slots (a, b, bias-or-b, buffers...)."""
+    buffers: tuple
+    launches: tuple
+    result: int
 
-    def __init__(self, run: Callable, *launches: Launch):
+    def reference(self, a, b, c=None):
+        """What _C.NativePlan does with these steps, in Python (tests compare it with the
+        plan's own run)."""
+        slots = [a, b, b if c is None else c]
+        for size, cl, dtype in self.buffers:
+            like = slots[dtype] if isinstance(dtype, int) else a
+            slots.append(new_output(size, like, cl, None if isinstance(dtype, int) else dtype))
+        for launch, ids in self.launches:
+            launch(*[slots[i] for i in ids])
+        return slots[self.result]
+
+
+class Plan:
+    """One geometry's prepared call: plan(*tensors) -> output, and every Launch it calls
+    (kernels/_common.Launch: arguments fixed, direct launch after the first call).
+
+    `run` is the call in Python. A plan whose call is also given as `steps` runs in C++
+    once each of its Launches launches natively (from the second call on): no Python
+    between the family's entry and cuLaunchKernel. Where the C++ plan declines (a new
+    pointer alignment, a non-contiguous bias) or outputs are poisoned, `run` runs."""
+    __slots__ = ("run", "launches", "steps", "native", "_tries")
+
+    def __init__(self, run: Callable, *launches: Launch, steps: Steps = None):
         self.run = run
         self.launches = launches
+        self.steps = steps
+        self.native = None
+        self._tries = 0
+
+    def __call__(self, *tensors):
+        native = self.native
+        if native is not None and not _common.POISON:
+            out = native(*tensors)
+            if out is not None:
+                return out
+        out = self.run(*tensors)
+        if native is None and self._tries < 3:
+            self._make_native()
+        return out
+
+    def _make_native(self) -> None:
+        steps = self.steps
+        if steps is None or _common.NATIVE_LAUNCH is None:
+            self._tries = 3  # this plan stays in Python: stop checking
+            return
+        self._tries += 1  # a Launch that is not native after its third call never will be
+        if any(launch.native is None for launch, _ in steps.launches):
+            return  # not yet: each Launch goes native after its first call's check
+        self.native = _C_native_plan(
+            [(tuple(size), cl, dtype) for size, cl, dtype in steps.buffers],
+            [(launch.native, list(slots)) for launch, slots in steps.launches], steps.result)
 
 
 def empty_plan(size, channels_last: bool, zeros=False) -> Plan:
@@ -302,7 +356,16 @@ def grad_weight_plan(kernel: Launch, part_size, part_dtype, weight_size, device,
         dw = new_output(size, x, False)
         reduce(part, dw)
         return dw
-    return Plan(run, kernel, reduce)
+    steps = Steps(buffers=((part_size, False, part_dtype), (size, False, 1)),
+                  launches=((kernel, (0, 1, 3)), (reduce, (3, 4))), result=4)
+    return Plan(run, kernel, reduce, steps=steps)
+
+
+def output_steps(launch: Launch, size, channels_last: bool, slots) -> Steps:
+    """Steps of the common plan: one output like a (new_output(size, a, channels_last)),
+    written by one launch over `slots` of (a, b, bias-or-b, output)."""
+    return Steps(buffers=((tuple(size), channels_last, 0),), launches=((launch, tuple(slots)),),
+                 result=3)
 
 
 class PlanCache(dict):
@@ -314,6 +377,10 @@ class PlanCache(dict):
         if len(self) >= self.MAX:
             self.clear()
         super().__setitem__(key, value)
+
+
+def _C_native_plan(buffers, launches, result):
+    return importlib.import_module("fastconv._C").NativePlan(buffers, launches, result)
 
 
 # torch.backends.cudnn.allow_tf32 is a module property costing ~0.5 us a read; the getter
@@ -339,7 +406,7 @@ def _grad_entry(fam, cache: str, planner):
         if plan is None:
             plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation, groups,
                                         fam.policy)
-        return plan.run(dy, t)
+        return plan(dy, t)
     return entry
 
 
@@ -369,7 +436,7 @@ class Family:
             if plan is None:
                 plan = plans[key] = forward(x, w, bias, stride, padding, dilation, groups,
                                             activation, fam.policy)
-            return plan.run(x, w, bias)
+            return plan(x, w, bias)
 
         self.conv2d = conv2d
         self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input)

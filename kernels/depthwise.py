@@ -35,7 +35,7 @@ from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, do
                       dot_precision, is_channels_last, mma, new_output, num_sms,
                       pixel_coords, split_sum_args, split_sum_kernel)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_operands,
-                    check_output, empty_plan, grad_weight_plan, launch_meta, out_hw,
+                    check_output, empty_plan, grad_weight_plan, launch_meta, output_steps, out_hw,
                     split_reduction, tune, tune_key)
 
 
@@ -858,7 +858,8 @@ class _Forward:
             fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(),
                  y)
             return y
-        return Plan(run, fast)
+        return Plan(run, fast,
+                    steps=None if transpose else output_steps(fast, size, cl, (0, 1, 2, 3)))
 
 
 # --------------------------------------------------------------------------------------
@@ -938,7 +939,7 @@ class _GradInput:
             else:
                 fast(dy, w, dx)
             return dx
-        return Plan(run, fast)
+        return Plan(run, fast, steps=None if flip else output_steps(fast, size, cl, (0, 1, 3)))
 
 
 def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):

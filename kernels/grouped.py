@@ -46,7 +46,7 @@ from ._common import (Launch, activation_code, apply_activation, dot_args, dot_p
                       is_channels_last, mma, new_output, num_sms, pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
-                    out_hw, split_reduction, tune, tune_key)
+                    out_hw, output_steps, split_reduction, tune, tune_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
 MAX_GROUP_WIDTH = GROUPED_MAX_GROUP_WIDTH  # Cg, Kg above: a dense-ish GEMM per group
@@ -616,12 +616,14 @@ class _Conv:
                 dx = new_output(size, dy, cl)
                 fast(dy, w, w, dx)
                 return dx
+            slots = (0, 1, 1, 3)
         else:
             def run(x, w, bias):
                 y = new_output(size, x, cl)
                 fast(x, w, w if bias is None else bias.contiguous(), y)
                 return y
-        return Plan(run, fast)
+            slots = (0, 1, 2, 3)
+        return Plan(run, fast, steps=output_steps(fast, size, cl, slots))
 
 
 def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, policy):

@@ -45,7 +45,7 @@ from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, do
                       pixel_coords)
 from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
-                    out_hw, split_reduction, tune, tune_key)
+                    out_hw, output_steps, split_reduction, tune, tune_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -856,7 +856,7 @@ class _Forward:
                 w = _c_major(w)
             fast(x, w, w if bias is None else bias.contiguous(), y)
             return y
-        return Plan(run, fast)
+        return Plan(run, fast, steps=None if w_copy else output_steps(fast, size, cl, (0, 1, 2, 3)))
 
 
 # --------------------------------------------------------------------------------------

@@ -985,3 +985,36 @@ def test_forward_ad_and_vmap(algo):
     ws_batch = torch.stack([w, 2 * w])
     got = torch.func.vmap(conv, in_dims=(None, 0))(x, ws_batch)
     torch.testing.assert_close(got, torch.stack([F.conv2d(x, v, None, groups=groups) for v in ws_batch]))
+
+
+@pytest.mark.parametrize("algo,groups,cl", [
+    ("triton_igemm", 1, False), ("triton_igemm", 1, True),
+    ("triton_depthwise", 8, False), ("triton_depthwise", 8, True),
+    ("triton_grouped", 4, True), ("triton_grouped", 4, False),
+])
+def test_plan_steps_describe_the_python_run(algo, groups, cl):
+    """A plan's Steps (what _C.NativePlan runs in C++ on a GPU) do what its Python run does:
+    the same buffers, launches and result, bit for bit, for every plan of a forward and
+    backward that has them."""
+    import importlib
+
+    mod = importlib.import_module("fastconv.kernels." + algo.split("_", 1)[1])
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 7).to(memory_format=fmt).requires_grad_(True)
+    w = torch.randn(8, 8 // groups, 3, 3).to(memory_format=fmt).requires_grad_(True)
+    b = torch.randn(8).requires_grad_(True)
+    with mod.FAMILY.using(mod.POLICY.forcing()):  # plans of this test alone
+        y = fastconv.conv2d(x, w, b, 1, 1, 1, groups, algo=algo)
+        dy = torch.randn_like(y)
+        torch.autograd.grad(y, (x, w, b), dy)
+        args = {"fwd_plans": (x.detach(), w.detach(), b.detach()),
+                "grad_input_plans": (dy, w.detach()), "grad_weight_plans": (dy, x.detach())}
+        described = 0
+        for cache, call in args.items():
+            for plan in getattr(mod.FAMILY, cache).values():
+                if plan.steps is None:
+                    continue
+                described += 1
+                assert torch.equal(plan.steps.reference(*call), plan.run(*call)), cache
+    assert described >= 2
