@@ -5,8 +5,10 @@ plan cache, checks, tuner, split planner -- is kernels/_plan.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 
 import torch
 import triton
@@ -175,6 +177,30 @@ def split_sum_args(part_size, k=None):
     k = numel if k is None else k
     return ((triton.cdiv(numel, SPLIT_SUM_BLOCK),), (part_size[0], numel, k, numel // k),
             dict(BLOCK=SPLIT_SUM_BLOCK, num_warps=4))
+
+
+# Set in the tuner's compile threads (kernels/_plan._compile_all): there `jit_launch` only
+# compiles. Thread-local, so the main thread's launches are untouched meanwhile.
+_compiling = threading.local()
+
+
+@contextlib.contextmanager
+def compile_only():
+    """In this block (this thread), `jit_launch` compiles its kernel without launching it."""
+    _compiling.on = True
+    try:
+        yield
+    finally:
+        _compiling.on = False
+
+
+def jit_launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs): a tuner's JIT launch of one candidate. Under
+    `compile_only` it is JITFunction.warmup (bind, specialize, compile; triton >= 3.0),
+    which launches nothing."""
+    if getattr(_compiling, "on", False):
+        return kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel[grid](*args, **kwargs)
 
 
 GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
