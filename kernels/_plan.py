@@ -14,6 +14,8 @@ split sum that ends every grad_weight.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -473,7 +475,9 @@ def _describe(op, a, b, stride, padding, dilation, groups) -> str:
 
 class FirstSight:
     """Times one plan's making and first run; announces it once if it stalls (from a timer
-    thread while it is still going, else when it ends)."""
+    thread while it is still going, else when it ends). A burst of slow first calls (a
+    model's first step) ends with one summary line, once no first call has started for
+    SUMMARY_AFTER_S."""
 
     def __init__(self, family: str, op: str, *conv):
         self.family, self.op, self.conv = family, op, conv
@@ -483,6 +487,7 @@ class FirstSight:
         self.timer = None
 
     def __enter__(self):
+        _hold_summary()
         self.after = notice_after()
         self.outer = getattr(_sight, "current", None)
         _sight.current = self
@@ -499,14 +504,18 @@ class FirstSight:
         _sight.current = self.outer
         took = clock() - self.start
         slow = self.after is not None and took >= self.after
+        if slow and exc[0] is None:
+            self.announce(took)
         with _tally_lock:
             _tally["plans"] += 1
             _tally["seconds"] += took
             if slow:
                 _tally["slow"] += 1
                 _tally["slow_seconds"] += took
-        if slow and exc[0] is None:
-            self.announce(took)
+                _burst["slow"] += 1
+                _burst["seconds"] += took
+                _burst["what"][self.what] += 1
+        _release_summary()
         return False
 
     def announce(self, took=None):
@@ -521,6 +530,45 @@ class FirstSight:
         logger.warning("fastconv: first call of triton_%s %s: %s (%s; before it: %d slow "
                        "first calls, %.1f s)", self.family, _describe(self.op, *self.conv),
                        self.what, when, slow, seconds)
+
+
+SUMMARY_AFTER_S = 2.0  # no first call for this long: the burst is over (or the process ends)
+_burst = {"slow": 0, "seconds": 0.0, "what": collections.Counter()}
+_summary_timer = None
+
+
+def _hold_summary() -> None:
+    """A first call starts: the burst goes on, its summary waits."""
+    global _summary_timer
+    with _tally_lock:
+        if _summary_timer is not None:
+            _summary_timer.cancel()
+            _summary_timer = None
+
+
+def _release_summary() -> None:
+    global _summary_timer
+    with _tally_lock:
+        if _burst["slow"] and _summary_timer is None:
+            _summary_timer = threading.Timer(SUMMARY_AFTER_S, summarize)
+            _summary_timer.daemon = True
+            _summary_timer.start()
+
+
+def summarize() -> None:
+    """Log the burst of slow first calls that ended (if more than one) and start anew."""
+    global _summary_timer
+    with _tally_lock:
+        slow, seconds, what = _burst["slow"], _burst["seconds"], _burst["what"]
+        _burst.update(slow=0, seconds=0.0, what=collections.Counter())
+        _summary_timer = None
+    if slow > 1:
+        logger.warning("fastconv: %d slow first calls took %.1f s in all (%s); their plans "
+                       "and kernels are kept, later calls with these shapes do not wait",
+                       slow, seconds, ", ".join(f"{w}: {n}" for w, n in what.most_common()))
+
+
+atexit.register(summarize)  # a script that ends within SUMMARY_AFTER_S of its last stall
 
 
 # --------------------------------------------------------------------------------------

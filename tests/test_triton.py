@@ -845,21 +845,34 @@ def test_first_sight_notice(monkeypatch, caplog):
 
     ticks = iter(range(0, 10**6, 100))
     monkeypatch.setattr(_plan, "clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(_plan, "SUMMARY_AFTER_S", 1e4)  # summarized below, by hand
+    _plan.summarize()  # the bursts of earlier tests
     x = torch.randn(1, 3, 5, 7, device=DEVICE)
     w = torch.randn(4, 3, 3, 3, device=DEVICE)
     before = _plan.first_sight_stats()
+
+    def notices():
+        return [r.getMessage() for r in caplog.records if r.name == "fastconv"]
+    caplog.clear()
     with fastconv.settings.flags(first_sight_notice=50.0), caplog.at_level(logging.WARNING,
                                                                            "fastconv"):
         fastconv.conv2d(x, w, padding=1, algo="triton_igemm")
         fastconv.conv2d(x, w, padding=1, algo="triton_igemm")  # planned: silent
-    lines = [r.getMessage() for r in caplog.records if r.name == "fastconv"]
+        lines = notices()
+        fastconv.conv2d(x, w, padding=4, algo="triton_igemm")
+        caplog.clear()
+        _plan.summarize()  # the burst is over: one line for both
+        assert notices() == [
+            "fastconv: 2 slow first calls took 200.0 s in all (%s: 2); their plans and "
+            "kernels are kept, later calls with these shapes do not wait"
+            % ("interpreting" if INTERPRET else "compiling the heuristic tile")]
     assert len(lines) == 1, lines
     assert ("triton_igemm forward, input 1x3x5x7 float32 NCHW, weight 4x3x3x3, stride (1, 1), "
             "padding (1, 1)") in lines[0]
     assert ("interpreting" if INTERPRET else "compiling the heuristic tile") in lines[0]
     assert "took 100.0 s" in lines[0]
     after = _plan.first_sight_stats()
-    assert after["slow"] == before["slow"] + 1 and after["plans"] == before["plans"] + 1
+    assert after["slow"] == before["slow"] + 2 and after["plans"] == before["plans"] + 2
     caplog.clear()
     with fastconv.settings.flags(first_sight_notice=500.0), caplog.at_level(logging.WARNING,
                                                                              "fastconv"):
@@ -867,7 +880,8 @@ def test_first_sight_notice(monkeypatch, caplog):
     with fastconv.settings.flags(first_sight_notice=None), caplog.at_level(logging.WARNING,
                                                                             "fastconv"):
         fastconv.conv2d(x, w, padding=3, algo="triton_igemm")
-    assert not [r for r in caplog.records if r.name == "fastconv"]
+        _plan.summarize()  # nothing slow since the last summary
+    assert not notices()
 
 
 def test_first_sight_notice_while_stalled(monkeypatch, caplog):
