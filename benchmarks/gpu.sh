@@ -41,7 +41,8 @@ if has tests; then
 fi
 
 if has bench; then
-  timeout ${BENCH_TIMEOUT:-300} $PY -m fastconv bench --device cuda --suite all --out "$OUT/bench" 2>&1 | tail -20
+  # tuned tiles, as before the heuristic became fastconv's default (issue 12)
+  FASTCONV_TUNE=${FASTCONV_TUNE:-race} timeout ${BENCH_TIMEOUT:-300} $PY -m fastconv bench --device cuda --suite all --out "$OUT/bench" 2>&1 | tail -20
 fi
 
 if has kbench; then
