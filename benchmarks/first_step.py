@@ -18,7 +18,8 @@ plus, for fastconv, the plans its first step made, those slower than the first-s
 notice threshold, and where their tiles came from. Writes first_step.csv and
 first_step.md to --out (rewritten after every row).
 
---tune race --tiles-cache DIR keeps the races' winners in DIR/triton_tiles.json for
+--compile-ahead times fastconv.settings.compile_ahead (gradients compiled in background
+threads from the forward's first sight on). --tune race --tiles-cache DIR keeps the races' winners in DIR/triton_tiles.json for
 `python -m fastconv tiles export` (the tiles shipped per GPU). --dry-run: tiny models on
 the CPU under TRITON_INTERPRET=1, with the Triton algorithms preferred: it checks the
 pipeline, not the speed.
@@ -40,8 +41,10 @@ _ROOT = os.path.dirname(_HERE)
 MODELS = ["resnet50", "mobilenet_v2", "convnext_tiny", "efficientnet_b0"]
 PRECISIONS = ["bf16_cl", "tf32"]
 SIDES = ["torch", "fastconv"]
-COLUMNS = ["model", "precision", "side", "batch", "image", "tune", "first_s", "second_s",
-           "extra_first_s", "plans", "slow_plans", "slow_plan_s", "tile_sources", "status"]
+COLUMNS = ["model", "precision", "side", "batch", "image", "tune", "compile_ahead", "first_s",
+           "second_s",
+           "extra_first_s", "plans", "slow_plans", "slow_plan_s", "tile_sources",
+           "ahead_compiles", "status"]
 BUDGET_S = 10.0  # issue 12: fastconv's first step at most this much longer than cuDNN's
 RESULT = "FIRST_STEP_RESULT "  # the child's result line
 
@@ -87,18 +90,21 @@ def child(args) -> dict:
         sources = collections.Counter(_plan.tile_sources().values())
         out.update(plans=stats["plans"], slow_plans=stats["slow"],
                    slow_plan_s=stats["slow_seconds"],
-                   tile_sources=" ".join(f"{k}:{v}" for k, v in sorted(sources.items())))
+                   tile_sources=" ".join(f"{k}:{v}" for k, v in sorted(sources.items())),
+                   ahead_compiles="{done} done, {failed} failed".format(**_plan.ahead_stats()))
     return out
 
 
 def run_side(model, precision, side, args) -> dict:
     """The child process of one side, with fresh caches (or --tiles-cache)."""
+    fast = side == "fastconv"
     row = dict(model=model, precision=precision, side=side, batch=args.batch, image=args.image,
-               tune=args.tune if side == "fastconv" else "")
+               tune=args.tune if fast else "", compile_ahead=args.compile_ahead if fast else "")
     with tempfile.TemporaryDirectory(prefix="first_step_") as tmp:
         env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(tmp, "triton"),
                    FASTCONV_CACHE_DIR=args.tiles_cache or os.path.join(tmp, "fastconv"),
-                   FASTCONV_TUNE=args.tune, PYTHONUNBUFFERED="1")
+                   FASTCONV_TUNE=args.tune, PYTHONUNBUFFERED="1",
+                   FASTCONV_COMPILE_AHEAD="1" if args.compile_ahead else "0")
         if args.dry_run:
             env["TRITON_INTERPRET"] = "1"
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model,
@@ -124,7 +130,7 @@ def write(rows, out_dir, args) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [f"# First training step, fresh caches (batch {args.batch}, image {args.image}, "
-             f"fastconv tune={args.tune})", "",
+             f"fastconv tune={args.tune}, compile_ahead={args.compile_ahead})", "",
              f"Target (issue 12): fastconv's first step at most {BUDGET_S:.0f} s more than "
              "torch's (cudnn.benchmark on).", "",
              "| model | precision | torch first s | fastconv first s | extra s | torch second s "
@@ -159,6 +165,9 @@ def main(argv=None) -> int:
     p.add_argument("--image", type=int, default=None, help="default 224 (16 with --dry-run)")
     p.add_argument("--tune", default="heuristic", choices=("heuristic", "race", "compile"),
                    help="fastconv.settings.tune for the fastconv side (default heuristic)")
+    p.add_argument("--compile-ahead", action="store_true",
+                   help="fastconv.settings.compile_ahead: a forward's first sight compiles its "
+                        "gradients' kernels in background threads")
     p.add_argument("--tiles-cache", default=None,
                    help="a FASTCONV_CACHE_DIR kept across models (default: a fresh one each)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per child process")
@@ -203,7 +212,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                          if k in ("first_s", "second_s", "extra_first_s", "plans", "slow_plans",
-                                  "tile_sources", "status")}
+                                  "tile_sources", "ahead_compiles", "status")}
                 print(f"{model:16s} {precision:8s} {side:9s} {shown}", flush=True)
                 write(rows, args.out, args)
     return 0

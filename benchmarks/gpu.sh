@@ -8,7 +8,8 @@
 #   models  benchmarks/models_gpu.py (converted torchvision models; MODELS_ARGS) -> $OUT/models/
 #   ncu     benchmarks/ncu_bytes.py under Nsight Compute (DRAM/L2 bytes vs the model) -> $OUT/ncu/
 #   firststep  benchmarks/first_step.py (a converted model's first training step on fresh
-#           caches vs cuDNN's; FIRSTSTEP_ARGS) -> $OUT/firststep/; with FIRSTSTEP_RACE=1 also
+#           caches vs cuDNN's; FIRSTSTEP_ARGS, e.g. "--compile-ahead") -> $OUT/firststep/;
+#           with FIRSTSTEP_RACE=1 also
 #           the races' tiles, exported to $OUT/firststep_race/<gpu>.json for kernels/tiles/
 # Timeouts: TEST_TIMEOUT, BENCH_TIMEOUT, KBENCH_TIMEOUT, MODELS_TIMEOUT, NCU_TIMEOUT,
 # FIRSTSTEP_TIMEOUT (s).

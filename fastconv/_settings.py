@@ -32,6 +32,11 @@ tune_log              FASTCONV_TUNE_LOG          a file each tuning appends its 
                                                  times to (JSON lines); None: no log.
 cache_dir             FASTCONV_CACHE_DIR         directory of the tuned-tile file (default
                                                  ~/.cache/fastconv).
+compile_ahead         FASTCONV_COMPILE_AHEAD     a forward's first call with a shape also
+                                                 compiles its gradients' Triton kernels in
+                                                 background threads (default False:
+                                                 unmeasured; benchmarks/first_step.py
+                                                 --compile-ahead times it).
 first_sight_notice    FASTCONV_FIRST_SIGHT_NOTICE  seconds an op's first call with a new
                                                  shape (plan, compile, tuning) may take
                                                  before the "fastconv" logger says what it
@@ -91,9 +96,9 @@ def _set_env(name: str, value: Optional[str]) -> None:
 class Settings:
     """fastconv.settings (the table is in this class's docstring, set below)."""
 
-    _NAMES = ("tune", "tune_log", "cache_dir", "first_sight_notice", "direct_launch", "cpu_isa",
-              "eager_fast_path", "algorithms")
-    _ENV = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR",
+    _NAMES = ("tune", "tune_log", "cache_dir", "compile_ahead", "first_sight_notice",
+              "direct_launch", "cpu_isa", "eager_fast_path", "algorithms")
+    _ENV = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_COMPILE_AHEAD",
             "FASTCONV_FIRST_SIGHT_NOTICE", "FASTCONV_DIRECT_LAUNCH", "FASTCONV_CPU_ISA")
 
     def __init__(self) -> None:
@@ -133,6 +138,14 @@ class Settings:
     @cache_dir.setter
     def cache_dir(self, path: Optional[str]) -> None:
         _set_env("FASTCONV_CACHE_DIR", None if path is None else os.fspath(path))
+
+    @property
+    def compile_ahead(self) -> bool:
+        return _env_bool("FASTCONV_COMPILE_AHEAD", False)
+
+    @compile_ahead.setter
+    def compile_ahead(self, on: bool) -> None:
+        _set_env("FASTCONV_COMPILE_AHEAD", "1" if on else "0")
 
     @property
     def first_sight_notice(self) -> Optional[float]:

@@ -289,6 +289,9 @@ class Launch:
             if runner is not None:
                 runner(*tensors, *self.args_tail)
                 return
+        if getattr(_compiling, "on", False):  # a compile-ahead thread (_plan.compile_ahead)
+            jit_launch(self.kernel, self.grid, *tensors, *self.scalars, **self.kwargs)
+            return
         kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
         if cache is not None and isinstance(kernel, _CompiledKernel) and not _capturing():
             same = self._same_result(kernel, tensors)

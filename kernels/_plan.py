@@ -572,6 +572,74 @@ atexit.register(summarize)  # a script that ends within SUMMARY_AFTER_S of its l
 
 
 # --------------------------------------------------------------------------------------
+# Compile ahead (opt-in, settings.compile_ahead): a forward's first sight starts compiling
+# its two gradients' kernels in background threads, so that the backward finds them
+# compiled instead of compiling them one after the other
+# --------------------------------------------------------------------------------------
+AHEAD_THREADS = 4
+_ahead_pool = None
+_ahead: list = []  # futures of the compiles in flight
+_ahead_stats = {"started": 0, "done": 0, "failed": 0}
+
+
+def compile_ahead(fam, x, w, y, stride, padding, dilation, groups) -> None:
+    """Plan and compile (not run) grad_input and grad_weight for a forward's operands in a
+    thread pool. dy is taken to be laid out as y; where autograd hands the backward another
+    layout, the backward compiles its own kernel and this work is only lost. The plans are
+    not kept: the backward plans again (cheaply) and finds the kernels in Triton's cache."""
+    global _ahead_pool
+    if tune_mode() != "heuristic":  # a race times on this thread, with nothing else running
+        return
+    dy = torch.empty_like(y)  # on this thread: the worker allocates nothing the caller sees
+    policy, size_x, size_w = fam.policy, tuple(x.shape), tuple(w.shape)
+    jobs = []
+    if x.requires_grad:
+        jobs.append(lambda: fam.plan_grad_input(dy, w, size_x, stride, padding, dilation,
+                                                groups, policy).run(dy, w))
+    if w.requires_grad:
+        jobs.append(lambda: fam.plan_grad_weight(dy, x, size_w, stride, padding, dilation,
+                                                 groups, policy).run(dy, x))
+
+    def run(job):
+        try:
+            # a stream of its own: the weight copies and allocations a plan's run makes
+            # must not queue behind (or ahead of) the caller's work
+            stream = torch.cuda.Stream(x.device) if x.device.type == "cuda" else None
+            with _on(x.device), (torch.cuda.stream(stream) if stream is not None
+                                 else contextlib.nullcontext()), compile_only():
+                job()
+            if stream is not None:
+                stream.synchronize()
+            key = "done"
+        except Exception:  # noqa: BLE001 - only a head start lost; the backward compiles
+            logger.debug("fastconv: compile ahead failed", exc_info=True)
+            key = "failed"
+        with _tally_lock:
+            _ahead_stats[key] += 1
+    with _tally_lock:
+        if _ahead_pool is None:
+            _ahead_pool = concurrent.futures.ThreadPoolExecutor(
+                AHEAD_THREADS, thread_name_prefix="fastconv-ahead")
+        _ahead_stats["started"] += len(jobs)
+        _ahead[:] = [f for f in _ahead if not f.done()]
+        _ahead.extend(_ahead_pool.submit(run, job) for job in jobs)
+
+
+def wait_ahead() -> None:
+    """Wait for the compiles started ahead (a backward's first sight: its kernel may be
+    among them, and no background work may outlast the step into a CUDA graph capture)."""
+    with _tally_lock:
+        pending = list(_ahead)
+        _ahead.clear()
+    concurrent.futures.wait(pending)
+
+
+def ahead_stats() -> dict:
+    with _tally_lock:
+        return dict(_ahead_stats)
+
+
+# --------------------------------------------------------------------------------------
 # Plans
 # --------------------------------------------------------------------------------------
 class Plan:
@@ -657,6 +725,8 @@ def _grad_entry(fam, cache: str, planner, op: str):
         key = plan_key(dy, t, None, stride, padding, dilation, groups, tuple(size))
         plan = plans.get(key)
         if plan is None:
+            if _ahead:
+                wait_ahead()
             with FirstSight(fam.name, op, dy, t, stride, padding, dilation, groups):
                 plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation,
                                             groups, fam.policy)
@@ -692,7 +762,10 @@ class Family:
                 with FirstSight(name, "forward", x, w, stride, padding, dilation, groups):
                     plan = plans[key] = forward(x, w, bias, stride, padding, dilation, groups,
                                                 activation, fam.policy)
-                    return plan.run(x, w, bias)
+                    y = plan.run(x, w, bias)
+                if (x.requires_grad or w.requires_grad) and settings.compile_ahead:
+                    compile_ahead(fam, x, w, y, stride, padding, dilation, groups)
+                return y
             return plan.run(x, w, bias)
 
         self.conv2d = conv2d

@@ -13,14 +13,14 @@ from fastconv.spec import ConvSpec
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     for k in ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH",
-              "FASTCONV_CPU_ISA", "FASTCONV_FIRST_SIGHT_NOTICE"):
+              "FASTCONV_CPU_ISA", "FASTCONV_FIRST_SIGHT_NOTICE", "FASTCONV_COMPILE_AHEAD"):
         monkeypatch.delenv(k, raising=False)
 
 
 def test_defaults_read_the_environment(monkeypatch, tmp_path):
     s = fastconv.settings
     assert s.tune == "heuristic" and s.tune_log is None and s.direct_launch is True
-    assert s.first_sight_notice == 1.0
+    assert s.first_sight_notice == 1.0 and s.compile_ahead is False
     assert s.cache_dir == os.path.join(os.path.expanduser("~"), ".cache", "fastconv")
     monkeypatch.setenv("FASTCONV_TUNE", "0")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
@@ -57,8 +57,11 @@ def test_setting_writes_the_variable_and_flags_restore(tmp_path):
             pass
     with pytest.raises(ValueError, match="first_sight_notice"):
         s.first_sight_notice = -1
-    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "first_sight_notice",
-                                "direct_launch", "cpu_isa", "eager_fast_path", "algorithms"}
+    with s.flags(compile_ahead=True):
+        assert os.environ["FASTCONV_COMPILE_AHEAD"] == "1" and s.compile_ahead is True
+    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "compile_ahead",
+                                "first_sight_notice", "direct_launch", "cpu_isa",
+                                "eager_fast_path", "algorithms"}
 
 
 def test_cpu_isa_caps_the_kernels():

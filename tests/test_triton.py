@@ -905,6 +905,37 @@ def test_first_sight_notice_while_stalled(monkeypatch, caplog):
     assert "grad_weight, grad_output 2x4x3x3 float32 NCHW, input 2x3x5x5" in lines[0]
 
 
+def test_compile_ahead(monkeypatch):
+    """settings.compile_ahead: a forward's first sight plans its gradients in background
+    threads, where every launch only compiles (JITFunction.warmup); the backward waits for
+    them and computes the same gradients."""
+    import threading
+
+    from fastconv.kernels import _common, _plan
+
+    seen = []
+    real = _common.jit_launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        seen.append((threading.current_thread().name, getattr(_common._compiling, "on", False)))
+        return real(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(_common, "jit_launch", spy)
+    monkeypatch.delenv("FASTCONV_TUNE", raising=False)
+    x = torch.randn(2, 4, 6, 5, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, device=DEVICE, requires_grad=True)
+    before = _plan.ahead_stats()
+    with fastconv.settings.flags(compile_ahead=True):
+        y = fastconv.conv2d(x, w, padding=1, algo="triton_igemm")
+        y.square().sum().backward()
+    after = _plan.ahead_stats()
+    assert after["started"] - before["started"] == 2
+    assert after["done"] - before["done"] == 2 and after["failed"] == before["failed"]
+    assert seen and all(name.startswith("fastconv-ahead") and on for name, on in seen)
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    F.conv2d(xr, wr, padding=1).square().sum().backward()
+    assert rel_err(x.grad, xr.grad) < 1e-5 and rel_err(w.grad, wr.grad) < 1e-5
+
+
 def test_opcheck():
     """Schema, fake kernel, autograd registration and AOT dispatch of a Triton op."""
     x = torch.randn(1, 2, 4, 4, device=DEVICE)
