@@ -95,8 +95,8 @@ def check_grad_output(name, dy, input_size, weight_size, stride, padding, dilati
 class Prefer:
     """One first-sight rule of a Tiles: where every named shape feature lies in its
     [low, high) range (None: unbounded), run the first of `tiles` (indices into the
-    candidates) that the plan keeps. Features are what the planner passes to `tune`:
-    (`features`): "pixels", "channels", "cg", "work", "bits", "stride"."""
+    candidates) that the plan keeps. The features are those the planner passes to `tune`
+    (see `features`): "pixels", "channels", "cg", "work", "bits", "stride"."""
     tiles: tuple
     when: Mapping = dataclasses.field(default_factory=dict)
 
@@ -461,7 +461,8 @@ _OPERANDS = {"forward": ("input", "weight"), "grad_input": ("grad_output", "weig
 
 
 def _describe(op, a, b, stride, padding, dilation, groups) -> str:
-    """"forward, input 32x64x56x56 bfloat16 channels_last, weight 64x64x3x3, stride ..."."""
+    """The op and its operands in words, e.g. 'forward, input 32x64x56x56 bfloat16
+    channels_last, weight 64x64x3x3, stride (1, 1), padding (1, 1)'."""
     layout = "channels_last" if is_channels_last(a) else "NCHW"
     dtype = str(a.dtype).replace("torch.", "")
     pad = tuple(padding)
@@ -725,9 +726,10 @@ def _grad_entry(fam, cache: str, planner, op: str):
         key = plan_key(dy, t, None, stride, padding, dilation, groups, tuple(size))
         plan = plans.get(key)
         if plan is None:
-            if _ahead:
-                wait_ahead()
             with FirstSight(fam.name, op, dy, t, stride, padding, dilation, groups):
+                if _ahead:
+                    note_source("waiting for the gradients' kernels compiled ahead")
+                    wait_ahead()
                 plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation,
                                             groups, fam.policy)
                 return plan.run(dy, t)
