@@ -61,7 +61,8 @@ if os.environ.get("FASTCONV_DEBUG_BUILD"):
 setup(
     packages=find_packages(include=["fastconv", "fastconv.*"]) + ["fastconv.kernels"],
     package_dir={"fastconv.kernels": "kernels"},
-    package_data={"fastconv": ["bench/tables/*.csv"]},
+    package_data={"fastconv": ["bench/tables/*.csv"],
+                  "fastconv.kernels": ["tiles/*.json"]},  # tiles shipped per GPU (_plan.py)
     ext_modules=[
         CppExtension(
             "fastconv._C",

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The GPU machine's script, from the repository root: build the extension, run the
 # gpu-marked tests, then the benchmarks. Everything lands under $OUT (default ./gpu_out).
-# STEPS (default "tests bench kbench models ncu") picks the steps, in that order:
+# STEPS (default "tests bench kbench models ncu"; also "firststep") picks the steps, in that order:
 #   tests   pytest -m gpu (PYTEST_ARGS overrides "-m gpu tests")
 #   bench   fastconv bench --device cuda --suite all  -> $OUT/bench/
 #   kbench  benchmarks/triton_vs_cudnn.py (kernels vs cuDNN, CUDA-graph time; KBENCH_ARGS)
 #   models  benchmarks/models_gpu.py (converted torchvision models; MODELS_ARGS) -> $OUT/models/
 #   ncu     benchmarks/ncu_bytes.py under Nsight Compute (DRAM/L2 bytes vs the model) -> $OUT/ncu/
-# Timeouts: TEST_TIMEOUT, BENCH_TIMEOUT, KBENCH_TIMEOUT, MODELS_TIMEOUT, NCU_TIMEOUT (s).
+#   firststep  benchmarks/first_step.py (a converted model's first training step on fresh
+#           caches vs cuDNN's; FIRSTSTEP_ARGS, e.g. "--compile-ahead") -> $OUT/firststep/;
+#           with FIRSTSTEP_RACE=1 also
+#           the races' tiles, exported to $OUT/firststep_race/<gpu>.json for kernels/tiles/
+# Timeouts: TEST_TIMEOUT, BENCH_TIMEOUT, KBENCH_TIMEOUT, MODELS_TIMEOUT, NCU_TIMEOUT,
+# FIRSTSTEP_TIMEOUT (s).
 # The tile cache ($FASTCONV_CACHE_DIR, default $OUT/cache) carries tuned tiles between steps.
 set -o pipefail
 OUT=${OUT:-$PWD/gpu_out}
@@ -28,16 +33,17 @@ MAX_JOBS=16 $PY setup.py -q build_ext --inplace > /tmp/fastconv_build.log 2>&1 |
 [ -e fastconv/kernels ] || ln -s ../kernels fastconv/kernels
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-# Correctness first. Tests compile one tile per kernel (FASTCONV_TUNE=0) and run in
+# Correctness first. Tests compile one tile per kernel (FASTCONV_TUNE=heuristic) and run in
 # parallel processes (compilation dominates); they share the GPU, which is fine for correctness.
 if has tests; then
-  FASTCONV_TUNE=0 timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -n ${TEST_PROCS:-12} -p no:cacheprovider \
+  FASTCONV_TUNE=heuristic timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -n ${TEST_PROCS:-12} -p no:cacheprovider \
     --maxfail=30 ${PYTEST_ARGS:--m gpu tests} > "$OUT/gpu_tests.log" 2>&1
   tail -25 "$OUT/gpu_tests.log"
 fi
 
 if has bench; then
-  timeout ${BENCH_TIMEOUT:-300} $PY -m fastconv bench --device cuda --suite all --out "$OUT/bench" 2>&1 | tail -20
+  # tuned tiles, as before the heuristic became fastconv's default (issue 12)
+  FASTCONV_TUNE=${FASTCONV_TUNE:-race} timeout ${BENCH_TIMEOUT:-300} $PY -m fastconv bench --device cuda --suite all --out "$OUT/bench" 2>&1 | tail -20
 fi
 
 if has kbench; then
@@ -61,6 +67,21 @@ fi
 
 if has models; then
   timeout ${MODELS_TIMEOUT:-400} $PY benchmarks/models_gpu.py --out "$OUT/models" ${MODELS_ARGS:-} 2>&1 | tail -40
+fi
+
+if has firststep; then
+  # Fresh caches per model and side (the script makes them): the first step as a new user
+  # sees it, with the tiles shipped in kernels/tiles/ and the heuristic.
+  timeout ${FIRSTSTEP_TIMEOUT:-1500} $PY benchmarks/first_step.py --out "$OUT/firststep" \
+    ${FIRSTSTEP_ARGS:-} 2>&1 | tee "$OUT/firststep.log" | grep -v "^fastconv: first call" | tail -20
+  if [ "${FIRSTSTEP_RACE:-0}" = 1 ]; then
+    # The same steps racing every new shape, their winners kept for the shipped tiles.
+    timeout ${FIRSTSTEP_TIMEOUT:-1500} $PY benchmarks/first_step.py --tune race \
+      --tiles-cache "$OUT/firststep_race/cache" --out "$OUT/firststep_race" ${FIRSTSTEP_ARGS:-} 2>&1 \
+      | tee "$OUT/firststep_race.log" | grep -v "^fastconv: first call" | tail -20
+    $PY -m fastconv tiles export --from "$OUT/firststep_race/cache/triton_tiles.json" \
+      --gpu "$($PY -c "import torch; print(torch.cuda.get_device_name())")" --out "$OUT/firststep_race/"
+  fi
 fi
 
 if has ncu; then

@@ -2,7 +2,7 @@
 
     import fastconv
 
-    fastconv.settings.tune = False               # Triton tiles: first candidate, no timing
+    fastconv.settings.tune = "race"              # Triton tiles: time every candidate
     fastconv.settings.cache_dir = "/tmp/fc"      # where tuned tiles are remembered
     with fastconv.use_algorithms("direct", "im2col"):
         y = model(x)                             # algo="auto" picks from these first
@@ -18,16 +18,30 @@ see the same value.
 ====================  =========================  ==============================================
 attribute             environment variable       meaning
 ====================  =========================  ==============================================
-tune                  FASTCONV_TUNE              Triton tile choice per shape. True ("1", the
-                                                 default): time every candidate once and
-                                                 remember the fastest, in memory and on disk;
-                                                 False ("0"): the first candidate, untimed;
-                                                 "compile": compile every candidate, time none
-                                                 (warms Triton's kernel cache).
+tune                  FASTCONV_TUNE              Triton tile choice for a shape with no tile
+                                                 tuned on this machine (cache_dir) or shipped
+                                                 for this GPU (fastconv/kernels/tiles/):
+                                                 "heuristic" (the default; False, "0"): the
+                                                 family's rule picks one, nothing timed;
+                                                 "race" (True, "1"): time every candidate
+                                                 once, remember the fastest in memory and
+                                                 on disk; "compile": compile every
+                                                 candidate in parallel, time none (warms
+                                                 Triton's kernel cache), run the heuristic's.
 tune_log              FASTCONV_TUNE_LOG          a file each tuning appends its candidates'
                                                  times to (JSON lines); None: no log.
 cache_dir             FASTCONV_CACHE_DIR         directory of the tuned-tile file (default
                                                  ~/.cache/fastconv).
+compile_ahead         FASTCONV_COMPILE_AHEAD     a forward's first call with a shape also
+                                                 compiles its gradients' Triton kernels in
+                                                 background threads (default False:
+                                                 unmeasured; benchmarks/first_step.py
+                                                 --compile-ahead times it).
+first_sight_notice    FASTCONV_FIRST_SIGHT_NOTICE  seconds an op's first call with a new
+                                                 shape (plan, compile, tuning) may take
+                                                 before the "fastconv" logger says what it
+                                                 is doing, at WARNING (default 1.0; None or
+                                                 "off": never).
 direct_launch         FASTCONV_DIRECT_LAUNCH     after a kernel's first launch, launch the
                                                  compiled kernel from C++ (cuLaunchKernel with
                                                  its parameters laid out once), or else through
@@ -59,6 +73,10 @@ from typing import Optional, Union
 from . import _eager, registry
 
 _TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+# kernels/_plan.py's (which imports triton; these must not): the tuner's modes and the
+# default first-sight notice threshold.
+TUNE_MODES = ("heuristic", "race", "compile")
+NOTICE_AFTER_S = 1.0
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -80,30 +98,31 @@ def _set_env(name: str, value: Optional[str]) -> None:
 class Settings:
     """fastconv.settings (the table is in this class's docstring, set below)."""
 
-    _NAMES = ("tune", "tune_log", "cache_dir", "direct_launch", "cpu_isa", "eager_fast_path",
-              "algorithms")
-    _ENV = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH",
-            "FASTCONV_CPU_ISA")
+    _NAMES = ("tune", "tune_log", "cache_dir", "compile_ahead", "first_sight_notice",
+              "direct_launch", "cpu_isa", "eager_fast_path", "algorithms")
+    _ENV = ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_COMPILE_AHEAD",
+            "FASTCONV_FIRST_SIGHT_NOTICE", "FASTCONV_DIRECT_LAUNCH", "FASTCONV_CPU_ISA")
 
     def __init__(self) -> None:
         self._algorithms: tuple = ()
 
     # -- Triton tile tuning ------------------------------------------------------------------
     @property
-    def tune(self) -> Union[bool, str]:
-        v = os.environ.get("FASTCONV_TUNE", "1").strip().lower()
-        if v == "compile":
-            return "compile"
-        return v not in _FALSE
+    def tune(self) -> str:
+        """One of TUNE_MODES: "heuristic", "race", "compile"."""
+        v = os.environ.get("FASTCONV_TUNE", "").strip().lower()
+        if v in ("race",) + _TRUE:
+            return "race"
+        return "compile" if v == "compile" else "heuristic"
 
     @tune.setter
     def tune(self, value: Union[bool, str]) -> None:
-        if value == "compile":
-            _set_env("FASTCONV_TUNE", "compile")
-        elif isinstance(value, bool):
-            _set_env("FASTCONV_TUNE", "1" if value else "0")
-        else:
-            raise ValueError(f"fastconv.settings.tune: expected True, False or 'compile', got {value!r}")
+        if isinstance(value, bool):  # the old switch: True raced, False did not
+            value = "race" if value else "heuristic"
+        if value not in TUNE_MODES:
+            raise ValueError(f"fastconv.settings.tune: expected one of {', '.join(TUNE_MODES)} "
+                             f"(or True for 'race', False for 'heuristic'), got {value!r}")
+        _set_env("FASTCONV_TUNE", value)
 
     @property
     def tune_log(self) -> Optional[str]:
@@ -121,6 +140,28 @@ class Settings:
     @cache_dir.setter
     def cache_dir(self, path: Optional[str]) -> None:
         _set_env("FASTCONV_CACHE_DIR", None if path is None else os.fspath(path))
+
+    @property
+    def compile_ahead(self) -> bool:
+        return _env_bool("FASTCONV_COMPILE_AHEAD", False)
+
+    @compile_ahead.setter
+    def compile_ahead(self, on: bool) -> None:
+        _set_env("FASTCONV_COMPILE_AHEAD", "1" if on else "0")
+
+    @property
+    def first_sight_notice(self) -> Optional[float]:
+        v = os.environ.get("FASTCONV_FIRST_SIGHT_NOTICE", "").strip().lower()
+        if v in ("off", "none", "never"):
+            return None
+        return float(v) if v else NOTICE_AFTER_S
+
+    @first_sight_notice.setter
+    def first_sight_notice(self, seconds: Optional[float]) -> None:
+        if seconds is not None and not seconds >= 0:
+            raise ValueError(f"fastconv.settings.first_sight_notice: seconds >= 0 or None, got "
+                             f"{seconds!r}")
+        _set_env("FASTCONV_FIRST_SIGHT_NOTICE", "off" if seconds is None else repr(float(seconds)))
 
     # -- launches ----------------------------------------------------------------------------
     @property

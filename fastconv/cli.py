@@ -1,4 +1,5 @@
-"""The `fastconv` command: `fastconv bench ...` and `fastconv explain ...`."""
+"""The `fastconv` command: `fastconv bench ...`, `fastconv explain ...` and
+`fastconv tiles export ...`."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,9 @@ def main(argv=None) -> int:
     from .bench import cli as bench_cli
 
     bench_cli.add_parser(sub)
+    from . import tiles
+
+    tiles.add_parser(sub)
     try:
         from .explain import cli as explain_cli
     except ImportError:

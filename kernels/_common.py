@@ -5,9 +5,11 @@ plan cache, checks, tuner, split planner -- is kernels/_plan.py.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
+import threading
 
 import torch
 import triton
@@ -178,6 +180,30 @@ def split_sum_args(part_size, k=None):
             dict(BLOCK=SPLIT_SUM_BLOCK, num_warps=4))
 
 
+# Set in the tuner's compile threads (kernels/_plan._compile_all): there `jit_launch` only
+# compiles. Thread-local, so the main thread's launches are untouched meanwhile.
+_compiling = threading.local()
+
+
+@contextlib.contextmanager
+def compile_only():
+    """In this block (this thread), `jit_launch` compiles its kernel without launching it."""
+    _compiling.on = True
+    try:
+        yield
+    finally:
+        _compiling.on = False
+
+
+def jit_launch(kernel, grid, *args, **kwargs):
+    """kernel[grid](*args, **kwargs): a tuner's JIT launch of one candidate. Under
+    `compile_only` it is JITFunction.warmup (bind, specialize, compile; triton >= 3.0),
+    which launches nothing."""
+    if getattr(_compiling, "on", False):
+        return kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel[grid](*args, **kwargs)
+
+
 GRAPH_LAUNCHES = 10  # launches per captured graph when timing a candidate
 
 
@@ -326,6 +352,9 @@ class Launch:
             if runner is not None:
                 runner(*tensors, *self.args_tail)
                 return
+        if getattr(_compiling, "on", False):  # a compile-ahead thread (_plan.compile_ahead)
+            jit_launch(self.kernel, self.grid, *tensors, *self.scalars, **self.kwargs)
+            return
         kernel = self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
         if cache is not None and isinstance(kernel, _CompiledKernel) and not _capturing():
             runner = kernel[self.grid3]  # binds the grid once; each call takes the stream

@@ -14,23 +14,31 @@ split sum that ends every grad_weight.
 """
 from __future__ import annotations
 
+import atexit
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
+import time
 from typing import Callable, Mapping
 
 import torch
 import triton
 
+from fastconv._settings import settings
+
 from . import _common
-from ._common import (Launch, device_name, dot_precision, gpu_time, interpreting,
-                      is_channels_last, needs_int64, new_output, split_sum_args,
+from ._common import (Launch, compile_only, device_name, dot_precision, gpu_time,
+                      interpreting, is_channels_last, needs_int64, new_output, split_sum_args,
                       split_sum_kernel)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -86,19 +94,56 @@ def check_grad_output(name, dy, input_size, weight_size, stride, padding, dilati
 # Policies and tile lists
 # --------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
+class Prefer:
+    """One first-sight rule of a Tiles: where every named shape feature lies in its
+    [low, high) range (None: unbounded), run the first of `tiles` (indices into the
+    candidates) that the plan keeps. The features are those the planner passes to `tune`
+    (see `features`): "pixels", "channels", "cg", "work", "bits", "stride"."""
+    tiles: tuple
+    when: Mapping = dataclasses.field(default_factory=dict)
+
+    def applies(self, features: Mapping) -> bool:
+        for name, (low, high) in self.when.items():
+            v = features.get(name)
+            if v is None or (low is not None and v < low) or (high is not None and v >= high):
+                return False
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
 class Tiles:
-    """One tuner's candidates (raced per shape on a GPU) and the tile the interpreter runs.
-    A candidate is a dict of kernel constexprs plus num_warps/num_stages (and family
-    markers such as KIND)."""
+    """One tuner's candidates (raced per shape on a GPU where tuning is on), the tile the
+    interpreter runs, and the rules that pick a candidate for a shape seen for the first
+    time without racing. A candidate is a dict of kernel constexprs plus
+    num_warps/num_stages (and family markers such as KIND). The candidates are listed in
+    the order of measured preference: with no rule that applies, the first one the plan
+    keeps runs."""
     name: str
     candidates: tuple
     interpret: Mapping
+    first_sight: tuple = ()  # Prefer rules, the first that applies decides
+
+    def __post_init__(self):
+        for rule in self.first_sight:
+            if not all(0 <= i < len(self.candidates) for i in rule.tiles):
+                raise ValueError(f"Tiles {self.name}: rule {rule} names no candidate")
 
     @functools.cached_property
     def digest(self) -> str:
         """Part of the on-disk key: a changed candidate list is tuned anew."""
         text = json.dumps([dict(c) for c in self.candidates], sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def heuristic(self, kept: list, features: Mapping) -> dict:
+        """The candidate for a shape never timed: the first rule that applies names it (its
+        first tile in `kept`), else the first kept candidate."""
+        for rule in self.first_sight:
+            if rule.applies(features):
+                for i in rule.tiles:
+                    cfg = dict(self.candidates[i])
+                    if cfg in kept:
+                        return cfg
+        return dict(kept[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +164,30 @@ class Policy:
         return dataclasses.replace(self, force={**self.force, **tiles})
 
 
+def features(pixels, channels, cg, dtype, stride=(1, 1)) -> dict:
+    """The shape features the first-sight rules (`Prefer`) read: the GEMM's rows
+    ("pixels"), output channels per group ("channels"), reduction channels per group
+    ("cg"), their product ("work": the output tile area to fill the GPU with), operand
+    bits and the largest stride."""
+    return dict(pixels=pixels, channels=channels, cg=cg, work=pixels * channels,
+                bits=torch.finfo(dtype).bits, stride=max(stride))
+
+
 # --------------------------------------------------------------------------------------
-# The tuner: a choice per shape, timed once, kept in memory and in a JSON file
+# The tuner: a tile per shape from the first source that has one
 # --------------------------------------------------------------------------------------
+# Sources, in order: policy.force; the interpreter's tile (CPU tensors); this process's
+# memory; the user's tuned-tile file ($FASTCONV_CACHE_DIR/triton_tiles.json, written by
+# races on this machine); the tiles shipped for this GPU (kernels/tiles/<gpu>.json); then,
+# by FASTCONV_TUNE, the family's heuristic (default), a race, or compiling every candidate.
 TUNER_SCHEMA = 2  # the key format below; a different schema never reads another's entries
 TUNER_FILE = "triton_tiles.json"
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiles")
+COMPILE_THREADS = 8  # candidates compiled at once before a race (ptxas, LLVM: GIL released)
 _lock = threading.Lock()
-_memory: dict = {}
+_memory: dict = {}  # full key -> (tile, source)
 _disk: dict | None = None
+_shipped: dict = {}  # (directory, gpu) -> {shipped key: tile}
 
 
 def tune_key(a, b, n, c, h, w, k, cg, r, s, stride, padding, dilation, groups, *tags):
@@ -138,9 +199,43 @@ def tune_key(a, b, n, c, h, w, k, cg, r, s, stride, padding, dilation, groups, *
             + "".join(f"|{t}" for t in tags if t))
 
 
+def tuner_key(tiles: Tiles, gpu: str, shape_key: str) -> str:
+    """The user file's key: a race's result holds for this GPU and this triton."""
+    return (f"v{TUNER_SCHEMA}|{tiles.name}|{tiles.digest}|{gpu}|triton-{triton.__version__}"
+            f"|{shape_key}")
+
+
+def shipped_key(tiles: Tiles, shape_key: str) -> str:
+    """A shipped tile's key (the file names the GPU): any triton compiles any tile, so only
+    the candidate list (its digest) must be the one that was raced."""
+    return f"v{TUNER_SCHEMA}|{tiles.name}|{tiles.digest}|{shape_key}"
+
+
+def split_tuner_key(key: str):
+    """(shipped key, gpu, triton version) of a user-file key; None for another schema."""
+    parts = key.split("|", 5)
+    if len(parts) < 6 or parts[0] != f"v{TUNER_SCHEMA}" or not parts[4].startswith("triton-"):
+        return None
+    version, name, digest, gpu, tv, shape = parts
+    return f"{version}|{name}|{digest}|{shape}", gpu, tv[len("triton-"):]
+
+
+def gpu_slug(gpu: str) -> str:
+    """The shipped file's name for a device name: "NVIDIA H100 80GB HBM3" ->
+    "nvidia-h100-80gb-hbm3"."""
+    return re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+
+
 def cache_dir() -> str:
     return os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
                                                                 "fastconv")
+
+
+def tune_mode() -> str:
+    """fastconv.settings.tune (FASTCONV_TUNE): "heuristic" (the default; "0", the old
+    False, which took the first candidate untimed), "race" ("1", the old True) or
+    "compile"."""
+    return settings.tune
 
 
 def _load_disk() -> dict:
@@ -154,11 +249,27 @@ def _load_disk() -> dict:
     return _disk
 
 
+def shipped(gpu: str) -> dict:
+    """The tiles shipped for this GPU, by shipped key ({} if none)."""
+    where = (SHIPPED_DIR, gpu)
+    table = _shipped.get(where)
+    if table is None:
+        try:
+            with open(os.path.join(SHIPPED_DIR, gpu_slug(gpu) + ".json")) as f:
+                data = json.load(f)
+            table = data["tiles"] if data.get("gpu") == gpu else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            table = {}
+        _shipped[where] = table
+    return table
+
+
 def forget_disk() -> None:
-    """Read the file again on the next miss (as a new process would)."""
+    """Read the files again on the next miss (as a new process would)."""
     global _disk
     _disk = None
     _memory.clear()
+    _shipped.clear()
 
 
 def _save(key: str, cfg: dict) -> None:
@@ -182,42 +293,94 @@ def _save(key: str, cfg: dict) -> None:
         pass  # a read-only home only costs re-tuning
 
 
-def tune(policy: Policy, tiles: Tiles, shape_key: str, device, launch, prune=None) -> dict:
-    """The tile for one plan: policy.force's if it names these tiles, the interpreter's on
-    CPU tensors, else the fastest candidate that `prune` keeps, timed once per key
-    (`launch(cfg)` runs the kernel once) and remembered in memory and on disk.
-    FASTCONV_TUNE=0 takes the first kept candidate untimed; FASTCONV_TUNE=compile only
-    compiles every candidate (warming Triton's cache in parallel processes)."""
-    forced = policy.force.get(tiles.name)
-    if forced is not None:
-        return dict(forced)
-    if interpreting() or device.type != "cuda":
-        return dict(tiles.interpret)
-    key = (f"v{TUNER_SCHEMA}|{tiles.name}|{tiles.digest}|{device_name(device)}"
-           f"|triton-{triton.__version__}|{shape_key}")
-    if key in _memory:
-        return _memory[key]
+def interpreted(device) -> bool:
+    """Whether this device's plans take the interpreter's tiles (CPU tensors)."""
+    return interpreting() or device.type != "cuda"
+
+
+def known_tile(tiles: Tiles, gpu: str, shape_key: str, kept: list, mode: str):
+    """(tile, source) from the first source that knows this shape -- memory, the user's
+    tuned file, the shipped tiles -- or (None, None). A heuristic choice in memory does not
+    count when racing; a shipped tile counts only if the plan keeps it (a policy change
+    that prunes it differently)."""
+    key = tuner_key(tiles, gpu, shape_key)
+    hit = _memory.get(key)
+    if hit is not None and not (mode == "race" and hit[1] == "heuristic"):
+        return hit
     with _lock:
         disk = _load_disk()
         if key in disk:
-            _memory[key] = disk[key]
-            return disk[key]
-    candidates = [dict(c) for c in tiles.candidates if prune is None or prune(c)]
-    candidates = candidates or [dict(tiles.candidates[0])]
-    mode = os.environ.get("FASTCONV_TUNE", "1")
-    if mode == "compile":  # nothing timed or remembered
-        for cfg in candidates:
-            try:
-                launch(cfg)
-            except Exception:  # noqa: BLE001 - a tile that does not compile is skipped
-                pass
-        return candidates[0]
-    best = candidates[0] if mode == "0" or len(candidates) == 1 else _race(
-        tiles.name, key, candidates, launch)
-    _memory[key] = best
-    with _lock:
-        _save(key, best)
+            _memory[key] = (disk[key], "tuned")
+            return _memory[key]
+    cfg = shipped(gpu).get(shipped_key(tiles, shape_key))
+    if cfg is not None and cfg in kept:
+        _memory[key] = (cfg, "shipped")
+        return _memory[key]
+    return None, None
+
+
+def tune(policy: Policy, tiles: Tiles, shape_key: str, device, launch, prune=None,
+         shape: Mapping | None = None) -> dict:
+    """The tile for one plan, from the first source that has one (see above). `prune`
+    says which candidates fit the plan, `launch(cfg)` runs the kernel once (a race times
+    it, compiling compiles it), `shape` holds the features the heuristic reads (`features`).
+    A race's winner is remembered in memory and in the user's file; a heuristic choice
+    only in memory (nothing was measured)."""
+    forced = policy.force.get(tiles.name)
+    if forced is not None:
+        return dict(forced)
+    if interpreted(device):
+        note_source("interpreting")
+        return dict(tiles.interpret)
+    gpu = device_name(device)
+    kept = [dict(c) for c in tiles.candidates if prune is None or prune(c)]
+    kept = kept or [dict(tiles.candidates[0])]
+    mode = tune_mode()
+    cfg, source = known_tile(tiles, gpu, shape_key, kept, mode)
+    if cfg is not None:
+        note_source(f"compiling the {source} tile")
+        return cfg
+    key = tuner_key(tiles, gpu, shape_key)
+    if mode == "race" and len(kept) > 1:
+        note_source(f"racing {len(kept)} {tiles.name} tiles")
+        _compile_all(kept, launch, device)
+        best = _race(tiles.name, key, kept, launch)
+        _memory[key] = (best, "tuned")
+        with _lock:
+            _save(key, best)
+        return best
+    if mode == "compile":  # warms Triton's cache: nothing timed or remembered
+        note_source(f"compiling {len(kept)} {tiles.name} tiles")
+        _compile_all(kept, launch, device)
+        return tiles.heuristic(kept, shape or {})
+    note_source("compiling the heuristic tile")
+    best = tiles.heuristic(kept, shape or {})
+    _memory[key] = (best, "heuristic")
     return best
+
+
+def _compile_all(candidates, launch, device) -> None:
+    """Compile the candidates at once in threads, launching none (Triton's compile spends
+    most of its time in LLVM and ptxas, outside the GIL). Only warms Triton's cache: a
+    candidate that fails here is compiled again, or skipped, when it is timed."""
+    if len(candidates) < 2:
+        return
+
+    def compile_one(cfg):
+        with _on(device), compile_only():
+            launch(cfg)
+    workers = min(len(candidates), COMPILE_THREADS, os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(workers,
+                                               thread_name_prefix="fastconv-compile") as pool:
+        for f in [pool.submit(compile_one, cfg) for cfg in candidates]:
+            f.exception()  # waited for; a failure is the timing's to report
+
+
+def _on(device):
+    """A thread's current CUDA device (Triton compiles for the current device's target)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _race(name, key, candidates, launch):
@@ -241,8 +404,15 @@ def _race(name, key, candidates, launch):
 
 
 def tuned() -> dict:
-    """Every tile the tuner chose (or read from disk) in this process, by full key."""
-    return dict(_memory)
+    """Every tile chosen (raced, read from a file, or by the heuristic) in this process,
+    by full key."""
+    return {k: cfg for k, (cfg, _) in _memory.items()}
+
+
+def tile_sources() -> dict:
+    """Where each of this process's tiles came from ("tuned", "shipped", "heuristic"), by
+    full key."""
+    return {k: source for k, (_, source) in _memory.items()}
 
 
 def launch_meta(cfg: dict, markers=("KIND", "NCHW")) -> tuple[dict, dict]:
@@ -251,6 +421,225 @@ def launch_meta(cfg: dict, markers=("KIND", "NCHW")) -> tuple[dict, dict]:
     meta = {k: v for k, v in cfg.items() if k not in ("num_warps", "num_stages", *markers)}
     opts = {k: cfg[k] for k in ("num_warps", "num_stages") if k in cfg}
     return meta, opts
+
+
+# --------------------------------------------------------------------------------------
+# First sight: a plan made (and its kernel compiled) on an op's first call with a shape
+# --------------------------------------------------------------------------------------
+# A converted model's first step makes some 60 plans; each compiles a kernel (0.2-1 s on
+# an H100) and, when racing, times a dozen. A step silent for that long reads as a hang,
+# so a plan that takes longer than the notice threshold says what it is doing: one line
+# on the "fastconv" logger at WARNING (what Python prints when logging is not set up),
+# with the tally of slow first sights so far. fastconv.settings.first_sight_notice
+# (FASTCONV_FIRST_SIGHT_NOTICE) sets the threshold in seconds (None, "off": never).
+logger = logging.getLogger("fastconv")
+clock = time.monotonic
+_sight = threading.local()  # the FirstSight in progress on this thread
+_tally = {"plans": 0, "slow": 0, "seconds": 0.0, "slow_seconds": 0.0}
+_tally_lock = threading.Lock()
+
+
+def notice_after() -> float | None:
+    """Seconds a first sight may take before it is announced; None: never announced."""
+    return settings.first_sight_notice
+
+
+def note_source(what: str) -> None:
+    """What the first sight in progress is doing (the tuner says: racing, compiling...)."""
+    sight = getattr(_sight, "current", None)
+    if sight is not None:
+        sight.what = what
+
+
+def first_sight_stats() -> dict:
+    """Plans made in this process, how many took longer than the notice threshold, and
+    their seconds."""
+    with _tally_lock:
+        return dict(_tally)
+
+
+_OPERANDS = {"forward": ("input", "weight"), "grad_input": ("grad_output", "weight"),
+             "grad_weight": ("grad_output", "input")}
+
+
+def _describe(op, a, b, stride, padding, dilation, groups) -> str:
+    """The op and its operands in words, e.g. 'forward, input 32x64x56x56 bfloat16
+    channels_last, weight 64x64x3x3, stride (1, 1), padding (1, 1)'."""
+    layout = "channels_last" if is_channels_last(a) else "NCHW"
+    dtype = str(a.dtype).replace("torch.", "")
+    pad = tuple(padding)
+    pad = pad[::2] if pad[0::2] == pad[1::2] else pad  # (t, b, l, r) -> (h, w) if symmetric
+    first, second = _OPERANDS[op]
+    return (f"{op}, {first} {'x'.join(map(str, a.shape))} {dtype} {layout}, {second} "
+            f"{'x'.join(map(str, b.shape))}, stride {tuple(stride)}, padding {pad}"
+            + (f", dilation {tuple(dilation)}" if tuple(dilation) != (1, 1) else "")
+            + (f", groups {groups}" if groups != 1 else ""))
+
+
+class FirstSight:
+    """Times one plan's making and first run; announces it once if it stalls (from a timer
+    thread while it is still going, else when it ends). A burst of slow first calls (a
+    model's first step) ends with one summary line, once no first call has started for
+    SUMMARY_AFTER_S."""
+
+    def __init__(self, family: str, op: str, *conv):
+        self.family, self.op, self.conv = family, op, conv
+        self.what = "compiling"
+        self.announced = False
+        self.lock = threading.Lock()
+        self.timer = None
+
+    def __enter__(self):
+        _hold_summary()
+        self.after = notice_after()
+        self.outer = getattr(_sight, "current", None)
+        _sight.current = self
+        self.start = clock()
+        if self.after is not None and self.after > 0:
+            self.timer = threading.Timer(self.after, self.announce)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        _sight.current = self.outer
+        took = clock() - self.start
+        slow = self.after is not None and took >= self.after
+        if slow and exc[0] is None:
+            self.announce(took)
+        with _tally_lock:
+            _tally["plans"] += 1
+            _tally["seconds"] += took
+            if slow:
+                _tally["slow"] += 1
+                _tally["slow_seconds"] += took
+                _burst["slow"] += 1
+                _burst["seconds"] += took
+                _burst["what"][self.what] += 1
+        _release_summary()
+        return False
+
+    def announce(self, took=None):
+        with self.lock:
+            if self.announced:
+                return
+            self.announced = True
+        with _tally_lock:
+            slow, seconds = _tally["slow"], _tally["slow_seconds"]
+        when = (f"took {took:.1f} s" if took is not None
+                else f"{clock() - self.start:.1f} s so far")
+        logger.warning("fastconv: first call of triton_%s %s: %s (%s; before it: %d slow "
+                       "first calls, %.1f s)", self.family, _describe(self.op, *self.conv),
+                       self.what, when, slow, seconds)
+
+
+SUMMARY_AFTER_S = 2.0  # no first call for this long: the burst is over (or the process ends)
+_burst = {"slow": 0, "seconds": 0.0, "what": collections.Counter()}
+_summary_timer = None
+
+
+def _hold_summary() -> None:
+    """A first call starts: the burst goes on, its summary waits."""
+    global _summary_timer
+    with _tally_lock:
+        if _summary_timer is not None:
+            _summary_timer.cancel()
+            _summary_timer = None
+
+
+def _release_summary() -> None:
+    global _summary_timer
+    with _tally_lock:
+        if _burst["slow"] and _summary_timer is None:
+            _summary_timer = threading.Timer(SUMMARY_AFTER_S, summarize)
+            _summary_timer.daemon = True
+            _summary_timer.start()
+
+
+def summarize() -> None:
+    """Log the burst of slow first calls that ended (if more than one) and start anew."""
+    global _summary_timer
+    with _tally_lock:
+        slow, seconds, what = _burst["slow"], _burst["seconds"], _burst["what"]
+        _burst.update(slow=0, seconds=0.0, what=collections.Counter())
+        _summary_timer = None
+    if slow > 1:
+        logger.warning("fastconv: %d slow first calls took %.1f s in all (%s); their plans "
+                       "and kernels are kept, later calls with these shapes do not wait",
+                       slow, seconds, ", ".join(f"{w}: {n}" for w, n in what.most_common()))
+
+
+atexit.register(summarize)  # a script that ends within SUMMARY_AFTER_S of its last stall
+
+
+# --------------------------------------------------------------------------------------
+# Compile ahead (opt-in, settings.compile_ahead): a forward's first sight starts compiling
+# its two gradients' kernels in background threads, so that the backward finds them
+# compiled instead of compiling them one after the other
+# --------------------------------------------------------------------------------------
+AHEAD_THREADS = 4
+_ahead_pool = None
+_ahead: list = []  # futures of the compiles in flight
+_ahead_stats = {"started": 0, "done": 0, "failed": 0}
+
+
+def compile_ahead(fam, x, w, y, stride, padding, dilation, groups) -> None:
+    """Plan and compile (not run) grad_input and grad_weight for a forward's operands in a
+    thread pool. dy is taken to be laid out as y; where autograd hands the backward another
+    layout, the backward compiles its own kernel and this work is only lost. The plans are
+    not kept: the backward plans again (cheaply) and finds the kernels in Triton's cache."""
+    global _ahead_pool
+    if tune_mode() != "heuristic":  # a race times on this thread, with nothing else running
+        return
+    dy = torch.empty_like(y)  # on this thread: the worker allocates nothing the caller sees
+    policy, size_x, size_w = fam.policy, tuple(x.shape), tuple(w.shape)
+    jobs = []
+    if x.requires_grad:
+        jobs.append(lambda: fam.plan_grad_input(dy, w, size_x, stride, padding, dilation,
+                                                groups, policy).run(dy, w))
+    if w.requires_grad:
+        jobs.append(lambda: fam.plan_grad_weight(dy, x, size_w, stride, padding, dilation,
+                                                 groups, policy).run(dy, x))
+
+    def run(job):
+        try:
+            # a stream of its own: the weight copies and allocations a plan's run makes
+            # must not queue behind (or ahead of) the caller's work
+            stream = torch.cuda.Stream(x.device) if x.device.type == "cuda" else None
+            with _on(x.device), (torch.cuda.stream(stream) if stream is not None
+                                 else contextlib.nullcontext()), compile_only():
+                job()
+            if stream is not None:
+                stream.synchronize()
+            key = "done"
+        except Exception:  # noqa: BLE001 - only a head start lost; the backward compiles
+            logger.debug("fastconv: compile ahead failed", exc_info=True)
+            key = "failed"
+        with _tally_lock:
+            _ahead_stats[key] += 1
+    with _tally_lock:
+        if _ahead_pool is None:
+            _ahead_pool = concurrent.futures.ThreadPoolExecutor(
+                AHEAD_THREADS, thread_name_prefix="fastconv-ahead")
+        _ahead_stats["started"] += len(jobs)
+        _ahead[:] = [f for f in _ahead if not f.done()]
+        _ahead.extend(_ahead_pool.submit(run, job) for job in jobs)
+
+
+def wait_ahead() -> None:
+    """Wait for the compiles started ahead (a backward's first sight: its kernel may be
+    among them, and no background work may outlast the step into a CUDA graph capture)."""
+    with _tally_lock:
+        pending = list(_ahead)
+        _ahead.clear()
+    concurrent.futures.wait(pending)
+
+
+def ahead_stats() -> dict:
+    with _tally_lock:
+        return dict(_ahead_stats)
 
 
 # --------------------------------------------------------------------------------------
@@ -397,15 +786,20 @@ def plan_key(a, b, bias, stride, padding, dilation, groups, extra):
             _allow_tf32())
 
 
-def _grad_entry(fam, cache: str, planner):
+def _grad_entry(fam, cache: str, planner, op: str):
     """A gradient op's entry: (grad_output, weight or input, the other operand's size, ...)."""
     def entry(dy, t, size, stride, padding, dilation, groups):
         plans = getattr(fam, cache)
         key = plan_key(dy, t, None, stride, padding, dilation, groups, tuple(size))
         plan = plans.get(key)
         if plan is None:
-            plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation, groups,
-                                        fam.policy)
+            with FirstSight(fam.name, op, dy, t, stride, padding, dilation, groups):
+                if _ahead:
+                    note_source("waiting for the gradients' kernels compiled ahead")
+                    wait_ahead()
+                plan = plans[key] = planner(dy, t, tuple(size), stride, padding, dilation,
+                                            groups, fam.policy)
+                return plan(dy, t)
         return plan(dy, t)
     return entry
 
@@ -434,13 +828,19 @@ class Family:
             key = plan_key(x, w, bias, stride, padding, dilation, groups, activation)
             plan = plans.get(key)
             if plan is None:
-                plan = plans[key] = forward(x, w, bias, stride, padding, dilation, groups,
-                                            activation, fam.policy)
+                with FirstSight(name, "forward", x, w, stride, padding, dilation, groups):
+                    plan = plans[key] = forward(x, w, bias, stride, padding, dilation, groups,
+                                                activation, fam.policy)
+                    y = plan(x, w, bias)
+                if (x.requires_grad or w.requires_grad) and settings.compile_ahead:
+                    compile_ahead(fam, x, w, y, stride, padding, dilation, groups)
+                return y
             return plan(x, w, bias)
 
         self.conv2d = conv2d
-        self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input)
-        self.conv2d_grad_weight = _grad_entry(self, "grad_weight_plans", grad_weight)
+        self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input, "grad_input")
+        self.conv2d_grad_weight = _grad_entry(self, "grad_weight_plans", grad_weight,
+                                              "grad_weight")
 
     def entries(self):
         """(conv2d, conv2d_grad_input, conv2d_grad_weight): what the family module exports."""

@@ -32,11 +32,11 @@ import triton
 import triton.language as tl
 
 from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, dot_args,
-                      dot_precision, is_channels_last, mma, new_output, num_sms,
+                      dot_precision, is_channels_last, jit_launch, mma, new_output, num_sms,
                       pixel_coords, split_sum_args, split_sum_kernel)
-from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_operands,
-                    check_output, empty_plan, grad_weight_plan, launch_meta, output_steps, out_hw,
-                    split_reduction, tune, tune_key)
+from ._plan import (Family, Plan, Policy, Prefer, Tiles, check_grad_output, check_operands,
+                    check_output, empty_plan, features, grad_weight_plan, launch_meta, out_hw,
+                    output_steps, split_reduction, tune, tune_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -662,12 +662,15 @@ class DepthwisePolicy(Policy):
     """The depthwise family's tile lists and choices (defaults: as measured on an H200).
     One Tiles per (kernel set, layout); the plans choose among them by filter size,
     stride and dtype."""
-    # Kernels up to unroll_taps taps: rows tiles and the best tap-loop tiles race.
+    # Kernels up to unroll_taps taps: rows tiles and the best tap-loop tiles race. First
+    # sight (no tuned or shipped tile): the tap-loop tiles for strided convs (they won the
+    # stride-2 layers on the H200), else the first rows tile the image keeps (`_fits`
+    # drops tiles wider than the image or the channels). "pixels" is one output plane.
     fwd_rows_nchw: Tiles = Tiles("dw_fwd_rows_nchw", tuple(ROWS_NCHW_CONFIGS + NCHW_CONFIGS[6:7]),
-                                 ROWS_INTERPRET_CONFIG)
+                                 ROWS_INTERPRET_CONFIG, (Prefer((5,), {"stride": (2, None)}),))
     fwd_rows_nhwc: Tiles = Tiles("dw_fwd_rows_nhwc", tuple(ROWS_NHWC_CONFIGS + NHWC_CONFIGS[2:3]
                                                            + NHWC_CONFIGS[6:7]),
-                                 ROWS_INTERPRET_CONFIG)
+                                 ROWS_INTERPRET_CONFIG, (Prefer((4, 5), {"stride": (2, None)}),))
     # Larger kernels without the tensor-core band (fp32 IEEE, fp64): the tap loop, not
     # unrolled, against the rows kernel.
     fwd_nchw: Tiles = Tiles("dw_fwd_nchw_v2", tuple(ROWS_LARGE_CONFIGS + NCHW_CONFIGS),
@@ -796,7 +799,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
     b0 = w if bias is None else bias.contiguous()
     key = tune_key(x, w, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
     cfg = tune(policy, tiles, key, x.device, lambda cfg: fwd.launch_once(cfg, x, w, b0, y),
-               lambda cfg: _fits(cfg, ho, wo, k))
+               lambda cfg: _fits(cfg, ho, wo, k), features(ho * wo, k, 1, x.dtype, stride))
     return fwd.build(cfg)
 
 
@@ -846,7 +849,7 @@ class _Forward:
 
     def launch_once(self, cfg, x, w, b, y):
         kernel, transpose, grid, scalars, kw = self.kernel_args(cfg)
-        kernel[grid](x.contiguous() if transpose else x, w, b, y, *scalars, **kw)
+        jit_launch(kernel, grid, x.contiguous() if transpose else x, w, b, y, *scalars, **kw)
 
     def build(self, cfg) -> Plan:
         kernel, transpose, grid, scalars, kw = self.kernel_args(cfg)
@@ -882,7 +885,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
         tiles = policy.grad_input_nhwc if is_channels_last(dx) else policy.grad_input_nchw
     key = tune_key(dy, w, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
     cfg = tune(policy, tiles, key, dy.device, lambda cfg: gin.launch_once(cfg, dy, w, dx),
-               lambda cfg: _fits(cfg, h, wd, c))
+               lambda cfg: _fits(cfg, h, wd, c), features(h * wd, c, 1, dy.dtype, stride))
     return gin.build(cfg)
 
 
@@ -923,9 +926,9 @@ class _GradInput:
     def launch_once(self, cfg, dy, w, dx):
         kernel, flip, grid, scalars, kw = self.kernel_args(cfg)
         if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias
-            kernel[grid](dy, _flipped(w), w, dx, *scalars, **kw)
+            jit_launch(kernel, grid, dy, _flipped(w), w, dx, *scalars, **kw)
         else:
-            kernel[grid](dy, w, dx, *scalars, **kw)
+            jit_launch(kernel, grid, dy, w, dx, *scalars, **kw)
 
     def build(self, cfg) -> Plan:
         kernel, flip, grid, scalars, kw = self.kernel_args(cfg)
@@ -983,7 +986,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, pol
         tiles = policy.grad_weight_nhwc if is_channels_last(x) else policy.grad_weight_nchw
     key = tune_key(x, dy, n, c, h, wd, k, 1, r, s, stride, padding, dilation, groups)
     # timed with its reduction: the split size trades partial traffic against parallelism
-    cfg = tune(policy, tiles, key, x.device, lambda cfg: gw.launch_once(cfg, dy, x), gw.prune)
+    cfg = tune(policy, tiles, key, x.device, lambda cfg: gw.launch_once(cfg, dy, x), gw.prune,
+               features(ho * wo, k, 1, x.dtype, stride))
     return gw.build(cfg)
 
 
@@ -1027,9 +1031,10 @@ class _GradWeight:
         """The kernel and its fixed-order reduction, JIT-launched (the tuner's)."""
         kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
         part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
-        kernel[grid](dy, x, part, *scalars, **kw)
+        jit_launch(kernel, grid, dy, x, part, *scalars, **kw)
         rgrid, rscalars, rkw = split_sum_args(part_size, k=part_size[2])
-        split_sum_kernel[rgrid](part, new_output(self.weight_size, x, False), *rscalars, **rkw)
+        jit_launch(split_sum_kernel, rgrid, part, new_output(self.weight_size, x, False), *rscalars,
+                   **rkw)
 
     def prune(self, cfg):
         k, _, r, s = self.weight_size

@@ -43,10 +43,11 @@ import triton.language as tl
 
 from . import GROUPED_MAX_GROUP_WIDTH
 from ._common import (Launch, activation_code, apply_activation, dot_args, dot_precision,
-                      is_channels_last, mma, new_output, num_sms, pixel_coords)
-from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
-                    check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
-                    out_hw, output_steps, split_reduction, tune, tune_key)
+                      is_channels_last, jit_launch, mma, new_output, num_sms,
+                      pixel_coords)
+from ._plan import (Family, Plan, Policy, Prefer, Tiles, check_grad_output, check_groups,
+                    check_operands, check_output, empty_plan, features, grad_weight_plan,
+                    launch_meta, out_hw, output_steps, split_reduction, tune, tune_key)
 
 MIN_DOT = 16        # tl.dot's minimum M/N/K
 MAX_GROUP_WIDTH = GROUPED_MAX_GROUP_WIDTH  # Cg, Kg above: a dense-ish GEMM per group
@@ -526,10 +527,16 @@ WGRAD_FP64_INTERPRET_CONFIG = dict(KIND="tap", GPT_X=1, BLOCK_Q=16)
 @dataclasses.dataclass(frozen=True)
 class GroupedPolicy(Policy):
     """The grouped family's tile lists and choices (defaults: as measured on an H200)."""
-    fwd: Tiles = Tiles("grouped_fwd", tuple(FWD_CONFIGS), INTERPRET_CONFIG)
+    # First sight (no tuned or shipped tile), from the H200 runs above: TF32 takes GPT_X=1
+    # x 128 or 64 pixels (won the 16- and 32-channel layers), bf16 the list's first tile
+    # (GPT_X=2 x 128, 5 of 7 layers); grad_weight "taps" for 4 channels a group, else
+    # "tap" GPT_X=2.
+    fwd: Tiles = Tiles("grouped_fwd", tuple(FWD_CONFIGS), INTERPRET_CONFIG,
+                       (Prefer((2, 1), {"bits": (32, None)}),))
     grad_input: Tiles = Tiles("grouped_bwd_input", tuple(BWD_INPUT_CONFIGS), INTERPRET_CONFIG)
     grad_weight: Tiles = Tiles("grouped_bwd_weight", tuple(WGRAD_CONFIGS),
-                               WGRAD_INTERPRET_CONFIG)
+                               WGRAD_INTERPRET_CONFIG,
+                               (Prefer((0,), {"cg": (None, 5)}), Prefer((1, 0))))
     # fp64: the CUDA-core tiles, small, no tuning (GPU, interpreter)
     fp64: tuple = (FP64_CONFIG, FP64_INTERPRET_CONFIG)
     grad_weight_fp64: tuple = (WGRAD_FP64_CONFIG, WGRAD_FP64_INTERPRET_CONFIG)
@@ -542,10 +549,10 @@ class GroupedPolicy(Policy):
 POLICY = GroupedPolicy()
 
 
-def _pick(policy, tiles, fp64, key, t, launch, prune):
+def _pick(policy, tiles, fp64, key, t, launch, prune, shape):
     if t.dtype == torch.float64 and tiles.name not in policy.force:
         return dict(fp64[0] if t.device.type == "cuda" else fp64[1])
-    return tune(policy, tiles, key, t.device, launch, prune)
+    return tune(policy, tiles, key, t.device, launch, prune, shape)
 
 
 def _check_width(cg, kg, name):
@@ -603,7 +610,7 @@ class _Conv:
 
     def launch_once(self, cfg, src, w, b, dst):
         grid, kw = self.kernel_args(cfg, b is not None)
-        _grouped_kernel[grid](src, w, w if b is None else b, dst, *self.scalars, **kw)
+        jit_launch(_grouped_kernel, grid, src, w, w if b is None else b, dst, *self.scalars, **kw)
 
     def build(self, cfg, has_bias) -> Plan:
         # The output (dst) is fully written: programs cover every group chunk and every
@@ -647,7 +654,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
     key = tune_key(x, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
     b0 = None if bias is None else bias.contiguous()
     cfg = _pick(policy, policy.fwd, policy.fp64, key, x,
-                lambda cfg: conv.launch_once(cfg, x, w, b0, y), _prune(cg, kg, groups, x.dtype))
+                lambda cfg: conv.launch_once(cfg, x, w, b0, y), _prune(cg, kg, groups, x.dtype),
+                features(n * ho * wo, kg, cg, x.dtype, stride))
     return conv.build(cfg, bias is not None)
 
 
@@ -668,7 +676,7 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
     key = tune_key(dy, w, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
     cfg = _pick(policy, policy.grad_input, policy.fp64, key, dy,
                 lambda cfg: conv.launch_once(cfg, dy, w, None, dx),
-                _prune(kg, cg, groups, dy.dtype))
+                _prune(kg, cg, groups, dy.dtype), features(n * h * wd, cg, kg, dy.dtype, stride))
     return conv.build(cfg, False)
 
 
@@ -685,7 +693,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, pol
     gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, groups, policy)
     key = tune_key(x, dy, n, c, h, wd, k, cg, r, s, stride, padding, dilation, groups)
     cfg = _pick(policy, policy.grad_weight, policy.grad_weight_fp64, key, x,
-                lambda cfg: gw.launch_once(cfg, dy, x), gw.prune)
+                lambda cfg: gw.launch_once(cfg, dy, x), gw.prune,
+                features(n * ho * wo, k // groups, cg, x.dtype, stride))
     return gw.build(cfg)
 
 
@@ -731,7 +740,7 @@ class _GradWeight:
     def launch_once(self, cfg, dy, x):
         kernel, grid, scalars, kw, part_size = self.kernel_args(cfg)
         part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
-        kernel[grid](dy, x, part, *scalars, **kw)
+        jit_launch(kernel, grid, dy, x, part, *scalars, **kw)
         return part
 
     def prune(self, cfg):

@@ -41,11 +41,11 @@ import triton
 import triton.language as tl
 
 from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
-                      interpreting, is_channels_last, mma, new_output, num_sms,
+                      interpreting, is_channels_last, jit_launch, mma, new_output, num_sms,
                       pixel_coords)
-from ._plan import (Family, Plan, Policy, Tiles, check_grad_output, check_groups,
-                    check_operands, check_output, empty_plan, grad_weight_plan, launch_meta,
-                    out_hw, output_steps, split_reduction, tune, tune_key)
+from ._plan import (Family, Plan, Policy, Prefer, Tiles, check_grad_output, check_groups,
+                    check_operands, check_output, empty_plan, features, grad_weight_plan,
+                    launch_meta, out_hw, output_steps, split_reduction, tune, tune_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -544,10 +544,35 @@ def _igemm_bwd_weight_kernel(
 # --------------------------------------------------------------------------------------
 # Policy: every choice the plans make, as data
 # --------------------------------------------------------------------------------------
-FWD16_TILES = Tiles("igemm_fwd16", tuple(FWD_CONFIGS_16 + NARROW_CONFIGS), INTERPRET_CONFIG)
+# First sight (no tuned or shipped tile; Tiles.heuristic): the rules follow the H200
+# measurements above -- TMA for the plain 1x1s it covers, NESTED for 3x3s with Cg >= 128 and
+# strided 1x1s, flat tiles elsewhere, narrow tiles for Kg < 64 -- plus one unmeasured rule:
+# a problem with under 2^20 output elements fills fewer than one wave of 128x64 tiles on a
+# 132-SM GPU, so it takes a 64-row tile (twice the programs). Indices into the lists below.
+FWD16_FIRST_SIGHT = (
+    Prefer((8, 9, 10), {"channels": (None, 64)}),
+    Prefer((4, 2, 0), {"work": (None, 1 << 20)}),  # NESTED 64x64, TMA, flat
+    Prefer((2, 1, 0), {"cg": (128, None)}),        # TMA, NESTED 128x128, flat
+    Prefer((2, 0)),                                # TMA, flat
+)
+FWD32_FIRST_SIGHT = (
+    Prefer((10, 11, 12), {"channels": (None, 64)}),
+    Prefer((3, 4, 7, 0), {"work": (None, 1 << 20)}),  # NESTED 64x128, TMA 128x64, flat 64x64
+    Prefer((2, 1, 0), {"cg": (128, None)}),
+    Prefer((2, 0)),
+)
+GRAD_INPUT_FIRST_SIGHT = (
+    Prefer((5, 6, 7), {"channels": (None, 64)}),
+    Prefer((4, 1), {"work": (None, 1 << 20)}),     # 64x64, 128x64
+)
+FWD16_TILES = Tiles("igemm_fwd16", tuple(FWD_CONFIGS_16 + NARROW_CONFIGS), INTERPRET_CONFIG,
+                    FWD16_FIRST_SIGHT)
 FWD32_TILES = Tiles("igemm_fwd32", tuple(FWD_CONFIGS_32 + FWD_NCHW_CONFIGS_32 + NARROW_CONFIGS),
-                    INTERPRET_CONFIG)
-GRAD_INPUT_TILES = Tiles("igemm_bwd_input", tuple(BWD_INPUT_CONFIGS), INTERPRET_CONFIG)
+                    INTERPRET_CONFIG, FWD32_FIRST_SIGHT)
+GRAD_INPUT_TILES = Tiles("igemm_bwd_input", tuple(BWD_INPUT_CONFIGS), INTERPRET_CONFIG,
+                         GRAD_INPUT_FIRST_SIGHT)
+# grad_weight splits its pixel reduction to fill the GPU whatever the tile: no size rule,
+# the first tile its prune keeps (the prune drops tiles wider than Kg or Cg*R*S).
 GRAD_WEIGHT_TILES = Tiles("igemm_bwd_weight", tuple(BWD_WEIGHT_CONFIGS), WGRAD_INTERPRET_CONFIG)
 _EVERY_KIND = frozenset({"1x1", "kxk", "gather"})
 
@@ -660,11 +685,11 @@ def _k_major(w):
     return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
 
 
-def _pick(policy, tiles, key, t, launch, prune):
+def _pick(policy, tiles, key, t, launch, prune, shape):
     """The tile: fp64 on a GPU has one fixed tile (a [M, K, N] broadcast in registers)."""
     if t.dtype == torch.float64 and t.device.type == "cuda" and tiles.name not in policy.force:
         return dict(policy.fp64)
-    return tune(policy, tiles, key, t.device, launch, prune)
+    return tune(policy, tiles, key, t.device, launch, prune, shape)
 
 
 def _fits(cfg, kred, width):
@@ -730,7 +755,7 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
     b0 = None if bias is None else bias.contiguous()
     y = new_output(fwd.size, x, cl)
     cfg = _pick(policy, tiles, fwd.key, x, lambda cfg: fwd.launch_once(cfg, x, fwd.w(w), b0, y),
-                fwd.prune)
+                fwd.prune, features(fwd.m, fwd.kg, cg, x.dtype, stride))
     return fwd.build(cfg, bias is not None)
 
 
@@ -806,11 +831,11 @@ class _Forward:
             store_tma = self.y_tma and _aligned(y)
             grid, kw = self.tma_args(cfg, b is not None, store_tma)
             a_desc, b_desc, y_arg = self.descriptors(cfg, x, w, y, store_tma)
-            _igemm_fwd_tma_kernel[grid](a_desc, b_desc, w if b is None else b, y_arg,
-                                        *self.tma_scalars, **kw)
+            jit_launch(_igemm_fwd_tma_kernel, grid, a_desc, b_desc, w if b is None else b, y_arg,
+                       *self.tma_scalars, **kw)
             return
         grid, kw = self.kernel_args(cfg, b is not None)
-        _igemm_fwd_kernel[grid](x, w, w if b is None else b, y, *self.scalars, **kw)
+        jit_launch(_igemm_fwd_kernel, grid, x, w, w if b is None else b, y, *self.scalars, **kw)
 
     def prune(self, cfg):
         p = self.policy
@@ -881,7 +906,8 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
     gin = _GradInput(dy, w, input_size, cl, stride, padding, dilation, groups, policy)
     dx = new_output(gin.size, dy, cl)
     cfg = _pick(policy, policy.grad_input, gin.key, dy,
-                lambda cfg: gin.launch_once(cfg, dy, gin.w(w), dx), gin.prune)
+                lambda cfg: gin.launch_once(cfg, dy, gin.w(w), dx), gin.prune,
+                features(gin.m, cg, gin.kg, dy.dtype, stride))
     return gin.build(cfg)
 
 
@@ -927,7 +953,7 @@ class _GradInput:
 
     def launch_once(self, cfg, dy, w, dx):
         grid, kw = self.kernel_args(cfg)
-        _igemm_bwd_input_kernel[grid](dy, w, dx, *self.scalars, **kw)
+        jit_launch(_igemm_bwd_input_kernel, grid, dy, w, dx, *self.scalars, **kw)
 
     def prune(self, cfg):
         # narrow tiles (grouped convs' few channels) only where the output is narrow
@@ -965,7 +991,7 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, pol
         return empty_plan(tuple(weight_size), False, zeros=True)
     gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, groups, policy)
     cfg = _pick(policy, policy.grad_weight, gw.key, x, lambda cfg: gw.launch_once(cfg, dy, x),
-                gw.prune)
+                gw.prune, features(gw.q, gw.kg, cg, x.dtype, stride))
     return gw.build(cfg)
 
 
@@ -1007,7 +1033,7 @@ class _GradWeight:
         """The kernel alone (the tuner's): the partial sums."""
         grid, scalars, kw, part_size = self.kernel_args(cfg)
         part = torch.empty(part_size, dtype=self.part_dtype, device=self.device)
-        _igemm_bwd_weight_kernel[grid](dy, x, part, *scalars, **kw)
+        jit_launch(_igemm_bwd_weight_kernel, grid, dy, x, part, *scalars, **kw)
         return part
 
     def prune(self, cfg):

@@ -1,5 +1,6 @@
 """fastconv bench: layer tables, FLOP/byte formulas, baselines, the timing harness, and the
 command end to end (CPU, in-process). No timing thresholds: timing is tested on its statistics."""
+import csv
 import json
 import math
 import os
@@ -589,3 +590,19 @@ def test_cli_accepts_algo_auto(tmp_path, monkeypatch):
         ["--device", "cpu", "--algo", "auto", "im2col", "--out", str(tmp_path)])
     opts = bench_cli.options_from_args(args)
     assert list(opts.algos) == ["auto", "im2col"]
+
+
+def test_first_step_dry_run(tmp_path):
+    """benchmarks/first_step.py on the CPU: each side in its own process with fresh caches,
+    the Triton kernels interpreted; rows for both sides and the markdown table."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "first_step.py"),
+                          "--dry-run", "--models", "tiny_resnet", "--precisions", "tf32",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with open(tmp_path / "first_step.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["side"], r["status"]) for r in rows] == [("torch", "ok"), ("fastconv", "ok")]
+    fast = rows[1]
+    assert float(fast["first_s"]) > 0 and int(fast["plans"]) > 0 and fast["extra_first_s"]
+    assert "| tiny_resnet | tf32 |" in (tmp_path / "first_step.md").read_text()

@@ -91,3 +91,24 @@ def test_pip_isolated_build_fails_fast_with_the_right_command(tmp_path):
         pytest.skip("pip could not install the build requirements into an isolated environment")
     assert out.returncode != 0 and "isolated build" in text and RIGHT_COMMAND in text
     assert not list(tmp_path.glob("*.whl"))
+
+
+def test_shipped_tiles_are_package_data():
+    """kernels/tiles/<gpu slug>.json installs with fastconv.kernels, and each file names the
+    GPU its file name is the slug of (kernels/_plan.gpu_slug) and holds keyed tiles."""
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert '"fastconv.kernels": ["tiles/*.json"]' in f.read()
+    tiles_dir = os.path.join(ROOT, "kernels", "tiles")
+    assert os.path.isdir(tiles_dir)
+    import json
+    import re
+
+    for name in os.listdir(tiles_dir):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(tiles_dir, name)) as f:
+            data = json.load(f)
+        slug = re.sub(r"[^a-z0-9]+", "-", data["gpu"].lower()).strip("-")
+        assert name == slug + ".json"
+        assert all(k.startswith(f"v{data['schema']}|") and isinstance(v, dict)
+                   for k, v in data["tiles"].items())

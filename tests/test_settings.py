@@ -13,37 +13,54 @@ from fastconv.spec import ConvSpec
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     for k in ("FASTCONV_TUNE", "FASTCONV_TUNE_LOG", "FASTCONV_CACHE_DIR", "FASTCONV_DIRECT_LAUNCH",
-              "FASTCONV_CPU_ISA"):
+              "FASTCONV_CPU_ISA", "FASTCONV_FIRST_SIGHT_NOTICE", "FASTCONV_COMPILE_AHEAD"):
         monkeypatch.delenv(k, raising=False)
 
 
 def test_defaults_read_the_environment(monkeypatch, tmp_path):
     s = fastconv.settings
-    assert s.tune is True and s.tune_log is None and s.direct_launch is True
+    assert s.tune == "heuristic" and s.tune_log is None and s.direct_launch is True
+    assert s.first_sight_notice == 1.0 and s.compile_ahead is False
     assert s.cache_dir == os.path.join(os.path.expanduser("~"), ".cache", "fastconv")
     monkeypatch.setenv("FASTCONV_TUNE", "0")
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("FASTCONV_DIRECT_LAUNCH", "0")
-    assert s.tune is False and s.cache_dir == str(tmp_path) and s.direct_launch is False
-    monkeypatch.setenv("FASTCONV_TUNE", "compile")
-    assert s.tune == "compile"
+    assert s.tune == "heuristic" and s.cache_dir == str(tmp_path) and s.direct_launch is False
+    for env, mode in [("compile", "compile"), ("1", "race"), ("race", "race"),
+                      ("heuristic", "heuristic"), ("", "heuristic")]:
+        monkeypatch.setenv("FASTCONV_TUNE", env)
+        assert s.tune == mode
+    monkeypatch.setenv("FASTCONV_FIRST_SIGHT_NOTICE", "off")
+    assert s.first_sight_notice is None
+    monkeypatch.setenv("FASTCONV_FIRST_SIGHT_NOTICE", "0.25")
+    assert s.first_sight_notice == 0.25
 
 
 def test_setting_writes_the_variable_and_flags_restore(tmp_path):
     s = fastconv.settings
-    with s.flags(tune=False, tune_log=tmp_path / "t.log", cache_dir=tmp_path, eager_fast_path=False):
-        assert os.environ["FASTCONV_TUNE"] == "0" and s.tune is False
+    with s.flags(tune=True, tune_log=tmp_path / "t.log", cache_dir=tmp_path, eager_fast_path=False,
+                 first_sight_notice=None):
+        assert os.environ["FASTCONV_TUNE"] == "race" and s.tune == "race"
+        assert os.environ["FASTCONV_FIRST_SIGHT_NOTICE"] == "off"
         assert os.environ["FASTCONV_TUNE_LOG"] == str(tmp_path / "t.log")
         assert os.environ["FASTCONV_CACHE_DIR"] == str(tmp_path)
         assert _eager.ENABLED is False and s.eager_fast_path is False
     assert "FASTCONV_TUNE" not in os.environ and "FASTCONV_CACHE_DIR" not in os.environ
+    assert "FASTCONV_FIRST_SIGHT_NOTICE" not in os.environ
+    s.tune = False  # the old switch: no timing, which is the heuristic now
+    assert s.tune == "heuristic" and os.environ.pop("FASTCONV_TUNE") == "heuristic"
     assert _eager.ENABLED is True
     with pytest.raises(ValueError, match="tune"):
         s.tune = "sometimes"
     with pytest.raises(TypeError, match="unknown setting"):
         with s.flags(speed="max"):
             pass
-    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "direct_launch", "cpu_isa",
+    with pytest.raises(ValueError, match="first_sight_notice"):
+        s.first_sight_notice = -1
+    with s.flags(compile_ahead=True):
+        assert os.environ["FASTCONV_COMPILE_AHEAD"] == "1" and s.compile_ahead is True
+    assert set(s.as_dict()) == {"tune", "tune_log", "cache_dir", "compile_ahead",
+                                "first_sight_notice", "direct_launch", "cpu_isa",
                                 "eager_fast_path", "algorithms"}
 
 

@@ -589,6 +589,353 @@ def test_tuning_cache_roundtrip(tmp_path, monkeypatch):
         _plan.forget_disk()
 
 
+# --------------------------------------------------------------------------------------
+# First sight: tile sources, the heuristic, shipped tiles, the notice, parallel compiles
+# --------------------------------------------------------------------------------------
+FAKE_GPU = "Fake GPU 80GB"
+FAKE_CUDA = type("FakeDevice", (), {"type": "cuda"})()
+
+
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """tune() as on a GPU named FAKE_GPU, with empty user and shipped tile files under
+    tmp_path; launches are recorded, never run."""
+    from fastconv.kernels import _plan
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr(_plan, "SHIPPED_DIR", str(tmp_path / "shipped"))
+    monkeypatch.setattr(_plan, "interpreted", lambda device: False)
+    monkeypatch.setattr(_plan, "device_name", lambda device: FAKE_GPU)
+    _plan.forget_disk()
+    yield _plan
+    _plan.forget_disk()
+
+
+def _ship(plan, tiles, entries: dict, gpu=FAKE_GPU):
+    """Write the shipped file of `gpu`: {shape key: tile} for `tiles`."""
+    os.makedirs(plan.SHIPPED_DIR, exist_ok=True)
+    path = os.path.join(plan.SHIPPED_DIR, plan.gpu_slug(gpu) + ".json")
+    with open(path, "w") as f:
+        json.dump({"gpu": gpu, "schema": plan.TUNER_SCHEMA, "triton": ["0.0"],
+                   "tiles": {plan.shipped_key(tiles, k): v for k, v in entries.items()}}, f)
+    plan.forget_disk()
+
+
+def test_tile_sources_in_order(fake_gpu, monkeypatch):
+    """memory, then the user's tuned file, then the tiles shipped for this GPU, then the
+    heuristic (untimed, nothing launched, remembered in memory only)."""
+    plan = fake_gpu
+    tiles = plan.Tiles("unit", (dict(A=1), dict(A=2), dict(A=3)), dict(A=0),
+                       (plan.Prefer((1,), {"pixels": (None, 100)}),))
+    launched = []
+    policy = plan.Policy()
+
+    def tune(shape, pixels=1000, prune=None):
+        return plan.tune(policy, tiles, shape, FAKE_CUDA, launched.append, prune,
+                         plan.features(pixels, 8, 8, torch.float32))
+    monkeypatch.delenv("FASTCONV_TUNE", raising=False)
+    # the heuristic: the rule for small shapes, else the first kept candidate
+    assert tune("small", pixels=10) == dict(A=2) and tune("large") == dict(A=1)
+    assert tune("pruned", pixels=10, prune=lambda c: c["A"] != 2) == dict(A=1)
+    assert not launched and not os.path.exists(os.path.join(plan.cache_dir(), plan.TUNER_FILE))
+    assert plan.tile_sources()[plan.tuner_key(tiles, FAKE_GPU, "small")] == "heuristic"
+    # shipped beats the heuristic, for any triton version; a tile the plan prunes is not used
+    _ship(plan, tiles, {"s": dict(A=3), "pruned": dict(A=3)})
+    assert tune("s") == dict(A=3)
+    assert tune("pruned", prune=lambda c: c["A"] != 3) == dict(A=1)
+    # the user's tuned file beats shipped; memory beats both
+    plan._save(plan.tuner_key(tiles, FAKE_GPU, "s"), dict(A=2))
+    plan.forget_disk()
+    assert tune("s") == dict(A=2)
+    assert plan.tile_sources()[plan.tuner_key(tiles, FAKE_GPU, "s")] == "tuned"
+    plan._memory[plan.tuner_key(tiles, FAKE_GPU, "s")] = (dict(A=1), "tuned")
+    assert tune("s") == dict(A=1)
+    # another GPU's shipped file is not read
+    _ship(plan, tiles, {"t": dict(A=3)}, gpu="Other GPU")
+    assert tune("t") == dict(A=1)
+    assert not launched
+
+
+def test_race_replaces_a_heuristic_choice(fake_gpu, monkeypatch):
+    """Racing is opt-in ("race", or FASTCONV_TUNE=1 as before): it times the candidates
+    a heuristic choice in memory does not stop, and remembers the winner on disk."""
+    plan = fake_gpu
+    tiles = plan.Tiles("unit", (dict(A=1), dict(A=2)), dict(A=0))
+    monkeypatch.setattr(plan, "gpu_time",
+                        lambda fn: (fn(), 2.0 if launched[-1]["A"] == 1 else 1.0)[1])
+    launched = []
+    monkeypatch.setenv("FASTCONV_TUNE", "0")  # the old False: no timing
+    assert plan.tune(plan.Policy(), tiles, "s", FAKE_CUDA, launched.append) == dict(A=1)
+    assert not launched
+    monkeypatch.setenv("FASTCONV_TUNE", "race")
+    assert plan.tune(plan.Policy(), tiles, "s", FAKE_CUDA, launched.append) == dict(A=2)
+    assert {c["A"] for c in launched} == {1, 2}
+    stored = json.loads(open(os.path.join(plan.cache_dir(), plan.TUNER_FILE)).read())
+    assert stored == {plan.tuner_key(tiles, FAKE_GPU, "s"): dict(A=2)}
+
+
+def test_race_compiles_in_parallel_and_skips_failures(fake_gpu, monkeypatch):
+    """Before timing, every candidate is compiled in a thread pool without launching
+    (kernels/_common.compile_only); a candidate that fails to compile or run is skipped."""
+    import threading
+
+    from fastconv.kernels import _common
+
+    plan = fake_gpu
+    tiles = plan.Tiles("unit", tuple(dict(A=i) for i in range(4)), dict(A=0))
+    compiled, ran = [], []
+
+    def launch(cfg):
+        if getattr(_common._compiling, "on", False):
+            compiled.append((cfg["A"], threading.current_thread().name))
+        else:
+            ran.append(cfg["A"])
+        if cfg["A"] == 1:
+            raise RuntimeError("out of shared memory")
+
+    monkeypatch.setattr(plan, "gpu_time", lambda fn: (fn(), 5.0 - ran[-1])[1])
+    monkeypatch.setenv("FASTCONV_TUNE", "race")
+    best = plan.tune(plan.Policy(), tiles, "s", FAKE_CUDA, launch)
+    assert best == dict(A=3)
+    assert sorted(a for a, _ in compiled) == [0, 1, 2, 3]
+    assert all(name.startswith("fastconv-compile") for _, name in compiled)
+    assert sorted(set(ran)) == [0, 1, 2, 3]  # 1 was tried, failed, skipped
+    monkeypatch.setenv("FASTCONV_TUNE", "compile")
+    compiled.clear()
+    ran.clear()
+    assert plan.tune(plan.Policy(), tiles, "t", FAKE_CUDA, launch) == dict(A=0)
+    assert sorted(a for a, _ in compiled) == [0, 1, 2, 3] and not ran
+
+
+def test_jit_launch_compiles_only_under_compile_only():
+    """JITFunction.warmup compiles a candidate without launching it (the tuner's threads)."""
+    from fastconv.kernels import _common
+
+    calls = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: calls.append(("launch", grid))
+
+        def warmup(self, *a, grid, **kw):
+            calls.append(("warmup", grid))
+    _common.jit_launch(Kernel(), (1,), 1, X=2)
+    with _common.compile_only():
+        _common.jit_launch(Kernel(), (2,), 1, X=2)
+    _common.jit_launch(Kernel(), (3,), 1, X=2)
+    assert calls == [("launch", (1,)), ("warmup", (2,)), ("launch", (3,))]
+
+
+def _suite_convs():
+    """(suite, layer name, input, weight, stride, padding, dilation, groups) of every suite
+    layer at batch 8, as empty tensors (only planned here, never run)."""
+    from fastconv.bench import tables
+
+    for suite in tables.SUITES:
+        for layer in tables.load(suite, batch=8):
+            sp = layer.spec
+            yield (f"{suite}/{layer.name}", (sp.N, sp.C, sp.H, sp.W),
+                   (sp.K, sp.C // sp.groups, sp.R, sp.S), sp.stride, sp.padding, sp.dilation,
+                   sp.groups)
+
+
+def _families(cin, wshape, groups):
+    from fastconv.kernels import GROUPED_MAX_GROUP_WIDTH, depthwise, grouped, igemm
+
+    yield igemm.FAMILY
+    if groups == cin and wshape[1] == 1:
+        yield depthwise.FAMILY
+    elif groups > 1 and max(wshape[0] // groups, wshape[1]) <= GROUPED_MAX_GROUP_WIDTH:
+        yield grouped.FAMILY
+
+
+@pytest.mark.parametrize("dtype,cl", [(torch.bfloat16, True), (torch.float32, False)],
+                         ids=["bf16_cl", "fp32_nchw"])
+def test_heuristic_picks_a_kept_candidate_for_every_suite_layer(fake_gpu, monkeypatch, dtype,
+                                                                cl):
+    """On first sight, every family's heuristic names one of the candidates its plan keeps,
+    for all three ops of every layer in the benchmark tables, without launching anything."""
+    from fastconv.kernels import _common
+
+    plan = fake_gpu
+    monkeypatch.delenv("FASTCONV_TUNE", raising=False)
+    _common.set_debug_poison(False)  # plans allocate real-size outputs; nothing runs
+    picks = []
+    real_tune = plan.tune
+
+    def spy(policy, tiles, shape_key, device, launch, prune=None, shape=None):
+        cfg = real_tune(policy, tiles, shape_key, device, launch, prune, shape)
+        kept = [dict(c) for c in tiles.candidates if prune is None or prune(c)]
+        picks.append((tiles.name, cfg in (kept or [dict(tiles.candidates[0])])))
+        return cfg
+
+    def never(*a, **k):
+        raise AssertionError("the heuristic launched a kernel")
+    monkeypatch.setattr(plan, "gpu_time", never)
+    from fastconv.kernels import depthwise, grouped, igemm
+    for module in (igemm, depthwise, grouped):
+        monkeypatch.setattr(module, "tune", spy)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    for name, xs, ws, stride, padding, dilation, groups in _suite_convs():
+        x = torch.empty(xs, dtype=dtype).contiguous(memory_format=fmt)
+        w = torch.empty(ws, dtype=dtype).contiguous(memory_format=fmt)
+        ho = (xs[2] + padding[0] + padding[1] - dilation[0] * (ws[2] - 1) - 1) // stride[0] + 1
+        wo = (xs[3] + padding[2] + padding[3] - dilation[1] * (ws[3] - 1) - 1) // stride[1] + 1
+        dy = torch.empty(xs[0], ws[0], ho, wo, dtype=dtype).contiguous(memory_format=fmt)
+        for fam in _families(xs[1], ws, groups):
+            fam.plan_forward(x, w, None, stride, padding, dilation, groups, "none", fam.default)
+            fam.plan_grad_input(dy, w, xs, stride, padding, dilation, groups, fam.default)
+            fam.plan_grad_weight(dy, x, ws, stride, padding, dilation, groups, fam.default)
+    assert picks and all(ok for _, ok in picks), [p for p in picks if not p[1]][:5]
+    # every family's tile lists took part
+    assert {n.split("_")[0] for n, _ in picks} == {"igemm", "dw", "grouped"}
+
+
+def test_first_rules_name_real_candidates():
+    """A first-sight rule naming no candidate is refused when the Tiles is made."""
+    from fastconv.kernels import _plan
+
+    with pytest.raises(ValueError, match="names no candidate"):
+        _plan.Tiles("unit", (dict(A=1),), dict(A=0), (_plan.Prefer((1,)),))
+
+
+def test_export_round_trip(fake_gpu, tmp_path, capsys):
+    """A race's tuner file -> `fastconv tiles export` -> the shipped file, which tune()
+    then reads under any triton version; other GPUs' entries and changed tile lists are
+    dropped, and the newer triton's winner is kept where two raced one shape."""
+    from fastconv.cli import main
+    from fastconv.kernels import igemm
+
+    plan = fake_gpu
+    tiles = igemm.POLICY.fwd16
+    first, second = dict(tiles.candidates[0]), dict(tiles.candidates[1])
+
+    def key(shape, gpu=FAKE_GPU, triton_version="3.6.0", digest=tiles.digest):
+        return (f"v{plan.TUNER_SCHEMA}|{tiles.name}|{digest}|{gpu}|triton-{triton_version}"
+                f"|{shape}")
+    tuned = {key("a"): second, key("b", triton_version="3.5.1"): first,
+             key("b", triton_version="3.10.0"): second, key("c", gpu="Other GPU"): first,
+             key("d", digest="00000000"): first, "v1|old": first}
+    source = tmp_path / "triton_tiles.json"
+    source.write_text(json.dumps(tuned))
+    out = os.path.join(plan.SHIPPED_DIR, plan.gpu_slug(FAKE_GPU) + ".json")
+    assert main(["tiles", "export", "--from", str(source), "--gpu", FAKE_GPU, "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "2 tiles" in printed and "1 other gpu" in printed and "1 changed tile list" in printed
+    shipped = json.loads(open(out).read())
+    assert shipped["gpu"] == FAKE_GPU and shipped["triton"] == ["3.6.0", "3.10.0"]
+    assert shipped["tiles"] == {plan.shipped_key(tiles, "a"): second,
+                                plan.shipped_key(tiles, "b"): second}
+    plan.forget_disk()
+    got = plan.tune(igemm.POLICY, tiles, "a", FAKE_CUDA, None)
+    assert got == second and plan.tile_sources()[plan.tuner_key(tiles, FAKE_GPU, "a")] == "shipped"
+    # a second export merges into the file
+    source.write_text(json.dumps({key("e"): first}))
+    assert main(["tiles", "export", "--from", str(source), "--gpu", FAKE_GPU, "--out", out]) == 0
+    assert len(json.loads(open(out).read())["tiles"]) == 3
+
+
+def test_first_sight_notice(monkeypatch, caplog):
+    """A plan (and its first run) that takes longer than the notice threshold says on the
+    "fastconv" logger, once, which op and shape it is making and with which tile; faster
+    ones and repeated calls say nothing. The clock is faked: each reading is 100 s later."""
+    import logging
+
+    from fastconv.kernels import _plan
+
+    ticks = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(_plan, "clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(_plan, "SUMMARY_AFTER_S", 1e4)  # summarized below, by hand
+    _plan.summarize()  # the bursts of earlier tests
+    x = torch.randn(1, 3, 5, 7, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    before = _plan.first_sight_stats()
+
+    def notices():
+        return [r.getMessage() for r in caplog.records if r.name == "fastconv"]
+    caplog.clear()
+    with fastconv.settings.flags(first_sight_notice=50.0), caplog.at_level(logging.WARNING,
+                                                                           "fastconv"):
+        fastconv.conv2d(x, w, padding=1, algo="triton_igemm")
+        fastconv.conv2d(x, w, padding=1, algo="triton_igemm")  # planned: silent
+        lines = notices()
+        fastconv.conv2d(x, w, padding=4, algo="triton_igemm")
+        caplog.clear()
+        _plan.summarize()  # the burst is over: one line for both
+        assert notices() == [
+            "fastconv: 2 slow first calls took 200.0 s in all (%s: 2); their plans and "
+            "kernels are kept, later calls with these shapes do not wait"
+            % ("interpreting" if INTERPRET else "compiling the heuristic tile")]
+    assert len(lines) == 1, lines
+    assert ("triton_igemm forward, input 1x3x5x7 float32 NCHW, weight 4x3x3x3, stride (1, 1), "
+            "padding (1, 1)") in lines[0]
+    assert ("interpreting" if INTERPRET else "compiling the heuristic tile") in lines[0]
+    assert "took 100.0 s" in lines[0]
+    after = _plan.first_sight_stats()
+    assert after["slow"] == before["slow"] + 2 and after["plans"] == before["plans"] + 2
+    caplog.clear()
+    with fastconv.settings.flags(first_sight_notice=500.0), caplog.at_level(logging.WARNING,
+                                                                             "fastconv"):
+        fastconv.conv2d(x, w, padding=2, algo="triton_igemm")  # new shape, 100 s < 500 s
+    with fastconv.settings.flags(first_sight_notice=None), caplog.at_level(logging.WARNING,
+                                                                            "fastconv"):
+        fastconv.conv2d(x, w, padding=3, algo="triton_igemm")
+        _plan.summarize()  # nothing slow since the last summary
+    assert not notices()
+
+
+def test_first_sight_notice_while_stalled(monkeypatch, caplog):
+    """The notice comes while the plan is still being made (a timer), not only after."""
+    import logging
+    import threading
+
+    from fastconv.kernels import _plan
+
+    said = threading.Event()
+    monkeypatch.setattr(_plan.logger, "warning",
+                        lambda *a: (caplog.records.append(logging.makeLogRecord(
+                            {"name": "fastconv", "msg": a[0], "args": a[1:]})), said.set()))
+    with fastconv.settings.flags(first_sight_notice=0.05):
+        with _plan.FirstSight("igemm", "grad_weight", torch.empty(2, 4, 3, 3),
+                              torch.empty(2, 3, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1):
+            _plan.note_source("racing 9 igemm_bwd_weight tiles")
+            assert said.wait(10), "no notice while stalled"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "so far" in lines[0] and "racing 9 igemm_bwd_weight" in lines[0]
+    assert "grad_weight, grad_output 2x4x3x3 float32 NCHW, input 2x3x5x5" in lines[0]
+
+
+def test_compile_ahead(monkeypatch):
+    """settings.compile_ahead: a forward's first sight plans its gradients in background
+    threads, where every launch only compiles (JITFunction.warmup); the backward waits for
+    them and computes the same gradients."""
+    import threading
+
+    from fastconv.kernels import _common, _plan
+
+    seen = []
+    real = _common.jit_launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        seen.append((threading.current_thread().name, getattr(_common._compiling, "on", False)))
+        return real(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(_common, "jit_launch", spy)
+    monkeypatch.delenv("FASTCONV_TUNE", raising=False)
+    x = torch.randn(2, 4, 6, 5, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, device=DEVICE, requires_grad=True)
+    before = _plan.ahead_stats()
+    with fastconv.settings.flags(compile_ahead=True):
+        y = fastconv.conv2d(x, w, padding=1, algo="triton_igemm")
+        y.square().sum().backward()
+    after = _plan.ahead_stats()
+    assert after["started"] - before["started"] == 2
+    assert after["done"] - before["done"] == 2 and after["failed"] == before["failed"]
+    assert seen and all(name.startswith("fastconv-ahead") and on for name, on in seen)
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    F.conv2d(xr, wr, padding=1).square().sum().backward()
+    assert rel_err(x.grad, xr.grad) < 1e-5 and rel_err(w.grad, wr.grad) < 1e-5
+
+
 def test_opcheck():
     """Schema, fake kernel, autograd registration and AOT dispatch of a Triton op."""
     x = torch.randn(1, 2, 4, 4, device=DEVICE)

@@ -450,3 +450,65 @@ def test_native_launch_uses_torchs_current_stream():
         y = fastconv.conv2d(x, w, None, 1, 1, algo="triton_igemm")
     torch.cuda.synchronize()
     assert rel_err(y, F.conv2d(x_new.double(), w.double(), None, 1, 1)) < 2e-2
+
+
+@pytest.mark.parametrize("algo,cin,cout,groups", [("triton_igemm", 64, 256, 1),
+                                                   ("triton_depthwise", 96, 96, 96),
+                                                   ("triton_grouped", 128, 128, 32)])
+def test_race_compiles_in_threads_and_remembers(tmp_path, monkeypatch, algo, cin, cout, groups):
+    """settings.tune = "race" on this GPU and triton: the candidates compile in the tuner's
+    thread pool (JITFunction.warmup), the race's winner runs correctly (forward and both
+    gradients) and lands in the user's tile file, which a new process reads back."""
+    import json
+
+    from fastconv.kernels import _plan
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    _plan.forget_disk()
+    k = 3 if groups > 1 else 1
+    x = torch.randn(4, cin, 20, 20, device="cuda", dtype=torch.bfloat16,
+                    requires_grad=True).contiguous(memory_format=torch.channels_last)
+    x.retain_grad()
+    w = (torch.randn(cout, cin // groups, k, k, device="cuda", dtype=torch.bfloat16) * 0.1
+         ).contiguous(memory_format=torch.channels_last).requires_grad_()
+    try:
+        with fastconv.settings.flags(tune="race"):
+            y = fastconv.conv2d(x, w, padding=k // 2, groups=groups, algo=algo)
+            y.float().square().sum().backward()
+        ref_x = x.detach().clone().requires_grad_()
+        ref_w = w.detach().clone().requires_grad_()
+        ref = F.conv2d(ref_x, ref_w, padding=k // 2, groups=groups)
+        ref.float().square().sum().backward()
+        for got, want in ((y, ref), (x.grad, ref_x.grad), (w.grad, ref_w.grad)):
+            err = (got.float() - want.float()).norm() / want.float().norm()
+            assert err < 2e-2
+        sources = _plan.tile_sources()
+        assert sources and set(sources.values()) == {"tuned"}
+        stored = json.loads((tmp_path / _plan.TUNER_FILE).read_text())
+        assert set(stored) == set(sources)
+        _plan.forget_disk()  # as a new process sees the file
+        assert _plan._load_disk() == stored
+    finally:
+        _plan.forget_disk()
+
+
+def test_every_family_runs_its_heuristic_tiles():
+    """The default mode: the heuristic's tile for each op, nothing timed, correct."""
+    from fastconv.kernels import _plan
+
+    _plan.forget_disk()
+    with fastconv.settings.flags(tune="heuristic", cache_dir="/nonexistent-fastconv-cache"):
+        for algo, cin, cout, groups, k in [("triton_igemm", 64, 128, 1, 3),
+                                           ("triton_depthwise", 96, 96, 96, 3),
+                                           ("triton_grouped", 128, 128, 32, 3)]:
+            for dtype, cl in [(torch.bfloat16, True), (torch.float32, False)]:
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                x = torch.randn(2, cin, 14, 14, device="cuda", dtype=dtype).contiguous(
+                    memory_format=fmt)
+                w = (torch.randn(cout, cin // groups, k, k, device="cuda", dtype=dtype) * 0.1
+                     ).contiguous(memory_format=fmt)
+                y = fastconv.conv2d(x, w, padding=1, groups=groups, algo=algo)
+                ref = F.conv2d(x.double(), w.double(), padding=1, groups=groups)
+                assert (y.double() - ref).norm() / ref.norm() < 2e-2
+    assert set(_plan.tile_sources().values()) <= {"heuristic", "shipped"}
+    _plan.forget_disk()

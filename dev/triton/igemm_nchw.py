@@ -364,6 +364,7 @@ def main():
     elif args.shard:
         compile_shard(args)
     else:
+        os.environ.setdefault("FASTCONV_TUNE", "race")  # each variant's tuned tiles, as before
         run_timing(args)
 
 
