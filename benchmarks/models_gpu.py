@@ -317,7 +317,7 @@ def main(argv=None) -> int:
                    help="CPU, tiny built-in models: checks the pipeline, not the speed")
     args = p.parse_args(argv)
     # Steady-state speed with tuned tiles: race each new shape's tiles (fastconv's default
-    # is the untimed heuristic since issue 12), unless FASTCONV_TUNE says otherwise.
+    # is the untimed heuristic), unless FASTCONV_TUNE says otherwise.
     os.environ.setdefault("FASTCONV_TUNE", "race")
     dry = args.dry_run
     args.batch = args.batch or (2 if dry else 32)
