@@ -4,8 +4,8 @@
     python benchmarks/first_step.py --dry-run --out /tmp/first_step     # CPU, interpreter
 
 The first call of each new conv shape makes a plan: a tile (tuned, shipped, or the
-heuristic's; fastconv.settings.tune) and a Triton compile. issue 12 asks that a converted
-model's first step take at most 10 s more than the unconverted model's first step with
+heuristic's; fastconv.settings.tune) and a Triton compile. The target: a converted
+model's first step takes at most 10 s more than the unconverted model's first step with
 cudnn.benchmark on (which tunes cuDNN's algorithms on first sight too).
 
 For each torchvision model (random weights; nothing is downloaded) and precision (tf32:
@@ -45,7 +45,7 @@ COLUMNS = ["model", "precision", "side", "batch", "image", "tune", "compile_ahea
            "second_s",
            "extra_first_s", "plans", "slow_plans", "slow_plan_s", "tile_sources",
            "ahead_compiles", "status"]
-BUDGET_S = 10.0  # issue 12: fastconv's first step at most this much longer than cuDNN's
+BUDGET_S = 10.0  # target: fastconv's first step at most this much longer than cuDNN's
 RESULT = "FIRST_STEP_RESULT "  # the child's result line
 
 
@@ -131,7 +131,7 @@ def write(rows, out_dir, args) -> None:
         w.writerows(rows)
     lines = [f"# First training step, fresh caches (batch {args.batch}, image {args.image}, "
              f"fastconv tune={args.tune}, compile_ahead={args.compile_ahead})", "",
-             f"Target (issue 12): fastconv's first step at most {BUDGET_S:.0f} s more than "
+             f"Target: fastconv's first step at most {BUDGET_S:.0f} s more than "
              "torch's (cudnn.benchmark on).", "",
              "| model | precision | torch first s | fastconv first s | extra s | torch second s "
              "| fastconv second s | plans (slow) | tiles | within target |",

@@ -9,7 +9,7 @@ and with it switched off: through the registered op), the registered op through 
 dispatcher, the kernel module's Python entry, and (CUDA) a bare Triton launch; then the
 same for a training step (forward + backward). Rows take turns in rounds (the best round
 counts), and the last lines give fastconv.nn.Conv2d's host time over nn.Conv2d's, no grad
-and forward+backward: on a GPU, the ratios issue 12's targets are about.
+and forward+backward (meaningful on a GPU, where the kernel time is negligible).
 --profile prints cProfile's top functions for the module forward and a training step.
 --mock-kernels replaces the Triton kernel modules' entry points by the output allocation
 alone, so that on a machine without a GPU (Triton algorithms on CPU tensors under

@@ -251,7 +251,7 @@ def main(argv=None):
         fh = open(os.devnull, "w")
     else:
         # Tuned kernels against cuDNN: race each new shape's tiles (fastconv's default
-        # is the untimed heuristic since issue 12), unless FASTCONV_TUNE says otherwise.
+        # is the untimed heuristic), unless FASTCONV_TUNE says otherwise.
         os.environ.setdefault("FASTCONV_TUNE", "race")
         fh = open(os.path.join(args.out, "triton_vs_cudnn.log"), "w")
     import triton

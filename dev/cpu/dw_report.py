@@ -1,5 +1,5 @@
 """Depthwise layers (MobileNetV2, ConvNeXt-T): fastconv on AVX-512 and on AVX2 (the
-path main ran before issue 11) against oneDNN, forward or backward, plus each layer's
+path an AVX2-only machine runs) against oneDNN, forward or backward, plus each layer's
 share of the measured copy bandwidth. Interleaved medians of per-thread CPU time
 (time.thread_time), so other processes on a shared machine do not count; 1 thread.
     python dev/cpu/dw_report.py --batch 1 8 --layout nchw nhwc [--backward]
