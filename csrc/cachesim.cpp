@@ -263,6 +263,11 @@ class SimSink {
   }
   void end_units() { cur_ = &fixed_; count_only_ = false; }
 
+  // An AVX masked load or store (vmaskmovps), which valgrind does not see.
+  inline void access_masked(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (!opt_.skip_masked) access(op, elem_offset, elem_size, nbytes, write);
+  }
+
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
     if (cur_ != &fixed_ && cur_ != &first_) { rest_accesses_++; rest_l1_bytes_ += nbytes; rest_op_acc_[size_t(op)]++; }
     if (count_only_) return;
@@ -373,6 +378,9 @@ class RecordSink {
   void end_units() { on_ = false; }
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
     if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset * elem_size, nbytes, write ? 1 : 0});
+  }
+  inline void access_masked(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    access(op, elem_offset, elem_size, nbytes, write);
   }
   std::vector<std::vector<int64_t>> rows;
 
@@ -953,11 +961,12 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
                         for (int64_t i = 0; i < V8; ++i)
                           sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + j), e, e, true);
                   } else {
+                    // AVX2: transposed in registers, a masked store (vmaskmovps) per channel.
                     for (int64_t v = 0; v < nv; ++v)
                       for (int64_t p0 = 0; p0 < np; p0 += 8)
                         for (int64_t i = 0; i < V8; ++i)
-                          sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
-                                      std::min<int64_t>(8, np - p0) * e, true);
+                          sink.access_masked(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
+                                             std::min<int64_t>(8, np - p0) * e, true);
                   }
                   return;
                 }
@@ -1544,11 +1553,12 @@ Geometry geometry_from(const py::dict& d) {
 }
 
 Options options_from(const std::vector<std::tuple<int64_t, int64_t, int64_t>>& levels, int64_t sample,
-                     bool hist) {
+                     bool hist, bool skip_masked = false) {
   Options o;
   for (auto& [size, ways, line] : levels) o.levels.push_back({size, ways, line});
   o.sample_accesses = sample;
   o.reuse_histogram = hist;
+  o.skip_masked = skip_masked;
   return o;
 }
 
@@ -1587,9 +1597,9 @@ void bind(py::module_& m) {
   m.def("cachesim_simulate",
         [](const std::string& algo, py::dict geometry, std::map<std::string, int64_t> blocking,
            std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, int64_t sample_accesses,
-           bool reuse_histogram, const std::string& isa) {
+           bool reuse_histogram, const std::string& isa, bool valgrind_view) {
           const Geometry g = geometry_from(geometry);
-          const Options o = options_from(levels, sample_accesses, reuse_histogram);
+          const Options o = options_from(levels, sample_accesses, reuse_histogram, valgrind_view);
           const CpuIsa i = parse_sim_isa(isa);
           Result r;
           {
@@ -1600,8 +1610,10 @@ void bind(py::module_& m) {
         },
         py::arg("algo"), py::arg("geometry"), py::arg("blocking"), py::arg("levels"),
         py::arg("sample_accesses") = 0, py::arg("reuse_histogram") = false, py::arg("isa") = "avx2",
+        py::arg("valgrind_view") = false,
         "Replay algo's loop nest (the kernels' path on ISA isa: portable, avx2 or avx512) through an "
-        "LRU hierarchy levels=[(size, ways, line), ...].");
+        "LRU hierarchy levels=[(size, ways, line), ...]; valgrind_view drops the AVX masked loads and "
+        "stores valgrind's cache simulation does not see.");
   m.def("cachesim_replay",
         [](std::vector<int64_t> addr, std::vector<int64_t> bytes, std::vector<bool> write,
            std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, bool reuse_histogram) {

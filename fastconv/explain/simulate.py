@@ -32,11 +32,12 @@ def per_level(raw: dict, levels: list[CacheLevel]) -> dict:
 
 def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
              sample_accesses: int = DEFAULT_SAMPLE_ACCESSES, reuse_histogram: bool = True,
-             blocking_constants: dict | None = None, isa: str | None = None) -> dict:
+             blocking_constants: dict | None = None, isa: str | None = None, valgrind_view: bool = False) -> dict:
     """Replay `algo`'s loop nest on `spec` through the cache hierarchy `levels`
     (blocking constants: fastconv._C.blocking() unless given), as the kernels run it
     on instruction set `isa` ("portable", "avx2", "avx512"; default: the one they use
-    now, fastconv._C.cpu_isa())."""
+    now, fastconv._C.cpu_isa()). valgrind_view=True drops the AVX masked loads and stores
+    (vmaskmovps), which valgrind's cache simulation does not see (for comparisons with it)."""
     from .. import _C
 
     if algo not in SIMULATED_ALGOS:
@@ -45,7 +46,7 @@ def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
     b = blocking_constants if blocking_constants is not None else blocking()
     raw = _C.cachesim_simulate(algo, geometry(spec), {k: int(v) for k, v in b.items()},
                                [lv.as_tuple() for lv in levels], int(sample_accesses), bool(reuse_histogram),
-                               current_isa(isa))
+                               current_isa(isa), bool(valgrind_view))
     return {"levels": per_level(raw, levels), "operands": raw["operands"], "reuse_hist": raw["reuse_hist"],
             "reuse_cold": raw["reuse_cold"], "units_total": raw["units_total"],
             "units_counted": raw["units_counted"], "scale": raw["scale"], "accesses": raw["accesses"]}
