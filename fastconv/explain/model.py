@@ -619,7 +619,12 @@ def model_direct(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
     rows_tasks = s.N * s.groups * OT * s.Cg * sum(
         min(s.H, max(0, min(s.H, (min(s.Ho, (rb + 1) * RB) - 1) * s.stride[0] - s.padding[0] + (s.R - 1) * s.dilation[0] + 1)
                       - max(0, rb * RB * s.stride[0] - s.padding[0]))) for rb in range(row_blocks)) * row_in_c / s.R
-    m.add("input", "input rows shared by neighbouring row blocks re-read", max(0.0, rows_tasks - OT * per_ot), f_task)
+    # Rows counted in the same unit as rows_tasks (whole-line runs): on narrow NCHW
+    # planes a row's run shares lines with its neighbours, so per_ot would not do.
+    rows_img = len({oh * s.stride[0] - s.padding[0] + r * s.dilation[0] for oh in range(s.Ho) for r in range(s.R)}
+                   & set(range(s.H)))
+    rows_once = s.N * s.groups * OT * s.Cg * rows_img * row_in_c / s.R
+    m.add("input", "input rows shared by neighbouring row blocks re-read", max(0.0, rows_tasks - rows_once), f_task)
     rows_read = s.N * s.groups * OT * g.VH * s.Cg * row_in_c / s.R
     m.add("input", "input rows re-read per output row", max(0.0, rows_read - rows_tasks), f_row,
           cin * row_in_c if scattered else 0.0)
