@@ -1612,8 +1612,8 @@ void bind(py::module_& m) {
         py::arg("sample_accesses") = 0, py::arg("reuse_histogram") = false, py::arg("isa") = "avx2",
         py::arg("valgrind_view") = false,
         "Replay algo's loop nest (the kernels' path on ISA isa: portable, avx2 or avx512) through an "
-        "LRU hierarchy levels=[(size, ways, line), ...]; valgrind_view drops the AVX masked loads and "
-        "stores valgrind's cache simulation does not see.");
+        "LRU hierarchy levels=[(size, ways, line), ...]; valgrind_view drops the AVX masked stores "
+        "valgrind's cache simulation does not see.");
   m.def("cachesim_replay",
         [](std::vector<int64_t> addr, std::vector<int64_t> bytes, std::vector<bool> write,
            std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, bool reuse_histogram) {

@@ -67,7 +67,7 @@ struct Options {
   int64_t sample_accesses = 0;  // counted accesses budget; 0 = simulate everything
   bool reuse_histogram = false;
   // Valgrind's view: its cache simulation (callgrind, VEX IR) does not see AVX
-  // masked loads and stores (vmaskmovps: measured, 0 of 131,072 stores counted),
+  // masked stores (vmaskmovps: measured, 0 of 131,072 stores counted; loads not measured),
   // so the accesses the nests mark as masked are dropped.
   bool skip_masked = false;
 };

@@ -36,7 +36,7 @@ def simulate(algo: str, spec: ConvSpec, levels: list[CacheLevel] | None = None,
     """Replay `algo`'s loop nest on `spec` through the cache hierarchy `levels`
     (blocking constants: fastconv._C.blocking() unless given), as the kernels run it
     on instruction set `isa` ("portable", "avx2", "avx512"; default: the one they use
-    now, fastconv._C.cpu_isa()). valgrind_view=True drops the AVX masked loads and stores
+    now, fastconv._C.cpu_isa()). valgrind_view=True drops the AVX masked stores
     (vmaskmovps), which valgrind's cache simulation does not see (for comparisons with it)."""
     from .. import _C
 
