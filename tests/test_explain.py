@@ -205,6 +205,7 @@ def test_json_schema(quick_ceilings, layout):
                   "--simulate", "--measure", "--quick", "--json")
     r = json.loads(out)
     assert r["flops"] == 2 * 16 * 12 * 12 * 8 * 9
+    assert r["cpu_isa"] == cmodel.current_isa()  # the nests model and simulator followed
     names = [a["algo"] for a in r["algorithms"]]
     assert {"im2col", "direct"} <= set(names) and "depthwise" not in names
     levels = ["L1", "L2", "L3", "DRAM"][: len(r["caches"])] + ["DRAM"]
