@@ -130,9 +130,16 @@ constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 constexpr int64_t kDepthwiseAvx512ChannelBlock = 48;
 constexpr int64_t kDepthwiseAvx512TileBytes = 128 << 10;
 constexpr int64_t kDepthwiseAvx512NhwcTileMaxWidth = 28;
-// NCHW stride-1 kernels of at most 9 taps on planes at least this wide keep the
-// row kernels (full row vectors; the tile transposes cost more than they save).
+// ... and kernels of at least this many taps (7x7: 8-15% on ConvNeXt-T stages 2
+// and 3; on 3x3 layers the copy cost more than the border masks).
+constexpr int64_t kDepthwiseAvx512NhwcTileMinTaps = 25;
+// Widest kernel (S) the channel-vector kernels take: a per-column mask table on the stack.
+constexpr int64_t kDepthwiseAvx512ChanMaxS = 64;
+// NCHW stride-1 kernels of at most kDepthwiseAvx512NchwRowsMaxTaps taps on planes
+// at least this wide keep the row kernels (full row vectors; the tile transposes
+// cost more than they save).
 constexpr int64_t kDepthwiseAvx512NchwRowsMinWidth = 56;
+constexpr int64_t kDepthwiseAvx512NchwRowsMaxTaps = 9;
 // NCHW backward: planes at most this wide run the NHWC gradient kernels on
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
@@ -196,7 +203,10 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
   X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \
   X(depthwise_avx512_nhwc_tile_max_width, kDepthwiseAvx512NhwcTileMaxWidth)        \
+  X(depthwise_avx512_nhwc_tile_min_taps, kDepthwiseAvx512NhwcTileMinTaps)          \
+  X(depthwise_avx512_chan_max_s, kDepthwiseAvx512ChanMaxS)                          \
   X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
+  X(depthwise_avx512_nchw_rows_max_taps, kDepthwiseAvx512NchwRowsMaxTaps)          \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \

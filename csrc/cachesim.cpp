@@ -24,14 +24,24 @@ namespace cachesim {
 
 const char* operand_name(int op) {
   static const char* names[] = {"input", "weight", "output", "column", "packed_weight",
-                                "pack_a", "pack_b", "scratch"};
+                                "pack_a", "pack_b", "scratch", "tile"};
   return (op >= 0 && op < kNumOperands) ? names[op] : "?";
 }
 
 namespace {
 
-// Vector register width in bytes (AVX2): a "vector access" is this wide.
-constexpr int64_t kVectorBytes = 32;
+// The kernels' path: float64 always runs the portable one (16-byte vectors,
+// the AVX2 path's blocking); float32 the ISA's. `vb`: bytes per vector access
+// (also of the BLAS GEMM's, which follows the same ISA).
+struct Nest {
+  CpuIsa isa;
+  int64_t vb;
+};
+
+Nest nest_of(CpuIsa isa, int64_t elem) {
+  const CpuIsa eff = elem == 4 ? isa : CpuIsa::Portable;
+  return {eff, isa == CpuIsa::Avx512 ? 64 : (isa == CpuIsa::Avx2 ? 32 : 16)};
+}
 
 
 int64_t get(const std::map<std::string, int64_t>& b, const char* key, int64_t dflt) {
@@ -253,6 +263,11 @@ class SimSink {
   }
   void end_units() { cur_ = &fixed_; count_only_ = false; }
 
+  // An AVX masked load or store (vmaskmovps), which valgrind does not see.
+  inline void access_masked(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    if (!opt_.skip_masked) access(op, elem_offset, elem_size, nbytes, write);
+  }
+
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
     if (cur_ != &fixed_ && cur_ != &first_) { rest_accesses_++; rest_l1_bytes_ += nbytes; rest_op_acc_[size_t(op)]++; }
     if (count_only_) return;
@@ -364,6 +379,9 @@ class RecordSink {
   inline void access(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
     if (on_ && int64_t(rows.size()) < max_) rows.push_back({op, elem_offset * elem_size, nbytes, write ? 1 : 0});
   }
+  inline void access_masked(int op, int64_t elem_offset, int64_t elem_size, int64_t nbytes, bool write) {
+    access(op, elem_offset, elem_size, nbytes, write);
+  }
   std::vector<std::vector<int64_t>> rows;
 
  private:
@@ -391,8 +409,8 @@ struct Layout {
 
 // Emits a contiguous run of `count` elements as vector accesses.
 template <class Sink>
-inline void emit_run(Sink& sink, int op, int64_t off, int64_t count, int64_t e, bool write) {
-  const int64_t per = std::max<int64_t>(1, kVectorBytes / e);
+inline void emit_run(Sink& sink, int64_t vb, int op, int64_t off, int64_t count, int64_t e, bool write) {
+  const int64_t per = std::max<int64_t>(1, vb / e);
   for (int64_t i = 0; i < count; i += per)
     sink.access(op, off + i, e, std::min(per, count - i) * e, write);
 }
@@ -429,11 +447,12 @@ void run_reference(Sink& sink, const Geometry& g) {
 // offset functions. Packs B into a KC x NC panel (NR-wide micro-panels) and A
 // into an MC x KC block (MR-tall micro-panels); the micro-kernel per k loads
 // NR elements of packed B as vectors and broadcasts MR elements of packed A.
-struct GemmBlocking { int64_t MR, NR, MC, KC, NC; };
+struct GemmBlocking { int64_t MR, NR, MC, KC, NC, vb; };
 
 template <class Sink, class FA, class FB, class FC>
 void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, int64_t e,
           int opA, FA a_off, int opB, FB b_off, FC c_off, bool a_contig_m, bool b_contig_n) {
+  const int64_t vb = gb.vb;
   for (int64_t jc = 0; jc < N; jc += gb.NC) {
     const int64_t nc = std::min(gb.NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += gb.KC) {
@@ -442,9 +461,9 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
       for (int64_t jr = 0; jr < nc; jr += gb.NR) {
         const int64_t nr = std::min(gb.NR, nc - jr);
         for (int64_t k = 0; k < kc; ++k) {
-          if (b_contig_n) emit_run(sink, opB, b_off(pc + k, jc + jr), nr, e, false);
+          if (b_contig_n) emit_run(sink, vb, opB, b_off(pc + k, jc + jr), nr, e, false);
           else for (int64_t j = 0; j < nr; ++j) sink.access(opB, b_off(pc + k, jc + jr + j), e, e, false);
-          emit_run(sink, kPackB, (jr * kc) + k * gb.NR, gb.NR, e, true);
+          emit_run(sink, vb, kPackB, (jr * kc) + k * gb.NR, gb.NR, e, true);
         }
       }
       for (int64_t ic = 0; ic < M; ic += gb.MC) {
@@ -452,9 +471,9 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
         for (int64_t ir = 0; ir < mc; ir += gb.MR) {
           const int64_t mr = std::min(gb.MR, mc - ir);
           for (int64_t k = 0; k < kc; ++k) {
-            if (a_contig_m) emit_run(sink, opA, a_off(ic + ir, pc + k), mr, e, false);
+            if (a_contig_m) emit_run(sink, vb, opA, a_off(ic + ir, pc + k), mr, e, false);
             else for (int64_t i = 0; i < mr; ++i) sink.access(opA, a_off(ic + ir + i, pc + k), e, e, false);
-            emit_run(sink, kPackA, ir * kc + k * gb.MR, gb.MR, e, true);
+            emit_run(sink, vb, kPackA, ir * kc + k * gb.MR, gb.MR, e, true);
           }
         }
         for (int64_t jr = 0; jr < nc; jr += gb.NR) {
@@ -462,13 +481,13 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
           for (int64_t ir = 0; ir < mc; ir += gb.MR) {
             const int64_t mr = std::min(gb.MR, mc - ir);
             for (int64_t k = 0; k < kc; ++k) {
-              emit_run(sink, kPackB, jr * kc + k * gb.NR, gb.NR, e, false);
+              emit_run(sink, vb, kPackB, jr * kc + k * gb.NR, gb.NR, e, false);
               for (int64_t i = 0; i < gb.MR; ++i) sink.access(kPackA, ir * kc + k * gb.MR + i, e, e, false);
             }
             // C tile: read-modify-write after the first KC block, write before.
             for (int64_t i = 0; i < mr; ++i) {
-              if (pc > 0) emit_run(sink, kOutput, c_off(ic + ir + i, jc + jr), nr, e, false);
-              emit_run(sink, kOutput, c_off(ic + ir + i, jc + jr), nr, e, true);
+              if (pc > 0) emit_run(sink, vb, kOutput, c_off(ic + ir + i, jc + jr), nr, e, false);
+              emit_run(sink, vb, kOutput, c_off(ic + ir + i, jc + jr), nr, e, true);
             }
           }
         }
@@ -486,6 +505,7 @@ void gemm(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, i
 template <class Sink, class FA, class FB, class FC>
 void gemm_nocopy(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64_t K, int64_t e, int opA,
                  FA a_off, int opB, FB b_off, FC c_off, bool b_contig_n) {
+  const int64_t vb = gb.vb;
   for (int64_t pc = 0; pc < K; pc += gb.KC) {
     const int64_t kc = std::min(gb.KC, K - pc);
     for (int64_t jr = 0; jr < N; jr += gb.NR) {
@@ -493,13 +513,13 @@ void gemm_nocopy(Sink& sink, const GemmBlocking& gb, int64_t M, int64_t N, int64
       for (int64_t ir = 0; ir < M; ir += gb.MR) {
         const int64_t mr = std::min(gb.MR, M - ir);
         if (pc > 0)
-          for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, false);
+          for (int64_t i = 0; i < mr; ++i) emit_run(sink, vb, kOutput, c_off(ir + i, jr), nr, e, false);
         for (int64_t k = pc; k < pc + kc; ++k) {
           for (int64_t i = 0; i < mr; ++i) sink.access(opA, a_off(ir + i, k), e, e, false);
-          if (b_contig_n) emit_run(sink, opB, b_off(k, jr), nr, e, false);
+          if (b_contig_n) emit_run(sink, vb, opB, b_off(k, jr), nr, e, false);
           else for (int64_t j = 0; j < nr; ++j) sink.access(opB, b_off(k, jr + j), e, e, false);
         }
-        for (int64_t i = 0; i < mr; ++i) emit_run(sink, kOutput, c_off(ir + i, jr), nr, e, true);
+        for (int64_t i = 0; i < mr; ++i) emit_run(sink, vb, kOutput, c_off(ir + i, jr), nr, e, true);
       }
     }
   }
@@ -536,8 +556,9 @@ Im2colPlan im2col_plan(const Geometry& g, const std::map<std::string, int64_t>& 
 // (group, block of pixels, block of channels) computing out = col x W_g^T;
 // each GEMM writes its block of the output in place. Units: tiles.
 template <class Sink>
-void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   const Layout L(g);
+  const int64_t vb = nest.vb;
   const auto plan = im2col_plan(g, b);
   const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), HWo = L.Ho * L.Wo;
   const int64_t Kd = plan.kdim, kall = plan.kall;
@@ -550,7 +571,7 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   };
   const GemmBlocking gb{get(b, "gemm_mr", blocking::kGemmMR), get(b, "gemm_nr", blocking::kGemmNR),
                         get(b, "gemm_mc", blocking::kGemmMC), get(b, "gemm_kc", blocking::kGemmKC),
-                        get(b, "gemm_nc", blocking::kGemmNC)};
+                        get(b, "gemm_nc", blocking::kGemmNC), vb};
   const bool pack = get(b, "gemm_pack", blocking::kGemmPack) != 0;
   // One GEMM call: Goto with packing, or MKL's no-copy kernels.
   auto call = [&](int64_t M, int64_t N, int64_t K, int opA, auto a_off, int opB, auto b_off, auto c_off,
@@ -591,14 +612,14 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
                   const int64_t d = dst + off, ow1 = ow0 + len;
                   const int64_t ih = oh * g.sh - g.pt + r * g.dh;
                   if (ih < 0 || ih >= g.H) {
-                    emit_run(sink, kColumn, d, len, e, true);
+                    emit_run(sink, vb, kColumn, d, len, e, true);
                   } else {
                     const int64_t a = std::min(std::max(lo, ow0), ow1), bb = std::min(std::max(hi, a), ow1);
-                    if (a > ow0) emit_run(sink, kColumn, d, a - ow0, e, true);
+                    if (a > ow0) emit_run(sink, vb, kColumn, d, a - ow0, e, true);
                     if (bb > a) {
                       if (g.sw == 1) {
-                        emit_run(sink, kInput, L.in(sg.n, ci, ih, a + off_w), bb - a, e, false);
-                        emit_run(sink, kColumn, d + (a - ow0), bb - a, e, true);
+                        emit_run(sink, vb, kInput, L.in(sg.n, ci, ih, a + off_w), bb - a, e, false);
+                        emit_run(sink, vb, kColumn, d + (a - ow0), bb - a, e, true);
                       } else {
                         for (int64_t ow = a; ow < bb; ++ow) {
                           sink.access(kInput, L.in(sg.n, ci, ih, ow * g.sw + off_w), e, e, false);
@@ -606,7 +627,7 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
                         }
                       }
                     }
-                    if (ow1 > bb) emit_run(sink, kColumn, d + (bb - ow0), ow1 - bb, e, true);
+                    if (ow1 > bb) emit_run(sink, vb, kColumn, d + (bb - ow0), ow1 - bb, e, true);
                   }
                   q += len;
                   off += len;
@@ -648,23 +669,23 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
             for (int64_t r = 0; r < g.R; ++r) {
               const int64_t dr = d + (grp * g.R + r) * g.S * Cg;
               const int64_t ih = oh * g.sh - g.pt + r * g.dh;
-              if (ih < 0 || ih >= g.H) { emit_run(sink, kColumn, dr, g.S * Cg, e, true); continue; }
+              if (ih < 0 || ih >= g.H) { emit_run(sink, vb, kColumn, dr, g.S * Cg, e, true); continue; }
               const int64_t iw0 = ow * g.sw - g.pl;
               const int64_t s0 = std::min(g.S, iw0 >= 0 ? 0 : ceil_div(-iw0, g.dw));
               const int64_t s1 = std::max(s0, std::min(g.S, g.W - iw0 <= 0 ? 0 : ceil_div(g.W - iw0, g.dw)));
-              if (s0 > 0) emit_run(sink, kColumn, dr, s0 * Cg, e, true);
+              if (s0 > 0) emit_run(sink, vb, kColumn, dr, s0 * Cg, e, true);
               if (merge) {
                 if (s1 > s0) {
-                  emit_run(sink, kInput, L.in(n, 0, ih, iw0 + s0), (s1 - s0) * Cg, e, false);
-                  emit_run(sink, kColumn, dr + s0 * Cg, (s1 - s0) * Cg, e, true);
+                  emit_run(sink, vb, kInput, L.in(n, 0, ih, iw0 + s0), (s1 - s0) * Cg, e, false);
+                  emit_run(sink, vb, kColumn, dr + s0 * Cg, (s1 - s0) * Cg, e, true);
                 }
               } else {
                 for (int64_t s = s0; s < s1; ++s) {
-                  emit_run(sink, kInput, L.in(n, grp * Cg, ih, iw0 + s * g.dw), Cg, e, false);
-                  emit_run(sink, kColumn, dr + s * Cg, Cg, e, true);
+                  emit_run(sink, vb, kInput, L.in(n, grp * Cg, ih, iw0 + s * g.dw), Cg, e, false);
+                  emit_run(sink, vb, kColumn, dr + s * Cg, Cg, e, true);
                 }
               }
-              if (s1 < g.S) emit_run(sink, kColumn, dr + s1 * Cg, (g.S - s1) * Cg, e, true);
+              if (s1 < g.S) emit_run(sink, vb, kColumn, dr + s1 * Cg, (g.S - s1) * Cg, e, true);
             }
         }
       }
@@ -694,16 +715,22 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
 
 struct DirectPlan { int64_t vec, vectors, tile, row_block, oc_blocks, oc_tiles, row_blocks, cin_block; };
 
-DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   DirectPlan p;
-  p.vec = get(b, "direct_oc_block", blocking::kDirectOcBlock);
+  // direct_pack_block: with AVX-512, groups of more than 8 output channels are
+  // packed 16 channels innermost (a zmm) and run the AVX-512 tiles.
+  const int64_t v8 = get(b, "direct_oc_block", blocking::kDirectOcBlock);
+  const bool zmm = nest.isa == CpuIsa::Avx512 && g.Kg() > v8;
+  p.vec = zmm ? get(b, "direct_avx512_oc_block", blocking::kDirectAvx512OcBlock) : v8;
   p.oc_blocks = (g.Kg() + p.vec - 1) / p.vec;
   if (p.oc_blocks == 1) {
     p.vectors = 1;
-    p.tile = get(b, "direct_pixel_tile_single", blocking::kDirectPixelTileSingle);
+    p.tile = zmm ? get(b, "direct_avx512_pixel_tile_single", blocking::kDirectAvx512PixelTileSingle)
+                 : get(b, "direct_pixel_tile_single", blocking::kDirectPixelTileSingle);
   } else {
     p.vectors = get(b, "direct_oc_vectors", blocking::kDirectOcVectors);
-    p.tile = get(b, "direct_pixel_tile", blocking::kDirectPixelTile);
+    p.tile = zmm ? get(b, "direct_avx512_pixel_tile", blocking::kDirectAvx512PixelTile)
+                 : get(b, "direct_pixel_tile", blocking::kDirectPixelTile);
   }
   p.oc_tiles = (p.oc_blocks + p.vectors - 1) / p.vectors;
   p.row_block = get(b, "direct_row_block", blocking::kDirectRowBlock);
@@ -712,6 +739,126 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   const int64_t budget = get(b, "direct_cin_block_bytes", blocking::kDirectCinBlockBytes);
   p.cin_block = std::max<int64_t>(1, budget / (g.R * g.S * p.vectors * p.vec * g.elem));
   return p;
+}
+
+// direct_blocked_avx512.cpp: float32 on AVX-512 when every lane of a tile is an
+// output channel: dense layers and wide groups (Cg, Kg multiples of 16), or
+// narrow groups (Cg == Kg in {2, 4, 8}) packed gpv = 16 / Kg groups per vector.
+struct BlockedPlan { int64_t lanes, gpv, ocv, GB, CB, OB, Hp, Wp, RB, row_block, tile; };
+
+bool direct_blocked_applies(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
+  if (nest.isa != CpuIsa::Avx512 || g.elem != 4) return false;
+  const int64_t lanes = get(b, "direct_avx512_oc_block", blocking::kDirectAvx512OcBlock);
+  const int64_t kg = g.Kg(), cg = g.Cg();
+  const bool narrow = g.groups > 1 && kg == cg && (kg == 2 || kg == 4 || kg == 8) && g.groups % (lanes / kg) == 0;
+  return narrow || (cg % lanes == 0 && kg % lanes == 0);
+}
+
+BlockedPlan blocked_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+  BlockedPlan p;
+  p.lanes = get(b, "direct_avx512_oc_block", blocking::kDirectAvx512OcBlock);
+  const int64_t kg = g.Kg();
+  p.gpv = kg < p.lanes ? p.lanes / kg : 1;
+  p.ocv = p.gpv == 1 && kg % (2 * p.lanes) == 0 ? 2 : 1;
+  p.GB = g.groups / p.gpv;
+  p.CB = g.Cg() * p.gpv;
+  p.OB = kg * p.gpv / (p.lanes * p.ocv);
+  p.Hp = g.H + g.pt + g.pb;
+  p.Wp = g.W + g.pl + g.pr;
+  p.row_block = get(b, "direct_row_block", blocking::kDirectRowBlock);
+  p.RB = ceil_div(g.Ho(), p.row_block);
+  p.tile = p.ocv == 1 ? get(b, "direct_blocked_avx512_pixel_tile", blocking::kDirectBlockedAvx512PixelTile)
+                      : get(b, "direct_blocked_avx512_pixel_tile_pair", blocking::kDirectBlockedAvx512PixelTilePair);
+  return p;
+}
+
+// The blocked nest: the input copied once into xt[N][GB][Hp][Wp][CB] (operand
+// "column": zero rows and columns for the padding; NHWC a vector load per 16
+// channels, NCHW a gather of 16 planes), the weights packed to
+// [GB][OB][R][S][Cg][OCV][16]; tasks (n, group block, output block, block of
+// `row_block` rows), rows split into near-equal tiles of at most `tile`
+// pixels; a tile runs (r, s, c): OCV weight vectors, one broadcast of gpv
+// floats per pixel; then per vector and pixel a store (NHWC) or a 16-lane
+// scatter (NCHW). Units: tasks.
+template <class Sink>
+void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
+  const Layout L(g);
+  const auto P = blocked_plan(g, b);
+  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), lanes = P.lanes, chunks = P.CB / lanes;
+  (void)nest;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t gb = 0; gb < P.GB; ++gb)
+      for (int64_t hp = 0; hp < P.Hp; ++hp) {
+        int64_t o = ((n * P.GB + gb) * P.Hp + hp) * P.Wp * P.CB;
+        const int64_t ih = hp - g.pt;
+        for (int64_t wp = 0; wp < P.Wp; ++wp)
+          for (int64_t q = 0; q < chunks; ++q, o += lanes) {
+            const int64_t iw = wp - g.pl;
+            if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
+              if (g.nhwc) {
+                sink.access(kInput, L.in(n, gb * P.CB + q * lanes, ih, iw), e, lanes * e, false);
+              } else {
+                for (int64_t j = 0; j < lanes; ++j) {  // lane j = c * gpv + gl
+                  const int64_t c = q * lanes / P.gpv + j / P.gpv, gl = j % P.gpv;
+                  sink.access(kInput, L.in(n, gb * P.CB + gl * Cg + c, ih, iw), e, e, false);
+                }
+              }
+            }
+            sink.access(kColumn, o, e, lanes * e, true);
+          }
+      }
+  int64_t pw = 0;
+  for (int64_t gb = 0; gb < P.GB; ++gb)
+    for (int64_t ob = 0; ob < P.OB; ++ob)
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t s = 0; s < g.S; ++s)
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t v = 0; v < P.ocv; ++v)
+              for (int64_t l = 0; l < lanes; ++l, ++pw) {
+                const int64_t lc = P.gpv == 1 ? l : (l % P.gpv) * (lanes / P.gpv) + l / P.gpv;
+                const int64_t k = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes + lc;
+                sink.access(kWeight, L.wt(k, c, r, s), e, e, false);
+                sink.access(kPackedWeight, pw, e, e, true);
+              }
+  const int64_t w_block = g.R * g.S * Cg * P.ocv * lanes, x_block = P.Hp * P.Wp * P.CB;
+  const int64_t Ho = L.Ho, Wo = L.Wo;
+  int64_t unit = 0;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t gb = 0; gb < P.GB; ++gb)
+      for (int64_t ob = 0; ob < P.OB; ++ob)
+        for (int64_t rb = 0; rb < P.RB; ++rb, ++unit) {
+          if (!sink.unit(unit)) continue;
+          const int64_t xg = (n * P.GB + gb) * x_block, wg = (gb * P.OB + ob) * w_block;
+          const int64_t oh1 = std::min(Ho, (rb + 1) * P.row_block);
+          for (int64_t oh = rb * P.row_block; oh < oh1; ++oh) {
+            const int64_t xrow = xg + oh * g.sh * P.Wp * P.CB;
+            for (int64_t ow = 0; ow < Wo;) {
+              const int64_t left = Wo - ow, np = ceil_div(left, ceil_div(left, P.tile));
+              int64_t w = wg;
+              for (int64_t r = 0; r < g.R; ++r)
+                for (int64_t s = 0; s < g.S; ++s) {
+                  const int64_t xb = xrow + ow * g.sw * P.CB + r * g.dh * P.Wp * P.CB + s * g.dw * P.CB;
+                  for (int64_t c = 0; c < Cg; ++c, w += P.ocv * lanes) {
+                    for (int64_t v = 0; v < P.ocv; ++v) sink.access(kPackedWeight, w + v * lanes, e, lanes * e, false);
+                    for (int64_t p = 0; p < np; ++p)
+                      sink.access(kColumn, xb + p * g.sw * P.CB + c * P.gpv, e, P.gpv * e, false);
+                  }
+                }
+              for (int64_t v = 0; v < P.ocv; ++v) {
+                const int64_t ch0 = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes;
+                for (int64_t p = 0; p < np; ++p) {
+                  if (g.nhwc) {
+                    sink.access(kOutput, L.out(n, ch0, oh, ow + p), e, lanes * e, true);
+                  } else {
+                    for (int64_t ch = 0; ch < lanes; ++ch) sink.access(kOutput, L.out(n, ch0 + ch, oh, ow + p), e, e, true);
+                  }
+                }
+              }
+              ow += np;
+            }
+          }
+        }
+  sink.end_units();
 }
 
 // Scratch layout (operand "scratch"): the tile buffer, then the tap tables.
@@ -732,11 +879,12 @@ constexpr int64_t kScratchTables = 4096;
 // registers, a run of pixels per channel); others go through the tile buffer
 // and a scalar store loop. Units: tasks.
 template <class Sink>
-void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
+  if (direct_blocked_applies(g, b, nest)) return run_direct_blocked(sink, g, b, nest);
   const Layout L(g);
-  const auto plan = direct_plan(g, b);
-  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), V8 = plan.vec;
-  const int64_t panel = Cg * g.R * g.S * V8;  // one packed 8-channel block
+  const auto plan = direct_plan(g, b, nest);
+  const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), V8 = plan.vec, vb = nest.vb;
+  const int64_t panel = Cg * g.R * g.S * V8;  // one packed block of V8 channels
   for (int64_t grp = 0; grp < g.groups; ++grp)
     for (int64_t kb = 0; kb < plan.oc_blocks; ++kb)
       for (int64_t c = 0; c < Cg; ++c)
@@ -760,7 +908,7 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
           if (!sink.unit(unit)) continue;
           const int64_t kb0 = ot * plan.vectors, nv = std::min(plan.vectors, plan.oc_blocks - kb0);
           const int64_t k0 = grp * Kg + kb0 * V8, nk = std::min(nv * V8, Kg - kb0 * V8);
-          const bool fuse = e == 4 && nk == nv * V8;
+          const bool fuse = e == 4 && nest.isa != CpuIsa::Portable && nk == nv * V8;
           const int64_t oh_begin = rb * plan.row_block, oh_end = std::min(L.Ho, oh_begin + plan.row_block);
           for (int64_t c0 = 0; c0 < Cg; c0 += plan.cin_block) {
             const int64_t nc = std::min(plan.cin_block, Cg - c0);
@@ -771,8 +919,8 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
               const int64_t r_hi = std::min(g.R, std::max(r_lo, floor_div(g.H - 1 - ih0, g.dh) + 1));
               const int64_t nt = (r_hi - r_lo) * g.S;
               // The interior tap table: written once per row.
-              emit_run(sink, kScratch, tables, nt, 8, true);
-              emit_run(sink, kScratch, tables + RS, nt, 8, true);
+              emit_run(sink, vb, kScratch, tables, nt, 8, true);
+              emit_run(sink, vb, kScratch, tables + RS, nt, 8, true);
               auto region = [&](int64_t ow, int& op) -> int64_t {
                 if (blocked) { op = kColumn; return ((oh - oh_begin) * L.Wo + ow) * nv * V8; }
                 op = kScratch;
@@ -806,12 +954,19 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
                     for (int64_t v = 0; v < nv; ++v)
                       for (int64_t j = 0; j < np; ++j)
                         sink.access(kOutput, L.out(n, k0 + v * V8, oh, ow0 + j), e, V8 * e, true);
+                  } else if (V8 == 16) {
+                    // AVX-512: each accumulator scattered, lane i to channel i's plane.
+                    for (int64_t v = 0; v < nv; ++v)
+                      for (int64_t j = 0; j < np; ++j)
+                        for (int64_t i = 0; i < V8; ++i)
+                          sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + j), e, e, true);
                   } else {
+                    // AVX2: transposed in registers, a masked store (vmaskmovps) per channel.
                     for (int64_t v = 0; v < nv; ++v)
                       for (int64_t p0 = 0; p0 < np; p0 += 8)
                         for (int64_t i = 0; i < V8; ++i)
-                          sink.access(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
-                                      std::min<int64_t>(8, np - p0) * e, true);
+                          sink.access_masked(kOutput, L.out(n, k0 + v * V8 + i, oh, ow0 + p0), e,
+                                             std::min<int64_t>(8, np - p0) * e, true);
                   }
                   return;
                 }
@@ -836,8 +991,8 @@ void run_direct(Sink& sink, const Geometry& g, const std::map<std::string, int64
                 const int64_t s_lo = std::min(g.S, std::max<int64_t>(0, ceil_div(-iw0, g.dw)));
                 const int64_t s_hi = std::min(g.S, std::max(s_lo, floor_div(g.W - 1 - iw0, g.dw) + 1));
                 const int64_t bt = (r_hi - r_lo) * (s_hi - s_lo);
-                emit_run(sink, kScratch, tables + 2 * RS, bt, 8, true);
-                emit_run(sink, kScratch, tables + 3 * RS, bt, 8, true);
+                emit_run(sink, vb, kScratch, tables + 2 * RS, bt, 8, true);
+                emit_run(sink, vb, kScratch, tables + 3 * RS, bt, 8, true);
                 tile(ow, 1, s_lo, s_hi, tables + 2 * RS);
               };
               for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
@@ -878,17 +1033,181 @@ DepthwisePlan depthwise_plan(const std::map<std::string, int64_t>& b) {
           get(b, "depthwise_nchw_tile_accs", blocking::kDepthwiseNchwTileAccs)};
 }
 
+// depthwise.cpp's transpose_avx512: dst[j * dst_ld + i] = src[i * src_ld + j]
+// (i < rows, j < cols) by 16x16 blocks: 16 masked row loads, 16 masked stores.
 template <class Sink>
-void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+void emit_transpose16(Sink& sink, int op_src, int64_t src, int64_t src_ld, int64_t rows, int64_t cols,
+                      int op_dst, int64_t dst, int64_t dst_ld, int64_t e) {
+  for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, rows - i0);
+    for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+      const int64_t nj = std::min<int64_t>(16, cols - j0);
+      for (int64_t i = 0; i < ni; ++i) sink.access(op_src, src + (i0 + i) * src_ld + j0, e, nj * e, false);
+      for (int64_t j = 0; j < nj; ++j) sink.access(op_dst, dst + (j0 + j) * dst_ld + i0, e, ni * e, true);
+    }
+  }
+}
+
+// A channel-vector view for the AVX-512 depthwise row kernel: input (ih, iw, c)
+// at x + (ih * W + iw) * x_pix + c of operand xop, weight (r, s, c) at
+// w + (r * S + s) * w_tap + c, output (oh, ow, c) at y + (oh * Wo + ow) * y_pix + c.
+struct ChanView {
+  int xop; int64_t x, x_pix;
+  int64_t w, w_tap;
+  int yop; int64_t y, y_pix;
+  // The plane the kernel sees (a padded tile has no padding).
+  int64_t H, W, Wo, pt, pl;
+};
+
+// chan_row_avx512: one output row, channels [k0, k1); pixel tiles of `P` outer
+// (interior: every tap in bounds; border and partial tiles mask each
+// (pixel, column) tap, and a masked-off load reads nothing), blocks of `V`
+// 16-lane channel vectors inner; per (r, s): V weight loads, P x V input loads;
+// then P x V stores. The kernel's software prefetches are not traced.
+template <class Sink>
+void emit_chan_row(Sink& sink, const Geometry& g, const ChanView& cv, int64_t oh, int64_t k0, int64_t k1,
+                   int64_t P, int64_t V) {
+  const int64_t e = g.elem, lanes = 16;
+  const int64_t ih0 = oh * g.sh - cv.pt;
+  const int64_t r0 = std::max<int64_t>(0, ceil_div(-ih0, g.dh));
+  const int64_t r1 = std::min(g.R, floor_div(cv.H - 1 - ih0, g.dh) + 1);
+  const int64_t ow_lo = std::min(cv.Wo, ceil_div(cv.pl, g.sw));
+  const int64_t ow_hi = std::min(cv.Wo, std::max(ow_lo, floor_div(cv.W - 1 - (g.S - 1) * g.dw + cv.pl, g.sw) + 1));
+  for (int64_t ow = 0; ow < cv.Wo; ow += P) {
+    const int64_t npix = std::min(P, cv.Wo - ow);
+    const bool interior = ow >= ow_lo && ow + P <= ow_hi;
+    for (int64_t k = k0; k < k1; k += lanes * V) {
+      const int64_t nk = std::min(lanes * V, k1 - k), nv = ceil_div(nk, lanes);
+      auto vlen = [&](int64_t v) { return std::min(lanes, nk - v * lanes) * e; };
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t s = 0; s < g.S; ++s) {
+          for (int64_t v = 0; v < nv; ++v) sink.access(kPackedWeight, cv.w + (r * g.S + s) * cv.w_tap + k + v * lanes, e, vlen(v), false);
+          for (int64_t q = 0; q < P; ++q) {
+            const int64_t iw = (ow + q) * g.sw - cv.pl + s * g.dw;
+            if (!interior && (q >= npix || iw < 0 || iw >= cv.W)) continue;
+            for (int64_t v = 0; v < nv; ++v)
+              sink.access(cv.xop, cv.x + ((ih0 + r * g.dh) * cv.W + iw) * cv.x_pix + k + v * lanes, e, vlen(v), false);
+          }
+        }
+      for (int64_t v = 0; v < nv; ++v)
+        for (int64_t q = 0; q < npix; ++q)
+          sink.access(cv.yop, cv.y + (oh * cv.Wo + ow + q) * cv.y_pix + k + v * lanes, e, vlen(v), true);
+    }
+  }
+}
+
+// The AVX-512 depthwise paths (float32, depthwise.cpp): which one runs.
+enum class DwPath { Rows, ChanRows, CBlock };
+
+DwPath depthwise_path(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
+  if (nest.isa != CpuIsa::Avx512 || g.elem != 4) return DwPath::Rows;
+  const int64_t P = get(b, "depthwise_avx512_pixel_tile", blocking::kDepthwiseAvx512PixelTile);
+  const int64_t kMaxS = get(b, "depthwise_avx512_chan_max_s", blocking::kDepthwiseAvx512ChanMaxS);
+  const int64_t Wo = g.Wo();
+  if (g.nhwc) {
+    const bool cblock = g.R * g.S >= get(b, "depthwise_avx512_nhwc_tile_min_taps", blocking::kDepthwiseAvx512NhwcTileMinTaps) &&
+                        Wo >= 2 * P &&
+                        Wo <= get(b, "depthwise_avx512_nhwc_tile_max_width", blocking::kDepthwiseAvx512NhwcTileMaxWidth) &&
+                        g.S <= kMaxS;
+    return cblock ? DwPath::CBlock : (g.S <= kMaxS ? DwPath::ChanRows : DwPath::Rows);
+  }
+  const bool wide_rows = g.sh == 1 && g.sw == 1 &&
+                         g.R * g.S <= get(b, "depthwise_avx512_nchw_rows_max_taps", blocking::kDepthwiseAvx512NchwRowsMaxTaps) &&
+                         Wo >= get(b, "depthwise_avx512_nchw_rows_min_width", blocking::kDepthwiseAvx512NchwRowsMinWidth);
+  return g.K == g.C && g.S <= kMaxS && !wide_rows ? DwPath::CBlock : DwPath::Rows;
+}
+
+// Element offset of the NCHW output tile buffer inside operand "tile" (after the input tile).
+constexpr int64_t kTileOutOffset = int64_t(1) << 32;
+
+// forward_cblock_avx512: tasks (n, block of `channel_block` channels, block of
+// output rows whose padded input rows take about `tile_bytes`): the rows are
+// written into a zero-padded [row][column][channel] tile (operand "tile"; NHWC
+// a copy of the channel slice per pixel, NCHW 16x16 transposes), the row kernel
+// runs on it with every pixel tile interior, NCHW output goes through a tile
+// buffer and is transposed back. Units: tasks.
+struct CBlockPlan { int64_t CB, Wp, halo, ncb, rows_per_task, nrb; };
+
+CBlockPlan cblock_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+  CBlockPlan p;
+  p.CB = get(b, "depthwise_avx512_channel_block", blocking::kDepthwiseAvx512ChannelBlock);
+  p.Wp = (g.Wo() - 1) * g.sw + (g.S - 1) * g.dw + 1;
+  p.halo = (g.R - 1) * g.dh;
+  p.ncb = ceil_div(g.K, p.CB);
+  const int64_t budget = std::max<int64_t>(
+      1, get(b, "depthwise_avx512_tile_bytes", blocking::kDepthwiseAvx512TileBytes) / (p.CB * p.Wp * 4));
+  p.rows_per_task = std::max<int64_t>(1, std::min(g.Ho(), (budget - p.halo) / g.sh));
+  p.nrb = ceil_div(g.Ho(), p.rows_per_task);
+  return p;
+}
+
+template <class Sink>
+void run_depthwise_cblock(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest,
+                          int xop) {
+  const Layout L(g);
+  const auto cp = cblock_plan(g, b);
+  const int64_t e = g.elem, K = g.K, Ho = L.Ho, Wo = L.Wo, vb = nest.vb;
+  const int64_t P = get(b, "depthwise_avx512_pixel_tile", blocking::kDepthwiseAvx512PixelTile);
+  const int64_t V = get(b, "depthwise_avx512_chan_vecs", blocking::kDepthwiseAvx512ChanVecs);
+  int64_t unit = 0;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t cb = 0; cb < cp.ncb; ++cb)
+      for (int64_t rb = 0; rb < cp.nrb; ++rb, ++unit) {
+        if (!sink.unit(unit)) continue;
+        const int64_t c0 = cb * cp.CB, nc = std::min(cp.CB, K - c0), ld = ceil_div(nc, 16) * 16;
+        const int64_t oh0 = rb * cp.rows_per_task, oh1 = std::min(Ho, oh0 + cp.rows_per_task);
+        const int64_t nro = oh1 - oh0, ihf = oh0 * g.sh - g.pt;
+        const int64_t nrows = (nro - 1) * g.sh + cp.halo + 1;
+        const int64_t j0 = std::min(cp.Wp, g.pl), j1 = std::max(j0, std::min(cp.Wp, g.pl + g.W));
+        for (int64_t bi = 0; bi < nrows; ++bi) {
+          const int64_t ih = ihf + bi, row = bi * cp.Wp * ld;
+          if (ih < 0 || ih >= g.H) { emit_run(sink, vb, kTile, row, cp.Wp * ld, e, true); continue; }
+          if (j0 > 0) emit_run(sink, vb, kTile, row, j0 * ld, e, true);
+          if (j1 < cp.Wp) emit_run(sink, vb, kTile, row + j1 * ld, (cp.Wp - j1) * ld, e, true);
+          if (g.nhwc) {
+            for (int64_t j = j0; j < j1; ++j) {
+              emit_run(sink, vb, xop, ((n * g.H + ih) * g.W + j - g.pl) * K + c0, nc, e, false);
+              emit_run(sink, vb, kTile, row + j * ld, nc, e, true);
+            }
+          } else {
+            emit_transpose16(sink, kInput, L.in(n, c0, ih, j0 - g.pl), g.H * g.W, nc, j1 - j0, kTile, row + j0 * ld,
+                             ld, e);
+          }
+        }
+        ChanView cv;
+        cv.xop = kTile; cv.x = 0; cv.x_pix = ld;
+        cv.w = c0; cv.w_tap = K;
+        if (g.nhwc) { cv.yop = kOutput; cv.y = L.out(n, c0, oh0, 0); cv.y_pix = K; }
+        else { cv.yop = kTile; cv.y = kTileOutOffset; cv.y_pix = ld; }
+        cv.H = nrows; cv.W = cp.Wp; cv.Wo = Wo; cv.pt = 0; cv.pl = 0;
+        for (int64_t oh = 0; oh < nro; ++oh) emit_chan_row(sink, g, cv, oh, 0, nc, P, V);
+        if (!g.nhwc)
+          emit_transpose16(sink, kTile, kTileOutOffset, ld, nro * Wo, nc, kOutput, L.out(n, c0, oh0, 0), Ho * Wo, e);
+      }
+  sink.end_units();
+}
+
+template <class Sink>
+void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   const Layout L(g);
   const auto dp = depthwise_plan(b);
-  const int64_t e = g.elem, M = std::max<int64_t>(1, g.K / g.C), RS = g.R * g.S, V8 = dp.vec;
+  const int64_t e = g.elem, M = std::max<int64_t>(1, g.K / g.C), RS = g.R * g.S, V8 = dp.vec, vb = nest.vb;
+  const DwPath path = depthwise_path(g, b, nest);
+  if (!g.nhwc && path == DwPath::CBlock) {
+    // forward_nchw_cblock_avx512: the weight transposed to [R][S][K] first.
+    emit_transpose16(sink, kWeight, 0, RS, g.K, RS, kPackedWeight, 0, g.K, e);
+    return run_depthwise_cblock(sink, g, b, nest, kInput);
+  }
   if (g.nhwc) {
-    for (int64_t k = 0; k < g.K; ++k)
-      for (int64_t rs = 0; rs < RS; ++rs) {
-        sink.access(kWeight, L.wt(k, 0, rs / g.S, rs % g.S), e, e, false);
-        sink.access(kPackedWeight, rs * g.K + k, e, e, true);
-      }
+    if (path != DwPath::Rows) {
+      emit_transpose16(sink, kWeight, 0, RS, g.K, RS, kPackedWeight, 0, g.K, e);  // pack_weight_rsk
+    } else {
+      for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t rs = 0; rs < RS; ++rs) {
+          sink.access(kWeight, L.wt(k, 0, rs / g.S, rs % g.S), e, e, false);
+          sink.access(kPackedWeight, rs * g.K + k, e, e, true);
+        }
+    }
     // With M > 1 the kernel reads an expanded copy of the input (operand "column").
     const int xop = M > 1 ? kColumn : kInput;
     if (M > 1)
@@ -897,6 +1216,28 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
           sink.access(kInput, pix * g.C + k / M, e, e, false);
           sink.access(kColumn, pix * g.K + k, e, e, true);
         }
+    if (path == DwPath::CBlock) return run_depthwise_cblock(sink, g, b, nest, xop);
+    if (path == DwPath::ChanRows) {
+      // Tasks (n, output row, group of `avx512_channel_group` channels).
+      const int64_t CG = get(b, "depthwise_avx512_channel_group", blocking::kDepthwiseAvx512ChannelGroup);
+      const int64_t P = get(b, "depthwise_avx512_pixel_tile", blocking::kDepthwiseAvx512PixelTile);
+      const int64_t V = get(b, "depthwise_avx512_chan_vecs", blocking::kDepthwiseAvx512ChanVecs);
+      const int64_t ncg = ceil_div(g.K, CG);
+      int64_t unit = 0;
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t oh = 0; oh < L.Ho; ++oh)
+          for (int64_t cg = 0; cg < ncg; ++cg, ++unit) {
+            if (!sink.unit(unit)) continue;
+            ChanView cv;
+            cv.xop = xop; cv.x = n * g.H * g.W * g.K; cv.x_pix = g.K;
+            cv.w = 0; cv.w_tap = g.K;
+            cv.yop = kOutput; cv.y = L.out(n, 0, 0, 0); cv.y_pix = g.K;
+            cv.H = g.H; cv.W = g.W; cv.Wo = L.Wo; cv.pt = g.pt; cv.pl = g.pl;
+            emit_chan_row(sink, g, cv, oh, cg * CG, std::min(g.K, (cg + 1) * CG), P, V);
+          }
+      sink.end_units();
+      return;
+    }
     auto xin = [&](int64_t n, int64_t h, int64_t w, int64_t k) { return ((n * g.H + h) * g.W + w) * g.K + k; };
     const int64_t ncg = ceil_div(g.K, dp.channel_group);
     const int64_t ow_lo = std::min(L.Wo, ceil_div(g.pl, g.sw));
@@ -970,18 +1311,18 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
               const int64_t dst = (bi * g.sw + q) * Lq;
               const int64_t j0 = std::min(Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
               const int64_t j1 = std::min(Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
-              if (j0 > 0) emit_run(sink, kColumn, dst, j0, e, true);
+              if (j0 > 0) emit_run(sink, vb, kColumn, dst, j0, e, true);
               const int64_t src = L.in(n, c, ih_lo + bi, 0) + q - g.pl;
               if (g.sw == 1) {
-                emit_run(sink, kInput, src + j0, j1 - j0, e, false);
-                emit_run(sink, kColumn, dst + j0, j1 - j0, e, true);
+                emit_run(sink, vb, kInput, src + j0, j1 - j0, e, false);
+                emit_run(sink, vb, kColumn, dst + j0, j1 - j0, e, true);
               } else {
                 for (int64_t j = j0; j < j1; ++j) {
                   sink.access(kInput, src + g.sw * j, e, e, false);
                   sink.access(kColumn, dst + j, e, e, true);
                 }
               }
-              if (j1 < Lq) emit_run(sink, kColumn, dst + j1, Lq - j1, e, true);
+              if (j1 < Lq) emit_run(sink, vb, kColumn, dst + j1, Lq - j1, e, true);
             }
           for (int64_t m = 0; m < M; ++m) {
             const int64_t k = c * M + m;
@@ -1027,15 +1368,31 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
   sink.end_units();
 }
 
-int64_t units_of(const std::string& algo, const Geometry& g, const std::map<std::string, int64_t>& b) {
+int64_t units_of(const std::string& algo, const Geometry& g, const std::map<std::string, int64_t>& b,
+                 const Nest& nest) {
   if (algo == "reference") return g.N * g.K;
   if (algo == "im2col") return im2col_plan(g, b).tiles;
   if (algo == "direct") {
-    const auto p = direct_plan(g, b);
+    if (direct_blocked_applies(g, b, nest)) {
+      const auto p = blocked_plan(g, b);
+      return g.N * p.GB * p.OB * p.RB;
+    }
+    const auto p = direct_plan(g, b, nest);
     return g.N * g.groups * p.oc_tiles * p.row_blocks;
   }
   if (algo == "depthwise") {
     const auto dp = depthwise_plan(b);
+    switch (depthwise_path(g, b, nest)) {
+      case DwPath::CBlock: {
+        const auto cp = cblock_plan(g, b);
+        return g.N * cp.ncb * cp.nrb;
+      }
+      case DwPath::ChanRows:
+        return g.N * g.Ho() *
+               ceil_div(g.K, get(b, "depthwise_avx512_channel_group", blocking::kDepthwiseAvx512ChannelGroup));
+      default:
+        break;
+    }
     return g.nhwc ? g.N * g.Ho() * ceil_div(g.K, dp.channel_group) : g.N * g.C * ceil_div(g.Ho(), dp.row_tile);
   }
   throw std::invalid_argument("cachesim: unknown algorithm '" + algo +
@@ -1056,21 +1413,30 @@ void check_geometry(const std::string& algo, const Geometry& g) {
 }
 
 template <class Sink>
-void run(const std::string& algo, Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b) {
+void run(const std::string& algo, Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b,
+         const Nest& nest) {
   if (algo == "reference") run_reference(sink, g);
-  else if (algo == "im2col") run_im2col(sink, g, b);
-  else if (algo == "direct") run_direct(sink, g, b);
-  else run_depthwise(sink, g, b);
+  else if (algo == "im2col") run_im2col(sink, g, b, nest);
+  else if (algo == "direct") run_direct(sink, g, b, nest);
+  else run_depthwise(sink, g, b, nest);
 }
 
 }  // namespace
 
+CpuIsa parse_sim_isa(const std::string& name) {
+  if (name == "avx512") return CpuIsa::Avx512;
+  if (name == "avx2") return CpuIsa::Avx2;
+  if (name == "portable") return CpuIsa::Portable;
+  throw std::invalid_argument("cachesim: unknown ISA '" + name + "'; expected portable, avx2 or avx512");
+}
+
 Result simulate(const std::string& algo, const Geometry& g, const std::map<std::string, int64_t>& blocking,
-                const Options& opt) {
+                const Options& opt, CpuIsa isa) {
   check_geometry(algo, g);
-  const int64_t units = units_of(algo, g, blocking);
+  const Nest nest = nest_of(isa, g.elem);
+  const int64_t units = units_of(algo, g, blocking, nest);
   SimSink sink(opt, units);
-  run(algo, sink, g, blocking);
+  run(algo, sink, g, blocking, nest);
   return sink.result();
 }
 
@@ -1089,12 +1455,13 @@ Result replay(const std::vector<int64_t>& addr, const std::vector<int64_t>& byte
 }
 
 std::vector<std::vector<int64_t>> record(const std::string& algo, const Geometry& g,
-                                         const std::map<std::string, int64_t>& blocking,
+                                         const std::map<std::string, int64_t>& blocking, CpuIsa isa,
                                          int64_t unit_begin, int64_t unit_end, int64_t max_records) {
   check_geometry(algo, g);
-  units_of(algo, g, blocking);
+  const Nest nest = nest_of(isa, g.elem);
+  units_of(algo, g, blocking, nest);
   RecordSink sink(unit_begin, unit_end, max_records);
-  run(algo, sink, g, blocking);
+  run(algo, sink, g, blocking, nest);
   return sink.rows;
 }
 
@@ -1186,11 +1553,12 @@ Geometry geometry_from(const py::dict& d) {
 }
 
 Options options_from(const std::vector<std::tuple<int64_t, int64_t, int64_t>>& levels, int64_t sample,
-                     bool hist) {
+                     bool hist, bool skip_masked = false) {
   Options o;
   for (auto& [size, ways, line] : levels) o.levels.push_back({size, ways, line});
   o.sample_accesses = sample;
   o.reuse_histogram = hist;
+  o.skip_masked = skip_masked;
   return o;
 }
 
@@ -1229,19 +1597,23 @@ void bind(py::module_& m) {
   m.def("cachesim_simulate",
         [](const std::string& algo, py::dict geometry, std::map<std::string, int64_t> blocking,
            std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, int64_t sample_accesses,
-           bool reuse_histogram) {
+           bool reuse_histogram, const std::string& isa, bool valgrind_view) {
           const Geometry g = geometry_from(geometry);
-          const Options o = options_from(levels, sample_accesses, reuse_histogram);
+          const Options o = options_from(levels, sample_accesses, reuse_histogram, valgrind_view);
+          const CpuIsa i = parse_sim_isa(isa);
           Result r;
           {
             py::gil_scoped_release nogil;
-            r = simulate(algo, g, blocking, o);
+            r = simulate(algo, g, blocking, o, i);
           }
           return to_dict(r);
         },
         py::arg("algo"), py::arg("geometry"), py::arg("blocking"), py::arg("levels"),
-        py::arg("sample_accesses") = 0, py::arg("reuse_histogram") = false,
-        "Replay algo's loop nest through an LRU hierarchy levels=[(size, ways, line), ...].");
+        py::arg("sample_accesses") = 0, py::arg("reuse_histogram") = false, py::arg("isa") = "avx2",
+        py::arg("valgrind_view") = false,
+        "Replay algo's loop nest (the kernels' path on ISA isa: portable, avx2 or avx512) through an "
+        "LRU hierarchy levels=[(size, ways, line), ...]; valgrind_view drops the AVX masked stores "
+        "valgrind's cache simulation does not see.");
   m.def("cachesim_replay",
         [](std::vector<int64_t> addr, std::vector<int64_t> bytes, std::vector<bool> write,
            std::vector<std::tuple<int64_t, int64_t, int64_t>> levels, bool reuse_histogram) {
@@ -1252,11 +1624,12 @@ void bind(py::module_& m) {
         py::arg("reuse_histogram") = false, "Replay raw byte addresses through an LRU hierarchy.");
   m.def("cachesim_record",
         [](const std::string& algo, py::dict geometry, std::map<std::string, int64_t> blocking,
-           int64_t unit_begin, int64_t unit_end, int64_t max_records) {
-          return record(algo, geometry_from(geometry), blocking, unit_begin, unit_end, max_records);
+           int64_t unit_begin, int64_t unit_end, int64_t max_records, const std::string& isa) {
+          return record(algo, geometry_from(geometry), blocking, parse_sim_isa(isa), unit_begin, unit_end,
+                        max_records);
         },
         py::arg("algo"), py::arg("geometry"), py::arg("blocking"), py::arg("unit_begin"),
-        py::arg("unit_end"), py::arg("max_records"),
+        py::arg("unit_end"), py::arg("max_records"), py::arg("isa") = "avx2",
         "Rows (operand, element offset, bytes, is_write) of the first accesses of some work units.");
   m.def("cachesim_operands", [] {
     std::vector<std::string> v;

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
+
 namespace fastconv {
 namespace cachesim {
 
@@ -31,7 +33,9 @@ struct LevelStats {
 
 // Operands of a conv's address stream; each lives at its own base address.
 enum Operand : int {
-  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kScratch, kNumOperands
+  kInput = 0, kWeight, kOutput, kColumn, kPackedWeight, kPackA, kPackB, kScratch,
+  kTile,  // a kernel's padded or transposed tile buffers (depthwise's AVX-512 channel blocks)
+  kNumOperands
 };
 const char* operand_name(int op);
 
@@ -62,12 +66,18 @@ struct Options {
   std::vector<LevelConfig> levels;
   int64_t sample_accesses = 0;  // counted accesses budget; 0 = simulate everything
   bool reuse_histogram = false;
+  // Valgrind's view: its cache simulation (callgrind, VEX IR) does not see AVX
+  // masked stores (vmaskmovps: measured, 0 of 131,072 stores counted; loads not measured),
+  // so the accesses the nests mark as masked are dropped.
+  bool skip_masked = false;
 };
 
 // Replays `algo` ("reference", "im2col", "direct", "depthwise") on geometry g
-// with blocking constants `blocking` (the dict of fastconv._C.blocking()).
+// with blocking constants `blocking` (the dict of fastconv._C.blocking()), as
+// the kernels run it on instruction set `isa` (it picks the loop nest and the
+// vector width; float64 runs the portable path on any ISA).
 Result simulate(const std::string& algo, const Geometry& g,
-                const std::map<std::string, int64_t>& blocking, const Options& opt);
+                const std::map<std::string, int64_t>& blocking, const Options& opt, CpuIsa isa);
 
 // Replays raw (address, bytes, is_write) triples (for tests of the simulator).
 Result replay(const std::vector<int64_t>& addr, const std::vector<int64_t>& bytes,
@@ -76,7 +86,7 @@ Result replay(const std::vector<int64_t>& addr, const std::vector<int64_t>& byte
 // The first `max_records` accesses of work units [unit_begin, unit_end):
 // (operand, byte offset, bytes, is_write) rows (for the access-pattern pictures).
 std::vector<std::vector<int64_t>> record(const std::string& algo, const Geometry& g,
-                                         const std::map<std::string, int64_t>& blocking,
+                                         const std::map<std::string, int64_t>& blocking, CpuIsa isa,
                                          int64_t unit_begin, int64_t unit_end, int64_t max_records);
 
 // Read bandwidth of a `bytes` buffer summed `reps` times (GB/s), for the roofline ceilings.

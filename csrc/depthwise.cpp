@@ -809,7 +809,7 @@ void nhwc_fwd_portable(const T* x_img, const T* wp, const T* bias, T* y_row, con
 // described by a ChanView (pixel-major, channels at unit stride).
 // ---------------------------------------------------------------------------
 // Widest kernel the channel-vector kernels take (a per-column mask table on the stack).
-constexpr int64_t kChanMaxS = 64;
+constexpr int64_t kChanMaxS = kDepthwiseAvx512ChanMaxS;
 
 struct ChanView {
   const float* x;      // input (ih, iw, c) at x[(ih * W + iw) * x_pix + c]
@@ -1026,7 +1026,7 @@ FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, i
 // row kernels: their rows fill the vectors, and the tiles' transposes measured
 // as fast at batch 1 and 1.7x slower at batch 8 (b1, 1 thread).
 bool nchw_cblock_applies(const ConvParams& p) {
-  const bool wide_rows = p.stride_h == 1 && p.stride_w == 1 && p.R * p.S <= 9 &&
+  const bool wide_rows = p.stride_h == 1 && p.stride_w == 1 && p.R * p.S <= kDepthwiseAvx512NchwRowsMaxTaps &&
                          p.Wo >= kDepthwiseAvx512NchwRowsMinWidth;
   return p.K == p.C && p.S <= kChanMaxS && !wide_rows;
 }
@@ -1034,7 +1034,7 @@ bool nchw_cblock_applies(const ConvParams& p) {
 // (ConvNeXt-T stages 2 and 3, 8-15%); on 3x3 layers the copy cost more than the
 // masks (MobileNetV2 b4: 0.09 -> 0.19 ms), and a 7-wide plane is one tile.
 bool nhwc_cblock_applies(const ConvParams& p) {
-  return p.R * p.S >= 25 && p.Wo >= 2 * kDepthwiseAvx512PixelTile &&
+  return p.R * p.S >= kDepthwiseAvx512NhwcTileMinTaps && p.Wo >= 2 * kDepthwiseAvx512PixelTile &&
          p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS;
 }
 

@@ -132,28 +132,53 @@ def test_reference_access_count_is_two_per_valid_tap_plus_one_per_output(spec, l
     assert r["accesses"] == 2 * taps + spec.N * spec.K * spec.Ho * spec.Wo
 
 
-@pytest.mark.parametrize("algo", ["reference", "im2col", "direct"])
+# Layers that take the AVX-512 nests: the blocked direct kernel (dense with two
+# oc vectors, narrow groups across lanes), the depthwise channel-block tiles.
+TINY_AVX512 = [
+    ("direct", ConvSpec(1, 16, 6, 6, 32, 3, 3, padding=(1, 1, 1, 1))),
+    ("direct", ConvSpec(1, 32, 5, 5, 32, 3, 3, padding=(1, 1, 1, 1), groups=8)),
+    ("direct", ConvSpec(1, 4, 6, 6, 24, 3, 3, padding=(1, 1, 1, 1))),  # 16-channel general tiles
+    ("depthwise", ConvSpec(1, 20, 9, 9, 20, 3, 3, padding=(1, 1, 1, 1), groups=20)),
+    ("depthwise", ConvSpec(1, 20, 16, 16, 20, 5, 5, padding=(2, 2, 2, 2), groups=20)),
+]
+
+
+def _case_ids(c):
+    return c[0] + ":" + c[1].describe() if isinstance(c, tuple) else c.describe()
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("spec", TINY, ids=lambda s: s.describe())
-def test_everything_fits_in_l1_so_misses_are_the_distinct_lines(algo, layout, spec):
+@pytest.mark.parametrize("case", [(a, sp) for a in ("reference", "im2col", "direct") for sp in TINY] + TINY_AVX512,
+                         ids=_case_ids)
+def test_everything_fits_in_l1_so_misses_are_the_distinct_lines(case, layout, isa):
+    algo, spec = case
     spec = spec.with_(layout=layout)
     big_l1 = CacheLevel("L1", 1 << 20, 16, 64)  # holds every operand
-    r = simulate(algo, spec, [big_l1], sample_accesses=0, reuse_histogram=False)
+    r = simulate(algo, spec, [big_l1], sample_accesses=0, reuse_histogram=False, isa=isa)
     rows = []
     for u in range(r["units_total"]):
-        rows += record(algo, spec, unit=u, max_records=10 ** 7)
+        rows += record(algo, spec, unit=u, max_records=10 ** 7, isa=isa)
     # record() also returns accesses outside units (packing) with every unit range.
     lines = {(op, off // 64 + k) for op, off, nb, _ in rows for k in range((off + nb - 1) // 64 - off // 64 + 1)}
     assert r["levels"]["L1"]["misses"] == len(lines)
     assert r["levels"]["L1"]["accesses"] >= r["accesses"]
 
 
-def test_depthwise_loop_nest_touches_every_input_and_output():
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("spec", [
+    ConvSpec(1, 16, 9, 9, 32, 3, 3, padding=(1, 1, 1, 1), groups=16),  # channel multiplier 2
+    ConvSpec(1, 20, 9, 11, 20, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1), groups=20),
+    ConvSpec(1, 40, 16, 16, 40, 7, 7, padding=(3, 3, 3, 3), groups=40),
+], ids=lambda s: s.describe())
+def test_depthwise_loop_nest_touches_every_input_and_output(spec, isa):
+    lv = [CacheLevel("L1", *L1)]
     for layout in ("nchw", "nhwc"):
-        spec = ConvSpec(1, 16, 9, 9, 32, 3, 3, padding=(1, 1, 1, 1), groups=16, layout=layout)
+        spec = spec.with_(layout=layout)
+        units = simulate("depthwise", spec, lv, sample_accesses=0, reuse_histogram=False, isa=isa)["units_total"]
         rows = []
-        for u in range(spec.N * (spec.Ho if layout == "nhwc" else spec.K)):
-            rows += record("depthwise", spec, unit=u, max_records=10 ** 7)
+        for u in range(units):
+            rows += record("depthwise", spec, unit=u, max_records=10 ** 7, isa=isa)
         e = spec.element_size
         inputs = {off // e + i for op, off, nb, _ in rows if op == 0 for i in range(nb // e)}
         outputs = {off // e + i for op, off, nb, w in rows if op == 2 and w for i in range(nb // e)}
@@ -161,15 +186,16 @@ def test_depthwise_loop_nest_touches_every_input_and_output():
         assert len(outputs) == spec.N * spec.K * spec.Ho * spec.Wo
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("algo,spec", [
     ("direct", ConvSpec(2, 32, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1))),
     ("depthwise", ConvSpec(2, 64, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc")),
 ])
-def test_sampling_stays_close_to_the_full_simulation(algo, spec):
+def test_sampling_stays_close_to_the_full_simulation(algo, spec, isa):
     # 112 work units, an eighth of them simulated.
     levels = [CacheLevel("L1", 48 << 10, 12, 64), CacheLevel("L2", 2 << 20, 16, 64)]
-    full = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False)
-    part = simulate(algo, spec, levels, sample_accesses=full["accesses"] // 8, reuse_histogram=False)
+    full = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False, isa=isa)
+    part = simulate(algo, spec, levels, sample_accesses=full["accesses"] // 8, reuse_histogram=False, isa=isa)
     assert part["units_counted"] < part["units_total"]
     for lv in ("L1", "L2"):
         f, p = full["levels"][lv]["misses"], part["levels"][lv]["misses"]
@@ -187,3 +213,20 @@ def test_read_bandwidth_probe_runs():
     assert _C.read_bandwidth_gbs(1 << 16, 10) > 0
     with pytest.raises(ValueError):
         _C.read_bandwidth_gbs(10, 1)
+
+
+def test_valgrind_view_drops_the_masked_stores():
+    # The AVX2 direct tiles store NCHW output with vmaskmovps, which valgrind's cache
+    # simulation does not see: valgrind_view drops exactly those stores.
+    spec = ConvSpec(1, 8, 6, 6, 16, 3, 3, padding=(1, 1, 1, 1))
+    lv = [CacheLevel("L1", *L1)]
+    full = simulate("direct", spec, lv, sample_accesses=0, reuse_histogram=False, isa="avx2")
+    seen = simulate("direct", spec, lv, sample_accesses=0, reuse_histogram=False, isa="avx2", valgrind_view=True)
+    assert full["operands"]["output"]["accesses"] > 0 and "output" not in seen["operands"]
+    out_lines = -(-16 * 6 * 6 * 4 // 64)
+    assert full["levels"]["L1"]["misses"] - seen["levels"]["L1"]["misses"] == out_lines
+    # NHWC stores are plain vector stores: nothing to drop.
+    nhwc = spec.with_(layout="nhwc")
+    a, b = (simulate("direct", nhwc, lv, sample_accesses=0, reuse_histogram=False, isa="avx2", valgrind_view=v)
+            for v in (False, True))
+    assert a["accesses"] == b["accesses"]

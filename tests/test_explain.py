@@ -55,9 +55,11 @@ def test_min_bytes_is_each_tensor_once(spec):
 CAPS = {"L1": 32 << 10, "L2": 1 << 20}
 
 
-def test_model_of_a_1x1_conv_that_fits_in_l1_is_compulsory_traffic():
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_model_of_a_1x1_conv_that_fits_in_l1_is_compulsory_traffic(isa):
+    # 8 output channels: the AVX2 tiles on either ISA (AVX-512 takes groups of more than 8).
     spec = ConvSpec(1, 8, 4, 4, 8, 1, 1)  # input 512 B, weight 256 B, output 512 B
-    m = cmodel.model("direct", spec)
+    m = cmodel.model("direct", spec, isa=isa)
     lb = m.bytes_per_level(CAPS)
     # Below L1 only first touches: input, user weight, packed weight (8x8 written
     # once), output, and the line of tap tables. All whole lines.
@@ -71,7 +73,7 @@ def test_model_of_a_1x1_conv_that_fits_in_l1_is_compulsory_traffic():
     per_row = 16 + 8 * (16 + 32 + 16) + 8 * 4 * 4
     assert lb["L1"] == 256 + 256 + 4 * per_row
     # And the simulator agrees line for line.
-    sim = simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0)
+    sim = simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0, isa=isa)
     assert sim["levels"]["L1"]["misses"] * 64 == lb["L2"]
     assert sim["levels"]["L1"]["bytes"] == lb["L1"]
 
@@ -83,32 +85,88 @@ def test_model_of_a_streaming_depthwise_conv():
     # rewritten by every task: resident in any cache larger than a task's
     # footprint (buffer + 2 KiB of input + 2 KiB of output), re-fetched below it.
     spec = ConvSpec(1, 64, 32, 32, 64, 1, 1, groups=64)
-    m = cmodel.model("depthwise", spec)
+    m = cmodel.model("depthwise", spec, isa="avx2")  # the row kernels (AVX-512: channel-block tiles)
     # One more line: the small array the tap weights are broadcast from.
     plane, buf, tasks, taps = 32 * 32 * 4, 16 * 32 * 4, 64 * 2, 64
     for cap in (32 << 10, 1 << 30):
         assert m.traffic(cap) == 64 * plane * 2 + 64 * 4 + buf + taps
     # ... and each task's second and later reads of its channel's weight miss too.
     assert m.traffic(1 << 10) == 64 * plane * 2 + tasks * 4 + tasks * buf + taps
-    sim = simulate("depthwise", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0)
+    sim = simulate("depthwise", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0, isa="avx2")
     assert sim["levels"]["L1"]["misses"] * 64 == 64 * plane * 2 + 64 * 4 + buf + taps
 
 
-@pytest.mark.parametrize("algo,spec,levels_checked", [
+def test_model_of_the_blocked_avx512_direct_1x1_that_fits_in_l1():
+    # 16 -> 16 channels, 1x1 on 4x4: the padded copy (no padding: 1 KiB), the
+    # 16-lane packed weight (1 KiB), input 1 KiB, weight 1 KiB, output 1 KiB;
+    # everything fits in L1, so below it only first touches.
+    spec = ConvSpec(1, 16, 4, 4, 16, 1, 1)
+    m = cmodel.model("direct", spec, isa="avx512")
+    lb = m.bytes_per_level(CAPS)
+    assert lb["L2"] == pytest.approx(5 * 1024, abs=1e-6)
+    sim = simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0, isa="avx512")
+    assert sim["levels"]["L1"]["misses"] * 64 == lb["L2"]
+    assert sim["operands"]["column"]["accesses"] > 0  # the padded copy is traced
+
+
+def test_isa_parameter():
+    spec = ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="ISA"):
+        cmodel.model("direct", spec, isa="sse9")
+    with pytest.raises(ValueError, match="ISA"):
+        simulate("direct", spec, [CacheLevel("L1", 32 << 10, 8, 64)], sample_accesses=0, isa="sse9")
+    # Default: the ISA the kernels use now.
+    from fastconv import _C
+
+    assert cmodel.current_isa() == _C.cpu_isa()
+    lv = [CacheLevel("L1", 48 << 10, 12, 64)]
+    sims = {isa: simulate("direct", spec, lv, sample_accesses=0, reuse_histogram=False, isa=isa)
+            for isa in ("avx2", "avx512")}
+    # AVX-512 (the blocked kernel): the input is read once, by the padded copy (a
+    # 16-plane gather for NCHW: one access per element); the tiles read the copy.
+    assert sims["avx512"]["operands"]["input"]["accesses"] == 64 * 28 * 28
+    assert sims["avx2"]["operands"]["input"]["accesses"] > 10 * 64 * 28 * 28
+    assert cmodel.direct_blocked_applies(spec, cmodel.blocking(), "avx512")
+    assert not cmodel.direct_blocked_applies(spec.with_(dtype=torch.float64), cmodel.blocking(), "avx512")
+    assert cmodel.depthwise_path(ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64),
+                                 cmodel.blocking(), "avx512") == "cblock"
+    assert cmodel.depthwise_path(ConvSpec(1, 64, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1), groups=64),
+                                 cmodel.blocking(), "avx512") == "rows"  # wide stride-1 3x3 rows
+
+
+BOTH = ("avx2", "avx512")
+TRACKED = [
     # direct's L1 traffic is where the model is weakest (its tile footprint sits
     # right at the L1 size: docs/cache-validation.md); only the L2 is asserted.
-    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("DRAM",)),
-    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1), layout="nhwc"), ("DRAM",)),
-    ("im2col", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("L2", "DRAM")),
-    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc"), ("L2", "DRAM")),
-    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64), ("L2", "DRAM")),
-])
-def test_model_tracks_the_simulator(algo, spec, levels_checked):
-    """Bytes the L1 (L2 row) and L2 (DRAM row) misses pull from below: model within 25% of the simulator."""
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("DRAM",), BOTH),
+    ("direct", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1), layout="nhwc"), ("DRAM",), BOTH),
+    # AVX-512: the blocked kernel (dense, two oc vectors: a 74 KiB weight block
+    # re-read from L2 per tile), narrow groups across lanes, and the 16-channel
+    # general tiles' NCHW scatter (3 input channels, 4 KiB planes: one set).
+    ("direct", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1)), ("L2", "DRAM"), BOTH),
+    ("direct", ConvSpec(1, 64, 14, 14, 64, 3, 3, padding=(1, 1, 1, 1), groups=16, layout="nhwc"), ("L2", "DRAM"),
+     ("avx512",)),
+    ("direct", ConvSpec(1, 3, 64, 64, 32, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1)), ("L2", "DRAM"), ("avx512",)),
+    ("direct", ConvSpec(1, 3, 64, 64, 32, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1)), ("DRAM",), ("avx2",)),
+    ("im2col", ConvSpec(1, 32, 28, 28, 32, 3, 3, padding=(1, 1, 1, 1)), ("L2", "DRAM"), BOTH),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc"), ("L2", "DRAM"),
+     BOTH),
+    ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64), ("L2", "DRAM"), BOTH),
+    # AVX-512 channel-block tiles of a 7x7 NHWC layer.
+    ("depthwise", ConvSpec(1, 96, 14, 14, 96, 7, 7, padding=(3, 3, 3, 3), groups=96, layout="nhwc"), ("L2", "DRAM"),
+     ("avx512",)),
+]
+
+
+@pytest.mark.parametrize("algo,spec,levels_checked,isa",
+                         [(a, sp, lv, isa) for a, sp, lv, isas in TRACKED for isa in isas])
+def test_model_tracks_the_simulator(algo, spec, levels_checked, isa):
+    """Bytes the L1 (L2 row) and L2 (DRAM row) misses pull from below: model within 25% of the
+    simulator, on the loop nests of each ISA."""
     levels = [CacheLevel("L1", 48 << 10, 12, 64), CacheLevel("L2", 2 << 20, 16, 64)]
     b = cmodel.blocking()  # the kernels' own constants, which the simulator replays too
-    sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False, blocking_constants=b)
-    mod = cmodel.model(algo, spec, b).bytes_per_level(cmodel.level_configs(levels))
+    sim = simulate(algo, spec, levels, sample_accesses=0, reuse_histogram=False, blocking_constants=b, isa=isa)
+    mod = cmodel.model(algo, spec, b, isa=isa).bytes_per_level(cmodel.level_configs(levels))
     for lv in levels_checked:
         s, m = sim["levels"][lv]["bytes"], mod[lv]
         assert abs(m - s) <= 0.25 * s, (lv, m, s)
@@ -147,6 +205,7 @@ def test_json_schema(quick_ceilings, layout):
                   "--simulate", "--measure", "--quick", "--json")
     r = json.loads(out)
     assert r["flops"] == 2 * 16 * 12 * 12 * 8 * 9
+    assert r["cpu_isa"] == cmodel.current_isa()  # the nests model and simulator followed
     names = [a["algo"] for a in r["algorithms"]]
     assert {"im2col", "direct"} <= set(names) and "depthwise" not in names
     levels = ["L1", "L2", "L3", "DRAM"][: len(r["caches"])] + ["DRAM"]

@@ -53,3 +53,9 @@ if go == "1":
     y = a.forward(*args)
     if ctl is not None:
         ctl.cg_stop()
+if os.environ.get("FASTCONV_CG_INFO"):
+    # The ISA the kernels ran with under valgrind (which hides AVX-512 from CPUID).
+    import json
+
+    with open(os.environ["FASTCONV_CG_INFO"], "w") as f:
+        json.dump({"cpu_isa": fastconv._C.cpu_isa(), "cpu_isa_supported": fastconv._C.cpu_isa_supported()}, f)

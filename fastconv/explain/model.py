@@ -32,7 +32,10 @@ from ..spec import ConvSpec
 INF = float("inf")
 LINE = 64
 
-VECTOR_BYTES = 32  # AVX2
+# The instruction sets the CPU kernels have paths for (fastconv._C.cpu_isa()),
+# and the bytes of one vector register of each.
+ISAS = ("portable", "avx2", "avx512")
+VECTOR_BYTES = {"portable": 16, "avx2": 32, "avx512": 64}
 # A read whose reuse distance is spread evenly over [0, D] is split into this
 # many terms of distances D/16, 3D/16, ...
 SLICES = 8
@@ -44,6 +47,22 @@ def blocking() -> dict:
     from .. import _C
 
     return dict(_C.blocking())
+
+
+def current_isa(isa: str | None = None) -> str:
+    """`isa`, checked, or the one the kernels use now (fastconv._C.cpu_isa())."""
+    if isa is None:
+        from .. import _C
+
+        isa = _C.cpu_isa()
+    if isa not in ISAS:
+        raise ValueError(f"unknown CPU ISA {isa!r}; expected one of {', '.join(ISAS)}")
+    return isa
+
+
+def kernel_isa(spec: ConvSpec, isa: str) -> str:
+    """The path direct and depthwise take: float64 runs the portable kernels on any ISA."""
+    return isa if spec.element_size == 4 else "portable"
 
 
 @dataclass
@@ -280,7 +299,7 @@ def _gemm_nocopy_terms(m: Model, e, M, N, K, b, *, a_name, b_name, reps, unit_fp
     m.add(c_name, "C re-read per KC block", reps * (n_kc - 1) * M * N * e, a_block + kc * N * e + M * N * e)
 
 
-def model_reference(s: ConvSpec, b: dict) -> Model:
+def model_reference(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
     g = Geo(s)
     e, m = g.e, Model("reference")
     taps = s.N * s.K * s.Cg * g.VH * g.VW
@@ -332,7 +351,7 @@ def im2col_tile(s: ConvSpec, b: dict) -> tuple[int, int, int, bool]:
     return tile, _ceil_div(total, tile), kdim, direct
 
 
-def model_im2col(s: ConvSpec, b: dict) -> Model:
+def model_im2col(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
     g = Geo(s)
     e, m = g.e, Model("im2col")
     P, T, kdim, direct = im2col_tile(s, b)
@@ -402,21 +421,125 @@ def model_im2col(s: ConvSpec, b: dict) -> Model:
     return m
 
 
-def direct_plan(s: ConvSpec, b: dict):
-    vec = b["direct_oc_block"]
+def direct_plan(s: ConvSpec, b: dict, isa: str = "avx2"):
+    """(channels per vector, oc blocks, vectors per tile, pixel tile, oc tiles) of direct.cpp's
+    general tiles: with AVX-512, groups of more than 8 output channels take 16-channel zmm blocks."""
+    zmm = kernel_isa(s, isa) == "avx512" and s.Kg > b["direct_oc_block"]
+    vec = b["direct_avx512_oc_block"] if zmm else b["direct_oc_block"]
     blocks = math.ceil(s.Kg / vec)
     if blocks == 1:
-        vectors, tile = 1, b["direct_pixel_tile_single"]
+        vectors, tile = 1, b["direct_avx512_pixel_tile_single" if zmm else "direct_pixel_tile_single"]
     else:
-        vectors, tile = b["direct_oc_vectors"], b["direct_pixel_tile"]
+        vectors, tile = b["direct_oc_vectors"], b["direct_avx512_pixel_tile" if zmm else "direct_pixel_tile"]
     oc_tiles = math.ceil(blocks / vectors)
     return vec, blocks, vectors, tile, oc_tiles
 
 
-def model_direct(s: ConvSpec, b: dict) -> Model:
+def direct_blocked_applies(s: ConvSpec, b: dict, isa: str) -> bool:
+    """direct_blocked_avx512.cpp runs float32 on AVX-512 when every lane is an output channel:
+    Cg, Kg multiples of 16, or narrow groups (Cg == Kg in {2, 4, 8}) packed across lanes."""
+    if kernel_isa(s, isa) != "avx512":
+        return False
+    lanes = b["direct_avx512_oc_block"]
+    narrow = s.groups > 1 and s.Kg == s.Cg and s.Kg in (2, 4, 8) and s.groups % (lanes // s.Kg) == 0
+    return narrow or (s.Cg % lanes == 0 and s.Kg % lanes == 0)
+
+
+def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
+    """direct_blocked_avx512.cpp (cachesim.cpp's run_direct_blocked): the input copied once,
+    zero-padded, to xt[N][GB][Hp][Wp][Cg*gpv]; tasks (n, group block, output block, row
+    block) run near-equal tiles of one row with the whole (r, s, c) reduction in registers."""
     g = Geo(s)
     e, m = g.e, Model("direct")
-    vec, blocks, vectors, P, OT = direct_plan(s, b)
+    lanes = b["direct_avx512_oc_block"]
+    gpv = lanes // s.Kg if s.Kg < lanes else 1
+    ocv = 2 if gpv == 1 and s.Kg % (2 * lanes) == 0 else 1
+    GB, CB = s.groups // gpv, s.Cg * gpv
+    OB = s.Kg * gpv // (lanes * ocv)
+    Hp, Wp = s.H + s.padding[0] + s.padding[1], s.W + s.padding[2] + s.padding[3]
+    RB = b["direct_row_block"]
+    PT = b["direct_blocked_avx512_pixel_tile"] if ocv == 1 else b["direct_blocked_avx512_pixel_tile_pair"]
+    sw, dw = s.stride[1], s.dilation[1]
+    widths, left = [], s.Wo
+    while left > 0:  # near-equal tiles: 56 -> 19, 19, 18
+        np_ = _ceil_div(left, _ceil_div(left, PT))
+        widths.append(np_)
+        left -= np_
+    T = len(widths)
+    span = lambda n: min(Wp, (n - 1) * sw + (s.S - 1) * dw + 1)  # noqa: E731  padded columns a tile reads
+    row_span = min(Wp, (s.Wo - 1) * sw + (s.S - 1) * dw + 1)
+    pix = CB * e
+    xt_gb = Hp * Wp * pix  # one image's group block
+    xt = s.N * GB * xt_gb
+    w_block = s.R * s.S * s.Cg * ocv * lanes * e
+    packed = GB * OB * w_block
+    out_blk = s.Ho * s.Wo * ocv * lanes * e
+    win_avg = s.R * sum(span(w) for w in widths) / T * pix
+    # A tile's stores: NHWC whole lines; NCHW a short run in each of ocv x 16
+    # planes, lines scattered over the sets.
+    out_tile = (ocv * lanes * sum(run_bytes(w * e, e) for w in widths) / T if s.layout == "nchw"
+                else max(widths) * ocv * lanes * e)
+    scat = out_tile if s.layout == "nchw" else 0.0
+    f_tile = w_block + win_avg + out_tile
+    f_row = T * w_block + s.R * row_span * pix + s.Wo * ocv * lanes * e
+    f_pass = xt_gb + w_block + out_blk  # one output block over an image's group block
+    f_img = GB * (xt_gb + OB * (w_block + out_blk))
+    tiles = s.N * GB * OB * s.Ho * T
+    m.l1_bytes = {
+        "input": g.input,
+        "column": xt + tiles / T * s.R * s.S * s.Cg * s.Wo * gpv * e,
+        "weight": g.weight,
+        "packed_weight": packed + tiles * w_block,
+        "output": g.output,
+    }
+    m.add("input", "input read once by the padded copy", g.input, INF)
+    m.add("column", "padded copy written (first touch)", xt, INF)
+    m.add("weight", "weights read once to pack them", g.weight, INF)
+    m.add("packed_weight", "packed weights written (first touch)", packed, INF)
+    m.add("packed_weight", "packed weights first read after packing", packed, xt + packed + g.weight)
+    m.add("packed_weight", "packed weights re-read per image", (s.N - 1) * packed, f_img)
+    m.add("packed_weight", "weight block re-read per pixel tile", tiles * w_block - s.N * packed, f_tile, scat)
+    # xt: each row block reads its rows once per output block; rows shared by
+    # consecutive output rows, and columns shared by neighbouring tiles, again.
+    rows_touched = min(Hp, (s.Ho - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1) * row_span * pix
+    for n in range(s.N):  # the copy of every image comes first
+        m.add("column", "padded copy first read", GB * rows_touched, xt + packed + g.weight + n * f_img)
+    m.add("column", "padded copy re-read per output block", s.N * GB * (OB - 1) * rows_touched, f_pass)
+    rows_read = s.N * GB * OB * s.Ho * s.R * row_span * pix
+    m.add("column", "padded rows re-read per output row", max(0.0, rows_read - s.N * GB * OB * rows_touched), f_row)
+    win_read = s.N * GB * OB * s.Ho * s.R * sum(span(w) for w in widths) * pix
+    m.add("column", "tile window columns shared by neighbouring tiles", max(0.0, win_read - rows_read), f_tile, scat)
+    m.add("output", "output (first touch)", g.output, INF)
+    if s.layout == "nchw":
+        # A tile scatters each pixel's 16 channels to 16 planes; the next tile of the
+        # row continues the same lines one tile's footprint later.
+        touched = s.N * s.K * s.Ho * sum(run_bytes(w * e, e) for w in widths)
+        m.add("output", "output lines re-touched by the next pixel tile", max(0.0, touched - g.output), f_tile,
+              scat, alias_stride=s.Ho * s.Wo * e, alias_count=ocv * lanes)
+        _scatter_terms(m, s, widths, ocv * lanes)
+    m.notes.append(f"direct (AVX-512, padded channel-blocked input): {ocv}x{lanes} channels x {T} tile(s) of "
+                   f"<= {PT} pixels per row; {gpv} group(s) per vector; weight block {w_block / 1024:.1f} KiB; "
+                   f"padded input {xt / 1024:.0f} KiB")
+    return m
+
+
+def _scatter_terms(m: Model, s: ConvSpec, widths, channels: int):
+    """NCHW stores of the AVX-512 direct tiles: a 16-lane scatter per pixel, lane i to
+    channel i's plane. Within a tile of np pixels, np - (lines of the run) stores land
+    on the line the previous pixel's store just touched, `channels` lines (one per
+    plane) in between: hits, unless the plane stride maps them all to one set."""
+    e = s.element_size
+    again = s.N * s.K * s.Ho * sum(w - run_bytes(w * e, e) / LINE for w in widths) * LINE
+    m.add("output", "output line re-touched by the next pixel's scatter", max(0.0, again), channels * LINE,
+          alias_stride=s.Ho * s.Wo * e, alias_count=channels)
+
+
+def model_direct(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
+    if direct_blocked_applies(s, b, isa):
+        return model_direct_blocked(s, b)
+    g = Geo(s)
+    e, m = g.e, Model("direct")
+    vec, blocks, vectors, P, OT = direct_plan(s, b, isa)
     RB = b["direct_row_block"]
     row_blocks = _ceil_div(s.Ho, RB)
     cin = max(1, b["direct_cin_block_bytes"] // (s.R * s.S * vectors * vec * e))
@@ -461,7 +584,7 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     f_img_task = wt_avg + s.Cg * s.H * row_in_c / s.R + vectors * vec * s.Ho * s.Wo * e
     f_img = packed + g.image + s.K * s.Ho * s.Wo * e
     ch_total = s.N * s.groups * sum(nvs) * vec
-    fuse = e == 4 and s.Kg % (vectors * vec) == 0
+    fuse = e == 4 and kernel_isa(s, isa) != "portable" and s.Kg % (vectors * vec) == 0
     taps_rows = s.N * s.groups * OT * s.Cg * g.VH  # (n, g, ot, c, oh, valid r)
     m.l1_bytes = {
         "weight": g.weight,
@@ -496,7 +619,12 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
     rows_tasks = s.N * s.groups * OT * s.Cg * sum(
         min(s.H, max(0, min(s.H, (min(s.Ho, (rb + 1) * RB) - 1) * s.stride[0] - s.padding[0] + (s.R - 1) * s.dilation[0] + 1)
                       - max(0, rb * RB * s.stride[0] - s.padding[0]))) for rb in range(row_blocks)) * row_in_c / s.R
-    m.add("input", "input rows shared by neighbouring row blocks re-read", max(0.0, rows_tasks - OT * per_ot), f_task)
+    # Rows counted in the same unit as rows_tasks (whole-line runs): on narrow NCHW
+    # planes a row's run shares lines with its neighbours, so per_ot would not do.
+    rows_img = len({oh * s.stride[0] - s.padding[0] + r * s.dilation[0] for oh in range(s.Ho) for r in range(s.R)}
+                   & set(range(s.H)))
+    rows_once = s.N * s.groups * OT * s.Cg * rows_img * row_in_c / s.R
+    m.add("input", "input rows shared by neighbouring row blocks re-read", max(0.0, rows_tasks - rows_once), f_task)
     rows_read = s.N * s.groups * OT * g.VH * s.Cg * row_in_c / s.R
     m.add("input", "input rows re-read per output row", max(0.0, rows_read - rows_tasks), f_row,
           cin * row_in_c if scattered else 0.0)
@@ -516,6 +644,8 @@ def model_direct(s: ConvSpec, b: dict) -> Model:
         touched = s.N * s.K * s.Ho * (interior_tiles * run_bytes(P_eff * e, e) + len(border) * LINE)
         m.add("output", "output lines re-touched by the next pixel tile", max(0.0, touched - g.output), f_tile,
               cin * tile_in_c + acc_tile, alias_stride=s.Ho * s.Wo * e, alias_count=min(s.Kg, vectors * vec))
+        if fuse and vec == 16:  # the AVX-512 tiles scatter pixel by pixel
+            _scatter_terms(m, s, [P_eff] * interior_tiles, vectors * vec)
     m.add("scratch", "tap tables (and tile buffer) first touch",
           LINE * _ceil_div(4 * s.R * s.S * 8, LINE) + (0 if fuse else LINE * _ceil_div(int(acc_tile), LINE)), INF)
     m.notes.append(f"direct: register tile {vectors}x{vec} channels x {P} pixels; {OT} oc tile(s) x {row_blocks} "
@@ -528,7 +658,75 @@ def _ceil_div(a, b):
     return -((-a) // b)
 
 
-def model_depthwise(s: ConvSpec, b: dict) -> Model:
+def depthwise_path(s: ConvSpec, b: dict, isa: str) -> str:
+    """Which depthwise.cpp forward runs: "rows" (the AVX2/portable nests), "chan_rows"
+    (AVX-512 NHWC pixel x channel-vector tiles) or "cblock" (AVX-512 zero-padded
+    channel-block tiles: NCHW through 16x16 transposes, narrow NHWC 7x7 planes)."""
+    if kernel_isa(s, isa) != "avx512":
+        return "rows"
+    max_s = b["depthwise_avx512_chan_max_s"]
+    if s.layout == "nhwc":
+        if (s.R * s.S >= b["depthwise_avx512_nhwc_tile_min_taps"] and s.Wo >= 2 * b["depthwise_avx512_pixel_tile"]
+                and s.Wo <= b["depthwise_avx512_nhwc_tile_max_width"] and s.S <= max_s):
+            return "cblock"
+        return "chan_rows" if s.S <= max_s else "rows"
+    wide_rows = (tuple(s.stride) == (1, 1) and s.R * s.S <= b["depthwise_avx512_nchw_rows_max_taps"]
+                 and s.Wo >= b["depthwise_avx512_nchw_rows_min_width"])
+    return "cblock" if s.K == s.C and s.S <= max_s and not wide_rows else "rows"
+
+
+def model_depthwise_cblock(s: ConvSpec, b: dict) -> Model:
+    """forward_cblock_avx512 (cachesim.cpp's run_depthwise_cblock): tasks (n, block of CB
+    channels, block of output rows) copy their input rows into a zero-padded
+    [row][column][channel] tile, run the channel-vector kernel on it, and (NCHW)
+    transpose the output back from a tile buffer."""
+    g = Geo(s)
+    e, m = g.e, Model("depthwise")
+    CB = b["depthwise_avx512_channel_block"]
+    Wp = (s.Wo - 1) * s.stride[1] + (s.S - 1) * s.dilation[1] + 1
+    halo = (s.R - 1) * s.dilation[0]
+    ncb = _ceil_div(s.K, CB)
+    budget = max(1, b["depthwise_avx512_tile_bytes"] // (CB * Wp * 4))
+    rpt = max(1, min(s.Ho, (budget - halo) // s.stride[0]))
+    nrb = _ceil_div(s.Ho, rpt)
+    nhwc = s.layout == "nhwc"
+    ld = lambda nc: _ceil_div(nc, 16) * 16  # noqa: E731
+    ncs = [min(CB, s.K - c0) for c0 in range(0, s.K, CB)]
+    rows_in = [(min(s.Ho, (rb + 1) * rpt) - rb * rpt - 1) * s.stride[0] + halo + 1 for rb in range(nrb)]
+    rows_img = [max(0, min(s.H, rb * rpt * s.stride[0] - s.padding[0] + r) - max(0, rb * rpt * s.stride[0] - s.padding[0]))
+                for rb, r in enumerate(rows_in)]  # input rows inside the image per task
+    xbuf = [r * Wp * ld(nc) * e for nc in ncs for r in rows_in]
+    ybuf = [0.0] * len(xbuf) if nhwc else [(min(s.Ho, (rb + 1) * rpt) - rb * rpt) * s.Wo * ld(nc) * e
+                                          for nc in ncs for rb in range(nrb)]
+    tasks = s.N * ncb * nrb
+    xb_max, yb_max = max(xbuf), max(ybuf)
+    in_task = g.input / (s.N * ncb * nrb)  # about one task's share of the input
+    f_task = xb_max + yb_max + in_task + s.K * s.Ho * s.Wo * e / (ncb * nrb)
+    m.l1_bytes = {"input": s.N * sum(nc * r * s.W * e for nc in ncs for r in rows_img), "weight": g.weight,
+                  "packed_weight": g.weight, "tile": s.N * (sum(xbuf) + 2 * sum(ybuf)), "output": g.output}
+    m.add("weight", "weights read once to transpose them", g.weight, INF)
+    m.add("packed_weight", "transposed weights (first touch)", g.weight, INF)
+    m.add("input", "input (first touch)", g.input, INF)
+    m.add("input", "input rows shared by neighbouring row blocks re-read",
+          max(0.0, s.N * sum(nc * r * s.W * e for nc in ncs for r in rows_img) - g.input), f_task)
+    m.add("tile", "padded input tile (first touch)", xb_max, INF)
+    m.add("tile", "padded input tile rewritten per task", s.N * sum(xbuf) - xb_max, f_task)
+    # The whole tile is written before the row kernel reads it back in the same order.
+    m.add("tile", "padded input tile read back", s.N * sum(xbuf), xb_max)
+    if not nhwc:
+        m.add("tile", "output tile buffer (first touch)", yb_max, INF)
+        m.add("tile", "output tile buffer rewritten per task", s.N * sum(ybuf) - yb_max, f_task)
+        m.add("tile", "output tile read back by the transpose", s.N * sum(ybuf), yb_max)
+    m.add("output", "output (first touch)", g.output, INF)
+    m.notes.append(f"depthwise AVX-512 channel blocks: {tasks} task(s) of {CB} channels x {rpt} output rows; "
+                   f"padded tile {xb_max / 1024:.0f} KiB" + ("" if nhwc else f", output tile {yb_max / 1024:.0f} KiB"))
+    return m
+
+
+def model_depthwise(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
+    path = depthwise_path(s, b, isa)
+    if path == "cblock":
+        return model_depthwise_cblock(s, b)
     g = Geo(s)
     e, m = g.e, Model("depthwise")
     V = b["depthwise_vec_width"]
@@ -538,6 +736,8 @@ def model_depthwise(s: ConvSpec, b: dict) -> Model:
     m.add("input", "input (first touch)", g.input, INF)
     if s.layout == "nhwc":
         P, group = b["depthwise_nhwc_pixel_tile"], b["depthwise_nhwc_channel_group"]
+        if path == "chan_rows":
+            P, group, V = b["depthwise_avx512_pixel_tile"], b["depthwise_avx512_channel_group"], 16
         sw, pl, dw = s.stride[1], s.padding[2], s.dilation[1]
         ow_lo = min(s.Wo, _ceil_div(pl, sw))
         ow_hi = min(s.Wo, max(ow_lo, (s.W - 1 - (s.S - 1) * dw + pl) // sw + 1))
@@ -553,6 +753,9 @@ def model_depthwise(s: ConvSpec, b: dict) -> Model:
             "input" if mult == 1 else "column": per_row * (ntiles * P * s.S + border_taps) * s.K * e,
             "output": g.output,
         }
+        if path == "chan_rows":  # every tile is P pixels; masked-off taps read nothing
+            m.l1_bytes["packed_weight"] = w_all + per_row * _ceil_div(s.Wo, P) * s.S * s.K * e
+            m.l1_bytes["input" if mult == 1 else "column"] = s.N * g.VH * g.VW * s.K * e
         xname = "input"
         if mult > 1:
             m.l1_bytes["input"] = g.input
@@ -568,8 +771,9 @@ def model_depthwise(s: ConvSpec, b: dict) -> Model:
         m.add("packed_weight", "weights re-read per output row", (s.N * s.Ho - 1) * w_all, f_row)
         rows = s.N * g.VH * s.W * s.K * e
         m.add(xname, "input rows re-read per output row", rows - xk, f_row, scattered)
-        m.notes.append(f"depthwise NHWC: tiles of {P} pixels x {b['depthwise_nhwc_chan_vecs']}x{V} channels, "
-                       f"tasks of one output row x {group} channels")
+        vecs = b["depthwise_avx512_chan_vecs"] if path == "chan_rows" else b["depthwise_nhwc_chan_vecs"]
+        m.notes.append(f"depthwise NHWC{' (AVX-512)' if path == 'chan_rows' else ''}: tiles of {P} pixels x "
+                       f"{vecs}x{V} channels, tasks of one output row x {group} channels")
     else:
         row_tile, wv = b["depthwise_row_tile"], b["depthwise_nchw_width_vecs"]
         sw = s.stride[1]
@@ -614,12 +818,15 @@ CPU_MODELS = {
 }
 
 
-def model(algo: str, spec: ConvSpec, b: dict | None = None) -> Model:
+def model(algo: str, spec: ConvSpec, b: dict | None = None, isa: str | None = None) -> Model:
+    """The cache model of `algo` on `spec` with blocking constants `b` (default: the
+    kernels'), following the loop nest the kernels run on `isa` (default: the ISA they
+    use now, fastconv._C.cpu_isa())."""
     if b is None:
         b = blocking()
     if algo not in CPU_MODELS:
         raise ValueError(f"no CPU cache model for algo {algo!r}; have {', '.join(CPU_MODELS)}")
-    return CPU_MODELS[algo](spec, b)
+    return CPU_MODELS[algo](spec, b, current_isa(isa))
 
 
 def level_configs(levels) -> dict:

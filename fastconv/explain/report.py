@@ -105,6 +105,8 @@ def explain(spec: ConvSpec, algos: Optional[list[str]] = None, simulate_caches: 
         "algorithms": [],
     }
     out["blocking"] = cmodel.blocking()
+    if spec.device == "cpu":
+        out["cpu_isa"] = cmodel.current_isa()  # the ISA whose loop nests model and simulator follow
     x = w = None
     if measure:
         x, w = make_inputs(spec)
@@ -154,7 +156,8 @@ def format_text(r: dict) -> str:
              f"FLOPs {r['flops'] / 1e6:.1f} M   minimal bytes {_fmt_bytes(r['min_bytes'])}   "
              f"intensity {r['flops'] / r['min_bytes']:.1f} FLOP/B   equivalent GEMM (M,N,K) = {tuple(r['gemm_shape'])}"]
     if r["caches"]:
-        lines.append("caches: " + ", ".join(f"{c['name']} {_fmt_bytes(c['size'])} {c['ways']}-way" for c in r["caches"]))
+        lines.append("caches: " + ", ".join(f"{c['name']} {_fmt_bytes(c['size'])} {c['ways']}-way" for c in r["caches"])
+                     + (f"; loop nests of the {r['cpu_isa']} kernels" if r.get("cpu_isa") else ""))
     if r["ceilings"]:
         c = r["ceilings"]
         lines.append(f"ceilings: {c['peak_gflops']:.0f} GFLOP/s; " +
