@@ -827,6 +827,8 @@ bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
 at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
                                         const c10::optional<at::Tensor>& bias, const ConvParams& p,
                                         Activation act, at::MemoryFormat fmt);
+at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
+                                             const at::Tensor& input, const ConvParams& p);
 
 // Output channels per packed weight vector for this dtype and channels per
 // group on the ISA in use: 16 (a zmm of floats) with AVX-512 when a group has
@@ -1009,6 +1011,10 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   if (p.groups == 1)
     return im2col_conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation,
                                      groups);
+  // Grouped layers the blocked AVX-512 forward runs (narrow groups across lanes, 16-channel
+  // multiples): the same packed operands and lanes (direct_blocked_avx512.cpp).
+  if (direct_blocked_avx512_applies(p, input.scalar_type()))
+    return direct_blocked_avx512_grad_weight(grad_output, input, p);
   auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
   const int64_t G = p.groups, Kg = p.Kg(), KB = ceil_div(Kg, kB), Ho = p.Ho, Wo = p.Wo;
   const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors, NP = ceil_div(KB, ocv_max);

@@ -20,9 +20,11 @@
 //
 // The padding taps read stored zeros, so an Inf weight next to the border gives
 // NaN here, as in im2col. Tests compare it with the AVX2 path and F.conv2d.
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -40,6 +42,8 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
                                          const c10::optional<at::Tensor>& bias,
                                          const ConvParams& p, Activation act,
                                          at::MemoryFormat fmt);
+at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
+                                             const at::Tensor& input, const ConvParams& p);
 
 namespace {
 
@@ -221,50 +225,206 @@ void run(const Problem& P) {
                    [&](int64_t begin, int64_t end) { run_items<GPV, OCV>(P, begin, end); });
 }
 
-// Rows [begin, end) of xt (items over (n, group block, padded row)), 16 floats
-// at a time: lane j = c * GPV + gl of a chunk holds channel gl * Cg + c of the
-// group block (the identity for GPV = 1); a load (and a permute) for
-// channels_last input, a gather of 16 planes for any other layout.
-FASTCONV_TARGET_AVX512 void pack_input_rows(const at::Tensor& input, const ConvParams& p,
-                                            const Layout& L, int64_t Hp, int64_t Wp, float* xt,
-                                            int64_t begin, int64_t end) {
-  const float* x = input.data_ptr<float>();
-  const Strides4 xs(input);
+// Where pack_rows reads a tensor from: its data and strides, the plane size,
+// the padding put before it, and the channels of a group (whose lanes interleave).
+struct PackSrc {
+  const float* x;
+  Strides4 xs;
+  int64_t H, W, pad_top, pad_left, cg;
+};
+
+// Padded rows [hp0, hp1) of image n, group block gb of src into out
+// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
+// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
+// load (and a permute) for channels_last input, a gather of 16 planes for any
+// other layout. The forward packs the input this way, grad_weight the input and
+// grad_output (whose lanes then match the packed weight's).
+FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
+                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
+                                      float* out) {
+  const Strides4& xs = src.xs;
   alignas(64) int32_t perm[kLanes], offs[kLanes];
   for (int j = 0; j < kLanes; ++j) {
-    const int64_t c = j / L.gpv, gl = j % L.gpv;
-    perm[j] = int32_t(gl * p.Cg + c);
+    const int64_t c = j / gpv, gl = j % gpv;
+    perm[j] = int32_t(gl * src.cg + c);
     offs[j] = int32_t(perm[j] * xs.c);
   }
   const __m512i to_lanes = _mm512_load_si512(perm);
   const __m512i planes = _mm512_load_si512(offs);
   const __m512 zero = _mm512_setzero_ps();
-  const int64_t chunks = L.CB / kLanes;
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t hp = item % Hp, gb = (item / Hp) % L.GB, n = item / (Hp * L.GB);
-    float* o = xt + item * Wp * L.CB;
-    const int64_t ih = hp - p.pad_top;
-    if (ih < 0 || ih >= p.H) {
+  const int64_t chunks = CB / kLanes;
+  for (int64_t hp = hp0; hp < hp1; ++hp) {
+    float* o = out + (hp - hp0) * Wp * CB;
+    const int64_t ih = hp - src.pad_top;
+    if (ih < 0 || ih >= src.H) {
       for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
       continue;
     }
-    const float* row = x + n * xs.n + gb * L.CB * xs.c + ih * xs.h;
-    for (int64_t wp = 0; wp < Wp; ++wp, o += L.CB) {
-      const int64_t iw = wp - p.pad_left;
-      const bool inside = iw >= 0 && iw < p.W;
+    const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
+    for (int64_t wp = 0; wp < Wp; ++wp, o += CB) {
+      const int64_t iw = wp - src.pad_left;
+      const bool inside = iw >= 0 && iw < src.W;
       for (int64_t q = 0; q < chunks; ++q) {
         __m512 v = zero;
         if (inside) {
-          const float* src = row + iw * xs.w + q * kLanes * xs.c;
+          const float* s = row + iw * xs.w + q * kLanes * xs.c;
           if (xs.c == 1)
-            v = L.gpv == 1 ? _mm512_loadu_ps(src) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(src));
+            v = gpv == 1 ? _mm512_loadu_ps(s) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(s));
           else
-            v = _mm512_i32gather_ps(planes, src, 4);
+            v = _mm512_i32gather_ps(planes, s, 4);
         }
         _mm512_storeu_ps(o + q * kLanes, v);
       }
     }
   }
+}
+
+// grad_weight over the same packed operands: the input as the forward packs it
+// ([Hp][Wp][Cg][GPV], zero padding stored) and grad_output packed in the weight's
+// lane order ([Ho][Wo][Kg * GPV], lane l = k * GPV + gl), one image of one group
+// block at a time (L2-sized). Lanes of grad_weight then pair exactly as in the
+// forward: a grad_output vector times a broadcast of channel c of GPV groups.
+// The plain loop nest it tiles, per (group block gb, output block ob):
+//
+//   for n, oh, ow, r, s, c, o, lane l:
+//     gwl[r][s][c][o][l] += dyp[n][oh][ow][ob][o][l] * xt[n][oh*sh + r*dh][ow*sw + s*dw][c][l % GPV]
+//
+// A tile keeps NS taps (one r, NS consecutive s) x NC channels x OCV vectors in
+// registers (at most kDirectBlockedAvx512GwAccumulators) over a block of whole
+// output rows of at most kDirectBlockedAvx512GwBlockPixels pixels; each block's
+// sums are added to gwl apart, which keeps float sums short (accuracy), and
+// every task owns one (gb, ob): a fixed order whatever the thread count.
+template <int GPV, int OCV, int NS, int NC>
+FASTCONV_TARGET_AVX512 void gw_tile_avx512(const float* x, const float* dy, int64_t rows,
+                                           int64_t wo, int64_t x_row, int64_t x_pix,
+                                           int64_t x_s, int64_t dy_row, int64_t dy_pix,
+                                           float* out, int64_t out_s) {
+  __m512 acc[NS][NC][OCV];
+#pragma GCC unroll 4
+  for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) acc[t][c][o] = _mm512_setzero_ps();
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* xr = x + row * x_row;
+    const float* dr = dy + row * dy_row;
+    for (int64_t p = 0; p < wo; ++p, xr += x_pix, dr += dy_pix) {
+      __m512 d[OCV];
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) d[o] = _mm512_loadu_ps(dr + o * kLanes);
+#pragma GCC unroll 4
+      for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; ++c) {
+          const __m512 xv = broadcast_groups<GPV>(xr + t * x_s + c * GPV);
+#pragma GCC unroll 2
+          for (int o = 0; o < OCV; ++o) acc[t][c][o] = _mm512_fmadd_ps(d[o], xv, acc[t][c][o]);
+        }
+    }
+  }
+#pragma GCC unroll 4
+  for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) {
+        float* q = out + t * out_s + (c * OCV + o) * kLanes;
+        _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), acc[t][c][o]));
+      }
+}
+
+using GwTileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, int64_t, float*, int64_t);
+constexpr int kGwMaxTaps = 3;  // NS: 1..3 consecutive kernel columns
+constexpr int kGwAccs = int(blocking::kDirectBlockedAvx512GwAccumulators);
+
+// Tiles indexed [NS - 1][log2 NC] (NC = 1, 2, 4, 8), null where NS x NC x OCV
+// exceeds the accumulator budget.
+template <int GPV, int OCV>
+const std::array<std::array<GwTileFn, 4>, kGwMaxTaps>& gw_tiles() {
+  static const auto table = [] {
+    std::array<std::array<GwTileFn, 4>, kGwMaxTaps> t{};
+    auto put = [&](auto ns, auto lnc) {
+      constexpr int NS = decltype(ns)::value, NC = 1 << decltype(lnc)::value;
+      if constexpr (NS * NC * OCV <= kGwAccs) t[NS - 1][decltype(lnc)::value] = &gw_tile_avx512<GPV, OCV, NS, NC>;
+    };
+    auto row = [&](auto ns) {
+      put(ns, std::integral_constant<int, 0>{});
+      put(ns, std::integral_constant<int, 1>{});
+      put(ns, std::integral_constant<int, 2>{});
+      put(ns, std::integral_constant<int, 3>{});
+    };
+    row(std::integral_constant<int, 1>{});
+    row(std::integral_constant<int, 2>{});
+    row(std::integral_constant<int, 3>{});
+    return t;
+  }();
+  return table;
+}
+
+struct GwProblem {
+  Layout L;
+  int64_t N, Cg, Kg, R, S, Ho, Wo, Hp, Wp, sh, sw, dh, dw;
+  PackSrc x, dy;
+  float* gw;  // [K][Cg][R][S], contiguous
+};
+
+template <int GPV, int OCV>
+FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, float* xt,
+                                    float* dyt, float* gwl) {
+  const auto& tiles = gw_tiles<GPV, OCV>();
+  const Layout& L = P.L;
+  const int64_t DB = P.Kg * L.gpv;  // floats per packed grad_output pixel
+  const int64_t taps_c = P.Cg * OCV * kLanes;  // gwl floats per (r, s)
+  // NC: channels per tile, a power of two dividing Cg (2, 4, 8 or a 16-multiple).
+  int64_t lnc = 3;
+  while ((int64_t(1) << lnc) > P.Cg || P.Cg % (int64_t(1) << lnc) ||
+         kGwMaxTaps * (int64_t(1) << lnc) * OCV > kGwAccs)
+    --lnc;
+  const int64_t nc = int64_t(1) << lnc;
+  const int64_t rows_per_block =
+      std::max<int64_t>(1, blocking::kDirectBlockedAvx512GwBlockPixels / std::max<int64_t>(P.Wo, 1));
+  std::fill(gwl, gwl + P.R * P.S * taps_c, 0.f);
+  for (int64_t n = 0; n < P.N; ++n) {
+    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
+    pack_rows(P.dy, L.gpv, DB, P.Wo, n, gb, 0, P.Ho, dyt);
+    for (int64_t oh0 = 0; oh0 < P.Ho; oh0 += rows_per_block) {
+      const int64_t rows = std::min(rows_per_block, P.Ho - oh0);
+      const float* dyb = dyt + oh0 * P.Wo * DB + ob * OCV * kLanes;
+      for (int64_t r = 0; r < P.R; ++r)
+        for (int64_t s0 = 0, ns = 0; s0 < P.S; s0 += ns) {
+          const int64_t left = P.S - s0;
+          ns = ceil_div(left, ceil_div(left, kGwMaxTaps));
+          const GwTileFn fn = tiles[ns - 1][lnc];
+          for (int64_t c0 = 0; c0 < P.Cg; c0 += nc) {
+            const float* xb = xt + ((oh0 * P.sh + r * P.dh) * P.Wp + s0 * P.dw) * L.CB + c0 * GPV;
+            fn(xb, dyb, rows, P.Wo, P.sh * P.Wp * L.CB, P.sw * L.CB, P.dw * L.CB, P.Wo * DB, DB,
+               gwl + (r * P.S + s0) * taps_c + c0 * OCV * kLanes, taps_c);
+          }
+        }
+    }
+  }
+  // gwl [R][S][Cg][OCV][16] (lane order) -> grad_weight [K][Cg][R][S].
+  const int64_t RS = P.R * P.S;
+  for (int64_t rs = 0; rs < RS; ++rs)
+    for (int64_t c = 0; c < P.Cg; ++c)
+      for (int64_t o = 0; o < OCV; ++o)
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t k = gb * P.Kg * L.gpv + (ob * OCV + o) * kLanes + lane_channel(l, L.gpv);
+          P.gw[(k * P.Cg + c) * RS + rs] = gwl[(rs * P.Cg + c) * OCV * kLanes + o * kLanes + l];
+        }
+}
+
+template <int GPV, int OCV>
+void run_grad_weight(const GwProblem& P) {
+  const Layout& L = P.L;
+  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> xt(P.Hp * P.Wp * L.CB), dyt(P.Ho * P.Wo * P.Kg * L.gpv),
+        gwl(P.R * P.S * P.Cg * OCV * kLanes);
+    for (int64_t item = begin; item < end; ++item)
+      gw_task<GPV, OCV>(P, item / L.OB, item % L.OB, xt.data(), dyt.data(), gwl.data());
+  });
 }
 #endif
 
@@ -294,8 +454,10 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   // Input, zero-padded and channel-blocked: [N][GB][Hp][Wp][Cg][GPV].
   auto xt_t = at::empty({p.N, L.GB, Hp, Wp, L.CB}, input.options());
   float* xt = xt_t.data_ptr<float>();
-  at::parallel_for(0, p.N * L.GB * Hp, 1, [&](int64_t begin, int64_t end) {
-    pack_input_rows(input, p, L, Hp, Wp, xt, begin, end);
+  const PackSrc src{input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg};
+  at::parallel_for(0, p.N * L.GB, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item)
+      pack_rows(src, L.gpv, L.CB, Wp, item / L.GB, item % L.GB, 0, Hp, xt + item * Hp * Wp * L.CB);
   });
   // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
   auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
@@ -336,6 +498,31 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   else run<1, 1>(P);
 #endif
   return out;
+}
+
+at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
+                                             const at::Tensor& input, const ConvParams& p) {
+  auto gw = new_output({p.K, p.Cg, p.R, p.S}, input.options(), at::MemoryFormat::Contiguous);
+#if FASTCONV_X86
+  TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
+                  grad_output.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
+              "fastconv::direct_conv2d_grad_weight: channel planes too large for the AVX-512 "
+              "blocked path");
+  const GwProblem P{
+      .L = layout_of(p),
+      .N = p.N, .Cg = p.Cg, .Kg = p.Kg(), .R = p.R, .S = p.S, .Ho = p.Ho, .Wo = p.Wo,
+      .Hp = p.H + p.pad_top + p.pad_bottom, .Wp = p.W + p.pad_left + p.pad_right,
+      .sh = p.stride_h, .sw = p.stride_w, .dh = p.dil_h, .dw = p.dil_w,
+      .x = {input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg},
+      .dy = {grad_output.data_ptr<float>(), Strides4(grad_output), p.Ho, p.Wo, 0, 0, p.Kg()},
+      .gw = gw.data_ptr<float>()};
+  if (P.L.gpv == 8) run_grad_weight<8, 1>(P);
+  else if (P.L.gpv == 4) run_grad_weight<4, 1>(P);
+  else if (P.L.gpv == 2) run_grad_weight<2, 1>(P);
+  else if (P.L.ocv == 2) run_grad_weight<1, 2>(P);
+  else run_grad_weight<1, 1>(P);
+#endif
+  return gw;
 }
 
 }  // namespace fastconv
