@@ -1,11 +1,11 @@
-// direct on AVX-512 over a zero-padded, channel-blocked copy of the input.
+// direct on AVX-512 over zero-padded, channel-blocked copies of input rows.
 //
 // direct.cpp's general tiles read the input where it lies, so each output row
 // has border pixels (a one-pixel tile with a clipped tap range) and a deep
 // reduction is cut into input-channel blocks with partial sums in between; on
-// small planes (7x7, 14x14) and deep layers those costs dominate. Here each call
-// first copies the input once into xt[N][GB][H+pads][W+pads][Cg][GPV] (the
-// padding becomes stored zeros) and the micro-kernel is one plain loop over
+// small planes (7x7, 14x14) and deep layers those costs dominate. Here each task
+// first copies the input rows its output rows read into [rows][W+pads][Cg][GPV]
+// (the padding becomes stored zeros) and the micro-kernel is one plain loop over
 // (r, s, c): OCV weight vectors, PT broadcasts and OCV x PT FMAs per step, no
 // border cases, the whole reduction in registers.
 //
@@ -70,11 +70,19 @@ Layout layout_of(const ConvParams& p) {
   return l;
 }
 
+// Where pack_rows reads a tensor from: its data and strides, the plane size,
+// the padding put before it, and the channels of a group (whose lanes interleave).
+struct PackSrc {
+  const float* x;
+  Strides4 xs;
+  int64_t H, W, pad_top, pad_left, cg;
+};
+
 struct Problem {
   Layout L;
   int64_t N, Cg, R, S, Ho, Wo, Hp, Wp, Kg;
   int64_t sh, sw, dh, dw;
-  const float* xt;    // [N][GB][Hp][Wp][Cg][GPV]
+  PackSrc x;          // the input, packed per task into [rows][Wp][Cg][GPV]
   const float* wt;    // [GB][OB][R][S][Cg][OCV][16], lanes as above
   const float* bias;  // [GB][OB][OCV][16] in channel order, or nullptr
   float* y;
@@ -88,6 +96,51 @@ inline int64_t lane_channel(int64_t lane, int64_t gpv) {
 }
 
 #if FASTCONV_X86
+// Padded rows [hp0, hp1) of image n, group block gb of src into out
+// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
+// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
+// load (and a permute) for channels_last input, a gather of 16 planes for any
+// other layout. The forward packs the input this way, grad_weight the input and
+// grad_output (whose lanes then match the packed weight's).
+FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
+                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
+                                      float* out) {
+  const Strides4& xs = src.xs;
+  alignas(64) int32_t perm[kLanes], offs[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    const int64_t c = j / gpv, gl = j % gpv;
+    perm[j] = int32_t(gl * src.cg + c);
+    offs[j] = int32_t(perm[j] * xs.c);
+  }
+  const __m512i to_lanes = _mm512_load_si512(perm);
+  const __m512i planes = _mm512_load_si512(offs);
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t chunks = CB / kLanes;
+  for (int64_t hp = hp0; hp < hp1; ++hp) {
+    float* o = out + (hp - hp0) * Wp * CB;
+    const int64_t ih = hp - src.pad_top;
+    if (ih < 0 || ih >= src.H) {
+      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+      continue;
+    }
+    const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
+    for (int64_t wp = 0; wp < Wp; ++wp, o += CB) {
+      const int64_t iw = wp - src.pad_left;
+      const bool inside = iw >= 0 && iw < src.W;
+      for (int64_t q = 0; q < chunks; ++q) {
+        __m512 v = zero;
+        if (inside) {
+          const float* s = row + iw * xs.w + q * kLanes * xs.c;
+          if (xs.c == 1)
+            v = gpv == 1 ? _mm512_loadu_ps(s) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(s));
+          else
+            v = _mm512_i32gather_ps(planes, s, 4);
+        }
+        _mm512_storeu_ps(o + q * kLanes, v);
+      }
+    }
+  }
+}
 template <int GPV>
 FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline __m512 broadcast_groups(
     const float* p) {
@@ -189,24 +242,29 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
   }
 }
 
-// Tasks [begin, end) of (image, group block, output block, block of output rows).
+// Tasks [begin, end) of (image, group block, output block, block of output
+// rows). Each task first packs the padded input rows its block reads into buf
+// (L2-sized), so no padded copy of the whole input is made: on stride-2 layers
+// that copy cost more than the tiles (ResNeXt layer2 s2 NHWC N=8: a 27 MB copy).
 template <int GPV, int OCV>
-FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end) {
+FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end,
+                                      float* buf) {
   static const auto tiles = make_tiles<GPV, OCV>(std::make_index_sequence<kMaxPT>());
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
+  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
   const Layout& L = P.L;
-  const int64_t RB = ceil_div(P.Ho, blocking::kDirectRowBlock);
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
-  const int64_t x_block = P.Hp * P.Wp * L.CB;
   Acc acc;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t rb = item % RB, ob = (item / RB) % L.OB, gb = (item / (RB * L.OB)) % L.GB,
                   n = item / (RB * L.OB * L.GB);
-    const float* xg = P.xt + (n * L.GB + gb) * x_block;
     const float* wg = P.wt + (gb * L.OB + ob) * w_block;
-    const int64_t oh1 = std::min(P.Ho, (rb + 1) * blocking::kDirectRowBlock);
-    for (int64_t oh = rb * blocking::kDirectRowBlock; oh < oh1; ++oh) {
-      const float* xrow = xg + oh * P.sh * P.Wp * L.CB;
+    const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
+    const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
+    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, hp0, hp1, buf);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
       for (int64_t ow = 0; ow < P.Wo;) {
         // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
         const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
@@ -220,63 +278,13 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
 
 template <int GPV, int OCV>
 void run(const Problem& P) {
-  const int64_t RB = ceil_div(P.Ho, blocking::kDirectRowBlock);
-  at::parallel_for(0, P.N * P.L.GB * P.L.OB * RB, 1,
-                   [&](int64_t begin, int64_t end) { run_items<GPV, OCV>(P, begin, end); });
-}
-
-// Where pack_rows reads a tensor from: its data and strides, the plane size,
-// the padding put before it, and the channels of a group (whose lanes interleave).
-struct PackSrc {
-  const float* x;
-  Strides4 xs;
-  int64_t H, W, pad_top, pad_left, cg;
-};
-
-// Padded rows [hp0, hp1) of image n, group block gb of src into out
-// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
-// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
-// load (and a permute) for channels_last input, a gather of 16 planes for any
-// other layout. The forward packs the input this way, grad_weight the input and
-// grad_output (whose lanes then match the packed weight's).
-FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
-                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
-                                      float* out) {
-  const Strides4& xs = src.xs;
-  alignas(64) int32_t perm[kLanes], offs[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    const int64_t c = j / gpv, gl = j % gpv;
-    perm[j] = int32_t(gl * src.cg + c);
-    offs[j] = int32_t(perm[j] * xs.c);
-  }
-  const __m512i to_lanes = _mm512_load_si512(perm);
-  const __m512i planes = _mm512_load_si512(offs);
-  const __m512 zero = _mm512_setzero_ps();
-  const int64_t chunks = CB / kLanes;
-  for (int64_t hp = hp0; hp < hp1; ++hp) {
-    float* o = out + (hp - hp0) * Wp * CB;
-    const int64_t ih = hp - src.pad_top;
-    if (ih < 0 || ih >= src.H) {
-      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-      continue;
-    }
-    const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
-    for (int64_t wp = 0; wp < Wp; ++wp, o += CB) {
-      const int64_t iw = wp - src.pad_left;
-      const bool inside = iw >= 0 && iw < src.W;
-      for (int64_t q = 0; q < chunks; ++q) {
-        __m512 v = zero;
-        if (inside) {
-          const float* s = row + iw * xs.w + q * kLanes * xs.c;
-          if (xs.c == 1)
-            v = gpv == 1 ? _mm512_loadu_ps(s) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(s));
-          else
-            v = _mm512_i32gather_ps(planes, s, 4);
-        }
-        _mm512_storeu_ps(o + q * kLanes, v);
-      }
-    }
-  }
+  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
+  at::parallel_for(0, P.N * P.L.GB * P.L.OB * RB, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(buf_rows * P.Wp * P.L.CB);
+    run_items<GPV, OCV>(P, begin, end, buf.data());
+  });
 }
 
 // grad_weight over the same packed operands: the input as the forward packs it
@@ -451,14 +459,6 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
                   out.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d: channel planes too large for the AVX-512 blocked path");
-  // Input, zero-padded and channel-blocked: [N][GB][Hp][Wp][Cg][GPV].
-  auto xt_t = at::empty({p.N, L.GB, Hp, Wp, L.CB}, input.options());
-  float* xt = xt_t.data_ptr<float>();
-  const PackSrc src{input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg};
-  at::parallel_for(0, p.N * L.GB, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item)
-      pack_rows(src, L.gpv, L.CB, Wp, item / L.GB, item % L.GB, 0, Hp, xt + item * Hp * Wp * L.CB);
-  });
   // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
   auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
   float* wt = wt_t.data_ptr<float>();
@@ -485,7 +485,7 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   P.L = L;
   P.N = p.N; P.Cg = p.Cg; P.R = p.R; P.S = p.S; P.Ho = p.Ho; P.Wo = p.Wo; P.Kg = Kg;
   P.Hp = Hp; P.Wp = Wp; P.sh = p.stride_h; P.sw = p.stride_w; P.dh = p.dil_h; P.dw = p.dil_w;
-  P.xt = xt;
+  P.x = PackSrc{input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg};
   P.wt = wt;
   P.bias = has_bias ? b.data_ptr<float>() : nullptr;
   P.y = out.data_ptr<float>();
