@@ -32,6 +32,7 @@
 
 #include "blocking.h"
 #include "cpu_features.h"
+#include "direct_blocked_avx512.h"
 #include "ops.h"
 #include "util.h"
 
@@ -821,15 +822,6 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
 // ---------------------------------------------------------------------------
 // Ops.
 
-// direct_blocked_avx512.cpp: AVX-512 tiles over a padded, channel-blocked copy of the input
-// (narrow groups across lanes; dense layers and wide groups with 16-channel multiples).
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                        const c10::optional<at::Tensor>& bias, const ConvParams& p,
-                                        Activation act, at::MemoryFormat fmt);
-at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
-                                             const at::Tensor& input, const ConvParams& p);
-
 // Output channels per packed weight vector for this dtype and channels per
 // group on the ISA in use: 16 (a zmm of floats) with AVX-512 when a group has
 // more than 8 output channels, else 8 (narrower groups would leave most of a
@@ -916,12 +908,10 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
       const auto tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), p.R, p.S}, {1, 1},
                                   tpad, {p.dil_h, p.dil_w}, p.groups);
       if (direct_blocked_avx512_applies(tp, grad_output.scalar_type())) {
-        const auto wt = weight.reshape({p.groups, p.Kg(), p.Cg, p.R, p.S})
-                            .transpose(1, 2)
-                            .flip({3, 4})
-                            .reshape({p.C, p.Kg(), p.R, p.S});
-        return direct_blocked_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
-                                            grad_output.suggest_memory_format());
+        return direct_blocked_avx512_forward(grad_output, weight, c10::nullopt, tp,
+                                             Activation::None,
+                                             grad_output.suggest_memory_format(),
+                                             TapOrder::Flipped);
       }
     }
   }

@@ -21,6 +21,7 @@
 // The padding taps read stored zeros, so an Inf weight next to the border gives
 // NaN here, as in im2col. Tests compare it with the AVX2 path and F.conv2d.
 #include <algorithm>
+#include <climits>
 #include <array>
 #include <cstring>
 #include <utility>
@@ -32,18 +33,11 @@
 
 #include "blocking.h"
 #include "cpu_features.h"
+#include "direct_blocked_avx512.h"
 #include "ops.h"
 #include "util.h"
 
 namespace fastconv {
-
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                         const c10::optional<at::Tensor>& bias,
-                                         const ConvParams& p, Activation act,
-                                         at::MemoryFormat fmt);
-at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
-                                             const at::Tensor& input, const ConvParams& p);
 
 namespace {
 
@@ -287,6 +281,47 @@ void run(const Problem& P) {
   });
 }
 
+// Packs the weights of output block ob of group block gb into
+// [R][S][Cg][OCV][16] (lane order), a gather of 16 output channels per
+// (r, s, c). tap_order == Flipped reads the weight of the convolution whose
+// grad_input this is: w[K][Cg][R][S] of that layer gives this problem's output
+// channel g * p.Kg() + k, input channel c and tap (r, s) from
+// w[g * p.Cg + c][k][R-1-r][S-1-s] (channels transposed, taps flipped), with no
+// transposed copy of the weight.
+FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const ConvParams& p,
+                                              const Layout& L, TapOrder tap_order, int64_t gb,
+                                              int64_t ob, float* o) {
+  const float* w = weight.data_ptr<float>();
+  const Strides4 ws(weight);
+  const bool flip = tap_order == TapOrder::Flipped;
+  const int64_t Kg = p.Kg();
+  int64_t off[2][kLanes], lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t v = 0; v < L.ocv; ++v)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+      off[v][l] = flip ? (k / Kg) * p.Cg * ws.n + (k % Kg) * ws.c : k * ws.n;
+      lo = std::min(lo, off[v][l]);
+      hi = std::max(hi, off[v][l]);
+    }
+  TORCH_CHECK(hi - lo < (int64_t(1) << 31), "fastconv::direct_conv2d: weight strides too large "
+              "for the AVX-512 blocked path");
+  __m512i lanes[2];
+  for (int64_t v = 0; v < L.ocv; ++v) {
+    alignas(64) int32_t rel[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) rel[l] = int32_t(off[v][l] - lo);
+    lanes[v] = _mm512_load_si512(rel);
+  }
+  const int64_t cs = flip ? ws.n : ws.c;  // between input channels of this problem
+  for (int64_t r = 0; r < p.R; ++r)
+    for (int64_t s = 0; s < p.S; ++s) {
+      const float* wrs = w + lo + (flip ? (p.R - 1 - r) * ws.h + (p.S - 1 - s) * ws.w
+                                        : r * ws.h + s * ws.w);
+      for (int64_t c = 0; c < p.Cg; ++c)
+        for (int64_t v = 0; v < L.ocv; ++v, o += kLanes)
+          _mm512_storeu_ps(o, _mm512_i32gather_ps(lanes[v], wrs + c * cs, 4));
+    }
+}
+
 // grad_weight over the same packed operands: the input as the forward packs it
 // ([Hp][Wp][Cg][GPV], zero padding stored) and grad_output packed in the weight's
 // lane order ([Ho][Wo][Kg * GPV], lane l = k * GPV + gl), one image of one group
@@ -413,15 +448,23 @@ FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, 
         }
     }
   }
-  // gwl [R][S][Cg][OCV][16] (lane order) -> grad_weight [K][Cg][R][S].
+  // gwl [R][S][Cg][OCV][16] (lane order) -> grad_weight [K][Cg][R][S], a scatter of
+  // 16 output channels per (r, s, c, o).
   const int64_t RS = P.R * P.S;
+  const int64_t k0 = gb * P.Kg * L.gpv + ob * OCV * kLanes;
+  __m512i lanes[OCV];
+  for (int o = 0; o < OCV; ++o) {
+    alignas(64) int32_t rel[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l)
+      rel[l] = int32_t((o * kLanes + lane_channel(l, L.gpv)) * P.Cg * RS);
+    lanes[o] = _mm512_load_si512(rel);
+  }
+  float* gw0 = P.gw + k0 * P.Cg * RS;
   for (int64_t rs = 0; rs < RS; ++rs)
     for (int64_t c = 0; c < P.Cg; ++c)
-      for (int64_t o = 0; o < OCV; ++o)
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const int64_t k = gb * P.Kg * L.gpv + (ob * OCV + o) * kLanes + lane_channel(l, L.gpv);
-          P.gw[(k * P.Cg + c) * RS + rs] = gwl[(rs * P.Cg + c) * OCV * kLanes + o * kLanes + l];
-        }
+      for (int o = 0; o < OCV; ++o)
+        _mm512_i32scatter_ps(gw0 + c * RS + rs, lanes[o],
+                             _mm512_loadu_ps(gwl + ((rs * P.Cg + c) * OCV + o) * kLanes), 4);
 }
 
 template <int GPV, int OCV>
@@ -451,7 +494,7 @@ bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
 at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
                                          const c10::optional<at::Tensor>& bias,
                                          const ConvParams& p, Activation act,
-                                         at::MemoryFormat fmt) {
+                                         at::MemoryFormat fmt, TapOrder tap_order) {
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
 #if FASTCONV_X86
   const Layout L = layout_of(p);
@@ -462,23 +505,12 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
   auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
   float* wt = wt_t.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const Strides4 ws(weight);
-  const int64_t Kg = p.Kg();
   at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t gb = blk / L.OB, ob = blk % L.OB;
-      float* o = wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes;
-      for (int64_t r = 0; r < p.R; ++r)
-        for (int64_t s = 0; s < p.S; ++s)
-          for (int64_t c = 0; c < p.Cg; ++c)
-            for (int64_t v = 0; v < L.ocv; ++v)
-              for (int64_t l = 0; l < kLanes; ++l) {
-                const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
-                *o++ = w[ws.at(k, c, r, s)];
-              }
-    }
+    for (int64_t blk = begin; blk < end; ++blk)
+      pack_weight_block(weight, p, L, tap_order, blk / L.OB, blk % L.OB,
+                        wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
   });
+  const int64_t Kg = p.Kg();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   Problem P;
