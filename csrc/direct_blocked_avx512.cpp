@@ -283,17 +283,13 @@ void run(const Problem& P) {
 
 // Packs the weights of output block ob of group block gb into
 // [R][S][Cg][OCV][16] (lane order), a gather of 16 output channels per
-// (r, s, c). tap_order == Flipped reads the weight of the convolution whose
-// grad_input this is: w[K][Cg][R][S] of that layer gives this problem's output
-// channel g * p.Kg() + k, input channel c and tap (r, s) from
-// w[g * p.Cg + c][k][R-1-r][S-1-s] (channels transposed, taps flipped), with no
-// transposed copy of the weight.
+// (r, s, c); taps says where each (channel, tap) lies in weight (header).
 FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const ConvParams& p,
-                                              const Layout& L, TapOrder tap_order, int64_t gb,
-                                              int64_t ob, float* o) {
+                                              const Layout& L, const WeightTaps& taps,
+                                              int64_t gb, int64_t ob, float* o) {
   const float* w = weight.data_ptr<float>();
   const Strides4 ws(weight);
-  const bool flip = tap_order == TapOrder::Flipped;
+  const bool flip = taps.transposed;
   const int64_t Kg = p.Kg();
   int64_t off[2][kLanes], lo = INT64_MAX, hi = INT64_MIN;
   for (int64_t v = 0; v < L.ocv; ++v)
@@ -314,8 +310,9 @@ FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const Co
   const int64_t cs = flip ? ws.n : ws.c;  // between input channels of this problem
   for (int64_t r = 0; r < p.R; ++r)
     for (int64_t s = 0; s < p.S; ++s) {
-      const float* wrs = w + lo + (flip ? (p.R - 1 - r) * ws.h + (p.S - 1 - s) * ws.w
-                                        : r * ws.h + s * ws.w);
+      const int64_t wr = taps.rows.empty() ? r : taps.rows[r];
+      const int64_t wc = taps.cols.empty() ? s : taps.cols[s];
+      const float* wrs = w + lo + wr * ws.h + wc * ws.w;
       for (int64_t c = 0; c < p.Cg; ++c)
         for (int64_t v = 0; v < L.ocv; ++v, o += kLanes)
           _mm512_storeu_ps(o, _mm512_i32gather_ps(lanes[v], wrs + c * cs, 4));
@@ -491,11 +488,11 @@ bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
   return narrow || wide;
 }
 
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                         const c10::optional<at::Tensor>& bias,
-                                         const ConvParams& p, Activation act,
-                                         at::MemoryFormat fmt, TapOrder tap_order) {
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+namespace {
+
+void forward_into(const at::Tensor& input, const at::Tensor& weight,
+                  const c10::optional<at::Tensor>& bias, const ConvParams& p, Activation act,
+                  const WeightTaps& taps, at::Tensor& out) {
 #if FASTCONV_X86
   const Layout L = layout_of(p);
   const int64_t Hp = p.H + p.pad_top + p.pad_bottom, Wp = p.W + p.pad_left + p.pad_right;
@@ -507,7 +504,7 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   float* wt = wt_t.data_ptr<float>();
   at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk)
-      pack_weight_block(weight, p, L, tap_order, blk / L.OB, blk % L.OB,
+      pack_weight_block(weight, p, L, taps, blk / L.OB, blk % L.OB,
                         wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
   });
   const int64_t Kg = p.Kg();
@@ -529,7 +526,27 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   else if (L.ocv == 2) run<1, 2>(P);
   else run<1, 1>(P);
 #endif
+}
+
+}  // namespace
+
+
+at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
+                                         const c10::optional<at::Tensor>& bias,
+                                         const ConvParams& p, Activation act,
+                                         at::MemoryFormat fmt, const WeightTaps& taps) {
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+  forward_into(input, weight, bias, p, act, taps, out);
   return out;
+}
+
+void direct_blocked_avx512_forward_into(const at::Tensor& input, const at::Tensor& weight,
+                                        const ConvParams& p, const WeightTaps& taps,
+                                        at::Tensor& out) {
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}),
+              "fastconv::direct_conv2d: output has shape ", out.sizes(), ", expected ",
+              at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}));
+  forward_into(input, weight, c10::nullopt, p, Activation::None, taps, out);
 }
 
 at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
