@@ -314,6 +314,9 @@ GROUPS_CASES = [
     (2, 32, 1, 5, 31, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),    # dense, 31 = 14 + 9 + 8
     (1, 48, 1, 6, 9, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # dense 1x1, 3 single vectors
     (1, 16, 1, 9, 10, 5, 3, (2, 1), (2, 1, 0, 2), (1, 2)),    # dense, strides and dilation
+    (2, 4, 8, 12, 11, 3, 3, (2, 2), (0, 0, 0, 0), (1, 1)),    # stride 2, unpadded: phases of 2 and 1 taps
+    (1, 8, 4, 10, 10, 2, 2, (3, 3), (0, 0, 0, 0), (1, 1)),    # stride 3 > kernel: a phase no tap reaches
+    (1, 16, 4, 9, 9, 3, 3, (2, 2), (4, 4, 4, 4), (1, 1)),     # padding past the kernel (no blocked phases)
 ]
 
 
