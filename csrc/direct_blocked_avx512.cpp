@@ -118,20 +118,25 @@ FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t C
       continue;
     }
     const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
-    for (int64_t wp = 0; wp < Wp; ++wp, o += CB) {
-      const int64_t iw = wp - src.pad_left;
-      const bool inside = iw >= 0 && iw < src.W;
-      for (int64_t q = 0; q < chunks; ++q) {
-        __m512 v = zero;
-        if (inside) {
-          const float* s = row + iw * xs.w + q * kLanes * xs.c;
-          if (xs.c == 1)
-            v = gpv == 1 ? _mm512_loadu_ps(s) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(s));
-          else
-            v = _mm512_i32gather_ps(planes, s, 4);
-        }
-        _mm512_storeu_ps(o + q * kLanes, v);
-      }
+    // Columns [w0, w1) of the padded row hold input; the rest is padding.
+    const int64_t w0 = std::min(src.pad_left, Wp), w1 = std::min(src.pad_left + src.W, Wp);
+    for (int64_t i = 0; i < w0 * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+    for (int64_t i = w1 * chunks; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+    o += w0 * CB;
+    const float* px = row;
+    if (xs.c == 1 && gpv == 1) {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes, _mm512_loadu_ps(px + q * kLanes));
+    } else if (xs.c == 1) {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes,
+                           _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(px + q * kLanes)));
+    } else {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes, _mm512_i32gather_ps(planes, px + q * kLanes * xs.c, 4));
     }
   }
 }
@@ -236,8 +241,8 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
   }
 }
 
-// Tasks [begin, end) of (image, group block, output block, block of output
-// rows). Each task first packs the padded input rows its block reads into buf
+// Tasks [begin, end) of (image, output block, block of output rows, group
+// block). Each task first packs the padded input rows its block reads into buf
 // (L2-sized), so no padded copy of the whole input is made: on stride-2 layers
 // that copy cost more than the tiles (ResNeXt layer2 s2 NHWC N=8: a 27 MB copy).
 template <int GPV, int OCV>
@@ -251,8 +256,12 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
   const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
   Acc acc;
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t rb = item % RB, ob = (item / RB) % L.OB, gb = (item / (RB * L.OB)) % L.GB,
-                  n = item / (RB * L.OB * L.GB);
+    // Group blocks innermost: in channels_last the tasks of one row block then read
+    // (and write) whole cache lines of the same pixels one after another, rather than
+    // 64 bytes of every C * 4 per pass over the image (grouped layers have OB = 1;
+    // dense ones GB = 1 and keep one output block's weights hot across row blocks).
+    const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, ob = (item / (L.GB * RB)) % L.OB,
+                  n = item / (L.GB * RB * L.OB);
     const float* wg = P.wt + (gb * L.OB + ob) * w_block;
     const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
     const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
