@@ -419,9 +419,10 @@ struct GwProblem {
   float* gw;  // [K][Cg][R][S], contiguous
 };
 
+// Adds image n's products to gwl, the sums of group block gb, output block ob.
 template <int GPV, int OCV>
-FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, float* xt,
-                                    float* dyt, float* gwl) {
+FASTCONV_TARGET_AVX512 void gw_image(const GwProblem& P, int64_t n, int64_t gb, int64_t ob,
+                                     float* xt, float* dyt, float* gwl) {
   const auto& tiles = gw_tiles<GPV, OCV>();
   const Layout& L = P.L;
   const int64_t DB = P.Kg * L.gpv;  // floats per packed grad_output pixel
@@ -434,8 +435,7 @@ FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, 
   const int64_t nc = int64_t(1) << lnc;
   const int64_t rows_per_block =
       std::max<int64_t>(1, blocking::kDirectBlockedAvx512GwBlockPixels / std::max<int64_t>(P.Wo, 1));
-  std::fill(gwl, gwl + P.R * P.S * taps_c, 0.f);
-  for (int64_t n = 0; n < P.N; ++n) {
+  {
     pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
     pack_rows(P.dy, L.gpv, DB, P.Wo, n, gb, 0, P.Ho, dyt);
     for (int64_t oh0 = 0; oh0 < P.Ho; oh0 += rows_per_block) {
@@ -454,8 +454,14 @@ FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, 
         }
     }
   }
-  // gwl [R][S][Cg][OCV][16] (lane order) -> grad_weight [K][Cg][R][S], a scatter of
-  // 16 output channels per (r, s, c, o).
+}
+
+// gwl [R][S][Cg][OCV][16] (lane order) of (gb, ob) -> grad_weight [K][Cg][R][S], a
+// scatter of 16 output channels per (r, s, c, o).
+template <int OCV>
+FASTCONV_TARGET_AVX512 void gw_store(const GwProblem& P, int64_t gb, int64_t ob,
+                                     const float* gwl) {
+  const Layout& L = P.L;
   const int64_t RS = P.R * P.S;
   const int64_t k0 = gb * P.Kg * L.gpv + ob * OCV * kLanes;
   __m512i lanes[OCV];
@@ -473,14 +479,27 @@ FASTCONV_TARGET_AVX512 void gw_task(const GwProblem& P, int64_t gb, int64_t ob, 
                              _mm512_loadu_ps(gwl + ((rs * P.Cg + c) * OCV + o) * kLanes), 4);
 }
 
+// Images in turn, and within an image the (group block, output block) tasks in
+// parallel, each adding to its own sums: in channels_last one group block is 64
+// bytes of every pixel, so the tasks of one image read the lines of the same
+// pixels one after another (a task per group block over the whole batch read 64
+// of every C * 4 bytes of a multi-MB input). The sums of a task see the images in
+// order whatever the thread count.
 template <int GPV, int OCV>
 void run_grad_weight(const GwProblem& P) {
   const Layout& L = P.L;
-  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> xt(P.Hp * P.Wp * L.CB), dyt(P.Ho * P.Wo * P.Kg * L.gpv),
-        gwl(P.R * P.S * P.Cg * OCV * kLanes);
+  const int64_t tasks = L.GB * L.OB, per_task = P.R * P.S * P.Cg * OCV * kLanes;
+  std::vector<float> gwl(tasks * per_task, 0.f);
+  for (int64_t n = 0; n < P.N; ++n)
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xt(P.Hp * P.Wp * L.CB), dyt(P.Ho * P.Wo * P.Kg * L.gpv);
+      for (int64_t item = begin; item < end; ++item)
+        gw_image<GPV, OCV>(P, n, item / L.OB, item % L.OB, xt.data(), dyt.data(),
+                           gwl.data() + item * per_task);
+    });
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item)
-      gw_task<GPV, OCV>(P, item / L.OB, item % L.OB, xt.data(), dyt.data(), gwl.data());
+      gw_store<OCV>(P, item / L.OB, item % L.OB, gwl.data() + item * per_task);
   });
 }
 #endif
