@@ -241,10 +241,14 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
   }
 }
 
-// Tasks [begin, end) of (image, output block, block of output rows, group
-// block). Each task first packs the padded input rows its block reads into buf
-// (L2-sized), so no padded copy of the whole input is made: on stride-2 layers
-// that copy cost more than the tiles (ResNeXt layer2 s2 NHWC N=8: a 27 MB copy).
+// Tasks [begin, end) of (image, block of output rows, group block). Each task
+// first packs the padded input rows its block reads into buf (L2-sized), so no
+// padded copy of the whole input is made (on stride-2 layers that copy cost more
+// than the tiles: ResNeXt layer2 s2 NHWC N=8, a 27 MB copy), then runs every
+// output block over them, one block's weights hot across the rows. Group blocks
+// innermost: in channels_last the tasks of one row block read (and write) whole
+// cache lines of the same pixels one after another, not 64 bytes of every C * 4
+// per pass over the image.
 template <int GPV, int OCV>
 FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end,
                                       float* buf) {
@@ -256,24 +260,21 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
   const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
   Acc acc;
   for (int64_t item = begin; item < end; ++item) {
-    // Group blocks innermost: in channels_last the tasks of one row block then read
-    // (and write) whole cache lines of the same pixels one after another, rather than
-    // 64 bytes of every C * 4 per pass over the image (grouped layers have OB = 1;
-    // dense ones GB = 1 and keep one output block's weights hot across row blocks).
-    const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, ob = (item / (L.GB * RB)) % L.OB,
-                  n = item / (L.GB * RB * L.OB);
-    const float* wg = P.wt + (gb * L.OB + ob) * w_block;
+    const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, n = item / (L.GB * RB);
     const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
     const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
     pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, hp0, hp1, buf);
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
-      for (int64_t ow = 0; ow < P.Wo;) {
-        // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
-        const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
-        tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
-        store_tile(P, acc, np, n, gb, ob, oh, ow);
-        ow += np;
+    for (int64_t ob = 0; ob < L.OB; ++ob) {
+      const float* wg = P.wt + (gb * L.OB + ob) * w_block;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
+        for (int64_t ow = 0; ow < P.Wo;) {
+          // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
+          const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
+          tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
+          store_tile(P, acc, np, n, gb, ob, oh, ow);
+          ow += np;
+        }
       }
     }
   }
@@ -284,7 +285,7 @@ void run(const Problem& P) {
   constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
   const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
-  at::parallel_for(0, P.N * P.L.GB * P.L.OB * RB, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.N * P.L.GB * RB, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(buf_rows * P.Wp * P.L.CB);
     run_items<GPV, OCV>(P, begin, end, buf.data());
   });
