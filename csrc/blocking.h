@@ -67,6 +67,18 @@ constexpr int64_t kDirectBlockedAvx512PixelTilePair = 14;
 // 49 pixels, 0.6x of im2col's speed); direct's grad_input hands them to im2col,
 // and fastconv/_heuristics.py's auto does the same for the forward.
 constexpr int64_t kDirectBlockedMinPixels = 128;
+// Output rows per task of those tiles; a task packs the (rows - 1) * stride + R
+// input rows they read, so taller blocks copy fewer rows twice (3x3 stride 1:
+// 10 rows for 8).
+constexpr int64_t kDirectBlockedAvx512RowBlock = 8;
+// grad_weight over the same packed operands (grouped layers): a tile keeps at
+// most this many zmm accumulators (taps x channels x oc vectors: 3 x 8 x 1 or
+// 3 x 4 x 2), plus the grad_output vectors and a broadcast, over output-row
+// blocks of at most kDirectBlockedAvx512GwBlockPixels pixels whose sums are
+// added apart (a float sum over all N*Ho*Wo pixels loses accuracy; 256 as in
+// direct.cpp's AVX2 grad_weight).
+constexpr int64_t kDirectBlockedAvx512GwAccumulators = 24;
+constexpr int64_t kDirectBlockedAvx512GwBlockPixels = 256;
 // Input-channel cache blocking: the reduction over Cg runs in blocks whose
 // packed weights (block x R x S x kDirectOcVectors x 8 floats) take at most
 // this many bytes, so they stay in L1 (48 KiB here) across all tiles of a
@@ -181,6 +193,9 @@ constexpr int64_t kGemmPack = 0;
   X(direct_blocked_avx512_pixel_tile, kDirectBlockedAvx512PixelTile)                \
   X(direct_blocked_avx512_pixel_tile_pair, kDirectBlockedAvx512PixelTilePair)       \
   X(direct_blocked_min_pixels, kDirectBlockedMinPixels)                             \
+  X(direct_blocked_avx512_row_block, kDirectBlockedAvx512RowBlock)                  \
+  X(direct_blocked_avx512_gw_accumulators, kDirectBlockedAvx512GwAccumulators)      \
+  X(direct_blocked_avx512_gw_block_pixels, kDirectBlockedAvx512GwBlockPixels)       \
   X(direct_cin_block_bytes, kDirectCinBlockBytes)                                   \
   X(direct_row_block, kDirectRowBlock)                                              \
   X(direct_grad_weight_channel_tile, kDirectGradWeightChannelTile)                  \

@@ -32,6 +32,7 @@
 
 #include "blocking.h"
 #include "cpu_features.h"
+#include "direct_blocked_avx512.h"
 #include "ops.h"
 #include "util.h"
 
@@ -821,13 +822,6 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
 // ---------------------------------------------------------------------------
 // Ops.
 
-// direct_blocked_avx512.cpp: AVX-512 tiles over a padded, channel-blocked copy of the input
-// (narrow groups across lanes; dense layers and wide groups with 16-channel multiples).
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                        const c10::optional<at::Tensor>& bias, const ConvParams& p,
-                                        Activation act, at::MemoryFormat fmt);
-
 // Output channels per packed weight vector for this dtype and channels per
 // group on the ISA in use: 16 (a zmm of floats) with AVX-512 when a group has
 // more than 8 output channels, else 8 (narrower groups would leave most of a
@@ -891,6 +885,77 @@ at::Tensor direct_conv2d(const at::Tensor& input, const at::Tensor& weight,
   return forward_packed(op, input, packed, p, bias, act, conv_memory_format(input, weight));
 }
 
+namespace {
+
+// Taps of one stride phase along one axis: dx[st*a + phi] gets dy[a + e0 + j*D] * w[r[j]]
+// for the taps r with (phi + pad - r*dil) divisible by st, largest r first.
+struct PhaseTaps {
+  std::vector<int64_t> r;
+  int64_t e0 = 0, D = 1;
+};
+PhaseTaps phase_taps(int64_t phi, int64_t pad, int64_t dil, int64_t st, int64_t R) {
+  PhaseTaps t;
+  for (int64_t r = R - 1; r >= 0; --r) {
+    const int64_t v = phi + pad - r * dil;
+    if (((v % st) + st) % st == 0) t.r.push_back(r);
+  }
+  if (!t.r.empty()) {
+    t.e0 = (phi + pad - t.r[0] * dil) / st;  // exact
+    t.D = t.r.size() > 1 ? (t.r[0] - t.r[1]) * dil / st : 1;
+  }
+  return t;
+}
+
+// grad_input through the blocked AVX-512 forward, phase by phase (see the caller), or an
+// undefined tensor where those tiles do not apply (a phase would need negative padding:
+// grad_output rows that no input row reads; or the channels do not fit their lanes).
+at::Tensor blocked_grad_input(const char* op, const at::Tensor& grad_output,
+                              const at::Tensor& weight, at::IntArrayRef input_size,
+                              const ConvParams& p) {
+  if (p.N * p.H * p.W == 0 || p.Ho * p.Wo == 0) return at::Tensor();
+  struct Phase {
+    int64_t fh, fw;
+    PhaseTaps th, tw;
+    ConvParams tp;
+  };
+  std::vector<Phase> phases;
+  for (int64_t fh = 0; fh < std::min(p.stride_h, p.H); ++fh)
+    for (int64_t fw = 0; fw < std::min(p.stride_w, p.W); ++fw) {
+      Phase ph{fh, fw, phase_taps(fh, p.pad_top, p.dil_h, p.stride_h, p.R),
+               phase_taps(fw, p.pad_left, p.dil_w, p.stride_w, p.S), {}};
+      if (ph.th.r.empty() || ph.tw.r.empty()) {  // no tap reaches this phase: zeros
+        phases.push_back(ph);
+        continue;
+      }
+      const int64_t Hq = ceil_div(p.H - fh, p.stride_h), Wq = ceil_div(p.W - fw, p.stride_w);
+      const int64_t Rq = ph.th.r.size(), Sq = ph.tw.r.size();
+      const int64_t top = -ph.th.e0, left = -ph.tw.e0;
+      const int64_t bottom = Hq - p.Ho - top + (Rq - 1) * ph.th.D;
+      const int64_t right = Wq - p.Wo - left + (Sq - 1) * ph.tw.D;
+      if (std::min({top, left, bottom, right}) < 0) return at::Tensor();
+      ph.tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), Rq, Sq}, {1, 1},
+                          {top, bottom, left, right}, {ph.th.D, ph.tw.D}, p.groups);
+      if (!direct_blocked_avx512_applies(ph.tp, grad_output.scalar_type())) return at::Tensor();
+      phases.push_back(ph);
+    }
+  auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  for (const Phase& ph : phases) {
+    auto view = gin.slice(2, ph.fh, p.H, p.stride_h).slice(3, ph.fw, p.W, p.stride_w);
+    if (ph.th.r.empty() || ph.tw.r.empty()) {
+      view.zero_();
+      continue;
+    }
+    WeightTaps taps;
+    taps.transposed = true;
+    taps.rows = ph.th.r;
+    taps.cols = ph.tw.r;
+    direct_blocked_avx512_forward_into(grad_output, weight, ph.tp, taps, view);
+  }
+  return gin;
+}
+
+}  // namespace
+
 at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                                     at::IntArrayRef input_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -903,26 +968,12 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
   if (p.groups == 1 && (p.C % 16 || p.N * p.H * p.W < blocking::kDirectBlockedMinPixels))
     return im2col_conv2d_grad_input(grad_output, weight, input_size, stride, padding, dilation,
                                     groups);
-  if (p.stride_h == 1 && p.stride_w == 1 && p.N * p.H * p.W > 0) {
-    // Stride 1: grad_input is a convolution of grad_output with the flipped,
-    // channel-transposed weight and padding (R-1)*dil - pad, which the
-    // blocked AVX-512 tiles run.
-    const int64_t eh = (p.R - 1) * p.dil_h, ew = (p.S - 1) * p.dil_w;
-    const std::vector<int64_t> tpad = {eh - p.pad_top, eh - p.pad_bottom, ew - p.pad_left,
-                                       ew - p.pad_right};
-    if (*std::min_element(tpad.begin(), tpad.end()) >= 0) {
-      const auto tp = make_params(op, grad_output.sizes(), {p.C, p.Kg(), p.R, p.S}, {1, 1},
-                                  tpad, {p.dil_h, p.dil_w}, p.groups);
-      if (direct_blocked_avx512_applies(tp, grad_output.scalar_type())) {
-        const auto wt = weight.reshape({p.groups, p.Kg(), p.Cg, p.R, p.S})
-                            .transpose(1, 2)
-                            .flip({3, 4})
-                            .reshape({p.C, p.Kg(), p.R, p.S});
-        return direct_blocked_avx512_forward(grad_output, wt, c10::nullopt, tp, Activation::None,
-                                            grad_output.suggest_memory_format());
-      }
-    }
-  }
+  // grad_input as convolutions of grad_output that the blocked AVX-512 tiles run: one per
+  // stride phase (ih mod stride_h, iw mod stride_w), each a stride-1 convolution with the
+  // phase's taps of the flipped, channel-transposed weight (read in place), written into
+  // that phase's rows and columns of grad_input (stride 1: one phase, every tap).
+  if (auto gin = blocked_grad_input(op, grad_output, weight, input_size, p); gin.defined())
+    return gin;
   auto gin = new_output(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (gin.numel() == 0) return gin;
   const int64_t Kg = p.Kg(), B = direct_pack_block(grad_output.scalar_type(), p.Cg);
@@ -933,26 +984,10 @@ at::Tensor direct_conv2d_grad_input(const at::Tensor& grad_output, const at::Ten
                   ws3 = weight.stride(3);
     // Taps of one phase along one axis: dx[st*a + phi] gets dy[a + e0 + j*D] * w[tap_j]
     // for the taps tap_j = r with (phi + pad - r*dil) divisible by st, largest r first.
-    struct Taps {
-      std::vector<int64_t> r;
-      int64_t e0 = 0, D = 1;
-    };
-    auto taps = [](int64_t phi, int64_t pad, int64_t dil, int64_t st, int64_t R) {
-      Taps t;
-      for (int64_t r = R - 1; r >= 0; --r) {
-        const int64_t v = phi + pad - r * dil;
-        if (((v % st) + st) % st == 0) t.r.push_back(r);
-      }
-      if (!t.r.empty()) {
-        t.e0 = (phi + pad - t.r[0] * dil) / st;  // exact
-        t.D = t.r.size() > 1 ? (t.r[0] - t.r[1]) * dil / st : 1;
-      }
-      return t;
-    };
     for (int64_t fh = 0; fh < std::min(p.stride_h, p.H); ++fh)
       for (int64_t fw = 0; fw < std::min(p.stride_w, p.W); ++fw) {
-        const Taps th = taps(fh, p.pad_top, p.dil_h, p.stride_h, p.R);
-        const Taps tw = taps(fw, p.pad_left, p.dil_w, p.stride_w, p.S);
+        const PhaseTaps th = phase_taps(fh, p.pad_top, p.dil_h, p.stride_h, p.R);
+        const PhaseTaps tw = phase_taps(fw, p.pad_left, p.dil_w, p.stride_w, p.S);
         if (th.r.empty() || tw.r.empty()) {  // no tap reaches this phase
           gin.slice(2, fh, p.H, p.stride_h).slice(3, fw, p.W, p.stride_w).zero_();
           continue;
@@ -1009,6 +1044,10 @@ at::Tensor direct_conv2d_grad_weight(const at::Tensor& grad_output, const at::Te
   if (p.groups == 1)
     return im2col_conv2d_grad_weight(grad_output, input, weight_size, stride, padding, dilation,
                                      groups);
+  // Grouped layers the blocked AVX-512 forward runs (narrow groups across lanes, 16-channel
+  // multiples): the same packed operands and lanes (direct_blocked_avx512.cpp).
+  if (direct_blocked_avx512_applies(p, input.scalar_type()))
+    return direct_blocked_avx512_grad_weight(grad_output, input, p);
   auto gw = new_output(weight_size, input.options(), at::MemoryFormat::Contiguous);
   const int64_t G = p.groups, Kg = p.Kg(), KB = ceil_div(Kg, kB), Ho = p.Ho, Wo = p.Wo;
   const int64_t ocv_max = KB == 1 ? 1 : kDirectOcVectors, NP = ceil_div(KB, ocv_max);

@@ -1,11 +1,11 @@
-// direct on AVX-512 over a zero-padded, channel-blocked copy of the input.
+// direct on AVX-512 over zero-padded, channel-blocked copies of input rows.
 //
 // direct.cpp's general tiles read the input where it lies, so each output row
 // has border pixels (a one-pixel tile with a clipped tap range) and a deep
 // reduction is cut into input-channel blocks with partial sums in between; on
-// small planes (7x7, 14x14) and deep layers those costs dominate. Here each call
-// first copies the input once into xt[N][GB][H+pads][W+pads][Cg][GPV] (the
-// padding becomes stored zeros) and the micro-kernel is one plain loop over
+// small planes (7x7, 14x14) and deep layers those costs dominate. Here each task
+// first copies the input rows its output rows read into [rows][W+pads][Cg][GPV]
+// (the padding becomes stored zeros) and the micro-kernel is one plain loop over
 // (r, s, c): OCV weight vectors, PT broadcasts and OCV x PT FMAs per step, no
 // border cases, the whole reduction in registers.
 //
@@ -20,9 +20,12 @@
 //
 // The padding taps read stored zeros, so an Inf weight next to the border gives
 // NaN here, as in im2col. Tests compare it with the AVX2 path and F.conv2d.
+#include <algorithm>
+#include <climits>
 #include <array>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -30,16 +33,11 @@
 
 #include "blocking.h"
 #include "cpu_features.h"
+#include "direct_blocked_avx512.h"
 #include "ops.h"
 #include "util.h"
 
 namespace fastconv {
-
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                         const c10::optional<at::Tensor>& bias,
-                                         const ConvParams& p, Activation act,
-                                         at::MemoryFormat fmt);
 
 namespace {
 
@@ -66,11 +64,19 @@ Layout layout_of(const ConvParams& p) {
   return l;
 }
 
+// Where pack_rows reads a tensor from: its data and strides, the plane size,
+// the padding put before it, and the channels of a group (whose lanes interleave).
+struct PackSrc {
+  const float* x;
+  Strides4 xs;
+  int64_t H, W, pad_top, pad_left, cg;
+};
+
 struct Problem {
   Layout L;
   int64_t N, Cg, R, S, Ho, Wo, Hp, Wp, Kg;
   int64_t sh, sw, dh, dw;
-  const float* xt;    // [N][GB][Hp][Wp][Cg][GPV]
+  PackSrc x;          // the input, packed per task into [rows][Wp][Cg][GPV]
   const float* wt;    // [GB][OB][R][S][Cg][OCV][16], lanes as above
   const float* bias;  // [GB][OB][OCV][16] in channel order, or nullptr
   float* y;
@@ -84,6 +90,56 @@ inline int64_t lane_channel(int64_t lane, int64_t gpv) {
 }
 
 #if FASTCONV_X86
+// Padded rows [hp0, hp1) of image n, group block gb of src into out
+// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
+// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
+// load (and a permute) for channels_last input, a gather of 16 planes for any
+// other layout. The forward packs the input this way, grad_weight the input and
+// grad_output (whose lanes then match the packed weight's).
+FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
+                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
+                                      float* out) {
+  const Strides4& xs = src.xs;
+  alignas(64) int32_t perm[kLanes], offs[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    const int64_t c = j / gpv, gl = j % gpv;
+    perm[j] = int32_t(gl * src.cg + c);
+    offs[j] = int32_t(perm[j] * xs.c);
+  }
+  const __m512i to_lanes = _mm512_load_si512(perm);
+  const __m512i planes = _mm512_load_si512(offs);
+  const __m512 zero = _mm512_setzero_ps();
+  const int64_t chunks = CB / kLanes;
+  for (int64_t hp = hp0; hp < hp1; ++hp) {
+    float* o = out + (hp - hp0) * Wp * CB;
+    const int64_t ih = hp - src.pad_top;
+    if (ih < 0 || ih >= src.H) {
+      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+      continue;
+    }
+    const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
+    // Columns [w0, w1) of the padded row hold input; the rest is padding.
+    const int64_t w0 = std::min(src.pad_left, Wp), w1 = std::min(src.pad_left + src.W, Wp);
+    for (int64_t i = 0; i < w0 * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+    for (int64_t i = w1 * chunks; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+    o += w0 * CB;
+    const float* px = row;
+    if (xs.c == 1 && gpv == 1) {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes, _mm512_loadu_ps(px + q * kLanes));
+    } else if (xs.c == 1) {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes,
+                           _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(px + q * kLanes)));
+    } else {
+      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+        for (int64_t q = 0; q < chunks; ++q)
+          _mm512_storeu_ps(o + q * kLanes, _mm512_i32gather_ps(planes, px + q * kLanes * xs.c, 4));
+    }
+  }
+}
 template <int GPV>
 FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline __m512 broadcast_groups(
     const float* p) {
@@ -185,30 +241,40 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
   }
 }
 
-// Tasks [begin, end) of (image, group block, output block, block of output rows).
+// Tasks [begin, end) of (image, block of output rows, group block). Each task
+// first packs the padded input rows its block reads into buf (L2-sized), so no
+// padded copy of the whole input is made (on stride-2 layers that copy cost more
+// than the tiles: ResNeXt layer2 s2 NHWC N=8, a 27 MB copy), then runs every
+// output block over them, one block's weights hot across the rows. Group blocks
+// innermost: in channels_last the tasks of one row block read (and write) whole
+// cache lines of the same pixels one after another, not 64 bytes of every C * 4
+// per pass over the image.
 template <int GPV, int OCV>
-FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end) {
+FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end,
+                                      float* buf) {
   static const auto tiles = make_tiles<GPV, OCV>(std::make_index_sequence<kMaxPT>());
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
+  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
   const Layout& L = P.L;
-  const int64_t RB = ceil_div(P.Ho, blocking::kDirectRowBlock);
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
-  const int64_t x_block = P.Hp * P.Wp * L.CB;
   Acc acc;
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t rb = item % RB, ob = (item / RB) % L.OB, gb = (item / (RB * L.OB)) % L.GB,
-                  n = item / (RB * L.OB * L.GB);
-    const float* xg = P.xt + (n * L.GB + gb) * x_block;
-    const float* wg = P.wt + (gb * L.OB + ob) * w_block;
-    const int64_t oh1 = std::min(P.Ho, (rb + 1) * blocking::kDirectRowBlock);
-    for (int64_t oh = rb * blocking::kDirectRowBlock; oh < oh1; ++oh) {
-      const float* xrow = xg + oh * P.sh * P.Wp * L.CB;
-      for (int64_t ow = 0; ow < P.Wo;) {
-        // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
-        const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
-        tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
-        store_tile(P, acc, np, n, gb, ob, oh, ow);
-        ow += np;
+    const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, n = item / (L.GB * RB);
+    const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
+    const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
+    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, hp0, hp1, buf);
+    for (int64_t ob = 0; ob < L.OB; ++ob) {
+      const float* wg = P.wt + (gb * L.OB + ob) * w_block;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
+        for (int64_t ow = 0; ow < P.Wo;) {
+          // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
+          const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
+          tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
+          store_tile(P, acc, np, n, gb, ob, oh, ow);
+          ow += np;
+        }
       }
     }
   }
@@ -216,55 +282,226 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
 
 template <int GPV, int OCV>
 void run(const Problem& P) {
-  const int64_t RB = ceil_div(P.Ho, blocking::kDirectRowBlock);
-  at::parallel_for(0, P.N * P.L.GB * P.L.OB * RB, 1,
-                   [&](int64_t begin, int64_t end) { run_items<GPV, OCV>(P, begin, end); });
+  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
+  at::parallel_for(0, P.N * P.L.GB * RB, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(buf_rows * P.Wp * P.L.CB);
+    run_items<GPV, OCV>(P, begin, end, buf.data());
+  });
 }
 
-// Rows [begin, end) of xt (items over (n, group block, padded row)), 16 floats
-// at a time: lane j = c * GPV + gl of a chunk holds channel gl * Cg + c of the
-// group block (the identity for GPV = 1); a load (and a permute) for
-// channels_last input, a gather of 16 planes for any other layout.
-FASTCONV_TARGET_AVX512 void pack_input_rows(const at::Tensor& input, const ConvParams& p,
-                                            const Layout& L, int64_t Hp, int64_t Wp, float* xt,
-                                            int64_t begin, int64_t end) {
-  const float* x = input.data_ptr<float>();
-  const Strides4 xs(input);
-  alignas(64) int32_t perm[kLanes], offs[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    const int64_t c = j / L.gpv, gl = j % L.gpv;
-    perm[j] = int32_t(gl * p.Cg + c);
-    offs[j] = int32_t(perm[j] * xs.c);
-  }
-  const __m512i to_lanes = _mm512_load_si512(perm);
-  const __m512i planes = _mm512_load_si512(offs);
-  const __m512 zero = _mm512_setzero_ps();
-  const int64_t chunks = L.CB / kLanes;
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t hp = item % Hp, gb = (item / Hp) % L.GB, n = item / (Hp * L.GB);
-    float* o = xt + item * Wp * L.CB;
-    const int64_t ih = hp - p.pad_top;
-    if (ih < 0 || ih >= p.H) {
-      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-      continue;
+// Packs the weights of output block ob of group block gb into
+// [R][S][Cg][OCV][16] (lane order), a gather of 16 output channels per
+// (r, s, c); taps says where each (channel, tap) lies in weight (header).
+FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const ConvParams& p,
+                                              const Layout& L, const WeightTaps& taps,
+                                              int64_t gb, int64_t ob, float* o) {
+  const float* w = weight.data_ptr<float>();
+  const Strides4 ws(weight);
+  const bool flip = taps.transposed;
+  const int64_t Kg = p.Kg();
+  int64_t off[2][kLanes], lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t v = 0; v < L.ocv; ++v)
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+      off[v][l] = flip ? (k / Kg) * p.Cg * ws.n + (k % Kg) * ws.c : k * ws.n;
+      lo = std::min(lo, off[v][l]);
+      hi = std::max(hi, off[v][l]);
     }
-    const float* row = x + n * xs.n + gb * L.CB * xs.c + ih * xs.h;
-    for (int64_t wp = 0; wp < Wp; ++wp, o += L.CB) {
-      const int64_t iw = wp - p.pad_left;
-      const bool inside = iw >= 0 && iw < p.W;
-      for (int64_t q = 0; q < chunks; ++q) {
-        __m512 v = zero;
-        if (inside) {
-          const float* src = row + iw * xs.w + q * kLanes * xs.c;
-          if (xs.c == 1)
-            v = L.gpv == 1 ? _mm512_loadu_ps(src) : _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(src));
-          else
-            v = _mm512_i32gather_ps(planes, src, 4);
+  TORCH_CHECK(hi - lo < (int64_t(1) << 31), "fastconv::direct_conv2d: weight strides too large "
+              "for the AVX-512 blocked path");
+  __m512i lanes[2];
+  for (int64_t v = 0; v < L.ocv; ++v) {
+    alignas(64) int32_t rel[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) rel[l] = int32_t(off[v][l] - lo);
+    lanes[v] = _mm512_load_si512(rel);
+  }
+  const int64_t cs = flip ? ws.n : ws.c;  // between input channels of this problem
+  for (int64_t r = 0; r < p.R; ++r)
+    for (int64_t s = 0; s < p.S; ++s) {
+      const int64_t wr = taps.rows.empty() ? r : taps.rows[r];
+      const int64_t wc = taps.cols.empty() ? s : taps.cols[s];
+      const float* wrs = w + lo + wr * ws.h + wc * ws.w;
+      for (int64_t c = 0; c < p.Cg; ++c)
+        for (int64_t v = 0; v < L.ocv; ++v, o += kLanes)
+          _mm512_storeu_ps(o, _mm512_i32gather_ps(lanes[v], wrs + c * cs, 4));
+    }
+}
+
+// grad_weight over the same packed operands: the input as the forward packs it
+// ([Hp][Wp][Cg][GPV], zero padding stored) and grad_output packed in the weight's
+// lane order ([Ho][Wo][Kg * GPV], lane l = k * GPV + gl), one image of one group
+// block at a time (L2-sized). Lanes of grad_weight then pair exactly as in the
+// forward: a grad_output vector times a broadcast of channel c of GPV groups.
+// The plain loop nest it tiles, per (group block gb, output block ob):
+//
+//   for n, oh, ow, r, s, c, o, lane l:
+//     gwl[r][s][c][o][l] += dyp[n][oh][ow][ob][o][l] * xt[n][oh*sh + r*dh][ow*sw + s*dw][c][l % GPV]
+//
+// A tile keeps NS taps (one r, NS consecutive s) x NC channels x OCV vectors in
+// registers (at most kDirectBlockedAvx512GwAccumulators) over a block of whole
+// output rows of at most kDirectBlockedAvx512GwBlockPixels pixels; each block's
+// sums are added to gwl apart, which keeps float sums short (accuracy), and
+// every task owns one (gb, ob): a fixed order whatever the thread count.
+template <int GPV, int OCV, int NS, int NC>
+FASTCONV_TARGET_AVX512 void gw_tile_avx512(const float* x, const float* dy, int64_t rows,
+                                           int64_t wo, int64_t x_row, int64_t x_pix,
+                                           int64_t x_s, int64_t dy_row, int64_t dy_pix,
+                                           float* out, int64_t out_s) {
+  __m512 acc[NS][NC][OCV];
+#pragma GCC unroll 4
+  for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) acc[t][c][o] = _mm512_setzero_ps();
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* xr = x + row * x_row;
+    const float* dr = dy + row * dy_row;
+    for (int64_t p = 0; p < wo; ++p, xr += x_pix, dr += dy_pix) {
+      __m512 d[OCV];
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) d[o] = _mm512_loadu_ps(dr + o * kLanes);
+#pragma GCC unroll 4
+      for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; ++c) {
+          const __m512 xv = broadcast_groups<GPV>(xr + t * x_s + c * GPV);
+#pragma GCC unroll 2
+          for (int o = 0; o < OCV; ++o) acc[t][c][o] = _mm512_fmadd_ps(d[o], xv, acc[t][c][o]);
         }
-        _mm512_storeu_ps(o + q * kLanes, v);
-      }
     }
   }
+#pragma GCC unroll 4
+  for (int t = 0; t < NS; ++t)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c)
+#pragma GCC unroll 2
+      for (int o = 0; o < OCV; ++o) {
+        float* q = out + t * out_s + (c * OCV + o) * kLanes;
+        _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), acc[t][c][o]));
+      }
+}
+
+using GwTileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, int64_t, float*, int64_t);
+constexpr int kGwMaxTaps = 3;  // NS: 1..3 consecutive kernel columns
+constexpr int kGwAccs = int(blocking::kDirectBlockedAvx512GwAccumulators);
+
+// Tiles indexed [NS - 1][log2 NC] (NC = 1, 2, 4, 8), null where NS x NC x OCV
+// exceeds the accumulator budget.
+template <int GPV, int OCV>
+const std::array<std::array<GwTileFn, 4>, kGwMaxTaps>& gw_tiles() {
+  static const auto table = [] {
+    std::array<std::array<GwTileFn, 4>, kGwMaxTaps> t{};
+    auto put = [&](auto ns, auto lnc) {
+      constexpr int NS = decltype(ns)::value, NC = 1 << decltype(lnc)::value;
+      if constexpr (NS * NC * OCV <= kGwAccs) t[NS - 1][decltype(lnc)::value] = &gw_tile_avx512<GPV, OCV, NS, NC>;
+    };
+    auto row = [&](auto ns) {
+      put(ns, std::integral_constant<int, 0>{});
+      put(ns, std::integral_constant<int, 1>{});
+      put(ns, std::integral_constant<int, 2>{});
+      put(ns, std::integral_constant<int, 3>{});
+    };
+    row(std::integral_constant<int, 1>{});
+    row(std::integral_constant<int, 2>{});
+    row(std::integral_constant<int, 3>{});
+    return t;
+  }();
+  return table;
+}
+
+struct GwProblem {
+  Layout L;
+  int64_t N, Cg, Kg, R, S, Ho, Wo, Hp, Wp, sh, sw, dh, dw;
+  PackSrc x, dy;
+  float* gw;  // [K][Cg][R][S], contiguous
+};
+
+// Adds image n's products to gwl, the sums of group block gb, output block ob.
+template <int GPV, int OCV>
+FASTCONV_TARGET_AVX512 void gw_image(const GwProblem& P, int64_t n, int64_t gb, int64_t ob,
+                                     float* xt, float* dyt, float* gwl) {
+  const auto& tiles = gw_tiles<GPV, OCV>();
+  const Layout& L = P.L;
+  const int64_t DB = P.Kg * L.gpv;  // floats per packed grad_output pixel
+  const int64_t taps_c = P.Cg * OCV * kLanes;  // gwl floats per (r, s)
+  // NC: channels per tile, a power of two dividing Cg (2, 4, 8 or a 16-multiple).
+  int64_t lnc = 3;
+  while ((int64_t(1) << lnc) > P.Cg || P.Cg % (int64_t(1) << lnc) ||
+         kGwMaxTaps * (int64_t(1) << lnc) * OCV > kGwAccs)
+    --lnc;
+  const int64_t nc = int64_t(1) << lnc;
+  const int64_t rows_per_block =
+      std::max<int64_t>(1, blocking::kDirectBlockedAvx512GwBlockPixels / std::max<int64_t>(P.Wo, 1));
+  {
+    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
+    pack_rows(P.dy, L.gpv, DB, P.Wo, n, gb, 0, P.Ho, dyt);
+    for (int64_t oh0 = 0; oh0 < P.Ho; oh0 += rows_per_block) {
+      const int64_t rows = std::min(rows_per_block, P.Ho - oh0);
+      const float* dyb = dyt + oh0 * P.Wo * DB + ob * OCV * kLanes;
+      for (int64_t r = 0; r < P.R; ++r)
+        for (int64_t s0 = 0, ns = 0; s0 < P.S; s0 += ns) {
+          const int64_t left = P.S - s0;
+          ns = ceil_div(left, ceil_div(left, kGwMaxTaps));
+          const GwTileFn fn = tiles[ns - 1][lnc];
+          for (int64_t c0 = 0; c0 < P.Cg; c0 += nc) {
+            const float* xb = xt + ((oh0 * P.sh + r * P.dh) * P.Wp + s0 * P.dw) * L.CB + c0 * GPV;
+            fn(xb, dyb, rows, P.Wo, P.sh * P.Wp * L.CB, P.sw * L.CB, P.dw * L.CB, P.Wo * DB, DB,
+               gwl + (r * P.S + s0) * taps_c + c0 * OCV * kLanes, taps_c);
+          }
+        }
+    }
+  }
+}
+
+// gwl [R][S][Cg][OCV][16] (lane order) of (gb, ob) -> grad_weight [K][Cg][R][S], a
+// scatter of 16 output channels per (r, s, c, o).
+template <int OCV>
+FASTCONV_TARGET_AVX512 void gw_store(const GwProblem& P, int64_t gb, int64_t ob,
+                                     const float* gwl) {
+  const Layout& L = P.L;
+  const int64_t RS = P.R * P.S;
+  const int64_t k0 = gb * P.Kg * L.gpv + ob * OCV * kLanes;
+  __m512i lanes[OCV];
+  for (int o = 0; o < OCV; ++o) {
+    alignas(64) int32_t rel[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l)
+      rel[l] = int32_t((o * kLanes + lane_channel(l, L.gpv)) * P.Cg * RS);
+    lanes[o] = _mm512_load_si512(rel);
+  }
+  float* gw0 = P.gw + k0 * P.Cg * RS;
+  for (int64_t rs = 0; rs < RS; ++rs)
+    for (int64_t c = 0; c < P.Cg; ++c)
+      for (int o = 0; o < OCV; ++o)
+        _mm512_i32scatter_ps(gw0 + c * RS + rs, lanes[o],
+                             _mm512_loadu_ps(gwl + ((rs * P.Cg + c) * OCV + o) * kLanes), 4);
+}
+
+// Images in turn, and within an image the (group block, output block) tasks in
+// parallel, each adding to its own sums: in channels_last one group block is 64
+// bytes of every pixel, so the tasks of one image read the lines of the same
+// pixels one after another (a task per group block over the whole batch read 64
+// of every C * 4 bytes of a multi-MB input). The sums of a task see the images in
+// order whatever the thread count.
+template <int GPV, int OCV>
+void run_grad_weight(const GwProblem& P) {
+  const Layout& L = P.L;
+  const int64_t tasks = L.GB * L.OB, per_task = P.R * P.S * P.Cg * OCV * kLanes;
+  std::vector<float> gwl(tasks * per_task, 0.f);
+  for (int64_t n = 0; n < P.N; ++n)
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xt(P.Hp * P.Wp * L.CB), dyt(P.Ho * P.Wo * P.Kg * L.gpv);
+      for (int64_t item = begin; item < end; ++item)
+        gw_image<GPV, OCV>(P, n, item / L.OB, item % L.OB, xt.data(), dyt.data(),
+                           gwl.data() + item * per_task);
+    });
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item)
+      gw_store<OCV>(P, item / L.OB, item % L.OB, gwl.data() + item * per_task);
+  });
 }
 #endif
 
@@ -280,50 +517,33 @@ bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
   return narrow || wide;
 }
 
-at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
-                                         const c10::optional<at::Tensor>& bias,
-                                         const ConvParams& p, Activation act,
-                                         at::MemoryFormat fmt) {
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+namespace {
+
+void forward_into(const at::Tensor& input, const at::Tensor& weight,
+                  const c10::optional<at::Tensor>& bias, const ConvParams& p, Activation act,
+                  const WeightTaps& taps, at::Tensor& out) {
 #if FASTCONV_X86
   const Layout L = layout_of(p);
   const int64_t Hp = p.H + p.pad_top + p.pad_bottom, Wp = p.W + p.pad_left + p.pad_right;
   TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
                   out.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d: channel planes too large for the AVX-512 blocked path");
-  // Input, zero-padded and channel-blocked: [N][GB][Hp][Wp][Cg][GPV].
-  auto xt_t = at::empty({p.N, L.GB, Hp, Wp, L.CB}, input.options());
-  float* xt = xt_t.data_ptr<float>();
-  at::parallel_for(0, p.N * L.GB * Hp, 1, [&](int64_t begin, int64_t end) {
-    pack_input_rows(input, p, L, Hp, Wp, xt, begin, end);
-  });
   // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
   auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
   float* wt = wt_t.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const Strides4 ws(weight);
-  const int64_t Kg = p.Kg();
   at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t gb = blk / L.OB, ob = blk % L.OB;
-      float* o = wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes;
-      for (int64_t r = 0; r < p.R; ++r)
-        for (int64_t s = 0; s < p.S; ++s)
-          for (int64_t c = 0; c < p.Cg; ++c)
-            for (int64_t v = 0; v < L.ocv; ++v)
-              for (int64_t l = 0; l < kLanes; ++l) {
-                const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
-                *o++ = w[ws.at(k, c, r, s)];
-              }
-    }
+    for (int64_t blk = begin; blk < end; ++blk)
+      pack_weight_block(weight, p, L, taps, blk / L.OB, blk % L.OB,
+                        wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
   });
+  const int64_t Kg = p.Kg();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   Problem P;
   P.L = L;
   P.N = p.N; P.Cg = p.Cg; P.R = p.R; P.S = p.S; P.Ho = p.Ho; P.Wo = p.Wo; P.Kg = Kg;
   P.Hp = Hp; P.Wp = Wp; P.sh = p.stride_h; P.sw = p.stride_w; P.dh = p.dil_h; P.dw = p.dil_w;
-  P.xt = xt;
+  P.x = PackSrc{input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg};
   P.wt = wt;
   P.bias = has_bias ? b.data_ptr<float>() : nullptr;
   P.y = out.data_ptr<float>();
@@ -335,7 +555,52 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   else if (L.ocv == 2) run<1, 2>(P);
   else run<1, 1>(P);
 #endif
+}
+
+}  // namespace
+
+
+at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
+                                         const c10::optional<at::Tensor>& bias,
+                                         const ConvParams& p, Activation act,
+                                         at::MemoryFormat fmt, const WeightTaps& taps) {
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+  forward_into(input, weight, bias, p, act, taps, out);
   return out;
+}
+
+void direct_blocked_avx512_forward_into(const at::Tensor& input, const at::Tensor& weight,
+                                        const ConvParams& p, const WeightTaps& taps,
+                                        at::Tensor& out) {
+  TORCH_CHECK(out.sizes() == at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}),
+              "fastconv::direct_conv2d: output has shape ", out.sizes(), ", expected ",
+              at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}));
+  forward_into(input, weight, c10::nullopt, p, Activation::None, taps, out);
+}
+
+at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
+                                             const at::Tensor& input, const ConvParams& p) {
+  auto gw = new_output({p.K, p.Cg, p.R, p.S}, input.options(), at::MemoryFormat::Contiguous);
+#if FASTCONV_X86
+  TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
+                  grad_output.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
+              "fastconv::direct_conv2d_grad_weight: channel planes too large for the AVX-512 "
+              "blocked path");
+  const GwProblem P{
+      .L = layout_of(p),
+      .N = p.N, .Cg = p.Cg, .Kg = p.Kg(), .R = p.R, .S = p.S, .Ho = p.Ho, .Wo = p.Wo,
+      .Hp = p.H + p.pad_top + p.pad_bottom, .Wp = p.W + p.pad_left + p.pad_right,
+      .sh = p.stride_h, .sw = p.stride_w, .dh = p.dil_h, .dw = p.dil_w,
+      .x = {input.data_ptr<float>(), Strides4(input), p.H, p.W, p.pad_top, p.pad_left, p.Cg},
+      .dy = {grad_output.data_ptr<float>(), Strides4(grad_output), p.Ho, p.Wo, 0, 0, p.Kg()},
+      .gw = gw.data_ptr<float>()};
+  if (P.L.gpv == 8) run_grad_weight<8, 1>(P);
+  else if (P.L.gpv == 4) run_grad_weight<4, 1>(P);
+  else if (P.L.gpv == 2) run_grad_weight<2, 1>(P);
+  else if (P.L.ocv == 2) run_grad_weight<1, 2>(P);
+  else run_grad_weight<1, 1>(P);
+#endif
+  return gw;
 }
 
 }  // namespace fastconv

@@ -17,7 +17,8 @@ inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo :
 
 // Element strides of a 4-D (N, C, H, W) tensor in any memory format.
 struct Strides4 {
-  int64_t n, c, h, w;
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  Strides4() = default;
   explicit Strides4(const at::Tensor& t)
       : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
   int64_t at(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {

@@ -167,9 +167,15 @@ def test_non_contiguous(dtype, path):
           scale=10)
 
 
+# A dense layer, and grouped ones the blocked AVX-512 tiles run (4 and 32 channels per group).
+THREAD_CASES = [CASES[10], (2, 32, 9, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8),
+                (2, 64, 8, 7, 64, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2)]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=["dense", "kg4", "kg32_s2"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_threads_give_identical_results(layout):
-    x, w, b, stride, padding, dilation, groups = make(CASES[10], torch.float32, layout)
+def test_threads_give_identical_results(case, layout):
+    x, w, b, stride, padding, dilation, groups = make(case, torch.float32, layout)
     geo = (list(stride), list(padding), list(dilation), groups)
     gy = torch.randn(ops.direct_conv2d(x, w, b, *geo).shape)
     old = torch.get_num_threads()
@@ -308,6 +314,9 @@ GROUPS_CASES = [
     (2, 32, 1, 5, 31, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),    # dense, 31 = 14 + 9 + 8
     (1, 48, 1, 6, 9, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # dense 1x1, 3 single vectors
     (1, 16, 1, 9, 10, 5, 3, (2, 1), (2, 1, 0, 2), (1, 2)),    # dense, strides and dilation
+    (2, 4, 8, 12, 11, 3, 3, (2, 2), (0, 0, 0, 0), (1, 1)),    # stride 2, unpadded: phases of 2 and 1 taps
+    (1, 8, 4, 10, 10, 2, 2, (3, 3), (0, 0, 0, 0), (1, 1)),    # stride 3 > kernel: a phase no tap reaches
+    (1, 16, 4, 9, 9, 3, 3, (2, 2), (4, 4, 4, 4), (1, 1)),     # padding past the kernel (no blocked phases)
 ]
 
 
@@ -365,3 +374,31 @@ def test_groups_grad_input(case, layout, isa):
         finally:
             fastconv._C.set_debug_poison(False)
     torch.testing.assert_close(gx.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", GROUPS_CASES, ids=[f"kg{c[1]}g{c[2]}_{i}" for i, c in enumerate(GROUPS_CASES)])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_groups_grad_weight(case, layout, isa):
+    """grad_weight (grouped layers take the blocked AVX-512 correlation over the packed input
+    and grad_output on AVX-512) against float64 autograd through F.conv2d, poisoned output."""
+    n, kg, g, h, wd, r, s, stride, pad, dil = case
+    torch.manual_seed(4)
+    x = torch.randn(n, kg * g, h, wd, dtype=torch.float64)
+    w = torch.randn(kg * g, kg, r, s, dtype=torch.float64, requires_grad=True)
+    y = ref_conv(x, w, None, stride, pad, dil, g)
+    gy = torch.randn_like(y)
+    (ref,) = torch.autograd.grad(y, w, gy)
+    x32, gy32 = x.float(), gy.float()
+    if layout == "nhwc":
+        x32 = x32.contiguous(memory_format=torch.channels_last)
+        gy32 = gy32.contiguous(memory_format=torch.channels_last)
+    with isa_path(isa):
+        fastconv._C.set_debug_poison(True)
+        try:
+            gw = ops.direct_conv2d_grad_weight(gy32, x32, list(w.shape), list(stride), list(pad),
+                                               list(dil), g)
+        finally:
+            fastconv._C.set_debug_poison(False)
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    torch.testing.assert_close(gw.double(), ref, rtol=1e-4, atol=1e-4 * pixels ** 0.5)
