@@ -119,6 +119,17 @@ constexpr int64_t kDepthwiseGradWeightUnroll = 4;
 // ConvNeXt plane width (112, 56, 28, 14, 7), so rows hold no partial tiles.
 constexpr int64_t kDepthwiseAvx512PixelTile = 7;
 constexpr int64_t kDepthwiseAvx512ChanVecs = 3;
+// Sliding-window tiles (3x3, 5x5, 7x7, stride 1 or 2, chan_slide_avx512):
+// output pixels of one row x channel vectors; a row's last tile may take half
+// as many pixels. 5x5 and 7x7: 14 pixels x 1 vector (14 accumulators + 7
+// weights + 1 input = 22 zmm); 14 divides the ConvNeXt plane widths 56, 28
+// and 14, and a 7-wide plane is one half tile. 3x3: 7 pixels x 3 vectors (21 +
+// 9 + 1 = 31 zmm), so a window column feeds 9 independent FMAs and a pixel's
+// 48 channels are 3 adjacent cache lines (1 vector x 14 pixels measured up to
+// 1.6x slower on NHWC batch 8: twice the passes over each input line).
+constexpr int64_t kDepthwiseAvx512SlidePixels = 14;
+constexpr int64_t kDepthwiseAvx512Slide3x3Pixels = 7;
+constexpr int64_t kDepthwiseAvx512Slide3x3ChanVecs = 3;
 // NHWC parallel task: one output row x this many channels (two tile widths).
 constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 // Channel-blocked tiles (NCHW, and NHWC planes at most
@@ -192,6 +203,9 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_grad_weight_unroll, kDepthwiseGradWeightUnroll)                       \
   X(depthwise_avx512_pixel_tile, kDepthwiseAvx512PixelTile)                        \
   X(depthwise_avx512_chan_vecs, kDepthwiseAvx512ChanVecs)                          \
+  X(depthwise_avx512_slide_pixels, kDepthwiseAvx512SlidePixels)                    \
+  X(depthwise_avx512_slide_3x3_pixels, kDepthwiseAvx512Slide3x3Pixels)              \
+  X(depthwise_avx512_slide_3x3_chan_vecs, kDepthwiseAvx512Slide3x3ChanVecs)         \
   X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
   X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
   X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \

@@ -916,11 +916,151 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
   }
 }
 
+// Sliding window over the kernel columns (dil_w == 1), V channel vectors x P
+// output pixels of a row: input column i of the window feeds output q = (i - s) / SW
+// for every kernel column s with (i - s) % SW == 0, so each input vector is
+// loaded once per kernel row ((P - 1) * SW + S loads per P * S FMAs: 20 per 98
+// for 7x7, P = 14) instead of once per tap as in chan_tile_p7_avx512 (a load
+// per FMA). Accumulators P x V, weights S x V, one input vector: 22 zmm for
+// 7x7 (P = 14, V = 1), 31 for 3x3 (P = 7, V = 3: a window column feeds 9
+// independent FMAs, more than the 4-cycle FMA latency x 2 ports needs; with
+// V = 1 its 3 FMAs waited on the previous column's).
+// Border tiles load the window's columns under colm: a column outside the
+// image (or past the last real pixel's window) reads as zeros, which add
+// nothing to the sum (the cblock tiles pad with zeros the same way).
+template <int P, int V, int S, int SW, bool Border>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_slide_avx512(
+    const ChanView& cv, const NhwcGeom& g, const __mmask16* colm, int64_t oh, int64_t ih0,
+    int64_t r0, int64_t r1, int64_t ow, int64_t npix, int64_t k, __mmask16 tail, Activation act) {
+  constexpr int NI = (P - 1) * SW + S;
+  const int64_t px = cv.x_pix;
+  __mmask16 vm[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  __m512 acc[P][V];
+#pragma GCC unroll 16
+  for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[q][v] = _mm512_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xs = cv.x + ((ih0 + r * g.dh) * g.W + ow * SW - g.pl) * px + k;
+    const float* ws = cv.w + r * S * cv.w_tap + k;
+    __m512 wv[S][V];
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) wv[s][v] = _mm512_maskz_loadu_ps(vm[v], ws + s * cv.w_tap + 16 * v);
+#pragma GCC unroll 64
+    for (int i = 0; i < NI; ++i) {
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const __m512 xv =
+            _mm512_maskz_loadu_ps(Border ? __mmask16(colm[i] & vm[v]) : vm[v], xs + i * px + 16 * v);
+#pragma GCC unroll 8
+        for (int s = 0; s < S; ++s) {
+          const int d = i - s;
+          if (d >= 0 && d % SW == 0 && d / SW < P)
+            acc[d / SW][v] = _mm512_fmadd_ps(xv, wv[s][v], acc[d / SW][v]);
+        }
+      }
+    }
+  }
+  float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int q = 0; q < P; ++q)
+      if (!Border || q < npix) store16(yp + q * cv.y_pix + 16 * v, _mm512_add_ps(acc[q][v], bv), vm[v], act);
+  }
+}
+
+// The (S, SW) pairs chan_slide_avx512 is instantiated for; other kernels run
+// chan_tile_p7_avx512.
+bool chan_slide_applies(const NhwcGeom& g) {
+  return g.dw == 1 && (g.sw == 1 || g.sw == 2) && (g.S == 3 || g.S == 5 || g.S == 7);
+}
+
+// One pixel tile at ow, channels [k0, k1) in blocks of V vectors (the last
+// block as many as remain).
+template <int P, int V, int S, int SW>
+FASTCONV_TARGET_AVX512 void chan_slide_tile_avx512(const ChanView& cv, const NhwcGeom& g,
+                                                   int64_t oh, int64_t ih0, int64_t r0, int64_t r1,
+                                                   int64_t ow, int64_t k0, int64_t k1, Activation act) {
+  constexpr int NI = (P - 1) * SW + S;
+  const int64_t npix = std::min<int64_t>(P, g.Wo - ow);
+  const bool interior = npix == P && ow >= g.ow_lo && ow + P <= g.ow_hi;
+  __mmask16 colm[NI];
+  if (!interior) {
+    const int64_t iw0 = ow * SW - g.pl, ncols = (npix - 1) * SW + S;
+    for (int i = 0; i < NI; ++i)
+      colm[i] = i < ncols && iw0 + i >= 0 && iw0 + i < g.W ? __mmask16(0xFFFF) : __mmask16(0);
+  }
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+#define FASTCONV_DW_SLIDE(NV)                                                                      \
+  if (interior) chan_slide_avx512<P, NV, S, SW, false>(cv, g, colm, oh, ih0, r0, r1, ow, npix, k, tail, act); \
+  else chan_slide_avx512<P, NV, S, SW, true>(cv, g, colm, oh, ih0, r0, r1, ow, npix, k, tail, act);
+    if (nv == V) { FASTCONV_DW_SLIDE(V) }
+    else if constexpr (V > 2) { if (nv == 2) { FASTCONV_DW_SLIDE(2) } else { FASTCONV_DW_SLIDE(1) } }
+    else { FASTCONV_DW_SLIDE(1) }
+#undef FASTCONV_DW_SLIDE
+  }
+}
+
+// One output row, channels [k0, k1), on chan_slide_avx512: tiles of P pixels,
+// a last one of at most P / 2 on the half-width kernel (a 7-wide ConvNeXt
+// plane, or the end of a row).
+template <int P, int V, int S, int SW>
+FASTCONV_TARGET_AVX512 void chan_slide_row_avx512(const ChanView& cv, const NhwcGeom& g, int64_t oh,
+                                                  int64_t k0, int64_t k1, Activation act) {
+  constexpr int PH = P / 2;
+  int64_t ih0, r0, r1;
+  g.row_range(oh, &ih0, &r0, &r1);
+  for (int64_t ow = 0; ow < g.Wo;) {
+    // Prefetch (to L2) this tile's part of the input rows the next output row
+    // adds (see chan_row_avx512).
+    for (int64_t ih = ih0 + g.R * g.dh; ih < ih0 + g.R * g.dh + g.sh && ih < g.H; ++ih) {
+      const int64_t iw_a = std::max<int64_t>(0, ow * g.sw - g.pl);
+      const int64_t iw_b = std::min(g.W, (ow + P) * g.sw - g.pl);
+      for (int64_t iw = iw_a; iw < iw_b; ++iw) {
+        const char* pp = reinterpret_cast<const char*>(cv.x + (ih * g.W + iw) * cv.x_pix + k0);
+        for (int64_t b = 0; b < (k1 - k0) * 4; b += 64) _mm_prefetch(pp + b, _MM_HINT_T1);
+      }
+    }
+    if (PH > 0 && g.Wo - ow <= PH) {
+      chan_slide_tile_avx512<(PH > 0 ? PH : 1), V, S, SW>(cv, g, oh, ih0, r0, r1, ow, k0, k1, act);
+      ow += PH;
+    } else {
+      chan_slide_tile_avx512<P, V, S, SW>(cv, g, oh, ih0, r0, r1, ow, k0, k1, act);
+      ow += P;
+    }
+  }
+}
+
+FASTCONV_TARGET_AVX512 void chan_slide_any_avx512(const ChanView& cv, const NhwcGeom& g, int64_t oh,
+                                                  int64_t k0, int64_t k1, Activation act) {
+  constexpr int P7 = kDepthwiseAvx512SlidePixels, P3 = kDepthwiseAvx512Slide3x3Pixels,
+                V3 = kDepthwiseAvx512Slide3x3ChanVecs;
+#define FASTCONV_DW_SLIDE(P_, V_, S_)                                                    \
+  if (g.S == S_) {                                                                       \
+    if (g.sw == 1) return chan_slide_row_avx512<P_, V_, S_, 1>(cv, g, oh, k0, k1, act); \
+    return chan_slide_row_avx512<P_, V_, S_, 2>(cv, g, oh, k0, k1, act);                \
+  }
+  FASTCONV_DW_SLIDE(P3, V3, 3)
+  FASTCONV_DW_SLIDE(P7, 1, 5)
+  FASTCONV_DW_SLIDE(P7, 1, 7)
+#undef FASTCONV_DW_SLIDE
+  TORCH_CHECK(false, "chan_slide_any_avx512: no kernel for S=", g.S, ", stride ", g.sw);
+}
+
 // One output row, channels [k0, k1): pixel tiles outer, channel vectors inner,
 // so the input rows stream through once and the weight slice stays in L1.
 FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& g,
                                             const ColRanges& cr, int64_t oh, int64_t k0,
                                             int64_t k1, Activation act) {
+  if (chan_slide_applies(g)) return chan_slide_any_avx512(cv, g, oh, k0, k1, act);
   constexpr int P = kDepthwiseAvx512PixelTile, V = kDepthwiseAvx512ChanVecs;
   static_assert(V == 3, "update the switch below");
   int64_t ih0, r0, r1;
