@@ -920,11 +920,11 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
 // output pixels of a row: input column i of the window feeds output q = (i - s) / SW
 // for every kernel column s with (i - s) % SW == 0, so each input vector is
 // loaded once per kernel row ((P - 1) * SW + S loads per P * S FMAs: 20 per 98
-// for 7x7, P = 14) instead of once per tap as in chan_tile_p7_avx512 (a load
-// per FMA). Accumulators P x V, weights S x V, one input vector: 22 zmm for
-// 7x7 (P = 14, V = 1), 31 for 3x3 (P = 7, V = 3: a window column feeds 9
-// independent FMAs, more than the 4-cycle FMA latency x 2 ports needs; with
-// V = 1 its 3 FMAs waited on the previous column's).
+// for 7x7 and 14 pixels) instead of once per tap as in chan_tile_p7_avx512 (a load
+// per FMA). Accumulators P x V, weights S x V, V input vectors: 30 zmm for
+// 7x7 (P = 7, V = 2), 31 for 3x3 (P = 7, V = 3). A window column's FMAs wait
+// on the previous column's, so a column must hold enough independent FMAs to
+// cover their latency: with V = 1, 3x3 and 7x7 ran latency-bound (measured).
 // Border tiles load the window's columns under colm: a column outside the
 // image (or past the last real pixel's window) reads as zeros, which add
 // nothing to the sum (the cblock tiles pad with zeros the same way).
@@ -1041,16 +1041,16 @@ FASTCONV_TARGET_AVX512 void chan_slide_row_avx512(const ChanView& cv, const Nhwc
 
 FASTCONV_TARGET_AVX512 void chan_slide_any_avx512(const ChanView& cv, const NhwcGeom& g, int64_t oh,
                                                   int64_t k0, int64_t k1, Activation act) {
-  constexpr int P7 = kDepthwiseAvx512SlidePixels, P3 = kDepthwiseAvx512Slide3x3Pixels,
-                V3 = kDepthwiseAvx512Slide3x3ChanVecs;
+  constexpr int P7 = kDepthwiseAvx512SlidePixels, V7 = kDepthwiseAvx512SlideChanVecs,
+                P3 = kDepthwiseAvx512SlideSmallPixels, V3 = kDepthwiseAvx512SlideSmallChanVecs;
 #define FASTCONV_DW_SLIDE(P_, V_, S_)                                                    \
   if (g.S == S_) {                                                                       \
     if (g.sw == 1) return chan_slide_row_avx512<P_, V_, S_, 1>(cv, g, oh, k0, k1, act); \
     return chan_slide_row_avx512<P_, V_, S_, 2>(cv, g, oh, k0, k1, act);                \
   }
   FASTCONV_DW_SLIDE(P3, V3, 3)
-  FASTCONV_DW_SLIDE(P7, 1, 5)
-  FASTCONV_DW_SLIDE(P7, 1, 7)
+  FASTCONV_DW_SLIDE(P7, V7, 5)
+  FASTCONV_DW_SLIDE(P7, V7, 7)
 #undef FASTCONV_DW_SLIDE
   TORCH_CHECK(false, "chan_slide_any_avx512: no kernel for S=", g.S, ", stride ", g.sw);
 }
@@ -1171,11 +1171,15 @@ bool nchw_cblock_applies(const ConvParams& p) {
   return p.K == p.C && p.S <= kChanMaxS && !wide_rows;
 }
 // NHWC: measured (1 thread) a gain only for 7x7 kernels on 14..28-wide planes
-// (ConvNeXt-T stages 2 and 3, 8-15%); on 3x3 layers the copy cost more than the
-// masks (MobileNetV2 b4: 0.09 -> 0.19 ms), and a 7-wide plane is one tile.
+// (ConvNeXt-T stages 2 and 3, 8-15%) with chan_tile_p7_avx512's border masks;
+// on 3x3 layers the copy cost more than the masks (MobileNetV2 b4: 0.09 -> 0.19
+// ms), and a 7-wide plane is one tile. chan_slide_avx512 masks a border tile's
+// window columns at no cost, and without the copy ran ConvNeXt-T stages 2 and 3
+// 1.15-1.35x faster (batch 1 and 8), so the copy is only for the kernels it
+// does not take.
 bool nhwc_cblock_applies(const ConvParams& p) {
   return p.R * p.S >= 25 && p.Wo >= 2 * kDepthwiseAvx512PixelTile &&
-         p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS;
+         p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS && !chan_slide_applies(NhwcGeom(p));
 }
 
 // x: NCHW with K == C channels, or NHWC in K-channel space; y in the same
@@ -1589,6 +1593,89 @@ void nhwc_gw_portable(const T* dy, const T* x, int64_t n, int64_t K, int64_t xst
   }
 }
 
+#if FASTCONV_X86
+// grad_weight NHWC, 3x3 on AVX-512: the 9 taps of V channel vectors accumulate
+// in registers over all of a chunk's output rows (9V accumulators), and each
+// grad_output vector, loaded once, feeds all 9 (the per-tap nhwc_gw_avx512
+// loads it 9 times: two loads per FMA, and a read-modify-write of the partial
+// sums per tap and row).
+template <bool Border, int V>
+FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline void gw3x3_pixel(
+    __m512 (&acc)[3][3][V], const __mmask16* vm, const float* d, const float* const* xr,
+    const bool* rv, int64_t iw0, const NhwcGeom& g) {
+  __m512 dv[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) dv[v] = _mm512_maskz_loadu_ps(vm[v], d + 16 * v);
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r) {
+    if (!rv[r]) continue;
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s) {
+      const int64_t iw = iw0 + s * g.dw;
+      if (Border && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = xr[r] + iw * g.K;
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v)
+        acc[r][s][v] = _mm512_fmadd_ps(dv[v], _mm512_maskz_loadu_ps(vm[v], xp + 16 * v), acc[r][s][v]);
+    }
+  }
+}
+
+// Output rows [g0, g1) (flattened n * Ho + oh), channels [k, k + 16V) (the
+// last vector's lanes in tail); adds the sums to slab ([R*S][K]).
+template <int V>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void nhwc_gw3x3_avx512(
+    const float* dy, const float* xk, const NhwcGeom& g, int64_t g0, int64_t g1, int64_t k,
+    __mmask16 tail, float* slab) {
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  __m512 acc[3][3][V];
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][s][v] = _mm512_setzero_ps();
+  for (int64_t gg = g0; gg < g1; ++gg) {
+    const int64_t n = gg / g.Ho, oh = gg % g.Ho;
+    int64_t ih0, r0, r1;
+    g.row_range(oh, &ih0, &r0, &r1);
+    const float* xr[3];
+    bool rv[3];
+    for (int r = 0; r < 3; ++r) {
+      rv[r] = r >= r0 && r < r1;
+      xr[r] = rv[r] ? xk + (n * g.H + ih0 + r * g.dh) * g.W * g.K + k : xk;
+    }
+    const float* d = dy + gg * g.Wo * g.K + k;
+    int64_t ow = 0;
+    for (; ow < g.ow_lo; ++ow) gw3x3_pixel<true, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+    for (; ow < g.ow_hi; ++ow) gw3x3_pixel<false, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+    for (; ow < g.Wo; ++ow) gw3x3_pixel<true, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        float* o = slab + (r * 3 + s) * g.K + k + 16 * v;
+        _mm512_mask_storeu_ps(o, vm[v], _mm512_add_ps(_mm512_maskz_loadu_ps(vm[v], o), acc[r][s][v]));
+      }
+}
+
+void nhwc_gw3x3_any_avx512(const float* dy, const float* xk, const NhwcGeom& g, int64_t g0,
+                           int64_t g1, int64_t k0, int64_t k1, float* slab) {
+  constexpr int V = kDepthwiseGradWeight3x3ChanVecs;
+  static_assert(V == 2, "update the dispatch below");
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+    if (nv == 2) nhwc_gw3x3_avx512<2>(dy, xk, g, g0, g1, k, tail, slab);
+    else nhwc_gw3x3_avx512<1>(dy, xk, g, g0, g1, k, tail, slab);
+  }
+}
+#endif
+
 template <typename T>
 void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
   const int64_t RS = p.R * p.S, K = p.K;
@@ -1603,6 +1690,13 @@ void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
       T* slab = part.data() + chunk * RS * K;
       for (int64_t rs = 0; rs < RS; ++rs) std::fill(slab + rs * K + k0, slab + rs * K + k1, T(0));
       const int64_t g1 = std::min(p.N * p.Ho, (chunk + 1) * ch.rows_per_chunk);
+#if FASTCONV_X86
+      if constexpr (std::is_same<T, float>::value)
+        if (avx512 && p.R == 3 && p.S == 3) {
+          nhwc_gw3x3_any_avx512(dy, xk, NhwcGeom(p), chunk * ch.rows_per_chunk, g1, k0, k1, slab);
+          continue;
+        }
+#endif
       for (int64_t g = chunk * ch.rows_per_chunk; g < g1; ++g) {
         const int64_t n = g / p.Ho, oh = g % p.Ho;
         const T* dyrow = dy + g * p.Wo * K;
