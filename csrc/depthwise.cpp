@@ -925,9 +925,10 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
 // 7x7 (P = 7, V = 2), 31 for 3x3 (P = 7, V = 3). A window column's FMAs wait
 // on the previous column's, so a column must hold enough independent FMAs to
 // cover their latency: with V = 1, 3x3 and 7x7 ran latency-bound (measured).
-// Border tiles load the window's columns under colm: a column outside the
-// image (or past the last real pixel's window) reads as zeros, which add
-// nothing to the sum (the cblock tiles pad with zeros the same way).
+// Border tiles mask each window column with colm: a column outside the image
+// (or past the last real pixel's window) is neither loaded nor multiplied (a
+// masked FMA keeps the accumulator), so a padding tap adds nothing even with
+// an Inf weight, as in the plain loop nest (tests/test_compat.py).
 template <int P, int V, int S, int SW, bool Border>
 FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_slide_avx512(
     const ChanView& cv, const NhwcGeom& g, const __mmask16* colm, int64_t oh, int64_t ih0,
@@ -954,13 +955,14 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_slide_avx512(
     for (int i = 0; i < NI; ++i) {
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) {
-        const __m512 xv =
-            _mm512_maskz_loadu_ps(Border ? __mmask16(colm[i] & vm[v]) : vm[v], xs + i * px + 16 * v);
+        const __mmask16 m = Border ? __mmask16(colm[i] & vm[v]) : vm[v];
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xs + i * px + 16 * v);
 #pragma GCC unroll 8
         for (int s = 0; s < S; ++s) {
           const int d = i - s;
           if (d >= 0 && d % SW == 0 && d / SW < P)
-            acc[d / SW][v] = _mm512_fmadd_ps(xv, wv[s][v], acc[d / SW][v]);
+            acc[d / SW][v] = Border ? _mm512_mask3_fmadd_ps(xv, wv[s][v], acc[d / SW][v], m)
+                                    : _mm512_fmadd_ps(xv, wv[s][v], acc[d / SW][v]);
         }
       }
     }
