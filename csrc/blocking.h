@@ -136,6 +136,10 @@ constexpr int64_t kDepthwiseAvx512SlidePixels = 7;
 constexpr int64_t kDepthwiseAvx512SlideChanVecs = 2;
 constexpr int64_t kDepthwiseAvx512SlideSmallPixels = 7;
 constexpr int64_t kDepthwiseAvx512SlideSmallChanVecs = 3;
+// NHWC outputs of at least this many bytes (4x a core's 2 MiB L2) are written
+// with non-temporal stores by the sliding-window tiles: they would leave the
+// caches before the next layer reads them anyway.
+constexpr int64_t kDepthwiseAvx512StreamMinBytes = 8 << 20;
 // NHWC parallel task: one output row x this many channels (two tile widths).
 constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 // Channel-blocked tiles (NCHW, and NHWC planes at most
@@ -214,6 +218,7 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_slide_chan_vecs, kDepthwiseAvx512SlideChanVecs)               \
   X(depthwise_avx512_slide_small_pixels, kDepthwiseAvx512SlideSmallPixels)          \
   X(depthwise_avx512_slide_small_chan_vecs, kDepthwiseAvx512SlideSmallChanVecs)     \
+  X(depthwise_avx512_stream_min_bytes, kDepthwiseAvx512StreamMinBytes)              \
   X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
   X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
   X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \

@@ -245,3 +245,15 @@ def test_avx512_matches_avx2(geom, layout):
             res[path] = (y, gi, gw)
     for a, b in zip(res["avx512"], res["avx2"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * (b.abs().max().item() + 1))
+
+
+@pytest.mark.parametrize("activation", [None, "relu6", "silu"])
+def test_large_nhwc_output(activation):
+    """NHWC outputs over blocking's depthwise_avx512_stream_min_bytes are written with
+    non-temporal stores (whole vectors) beside masked ones (the channel tail)."""
+    limit = fastconv._C.blocking()["depthwise_avx512_stream_min_bytes"]
+    for c in (32, 40):  # 40: a partial last vector, so no streaming (K % 16 != 0)
+        h = int((limit / (4 * 2 * c)) ** 0.5) + 2
+        x, wt, b = make(2, c, h, h, 1, (3, 3), torch.float32, "nhwc", bias=True, seed=3)
+        assert 4 * x.numel() >= limit
+        check_against_torch(x, wt, b, 1, 1, 1, activation=activation, grads=False)
