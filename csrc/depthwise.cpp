@@ -31,6 +31,13 @@
 //    sums and the chunks are added in a fixed order: deterministic for any
 //    number of threads.
 //
+//  * AVX-512 (float32): channel-vector tiles over NHWC images and over
+//    zero-padded channel-blocked copies of NCHW images (forward_cblock_avx512).
+//    3x3/5x5/7x7 kernels at stride 1 or 2 slide along the output row
+//    (chan_slide_avx512): each input vector is loaded once per kernel row and
+//    feeds every output of the row tile that uses it. 3x3 NHWC grad_weight
+//    keeps all 9 taps in registers (nhwc_gw3x3_avx512).
+//
 // depthwise_naive_conv2d below is the plain per-channel loop nest the tuned
 // kernels are checked against (and what they replace).
 #include <algorithm>
