@@ -124,6 +124,10 @@ constexpr int64_t kDepthwiseGradWeightMaxPartialBytes = 16 << 20;
 constexpr int64_t kDepthwiseGradWeightTapGroup = 6;
 // grad_weight NHWC: independent accumulators per channel vector (hides FMA latency).
 constexpr int64_t kDepthwiseGradWeightUnroll = 4;
+// grad_weight NHWC 3x3 on AVX-512: channel vectors per register tile, whose 9
+// taps all accumulate in registers (9 x 2 = 18 zmm accumulators + 2 grad_output
+// vectors + 1 input).
+constexpr int64_t kDepthwiseGradWeight3x3ChanVecs = 2;
 // depthwise, AVX-512 (16 lanes). Register tile: kDepthwiseAvx512PixelTile output
 // pixels x kDepthwiseAvx512ChanVecs channel vectors = 21 zmm accumulators plus
 // 3 weight vectors; each tap costs 3 weight loads and 21 FMAs with a folded
@@ -131,6 +135,23 @@ constexpr int64_t kDepthwiseGradWeightUnroll = 4;
 // ConvNeXt plane width (112, 56, 28, 14, 7), so rows hold no partial tiles.
 constexpr int64_t kDepthwiseAvx512PixelTile = 7;
 constexpr int64_t kDepthwiseAvx512ChanVecs = 3;
+// Sliding-window tiles (3x3, 5x5, 7x7, stride 1 or 2, chan_slide_avx512):
+// output pixels of one row x channel vectors; a row's last tile may take half
+// as many pixels. A window column feeds pixels x vectors / stride independent
+// FMAs, which must cover the FMA latency (4 cycles x 2 ports = 8 in flight).
+// 5x5 and 7x7: 7 pixels x 2 vectors (14 accumulators + 14 weights + 2 inputs =
+// 30 zmm); 7 divides every ConvNeXt plane width (56, 28, 14, 7). 3x3: 7 pixels
+// x 3 vectors (21 + 9 + 1 = 31 zmm), a pixel's 48 channels 3 adjacent cache
+// lines (1 vector x 14 pixels measured up to 1.6x slower on NHWC batch 8:
+// twice the passes over each input line).
+constexpr int64_t kDepthwiseAvx512SlidePixels = 7;
+constexpr int64_t kDepthwiseAvx512SlideChanVecs = 2;
+constexpr int64_t kDepthwiseAvx512SlideSmallPixels = 7;
+constexpr int64_t kDepthwiseAvx512SlideSmallChanVecs = 3;
+// NHWC outputs of at least this many bytes (4x a core's 2 MiB L2) are written
+// with non-temporal stores by the sliding-window tiles: they would leave the
+// caches before the next layer reads them anyway.
+constexpr int64_t kDepthwiseAvx512StreamMinBytes = 8 << 20;
 // NHWC parallel task: one output row x this many channels (two tile widths).
 constexpr int64_t kDepthwiseAvx512ChannelGroup = 96;
 // Channel-blocked tiles (NCHW, and NHWC planes at most
@@ -212,8 +233,14 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_grad_weight_max_partial_bytes, kDepthwiseGradWeightMaxPartialBytes)   \
   X(depthwise_grad_weight_tap_group, kDepthwiseGradWeightTapGroup)                  \
   X(depthwise_grad_weight_unroll, kDepthwiseGradWeightUnroll)                       \
+  X(depthwise_grad_weight3x3_chan_vecs, kDepthwiseGradWeight3x3ChanVecs)             \
   X(depthwise_avx512_pixel_tile, kDepthwiseAvx512PixelTile)                        \
   X(depthwise_avx512_chan_vecs, kDepthwiseAvx512ChanVecs)                          \
+  X(depthwise_avx512_slide_pixels, kDepthwiseAvx512SlidePixels)                    \
+  X(depthwise_avx512_slide_chan_vecs, kDepthwiseAvx512SlideChanVecs)               \
+  X(depthwise_avx512_slide_small_pixels, kDepthwiseAvx512SlideSmallPixels)          \
+  X(depthwise_avx512_slide_small_chan_vecs, kDepthwiseAvx512SlideSmallChanVecs)     \
+  X(depthwise_avx512_stream_min_bytes, kDepthwiseAvx512StreamMinBytes)              \
   X(depthwise_avx512_channel_group, kDepthwiseAvx512ChannelGroup)                  \
   X(depthwise_avx512_channel_block, kDepthwiseAvx512ChannelBlock)                  \
   X(depthwise_avx512_tile_bytes, kDepthwiseAvx512TileBytes)                        \

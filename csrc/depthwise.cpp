@@ -31,6 +31,13 @@
 //    sums and the chunks are added in a fixed order: deterministic for any
 //    number of threads.
 //
+//  * AVX-512 (float32): channel-vector tiles over NHWC images and over
+//    zero-padded channel-blocked copies of NCHW images (forward_cblock_avx512).
+//    3x3/5x5/7x7 kernels at stride 1 or 2 slide along the output row
+//    (chan_slide_avx512): each input vector is loaded once per kernel row and
+//    feeds every output of the row tile that uses it. 3x3 NHWC grad_weight
+//    keeps all 9 taps in registers (nhwc_gw3x3_avx512).
+//
 // depthwise_naive_conv2d below is the plain per-channel loop nest the tuned
 // kernels are checked against (and what they replace).
 #include <algorithm>
@@ -151,6 +158,15 @@ FASTCONV_TARGET_AVX512 inline void store16(float* p, __m512 v, __mmask16 m, Acti
   if (act == Activation::SiLU || act == Activation::GELU)
     for (int i = 0; i < 16; ++i)
       if (m >> i & 1) p[i] = activate(p[i], act);
+}
+
+// store16 of a full vector as a non-temporal store (p 64-byte aligned; None,
+// ReLU or ReLU6 only: SiLU/GELU read the stored lanes back).
+FASTCONV_TARGET_AVX512 inline void stream16(float* p, __m512 v, Activation act) {
+  if (act == Activation::ReLU) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+  if (act == Activation::ReLU6)
+    v = _mm512_min_ps(_mm512_set1_ps(6.f), _mm512_max_ps(_mm512_setzero_ps(), v));
+  _mm512_stream_ps(p, v);
 }
 
 FASTCONV_TARGET_AVX2 inline float hsum8(__m256 v) {
@@ -819,6 +835,9 @@ struct ChanView {
   const float* bias;   // bias[c], or null
   float* y;            // output (oh, ow, c) at y[(oh * Wo + ow) * y_pix + c]
   int64_t y_pix;
+  // Full output vectors go out as non-temporal stores (y and y_pix 64-byte
+  // aligned; see kDepthwiseAvx512StreamMinBytes).
+  bool stream = false;
 };
 
 // Valid kernel columns [cs0[ow], cs1[ow]) of every output column, padded with
@@ -911,9 +930,164 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
   for (int v = 0; v < V; ++v) {
     const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-    for (int q = 0; q < P; ++q)
-      if (!Border || q < npix) store16(yp + q * cv.y_pix + 16 * v, _mm512_add_ps(acc[q][v], bv), vm[v], act);
+    for (int q = 0; q < P; ++q) {
+      if (Border && q >= npix) continue;
+      float* o = yp + q * cv.y_pix + 16 * v;
+      const __m512 out = _mm512_add_ps(acc[q][v], bv);
+      if (cv.stream && vm[v] == __mmask16(0xFFFF) && act != Activation::SiLU && act != Activation::GELU)
+        stream16(o, out, act);
+      else
+        store16(o, out, vm[v], act);
+    }
   }
+}
+
+// Sliding window over the kernel columns (dil_w == 1), V channel vectors x P
+// output pixels of a row: input column i of the window feeds output q = (i - s) / SW
+// for every kernel column s with (i - s) % SW == 0, so each input vector is
+// loaded once per kernel row ((P - 1) * SW + S loads per P * S FMAs: 20 per 98
+// for 7x7 and 14 pixels) instead of once per tap as in chan_tile_p7_avx512 (a load
+// per FMA). Accumulators P x V, weights S x V, V input vectors: 30 zmm for
+// 7x7 (P = 7, V = 2), 31 for 3x3 (P = 7, V = 3). A window column's FMAs wait
+// on the previous column's, so a column must hold enough independent FMAs to
+// cover their latency: with V = 1, 3x3 and 7x7 ran latency-bound (measured).
+// Border tiles mask each window column with colm: a column outside the image
+// (or past the last real pixel's window) is neither loaded nor multiplied (a
+// masked FMA keeps the accumulator), so a padding tap adds nothing even with
+// an Inf weight, as in the plain loop nest (tests/test_compat.py).
+template <int P, int V, int S, int SW, bool Border>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_slide_avx512(
+    const ChanView& cv, const NhwcGeom& g, const __mmask16* colm, int64_t oh, int64_t ih0,
+    int64_t r0, int64_t r1, int64_t ow, int64_t npix, int64_t k, __mmask16 tail, Activation act) {
+  constexpr int NI = (P - 1) * SW + S;
+  const int64_t px = cv.x_pix;
+  __mmask16 vm[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  __m512 acc[P][V];
+#pragma GCC unroll 16
+  for (int q = 0; q < P; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[q][v] = _mm512_setzero_ps();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xs = cv.x + ((ih0 + r * g.dh) * g.W + ow * SW - g.pl) * px + k;
+    const float* ws = cv.w + r * S * cv.w_tap + k;
+    __m512 wv[S][V];
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) wv[s][v] = _mm512_maskz_loadu_ps(vm[v], ws + s * cv.w_tap + 16 * v);
+#pragma GCC unroll 64
+    for (int i = 0; i < NI; ++i) {
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const __mmask16 m = Border ? __mmask16(colm[i] & vm[v]) : vm[v];
+        const __m512 xv = _mm512_maskz_loadu_ps(m, xs + i * px + 16 * v);
+#pragma GCC unroll 8
+        for (int s = 0; s < S; ++s) {
+          const int d = i - s;
+          if (d >= 0 && d % SW == 0 && d / SW < P)
+            acc[d / SW][v] = Border ? _mm512_mask3_fmadd_ps(xv, wv[s][v], acc[d / SW][v], m)
+                                    : _mm512_fmadd_ps(xv, wv[s][v], acc[d / SW][v]);
+        }
+      }
+    }
+  }
+  float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int q = 0; q < P; ++q) {
+      if (Border && q >= npix) continue;
+      float* o = yp + q * cv.y_pix + 16 * v;
+      const __m512 out = _mm512_add_ps(acc[q][v], bv);
+      if (cv.stream && vm[v] == __mmask16(0xFFFF) && act != Activation::SiLU && act != Activation::GELU)
+        stream16(o, out, act);
+      else
+        store16(o, out, vm[v], act);
+    }
+  }
+}
+
+// The (S, SW) pairs chan_slide_avx512 is instantiated for; other kernels run
+// chan_tile_p7_avx512.
+bool chan_slide_applies(const NhwcGeom& g) {
+  return g.dw == 1 && (g.sw == 1 || g.sw == 2) && (g.S == 3 || g.S == 5 || g.S == 7);
+}
+
+// One pixel tile at ow, channels [k0, k1) in blocks of V vectors (the last
+// block as many as remain).
+template <int P, int V, int S, int SW>
+FASTCONV_TARGET_AVX512 void chan_slide_tile_avx512(const ChanView& cv, const NhwcGeom& g,
+                                                   int64_t oh, int64_t ih0, int64_t r0, int64_t r1,
+                                                   int64_t ow, int64_t k0, int64_t k1, Activation act) {
+  constexpr int NI = (P - 1) * SW + S;
+  const int64_t npix = std::min<int64_t>(P, g.Wo - ow);
+  const bool interior = npix == P && ow >= g.ow_lo && ow + P <= g.ow_hi;
+  __mmask16 colm[NI];
+  if (!interior) {
+    const int64_t iw0 = ow * SW - g.pl, ncols = (npix - 1) * SW + S;
+    for (int i = 0; i < NI; ++i)
+      colm[i] = i < ncols && iw0 + i >= 0 && iw0 + i < g.W ? __mmask16(0xFFFF) : __mmask16(0);
+  }
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+#define FASTCONV_DW_SLIDE(NV)                                                                      \
+  if (interior) chan_slide_avx512<P, NV, S, SW, false>(cv, g, colm, oh, ih0, r0, r1, ow, npix, k, tail, act); \
+  else chan_slide_avx512<P, NV, S, SW, true>(cv, g, colm, oh, ih0, r0, r1, ow, npix, k, tail, act);
+    if (nv == V) { FASTCONV_DW_SLIDE(V) }
+    else if constexpr (V > 2) { if (nv == 2) { FASTCONV_DW_SLIDE(2) } else { FASTCONV_DW_SLIDE(1) } }
+    else { FASTCONV_DW_SLIDE(1) }
+#undef FASTCONV_DW_SLIDE
+  }
+}
+
+// One output row, channels [k0, k1), on chan_slide_avx512: tiles of P pixels,
+// a last one of at most P / 2 on the half-width kernel (a 7-wide ConvNeXt
+// plane, or the end of a row).
+template <int P, int V, int S, int SW>
+FASTCONV_TARGET_AVX512 void chan_slide_row_avx512(const ChanView& cv, const NhwcGeom& g, int64_t oh,
+                                                  int64_t k0, int64_t k1, Activation act) {
+  constexpr int PH = P / 2;
+  int64_t ih0, r0, r1;
+  g.row_range(oh, &ih0, &r0, &r1);
+  for (int64_t ow = 0; ow < g.Wo;) {
+    // Prefetch (to L2) this tile's part of the input rows the next output row
+    // adds (see chan_row_avx512).
+    for (int64_t ih = ih0 + g.R * g.dh; ih < ih0 + g.R * g.dh + g.sh && ih < g.H; ++ih) {
+      const int64_t iw_a = std::max<int64_t>(0, ow * g.sw - g.pl);
+      const int64_t iw_b = std::min(g.W, (ow + P) * g.sw - g.pl);
+      for (int64_t iw = iw_a; iw < iw_b; ++iw) {
+        const char* pp = reinterpret_cast<const char*>(cv.x + (ih * g.W + iw) * cv.x_pix + k0);
+        for (int64_t b = 0; b < (k1 - k0) * 4; b += 64) _mm_prefetch(pp + b, _MM_HINT_T1);
+      }
+    }
+    if (PH > 0 && g.Wo - ow <= PH) {
+      chan_slide_tile_avx512<(PH > 0 ? PH : 1), V, S, SW>(cv, g, oh, ih0, r0, r1, ow, k0, k1, act);
+      ow += PH;
+    } else {
+      chan_slide_tile_avx512<P, V, S, SW>(cv, g, oh, ih0, r0, r1, ow, k0, k1, act);
+      ow += P;
+    }
+  }
+}
+
+FASTCONV_TARGET_AVX512 void chan_slide_any_avx512(const ChanView& cv, const NhwcGeom& g, int64_t oh,
+                                                  int64_t k0, int64_t k1, Activation act) {
+  constexpr int P7 = kDepthwiseAvx512SlidePixels, V7 = kDepthwiseAvx512SlideChanVecs,
+                P3 = kDepthwiseAvx512SlideSmallPixels, V3 = kDepthwiseAvx512SlideSmallChanVecs;
+#define FASTCONV_DW_SLIDE(P_, V_, S_)                                                    \
+  if (g.S == S_) {                                                                       \
+    if (g.sw == 1) return chan_slide_row_avx512<P_, V_, S_, 1>(cv, g, oh, k0, k1, act); \
+    return chan_slide_row_avx512<P_, V_, S_, 2>(cv, g, oh, k0, k1, act);                \
+  }
+  FASTCONV_DW_SLIDE(P3, V3, 3)
+  FASTCONV_DW_SLIDE(P7, V7, 5)
+  FASTCONV_DW_SLIDE(P7, V7, 7)
+#undef FASTCONV_DW_SLIDE
+  TORCH_CHECK(false, "chan_slide_any_avx512: no kernel for S=", g.S, ", stride ", g.sw);
 }
 
 // One output row, channels [k0, k1): pixel tiles outer, channel vectors inner,
@@ -921,6 +1095,7 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
 FASTCONV_TARGET_AVX512 void chan_row_avx512(const ChanView& cv, const NhwcGeom& g,
                                             const ColRanges& cr, int64_t oh, int64_t k0,
                                             int64_t k1, Activation act) {
+  if (chan_slide_applies(g)) return chan_slide_any_avx512(cv, g, oh, k0, k1, act);
   constexpr int P = kDepthwiseAvx512PixelTile, V = kDepthwiseAvx512ChanVecs;
   static_assert(V == 3, "update the switch below");
   int64_t ih0, r0, r1;
@@ -1031,11 +1206,16 @@ bool nchw_cblock_applies(const ConvParams& p) {
   return p.K == p.C && p.S <= kChanMaxS && !wide_rows;
 }
 // NHWC: measured (1 thread) a gain only for 7x7 kernels on 14..28-wide planes
-// (ConvNeXt-T stages 2 and 3, 8-15%); on 3x3 layers the copy cost more than the
-// masks (MobileNetV2 b4: 0.09 -> 0.19 ms), and a 7-wide plane is one tile.
+// (ConvNeXt-T stages 2 and 3, 8-15%) with chan_tile_p7_avx512's border masks;
+// on 3x3 layers the copy cost more than the masks (MobileNetV2 b4: 0.09 -> 0.19
+// ms), and a 7-wide plane is one tile. chan_slide_avx512 masks a border tile's
+// window columns at no cost, and without the copy ran ConvNeXt-T stages 2 and 3
+// 1.15-1.35x faster (batch 1 and 8), so the copy is only for the kernels it
+// does not take.
 bool nhwc_cblock_applies(const ConvParams& p) {
   return p.R * p.S >= kDepthwiseAvx512NhwcTileMinTaps && p.Wo >= 2 * kDepthwiseAvx512PixelTile &&
-         p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS;
+         p.Wo <= kDepthwiseAvx512NhwcTileMaxWidth && p.S <= kChanMaxS &&
+         !chan_slide_applies(NhwcGeom(p));
 }
 
 // x: NCHW with K == C channels, or NHWC in K-channel space; y in the same
@@ -1126,13 +1306,20 @@ void forward_nhwc(const T* xk, const T* wp, const T* bias, T* y, const ConvParam
     if (use_avx512() && p.S <= kChanMaxS) {
       const ColRanges cr(g);
       const int64_t CG = kDepthwiseAvx512ChannelGroup, ncg = ceil_div(p.K, CG);
+      static_assert(kDepthwiseAvx512ChannelGroup % 16 == 0, "channel groups start on whole vectors");
+      // An output larger than the caches goes around them: no read-for-ownership
+      // of the output lines, a third less memory traffic on the layers that run
+      // at copy speed (MobileNetV2 b1-b3 at batch 8).
+      const bool stream = p.N * p.Ho * p.Wo * p.K * int64_t(sizeof(float)) >= kDepthwiseAvx512StreamMinBytes &&
+                          p.K % 16 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0 && chan_slide_applies(g);
       at::parallel_for(0, p.N * p.Ho * ncg, 1, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t cg = task % ncg, row = task / ncg, n = row / p.Ho, oh = row % p.Ho;
           const ChanView cv{xk + n * p.H * p.W * p.K, p.K, wp, p.K, bias,
-                            y + n * p.Ho * p.Wo * p.K, p.K};
+                            y + n * p.Ho * p.Wo * p.K, p.K, stream};
           chan_row_avx512(cv, g, cr, oh, cg * CG, std::min(p.K, (cg + 1) * CG), act);
         }
+        if (stream) _mm_sfence();  // this thread's streamed stores visible before the join
       });
       return;
     }
@@ -1449,6 +1636,89 @@ void nhwc_gw_portable(const T* dy, const T* x, int64_t n, int64_t K, int64_t xst
   }
 }
 
+#if FASTCONV_X86
+// grad_weight NHWC, 3x3 on AVX-512: the 9 taps of V channel vectors accumulate
+// in registers over all of a chunk's output rows (9V accumulators), and each
+// grad_output vector, loaded once, feeds all 9 (the per-tap nhwc_gw_avx512
+// loads it 9 times: two loads per FMA, and a read-modify-write of the partial
+// sums per tap and row).
+template <bool Border, int V>
+FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline void gw3x3_pixel(
+    __m512 (&acc)[3][3][V], const __mmask16* vm, const float* d, const float* const* xr,
+    const bool* rv, int64_t iw0, const NhwcGeom& g) {
+  __m512 dv[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) dv[v] = _mm512_maskz_loadu_ps(vm[v], d + 16 * v);
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r) {
+    if (!rv[r]) continue;
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s) {
+      const int64_t iw = iw0 + s * g.dw;
+      if (Border && (iw < 0 || iw >= g.W)) continue;
+      const float* xp = xr[r] + iw * g.K;
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v)
+        acc[r][s][v] = _mm512_fmadd_ps(dv[v], _mm512_maskz_loadu_ps(vm[v], xp + 16 * v), acc[r][s][v]);
+    }
+  }
+}
+
+// Output rows [g0, g1) (flattened n * Ho + oh), channels [k, k + 16V) (the
+// last vector's lanes in tail); adds the sums to slab ([R*S][K]).
+template <int V>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void nhwc_gw3x3_avx512(
+    const float* dy, const float* xk, const NhwcGeom& g, int64_t g0, int64_t g1, int64_t k,
+    __mmask16 tail, float* slab) {
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = v == V - 1 ? tail : __mmask16(0xFFFF);
+  __m512 acc[3][3][V];
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][s][v] = _mm512_setzero_ps();
+  for (int64_t gg = g0; gg < g1; ++gg) {
+    const int64_t n = gg / g.Ho, oh = gg % g.Ho;
+    int64_t ih0, r0, r1;
+    g.row_range(oh, &ih0, &r0, &r1);
+    const float* xr[3];
+    bool rv[3];
+    for (int r = 0; r < 3; ++r) {
+      rv[r] = r >= r0 && r < r1;
+      xr[r] = rv[r] ? xk + (n * g.H + ih0 + r * g.dh) * g.W * g.K + k : xk;
+    }
+    const float* d = dy + gg * g.Wo * g.K + k;
+    int64_t ow = 0;
+    for (; ow < g.ow_lo; ++ow) gw3x3_pixel<true, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+    for (; ow < g.ow_hi; ++ow) gw3x3_pixel<false, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+    for (; ow < g.Wo; ++ow) gw3x3_pixel<true, V>(acc, vm, d + ow * g.K, xr, rv, ow * g.sw - g.pl, g);
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < 3; ++r)
+#pragma GCC unroll 3
+    for (int s = 0; s < 3; ++s)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        float* o = slab + (r * 3 + s) * g.K + k + 16 * v;
+        _mm512_mask_storeu_ps(o, vm[v], _mm512_add_ps(_mm512_maskz_loadu_ps(vm[v], o), acc[r][s][v]));
+      }
+}
+
+void nhwc_gw3x3_any_avx512(const float* dy, const float* xk, const NhwcGeom& g, int64_t g0,
+                           int64_t g1, int64_t k0, int64_t k1, float* slab) {
+  constexpr int V = kDepthwiseGradWeight3x3ChanVecs;
+  static_assert(V == 2, "update the dispatch below");
+  for (int64_t k = k0; k < k1; k += 16 * V) {
+    const int64_t nk = std::min<int64_t>(16 * V, k1 - k), nv = ceil_div(nk, 16);
+    const __mmask16 tail = mask16(nk - 16 * (nv - 1));
+    if (nv == 2) nhwc_gw3x3_avx512<2>(dy, xk, g, g0, g1, k, tail, slab);
+    else nhwc_gw3x3_avx512<1>(dy, xk, g, g0, g1, k, tail, slab);
+  }
+}
+#endif
+
 template <typename T>
 void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
   const int64_t RS = p.R * p.S, K = p.K;
@@ -1463,6 +1733,13 @@ void grad_weight_nhwc(const T* dy, const T* xk, T* gw, const ConvParams& p) {
       T* slab = part.data() + chunk * RS * K;
       for (int64_t rs = 0; rs < RS; ++rs) std::fill(slab + rs * K + k0, slab + rs * K + k1, T(0));
       const int64_t g1 = std::min(p.N * p.Ho, (chunk + 1) * ch.rows_per_chunk);
+#if FASTCONV_X86
+      if constexpr (std::is_same<T, float>::value)
+        if (avx512 && p.R == 3 && p.S == 3) {
+          nhwc_gw3x3_any_avx512(dy, xk, NhwcGeom(p), chunk * ch.rows_per_chunk, g1, k0, k1, slab);
+          continue;
+        }
+#endif
       for (int64_t g = chunk * ch.rows_per_chunk; g < g1; ++g) {
         const int64_t n = g / p.Ho, oh = g % p.Ho;
         const T* dyrow = dy + g * p.Wo * K;

@@ -21,6 +21,12 @@ GEOMETRIES = {
     "k5_d2": (1, 24, 14, 17, 1, (5, 5), 1, 4, 2),
     "k5_tall": (1, 4, 40, 37, 1, (5, 5), 1, 2, 1),
     "k7": (2, 12, 16, 20, 1, (7, 7), 1, 3, 1),
+    # Sliding-window tiles (chan_slide_avx512): stride 2 on 7x7 and 5x5, rows
+    # narrower than half a tile, channel counts that end in a partial vector.
+    "k7_s2": (2, 37, 15, 17, 1, (7, 7), 2, 3, 1),
+    "k5_s2": (1, 21, 12, 19, 1, (5, 5), 2, 2, 1),
+    "k3_narrow": (2, 50, 6, 3, 1, (3, 3), 1, 1, 1),
+    "k7_narrow_nopad": (1, 33, 9, 8, 1, (7, 7), 1, 0, 1),
     "k13_s2": (1, 9, 20, 23, 1, (13, 13), 2, 6, 1),
     "k31": (1, 5, 33, 35, 1, (31, 31), 1, 15, 1),
     "m2": (2, 6, 10, 11, 2, (3, 3), 1, 1, 1),
@@ -220,7 +226,7 @@ def test_nan_propagates_through_relu(activation, path, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("geom", ["k3_s2_tail", "k7", "k3_wide", "rect_asym", "m2"])
+@pytest.mark.parametrize("geom", ["k3_s2_tail", "k7", "k7_s2", "k3_wide", "rect_asym", "m2"])
 def test_avx512_matches_avx2(geom, layout):
     """The AVX-512 and AVX2 paths sum each output in the same (r, s) order, but
     the NCHW AVX-512 path adds padding zeros instead of skipping taps, and the
@@ -239,3 +245,15 @@ def test_avx512_matches_avx2(geom, layout):
             res[path] = (y, gi, gw)
     for a, b in zip(res["avx512"], res["avx2"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * (b.abs().max().item() + 1))
+
+
+@pytest.mark.parametrize("activation", [None, "relu6", "silu"])
+def test_large_nhwc_output(activation):
+    """NHWC outputs over blocking's depthwise_avx512_stream_min_bytes are written with
+    non-temporal stores (whole vectors) beside masked ones (the channel tail)."""
+    limit = fastconv._C.blocking()["depthwise_avx512_stream_min_bytes"]
+    for c in (32, 40):  # 40: a partial last vector, so no streaming (K % 16 != 0)
+        h = int((limit / (4 * 2 * c)) ** 0.5) + 2
+        x, wt, b = make(2, c, h, h, 1, (3, 3), torch.float32, "nhwc", bias=True, seed=3)
+        assert 4 * x.numel() >= limit
+        check_against_torch(x, wt, b, 1, 1, 1, activation=activation, grads=False)
