@@ -137,6 +137,28 @@ constexpr int64_t kDepthwiseAvx512NchwRowsMinWidth = 56;
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
 
+// Pointwise (1x1) GEMM on AVX-512 (csrc/pointwise_gemm_avx512.cpp). Weights
+// packed in panels of 32 output channels (two zmm) per input channel.
+constexpr int64_t kGemmAvx512PanelWidth = 32;
+// channels_last register tile: 14 pixels x 32 channels = 28 zmm accumulators,
+// plus the two panel vectors and a broadcast: 31 of 32. Per input channel 14
+// broadcasts + 2 loads feed 28 FMAs (FMA-bound at 2 loads and 2 FMAs a cycle).
+constexpr int64_t kGemmAvx512NhwcRows = 14;
+// NCHW register tile: 8 output channels (broadcast from a panel) x 3 vectors
+// of 16 pixels = 24 accumulators; 11 loads per 24 FMAs.
+constexpr int64_t kGemmAvx512NchwChannels = 8;
+constexpr int64_t kGemmAvx512NchwPixelVecs = 3;
+// Input channels per reduction block: a panel block is KC x 32 floats (32 KiB
+// at 256), held in L1 (48 KiB) while the tiles of a pixel block pass.
+constexpr int64_t kGemmAvx512KC = 256;
+// NCHW: a tile's input block (KC x 48 pixels, 24 KiB at 128) and the panel
+// block (16 KiB) share L1 while the panel's four 8-channel tiles run.
+constexpr int64_t kGemmAvx512NchwKC = 128;
+// Pixels per parallel task (channels_last: its KC-long input rows, 224 KiB,
+// stay in L2 across the panels; NCHW: per image, rounded up to 16).
+constexpr int64_t kGemmAvx512NhwcPixelBlock = 224;
+constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
+
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
 // (bli_cntx_init_haswell.c): MR x NR register tile, MC x KC packed A block
@@ -198,6 +220,14 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_nhwc_tile_max_width, kDepthwiseAvx512NhwcTileMaxWidth)        \
   X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
+  X(gemm_avx512_panel_width, kGemmAvx512PanelWidth)                                 \
+  X(gemm_avx512_nhwc_rows, kGemmAvx512NhwcRows)                                     \
+  X(gemm_avx512_nchw_channels, kGemmAvx512NchwChannels)                             \
+  X(gemm_avx512_nchw_pixel_vecs, kGemmAvx512NchwPixelVecs)                          \
+  X(gemm_avx512_kc, kGemmAvx512KC)                                                  \
+  X(gemm_avx512_nchw_kc, kGemmAvx512NchwKC)                                         \
+  X(gemm_avx512_nhwc_pixel_block, kGemmAvx512NhwcPixelBlock)                        \
+  X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

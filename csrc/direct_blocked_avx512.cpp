@@ -23,6 +23,7 @@
 #include <array>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -36,10 +37,21 @@
 namespace fastconv {
 
 bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype);
+bool direct_blocked_avx512_weight_applies(int64_t K, int64_t Cg, int64_t groups,
+                                          at::ScalarType dtype);
+std::vector<int64_t> direct_blocked_avx512_packed_shape(int64_t K, int64_t Cg, int64_t R,
+                                                        int64_t S, int64_t groups);
+at::Tensor direct_blocked_avx512_pack(const at::Tensor& weight, int64_t groups);
+at::Tensor direct_blocked_avx512_unpack(const at::Tensor& packed, at::IntArrayRef weight_size,
+                                        int64_t groups);
 at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
                                          const c10::optional<at::Tensor>& bias,
                                          const ConvParams& p, Activation act,
                                          at::MemoryFormat fmt);
+at::Tensor direct_blocked_avx512_forward_packed(const at::Tensor& input, const at::Tensor& packed,
+                                                const c10::optional<at::Tensor>& bias,
+                                                const ConvParams& p, Activation act,
+                                                at::MemoryFormat fmt);
 
 namespace {
 
@@ -55,16 +67,19 @@ struct Layout {
   int64_t OB;   // output blocks (ocv * 16 channels) per group block
 };
 
-Layout layout_of(const ConvParams& p) {
+// From the weight alone (K, Cg, groups), so the packed weight can be cached.
+Layout layout_of(int64_t K, int64_t Cg, int64_t groups) {
   Layout l;
-  const int64_t kg = p.Kg();
+  const int64_t kg = K / groups;
   l.gpv = kg < kLanes ? kLanes / kg : 1;
   l.ocv = l.gpv == 1 && kg % (2 * kLanes) == 0 ? 2 : 1;
-  l.GB = p.groups / l.gpv;
-  l.CB = p.Cg * l.gpv;
+  l.GB = groups / l.gpv;
+  l.CB = Cg * l.gpv;
   l.OB = kg * l.gpv / (kLanes * l.ocv);
   return l;
 }
+
+Layout layout_of(const ConvParams& p) { return layout_of(p.K, p.Cg, p.groups); }
 
 struct Problem {
   Layout L;
@@ -270,20 +285,89 @@ FASTCONV_TARGET_AVX512 void pack_input_rows(const at::Tensor& input, const ConvP
 
 }  // namespace
 
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
-  if (!FASTCONV_X86 || dtype != at::kFloat || !use_avx512() || p.N * p.Ho * p.Wo == 0)
+bool direct_blocked_avx512_weight_applies(int64_t K, int64_t Cg, int64_t groups,
+                                          at::ScalarType dtype) {
+  if (!FASTCONV_X86 || dtype != at::kFloat || !use_avx512() || groups <= 0 || K % groups)
     return false;
-  const int64_t kg = p.Kg();
-  const bool narrow = p.groups > 1 && kg == p.Cg && (kg == 2 || kg == 4 || kg == 8) &&
-                      p.groups % (kLanes / kg) == 0;
-  const bool wide = p.Cg % kLanes == 0 && kg % kLanes == 0;
+  const int64_t kg = K / groups;
+  const bool narrow = groups > 1 && kg == Cg && (kg == 2 || kg == 4 || kg == 8) &&
+                      groups % (kLanes / kg) == 0;
+  const bool wide = Cg % kLanes == 0 && kg % kLanes == 0 && kg > 0;
   return narrow || wide;
+}
+
+bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
+  return p.N * p.Ho * p.Wo > 0 && direct_blocked_avx512_weight_applies(p.K, p.Cg, p.groups, dtype);
+}
+
+std::vector<int64_t> direct_blocked_avx512_packed_shape(int64_t K, int64_t Cg, int64_t R,
+                                                        int64_t S, int64_t groups) {
+  const Layout L = layout_of(K, Cg, groups);
+  return {L.GB, L.OB, R, S, Cg, L.ocv, kLanes};
+}
+
+// Weights [GB][OB][R][S][Cg][OCV][16] in lane order; `weight` [K][Cg][R][S], any strides.
+at::Tensor direct_blocked_avx512_pack(const at::Tensor& weight, int64_t groups) {
+  const int64_t K = weight.size(0), Cg = weight.size(1), R = weight.size(2), S = weight.size(3);
+  const Layout L = layout_of(K, Cg, groups);
+  auto wt_t = at::empty(direct_blocked_avx512_packed_shape(K, Cg, R, S, groups), weight.options());
+  float* wt = wt_t.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const Strides4 ws(weight);
+  const int64_t Kg = K / groups;
+  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t gb = blk / L.OB, ob = blk % L.OB;
+      float* o = wt + blk * R * S * Cg * L.ocv * kLanes;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t v = 0; v < L.ocv; ++v)
+              for (int64_t l = 0; l < kLanes; ++l) {
+                const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+                *o++ = w[ws.at(k, c, r, s)];
+              }
+    }
+  });
+  return wt_t;
+}
+
+// The inverse of direct_blocked_avx512_pack: [K][Cg][R][S].
+at::Tensor direct_blocked_avx512_unpack(const at::Tensor& packed, at::IntArrayRef weight_size,
+                                        int64_t groups) {
+  const int64_t K = weight_size[0], Cg = weight_size[1], R = weight_size[2], S = weight_size[3];
+  const Layout L = layout_of(K, Cg, groups);
+  auto w_t = at::empty({K, Cg, R, S}, packed.options());
+  float* w = w_t.data_ptr<float>();
+  const float* wt = packed.data_ptr<float>();
+  const int64_t Kg = K / groups;
+  for (int64_t blk = 0; blk < L.GB * L.OB; ++blk) {
+    const int64_t gb = blk / L.OB, ob = blk % L.OB;
+    const float* o = wt + blk * R * S * Cg * L.ocv * kLanes;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t v = 0; v < L.ocv; ++v)
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+              w[((k * Cg + c) * R + r) * S + s] = *o++;
+            }
+  }
+  return w_t;
 }
 
 at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tensor& weight,
                                          const c10::optional<at::Tensor>& bias,
                                          const ConvParams& p, Activation act,
                                          at::MemoryFormat fmt) {
+  return direct_blocked_avx512_forward_packed(input, direct_blocked_avx512_pack(weight, p.groups),
+                                              bias, p, act, fmt);
+}
+
+at::Tensor direct_blocked_avx512_forward_packed(const at::Tensor& input, const at::Tensor& packed,
+                                                const c10::optional<at::Tensor>& bias,
+                                                const ConvParams& p, Activation act,
+                                                at::MemoryFormat fmt) {
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
 #if FASTCONV_X86
   const Layout L = layout_of(p);
@@ -297,26 +381,8 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
   at::parallel_for(0, p.N * L.GB * Hp, 1, [&](int64_t begin, int64_t end) {
     pack_input_rows(input, p, L, Hp, Wp, xt, begin, end);
   });
-  // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
-  auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
-  float* wt = wt_t.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const Strides4 ws(weight);
+  const float* wt = packed.data_ptr<float>();
   const int64_t Kg = p.Kg();
-  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t gb = blk / L.OB, ob = blk % L.OB;
-      float* o = wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes;
-      for (int64_t r = 0; r < p.R; ++r)
-        for (int64_t s = 0; s < p.S; ++s)
-          for (int64_t c = 0; c < p.Cg; ++c)
-            for (int64_t v = 0; v < L.ocv; ++v)
-              for (int64_t l = 0; l < kLanes; ++l) {
-                const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
-                *o++ = w[ws.at(k, c, r, s)];
-              }
-    }
-  });
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   Problem P;

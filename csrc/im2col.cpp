@@ -31,6 +31,7 @@
 
 #include "blocking.h"
 #include "ops.h"
+#include "pointwise_gemm.h"
 #include "util.h"
 
 // MKL's per-thread thread count (the C, by-value entry point). libtorch_cpu
@@ -673,7 +674,10 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const char* op = "fastconv::im2col_conv2d";
   const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), conv_memory_format(input, weight));
+  const auto out_fmt = conv_memory_format(input, weight);
+  if (pointwise_gemm_applies(p, input.scalar_type(), out_fmt))
+    return pointwise_gemm_forward(input, pointwise_pack_panels(weight), bias, p, act, out_fmt);
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), out_fmt);
   if (out.numel() == 0) return out;
   const bool nhwc = is_channels_last(input);
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -690,6 +694,66 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
       forward_nchw<scalar_t>(x, w, bp, act, p, out);
   });
   return out;
+}
+
+// The 1x1 GEMM's weight panels, packed once (modules cache them).
+at::Tensor pointwise_pack_weight(const at::Tensor& weight) {
+  const char* op = "fastconv::pointwise_pack_weight";
+  check_float_cpu(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1, op,
+              ": expected a 1x1 weight (K, C, 1, 1), got shape ", weight.sizes());
+  return pointwise_pack_panels(weight);
+}
+
+namespace {
+ConvParams check_pointwise_packed(const char* op, const at::Tensor& input, const at::Tensor& panels,
+                                  at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups) {
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_inputs(op, input, panels, bias, p);
+  TORCH_CHECK(p.groups == 1 && p.R == 1 && p.S == 1, op,
+              ": packed panels hold a 1x1 weight of one group, got weight_size ", weight_size,
+              " and groups=", groups);
+  TORCH_CHECK(panels.sizes() == at::IntArrayRef(pointwise_panels_shape(p.K, p.C)), op,
+              ": packed_weight has shape ", panels.sizes(), ", expected ",
+              at::IntArrayRef(pointwise_panels_shape(p.K, p.C)),
+              " (from pointwise_pack_weight(weight))");
+  TORCH_CHECK(panels.is_contiguous(), op, ": packed_weight must be contiguous");
+  return p;
+}
+}  // namespace
+
+at::Tensor pointwise_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                   at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups,
+                                   c10::string_view activation) {
+  const char* op = "fastconv::pointwise_conv2d_packed";
+  const auto p = check_pointwise_packed(op, input, packed_weight, weight_size, bias, stride,
+                                        padding, dilation, groups);
+  const auto act = parse_activation(std::string(activation));
+  // The panels have no memory format of their own: the output follows the input.
+  const auto fmt = input.suggest_memory_format();
+  if (pointwise_gemm_applies(p, input.scalar_type()))
+    return pointwise_gemm_forward(input, packed_weight, bias, p, act, fmt);
+  // Another ISA (or padding, or an empty output) since the panels were packed.
+  const auto w = pointwise_unpack_panels(packed_weight, p.K).contiguous(fmt);
+  return im2col_conv2d(input, w, bias, stride, padding, dilation, groups, activation);
+}
+
+at::Tensor pointwise_naive_conv2d(const at::Tensor& input, const at::Tensor& packed_weight,
+                                  at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups,
+                                  c10::string_view activation) {
+  const char* op = "fastconv::pointwise_naive_conv2d";
+  const auto p = check_pointwise_packed(op, input, packed_weight, weight_size, bias, stride,
+                                        padding, dilation, groups);
+  TORCH_CHECK(p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0, op,
+              ": the pointwise GEMM takes no padding, got ", padding);
+  return pointwise_gemm_naive(input, packed_weight, bias, p, parse_activation(std::string(activation)),
+                              input.suggest_memory_format());
 }
 
 at::Tensor im2col_conv2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
