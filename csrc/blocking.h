@@ -157,6 +157,10 @@ constexpr int64_t kGemmAvx512NchwKC = 128;
 // Pixels per parallel task (channels_last: its KC-long input rows, 224 KiB,
 // stay in L2 across the panels; NCHW: per image, rounded up to 16).
 constexpr int64_t kGemmAvx512NhwcPixelBlock = 224;
+// NCHW planes of at most this many pixels run the channels_last tile on
+// transposed copies (cached panels, 1 thread: 14x14 and 7x7 layers 168-199
+// GFLOP/s there, the 8x48 tile 103-159, MKL 125-191).
+constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 196;
 constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
@@ -228,6 +232,7 @@ constexpr int64_t kGemmPack = 0;
   X(gemm_avx512_nchw_kc, kGemmAvx512NchwKC)                                         \
   X(gemm_avx512_nhwc_pixel_block, kGemmAvx512NhwcPixelBlock)                        \
   X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
+  X(gemm_avx512_nchw_via_nhwc_max_pixels, kGemmAvx512NchwViaNhwcMaxPixels)          \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -276,8 +276,10 @@ Gemm make_gemm(const ConvParams& p, const at::Tensor& x, const at::Tensor& panel
 
 bool pointwise_gemm_applies(const ConvParams& p, at::ScalarType dtype, at::MemoryFormat fmt) {
   // NCHW: MKL's sgemm measured faster than the 8x48 tile (ResNet-50's 1x1
-  // layers, 1 thread: MKL 130-210 GFLOP/s, the tile 105-170), so im2col keeps
-  // it there; the tile serves NCHW input of the packed op.
+  // layers, 1 thread: MKL 125-207 GFLOP/s, the tile 105-171) and, per call,
+  // than packing panels for the 14x32 tile on transposed copies at small
+  // planes; so im2col keeps MKL there. The packed op (panels cached by
+  // modules) runs NCHW input too.
   return fmt == at::MemoryFormat::ChannelsLast && pointwise_gemm_applies(p, dtype);
 }
 
@@ -332,13 +334,19 @@ at::Tensor pointwise_gemm_forward(const at::Tensor& input, const at::Tensor& pan
                                   Activation act, at::MemoryFormat fmt) {
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
 #if FASTCONV_X86
-  const at::Tensor x = gemm_input(input, p, fmt);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  const Gemm g = make_gemm(p, x, panels, out, b, act);
-  if (fmt == at::MemoryFormat::ChannelsLast)
-    run_nhwc(g);
-  else
-    run_nchw(g);
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    run_nhwc(make_gemm(p, gemm_input(input, p, fmt), panels, out, b, act));
+  } else if (p.Ho * p.Wo <= kGemmAvx512NchwViaNhwcMaxPixels) {
+    // Small NCHW planes: the channels_last tile on transposed copies (the copies
+    // move (C + K)·P floats against 2·C·K·P flops).
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    auto tmp = at::empty({p.N, p.K, p.Ho, p.Wo}, input.options().memory_format(cl));
+    run_nhwc(make_gemm(p, gemm_input(input, p, cl), panels, tmp, b, act));
+    out.copy_(tmp);
+  } else {
+    run_nchw(make_gemm(p, gemm_input(input, p, fmt), panels, out, b, act));
+  }
 #endif
   return out;
 }

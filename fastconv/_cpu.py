@@ -49,9 +49,10 @@ register(Algorithm(
 def _pointwise_gemm_packs(spec: ConvSpec) -> bool:
     """im2col's 1x1 layers that run our AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) on
     weight panels, which modules pack once (pointwise_pack_weight)."""
-    # NCHW keeps MKL (faster there, csrc/pointwise_gemm_avx512.cpp): nothing to pack.
+    # NCHW planes larger than that keep MKL (faster there, csrc/pointwise_gemm_avx512.cpp).
+    small = spec.Ho * spec.Wo <= _C.blocking()["gemm_avx512_nchw_via_nhwc_max_pixels"]
     return (spec.groups == 1 and spec.R == 1 and spec.S == 1 and not any(spec.padding)
-            and spec.dtype == torch.float32 and spec.layout == "nhwc"
+            and spec.dtype == torch.float32 and (spec.layout == "nhwc" or small)
             and _C.cpu_isa() == "avx512")
 
 
