@@ -158,9 +158,16 @@ constexpr int64_t kGemmAvx512NchwKC = 128;
 // stay in L2 across the panels; NCHW: per image, rounded up to 16).
 constexpr int64_t kGemmAvx512NhwcPixelBlock = 224;
 // NCHW planes of at most this many pixels run the channels_last tile on
-// transposed copies (cached panels, 1 thread: 14x14 and 7x7 layers 168-199
-// GFLOP/s there, the 8x48 tile 103-159, MKL 125-191).
-constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 196;
+// transposed copies (modules, 1 thread, vs nn.Conv2d: ResNet-50's 7x7 layers
+// 1.0-1.13x against MKL's 0.95-1.0x; at 14x14 the copies lost, 0.70-0.82x
+// against 0.91-0.98x).
+constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 49;
+// Modules run the packed GEMM (cached panels) on 1x1 layers with at most this
+// many output pixels (N·Ho·Wo); above, im2col's MKL call (fastconv/_cpu.py).
+// channels_last modules vs nn.Conv2d, 1 thread: up to 3136 pixels the GEMM
+// 0.89-2.06x where MKL through im2col took 0.73-1.33x; at 6272 (28x28, batch
+// 8) a tie, at 25088 (56x56) 0.76-1.01x against 0.94-1.06x.
+constexpr int64_t kGemmAvx512MaxPixels = 3136;
 constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
@@ -233,6 +240,7 @@ constexpr int64_t kGemmPack = 0;
   X(gemm_avx512_nhwc_pixel_block, kGemmAvx512NhwcPixelBlock)                        \
   X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
   X(gemm_avx512_nchw_via_nhwc_max_pixels, kGemmAvx512NchwViaNhwcMaxPixels)          \
+  X(gemm_avx512_max_pixels, kGemmAvx512MaxPixels)                                   \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -1,5 +1,5 @@
-// 1x1 convolutions as our own packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp);
-// im2col runs them where pointwise_gemm_applies.
+// 1x1 convolutions as our own packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) on
+// weight panels packed once: pointwise_conv2d_packed (modules) runs it where it applies.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,8 +12,6 @@ namespace fastconv {
 
 // float32, AVX-512 in use, groups 1, 1x1 kernel, no padding (any stride), non-empty.
 bool pointwise_gemm_applies(const ConvParams& p, at::ScalarType dtype);
-// ... and the output layout im2col runs it for (channels_last).
-bool pointwise_gemm_applies(const ConvParams& p, at::ScalarType dtype, at::MemoryFormat fmt);
 // Weight [K][C][1][1] (any strides) -> panels [ceil(K/32)][C][32], zero-padded.
 std::vector<int64_t> pointwise_panels_shape(int64_t K, int64_t C);
 at::Tensor pointwise_pack_panels(const at::Tensor& weight);

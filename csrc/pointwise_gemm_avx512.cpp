@@ -7,12 +7,16 @@
 // The weight is packed once into panels [ceil(K/32)][C][32] (32 output
 // channels innermost, zero-padded): the channels_last tile loads two zmm of
 // it per input channel, the NCHW tile broadcasts 8 of its lanes. Modules cache
-// the panels (im2col_pack_weight); a functional call packs per call, as
-// oneDNN reorders its weight per call.
+// the panels (pointwise_pack_weight, run by pointwise_conv2d_packed); a
+// functional call stays on im2col's MKL sgemm, since packing per call costs
+// up to as much as the GEMM at 7x7 (dev/cpu/pointwise_gemm.py).
 //
-// Why not MKL through at::mm (what im2col ran): on ResNet-50's 1x1 layers it
-// reached 0.3-1.0x of oneDNN, worst at 7x7 and 14x14 planes, where per-call
-// setup and MKL's small-M kernels dominate.
+// Measured (1 thread, ResNet-50's 1x1 layers, dev/cpu/pointwise_gemm.py): on
+// cached panels the channels_last tile runs 168-203 GFLOP/s (70-82% of the FMA
+// peak); MKL's sgemm on the same matrices 126-207, weakest at 7x7 (126-146)
+// where ours holds 168-182. At larger planes they tie, and MKL's NCHW beats
+// our 8x48 tile (105-171), so that tile only serves NCHW planes > 49 pixels
+// handed to the packed op directly.
 //
 // Cache blocking: the reduction runs in blocks of kGemmAvx512KC input
 // channels. channels_last: a 32-channel panel block (KC x 32 floats, 32 KiB)
@@ -273,15 +277,6 @@ Gemm make_gemm(const ConvParams& p, const at::Tensor& x, const at::Tensor& panel
 }
 
 }  // namespace
-
-bool pointwise_gemm_applies(const ConvParams& p, at::ScalarType dtype, at::MemoryFormat fmt) {
-  // NCHW: MKL's sgemm measured faster than the 8x48 tile (ResNet-50's 1x1
-  // layers, 1 thread: MKL 125-207 GFLOP/s, the tile 105-171) and, per call,
-  // than packing panels for the 14x32 tile on transposed copies at small
-  // planes; so im2col keeps MKL there. The packed op (panels cached by
-  // modules) runs NCHW input too.
-  return fmt == at::MemoryFormat::ChannelsLast && pointwise_gemm_applies(p, dtype);
-}
 
 bool pointwise_gemm_applies(const ConvParams& p, at::ScalarType dtype) {
   return FASTCONV_X86 && dtype == at::kFloat && use_avx512() && p.groups == 1 && p.R == 1 &&

@@ -46,13 +46,19 @@ register(Algorithm(
     cost_model=_cost_model("reference"),
     summary="the plain seven-loop nest, no blocking (the baseline kernels are checked against)",
     constraints="any conv2d"))
+POINTWISE_MAX_PIXELS = _C.blocking()["gemm_avx512_max_pixels"]
+POINTWISE_NCHW_MAX_PLANE = _C.blocking()["gemm_avx512_nchw_via_nhwc_max_pixels"]
+
+
 def _pointwise_gemm_packs(spec: ConvSpec) -> bool:
     """im2col's 1x1 layers that run our AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) on
     weight panels, which modules pack once (pointwise_pack_weight)."""
-    # NCHW planes larger than that keep MKL (faster there, csrc/pointwise_gemm_avx512.cpp).
-    small = spec.Ho * spec.Wo <= _C.blocking()["gemm_avx512_nchw_via_nhwc_max_pixels"]
+    # Only where it beat MKL (measurements at the constants in csrc/blocking.h): up to
+    # POINTWISE_MAX_PIXELS output pixels in channels_last, NCHW only for 7x7 planes (on
+    # transposed copies); elsewhere im2col calls MKL's sgemm without packing.
     return (spec.groups == 1 and spec.R == 1 and spec.S == 1 and not any(spec.padding)
-            and spec.dtype == torch.float32 and (spec.layout == "nhwc" or small)
+            and spec.dtype == torch.float32 and spec.N * spec.Ho * spec.Wo <= POINTWISE_MAX_PIXELS
+            and (spec.layout == "nhwc" or spec.Ho * spec.Wo <= POINTWISE_NCHW_MAX_PLANE)
             and _C.cpu_isa() == "avx512")
 
 

@@ -1,5 +1,6 @@
-"""im2col's 1x1 layers on our packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp): forward
-against F.conv2d in float64 over the shapes that exercise its tiles (channel tails of the
+"""1x1 layers on our packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp, run by
+pointwise_conv2d_packed on cached panels; im2col's functional 1x1 path calls MKL's sgemm
+directly): forward against F.conv2d in float64 over the shapes that exercise its tiles (channel tails of the
 32-wide panels and 8-channel NCHW tiles, pixel tails of the 14-row and 48-pixel tiles,
 reductions longer than one KC block, strides, batches), every layout and activation, on
 every ISA this machine has (other ISAs take im2col's BLAS path); the packed-weight ops
@@ -91,7 +92,8 @@ def test_forward(cfg, layout, isa):
 def test_epilogue(act, bias, layout):
     cfg = dict(n=2, c=40, h=5, w=7, k=48, stride=1)
     x, w, b = make(cfg, layout, bias=bias)
-    y = ops.im2col_conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, act)
+    packed = ops.pointwise_pack_weight(w)
+    y = ops.pointwise_conv2d_packed(x, packed, list(w.shape), b, [1, 1], [0, 0, 0, 0], [1, 1], 1, act)
     assert_close(y, reference(x, w, b, [1, 1], act), cfg["c"])
 
 
@@ -100,7 +102,8 @@ def test_nan_through_relu():
     for layout in ("nchw", "nhwc"):
         x, w, b = make(dict(n=1, c=16, h=4, w=4, k=32), layout)
         x[0, 3, 1, 2] = float("nan")
-        y = ops.im2col_conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "relu")
+        y = ops.pointwise_conv2d_packed(x, ops.pointwise_pack_weight(w), list(w.shape), b,
+                                        [1, 1], [0, 0, 0, 0], [1, 1], 1, "relu")
         assert y[0, :, 1, 2].isnan().all() and not y[0, :, 0, 0].isnan().any()
 
 
@@ -147,10 +150,12 @@ def test_one_and_two_threads_identical(layout):
         outs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            outs.append(ops.pointwise_conv2d_packed(x, ops.pointwise_pack_weight(w), list(w.shape),
+                                                    b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none"))
             outs.append(ops.im2col_conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none"))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])
 
 
 def test_bad_input_raises():
