@@ -555,7 +555,7 @@ void forward_nhwc(const at::Tensor& x, const at::Tensor& wcl, const T* bias, Act
   auto tile_pixels = [&](int64_t t) { return std::min(tl.total, (t + 1) * tl.tile) - t * tl.tile; };
   // M = pixels here, cut like NCHW's pixel blocks; the inner blocks are channels.
   const auto all = tile_items(tl, [&](int64_t t) {
-    return make_items(p.groups, tile_pixels(t), kIm2colItemPixels, {Kg}, kIm2colItemChannels, Kd);
+    return make_items(p.groups, tile_pixels(t), kIm2colItemPixels, {Kg}, kIm2colNhwcItemChannels, Kd);
   });
   run_tiles<T>(p, tl, direct, opts, all,
                [&](int64_t t, T* col) {
