@@ -27,6 +27,11 @@ constexpr int64_t kIm2colMinTilePixels = 128;
 // 128 x 512 items ran 5-7% faster than 64 x 256, 256 x 1024 no faster again.
 constexpr int64_t kIm2colItemChannels = 128;
 constexpr int64_t kIm2colItemPixels = 512;
+// NHWC forward items cut the output channels (the GEMM's N) in blocks of this
+// many: MKL's sgemm of 49 x 512 x 2048 (ResNet-50 layer 4, batch 1, 1 thread)
+// took 0.99 ms in 128-channel calls, 0.83 in 256, 0.77 whole; 256 still gives
+// a 512-channel layer two items for two threads.
+constexpr int64_t kIm2colNhwcItemChannels = 256;
 // ... but an item's inner block grows until it holds this many multiply-adds,
 // so shallow GEMMs (1x1 convs with few channels) are not drowned in per-call
 // overhead (three tensor views, an op dispatch and MKL's setup per call).
@@ -177,6 +182,39 @@ constexpr int64_t kDepthwiseAvx512NchwRowsMaxTaps = 9;
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
 
+// Pointwise (1x1) GEMM on AVX-512 (csrc/pointwise_gemm_avx512.cpp). Weights
+// packed in panels of 32 output channels (two zmm) per input channel.
+constexpr int64_t kGemmAvx512PanelWidth = 32;
+// channels_last register tile: 14 pixels x 32 channels = 28 zmm accumulators,
+// plus the two panel vectors and a broadcast: 31 of 32. Per input channel 14
+// broadcasts + 2 loads feed 28 FMAs (FMA-bound at 2 loads and 2 FMAs a cycle).
+constexpr int64_t kGemmAvx512NhwcRows = 14;
+// NCHW register tile: 8 output channels (broadcast from a panel) x 3 vectors
+// of 16 pixels = 24 accumulators; 11 loads per 24 FMAs.
+constexpr int64_t kGemmAvx512NchwChannels = 8;
+constexpr int64_t kGemmAvx512NchwPixelVecs = 3;
+// Input channels per reduction block: a panel block is KC x 32 floats (32 KiB
+// at 256), held in L1 (48 KiB) while the tiles of a pixel block pass.
+constexpr int64_t kGemmAvx512KC = 256;
+// NCHW: a tile's input block (KC x 48 pixels, 24 KiB at 128) and the panel
+// block (16 KiB) share L1 while the panel's four 8-channel tiles run.
+constexpr int64_t kGemmAvx512NchwKC = 128;
+// Pixels per parallel task (channels_last: its KC-long input rows, 224 KiB,
+// stay in L2 across the panels; NCHW: per image, rounded up to 16).
+constexpr int64_t kGemmAvx512NhwcPixelBlock = 224;
+// NCHW planes of at most this many pixels run the channels_last tile on
+// transposed copies (modules, 1 thread, vs nn.Conv2d: ResNet-50's 7x7 layers
+// 1.0-1.13x against MKL's 0.95-1.0x; at 14x14 the copies lost, 0.70-0.82x
+// against 0.91-0.98x).
+constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 49;
+// Modules run the packed GEMM (cached panels) on 1x1 layers with at most this
+// many output pixels (N·Ho·Wo); above, im2col's MKL call (fastconv/_cpu.py).
+// channels_last modules vs nn.Conv2d, 1 thread: up to 3136 pixels the GEMM
+// 0.89-2.06x where MKL through im2col took 0.73-1.33x; at 6272 (28x28, batch
+// 8) a tie, at 25088 (56x56) 0.76-1.01x against 0.94-1.06x.
+constexpr int64_t kGemmAvx512MaxPixels = 3136;
+constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
+
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
 // (bli_cntx_init_haswell.c): MR x NR register tile, MC x KC packed A block
@@ -201,6 +239,7 @@ constexpr int64_t kGemmPack = 0;
   X(im2col_min_tile_pixels, kIm2colMinTilePixels)                                   \
   X(im2col_item_channels, kIm2colItemChannels)                                      \
   X(im2col_item_pixels, kIm2colItemPixels)                                          \
+  X(im2col_nhwc_item_channels, kIm2colNhwcItemChannels)                             \
   X(im2col_item_min_macs, kIm2colItemMinMacs)                                       \
   X(im2col_item_columns, kIm2colItemColumns)                                        \
   X(im2col_col2im_channels, kIm2colCol2imChannels)                                  \
@@ -250,6 +289,16 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
   X(depthwise_avx512_nchw_rows_max_taps, kDepthwiseAvx512NchwRowsMaxTaps)          \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
+  X(gemm_avx512_panel_width, kGemmAvx512PanelWidth)                                 \
+  X(gemm_avx512_nhwc_rows, kGemmAvx512NhwcRows)                                     \
+  X(gemm_avx512_nchw_channels, kGemmAvx512NchwChannels)                             \
+  X(gemm_avx512_nchw_pixel_vecs, kGemmAvx512NchwPixelVecs)                          \
+  X(gemm_avx512_kc, kGemmAvx512KC)                                                  \
+  X(gemm_avx512_nchw_kc, kGemmAvx512NchwKC)                                         \
+  X(gemm_avx512_nhwc_pixel_block, kGemmAvx512NhwcPixelBlock)                        \
+  X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
+  X(gemm_avx512_nchw_via_nhwc_max_pixels, kGemmAvx512NchwViaNhwcMaxPixels)          \
+  X(gemm_avx512_max_pixels, kGemmAvx512MaxPixels)                                   \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -563,6 +563,8 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
   const int64_t e = g.elem, Cg = g.Cg(), Kg = g.Kg(), HWo = L.Ho * L.Wo;
   const int64_t Kd = plan.kdim, kall = plan.kall;
   const int64_t item_ch = get(b, "im2col_item_channels", blocking::kIm2colItemChannels);
+  const int64_t item_ch_nhwc =
+      get(b, "im2col_nhwc_item_channels", blocking::kIm2colNhwcItemChannels);
   const int64_t item_px = get(b, "im2col_item_pixels", blocking::kIm2colItemPixels);
   const int64_t item_min_macs = get(b, "im2col_item_min_macs", blocking::kIm2colItemMinMacs);
   // Cuts [0, n) into ceil(n / max_block) nearly equal blocks.
@@ -691,7 +693,7 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
       }
       const int64_t mb = even_block(P, item_px);
       const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
-      const int64_t cb = even_block(Kg, std::max(item_ch, min_c));
+      const int64_t cb = even_block(Kg, std::max(item_ch_nhwc, min_c));
       for (int64_t grp = 0; grp < g.groups; ++grp)
         for (int64_t m0 = 0; m0 < P; m0 += mb) {
           const int64_t mn = std::min(mb, P - m0);

@@ -822,6 +822,54 @@ at::Tensor forward_packed(const char* op, const at::Tensor& input, const at::Ten
 // ---------------------------------------------------------------------------
 // Ops.
 
+// The blocked AVX-512 tiles' weight layout, packed once so that modules cache it
+// (direct_conv2d_packed's 6-D layout is repacked on every call there).
+bool direct_blocked_weight_applies(at::ScalarType dtype, int64_t K, int64_t Cg, int64_t groups) {
+  return direct_blocked_avx512_weight_applies(K, Cg, groups, dtype);
+}
+
+at::Tensor direct_pack_blocked_weight(const at::Tensor& weight, int64_t groups) {
+  const char* op = "fastconv::direct_pack_blocked_weight";
+  check_float_cpu(op, "weight", weight);
+  TORCH_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
+              weight.dim(), "-D");
+  TORCH_CHECK(groups > 0 && weight.size(0) % groups == 0, op, ": groups=", groups,
+              " must be positive and divide out_channels=", weight.size(0));
+  TORCH_CHECK(direct_blocked_avx512_weight_applies(weight.size(0), weight.size(1), groups,
+                                                   weight.scalar_type()),
+              op, ": the blocked layout needs float32 on AVX-512 and channels per group that are "
+              "multiples of 16 (or groups of 2, 4 or 8 channels); got weight ", weight.sizes(),
+              ", groups=", groups, ", ", weight.scalar_type(), ", ISA ", isa_name(cpu_isa()),
+              " (fastconv._C.direct_blocked_weight_applies)");
+  return direct_blocked_avx512_pack(weight, groups);
+}
+
+at::Tensor direct_conv2d_blocked_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                        at::IntArrayRef weight_size,
+                                        const c10::optional<at::Tensor>& bias,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, int64_t groups,
+                                        c10::string_view activation) {
+  const char* op = "fastconv::direct_conv2d_blocked_packed";
+  const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_inputs(op, input, packed_weight, bias, p);
+  const auto want = direct_blocked_avx512_packed_shape(p.K, p.Cg, p.R, p.S, p.groups);
+  TORCH_CHECK(packed_weight.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
+              packed_weight.sizes(), ", expected ", at::IntArrayRef(want),
+              " (from direct_pack_blocked_weight(weight, groups))");
+  TORCH_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous");
+  TORCH_CHECK(packed_weight.scalar_type() == at::kFloat, op, ": packed_weight must be float32");
+  const auto act = parse_activation(std::string(activation));
+  // The packed weight has no memory format of its own: the output follows the input.
+  const auto fmt = input.suggest_memory_format();
+  if (direct_blocked_avx512_applies(p, input.scalar_type()))
+    return direct_blocked_avx512_forward_packed(input, packed_weight, bias, p, act, fmt);
+  // Another ISA since packing, or an empty output: the plain weight through direct.
+  const auto w = direct_blocked_avx512_unpack(packed_weight, weight_size, groups);
+  return direct_conv2d(input.contiguous(fmt), w, bias, stride, padding, dilation, groups,
+                       activation);
+}
+
 // Output channels per packed weight vector for this dtype and channels per
 // group on the ISA in use: 16 (a zmm of floats) with AVX-512 when a group has
 // more than 8 output channels, else 8 (narrower groups would leave most of a

@@ -507,21 +507,85 @@ void run_grad_weight(const GwProblem& P) {
 
 }  // namespace
 
-bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
-  if (!FASTCONV_X86 || dtype != at::kFloat || !use_avx512() || p.N * p.Ho * p.Wo == 0)
+bool direct_blocked_avx512_weight_applies(int64_t K, int64_t Cg, int64_t groups,
+                                          at::ScalarType dtype) {
+  if (!FASTCONV_X86 || dtype != at::kFloat || !use_avx512() || groups <= 0 || K % groups)
     return false;
-  const int64_t kg = p.Kg();
-  const bool narrow = p.groups > 1 && kg == p.Cg && (kg == 2 || kg == 4 || kg == 8) &&
-                      p.groups % (kLanes / kg) == 0;
-  const bool wide = p.Cg % kLanes == 0 && kg % kLanes == 0;
+  const int64_t kg = K / groups;
+  const bool narrow = groups > 1 && kg == Cg && (kg == 2 || kg == 4 || kg == 8) &&
+                      groups % (kLanes / kg) == 0;
+  const bool wide = Cg % kLanes == 0 && kg % kLanes == 0 && kg > 0;
   return narrow || wide;
+}
+
+bool direct_blocked_avx512_applies(const ConvParams& p, at::ScalarType dtype) {
+  return p.N * p.Ho * p.Wo > 0 && direct_blocked_avx512_weight_applies(p.K, p.Cg, p.groups, dtype);
 }
 
 namespace {
 
+// The problem of a weight alone (what its packing depends on): one image of its own size.
+ConvParams weight_params(at::IntArrayRef weight_size, int64_t groups) {
+  return make_params("fastconv::direct_pack_blocked_weight",
+                     {1, weight_size[1] * groups, weight_size[2], weight_size[3]}, weight_size,
+                     {1, 1}, {0, 0, 0, 0}, {1, 1}, groups);
+}
+
+}  // namespace
+
+std::vector<int64_t> direct_blocked_avx512_packed_shape(int64_t K, int64_t Cg, int64_t R,
+                                                        int64_t S, int64_t groups) {
+  const Layout L = layout_of(weight_params({K, Cg, R, S}, groups));
+  return {L.GB, L.OB, R, S, Cg, L.ocv, kLanes};
+}
+
+at::Tensor direct_blocked_avx512_pack(const at::Tensor& weight, int64_t groups) {
+  const ConvParams p = weight_params(weight.sizes(), groups);
+  const Layout L = layout_of(p);
+  auto wt_t = at::empty(direct_blocked_avx512_packed_shape(p.K, p.Cg, p.R, p.S, groups),
+                        weight.options());
+#if FASTCONV_X86
+  float* wt = wt_t.data_ptr<float>();
+  const WeightTaps taps;
+  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk)
+      pack_weight_block(weight, p, L, taps, blk / L.OB, blk % L.OB,
+                        wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
+  });
+#endif
+  return wt_t;
+}
+
+// The inverse of direct_blocked_avx512_pack: [K][Cg][R][S].
+at::Tensor direct_blocked_avx512_unpack(const at::Tensor& packed, at::IntArrayRef weight_size,
+                                        int64_t groups) {
+  const ConvParams p = weight_params(weight_size, groups);
+  const Layout L = layout_of(p);
+  const int64_t K = p.K, Cg = p.Cg, R = p.R, S = p.S, Kg = p.Kg();
+  auto w_t = at::empty({K, Cg, R, S}, packed.options());
+  float* w = w_t.data_ptr<float>();
+  const float* o = packed.data_ptr<float>();
+  for (int64_t blk = 0; blk < L.GB * L.OB; ++blk) {
+    const int64_t gb = blk / L.OB, ob = blk % L.OB;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t v = 0; v < L.ocv; ++v)
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+              w[((k * Cg + c) * R + r) * S + s] = *o++;
+            }
+  }
+  return w_t;
+}
+
+namespace {
+
+// packed: the weight already in the tiles' layout (direct_blocked_avx512_pack), or null
+// to pack `weight` (read through taps) here.
 void forward_into(const at::Tensor& input, const at::Tensor& weight,
                   const c10::optional<at::Tensor>& bias, const ConvParams& p, Activation act,
-                  const WeightTaps& taps, at::Tensor& out) {
+                  const WeightTaps& taps, at::Tensor& out, const float* packed = nullptr) {
 #if FASTCONV_X86
   const Layout L = layout_of(p);
   const int64_t Hp = p.H + p.pad_top + p.pad_bottom, Wp = p.W + p.pad_left + p.pad_right;
@@ -529,13 +593,18 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight,
                   out.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d: channel planes too large for the AVX-512 blocked path");
   // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
-  auto wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
-  float* wt = wt_t.data_ptr<float>();
-  at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk)
-      pack_weight_block(weight, p, L, taps, blk / L.OB, blk % L.OB,
-                        wt + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
-  });
+  at::Tensor wt_t;
+  const float* wt = packed;
+  if (wt == nullptr) {
+    wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
+    float* dst = wt_t.data_ptr<float>();
+    at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk)
+        pack_weight_block(weight, p, L, taps, blk / L.OB, blk % L.OB,
+                          dst + blk * p.R * p.S * p.Cg * L.ocv * kLanes);
+    });
+    wt = dst;
+  }
   const int64_t Kg = p.Kg();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
@@ -566,6 +635,15 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
                                          at::MemoryFormat fmt, const WeightTaps& taps) {
   auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
   forward_into(input, weight, bias, p, act, taps, out);
+  return out;
+}
+
+at::Tensor direct_blocked_avx512_forward_packed(const at::Tensor& input, const at::Tensor& packed,
+                                                const c10::optional<at::Tensor>& bias,
+                                                const ConvParams& p, Activation act,
+                                                at::MemoryFormat fmt) {
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+  forward_into(input, at::Tensor(), bias, p, act, WeightTaps(), out, packed.data_ptr<float>());
   return out;
 }
 

@@ -33,6 +33,18 @@ at::Tensor direct_blocked_avx512_forward(const at::Tensor& input, const at::Tens
 void direct_blocked_avx512_forward_into(const at::Tensor& input, const at::Tensor& weight,
                                         const ConvParams& p, const WeightTaps& taps,
                                         at::Tensor& out);
+// The weight in the tiles' layout, packed once (modules cache it), and back.
+bool direct_blocked_avx512_weight_applies(int64_t K, int64_t Cg, int64_t groups,
+                                          at::ScalarType dtype);
+std::vector<int64_t> direct_blocked_avx512_packed_shape(int64_t K, int64_t Cg, int64_t R,
+                                                        int64_t S, int64_t groups);
+at::Tensor direct_blocked_avx512_pack(const at::Tensor& weight, int64_t groups);
+at::Tensor direct_blocked_avx512_unpack(const at::Tensor& packed, at::IntArrayRef weight_size,
+                                        int64_t groups);
+at::Tensor direct_blocked_avx512_forward_packed(const at::Tensor& input, const at::Tensor& packed,
+                                                const c10::optional<at::Tensor>& bias,
+                                                const ConvParams& p, Activation act,
+                                                at::MemoryFormat fmt);
 at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
                                              const at::Tensor& input, const ConvParams& p);
 

@@ -40,6 +40,19 @@ at::Tensor im2col_conv2d_naive(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                c10::string_view activation);
 int64_t im2col_last_workspace_bytes();
+// The 1x1 GEMM's packed panels (modules cache them for im2col's 1x1 layers), the
+// forward on them, and its plain loop nest (tests).
+at::Tensor pointwise_pack_weight(const at::Tensor& weight);
+at::Tensor pointwise_conv2d_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                   at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, int64_t groups,
+                                   c10::string_view activation);
+at::Tensor pointwise_naive_conv2d(const at::Tensor& input, const at::Tensor& packed_weight,
+                                  at::IntArrayRef weight_size, const c10::optional<at::Tensor>& bias,
+                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, int64_t groups,
+                                  c10::string_view activation);
 }  // namespace fastconv
 
 #define FASTCONV_IMPL_ALGO(m, name)                                          \
@@ -58,6 +71,14 @@ at::Tensor direct_conv2d_packed(const at::Tensor& input, const at::Tensor& packe
                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                 at::IntArrayRef dilation, int64_t groups,
                                 c10::string_view activation);
+bool direct_blocked_weight_applies(at::ScalarType dtype, int64_t K, int64_t Cg, int64_t groups);
+at::Tensor direct_pack_blocked_weight(const at::Tensor& weight, int64_t groups);
+at::Tensor direct_conv2d_blocked_packed(const at::Tensor& input, const at::Tensor& packed_weight,
+                                        at::IntArrayRef weight_size,
+                                        const c10::optional<at::Tensor>& bias,
+                                        at::IntArrayRef stride, at::IntArrayRef padding,
+                                        at::IntArrayRef dilation, int64_t groups,
+                                        c10::string_view activation);
 at::Tensor direct_naive_conv2d(const at::Tensor& input, const at::Tensor& weight,
                                const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -72,11 +93,22 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("direct_conv2d_packed(Tensor input, Tensor packed_weight, int[4] weight_size, "
         "Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, int groups, "
         "str activation=\"none\") -> Tensor");
+  m.def("direct_pack_blocked_weight(Tensor weight, int groups) -> Tensor");
+  m.def("direct_conv2d_blocked_packed(Tensor input, Tensor packed_weight, int[4] weight_size, "
+        "Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, int groups, "
+        "str activation=\"none\") -> Tensor");
   m.def("direct_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
   FASTCONV_DEFINE_ALGO(m, depthwise)
   m.def("depthwise_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
+  m.def("pointwise_pack_weight(Tensor weight) -> Tensor");
+  m.def("pointwise_conv2d_packed(Tensor input, Tensor packed_weight, int[4] weight_size, "
+        "Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, int groups, "
+        "str activation=\"none\") -> Tensor");
+  m.def("pointwise_naive_conv2d(Tensor input, Tensor packed_weight, int[4] weight_size, "
+        "Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, int groups, "
+        "str activation=\"none\") -> Tensor");
   m.def("im2col_naive_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, str activation=\"none\") -> Tensor");
 }
@@ -88,9 +120,14 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("direct_pack_weight", &fastconv::direct_pack_weight);
   m.impl("direct_conv2d_packed", &fastconv::direct_conv2d_packed);
   m.impl("direct_naive_conv2d", &fastconv::direct_naive_conv2d);
+  m.impl("direct_pack_blocked_weight", &fastconv::direct_pack_blocked_weight);
+  m.impl("direct_conv2d_blocked_packed", &fastconv::direct_conv2d_blocked_packed);
   FASTCONV_IMPL_ALGO(m, depthwise)
   m.impl("depthwise_naive_conv2d", &fastconv::depthwise_naive_conv2d);
   m.impl("im2col_naive_conv2d", &fastconv::im2col_conv2d_naive);
+  m.impl("pointwise_pack_weight", &fastconv::pointwise_pack_weight);
+  m.impl("pointwise_conv2d_packed", &fastconv::pointwise_conv2d_packed);
+  m.impl("pointwise_naive_conv2d", &fastconv::pointwise_naive_conv2d);
 }
 
 namespace {
@@ -128,6 +165,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return fastconv::direct_pack_block(torch::python::detail::py_object_to_dtype(dtype), Kg); },
         "Output channels per packed weight vector of direct_pack_weight for (dtype, K/groups) "
         "on the instruction set in use: 16 (AVX-512, float32, K/groups > 8) or 8.");
+  m.def("direct_blocked_weight_applies", [](pybind11::object dtype, int64_t K, int64_t Cg,
+                                            int64_t groups) {
+        return fastconv::direct_blocked_weight_applies(
+            torch::python::detail::py_object_to_dtype(dtype), K, Cg, groups); },
+        "Whether direct_pack_blocked_weight applies to a weight (dtype, K, C/groups, groups) on "
+        "the instruction set in use: float32, AVX-512, the blocked tiles' channel counts.");
   m.def("fma_peak_gflops", &fastconv::fma_peak_gflops, pybind11::arg("isa"),
         pybind11::arg("iters") = 20000000,
         "Single-thread float32 FMA throughput (GFLOP/s) of a register-only loop on 'avx2' or "

@@ -46,14 +46,53 @@ register(Algorithm(
     cost_model=_cost_model("reference"),
     summary="the plain seven-loop nest, no blocking (the baseline kernels are checked against)",
     constraints="any conv2d"))
+POINTWISE_MAX_PIXELS = _C.blocking()["gemm_avx512_max_pixels"]
+POINTWISE_NCHW_MAX_PLANE = _C.blocking()["gemm_avx512_nchw_via_nhwc_max_pixels"]
+
+
+def _pointwise_gemm_packs(spec: ConvSpec) -> bool:
+    """im2col's 1x1 layers that run our AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) on
+    weight panels, which modules pack once (pointwise_pack_weight)."""
+    # Only where it beat MKL (measurements at the constants in csrc/blocking.h): up to
+    # POINTWISE_MAX_PIXELS output pixels in channels_last, NCHW only for 7x7 planes (on
+    # transposed copies); elsewhere im2col calls MKL's sgemm without packing.
+    return (spec.groups == 1 and spec.R == 1 and spec.S == 1 and not any(spec.padding)
+            and spec.dtype == torch.float32 and spec.N * spec.Ho * spec.Wo <= POINTWISE_MAX_PIXELS
+            and (spec.layout == "nhwc" or spec.Ho * spec.Wo <= POINTWISE_NCHW_MAX_PLANE)
+            and _C.cpu_isa() == "avx512")
+
+
+def _pointwise_pack(weight, groups):
+    return torch.ops.fastconv.pointwise_pack_weight(weight)
+
+
 register(Algorithm(
     name="im2col", op="im2col", devices=("cpu",), dtypes=_DTYPES, cost_model=_cost_model("im2col"),
-    summary="our im2col into a bounded column buffer, then a GEMM per tile (ATen BLAS)",
-    constraints="any conv2d; workspace bounded (fastconv.im2col_workspace_bytes)"))
+    summary="our im2col into a bounded column buffer, then a GEMM per tile (ATen BLAS); "
+            "1x1 float32 layers on AVX-512: our packed GEMM",
+    constraints="any conv2d; workspace bounded (fastconv.im2col_workspace_bytes)",
+    pack_weight=_pointwise_pack, forward_packed=torch.ops.fastconv.pointwise_conv2d_packed,
+    packs=_pointwise_gemm_packs))
+def _direct_pack(weight, groups):
+    """The blocked AVX-512 tiles' layout where they apply (packed once, not per call), else
+    direct_pack_weight's."""
+    k, cg = weight.shape[:2]
+    if _C.direct_blocked_weight_applies(weight.dtype, k, cg, groups):
+        return torch.ops.fastconv.direct_pack_blocked_weight(weight, groups)
+    return torch.ops.fastconv.direct_pack_weight(weight, groups)
+
+
+def _direct_forward_packed(input, packed, weight_size, bias, stride, padding, dilation, groups,
+                           activation="none"):
+    ops = torch.ops.fastconv
+    op = ops.direct_conv2d_blocked_packed if packed.dim() == 7 else ops.direct_conv2d_packed
+    return op(input, packed, weight_size, bias, stride, padding, dilation, groups, activation)
+
+
 register(Algorithm(
     name="direct", op="direct", devices=("cpu",), dtypes=_DTYPES, cost_model=_cost_model("direct"),
     summary="no workspace; weights packed 8 output channels innermost, AVX2 FMA register tile",
-    constraints="any conv2d"))
+    constraints="any conv2d", pack_weight=_direct_pack, forward_packed=_direct_forward_packed))
 register(Algorithm(
     name="depthwise", op="depthwise", devices=("cpu",), dtypes=_DTYPES,
     cost_model=_cost_model("depthwise"),
@@ -89,6 +128,46 @@ def _fake_direct_pack(weight, groups):
 @torch.library.register_fake("fastconv::direct_conv2d_packed")
 def _fake_direct_packed(input, packed_weight, weight_size, bias, stride, padding, dilation, groups,
                         activation="none"):
+    size = output_size(input.shape, weight_size, stride, padding, dilation)
+    return input.new_empty(size).contiguous(memory_format=output_memory_format(input, input))
+
+
+# --- the 1x1 GEMM's panels (im2col's packed path): [ceil(K/32)][C][32].
+POINTWISE_PANEL = _C.blocking()["gemm_avx512_panel_width"]
+
+
+@torch.library.register_fake("fastconv::pointwise_pack_weight")
+def _fake_pointwise_pack(weight):
+    return weight.new_empty([-(-weight.shape[0] // POINTWISE_PANEL), weight.shape[1],
+                             POINTWISE_PANEL])
+
+
+@torch.library.register_fake("fastconv::pointwise_conv2d_packed")
+def _fake_pointwise_packed(input, packed_weight, weight_size, bias, stride, padding, dilation,
+                           groups, activation="none"):
+    size = output_size(input.shape, weight_size, stride, padding, dilation)
+    return input.new_empty(size).contiguous(memory_format=output_memory_format(input, input))
+
+
+@torch.library.register_fake("fastconv::pointwise_naive_conv2d")
+def _fake_pointwise_naive(input, packed_weight, weight_size, bias, stride, padding, dilation,
+                          groups, activation="none"):
+    return _fake_pointwise_packed(input, packed_weight, weight_size, bias, stride, padding,
+                                  dilation, groups, activation)
+
+
+@torch.library.register_fake("fastconv::direct_pack_blocked_weight")
+def _fake_direct_pack_blocked(weight, groups):
+    k, cg, r, s = weight.shape
+    kg = k // groups
+    gpv = 16 // kg if kg < 16 else 1
+    ocv = 2 if gpv == 1 and kg % 32 == 0 else 1
+    return weight.new_empty([groups // gpv, kg * gpv // (16 * ocv), r, s, cg, ocv, 16])
+
+
+@torch.library.register_fake("fastconv::direct_conv2d_blocked_packed")
+def _fake_direct_blocked_packed(input, packed_weight, weight_size, bias, stride, padding,
+                                dilation, groups, activation="none"):
     size = output_size(input.shape, weight_size, stride, padding, dilation)
     return input.new_empty(size).contiguous(memory_format=output_memory_format(input, input))
 

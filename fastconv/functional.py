@@ -240,7 +240,9 @@ class Plan:
         # The eager path's kernels (fastconv/_eager.py); never inside a trace.
         self.kernels = alg.eager_kernels(spec.device) if (eager and alg.eager_kernels) else None
         self.ops = self.family_ops if self.kernels else None
-        self._packing = alg.packing if eager else None  # packed weights: eager inference only
+        # Packed weights: eager inference only, for the convs the algorithm packs.
+        self._packing = (alg.packing if eager and (alg.packs is None or alg.packs(spec))
+                         else None)
 
     @property
     def packing(self):

@@ -45,6 +45,9 @@ class Algorithm:
     # stride, padding[4], dilation, groups, activation) -> output. No autograd needed.
     pack_weight: Optional[Callable] = field(default=None, compare=False)
     forward_packed: Optional[Callable] = field(default=None, compare=False)
+    # Optional spec -> bool: whether the packed path serves this conv (None: every conv
+    # the algorithm runs). im2col packs only the 1x1 layers its own GEMM runs.
+    packs: Optional[Callable] = field(default=None, compare=False)
     # Optional eager kernels: eager_kernels(device_type) -> (forward, grad_input, grad_weight),
     # Python callables with the three ops' signatures that fastconv.conv2d may call without
     # the dispatcher where nothing could tell the difference (fastconv/_eager.py), or None.

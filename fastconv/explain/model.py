@@ -367,7 +367,7 @@ def model_im2col(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
         px = even(P, max(ipx, _ceil_div(min_macs, ch * kdim)))
     else:
         px = even(P, ipx)
-        ch = even(s.Kg, max(ich, _ceil_div(min_macs, px * kdim)))
+        ch = even(s.Kg, max(b["im2col_nhwc_item_channels"], _ceil_div(min_macs, px * kdim)))
     n_ch, n_px = _ceil_div(s.Kg, ch), _ceil_div(P, px)
     reps = T * s.groups * n_ch * n_px
     kc = min(b["gemm_kc"], kdim)
