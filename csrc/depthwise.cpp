@@ -870,6 +870,28 @@ FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline const float* pix_pt
   return b + (q % 3) * px;
 }
 
+// The epilogue of the channel-vector tiles: bias, activation and the store of P
+// pixels x V channel vectors at yp (non-temporal where the view streams).
+template <int P, int V, bool Border>
+FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline void store_chan_tile(
+    const ChanView& cv, float* yp, int64_t k, const __m512 (&acc)[P][V],
+    const __mmask16 (&vm)[V], int64_t npix, Activation act) {
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int q = 0; q < P; ++q) {
+      if (Border && q >= npix) continue;
+      float* o = yp + q * cv.y_pix + 16 * v;
+      const __m512 out = _mm512_add_ps(acc[q][v], bv);
+      if (cv.stream && vm[v] == __mmask16(0xFFFF) && act != Activation::SiLU && act != Activation::GELU)
+        stream16(o, out, act);
+      else
+        store16(o, out, vm[v], act);
+    }
+  }
+}
+
 // noinline: inlined into the row loop (12 variants) its accumulators spilled (measured).
 template <int P, int V, bool Border, bool Full>
 FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const ChanView& cv, const NhwcGeom& g,
@@ -925,21 +947,7 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_tile_p7_avx512(const 
       }
     }
   }
-  float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
-#pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) {
-    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int q = 0; q < P; ++q) {
-      if (Border && q >= npix) continue;
-      float* o = yp + q * cv.y_pix + 16 * v;
-      const __m512 out = _mm512_add_ps(acc[q][v], bv);
-      if (cv.stream && vm[v] == __mmask16(0xFFFF) && act != Activation::SiLU && act != Activation::GELU)
-        stream16(o, out, act);
-      else
-        store16(o, out, vm[v], act);
-    }
-  }
+  store_chan_tile<P, V, Border>(cv, cv.y + (oh * g.Wo + ow) * cv.y_pix + k, k, acc, vm, npix, act);
 }
 
 // Sliding window over the kernel columns (dil_w == 1), V channel vectors x P
@@ -993,21 +1001,7 @@ FASTCONV_TARGET_AVX512 __attribute__((noinline)) void chan_slide_avx512(
       }
     }
   }
-  float* yp = cv.y + (oh * g.Wo + ow) * cv.y_pix + k;
-#pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) {
-    const __m512 bv = cv.bias ? _mm512_maskz_loadu_ps(vm[v], cv.bias + k + 16 * v) : _mm512_setzero_ps();
-#pragma GCC unroll 16
-    for (int q = 0; q < P; ++q) {
-      if (Border && q >= npix) continue;
-      float* o = yp + q * cv.y_pix + 16 * v;
-      const __m512 out = _mm512_add_ps(acc[q][v], bv);
-      if (cv.stream && vm[v] == __mmask16(0xFFFF) && act != Activation::SiLU && act != Activation::GELU)
-        stream16(o, out, act);
-      else
-        store16(o, out, vm[v], act);
-    }
-  }
+  store_chan_tile<P, V, Border>(cv, cv.y + (oh * g.Wo + ow) * cv.y_pix + k, k, acc, vm, npix, act);
 }
 
 // The (S, SW) pairs chan_slide_avx512 is instantiated for; other kernels run
