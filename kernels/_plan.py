@@ -672,7 +672,7 @@ class Plan:
 
     `run` is the call in Python. A plan whose call is also given as `steps` runs in C++
     once each of its Launches launches natively (from the second call on): no Python
-    between the family's entry and cuLaunchKernel. Where the C++ plan declines (a new
+    between the plan lookup and cuLaunchKernel. Where the C++ plan declines (a new
     pointer alignment, a non-contiguous bias) or outputs are poisoned, `run` runs."""
     __slots__ = ("run", "launches", "steps", "native", "_tries")
 
