@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +21,7 @@ import torch.nn.functional as F
 import fastconv
 from fastconv.bench import tables
 
-
-def timeit(fn, min_time=0.02):
-    fn()
-    t0 = time.thread_time()
-    fn()
-    dt = time.thread_time() - t0
-    n = max(1, int(min_time / max(dt, 1e-7)))
-    t0 = time.thread_time()
-    for _ in range(n):
-        fn()
-    return (time.thread_time() - t0) / n
+from dw_report import cpu_time as timeit  # dev/cpu, the script's own folder
 
 
 def main():
