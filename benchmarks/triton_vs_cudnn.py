@@ -63,7 +63,7 @@ VARIANTS = {
     "convnext_t_dw": [(d, False, l) for d in ("fp32", "bf16") for l in ("nchw", "nhwc")],
     "replknet31b_dw": [(d, True, l) for d in ("fp32", "bf16") for l in ("nchw", "nhwc")],
 }
-BACKWARD_SUITES = ("mobilenetv2_dw", "convnext_t_dw", "resnext50_grouped")
+BACKWARD_SUITES = ("mobilenetv2_dw", "convnext_t_dw", "resnext50_grouped", "resnet50")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOL = {"fp32": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
 
@@ -140,26 +140,27 @@ def run_case(suite, layer, batch, dname, tf32, lay, direction, fh, compile_only=
         err = rel(ours(), theirs())
         nbytes = spec.min_bytes
         flops = spec.flops
-    else:  # grad_input + grad_weight, as one backward step needs both
+    else:  # "gin" (grad_input) or "gw" (grad_weight), each against cuDNN's own kernel
         y = F.conv2d(x, w, None, **kw)
         dy = torch.randn_like(y)
         st, pad, g = [kw["stride"]] * 2, [kw["padding"]] * 4, kw["groups"]
-
-        def ours():
-            return (algo.grad_input(dy, w, list(x.shape), st, pad, [1, 1], g),
-                    algo.grad_weight(dy, x, list(w.shape), st, pad, [1, 1], g))
+        mask = [direction == "gin", direction == "gw", False]
+        if direction == "gin":
+            ours = lambda: algo.grad_input(dy, w, list(x.shape), st, pad, [1, 1], g)  # noqa: E731
+        else:
+            ours = lambda: algo.grad_weight(dy, x, list(w.shape), st, pad, [1, 1], g)  # noqa: E731
 
         def theirs():
-            return torch.ops.aten.convolution_backward(dy, x, w, None, st, pad[:2], [1, 1],
-                                                       False, [0, 0], g, [True, True, False])[:2]
+            out = torch.ops.aten.convolution_backward(dy, x, w, None, st, pad[:2], [1, 1],
+                                                      False, [0, 0], g, mask)
+            return out[0] if direction == "gin" else out[1]
         if compile_only:
             ours()
             return None
-        a, b = ours(), theirs()
-        err = max(rel(a[0], b[0]), rel(a[1], b[1]))
-        # dy and x read, dx and dw written (each once): the backward's own minimum.
-        nbytes = 2 * spec.min_bytes
-        flops = 2 * spec.flops
+        err = rel(ours(), theirs())
+        # the forward's own minimum: two tensors read, one written, each once
+        nbytes = spec.min_bytes
+        flops = spec.flops
     if compile_only:  # warm Triton's cache (FASTCONV_TUNE=compile): no timing
         return None
     t_ours = graph_time(ours)
@@ -202,9 +203,10 @@ def summarize(rows, ceil, fh):
           and r["direction"] == "fwd"]
     if dw:
         log(f"depthwise 3x3/7x7 forward, all variants: geomean {geomean(dw):.2f}x", fh)
-    bwd = [r["speedup"] for r in rows if r["direction"] == "bwd"]
+    bwd = [r["speedup"] for r in rows if r["suite"] in ("mobilenetv2_dw", "convnext_t_dw")
+           and r["direction"] in ("gin", "gw")]
     if bwd:
-        log(f"depthwise backward, all variants: geomean {geomean(bwd):.2f}x", fh)
+        log(f"depthwise grad_input and grad_weight, all variants: geomean {geomean(bwd):.2f}x", fh)
 
 
 def plot(rows, path):
@@ -238,6 +240,8 @@ def main(argv=None):
                    "resnext50_grouped,resnet50")
     p.add_argument("--layers", type=int, default=0, help="at most this many layers per suite")
     p.add_argument("--no-backward", action="store_true")
+    p.add_argument("--backward-suites", default=",".join(BACKWARD_SUITES),
+                   help="suites whose grad_input and grad_weight are timed too")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this")
     p.add_argument("--compile-only", action="store_true",
                    help="only run each case once with FASTCONV_TUNE=compile (warms Triton's cache)")
@@ -266,8 +270,9 @@ def main(argv=None):
         for layer in SUITES[suite][:args.layers or None]:
             for dname, tf32, lay in VARIANTS[suite]:
                 cases.append((suite, layer, dname, tf32, lay, "fwd"))
-                if suite in BACKWARD_SUITES and not args.no_backward:
-                    cases.append((suite, layer, dname, tf32, lay, "bwd"))
+                if suite in args.backward_suites.split(",") and not args.no_backward:
+                    cases.append((suite, layer, dname, tf32, lay, "gin"))
+                    cases.append((suite, layer, dname, tf32, lay, "gw"))
     cases = cases[shard::nshards]
     if args.compile_only:
         for case in cases:
