@@ -18,7 +18,11 @@
 #include <pybind11/stl.h>
 #include <torch/python.h>
 
+#include <torch/autograd.h>
+#include <torch/custom_class.h>
+
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -277,7 +281,7 @@ class NativePlan {
     const int n_slots = 3 + static_cast<int>(buffers_.size());
     for (auto item : steps) {  // (NativeLaunch, slots)
       auto spec = item.cast<pybind11::tuple>();
-      Step st{spec[0], spec[0].cast<const NativeLaunch*>(), spec[1].cast<std::vector<int>>()};
+      Step st{spec[0].cast<std::shared_ptr<NativeLaunch>>(), spec[1].cast<std::vector<int>>()};
       for (int slot : st.slots) {
         TORCH_CHECK(slot >= 0 && slot < n_slots, "fastconv: slot ", slot, " of ", n_slots);
       }
@@ -286,9 +290,11 @@ class NativePlan {
     TORCH_CHECK(result >= 0 && result < n_slots && !steps_.empty(), "fastconv: bad native plan");
   }
 
-  pybind11::object run(const at::Tensor& a, const at::Tensor& b,
-                       const c10::optional<at::Tensor>& c) const {
-    if (c.has_value() && c->defined() && !c->is_contiguous()) return pybind11::none();
+  // The output, or nothing (nothing that matters launched) where the Python plan must run.
+  // Needs no Python: the autograd engine's threads call it too.
+  c10::optional<at::Tensor> run(const at::Tensor& a, const at::Tensor& b,
+                                const c10::optional<at::Tensor>& c) const {
+    if (c.has_value() && c->defined() && !c->is_contiguous()) return c10::nullopt;
     std::vector<at::Tensor> slots;
     slots.reserve(3 + buffers_.size());
     slots.push_back(a);
@@ -303,9 +309,9 @@ class NativePlan {
     for (const auto& st : steps_) {
       args.clear();
       for (int slot : st.slots) args.push_back(slots[slot]);
-      if (!st.launch->launch(args)) return pybind11::none();
+      if (!st.launch->launch(args)) return c10::nullopt;
     }
-    return pybind11::cast(slots[result_]);
+    return slots[result_];
   }
 
  private:
@@ -316,13 +322,134 @@ class NativePlan {
     at::ScalarType dtype = at::kFloat;
   };
   struct Step {
-    pybind11::object owner;  // keeps the NativeLaunch alive
-    const NativeLaunch* launch;
+    std::shared_ptr<const NativeLaunch> launch;  // shared: no Python object to free off the GIL
     std::vector<int> slots;
   };
   std::vector<Buffer> buffers_;
   std::vector<Step> steps_;
   int64_t result_;
+};
+
+
+// A Python callable that a Node may outlive the GIL with: freed under the GIL, or leaked
+// once the interpreter is gone.
+struct PythonCallable {
+  pybind11::object fn;
+  explicit PythonCallable(pybind11::object f) : fn(std::move(f)) {}
+  ~PythonCallable() {
+    if (Py_IsInitialized()) {
+      pybind11::gil_scoped_acquire gil;
+      fn = pybind11::object();
+    } else {
+      fn.release();
+    }
+  }
+};
+
+// One conv geometry's training call with no Python on its hot path (kernels/_plan.Family's
+// conv2d_train): the forward's native plan, and once the Python backward has made them
+// native, the grad_input and grad_weight plans for a grad_output of the recorded sizes,
+// strides and dtype. Whatever those do not cover (a plan that declines, another
+// grad_output layout, create_graph) runs the family's Python kernels:
+// forward(x, w, bias) and backward(dy, x, w, need_input, need_weight) -> (grad_input,
+// grad_weight); the backward installs the grad plans once they exist.
+class NativeConv : public torch::CustomClassHolder {
+ public:
+  NativeConv(std::shared_ptr<NativePlan> forward, pybind11::object python_forward,
+             pybind11::object python_backward)
+      : forward_(std::move(forward)),
+        python_forward_(std::make_unique<PythonCallable>(std::move(python_forward))),
+        python_backward_(std::make_unique<PythonCallable>(std::move(python_backward))) {}
+
+  void set_grad_plans(std::shared_ptr<NativePlan> grad_input, std::shared_ptr<NativePlan> grad_weight,
+                      const at::Tensor& grad_output) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (grad_input) grad_input_ = std::move(grad_input);
+    if (grad_weight) grad_weight_ = std::move(grad_weight);
+    dy_sizes_ = grad_output.sizes().vec();
+    dy_strides_ = grad_output.strides().vec();
+    dy_dtype_ = grad_output.scalar_type();
+  }
+
+  bool has_grad_plans() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return grad_input_ != nullptr && grad_weight_ != nullptr;
+  }
+
+  // Called with the GIL held (from Python).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& w,
+                     const c10::optional<at::Tensor>& bias) const {
+    auto out = forward_->run(x, w, bias);
+    if (out.has_value()) return *out;
+    return python_forward_->fn(x, w, bias).cast<at::Tensor>();
+  }
+
+  // Called from the autograd engine's threads, without the GIL.
+  std::pair<at::Tensor, at::Tensor> backward(const at::Tensor& dy, const at::Tensor& x,
+                                             const at::Tensor& w, bool need_in,
+                                             bool need_w) const {
+    at::Tensor g_in, g_w;
+    if (!at::GradMode::is_enabled()) {  // create_graph needs the differentiable ops
+      std::shared_ptr<NativePlan> gin, gw;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (dy.scalar_type() == dy_dtype_ && dy.sizes() == at::IntArrayRef(dy_sizes_) &&
+            dy.strides() == at::IntArrayRef(dy_strides_)) {
+          gin = grad_input_;
+          gw = grad_weight_;
+        }
+      }
+      if (need_in && gin) g_in = gin->run(dy, w, c10::nullopt).value_or(at::Tensor());
+      if (need_w && gw) g_w = gw->run(dy, x, c10::nullopt).value_or(at::Tensor());
+    }
+    const bool left_in = need_in && !g_in.defined();
+    const bool left_w = need_w && !g_w.defined();
+    if (left_in || left_w) {
+      pybind11::gil_scoped_acquire gil;
+      auto res = python_backward_->fn(dy, x, w, left_in, left_w).cast<pybind11::tuple>();
+      if (left_in) g_in = res[0].cast<at::Tensor>();
+      if (left_w) g_w = res[1].cast<at::Tensor>();
+    }
+    return {g_in, g_w};
+  }
+
+ private:
+  std::shared_ptr<NativePlan> forward_;
+  std::unique_ptr<PythonCallable> python_forward_, python_backward_;
+  mutable std::mutex mutex_;
+  std::shared_ptr<NativePlan> grad_input_, grad_weight_;
+  std::vector<int64_t> dy_sizes_, dy_strides_;
+  at::ScalarType dy_dtype_ = at::kFloat;
+};
+
+// The C++ autograd of a NativeConv call (no bias gradient kernel: dy's sum, as the ops').
+struct NativeConvFunction : public torch::autograd::Function<NativeConvFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                            const c10::intrusive_ptr<NativeConv>& conv) {
+    at::Tensor out = conv->forward(x, w, bias);
+    ctx->saved_data["conv"] = c10::IValue::make_capsule(conv);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->save_for_backward({x, w});
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(4);
+    const at::Tensor& dy = grads[0];
+    if (!dy.defined()) return out;
+    const auto saved = ctx->get_saved_variables();
+    auto conv = c10::static_intrusive_pointer_cast<NativeConv>(ctx->saved_data["conv"].toCapsule());
+    auto grads_xw = conv->backward(dy, saved[0], saved[1], ctx->needs_input_grad(0),
+                                   ctx->needs_input_grad(1));
+    out[0] = grads_xw.first;
+    out[1] = grads_xw.second;
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      out[2] = dy.sum({0, 2, 3});
+    }
+    return out;
+  }
 };
 
 }  // namespace
@@ -331,7 +458,7 @@ std::string driver_error() { return driver().error; }
 
 void bind(pybind11::module& m) {
   namespace py = pybind11;
-  py::class_<NativeLaunch>(m, "NativeLaunch",
+  py::class_<NativeLaunch, std::shared_ptr<NativeLaunch>>(m, "NativeLaunch",
                            "A compiled Triton kernel's launch with every non-tensor parameter "
                            "fixed (kernels/_common.Launch): call(tensors) -> launched")
       .def(py::init<std::vector<int64_t>, int64_t, py::list>(), py::arg("grid"),
@@ -350,14 +477,41 @@ void bind(pybind11::module& m) {
              return self.launch(tensors);
            })
       .def_property_readonly("variants", &NativeLaunch::variants);
-  py::class_<NativePlan>(m, "NativePlan",
+  py::class_<NativePlan, std::shared_ptr<NativePlan>>(m, "NativePlan",
                          "A plan's call in C++ (kernels/_plan.Plan): buffers [(sizes, "
                          "channels_last, dtype or slot)], steps [(NativeLaunch, slots)], result "
                          "slot; slots are a, b, bias-or-b, then the buffers. "
                          "call(a, b, bias) -> output, or None where the Python plan must run")
       .def(py::init<py::list, py::list, int64_t>(), py::arg("buffers"), py::arg("steps"),
            py::arg("result"))
-      .def("__call__", &NativePlan::run, py::arg("a"), py::arg("b"), py::arg("c") = py::none());
+      .def("__call__",
+           [](const NativePlan& self, const at::Tensor& a, const at::Tensor& b,
+              const c10::optional<at::Tensor>& c) -> py::object {
+             auto out = self.run(a, b, c);
+             return out.has_value() ? py::cast(*out) : py::none();
+           },
+           py::arg("a"), py::arg("b"), py::arg("c") = py::none());
+  py::class_<NativeConv, c10::intrusive_ptr<NativeConv>>(
+      m, "NativeConv",
+      "A conv's training call with its autograd in C++ (kernels/_plan.Family.conv2d_train): "
+      "NativeConv(forward NativePlan, python_forward(x, w, bias), python_backward(dy, x, w, "
+      "need_input, need_weight) -> (grad_input, grad_weight)); call(x, w, bias) -> output")
+      .def(py::init([](std::shared_ptr<NativePlan> forward, py::object python_forward,
+                       py::object python_backward) {
+             return c10::make_intrusive<NativeConv>(std::move(forward), std::move(python_forward),
+                                                    std::move(python_backward));
+           }),
+           py::arg("forward"), py::arg("python_forward"), py::arg("python_backward"))
+      .def("set_grad_plans", &NativeConv::set_grad_plans, py::arg("grad_input"),
+           py::arg("grad_weight"), py::arg("grad_output"),
+           "The native grad plans for grad_outputs like this one (None keeps a plan unset).")
+      .def_property_readonly("has_grad_plans", &NativeConv::has_grad_plans)
+      .def("__call__",
+           [](const c10::intrusive_ptr<NativeConv>& self, const at::Tensor& x, const at::Tensor& w,
+              const c10::optional<at::Tensor>& bias) {
+             return NativeConvFunction::apply(x, w, bias, self);
+           },
+           py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
   m.def("cuda_driver_error", &driver_error,
         "Why the CUDA driver API could not be loaded for native launches ('' when it was).");
 }

@@ -86,12 +86,14 @@ def _impls(op: str, module: str, cpu: bool):
 
 def _eager_kernels(op: str, module: str):
     """The kernels the ops dispatch to, for fastconv's eager path (see registry.Algorithm).
-    On CUDA the kernel module's own functions (one call less); on the CPU the registered
-    impls, which keep the interpreter check."""
+    On CUDA the kernel module's own functions (one call less) and the family's training call
+    with its autograd in C++ (_plan.Family.conv2d_train); on the CPU the registered impls,
+    which keep the interpreter check."""
     def kernels(device_type: str):
         if device_type == "cuda":
             mod = _kernels(module)
-            return mod.conv2d, mod.conv2d_grad_input, mod.conv2d_grad_weight
+            return (mod.conv2d, mod.conv2d_grad_input, mod.conv2d_grad_weight,
+                    mod.FAMILY.conv2d_train)
         return _IMPLS.get((op, device_type))
     return kernels
 

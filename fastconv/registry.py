@@ -51,6 +51,8 @@ class Algorithm:
     # Optional eager kernels: eager_kernels(device_type) -> (forward, grad_input, grad_weight),
     # Python callables with the three ops' signatures that fastconv.conv2d may call without
     # the dispatcher where nothing could tell the difference (fastconv/_eager.py), or None.
+    # A fourth, train(x, w, bias, stride, padding, dilation, groups, ops) -> output with its
+    # autograd attached or None, takes calls that need a gradient first.
     # Families whose ops are C++ leave it None: their dispatch is already cheap.
     eager_kernels: Optional[Callable] = field(default=None, compare=False)
 

@@ -804,6 +804,31 @@ def _grad_entry(fam, cache: str, planner, op: str):
     return entry
 
 
+def _native_conv(fam, key, plan: Plan, x, w, stride, padding, dilation, groups, ops):
+    """The _C.NativeConv of a forward plan: its Python fallbacks are the plan's own run and
+    the family's grad entries (the registered `ops` under create_graph), which hand their
+    plans to the NativeConv once both run natively."""
+    input_size, weight_size = tuple(x.shape), tuple(w.shape)
+    conv_args = (stride, padding, dilation, groups)
+
+    def backward(dy, x, w, need_in, need_w):
+        direct = not torch.is_grad_enabled()
+        gin, gw = ((fam.conv2d_grad_input, fam.conv2d_grad_weight) if direct else ops[1:])
+        g_in = gin(dy, w, input_size, *conv_args) if need_in else None
+        g_w = gw(dy, x, weight_size, *conv_args) if need_w else None
+        conv = fam.native_convs.get(key)
+        if direct and conv is not None:
+            p_in = fam.grad_input_plans.get(plan_key(dy, w, None, *conv_args, input_size))
+            p_w = fam.grad_weight_plans.get(plan_key(dy, x, None, *conv_args, weight_size))
+            n_in = p_in.native if p_in is not None else None
+            n_w = p_w.native if p_w is not None else None
+            if (n_in is not None or not need_in) and (n_w is not None or not need_w):
+                conv.set_grad_plans(n_in, n_w, dy)
+        return g_in, g_w
+
+    return importlib.import_module("fastconv._C").NativeConv(plan.native, plan.run, backward)
+
+
 class Family:
     """A kernel family's three op entry points (`conv2d`, `conv2d_grad_input`,
     `conv2d_grad_weight`, with the ops' signatures), each with a plan cache per policy.
@@ -837,7 +862,25 @@ class Family:
                 return y
             return plan(x, w, bias)
 
+        def conv2d_train(x, w, bias, stride, padding, dilation, groups, ops):
+            """conv2d (no activation) with its autograd in C++ (_C.NativeConv): once the
+            forward's plan runs natively, a training call and its backward run no Python.
+            None where the caller's Python autograd must run (the first calls of a shape,
+            poisoned outputs)."""
+            if _common.POISON:
+                return None
+            key = plan_key(x, w, bias, stride, padding, dilation, groups, "none")
+            conv = fam.native_convs.get(key)
+            if conv is None:
+                plan = fam.fwd_plans.get(key)
+                if plan is None or plan.native is None:
+                    return None
+                conv = fam.native_convs[key] = _native_conv(fam, key, plan, x, w, stride, padding,
+                                                            dilation, groups, ops)
+            return conv(x, w, bias)
+
         self.conv2d = conv2d
+        self.conv2d_train = conv2d_train
         self.conv2d_grad_input = _grad_entry(self, "grad_input_plans", grad_input, "grad_input")
         self.conv2d_grad_weight = _grad_entry(self, "grad_weight_plans", grad_weight,
                                               "grad_weight")
@@ -851,8 +894,10 @@ class Family:
         # the policy, so its id stays unique while the state lives.
         state = self._states.get(id(policy))
         if state is None:
-            state = self._states[id(policy)] = (policy, PlanCache(), PlanCache(), PlanCache())
-        self.policy, self.fwd_plans, self.grad_input_plans, self.grad_weight_plans = state
+            state = self._states[id(policy)] = (policy, PlanCache(), PlanCache(), PlanCache(),
+                                                PlanCache())
+        (self.policy, self.fwd_plans, self.grad_input_plans, self.grad_weight_plans,
+         self.native_convs) = state
 
     @contextlib.contextmanager
     def using(self, policy: Policy):
@@ -872,5 +917,6 @@ class Family:
                 for p in cache.values()]
 
     def clear(self) -> None:
-        for cache in (self.fwd_plans, self.grad_input_plans, self.grad_weight_plans):
+        for cache in (self.fwd_plans, self.grad_input_plans, self.grad_weight_plans,
+                      self.native_convs):
             cache.clear()

@@ -51,3 +51,82 @@ def test_native_plan_checks_slots_and_declines_cpu_tensors():
     plan = _C.NativePlan([((2, 3), False, torch.float64)], [(launch, [0, 3])], 3)
     assert plan(torch.randn(2), torch.randn(2)) is None
     assert plan(torch.randn(2), torch.randn(2), torch.randn(4)[::2]) is None
+
+
+def _declining_conv(calls):
+    """A NativeConv whose native plan declines CPU tensors: every call takes its Python
+    fallbacks (F.conv2d and convolution_backward), which record what they were asked."""
+    launch = _C.NativeLaunch([1, 1, 1], 2, [("tensor", 0), ("tensor", 1), *SCRATCH])
+    plan = _C.NativePlan([((1,), False, 0)], [(launch, [0, 3])], 3)
+
+    def forward(x, w, b):
+        calls.append("forward")
+        return torch.nn.functional.conv2d(x, w, b, padding=1)
+
+    def backward(dy, x, w, need_in, need_w):
+        calls.append(("backward", need_in, need_w, torch.is_grad_enabled()))
+        gi, gw, _ = torch.ops.aten.convolution_backward(  # differentiable under create_graph
+            dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_in, need_w, False])
+        return gi, gw
+    return _C.NativeConv(plan, forward, backward), plan
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+def test_native_conv_autograd_matches_conv2d(bias, needs):
+    """The C++ autograd of a native training call (kernels/_plan.Family.conv2d_train), through
+    its Python fallbacks: gradients as F.conv2d's, only those asked for computed."""
+    calls = []
+    conv, _ = _declining_conv(calls)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=needs[0])
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=needs[1])
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    out = conv(x, w, b)
+    assert out.grad_fn is not None and "NativeConv" in out.grad_fn.name()
+    ref = torch.nn.functional.conv2d(x, w, b, padding=1)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    dy = torch.randn_like(out)
+    leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    got = torch.autograd.grad(out, leaves, dy)
+    want = torch.autograd.grad(ref, leaves, dy)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+    assert calls == ["forward", ("backward", needs[0], needs[1], False)]
+    assert not conv.has_grad_plans
+
+
+def test_native_conv_grad_plans_that_decline_fall_back():
+    calls = []
+    conv, plan = _declining_conv(calls)
+    x = torch.randn(1, 3, 5, 5, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, requires_grad=True)
+    out = conv(x, w, None)
+    dy = torch.randn_like(out)
+    conv.set_grad_plans(plan, plan, dy)
+    assert conv.has_grad_plans
+    gx, gw = torch.autograd.grad(out, (x, w), dy)
+    assert calls == ["forward", ("backward", True, True, False)]
+    ref = torch.autograd.grad(torch.nn.functional.conv2d(x, w, padding=1), (x, w), dy)
+    torch.testing.assert_close(gx, ref[0])
+    torch.testing.assert_close(gw, ref[1])
+
+
+def test_native_conv_double_backward_and_saved_tensor_checks():
+    calls = []
+    conv, _ = _declining_conv(calls)
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    out = conv(x, w, None)
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert calls[-1] == ("backward", True, False, True)  # create_graph: the ops, grad mode on
+    (gw2,) = torch.autograd.grad(gx.sum(), w)
+    ref_out = torch.nn.functional.conv2d(x, w, padding=1)
+    (ref_gx,) = torch.autograd.grad(ref_out.square().sum(), x, create_graph=True)
+    (ref_gw2,) = torch.autograd.grad(ref_gx.sum(), w)
+    torch.testing.assert_close(gw2, ref_gw2)
+    # an input changed in place after the forward: autograd's version check, not garbage
+    out = conv(x.clone(), w, None)
+    with torch.no_grad():
+        w.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

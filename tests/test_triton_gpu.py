@@ -452,6 +452,52 @@ def test_native_launch_uses_torchs_current_stream():
     assert rel_err(y, F.conv2d(x_new.double(), w.double(), None, 1, 1)) < 2e-2
 
 
+@pytest.mark.parametrize("algo,cin,cout,groups,k", [("triton_igemm", 32, 64, 1, 3),
+                                                     ("triton_depthwise", 64, 64, 64, 3),
+                                                     ("triton_grouped", 64, 64, 16, 3)])
+@pytest.mark.parametrize("dtype,cl", [(torch.bfloat16, True), (torch.float32, False)])
+def test_training_steps_run_their_autograd_in_cpp(algo, cin, cout, groups, k, dtype, cl):
+    """A fastconv.nn.Conv2d training step on CUDA: once its plans run natively, the forward
+    returns _C.NativeConv's C++ grad_fn and the backward runs the native grad plans (no
+    Python); gradients (bias included) match cuDNN's on every step, and after an in-place
+    weight update (the optimizer's) too."""
+    from fastconv.kernels import _common
+
+    if _common.NATIVE_LAUNCH is None:
+        pytest.skip("no native launch here (FASTCONV_DIRECT_LAUNCH=0, triton < 3.5, or no driver)")
+    torch.manual_seed(0)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    ref = torch.nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups).cuda().to(dtype)
+    ref = ref.to(memory_format=fmt)
+    mod = fastconv.nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, algo=algo).cuda()
+    mod = mod.to(dtype).to(memory_format=fmt)
+    mod.load_state_dict(ref.state_dict())
+    family = {"triton_igemm": "igemm", "triton_depthwise": "depthwise",
+              "triton_grouped": "grouped"}[algo]
+    fam = __import__(f"fastconv.kernels.{family}", fromlist=["FAMILY"]).FAMILY
+    names = []
+    for step in range(6):
+        x = torch.randn(2, cin, 12, 12, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        x.requires_grad_()
+        xr = x.detach().clone().requires_grad_()
+        y, yr = mod(x), ref(xr)
+        names.append(y.grad_fn.name())
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        yr.backward(dy)
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        for got, want in ((y, yr), (x.grad, xr.grad), (mod.weight.grad, ref.weight.grad),
+                          (mod.bias.grad, ref.bias.grad)):
+            assert (got.float() - want.float()).norm() / want.float().norm() < tol, step
+        with torch.no_grad():  # an optimizer step: in place, on both
+            for p, q in ((mod.weight, ref.weight), (mod.bias, ref.bias)):
+                p.sub_(0.01 * p.grad)
+                q.sub_(0.01 * q.grad)
+                p.grad = q.grad = None
+    assert "NativeConv" in names[-1], names
+    assert any(conv.has_grad_plans for conv in fam.native_convs.values())
+
+
 @pytest.mark.parametrize("algo,cin,cout,groups", [("triton_igemm", 64, 256, 1),
                                                    ("triton_depthwise", 96, 96, 96),
                                                    ("triton_grouped", 128, 128, 32)])
