@@ -224,7 +224,7 @@ def _dw_fwd_rows_kernel(
     SH: tl.constexpr, DH: tl.constexpr,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     NEED_I64: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, FLIP: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -244,6 +244,8 @@ def _dw_fwd_rows_kernel(
     ih0 = oh0 * SH - PT
     x_chan = x_ptr + n * sxn + ci * sxc + ih0 * sxh   # [BLOCK_C], at input row ih0
     w_chan = w_ptr + k * swk
+    if FLIP:  # the kernel rotated by 180 degrees: from the last tap, negative strides
+        w_chan = w_chan - (R - 1) * swr - (S - 1) * sws
     a0 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a1 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
     a2 = tl.zeros((BLOCK_W, BLOCK_C), dtype=ACC_DTYPE)
@@ -749,7 +751,7 @@ def _rows_args(meta, opts, x, w, y, stride, padding, dilation, has_bias, act, i6
     """(grid, scalar args, constexprs and options) of the row-reuse kernel computing
     y = conv(x, w) (+ b, activation), any layouts. flip=True convolves with w rotated by 180
     degrees, read in place through negative strides from its last tap (grad_input of a
-    stride-1 conv): the kernel then takes `_flipped(w)` as its weight."""
+    stride-1 conv)."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     ho, wo = y.shape[2], y.shape[3]
@@ -765,13 +767,8 @@ def _rows_args(meta, opts, x, w, y, stride, padding, dilation, has_bias, act, i6
     scalars = (h, wd, ho, wo, k, k // c, tiles_w, tiles_hw, *x.stride(), swk, swr, sws,
                *y.stride(), stride[1], padding[0], padding[2], dilation[1])
     return grid, scalars, dict(SH=stride[0], DH=dilation[0], R=r, S=s, HAS_BIAS=has_bias,
-                               ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), **meta,
-                               **opts)
-
-
-def _flipped(w):
-    """w's last tap, from which the flipped kernel is read through negative strides."""
-    return w[:, :, w.shape[2] - 1:, w.shape[3] - 1:]
+                               ACT=act, NEED_I64=i64, ACC_DTYPE=_acc_dtype(x.dtype), FLIP=flip,
+                               **meta, **opts)
 
 
 # --------------------------------------------------------------------------------------
@@ -925,8 +922,8 @@ class _GradInput:
 
     def launch_once(self, cfg, dy, w, dx):
         kernel, flip, grid, scalars, kw = self.kernel_args(cfg)
-        if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias
-            jit_launch(kernel, grid, dy, _flipped(w), w, dx, *scalars, **kw)
+        if flip:  # the rows kernel: dx = conv(dy, flipped w), no bias (w in its slot)
+            jit_launch(kernel, grid, dy, w, w, dx, *scalars, **kw)
         else:
             jit_launch(kernel, grid, dy, w, dx, *scalars, **kw)
 
@@ -938,11 +935,12 @@ class _GradInput:
         def run(dy, w):
             dx = new_output(size, dy, cl)
             if flip:
-                fast(dy, _flipped(w), w, dx)
+                fast(dy, w, w, dx)
             else:
                 fast(dy, w, dx)
             return dx
-        return Plan(run, fast, steps=None if flip else output_steps(fast, size, cl, (0, 1, 3)))
+        return Plan(run, fast, steps=output_steps(fast, size, cl, (0, 1, 1, 3) if flip
+                                                  else (0, 1, 3)))
 
 
 def _wgrad_rows_args(meta, opts, dy, x, r, s, stride, padding, dilation, i64, programs):
