@@ -54,7 +54,7 @@ def conv2d(kernels, ops, x, weight, bias, stride, padding, dilation, groups, act
     registered ops, which a double backward or a mode active during backward goes through."""
     if _C.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                  or (bias is not None and bias.requires_grad)):
-        if len(kernels) > 3 and activation == "none":  # autograd in C++ (Triton on CUDA)
+        if len(kernels) > 3 and activation == "none":  # Triton on CUDA: autograd in C++
             out = kernels[3](x, weight, bias, stride, padding, dilation, groups, ops)
             if out is not None:
                 return out

@@ -970,7 +970,8 @@ class _GradInput:
             dx = new_output(size, dy, cl)
             fast(dy, w_as(w), dx)
             return dx
-        return Plan(run, fast)
+        steps = None if self.w_copy else output_steps(fast, size, cl, (0, 1, 3))
+        return Plan(run, fast, steps=steps)
 
 
 # --------------------------------------------------------------------------------------
