@@ -267,6 +267,23 @@ class NativePlan {
     for (auto item : buffers) {  // (sizes, channels_last, dtype slot or dtype)
       auto spec = item.cast<pybind11::tuple>();
       Buffer b;
+      if (pybind11::isinstance<pybind11::str>(spec[0])) {  // ("copy", slot, dim order)
+        TORCH_CHECK(spec[0].cast<std::string>() == "copy" && spec.size() == 3,
+                    "fastconv: a derived buffer is (\"copy\", slot, order)");
+        b.copy_slot = spec[1].cast<int>();
+        b.order = spec[2].cast<std::vector<int64_t>>();
+        TORCH_CHECK(b.copy_slot >= 0 && b.copy_slot < 3 + static_cast<int>(buffers_.size()),
+                    "fastconv: copy of slot ", b.copy_slot, " before it exists");
+        b.inverse.assign(b.order.size(), -1);
+        for (size_t i = 0; i < b.order.size(); ++i) {
+          const int64_t d = b.order[i];
+          TORCH_CHECK(d >= 0 && d < static_cast<int64_t>(b.order.size()) && b.inverse[d] < 0,
+                      "fastconv: copy order ", b.order, " is not a permutation");
+          b.inverse[d] = static_cast<int64_t>(i);
+        }
+        buffers_.push_back(std::move(b));
+        continue;
+      }
       b.sizes = spec[0].cast<std::vector<int64_t>>();
       b.channels_last = spec[1].cast<bool>();
       if (pybind11::isinstance<pybind11::int_>(spec[2])) {
@@ -301,6 +318,12 @@ class NativePlan {
     slots.push_back(b);
     slots.push_back(c.has_value() && c->defined() ? *c : b);
     for (const auto& buf : buffers_) {
+      if (buf.copy_slot >= 0) {  // the slot's values with dims in `order` outermost first
+        const at::Tensor& src = slots[buf.copy_slot];
+        if (src.dim() != static_cast<int64_t>(buf.order.size())) return c10::nullopt;
+        slots.push_back(src.permute(buf.order).contiguous().permute(buf.inverse));
+        continue;
+      }
       auto dtype = buf.dtype_slot >= 0 ? slots[buf.dtype_slot].scalar_type() : buf.dtype;
       auto fmt = buf.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
       slots.push_back(at::empty(buf.sizes, a.options().dtype(dtype), fmt));
@@ -320,6 +343,8 @@ class NativePlan {
     bool channels_last = false;
     int dtype_slot = -1;
     at::ScalarType dtype = at::kFloat;
+    int copy_slot = -1;  // >= 0: a copy of that slot, dims laid out in `order`
+    std::vector<int64_t> order, inverse;
   };
   struct Step {
     std::shared_ptr<const NativeLaunch> launch;  // shared: no Python object to free off the GIL
@@ -479,7 +504,8 @@ void bind(pybind11::module& m) {
       .def_property_readonly("variants", &NativeLaunch::variants);
   py::class_<NativePlan, std::shared_ptr<NativePlan>>(m, "NativePlan",
                          "A plan's call in C++ (kernels/_plan.Plan): buffers [(sizes, "
-                         "channels_last, dtype or slot)], steps [(NativeLaunch, slots)], result "
+                         "channels_last, dtype or slot) or (\"copy\", slot, dim order)], steps "
+                         "[(NativeLaunch, slots)], result "
                          "slot; slots are a, b, bias-or-b, then the buffers. "
                          "call(a, b, bias) -> output, or None where the Python plan must run")
       .def(py::init<py::list, py::list, int64_t>(), py::arg("buffers"), py::arg("steps"),

@@ -648,8 +648,9 @@ def ahead_stats() -> dict:
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """A plan's call as data, for its C++ form (_C.NativePlan, csrc/triton_launch.cpp):
-    buffers [(size, channels_last, dtype or the slot whose dtype it takes)], launches
-    [(Launch, slots)] and the result slot, over slots (a, b, bias-or-b, buffers...)."""
+    buffers [(size, channels_last, dtype or the slot whose dtype it takes), or ("copy",
+    slot, order): that slot's values laid out with its dims in `order`, outermost first],
+    launches [(Launch, slots)] and the result slot, over slots (a, b, bias-or-b, buffers...)."""
     buffers: tuple
     launches: tuple
     result: int
@@ -659,6 +660,11 @@ class Steps:
         plan's own run)."""
         slots = [a, b, b if c is None else c]
         for size, cl, dtype in self.buffers:
+            if size == "copy":
+                src, order = slots[cl], dtype
+                inverse = [order.index(d) for d in range(len(order))]
+                slots.append(src.permute(order).contiguous().permute(inverse))
+                continue
             like = slots[dtype] if isinstance(dtype, int) else a
             slots.append(new_output(size, like, cl, None if isinstance(dtype, int) else dtype))
         for launch, ids in self.launches:
@@ -703,7 +709,7 @@ class Plan:
         if any(launch.native is None for launch, _ in steps.launches):
             return  # not yet: each Launch goes native after its first call's check
         self.native = _C_native_plan(
-            [(tuple(size), cl, dtype) for size, cl, dtype in steps.buffers],
+            [b if b[0] == "copy" else (tuple(b[0]), b[1], b[2]) for b in steps.buffers],
             [(launch.native, list(slots)) for launch, slots in steps.launches], steps.result)
 
 

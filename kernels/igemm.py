@@ -43,7 +43,7 @@ import triton.language as tl
 from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
                       interpreting, is_channels_last, jit_launch, mma, new_output, num_sms,
                       pixel_coords)
-from ._plan import (Family, Plan, Policy, Prefer, Tiles, check_grad_output, check_groups,
+from ._plan import (Family, Plan, Policy, Prefer, Steps, Tiles, check_grad_output, check_groups,
                     check_operands, check_output, empty_plan, features, grad_weight_plan,
                     launch_meta, out_hw, output_steps, split_reduction, tune, tune_key)
 
@@ -677,12 +677,17 @@ def _cl(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
+# The weight copies some NCHW tiles read, as dim orders (outermost first) for Steps' copies.
+C_MAJOR = (0, 2, 3, 1)  # channels_last: c innermost
+K_MAJOR = (1, 2, 3, 0)  # k innermost
+
+
 def _c_major(w):
     return w.contiguous(memory_format=torch.channels_last)
 
 
 def _k_major(w):
-    return w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    return w.permute(*K_MAJOR).contiguous().permute(3, 0, 1, 2)
 
 
 def _pick(policy, tiles, key, t, launch, prune, shape):
@@ -881,7 +886,12 @@ class _Forward:
                 w = _c_major(w)
             fast(x, w, w if bias is None else bias.contiguous(), y)
             return y
-        return Plan(run, fast, steps=None if w_copy else output_steps(fast, size, cl, (0, 1, 2, 3)))
+        if w_copy:  # slot 3: the copy, 4: the output
+            steps = Steps(buffers=(("copy", 1, C_MAJOR), (tuple(size), cl, 0)),
+                          launches=((fast, (0, 3, 2, 4)),), result=4)
+        else:
+            steps = output_steps(fast, size, cl, (0, 1, 2, 3))
+        return Plan(run, fast, steps=steps)
 
 
 # --------------------------------------------------------------------------------------
@@ -970,7 +980,11 @@ class _GradInput:
             dx = new_output(size, dy, cl)
             fast(dy, w_as(w), dx)
             return dx
-        steps = None if self.w_copy else output_steps(fast, size, cl, (0, 1, 3))
+        if self.w_copy:  # slot 3: the copy, 4: the output
+            steps = Steps(buffers=(("copy", 1, K_MAJOR), (tuple(size), cl, 0)),
+                          launches=((fast, (0, 3, 4)),), result=4)
+        else:
+            steps = output_steps(fast, size, cl, (0, 1, 3))
         return Plan(run, fast, steps=steps)
 
 

@@ -48,6 +48,12 @@ def test_native_plan_checks_slots_and_declines_cpu_tensors():
         _C.NativePlan([((2, 3), False, 5)], [(launch, [0, 3])], 3)
     with pytest.raises(RuntimeError, match="channels_last needs 4-D"):
         _C.NativePlan([((2, 3), True, 0)], [(launch, [0, 3])], 3)
+    with pytest.raises(RuntimeError, match="not a permutation"):
+        _C.NativePlan([("copy", 1, (0, 0, 1, 2))], [(launch, [0, 3])], 3)
+    with pytest.raises(RuntimeError, match="before it exists"):
+        _C.NativePlan([("copy", 3, (0, 1))], [(launch, [0, 3])], 3)
+    plan = _C.NativePlan([("copy", 1, (1, 0))], [(launch, [0, 3])], 3)
+    assert plan(torch.randn(2), torch.randn(2, 3)) is None
     plan = _C.NativePlan([((2, 3), False, torch.float64)], [(launch, [0, 3])], 3)
     assert plan(torch.randn(2), torch.randn(2)) is None
     assert plan(torch.randn(2), torch.randn(2), torch.randn(4)[::2]) is None

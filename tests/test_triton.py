@@ -1334,12 +1334,14 @@ def test_forward_ad_and_vmap(algo):
     torch.testing.assert_close(got, torch.stack([F.conv2d(x, v, None, groups=groups) for v in ws_batch]))
 
 
-@pytest.mark.parametrize("algo,groups,cl", [
-    ("triton_igemm", 1, False), ("triton_igemm", 1, True),
-    ("triton_depthwise", 8, False), ("triton_depthwise", 8, True),
-    ("triton_grouped", 4, True), ("triton_grouped", 4, False),
+@pytest.mark.parametrize("algo,groups,cl,c,hw", [
+    ("triton_igemm", 1, False, 8, 7), ("triton_igemm", 1, True, 8, 7),
+    # 16 channels, 16x16 NCHW fp32: the weight copies (forward C-major, grad_input K-major)
+    ("triton_igemm", 1, False, 16, 16),
+    ("triton_depthwise", 8, False, 8, 7), ("triton_depthwise", 8, True, 8, 7),
+    ("triton_grouped", 4, True, 8, 7), ("triton_grouped", 4, False, 8, 7),
 ])
-def test_plan_steps_describe_the_python_run(algo, groups, cl):
+def test_plan_steps_describe_the_python_run(algo, groups, cl, c, hw):
     """A plan's Steps (what _C.NativePlan runs in C++ on a GPU) do what its Python run does:
     the same buffers, launches and result, bit for bit, for every plan of a forward and
     backward that has them."""
@@ -1348,20 +1350,22 @@ def test_plan_steps_describe_the_python_run(algo, groups, cl):
     mod = importlib.import_module("fastconv.kernels." + algo.split("_", 1)[1])
     fmt = torch.channels_last if cl else torch.contiguous_format
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 7, 7).to(memory_format=fmt).requires_grad_(True)
-    w = torch.randn(8, 8 // groups, 3, 3).to(memory_format=fmt).requires_grad_(True)
-    b = torch.randn(8).requires_grad_(True)
+    x = torch.randn(2, c, hw, hw).to(memory_format=fmt).requires_grad_(True)
+    w = torch.randn(c, c // groups, 3, 3).to(memory_format=fmt).requires_grad_(True)
+    b = torch.randn(c).requires_grad_(True)
     with mod.FAMILY.using(mod.POLICY.forcing()):  # plans of this test alone
         y = fastconv.conv2d(x, w, b, 1, 1, 1, groups, algo=algo)
         dy = torch.randn_like(y)
         torch.autograd.grad(y, (x, w, b), dy)
         args = {"fwd_plans": (x.detach(), w.detach(), b.detach()),
                 "grad_input_plans": (dy, w.detach()), "grad_weight_plans": (dy, x.detach())}
-        described = 0
+        described = copies = 0
         for cache, call in args.items():
             for plan in getattr(mod.FAMILY, cache).values():
                 if plan.steps is None:
                     continue
                 described += 1
+                copies += sum(buf[0] == "copy" for buf in plan.steps.buffers)
                 assert torch.equal(plan.steps.reference(*call), plan.run(*call)), cache
     assert described >= 2
+    assert copies == (2 if c == 16 else 0)
