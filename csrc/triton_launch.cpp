@@ -263,7 +263,16 @@ class NativeLaunch {
 // tensors or the bias is not contiguous: the Python plan then runs.
 class NativePlan {
  public:
-  NativePlan(pybind11::list buffers, pybind11::list steps, int64_t result) : result_(result) {
+  NativePlan(pybind11::list buffers, pybind11::list steps, int64_t result,
+             std::vector<int64_t> result_order)
+      : result_(result), result_order_(std::move(result_order)) {
+    result_inverse_.assign(result_order_.size(), -1);
+    for (size_t i = 0; i < result_order_.size(); ++i) {
+      const int64_t d = result_order_[i];
+      TORCH_CHECK(d >= 0 && d < static_cast<int64_t>(result_order_.size()) && result_inverse_[d] < 0,
+                  "fastconv: result order ", result_order_, " is not a permutation");
+      result_inverse_[d] = static_cast<int64_t>(i);
+    }
     for (auto item : buffers) {  // (sizes, channels_last, dtype slot or dtype)
       auto spec = item.cast<pybind11::tuple>();
       Buffer b;
@@ -334,7 +343,8 @@ class NativePlan {
       for (int slot : st.slots) args.push_back(slots[slot]);
       if (!st.launch->launch(args)) return c10::nullopt;
     }
-    return slots[result_];
+    if (result_order_.empty()) return slots[result_];
+    return slots[result_].permute(result_order_).contiguous().permute(result_inverse_);
   }
 
  private:
@@ -353,6 +363,7 @@ class NativePlan {
   std::vector<Buffer> buffers_;
   std::vector<Step> steps_;
   int64_t result_;
+  std::vector<int64_t> result_order_, result_inverse_;  // empty: the result slot as it is
 };
 
 
@@ -505,11 +516,12 @@ void bind(pybind11::module& m) {
   py::class_<NativePlan, std::shared_ptr<NativePlan>>(m, "NativePlan",
                          "A plan's call in C++ (kernels/_plan.Plan): buffers [(sizes, "
                          "channels_last, dtype or slot) or (\"copy\", slot, dim order)], steps "
-                         "[(NativeLaunch, slots)], result "
+                         "[(NativeLaunch, slots)], result slot (copied into dim order "
+                         "result_order after the launches where given) "
                          "slot; slots are a, b, bias-or-b, then the buffers. "
                          "call(a, b, bias) -> output, or None where the Python plan must run")
-      .def(py::init<py::list, py::list, int64_t>(), py::arg("buffers"), py::arg("steps"),
-           py::arg("result"))
+      .def(py::init<py::list, py::list, int64_t, std::vector<int64_t>>(), py::arg("buffers"),
+           py::arg("steps"), py::arg("result"), py::arg("result_order") = std::vector<int64_t>())
       .def("__call__",
            [](const NativePlan& self, const at::Tensor& a, const at::Tensor& b,
               const c10::optional<at::Tensor>& c) -> py::object {

@@ -645,15 +645,24 @@ def ahead_stats() -> dict:
 # --------------------------------------------------------------------------------------
 # Plans
 # --------------------------------------------------------------------------------------
+def _copy(t, order):
+    """t's values laid out with its dims in `order`, outermost first (None: t)."""
+    if order is None:
+        return t
+    return t.permute(order).contiguous().permute([order.index(d) for d in range(len(order))])
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """A plan's call as data, for its C++ form (_C.NativePlan, csrc/triton_launch.cpp):
     buffers [(size, channels_last, dtype or the slot whose dtype it takes), or ("copy",
     slot, order): that slot's values laid out with its dims in `order`, outermost first],
-    launches [(Launch, slots)] and the result slot, over slots (a, b, bias-or-b, buffers...)."""
+    launches [(Launch, slots)] and the result slot, over slots (a, b, bias-or-b, buffers...);
+    result_order: the result is copied into that dim order after the launches."""
     buffers: tuple
     launches: tuple
     result: int
+    result_order: tuple = None
 
     def reference(self, a, b, c=None):
         """What _C.NativePlan does with these steps, in Python (tests compare it with the
@@ -661,15 +670,43 @@ class Steps:
         slots = [a, b, b if c is None else c]
         for size, cl, dtype in self.buffers:
             if size == "copy":
-                src, order = slots[cl], dtype
-                inverse = [order.index(d) for d in range(len(order))]
-                slots.append(src.permute(order).contiguous().permute(inverse))
+                slots.append(_copy(slots[cl], dtype))
                 continue
             like = slots[dtype] if isinstance(dtype, int) else a
             slots.append(new_output(size, like, cl, None if isinstance(dtype, int) else dtype))
         for launch, ids in self.launches:
             launch(*[slots[i] for i in ids])
-        return slots[self.result]
+        return _copy(slots[self.result], self.result_order)
+
+
+# Dim orders (outermost first) of Steps' copies: NCHW-contiguous and channels_last.
+CONTIGUOUS = (0, 1, 2, 3)
+CHANNELS_LAST = (0, 2, 3, 1)
+
+
+def steps_on_copies(inner: "Plan", a=None, b=None, out=None):
+    """The Steps of a plan that runs `inner` on copies of its operands laid out in dim
+    orders `a` and `b` (None: the operand itself) and copies inner's result into order
+    `out` (None: as inner returns it); None where inner has no Steps."""
+    st = inner.steps
+    if st is None:
+        return None
+    buffers = [("copy", i, order) for i, order in enumerate((a, b)) if order is not None]
+    where = {0: 3 if a is not None else 0, 2: 2}
+    where[1] = 3 + (a is not None) if b is not None else 1
+    base = 3 + len(buffers)
+    for i, (size, cl, dtype) in enumerate(st.buffers):
+        where[3 + i] = base + i
+    for size, cl, dtype in st.buffers:
+        if size == "copy":
+            buffers.append(("copy", where[cl], dtype))
+        else:
+            buffers.append((size, cl, where[dtype] if isinstance(dtype, int) else dtype))
+    launches = tuple((launch, tuple(where[i] for i in slots)) for launch, slots in st.launches)
+    if out is not None and st.result_order is not None:
+        return None
+    return Steps(buffers=tuple(buffers), launches=launches, result=where[st.result],
+                 result_order=out if out is not None else st.result_order)
 
 
 class Plan:
@@ -710,7 +747,8 @@ class Plan:
             return  # not yet: each Launch goes native after its first call's check
         self.native = _C_native_plan(
             [b if b[0] == "copy" else (tuple(b[0]), b[1], b[2]) for b in steps.buffers],
-            [(launch.native, list(slots)) for launch, slots in steps.launches], steps.result)
+            [(launch.native, list(slots)) for launch, slots in steps.launches], steps.result,
+            list(steps.result_order or ()))
 
 
 def empty_plan(size, channels_last: bool, zeros=False) -> Plan:
@@ -774,8 +812,9 @@ class PlanCache(dict):
         super().__setitem__(key, value)
 
 
-def _C_native_plan(buffers, launches, result):
-    return importlib.import_module("fastconv._C").NativePlan(buffers, launches, result)
+def _C_native_plan(buffers, launches, result, result_order):
+    return importlib.import_module("fastconv._C").NativePlan(buffers, launches, result,
+                                                             result_order)
 
 
 # torch.backends.cudnn.allow_tf32 is a module property costing ~0.5 us a read; the getter

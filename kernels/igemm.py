@@ -43,9 +43,10 @@ import triton.language as tl
 from ._common import (Launch, TORCH_TO_TL, activation_code, apply_activation, dot_args,
                       interpreting, is_channels_last, jit_launch, mma, new_output, num_sms,
                       pixel_coords)
-from ._plan import (Family, Plan, Policy, Prefer, Steps, Tiles, check_grad_output, check_groups,
-                    check_operands, check_output, empty_plan, features, grad_weight_plan,
-                    launch_meta, out_hw, output_steps, split_reduction, tune, tune_key)
+from ._plan import (CHANNELS_LAST, CONTIGUOUS, Family, Plan, Policy, Prefer, Steps, Tiles,
+                    check_grad_output, check_groups, check_operands, check_output, empty_plan,
+                    features, grad_weight_plan, launch_meta, out_hw, output_steps,
+                    split_reduction, steps_on_copies, tune, tune_key)
 
 try:  # host-side TMA descriptors (triton >= 3.4 on Hopper+); absent: pointer tiles only
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -750,7 +751,8 @@ def _plan_conv2d(x, w, bias, stride, padding, dilation, groups, activation, poli
         inner = _plan_conv2d(_cl(x), _cl(w), bias, stride, padding, dilation, groups,
                              activation, policy)
         return Plan(lambda x, w, bias: inner.run(_cl(x), _cl(w), bias).contiguous(),
-                    *inner.launches)
+                    *inner.launches, steps=steps_on_copies(inner, CHANNELS_LAST, CHANNELS_LAST,
+                                                           CONTIGUOUS))
     cl = is_channels_last(x) or is_channels_last(w)
     if n * ho * wo == 0:
         return empty_plan((n, k, ho, wo), cl)
@@ -906,10 +908,14 @@ def _plan_grad_input(dy, w, input_size, stride, padding, dilation, groups, polic
     ho, wo = check_grad_output(name, dy, input_size, w.shape, stride, padding, dilation)
     if policy.via_channels_last("grad_input", dy, r, s, cg, ho * wo):
         # the weight k-innermost (as the tensor cores read it) where the copy is on
-        w_as = _k_major if _kind(r, s, cg) in policy.nchw_weight_copy["grad_input"] else _cl
+        k_major = _kind(r, s, cg) in policy.nchw_weight_copy["grad_input"]
+        w_as = _k_major if k_major else _cl
         inner = _plan_grad_input(_cl(dy), w_as(w), input_size, stride, padding, dilation,
                                  groups, policy)
-        return Plan(lambda dy, w: inner.run(_cl(dy), w_as(w)).contiguous(), *inner.launches)
+        steps = steps_on_copies(inner, CHANNELS_LAST, K_MAJOR if k_major else CHANNELS_LAST,
+                                CONTIGUOUS)
+        return Plan(lambda dy, w: inner.run(_cl(dy), w_as(w)).contiguous(), *inner.launches,
+                    steps=steps)
     cl = is_channels_last(dy)
     if n * h * wd == 0:
         return empty_plan((n, c, h, wd), cl)
@@ -1001,7 +1007,8 @@ def _plan_grad_weight(dy, x, weight_size, stride, padding, dilation, groups, pol
     if policy.via_channels_last("grad_weight", x, r, s, cg, ho * wo) and _nchw(dy):
         inner = _plan_grad_weight(_cl(dy), _cl(x), weight_size, stride, padding, dilation,
                                   groups, policy)
-        return Plan(lambda dy, x: inner.run(_cl(dy), _cl(x)), *inner.launches)
+        return Plan(lambda dy, x: inner.run(_cl(dy), _cl(x)), *inner.launches,
+                    steps=steps_on_copies(inner, CHANNELS_LAST, CHANNELS_LAST))
     if n * ho * wo == 0:
         return empty_plan(tuple(weight_size), False, zeros=True)
     gw = _GradWeight(dy, x, weight_size, stride, padding, dilation, groups, policy)

@@ -52,7 +52,9 @@ def test_native_plan_checks_slots_and_declines_cpu_tensors():
         _C.NativePlan([("copy", 1, (0, 0, 1, 2))], [(launch, [0, 3])], 3)
     with pytest.raises(RuntimeError, match="before it exists"):
         _C.NativePlan([("copy", 3, (0, 1))], [(launch, [0, 3])], 3)
-    plan = _C.NativePlan([("copy", 1, (1, 0))], [(launch, [0, 3])], 3)
+    with pytest.raises(RuntimeError, match="result order"):
+        _C.NativePlan([((2, 3), False, 0)], [(launch, [0, 3])], 3, [1, 1])
+    plan = _C.NativePlan([("copy", 1, (1, 0))], [(launch, [0, 3])], 3, [1, 0])
     assert plan(torch.randn(2), torch.randn(2, 3)) is None
     plan = _C.NativePlan([((2, 3), False, torch.float64)], [(launch, [0, 3])], 3)
     assert plan(torch.randn(2), torch.randn(2)) is None
