@@ -269,8 +269,9 @@ class NativePlan {
     result_inverse_.assign(result_order_.size(), -1);
     for (size_t i = 0; i < result_order_.size(); ++i) {
       const int64_t d = result_order_[i];
-      TORCH_CHECK(d >= 0 && d < static_cast<int64_t>(result_order_.size()) && result_inverse_[d] < 0,
-                  "fastconv: result order ", result_order_, " is not a permutation");
+      const bool fresh = d >= 0 && d < static_cast<int64_t>(result_order_.size()) &&
+                         result_inverse_[d] < 0;
+      TORCH_CHECK(fresh, "fastconv: result order ", result_order_, " is not a permutation");
       result_inverse_[d] = static_cast<int64_t>(i);
     }
     for (auto item : buffers) {  // (sizes, channels_last, dtype slot or dtype)
@@ -397,8 +398,8 @@ class NativeConv : public torch::CustomClassHolder {
         python_forward_(std::make_unique<PythonCallable>(std::move(python_forward))),
         python_backward_(std::make_unique<PythonCallable>(std::move(python_backward))) {}
 
-  void set_grad_plans(std::shared_ptr<NativePlan> grad_input, std::shared_ptr<NativePlan> grad_weight,
-                      const at::Tensor& grad_output) {
+  void set_grad_plans(std::shared_ptr<NativePlan> grad_input,
+                      std::shared_ptr<NativePlan> grad_weight, const at::Tensor& grad_output) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (grad_input) grad_input_ = std::move(grad_input);
     if (grad_weight) grad_weight_ = std::move(grad_weight);
