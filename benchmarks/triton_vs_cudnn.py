@@ -244,14 +244,15 @@ def main(argv=None):
                    help="suites whose grad_input and grad_weight are timed too")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this")
     p.add_argument("--compile-only", action="store_true",
-                   help="only run each case once with FASTCONV_TUNE=compile (warms Triton's cache)")
+                   help="only run each case once (warms Triton's cache): every tile candidate "
+                   "(FASTCONV_TUNE=compile, the default) or the heuristic's")
     p.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th case")
     args = p.parse_args(argv)
     shard, nshards = map(int, args.shard.split("/"))
     os.makedirs(args.out, exist_ok=True)
     torch.backends.cudnn.benchmark = True
-    if args.compile_only:
-        os.environ["FASTCONV_TUNE"] = "compile"
+    if args.compile_only:  # every candidate, or only what FASTCONV_TUNE=heuristic runs
+        os.environ.setdefault("FASTCONV_TUNE", "compile")
         fh = open(os.devnull, "w")
     else:
         # Tuned kernels against cuDNN: race each new shape's tiles (fastconv's default
