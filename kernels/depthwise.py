@@ -34,9 +34,9 @@ import triton.language as tl
 from ._common import (INT32_LIMIT, Launch, activation_code, apply_activation, dot_args,
                       dot_precision, is_channels_last, jit_launch, mma, new_output, num_sms,
                       pixel_coords, split_sum_args, split_sum_kernel)
-from ._plan import (Family, Plan, Policy, Prefer, Tiles, check_grad_output, check_operands,
-                    check_output, empty_plan, features, grad_weight_plan, launch_meta, out_hw,
-                    output_steps, split_reduction, tune, tune_key)
+from ._plan import (CONTIGUOUS, Family, Plan, Policy, Prefer, Steps, Tiles, check_grad_output,
+                    check_operands, check_output, empty_plan, features, grad_weight_plan,
+                    launch_meta, out_hw, output_steps, split_reduction, tune, tune_key)
 
 
 def reference_conv2d(x, w, bias, stride, padding, dilation):
@@ -858,8 +858,12 @@ class _Forward:
             fast(x.contiguous() if transpose else x, w, w if bias is None else bias.contiguous(),
                  y)
             return y
-        return Plan(run, fast,
-                    steps=None if transpose else output_steps(fast, size, cl, (0, 1, 2, 3)))
+        if transpose:  # slot 3: x's NCHW copy, 4: the output
+            steps = Steps(buffers=(("copy", 0, CONTIGUOUS), (tuple(size), cl, 0)),
+                          launches=((fast, (3, 1, 2, 4)),), result=4)
+        else:
+            steps = output_steps(fast, size, cl, (0, 1, 2, 3))
+        return Plan(run, fast, steps=steps)
 
 
 # --------------------------------------------------------------------------------------
