@@ -634,50 +634,106 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& wcl, const ConvPara
 }
 
 // ---------------------------------------------------------------------------
-// grad_weight: dW_g += dY_tile_g @ col_tile_g^T, tiles in order.
+// grad_weight: dW_g += dY_tile_g @ col_tile_g^T, tiles in order. An item owns a
+// block of dW and one part of the tile's pixels (the reduction); the parts sum
+// into their own partial dW (see kIm2colGradWeightMinItems), added in order at the end.
+
+// The pixel tiling of grad_weight: im2col's, but a 1x1 layer that reads the input
+// as its column matrix has no buffer to bound and runs all pixels as one tile.
+Tiling grad_weight_tiling(const ConvParams& p, int64_t elem) {
+  if (!is_pointwise(p)) return make_tiling(p, elem);
+  Tiling t;
+  t.total = t.tile = p.N * p.Ho * p.Wo;
+  t.count = t.total > 0 ? 1 : 0;
+  return t;
+}
+
+// The parts each tile's pixels are cut into: enough for kIm2colGradWeightMinItems
+// items with `blocks` dW blocks per tile, within the part and memory limits.
+int64_t grad_weight_parts(const ConvParams& p, const Tiling& tl, int64_t blocks, int64_t elem) {
+  const int64_t want = ceil_div(kIm2colGradWeightMinItems, blocks);
+  const int64_t by_pixels = tl.tile / kIm2colGradWeightMinPartPixels;
+  const int64_t by_bytes = kIm2colGradWeightMaxPartialBytes / (p.K * p.gemm_k() * elem);
+  return std::max<int64_t>(1, std::min({want, by_pixels, by_bytes}));
+}
+
+// Tile-relative pixel range [a, b) of part s of P pixels cut into S parts.
+inline int64_t part_begin(int64_t P, int64_t S, int64_t s) { return P * s / S; }
+
+// Runs f(item, part) over every dW block x pixel part of one tile, in parallel.
+// Items of one part are adjacent, so a thread's consecutive items share its pixels.
+template <typename F>
+void run_parts(const std::vector<Item>& items, int64_t parts, F f) {
+  const int64_t n = (int64_t)items.size() * parts;
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    SequentialBlasGuard one_blas_thread;
+    for (int64_t i = b; i < e; ++i) f(items[i % items.size()], i / (int64_t)items.size());
+  });
+}
+
+// out[i] = acc[0][i] + acc[1][i] + ... + acc[S-1][i], in that order.
+template <typename T>
+void sum_parts(const T* acc, int64_t S, int64_t n, T* out) {
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T v = acc[i];
+      for (int64_t s = 1; s < S; ++s) v += acc[s * n + i];
+      out[i] = v;
+    }
+  });
+}
 
 template <typename T>
 void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParams& p, at::Tensor& dw) {
   const bool direct = is_pointwise(p);  // then x is canonical NCHW
-  const Tiling tl = make_tiling(p, sizeof(T));
+  const Tiling tl = grad_weight_tiling(p, sizeof(T));
   const auto opts = x.options();
   at::Tensor buf = column_buffer(p, tl, direct, opts);
   T* col = direct ? nullptr : buf.data_ptr<T>();
-  dw.zero_();
   const T* dyp = dy.data_ptr<T>();  // canonical NCHW or channels_last
   const T* xp = x.data_ptr<T>();
-  T* dwp = dw.data_ptr<T>();  // [K x Kd]
   const Strides4 ds(dy), xs(x);
-  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg;
+  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, KKd = p.K * Kd;
+  const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
+  const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
+  // dw is [K x Kd] in the column order (c, r, s); partials beside it when S > 1.
+  at::Tensor acc = S == 1 ? dw : at::empty({S, p.K, Kd}, opts);
+  acc.zero_();
+  T* ap = acc.data_ptr<T>();
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     const auto segs = segments(p, p0, p1);
     if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
-    // The pixels are the reduction: an item owns a dW block and sums all segments.
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
-    run_items(items, [&](const Item& it) {
-      const int64_t k = it.g * Kg + it.m0;
-      auto C = mat(dwp + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
-      for (const auto& sg : segs) {
-        auto A = mat(dyp + sg.n * ds.n + k * ds.c + sg.q * ds.w, it.mn, sg.len, ds.c, ds.w, opts);
-        auto B = direct ? mat(xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + sg.q, sg.len, it.cn, 1, xs.c, opts)
-                        : mat(col + (it.g * Kd + it.c0) * P + sg.off, sg.len, it.cn, 1, P, opts);
+    run_parts(items, S, [&](const Item& it, int64_t s) {
+      const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
+      auto C = mat(ap + s * KKd + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
+      for (const auto& sg : segs) {  // the part's pixels, image by image
+        const int64_t lo = std::max(a, sg.off), hi = std::min(b, sg.off + sg.len);
+        if (lo >= hi) continue;
+        const int64_t q = sg.q + lo - sg.off;
+        auto A = mat(dyp + sg.n * ds.n + k * ds.c + q * ds.w, it.mn, hi - lo, ds.c, ds.w, opts);
+        auto B = direct ? mat(xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + q, hi - lo, it.cn, 1, xs.c, opts)
+                        : mat(col + (it.g * Kd + it.c0) * P + lo, hi - lo, it.cn, 1, P, opts);
         C.addmm_(A, B);
       }
     });
   }
+  if (S > 1) sum_parts(ap, S, KKd, dw.data_ptr<T>());
 }
 
 template <typename T>
 void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParams& p, at::Tensor& dw) {
   const bool direct = is_pointwise(p);  // then x is canonical channels_last
-  const Tiling tl = make_tiling(p, sizeof(T));
+  const Tiling tl = grad_weight_tiling(p, sizeof(T));
   const auto opts = x.options();
   at::Tensor buf = column_buffer(p, tl, direct, opts);
   T* col = direct ? nullptr : buf.data_ptr<T>();
-  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p);
-  // Accumulate in the column order (k, r, s, c); reordered into dW at the end.
-  auto acc = at::zeros({K, Kd}, opts);
+  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p), KKd = K * Kd;
+  const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
+  const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
+  // Accumulate in the column order (k, r, s, c), one partial per part; reordered
+  // into dW at the end.
+  auto acc = at::zeros({S, K, Kd}, opts);
   const T* dyp = dy.data_ptr<T>();  // canonical channels_last: [N·Ho·Wo x K]
   const T* xp = x.data_ptr<T>();
   T* ap = acc.data_ptr<T>();
@@ -685,17 +741,22 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     if (!direct) im2col_nhwc(xp, xs, p, p0, p1, col);
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
-    run_items(items, [&](const Item& it) {
-      const int64_t k = it.g * Kg + it.m0;
-      auto A = mat(dyp + p0 * K + k, it.mn, P, 1, K, opts);  // dY_g^T
-      auto B = direct ? mat(xp + p0 * p.C + it.g * Cg + it.c0, P, it.cn, p.C, 1, opts)
-                      : mat(col + it.g * Kd + it.c0, P, it.cn, kall, 1, opts);
-      auto C = mat(ap + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
+    run_parts(items, S, [&](const Item& it, int64_t s) {
+      const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
+      if (a >= b) return;
+      auto A = mat(dyp + (p0 + a) * K + k, it.mn, b - a, 1, K, opts);  // dY_g^T
+      auto B = direct ? mat(xp + (p0 + a) * p.C + it.g * Cg + it.c0, b - a, it.cn, p.C, 1, opts)
+                      : mat(col + a * kall + it.g * Kd + it.c0, b - a, it.cn, kall, 1, opts);
+      auto C = mat(ap + s * KKd + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
       C.addmm_(A, B);
     });
   }
-  dw.copy_(acc.view({K, p.R, p.S, Cg}).permute({0, 3, 1, 2}));
+  at::Tensor sum = acc[0];
+  if (S > 1) {
+    sum = at::empty({K, Kd}, opts);
+    sum_parts(ap, S, KKd, sum.data_ptr<T>());
+  }
+  dw.copy_(sum.view({K, p.R, p.S, Cg}).permute({0, 3, 1, 2}));
 }
 
 }  // namespace

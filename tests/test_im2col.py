@@ -42,6 +42,10 @@ CASES = [
     case(2, 5, 3, 3, 1, 3, 3, bias=False, id="one-pixel-one-channel"),
     # C·R·S·P > kIm2colMaxWorkspaceBytes: several tiles, and tiles that span images.
     case(3, 192, 14, 14, 8, 3, 3, padding=(1, 1, 1, 1), id="multi-tile"),
+    # Few dW blocks: grad_weight cuts each tile's pixels into parts (kIm2colGradWeightMinItems),
+    # parts that span images; one tile (1x1, 3 parts) and three tiles (3 parts each).
+    case(2, 16, 15, 15, 12, 1, 1, id="1x1-parts"),
+    case(2, 64, 24, 24, 8, 3, 3, padding=(1, 1, 1, 1), id="multi-tile-parts"),
 ]
 
 LAYOUTS = ("nchw", "nhwc", "x_nchw_w_cl", "x_cl_w_nchw")
@@ -262,7 +266,7 @@ def test_workspace_matches_allocation(cfg, layout):
 
 # --- threads, and what must never run -------------------------------------------
 
-THREAD_CASES = [CASES[0], CASES[4], CASES[5], CASES[-1]]
+THREAD_CASES = [CASES[0], CASES[4], CASES[5], CASES[-3], CASES[-2], CASES[-1]]
 
 
 @pytest.mark.parametrize("layout", ("nchw", "nhwc"))
