@@ -7,7 +7,7 @@
 //   NCHW: col[(c,r,s)][p]            out[k][p] = W_g[Kg x Kd] @ col_g[Kd x P]
 //   NHWC: col[p][(g,r,s,c)]          out[p][k] = col_g[P x Kd] @ Wcl_g^T[Kd x Kg]
 // where Kd = C/g·R·S and Wcl is the weight in channels_last order (k, r, s, c).
-// The GEMMs are ATen BLAS calls (at::mm_out / addmm_) on strided views of our
+// The GEMMs are BLAS calls (MKL's sgemm_/dgemm_, else ATen's mm) on our
 // buffers; the bias + activation epilogue runs on each GEMM block while it is
 // still in cache. 1x1 / stride-1 / unpadded convs use the input itself as the
 // column matrix (no copy, no workspace).
@@ -142,32 +142,48 @@ at::Tensor mat(const T* ptr, int64_t rows, int64_t cols, int64_t row_stride, int
   return at::from_blob(const_cast<T*>(ptr), {rows, cols}, {row_stride, col_stride}, o);
 }
 
-// Row-major c[m x n] = a[m x k] · b, rows of a lda apart, c ldc apart; b is
-// [k x n] with rows ldb apart, or (b_transposed) [n x k] with rows ldb apart.
-// Through the exported Fortran GEMM when there is one (column-major: c^T = b^T a^T).
+// Row-major c[m x n] (rows ldc apart) = a · b, or += a · b (accumulate). a is
+// [m x k] with rows lda apart, or (a_transposed) stored as [k x m] with rows lda
+// apart; b likewise [k x n] or (b_transposed) stored [n x k], rows ldb apart.
+// Through the exported Fortran GEMM when there is one (column-major: c^T = b^T a^T),
+// else ATen's mm on strided views.
 template <typename T>
-void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-               bool b_transposed, T* c, int64_t ldc, const at::TensorOptions& o) {
+void gemm(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k, const T* a,
+          int64_t lda, const T* b, int64_t ldb, bool accumulate, T* c, int64_t ldc,
+          const at::TensorOptions& o) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate) mat(c, m, n, ldc, 1, o).zero_();
+    return;
+  }
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  const bool fits = std::max({m, n, k, lda, ldb, ldc}) <= kMaxInt;
-  if (fits && m > 0 && n > 0 && k > 0) {
+  // The leading dimensions Fortran asks for (at least the stored rows' length).
+  const bool valid = lda >= (a_transposed ? m : k) && ldb >= (b_transposed ? k : n) && ldc >= n;
+  if (valid && std::max({m, n, k, lda, ldb, ldc}) <= kMaxInt) {
     const int M = int(n), N = int(m), K = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
     const char* ta = b_transposed ? "T" : "N";
+    const char* tb = a_transposed ? "T" : "N";
+    const T one = 1, beta = accumulate ? 1 : 0;
     if constexpr (std::is_same_v<T, float>) {
-      if (sgemm_) {
-        const float one = 1.f, zero = 0.f;
-        return sgemm_(ta, "N", &M, &N, &K, &one, b, &la, a, &lb, &zero, c, &lc);
-      }
+      if (sgemm_) return sgemm_(ta, tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
     } else if constexpr (std::is_same_v<T, double>) {
-      if (dgemm_) {
-        const double one = 1., zero = 0.;
-        return dgemm_(ta, "N", &M, &N, &K, &one, b, &la, a, &lb, &zero, c, &lc);
-      }
+      if (dgemm_) return dgemm_(ta, tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
     }
   }
   auto C = mat(c, m, n, ldc, 1, o);
+  auto A = a_transposed ? mat(a, m, k, 1, lda, o) : mat(a, m, k, lda, 1, o);
   auto B = b_transposed ? mat(b, k, n, 1, ldb, o) : mat(b, k, n, ldb, 1, o);
-  at::mm_out(C, mat(a, m, k, lda, 1, o), B);
+  if (accumulate)
+    C.addmm_(A, B);
+  else
+    at::mm_out(C, A, B);
+}
+
+// c = a · b with a row-major (the forward's GEMMs).
+template <typename T>
+void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+               bool b_transposed, T* c, int64_t ldc, const at::TensorOptions& o) {
+  gemm(false, b_transposed, m, n, k, a, lda, b, ldb, false, c, ldc, o);
 }
 
 // ---------------------------------------------------------------------------
@@ -594,12 +610,12 @@ void grad_input_nchw(const at::Tensor& dy, const at::Tensor& w, const ConvParams
                                   kIm2colItemPixels, Kg);
     run_items(items, [&](const Item& it) {
       const Segment& sg = segs[it.seg];
-      auto A = mat(wp + it.g * Kg * Kd + it.m0, it.mn, Kg, 1, Kd, opts);  // W_g^T rows
-      auto B = mat(dyp + sg.n * ds.n + it.g * Kg * ds.c + sg.q + it.c0, Kg, it.cn, ds.c, 1, opts);
-      auto C = direct ? mat(dxp + sg.n * xs.n + (it.g * Cg + it.m0) * xs.c + sg.q + it.c0, it.mn, it.cn,
-                            xs.c, 1, opts)
-                      : mat(dcol + (it.g * Kd + it.m0) * P + sg.off + it.c0, it.mn, it.cn, P, 1, opts);
-      at::mm_out(C, A, B);
+      const T* dyo = dyp + sg.n * ds.n + it.g * Kg * ds.c + sg.q + it.c0;
+      T* o = direct ? dxp + sg.n * xs.n + (it.g * Cg + it.m0) * xs.c + sg.q + it.c0
+                    : dcol + (it.g * Kd + it.m0) * P + sg.off + it.c0;
+      // A = W_g^T: W_g's rows (one per output channel) are its columns.
+      gemm(true, false, it.mn, it.cn, Kg, wp + it.g * Kg * Kd + it.m0, Kd, dyo, ds.c, false, o,
+           direct ? xs.c : P, opts);
     });
     if (!direct) col2im_nchw(dcol, p, segs, P, dxp, xs);
   }
@@ -623,11 +639,9 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& wcl, const ConvPara
     const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kd}, kIm2colItemColumns, Kg);
     run_items(items, [&](const Item& it) {
       const int64_t px = p0 + it.m0;
-      auto A = mat(dyp + px * K + it.g * Kg, it.mn, Kg, K, 1, opts);
-      auto B = mat(wp + it.g * Kg * Kd + it.c0, Kg, it.cn, Kd, 1, opts);
-      auto C = direct ? mat(dxp + px * p.C + it.g * Cg + it.c0, it.mn, it.cn, p.C, 1, opts)
-                      : mat(dcol + it.m0 * kall + it.g * Kd + it.c0, it.mn, it.cn, kall, 1, opts);
-      at::mm_out(C, A, B);
+      T* o = direct ? dxp + px * p.C + it.g * Cg + it.c0 : dcol + it.m0 * kall + it.g * Kd + it.c0;
+      gemm(false, false, it.mn, it.cn, Kg, dyp + px * K + it.g * Kg, K,
+           wp + it.g * Kg * Kd + it.c0, Kd, false, o, direct ? p.C : kall, opts);
     });
     if (!direct) col2im_nhwc(dcol, p, p0, p1, dxp, xs);
   }
@@ -706,15 +720,19 @@ void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParam
     if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
     run_parts(items, S, [&](const Item& it, int64_t s) {
       const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
-      auto C = mat(ap + s * KKd + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
+      T* c = ap + s * KKd + k * Kd + it.c0;
       for (const auto& sg : segs) {  // the part's pixels, image by image
         const int64_t lo = std::max(a, sg.off), hi = std::min(b, sg.off + sg.len);
         if (lo >= hi) continue;
         const int64_t q = sg.q + lo - sg.off;
-        auto A = mat(dyp + sg.n * ds.n + k * ds.c + q * ds.w, it.mn, hi - lo, ds.c, ds.w, opts);
-        auto B = direct ? mat(xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + q, hi - lo, it.cn, 1, xs.c, opts)
-                        : mat(col + (it.g * Kd + it.c0) * P + lo, hi - lo, it.cn, 1, P, opts);
-        C.addmm_(A, B);
+        // A = dY's rows [k x pixels]: pixels contiguous (NCHW) or channels (channels_last).
+        const T* dyo = dyp + sg.n * ds.n + k * ds.c + q * ds.w;
+        const bool dy_cl = ds.w != 1;
+        // B = the columns transposed: pixels contiguous in x's planes or the col rows.
+        const T* bo = direct ? xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + q
+                             : col + (it.g * Kd + it.c0) * P + lo;
+        gemm(dy_cl, true, it.mn, it.cn, hi - lo, dyo, dy_cl ? ds.w : ds.c, bo, direct ? xs.c : P,
+             true, c, Kd, opts);
       }
     });
   }
@@ -744,11 +762,10 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
     run_parts(items, S, [&](const Item& it, int64_t s) {
       const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
       if (a >= b) return;
-      auto A = mat(dyp + (p0 + a) * K + k, it.mn, b - a, 1, K, opts);  // dY_g^T
-      auto B = direct ? mat(xp + (p0 + a) * p.C + it.g * Cg + it.c0, b - a, it.cn, p.C, 1, opts)
-                      : mat(col + a * kall + it.g * Kd + it.c0, b - a, it.cn, kall, 1, opts);
-      auto C = mat(ap + s * KKd + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
-      C.addmm_(A, B);
+      // A = dY_g^T (dY's rows are pixels), B = x or the column rows.
+      const T* bo = direct ? xp + (p0 + a) * p.C + it.g * Cg + it.c0 : col + a * kall + it.g * Kd + it.c0;
+      gemm(true, false, it.mn, it.cn, b - a, dyp + (p0 + a) * K + k, K, bo, direct ? p.C : kall,
+           true, ap + s * KKd + k * Kd + it.c0, Kd, opts);
     });
   }
   at::Tensor sum = acc[0];
