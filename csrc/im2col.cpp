@@ -710,9 +710,9 @@ void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, KKd = p.K * Kd;
   const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
   const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
-  // dw is [K x Kd] in the column order (c, r, s); partials beside it when S > 1.
+  // dw is [K x Kd] in the column order (c, r, s); partials beside it when S > 1. No
+  // zeroing: the first tile writes every block (each part holds pixels of tile 0).
   at::Tensor acc = S == 1 ? dw : at::empty({S, p.K, Kd}, opts);
-  acc.zero_();
   T* ap = acc.data_ptr<T>();
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
@@ -721,6 +721,7 @@ void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParam
     run_parts(items, S, [&](const Item& it, int64_t s) {
       const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
       T* c = ap + s * KKd + k * Kd + it.c0;
+      bool accumulate = t > 0;
       for (const auto& sg : segs) {  // the part's pixels, image by image
         const int64_t lo = std::max(a, sg.off), hi = std::min(b, sg.off + sg.len);
         if (lo >= hi) continue;
@@ -732,7 +733,8 @@ void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParam
         const T* bo = direct ? xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + q
                              : col + (it.g * Kd + it.c0) * P + lo;
         gemm(dy_cl, true, it.mn, it.cn, hi - lo, dyo, dy_cl ? ds.w : ds.c, bo, direct ? xs.c : P,
-             true, c, Kd, opts);
+             accumulate, c, Kd, opts);
+        accumulate = true;
       }
     });
   }
@@ -750,8 +752,11 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
   const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
   // Accumulate in the column order (k, r, s, c), one partial per part; reordered
-  // into dW at the end.
-  auto acc = at::zeros({S, K, Kd}, opts);
+  // into dW at the end, except for 1x1 kernels (the same order) of one part, which
+  // sum into dW itself. No zeroing: the first tile writes every block (each part
+  // holds pixels of tile 0).
+  const bool in_place = S == 1 && Kd == Cg;
+  at::Tensor acc = in_place ? dw : at::empty({S, K, Kd}, opts);
   const T* dyp = dy.data_ptr<T>();  // canonical channels_last: [N·Ho·Wo x K]
   const T* xp = x.data_ptr<T>();
   T* ap = acc.data_ptr<T>();
@@ -765,9 +770,11 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
       // A = dY_g^T (dY's rows are pixels), B = x or the column rows.
       const T* bo = direct ? xp + (p0 + a) * p.C + it.g * Cg + it.c0 : col + a * kall + it.g * Kd + it.c0;
       gemm(true, false, it.mn, it.cn, b - a, dyp + (p0 + a) * K + k, K, bo, direct ? p.C : kall,
-           true, ap + s * KKd + k * Kd + it.c0, Kd, opts);
+           t > 0, ap + s * KKd + k * Kd + it.c0, Kd, opts);
     });
   }
+  if (in_place) return;
+  if (Kd == Cg) return sum_parts(ap, S, KKd, dw.data_ptr<T>());
   at::Tensor sum = acc[0];
   if (S > 1) {
     sum = at::empty({K, Kd}, opts);
