@@ -376,29 +376,36 @@ void im2col_nhwc(const T* x, const Strides4& xs, const ConvParams& p, int64_t p0
   });
 }
 
-// dx (dense channels_last) += col2im(dcol). A thread owns a block of channels
-// of one group and walks all the tile's pixels in order: no races, fixed order.
+// dx (dense channels_last) += col2im(dcol). A work item owns a block of channels
+// of one group in one input row (n, ih), so the scatter-add has no races even for
+// stems (3 channels: one block), and sums into it in a fixed order: kernel rows r,
+// then the tile's output pixels of output row (ih + pad - r·dil) / stride, then s.
 template <typename T>
 void col2im_nhwc(const T* dcol, const ConvParams& p, int64_t p0, int64_t p1, T* dx,
                  const Strides4& ds) {
   const int64_t kall = col_rows(p), hw = p.Ho * p.Wo, Cg = p.Cg;
   const int64_t blocks = ceil_div(Cg, kIm2colCol2imChannels);
-  at::parallel_for(0, p.groups * blocks, 1, [&](int64_t b, int64_t e) {
+  const int64_t n0 = p0 / hw, rows = (ceil_div(p1, hw) - n0) * p.H;  // input rows of the tile's images
+  at::parallel_for(0, rows * p.groups * blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
-      const int64_t g = item / blocks, c0 = (item % blocks) * kIm2colCol2imChannels;
+      const int64_t j = item / (p.groups * blocks), gb = item % (p.groups * blocks);
+      const int64_t n = n0 + j / p.H, ih = j % p.H;
+      const int64_t g = gb / blocks, c0 = (gb % blocks) * kIm2colCol2imChannels;
       const int64_t cn = std::min(kIm2colCol2imChannels, Cg - c0);
-      for (int64_t i = p0; i < p1; ++i) {
-        const int64_t n = i / hw, q = i % hw, oh = q / p.Wo, ow = q % p.Wo;
-        const T* d = dcol + (i - p0) * kall + g * p.R * p.S * Cg + c0;
-        T* xg = dx + n * ds.n + (g * Cg + c0);
-        for (int64_t r = 0; r < p.R; ++r) {
-          const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
-          if (ih < 0 || ih >= p.H) continue;
+      T* xrow = dx + n * ds.n + ih * ds.h + (g * Cg + c0);
+      for (int64_t r = 0; r < p.R; ++r) {
+        const int64_t t = ih + p.pad_top - r * p.dil_h;  // oh * stride_h
+        if (t < 0 || t % p.stride_h || t / p.stride_h >= p.Ho) continue;
+        const int64_t row0 = n * hw + t / p.stride_h * p.Wo;  // the output row's first pixel
+        const int64_t lo = std::max(row0, p0), hi = std::min(row0 + p.Wo, p1);
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t ow = i - row0;
+          const T* d = dcol + (i - p0) * kall + (g * p.R + r) * p.S * Cg + c0;
           for (int64_t s = 0; s < p.S; ++s) {
             const int64_t iw = ow * p.stride_w - p.pad_left + s * p.dil_w;
             if (iw < 0 || iw >= p.W) continue;
-            const T* src = d + (r * p.S + s) * Cg;
-            T* o = xg + ih * ds.h + iw * ds.w;
+            const T* src = d + s * Cg;
+            T* o = xrow + iw * ds.w;
             for (int64_t c = 0; c < cn; ++c) o[c] += src[c];
           }
         }
