@@ -39,6 +39,18 @@ constexpr int64_t kIm2colItemMinMacs = 1 << 21;
 // Backward GEMM calls cut the column-matrix dimension (C/g·R·S) in blocks of
 // this many rows (grad_input) or columns (grad_weight).
 constexpr int64_t kIm2colItemColumns = 256;
+// grad_weight's items own blocks of dW, so a small dW (ResNet-50's 64x64 and
+// 128x256 1x1 layers: one block) gave one item per tile and left the second
+// thread idle (0.62-0.64x of oneDNN at 2 threads, 1.0-1.9x at 1). Where the
+// blocks are fewer than kIm2colGradWeightMinItems, the tile's pixels (the
+// reduction) are cut into parts as well; each part sums into its own partial
+// dW and the parts are added in order at the end. The cut depends on the layer
+// alone, so the result is the same for any thread count. A part keeps at least
+// kIm2colGradWeightMinPartPixels pixels (the GEMM's depth) and all partials
+// together at most kIm2colGradWeightMaxPartialBytes.
+constexpr int64_t kIm2colGradWeightMinItems = 8;
+constexpr int64_t kIm2colGradWeightMinPartPixels = 128;
+constexpr int64_t kIm2colGradWeightMaxPartialBytes = 16 << 20;
 // NHWC col2im: channels per parallel work item (a thread owns a channel block,
 // so the scatter-add has no races).
 constexpr int64_t kIm2colCol2imChannels = 16;
@@ -243,6 +255,9 @@ constexpr int64_t kGemmPack = 0;
   X(im2col_item_min_macs, kIm2colItemMinMacs)                                       \
   X(im2col_item_columns, kIm2colItemColumns)                                        \
   X(im2col_col2im_channels, kIm2colCol2imChannels)                                  \
+  X(im2col_grad_weight_min_items, kIm2colGradWeightMinItems)                        \
+  X(im2col_grad_weight_min_part_pixels, kIm2colGradWeightMinPartPixels)             \
+  X(im2col_grad_weight_max_partial_bytes, kIm2colGradWeightMaxPartialBytes)         \
   X(direct_oc_block, kDirectOcBlock)                                                \
   X(direct_oc_vectors, kDirectOcVectors)                                            \
   X(direct_pixel_tile, kDirectPixelTile)                                            \

@@ -7,7 +7,7 @@
 //   NCHW: col[(c,r,s)][p]            out[k][p] = W_g[Kg x Kd] @ col_g[Kd x P]
 //   NHWC: col[p][(g,r,s,c)]          out[p][k] = col_g[P x Kd] @ Wcl_g^T[Kd x Kg]
 // where Kd = C/g·R·S and Wcl is the weight in channels_last order (k, r, s, c).
-// The GEMMs are ATen BLAS calls (at::mm_out / addmm_) on strided views of our
+// The GEMMs are BLAS calls (MKL's sgemm_/dgemm_, else ATen's mm) on our
 // buffers; the bias + activation epilogue runs on each GEMM block while it is
 // still in cache. 1x1 / stride-1 / unpadded convs use the input itself as the
 // column matrix (no copy, no workspace).
@@ -142,32 +142,48 @@ at::Tensor mat(const T* ptr, int64_t rows, int64_t cols, int64_t row_stride, int
   return at::from_blob(const_cast<T*>(ptr), {rows, cols}, {row_stride, col_stride}, o);
 }
 
-// Row-major c[m x n] = a[m x k] · b, rows of a lda apart, c ldc apart; b is
-// [k x n] with rows ldb apart, or (b_transposed) [n x k] with rows ldb apart.
-// Through the exported Fortran GEMM when there is one (column-major: c^T = b^T a^T).
+// Row-major c[m x n] (rows ldc apart) = a · b, or += a · b (accumulate). a is
+// [m x k] with rows lda apart, or (a_transposed) stored as [k x m] with rows lda
+// apart; b likewise [k x n] or (b_transposed) stored [n x k], rows ldb apart.
+// Through the exported Fortran GEMM when there is one (column-major: c^T = b^T a^T),
+// else ATen's mm on strided views.
 template <typename T>
-void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-               bool b_transposed, T* c, int64_t ldc, const at::TensorOptions& o) {
+void gemm(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k, const T* a,
+          int64_t lda, const T* b, int64_t ldb, bool accumulate, T* c, int64_t ldc,
+          const at::TensorOptions& o) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate) mat(c, m, n, ldc, 1, o).zero_();
+    return;
+  }
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  const bool fits = std::max({m, n, k, lda, ldb, ldc}) <= kMaxInt;
-  if (fits && m > 0 && n > 0 && k > 0) {
+  // The leading dimensions Fortran asks for (at least the stored rows' length).
+  const bool valid = lda >= (a_transposed ? m : k) && ldb >= (b_transposed ? k : n) && ldc >= n;
+  if (valid && std::max({m, n, k, lda, ldb, ldc}) <= kMaxInt) {
     const int M = int(n), N = int(m), K = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
     const char* ta = b_transposed ? "T" : "N";
+    const char* tb = a_transposed ? "T" : "N";
+    const T one = 1, beta = accumulate ? 1 : 0;
     if constexpr (std::is_same_v<T, float>) {
-      if (sgemm_) {
-        const float one = 1.f, zero = 0.f;
-        return sgemm_(ta, "N", &M, &N, &K, &one, b, &la, a, &lb, &zero, c, &lc);
-      }
+      if (sgemm_) return sgemm_(ta, tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
     } else if constexpr (std::is_same_v<T, double>) {
-      if (dgemm_) {
-        const double one = 1., zero = 0.;
-        return dgemm_(ta, "N", &M, &N, &K, &one, b, &la, a, &lb, &zero, c, &lc);
-      }
+      if (dgemm_) return dgemm_(ta, tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
     }
   }
   auto C = mat(c, m, n, ldc, 1, o);
+  auto A = a_transposed ? mat(a, m, k, 1, lda, o) : mat(a, m, k, lda, 1, o);
   auto B = b_transposed ? mat(b, k, n, 1, ldb, o) : mat(b, k, n, ldb, 1, o);
-  at::mm_out(C, mat(a, m, k, lda, 1, o), B);
+  if (accumulate)
+    C.addmm_(A, B);
+  else
+    at::mm_out(C, A, B);
+}
+
+// c = a · b with a row-major (the forward's GEMMs).
+template <typename T>
+void gemm_rows(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+               bool b_transposed, T* c, int64_t ldc, const at::TensorOptions& o) {
+  gemm(false, b_transposed, m, n, k, a, lda, b, ldb, false, c, ldc, o);
 }
 
 // ---------------------------------------------------------------------------
@@ -360,29 +376,36 @@ void im2col_nhwc(const T* x, const Strides4& xs, const ConvParams& p, int64_t p0
   });
 }
 
-// dx (dense channels_last) += col2im(dcol). A thread owns a block of channels
-// of one group and walks all the tile's pixels in order: no races, fixed order.
+// dx (dense channels_last) += col2im(dcol). A work item owns a block of channels
+// of one group in one input row (n, ih), so the scatter-add has no races even for
+// stems (3 channels: one block), and sums into it in a fixed order: kernel rows r,
+// then the tile's output pixels of output row (ih + pad - r·dil) / stride, then s.
 template <typename T>
 void col2im_nhwc(const T* dcol, const ConvParams& p, int64_t p0, int64_t p1, T* dx,
                  const Strides4& ds) {
   const int64_t kall = col_rows(p), hw = p.Ho * p.Wo, Cg = p.Cg;
   const int64_t blocks = ceil_div(Cg, kIm2colCol2imChannels);
-  at::parallel_for(0, p.groups * blocks, 1, [&](int64_t b, int64_t e) {
+  const int64_t n0 = p0 / hw, rows = (ceil_div(p1, hw) - n0) * p.H;  // input rows of the tile's images
+  at::parallel_for(0, rows * p.groups * blocks, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
-      const int64_t g = item / blocks, c0 = (item % blocks) * kIm2colCol2imChannels;
+      const int64_t j = item / (p.groups * blocks), gb = item % (p.groups * blocks);
+      const int64_t n = n0 + j / p.H, ih = j % p.H;
+      const int64_t g = gb / blocks, c0 = (gb % blocks) * kIm2colCol2imChannels;
       const int64_t cn = std::min(kIm2colCol2imChannels, Cg - c0);
-      for (int64_t i = p0; i < p1; ++i) {
-        const int64_t n = i / hw, q = i % hw, oh = q / p.Wo, ow = q % p.Wo;
-        const T* d = dcol + (i - p0) * kall + g * p.R * p.S * Cg + c0;
-        T* xg = dx + n * ds.n + (g * Cg + c0);
-        for (int64_t r = 0; r < p.R; ++r) {
-          const int64_t ih = oh * p.stride_h - p.pad_top + r * p.dil_h;
-          if (ih < 0 || ih >= p.H) continue;
+      T* xrow = dx + n * ds.n + ih * ds.h + (g * Cg + c0);
+      for (int64_t r = 0; r < p.R; ++r) {
+        const int64_t t = ih + p.pad_top - r * p.dil_h;  // oh * stride_h
+        if (t < 0 || t % p.stride_h || t / p.stride_h >= p.Ho) continue;
+        const int64_t row0 = n * hw + t / p.stride_h * p.Wo;  // the output row's first pixel
+        const int64_t lo = std::max(row0, p0), hi = std::min(row0 + p.Wo, p1);
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t ow = i - row0;
+          const T* d = dcol + (i - p0) * kall + (g * p.R + r) * p.S * Cg + c0;
           for (int64_t s = 0; s < p.S; ++s) {
             const int64_t iw = ow * p.stride_w - p.pad_left + s * p.dil_w;
             if (iw < 0 || iw >= p.W) continue;
-            const T* src = d + (r * p.S + s) * Cg;
-            T* o = xg + ih * ds.h + iw * ds.w;
+            const T* src = d + s * Cg;
+            T* o = xrow + iw * ds.w;
             for (int64_t c = 0; c < cn; ++c) o[c] += src[c];
           }
         }
@@ -594,12 +617,12 @@ void grad_input_nchw(const at::Tensor& dy, const at::Tensor& w, const ConvParams
                                   kIm2colItemPixels, Kg);
     run_items(items, [&](const Item& it) {
       const Segment& sg = segs[it.seg];
-      auto A = mat(wp + it.g * Kg * Kd + it.m0, it.mn, Kg, 1, Kd, opts);  // W_g^T rows
-      auto B = mat(dyp + sg.n * ds.n + it.g * Kg * ds.c + sg.q + it.c0, Kg, it.cn, ds.c, 1, opts);
-      auto C = direct ? mat(dxp + sg.n * xs.n + (it.g * Cg + it.m0) * xs.c + sg.q + it.c0, it.mn, it.cn,
-                            xs.c, 1, opts)
-                      : mat(dcol + (it.g * Kd + it.m0) * P + sg.off + it.c0, it.mn, it.cn, P, 1, opts);
-      at::mm_out(C, A, B);
+      const T* dyo = dyp + sg.n * ds.n + it.g * Kg * ds.c + sg.q + it.c0;
+      T* o = direct ? dxp + sg.n * xs.n + (it.g * Cg + it.m0) * xs.c + sg.q + it.c0
+                    : dcol + (it.g * Kd + it.m0) * P + sg.off + it.c0;
+      // A = W_g^T: W_g's rows (one per output channel) are its columns.
+      gemm(true, false, it.mn, it.cn, Kg, wp + it.g * Kg * Kd + it.m0, Kd, dyo, ds.c, false, o,
+           direct ? xs.c : P, opts);
     });
     if (!direct) col2im_nchw(dcol, p, segs, P, dxp, xs);
   }
@@ -623,61 +646,124 @@ void grad_input_nhwc(const at::Tensor& dy, const at::Tensor& wcl, const ConvPara
     const auto items = make_items(p.groups, P, kIm2colItemPixels, {Kd}, kIm2colItemColumns, Kg);
     run_items(items, [&](const Item& it) {
       const int64_t px = p0 + it.m0;
-      auto A = mat(dyp + px * K + it.g * Kg, it.mn, Kg, K, 1, opts);
-      auto B = mat(wp + it.g * Kg * Kd + it.c0, Kg, it.cn, Kd, 1, opts);
-      auto C = direct ? mat(dxp + px * p.C + it.g * Cg + it.c0, it.mn, it.cn, p.C, 1, opts)
-                      : mat(dcol + it.m0 * kall + it.g * Kd + it.c0, it.mn, it.cn, kall, 1, opts);
-      at::mm_out(C, A, B);
+      T* o = direct ? dxp + px * p.C + it.g * Cg + it.c0 : dcol + it.m0 * kall + it.g * Kd + it.c0;
+      gemm(false, false, it.mn, it.cn, Kg, dyp + px * K + it.g * Kg, K,
+           wp + it.g * Kg * Kd + it.c0, Kd, false, o, direct ? p.C : kall, opts);
     });
     if (!direct) col2im_nhwc(dcol, p, p0, p1, dxp, xs);
   }
 }
 
 // ---------------------------------------------------------------------------
-// grad_weight: dW_g += dY_tile_g @ col_tile_g^T, tiles in order.
+// grad_weight: dW_g += dY_tile_g @ col_tile_g^T, tiles in order. An item owns a
+// block of dW and one part of the tile's pixels (the reduction); the parts sum
+// into their own partial dW (see kIm2colGradWeightMinItems), added in order at the end.
+
+// The pixel tiling of grad_weight: im2col's, but a 1x1 layer that reads the input
+// as its column matrix has no buffer to bound and runs all pixels as one tile.
+Tiling grad_weight_tiling(const ConvParams& p, int64_t elem) {
+  if (!is_pointwise(p)) return make_tiling(p, elem);
+  Tiling t;
+  t.total = t.tile = p.N * p.Ho * p.Wo;
+  t.count = t.total > 0 ? 1 : 0;
+  return t;
+}
+
+// The parts each tile's pixels are cut into: enough for kIm2colGradWeightMinItems
+// items with `blocks` dW blocks per tile, within the part and memory limits.
+int64_t grad_weight_parts(const ConvParams& p, const Tiling& tl, int64_t blocks, int64_t elem) {
+  const int64_t want = ceil_div(kIm2colGradWeightMinItems, blocks);
+  const int64_t by_pixels = tl.tile / kIm2colGradWeightMinPartPixels;
+  const int64_t by_bytes = kIm2colGradWeightMaxPartialBytes / (p.K * p.gemm_k() * elem);
+  return std::max<int64_t>(1, std::min({want, by_pixels, by_bytes}));
+}
+
+// Tile-relative pixel range [a, b) of part s of P pixels cut into S parts.
+inline int64_t part_begin(int64_t P, int64_t S, int64_t s) { return P * s / S; }
+
+// Runs f(item, part) over every dW block x pixel part of one tile, in parallel.
+// Items of one part are adjacent, so a thread's consecutive items share its pixels.
+template <typename F>
+void run_parts(const std::vector<Item>& items, int64_t parts, F f) {
+  const int64_t n = (int64_t)items.size() * parts;
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    SequentialBlasGuard one_blas_thread;
+    for (int64_t i = b; i < e; ++i) f(items[i % items.size()], i / (int64_t)items.size());
+  });
+}
+
+// out[i] = acc[0][i] + acc[1][i] + ... + acc[S-1][i], in that order.
+template <typename T>
+void sum_parts(const T* acc, int64_t S, int64_t n, T* out) {
+  at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T v = acc[i];
+      for (int64_t s = 1; s < S; ++s) v += acc[s * n + i];
+      out[i] = v;
+    }
+  });
+}
 
 template <typename T>
 void grad_weight_nchw(const at::Tensor& dy, const at::Tensor& x, const ConvParams& p, at::Tensor& dw) {
   const bool direct = is_pointwise(p);  // then x is canonical NCHW
-  const Tiling tl = make_tiling(p, sizeof(T));
+  const Tiling tl = grad_weight_tiling(p, sizeof(T));
   const auto opts = x.options();
   at::Tensor buf = column_buffer(p, tl, direct, opts);
   T* col = direct ? nullptr : buf.data_ptr<T>();
-  dw.zero_();
   const T* dyp = dy.data_ptr<T>();  // canonical NCHW or channels_last
   const T* xp = x.data_ptr<T>();
-  T* dwp = dw.data_ptr<T>();  // [K x Kd]
   const Strides4 ds(dy), xs(x);
-  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg;
+  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, KKd = p.K * Kd;
+  const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
+  const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
+  // dw is [K x Kd] in the column order (c, r, s); partials beside it when S > 1. No
+  // zeroing: the first tile writes every block (each part holds pixels of tile 0).
+  at::Tensor acc = S == 1 ? dw : at::empty({S, p.K, Kd}, opts);
+  T* ap = acc.data_ptr<T>();
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     const auto segs = segments(p, p0, p1);
     if (!direct) im2col_nchw(xp, xs, p, segs, P, col);
-    // The pixels are the reduction: an item owns a dW block and sums all segments.
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
-    run_items(items, [&](const Item& it) {
-      const int64_t k = it.g * Kg + it.m0;
-      auto C = mat(dwp + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
-      for (const auto& sg : segs) {
-        auto A = mat(dyp + sg.n * ds.n + k * ds.c + sg.q * ds.w, it.mn, sg.len, ds.c, ds.w, opts);
-        auto B = direct ? mat(xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + sg.q, sg.len, it.cn, 1, xs.c, opts)
-                        : mat(col + (it.g * Kd + it.c0) * P + sg.off, sg.len, it.cn, 1, P, opts);
-        C.addmm_(A, B);
+    run_parts(items, S, [&](const Item& it, int64_t s) {
+      const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
+      T* c = ap + s * KKd + k * Kd + it.c0;
+      bool accumulate = t > 0;
+      for (const auto& sg : segs) {  // the part's pixels, image by image
+        const int64_t lo = std::max(a, sg.off), hi = std::min(b, sg.off + sg.len);
+        if (lo >= hi) continue;
+        const int64_t q = sg.q + lo - sg.off;
+        // A = dY's rows [k x pixels]: pixels contiguous (NCHW) or channels (channels_last).
+        const T* dyo = dyp + sg.n * ds.n + k * ds.c + q * ds.w;
+        const bool dy_cl = ds.w != 1;
+        // B = the columns transposed: pixels contiguous in x's planes or the col rows.
+        const T* bo = direct ? xp + sg.n * xs.n + (it.g * Cg + it.c0) * xs.c + q
+                             : col + (it.g * Kd + it.c0) * P + lo;
+        gemm(dy_cl, true, it.mn, it.cn, hi - lo, dyo, dy_cl ? ds.w : ds.c, bo, direct ? xs.c : P,
+             accumulate, c, Kd, opts);
+        accumulate = true;
       }
     });
   }
+  if (S > 1) sum_parts(ap, S, KKd, dw.data_ptr<T>());
 }
 
 template <typename T>
 void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParams& p, at::Tensor& dw) {
   const bool direct = is_pointwise(p);  // then x is canonical channels_last
-  const Tiling tl = make_tiling(p, sizeof(T));
+  const Tiling tl = grad_weight_tiling(p, sizeof(T));
   const auto opts = x.options();
   at::Tensor buf = column_buffer(p, tl, direct, opts);
   T* col = direct ? nullptr : buf.data_ptr<T>();
-  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p);
-  // Accumulate in the column order (k, r, s, c); reordered into dW at the end.
-  auto acc = at::zeros({K, Kd}, opts);
+  const int64_t Kd = p.gemm_k(), Kg = p.Kg(), Cg = p.Cg, K = p.K, kall = col_rows(p), KKd = K * Kd;
+  const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, tl.tile);
+  const int64_t S = grad_weight_parts(p, tl, items.size(), sizeof(T));
+  // Accumulate in the column order (k, r, s, c), one partial per part; reordered
+  // into dW at the end, except for 1x1 kernels (the same order) of one part, which
+  // sum into dW itself. No zeroing: the first tile writes every block (each part
+  // holds pixels of tile 0).
+  const bool in_place = S == 1 && Kd == Cg;
+  at::Tensor acc = in_place ? dw : at::empty({S, K, Kd}, opts);
   const T* dyp = dy.data_ptr<T>();  // canonical channels_last: [N·Ho·Wo x K]
   const T* xp = x.data_ptr<T>();
   T* ap = acc.data_ptr<T>();
@@ -685,17 +771,23 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
   for (int64_t t = 0; t < tl.count; ++t) {
     const int64_t p0 = t * tl.tile, p1 = std::min(tl.total, p0 + tl.tile), P = p1 - p0;
     if (!direct) im2col_nhwc(xp, xs, p, p0, p1, col);
-    const auto items = make_items(p.groups, Kg, kIm2colItemChannels, {Kd}, kIm2colItemColumns, P);
-    run_items(items, [&](const Item& it) {
-      const int64_t k = it.g * Kg + it.m0;
-      auto A = mat(dyp + p0 * K + k, it.mn, P, 1, K, opts);  // dY_g^T
-      auto B = direct ? mat(xp + p0 * p.C + it.g * Cg + it.c0, P, it.cn, p.C, 1, opts)
-                      : mat(col + it.g * Kd + it.c0, P, it.cn, kall, 1, opts);
-      auto C = mat(ap + k * Kd + it.c0, it.mn, it.cn, Kd, 1, opts);
-      C.addmm_(A, B);
+    run_parts(items, S, [&](const Item& it, int64_t s) {
+      const int64_t k = it.g * Kg + it.m0, a = part_begin(P, S, s), b = part_begin(P, S, s + 1);
+      if (a >= b) return;
+      // A = dY_g^T (dY's rows are pixels), B = x or the column rows.
+      const T* bo = direct ? xp + (p0 + a) * p.C + it.g * Cg + it.c0 : col + a * kall + it.g * Kd + it.c0;
+      gemm(true, false, it.mn, it.cn, b - a, dyp + (p0 + a) * K + k, K, bo, direct ? p.C : kall,
+           t > 0, ap + s * KKd + k * Kd + it.c0, Kd, opts);
     });
   }
-  dw.copy_(acc.view({K, p.R, p.S, Cg}).permute({0, 3, 1, 2}));
+  if (in_place) return;
+  if (Kd == Cg) return sum_parts(ap, S, KKd, dw.data_ptr<T>());
+  at::Tensor sum = acc[0];
+  if (S > 1) {
+    sum = at::empty({K, Kd}, opts);
+    sum_parts(ap, S, KKd, sum.data_ptr<T>());
+  }
+  dw.copy_(sum.view({K, p.R, p.S, Cg}).permute({0, 3, 1, 2}));
 }
 
 }  // namespace

@@ -317,6 +317,7 @@ GROUPS_CASES = [
     (2, 4, 8, 12, 11, 3, 3, (2, 2), (0, 0, 0, 0), (1, 1)),    # stride 2, unpadded: phases of 2 and 1 taps
     (1, 8, 4, 10, 10, 2, 2, (3, 3), (0, 0, 0, 0), (1, 1)),    # stride 3 > kernel: a phase no tap reaches
     (1, 16, 4, 9, 9, 3, 3, (2, 2), (4, 4, 4, 4), (1, 1)),     # padding past the kernel (no blocked phases)
+    (4, 16, 1, 7, 7, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),     # dense 7x7 planes: grad_input NHWC via im2col
 ]
 
 
