@@ -9,7 +9,8 @@ namespace fastconv {
 namespace blocking {
 
 // im2col: the column buffer holds at most this many bytes; output pixels are
-// processed in tiles so the workspace does not grow with the batch. 1 MiB
+// processed in tiles so the workspace does not grow with the batch (1x1
+// stride-1 convs have no column buffer: one tile). 1 MiB
 // keeps the tile in L2 (2 MiB/core here) between the im2col copy and the GEMM
 // that reads it: measured 0.25..8 MiB on ResNet-50 3x3 layers, 0.5-1 MiB best
 // (4 MiB was 10-35% slower on 56x56 layers).
@@ -32,6 +33,15 @@ constexpr int64_t kIm2colItemPixels = 512;
 // took 0.99 ms in 128-channel calls, 0.83 in 256, 0.77 whole; 256 still gives
 // a 512-channel layer two items for two threads.
 constexpr int64_t kIm2colNhwcItemChannels = 256;
+// NCHW 1x1 stride-1 forward (the input is the GEMM's B, no column buffer, one
+// tile): an item is a whole image plane by a block of at most this many output
+// channels. MKL's sgemm, 1 thread, ResNet-50's 1x1 layers at batch 1: 128 x 512
+// items took 1.05-1.39x the time of one whole-image call, 256 x plane
+// 0.98-1.17x (dev/cpu/results/gemm1x1). A layer of one such item is cut in two
+// (channels from kIm2colPointwiseSplitChannels on, else the plane) for two
+// threads.
+constexpr int64_t kIm2colPointwiseItemChannels = 256;
+constexpr int64_t kIm2colPointwiseSplitChannels = 128;
 // ... but an item's inner block grows until it holds this many multiply-adds,
 // so shallow GEMMs (1x1 convs with few channels) are not drowned in per-call
 // overhead (three tensor views, an op dispatch and MKL's setup per call).
@@ -240,6 +250,8 @@ constexpr int64_t kGemmPack = 0;
   X(im2col_item_channels, kIm2colItemChannels)                                      \
   X(im2col_item_pixels, kIm2colItemPixels)                                          \
   X(im2col_nhwc_item_channels, kIm2colNhwcItemChannels)                             \
+  X(im2col_pointwise_item_channels, kIm2colPointwiseItemChannels)                   \
+  X(im2col_pointwise_split_channels, kIm2colPointwiseSplitChannels)                 \
   X(im2col_item_min_macs, kIm2colItemMinMacs)                                       \
   X(im2col_item_columns, kIm2colItemColumns)                                        \
   X(im2col_col2im_channels, kIm2colCol2imChannels)                                  \
