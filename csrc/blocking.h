@@ -224,6 +224,20 @@ constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 49;
 // 8) a tie, at 25088 (56x56) 0.76-1.01x against 0.94-1.06x.
 constexpr int64_t kGemmAvx512MaxPixels = 3136;
 constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
+// Functional 1x1 calls (no cached panels) run the GEMM packing panels per
+// task (pointwise_gemm_forward_unpacked) up to this many output pixels
+// (N·Ho·Wo); above, im2col's MKL sgemm. ResNet-50, channels_last, 1 thread,
+// vs oneDNN: 49-196 pixels 0.92-1.51x where MKL took 0.61-0.98x, 392 and 784
+// 0.93-1.24x against 0.88-1.20x, 1568 a tie, 3136-25088 0.76-0.92x against
+// 0.84-1.08x. NCHW: only strided layers on planes of at most
+// kGemmAvx512NchwViaNhwcMaxPixels (the gather copies the input either way;
+// at stride 1 the transposed copies lost to MKL at batch 1, 0.81-0.84x
+// against 0.96-0.99x).
+constexpr int64_t kGemmAvx512UnpackedMaxPixels = 1568;
+// Without cached panels, tasks walk the panels over groups of pixel blocks
+// whose input rows take at most this many bytes (in L2, 2 MiB per core here),
+// so each panel is packed once per group.
+constexpr int64_t kGemmAvx512UnpackedGroupBytes = 1 << 20;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
@@ -311,6 +325,8 @@ constexpr int64_t kGemmPack = 0;
   X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
   X(gemm_avx512_nchw_via_nhwc_max_pixels, kGemmAvx512NchwViaNhwcMaxPixels)          \
   X(gemm_avx512_max_pixels, kGemmAvx512MaxPixels)                                   \
+  X(gemm_avx512_unpacked_max_pixels, kGemmAvx512UnpackedMaxPixels)                 \
+  X(gemm_avx512_unpacked_group_bytes, kGemmAvx512UnpackedGroupBytes)               \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

@@ -738,13 +738,15 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
   const auto out_fmt = conv_memory_format(input, weight);
-  // 1x1 layers keep MKL here: packing our GEMM's panels per call cost more than
-  // its tile gained (dev/cpu/pointwise_gemm.py); modules cache the panels and
-  // run pointwise_conv2d_packed.
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), out_fmt);
-  if (out.numel() == 0) return out;
   const bool nhwc = is_channels_last(input);
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  // 1x1 layers on few pixels run our AVX-512 GEMM, which packs its panels per
+  // task (MKL's small-M sgemm is weakest there); the rest MKL's sgemm below.
+  // Modules cache the panels and run pointwise_conv2d_packed.
+  if (fmt == out_fmt && pointwise_gemm_unpacked_applies(p, input.scalar_type(), fmt))
+    return pointwise_gemm_forward_unpacked(input, weight, bias, p, act, fmt);
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), out_fmt);
+  if (out.numel() == 0) return out;
   // The general path reads the input through its strides; the 1x1 path uses
   // it as a matrix, so it must be dense.
   const at::Tensor x = is_pointwise(p) ? canonical(input, fmt) : input;
