@@ -430,7 +430,20 @@ def model_im2col(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
                    + (f"modelled as Goto GEMM MR={b['gemm_mr']} NR={b['gemm_nr']} MC={b['gemm_mc']} "
                       f"KC={b['gemm_kc']} NC={b['gemm_nc']})" if b.get("gemm_pack", 0) else
                       f"modelled as MKL's no-copy kernel, MR={b['gemm_mr']} NR={b['gemm_nr']} KC={b['gemm_kc']})"))
+    if _runs_pointwise_gemm(s, b, isa):
+        m.notes.append("im2col: this 1x1 layer runs our AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp, "
+                       "panels packed per task), which this model does not describe: the terms above are "
+                       "the BLAS path's")
     return m
+
+
+def _runs_pointwise_gemm(s: ConvSpec, b: dict, isa: str) -> bool:
+    """pointwise_gemm_unpacked_applies (csrc/pointwise_gemm_avx512.cpp): im2col_conv2d runs our GEMM."""
+    strided = tuple(s.stride) != (1, 1)
+    return (kernel_isa(s, isa) == "avx512" and s.groups == 1
+            and s.R == 1 and s.S == 1 and not any(s.padding)
+            and 0 < s.N * s.Ho * s.Wo <= b["gemm_avx512_unpacked_max_pixels"]
+            and (s.layout == "nhwc" or (strided and s.Ho * s.Wo <= b["gemm_avx512_nchw_via_nhwc_max_pixels"])))
 
 
 def direct_plan(s: ConvSpec, b: dict, isa: str = "avx2"):
