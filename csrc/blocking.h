@@ -9,7 +9,8 @@ namespace fastconv {
 namespace blocking {
 
 // im2col: the column buffer holds at most this many bytes; output pixels are
-// processed in tiles so the workspace does not grow with the batch. 1 MiB
+// processed in tiles so the workspace does not grow with the batch (1x1
+// stride-1 convs have no column buffer: one tile). 1 MiB
 // keeps the tile in L2 (2 MiB/core here) between the im2col copy and the GEMM
 // that reads it: measured 0.25..8 MiB on ResNet-50 3x3 layers, 0.5-1 MiB best
 // (4 MiB was 10-35% slower on 56x56 layers).
@@ -32,6 +33,15 @@ constexpr int64_t kIm2colItemPixels = 512;
 // took 0.99 ms in 128-channel calls, 0.83 in 256, 0.77 whole; 256 still gives
 // a 512-channel layer two items for two threads.
 constexpr int64_t kIm2colNhwcItemChannels = 256;
+// NCHW 1x1 stride-1 forward (the input is the GEMM's B, no column buffer, one
+// tile): an item is a whole image plane by a block of at most this many output
+// channels. MKL's sgemm, 1 thread, ResNet-50's 1x1 layers at batch 1: 128 x 512
+// items took 1.05-1.39x the time of one whole-image call, 256 x plane
+// 0.98-1.17x (dev/cpu/results/gemm1x1). A layer of one such item is cut in two
+// (channels from kIm2colPointwiseSplitChannels on, else the plane) for two
+// threads.
+constexpr int64_t kIm2colPointwiseItemChannels = 256;
+constexpr int64_t kIm2colPointwiseSplitChannels = 128;
 // ... but an item's inner block grows until it holds this many multiply-adds,
 // so shallow GEMMs (1x1 convs with few channels) are not drowned in per-call
 // overhead (three tensor views, an op dispatch and MKL's setup per call).
@@ -226,6 +236,20 @@ constexpr int64_t kGemmAvx512NchwViaNhwcMaxPixels = 49;
 // 8) a tie, at 25088 (56x56) 0.76-1.01x against 0.94-1.06x.
 constexpr int64_t kGemmAvx512MaxPixels = 3136;
 constexpr int64_t kGemmAvx512NchwPixelBlock = 192;
+// Functional 1x1 calls (no cached panels) run the GEMM packing panels per
+// task (pointwise_gemm_forward_unpacked) up to this many output pixels
+// (N·Ho·Wo); above, im2col's MKL sgemm. ResNet-50, channels_last, 1 thread,
+// vs oneDNN: 49-196 pixels 0.92-1.51x where MKL took 0.61-0.98x, 392 and 784
+// 0.93-1.24x against 0.88-1.20x, 1568 a tie, 3136-25088 0.76-0.92x against
+// 0.84-1.08x. NCHW: only strided layers on planes of at most
+// kGemmAvx512NchwViaNhwcMaxPixels (the gather copies the input either way;
+// at stride 1 the transposed copies lost to MKL at batch 1, 0.81-0.84x
+// against 0.96-0.99x).
+constexpr int64_t kGemmAvx512UnpackedMaxPixels = 1568;
+// Without cached panels, tasks walk the panels over groups of pixel blocks
+// whose input rows take at most this many bytes (in L2, 2 MiB per core here),
+// so each panel is packed once per group.
+constexpr int64_t kGemmAvx512UnpackedGroupBytes = 1 << 20;
 
 // The BLAS GEMM that im2col calls is modelled in explain's cache simulator as a
 // Goto/BLIS blocked GEMM with the BLIS Haswell sgemm blocking
@@ -252,6 +276,8 @@ constexpr int64_t kGemmPack = 0;
   X(im2col_item_channels, kIm2colItemChannels)                                      \
   X(im2col_item_pixels, kIm2colItemPixels)                                          \
   X(im2col_nhwc_item_channels, kIm2colNhwcItemChannels)                             \
+  X(im2col_pointwise_item_channels, kIm2colPointwiseItemChannels)                   \
+  X(im2col_pointwise_split_channels, kIm2colPointwiseSplitChannels)                 \
   X(im2col_item_min_macs, kIm2colItemMinMacs)                                       \
   X(im2col_item_columns, kIm2colItemColumns)                                        \
   X(im2col_col2im_channels, kIm2colCol2imChannels)                                  \
@@ -314,6 +340,8 @@ constexpr int64_t kGemmPack = 0;
   X(gemm_avx512_nchw_pixel_block, kGemmAvx512NchwPixelBlock)                        \
   X(gemm_avx512_nchw_via_nhwc_max_pixels, kGemmAvx512NchwViaNhwcMaxPixels)          \
   X(gemm_avx512_max_pixels, kGemmAvx512MaxPixels)                                   \
+  X(gemm_avx512_unpacked_max_pixels, kGemmAvx512UnpackedMaxPixels)                 \
+  X(gemm_avx512_unpacked_group_bytes, kGemmAvx512UnpackedGroupBytes)               \
   X(gemm_mr, kGemmMR)                                                               \
   X(gemm_nr, kGemmNR)                                                               \
   X(gemm_mc, kGemmMC)                                                               \

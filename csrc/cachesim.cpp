@@ -537,13 +537,18 @@ Im2colPlan im2col_plan(const Geometry& g, const std::map<std::string, int64_t>& 
   p.total = g.N * L.Ho * L.Wo;
   const int64_t max_ws = get(b, "im2col_max_workspace_bytes", blocking::kIm2colMaxWorkspaceBytes);
   const int64_t min_tile = get(b, "im2col_min_tile_pixels", blocking::kIm2colMinTilePixels);
+  // A 1x1, stride-1, unpadded conv is already a GEMM: no column buffer, one tile.
+  p.direct_gemm = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
+                  g.pl == 0 && g.pr == 0;
+  if (p.direct_gemm) {
+    p.tile = p.total;
+    p.tiles = p.total > 0 ? 1 : 0;
+    return p;
+  }
   int64_t tile = std::min(p.total, std::max(min_tile, max_ws / std::max<int64_t>(1, p.kall * g.elem)));
   const int64_t count = (p.total + tile - 1) / tile;
   p.tile = (p.total + count - 1) / count;
   p.tiles = (p.total + p.tile - 1) / p.tile;
-  // A 1x1, stride-1, unpadded conv is already a GEMM: no column buffer.
-  p.direct_gemm = g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pb == 0 &&
-                  g.pl == 0 && g.pr == 0;
   return p;
 }
 
@@ -638,14 +643,26 @@ void run_im2col(Sink& sink, const Geometry& g, const std::map<std::string, int64
             }
       }
       // make_items: balanced blocks; the inner (pixel) block grows until an
-      // item holds im2col_item_min_macs.
-      const int64_t mb = even_block(Kg, item_ch);
+      // item holds im2col_item_min_macs. 1x1 stride 1 (pointwise_nchw_items):
+      // whole planes by channel blocks, a layer of one item cut in two.
+      int64_t mblock = item_ch, pblock = item_px;
+      if (plan.direct_gemm) {
+        mblock = get(b, "im2col_pointwise_item_channels", blocking::kIm2colPointwiseItemChannels);
+        pblock = HWo;
+        if (g.N * g.groups * ceil_div(Kg, mblock) < 2) {
+          if (Kg >= get(b, "im2col_pointwise_split_channels", blocking::kIm2colPointwiseSplitChannels))
+            mblock = ceil_div(Kg, 2);
+          else
+            pblock = ceil_div(HWo, 2);
+        }
+      }
+      const int64_t mb = even_block(Kg, mblock);
       const int64_t min_c = ceil_div(item_min_macs, std::max<int64_t>(1, mb * Kd));
       for (int64_t grp = 0; grp < g.groups; ++grp)
         for (int64_t m0 = 0; m0 < Kg; m0 += mb) {
           const int64_t mn = std::min(mb, Kg - m0), k = grp * Kg + m0;
           for (const auto& sg : segs) {
-            const int64_t cb = even_block(sg.len, std::max(item_px, min_c));
+            const int64_t cb = even_block(sg.len, std::max(pblock, min_c));
             for (int64_t c0 = 0; c0 < sg.len; c0 += cb) {
               const int64_t cn = std::min(cb, sg.len - c0);
               auto a_off = [&](int64_t i, int64_t kk) { return (k + i) * Kd + kk; };

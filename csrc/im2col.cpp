@@ -96,6 +96,11 @@ Tiling make_tiling(const ConvParams& p, int64_t elem) {
   Tiling t;
   t.total = p.N * p.Ho * p.Wo;
   if (t.total == 0) return t;
+  if (is_pointwise(p)) {  // no column buffer to bound
+    t.tile = t.total;
+    t.count = 1;
+    return t;
+  }
   int64_t tile = std::max(kIm2colMinTilePixels, kIm2colMaxWorkspaceBytes / (col_rows(p) * elem));
   tile = std::min(tile, t.total);
   // Equal tiles: 2 x 0.5 MB works better than 1 MB + a sliver.
@@ -445,6 +450,21 @@ std::vector<Item> make_items(int64_t groups, int64_t M, int64_t mblock,
   return items;
 }
 
+// NCHW 1x1 stride-1 forward: whole image planes (segments) by blocks of
+// kIm2colPointwiseItemChannels output channels; a layer of a single item is
+// cut in two, by channels or (few channels) by pixels.
+std::vector<Item> pointwise_nchw_items(const ConvParams& p, const std::vector<int64_t>& seg_len) {
+  const int64_t Kg = p.Kg(), plane = p.Ho * p.Wo;
+  int64_t mblock = kIm2colPointwiseItemChannels, cblock = plane;
+  if (p.N * p.groups * ceil_div(Kg, mblock) < 2) {
+    if (Kg >= kIm2colPointwiseSplitChannels)
+      mblock = ceil_div(Kg, 2);
+    else
+      cblock = ceil_div(plane, 2);
+  }
+  return make_items(p.groups, Kg, mblock, seg_len, cblock, p.gemm_k());
+}
+
 std::vector<int64_t> seg_lengths(const std::vector<Segment>& segs) {
   std::vector<int64_t> l;
   for (const auto& s : segs) l.push_back(s.len);
@@ -540,6 +560,7 @@ void forward_nchw(const at::Tensor& x, const at::Tensor& w, const T* bias, Activ
   for (int64_t t = 0; t < tl.count; ++t)
     segs[t] = segments(p, t * tl.tile, std::min(tl.total, (t + 1) * tl.tile));
   const auto all = tile_items(tl, [&](int64_t t) {
+    if (direct) return pointwise_nchw_items(p, seg_lengths(segs[t]));
     return make_items(p.groups, Kg, kIm2colItemChannels, seg_lengths(segs[t]), kIm2colItemPixels, Kd);
   });
   auto tile_pixels = [&](int64_t t) { return std::min(tl.total, (t + 1) * tl.tile) - t * tl.tile; };
@@ -809,13 +830,15 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
   const auto p = check_forward_args(op, input, weight, bias, stride, padding, dilation, groups);
   const auto act = parse_activation(std::string(activation));
   const auto out_fmt = conv_memory_format(input, weight);
-  // 1x1 layers keep MKL here: packing our GEMM's panels per call cost more than
-  // its tile gained (dev/cpu/pointwise_gemm.py); modules cache the panels and
-  // run pointwise_conv2d_packed.
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), out_fmt);
-  if (out.numel() == 0) return out;
   const bool nhwc = is_channels_last(input);
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  // 1x1 layers on few pixels run our AVX-512 GEMM, which packs its panels per
+  // task (MKL's small-M sgemm is weakest there); the rest MKL's sgemm below.
+  // Modules cache the panels and run pointwise_conv2d_packed.
+  if (fmt == out_fmt && pointwise_gemm_unpacked_applies(p, input.scalar_type(), fmt))
+    return pointwise_gemm_forward_unpacked(input, weight, bias, p, act, fmt);
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), out_fmt);
+  if (out.numel() == 0) return out;
   // The general path reads the input through its strides; the 1x1 path uses
   // it as a matrix, so it must be dense.
   const at::Tensor x = is_pointwise(p) ? canonical(input, fmt) : input;

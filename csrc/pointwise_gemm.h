@@ -21,6 +21,17 @@ at::Tensor pointwise_unpack_panels(const at::Tensor& panels, int64_t K);
 at::Tensor pointwise_gemm_forward(const at::Tensor& input, const at::Tensor& panels,
                                   const c10::optional<at::Tensor>& bias, const ConvParams& p,
                                   Activation act, at::MemoryFormat fmt);
+// Without cached panels (functional calls): each task packs the panel it
+// runs (16x16 transposes in registers) from the weight itself. Applies where
+// that beat MKL's sgemm: up to kGemmAvx512UnpackedMaxPixels output pixels,
+// channels_last, or NCHW strided layers on the small planes that run the
+// channels_last tile (blocking.h).
+bool pointwise_gemm_unpacked_applies(const ConvParams& p, at::ScalarType dtype,
+                                     at::MemoryFormat fmt);
+at::Tensor pointwise_gemm_forward_unpacked(const at::Tensor& input, const at::Tensor& weight,
+                                           const c10::optional<at::Tensor>& bias,
+                                           const ConvParams& p, Activation act,
+                                           at::MemoryFormat fmt);
 // The plain loop nest over the same panels (any ISA, float32/float64), for tests.
 at::Tensor pointwise_gemm_naive(const at::Tensor& input, const at::Tensor& panels,
                                 const c10::optional<at::Tensor>& bias, const ConvParams& p,

@@ -7,9 +7,12 @@
 // The weight is packed once into panels [ceil(K/32)][C][32] (32 output
 // channels innermost, zero-padded): the channels_last tile loads two zmm of
 // it per input channel, the NCHW tile broadcasts 8 of its lanes. Modules cache
-// the panels (pointwise_pack_weight, run by pointwise_conv2d_packed); a
-// functional call stays on im2col's MKL sgemm, since packing per call costs
-// up to as much as the GEMM at 7x7 (dev/cpu/pointwise_gemm.py).
+// the panels (pointwise_pack_weight, run by pointwise_conv2d_packed). A
+// functional call on few pixels (im2col_conv2d, pointwise_gemm_forward_unpacked)
+// has each channels_last task pack its panel from the weight, 16x16 blocks
+// transposed in registers, into a per-thread buffer: the weight is read once
+// per group of pixel blocks, as MKL's own packing reads it, where a whole
+// packed copy up front cost about as much as the GEMM at 7x7.
 //
 // Measured (1 thread, ResNet-50's 1x1 layers, dev/cpu/pointwise_gemm.py): on
 // cached panels the channels_last tile runs 168-203 GFLOP/s (70-82% of the FMA
@@ -36,6 +39,7 @@
 #include <algorithm>
 #include <array>
 #include <utility>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -66,7 +70,8 @@ static_assert(kNR % kChans == 0, "NCHW tiles cut a panel into whole channel tile
 struct Gemm {
   int64_t N, C, K, HW;
   const float* x;
-  const float* w;  // panels [KP][C][32]
+  const float* w;      // panels [KP][C][32], or nullptr: then
+  const float* plain;  // the weight [K][C] (rows C apart), packed per task
   float* y;
   const float* bias;  // [K] or nullptr
   Activation act;
@@ -88,6 +93,61 @@ inline bool scalar_activation(Activation act) {
 
 inline __mmask16 lanes_mask(int64_t n) {
   return n >= kLanes ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// r[i][j] <- r[j][i]: three rounds of shuffles (pairs of lanes, 128-bit
+// quarters, then halves).
+FASTCONV_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+  }
+}
+
+// One panel from the plain weight: panel[c][j] = w[j][c] for the kv <= 32
+// rows of w (ldw apart), zero for j >= kv; C input channels. 16x16 blocks
+// through registers (the scalar loop of pointwise_pack_panels cost about as
+// much as the GEMM at 7x7).
+FASTCONV_TARGET_AVX512 void pack_panel(const float* w, int64_t ldw, int64_t kv, int64_t C,
+                                       float* panel) {
+  for (int h = 0; h < 2; ++h) {
+    const int64_t rows = std::min<int64_t>(kLanes, std::max<int64_t>(0, kv - h * kLanes));
+    const float* wh = w + h * kLanes * ldw;
+    for (int64_t c = 0; c < C; c += kLanes) {
+      const int64_t cn = std::min<int64_t>(kLanes, C - c);
+      const __mmask16 cm = lanes_mask(cn);
+      __m512 r[kLanes];
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(cm, wh + i * ldw + c) : _mm512_setzero_ps();
+      transpose16(r);
+      float* o = panel + c * kNR + h * kLanes;
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i)
+        if (i < cn) _mm512_storeu_ps(o + i * kNR, r[i]);
+    }
+  }
 }
 
 // channels_last: M pixels x 32 channels. a: the tile's first input row at the
@@ -193,17 +253,39 @@ inline int64_t next_piece(int64_t left, int64_t most) {
 }
 
 // Tasks (pixel block, panel): a task owns y[block][panel's 32 channels].
+// Cached panels: a thread runs a pixel block's panels in turn (its input rows
+// stay in L2). Plain weights: the pixel blocks are grouped so that a group's
+// input rows fit kGemmAvx512UnpackedGroupBytes; within a group tasks run panel
+// by panel, and a thread packs a panel into its own buffer when its next task
+// needs another one (once per group and panel).
 FASTCONV_TARGET_AVX512 void run_nhwc(const Gemm& g) {
   static constexpr auto tiles = nhwc_tiles(std::make_index_sequence<kRows>());
   const int64_t P = g.N * g.HW, KP = ceil_div(g.K, kNR);
   const int64_t MB = ceil_div(P, kGemmAvx512NhwcPixelBlock);
   const int64_t block = ceil_div(P, MB);  // equal blocks
+  const bool plain = g.w == nullptr;
+  const int64_t group = std::max<int64_t>(
+      1, kGemmAvx512UnpackedGroupBytes / (block * g.C * int64_t(sizeof(float))));
+  // Task t -> (pixel block, panel).
+  auto task = [&](int64_t t) -> std::pair<int64_t, int64_t> {
+    if (!plain) return {t / KP, t % KP};
+    const int64_t first = t / (group * KP) * group, n = std::min(group, MB - first);
+    const int64_t r = t - first * KP;
+    return {first + r % n, r / n};
+  };
   at::parallel_for(0, MB * KP, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> own(plain ? g.C * kNR : 0);
+    int64_t packed = -1, packed_group = -1;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t mb = t / KP, kp = t % KP;
+      const auto [mb, kp] = task(t);
       const int64_t p0 = mb * block, p1 = std::min(P, p0 + block);
       const int64_t k0 = kp * kNR, kv = std::min(kNR, g.K - k0);
-      const float* panel = g.w + kp * g.C * kNR;
+      if (plain && (packed != kp || packed_group != mb / group)) {
+        pack_panel(g.plain + k0 * g.C, g.C, kv, g.C, own.data());
+        packed = kp;
+        packed_group = mb / group;
+      }
+      const float* panel = plain ? own.data() : g.w + kp * g.C * kNR;
       const float* bias = g.bias ? g.bias + k0 : nullptr;
       for (int64_t c0 = 0; c0 < g.C; c0 += kGemmAvx512KC) {
         const int64_t kc = std::min(kGemmAvx512KC, g.C - c0);
@@ -264,16 +346,41 @@ at::Tensor gemm_input(const at::Tensor& input, const ConvParams& p, at::MemoryFo
   return x.contiguous(fmt);
 }
 
-Gemm make_gemm(const ConvParams& p, const at::Tensor& x, const at::Tensor& panels,
+// weight: the panels, or (plain) the weight itself, canonical [K][C][1][1].
+Gemm make_gemm(const ConvParams& p, const at::Tensor& x, const at::Tensor& weight, bool plain,
                const at::Tensor& out, const at::Tensor& bias, Activation act) {
   Gemm g;
   g.N = p.N; g.C = p.C; g.K = p.K; g.HW = p.Ho * p.Wo;
   g.x = x.data_ptr<float>();
-  g.w = panels.data_ptr<float>();
+  g.w = plain ? nullptr : weight.data_ptr<float>();
+  g.plain = plain ? weight.data_ptr<float>() : nullptr;
   g.y = out.data_ptr<float>();
   g.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
   g.act = act;
   return g;
+}
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, bool plain,
+                   const c10::optional<at::Tensor>& bias, const ConvParams& p, Activation act,
+                   at::MemoryFormat fmt) {
+  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
+#if FASTCONV_X86
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    run_nhwc(make_gemm(p, gemm_input(input, p, fmt), weight, plain, out, b, act));
+  } else if (p.Ho * p.Wo <= kGemmAvx512NchwViaNhwcMaxPixels) {
+    // Small NCHW planes: the channels_last tile on transposed copies (the copies
+    // move (C + K)·P floats against 2·C·K·P flops).
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    auto tmp = at::empty({p.N, p.K, p.Ho, p.Wo}, input.options().memory_format(cl));
+    run_nhwc(make_gemm(p, gemm_input(input, p, cl), weight, plain, tmp, b, act));
+    out.copy_(tmp);
+  } else {
+    TORCH_CHECK(!plain, "fastconv: the NCHW 1x1 GEMM tile needs packed panels");
+    run_nchw(make_gemm(p, gemm_input(input, p, fmt), weight, plain, out, b, act));
+  }
+#endif
+  return out;
 }
 
 }  // namespace
@@ -291,6 +398,18 @@ std::vector<int64_t> pointwise_panels_shape(int64_t K, int64_t C) {
 at::Tensor pointwise_pack_panels(const at::Tensor& weight) {
   const int64_t K = weight.size(0), C = weight.size(1), KP = ceil_div(K, kNR);
   auto panels = at::empty(pointwise_panels_shape(K, C), weight.options());
+#if FASTCONV_X86
+  if (weight.scalar_type() == at::kFloat && use_avx512() && weight.stride(1) == 1) {
+    const float* w = weight.data_ptr<float>();
+    float* o = panels.data_ptr<float>();
+    const int64_t s0 = weight.stride(0);
+    at::parallel_for(0, KP, 1, [&](int64_t b, int64_t e) {
+      for (int64_t kp = b; kp < e; ++kp)
+        pack_panel(w + kp * kNR * s0, s0, std::min(kNR, K - kp * kNR), C, o + kp * C * kNR);
+    });
+    return panels;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "pointwise_pack_panels", [&] {
     const scalar_t* w = weight.data_ptr<scalar_t>();
     scalar_t* o = panels.data_ptr<scalar_t>();
@@ -327,23 +446,23 @@ at::Tensor pointwise_unpack_panels(const at::Tensor& panels, int64_t K) {
 at::Tensor pointwise_gemm_forward(const at::Tensor& input, const at::Tensor& panels,
                                   const c10::optional<at::Tensor>& bias, const ConvParams& p,
                                   Activation act, at::MemoryFormat fmt) {
-  auto out = new_output({p.N, p.K, p.Ho, p.Wo}, input.options(), fmt);
-#if FASTCONV_X86
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  if (fmt == at::MemoryFormat::ChannelsLast) {
-    run_nhwc(make_gemm(p, gemm_input(input, p, fmt), panels, out, b, act));
-  } else if (p.Ho * p.Wo <= kGemmAvx512NchwViaNhwcMaxPixels) {
-    // Small NCHW planes: the channels_last tile on transposed copies (the copies
-    // move (C + K)·P floats against 2·C·K·P flops).
-    const auto cl = at::MemoryFormat::ChannelsLast;
-    auto tmp = at::empty({p.N, p.K, p.Ho, p.Wo}, input.options().memory_format(cl));
-    run_nhwc(make_gemm(p, gemm_input(input, p, cl), panels, tmp, b, act));
-    out.copy_(tmp);
-  } else {
-    run_nchw(make_gemm(p, gemm_input(input, p, fmt), panels, out, b, act));
-  }
-#endif
-  return out;
+  return forward(input, panels, false, bias, p, act, fmt);
+}
+
+bool pointwise_gemm_unpacked_applies(const ConvParams& p, at::ScalarType dtype,
+                                     at::MemoryFormat fmt) {
+  const bool strided = p.stride_h != 1 || p.stride_w != 1;
+  const bool nchw_ok = strided && p.Ho * p.Wo <= kGemmAvx512NchwViaNhwcMaxPixels;
+  return pointwise_gemm_applies(p, dtype) && p.N * p.Ho * p.Wo <= kGemmAvx512UnpackedMaxPixels &&
+         (fmt == at::MemoryFormat::ChannelsLast || nchw_ok);
+}
+
+at::Tensor pointwise_gemm_forward_unpacked(const at::Tensor& input, const at::Tensor& weight,
+                                           const c10::optional<at::Tensor>& bias,
+                                           const ConvParams& p, Activation act,
+                                           at::MemoryFormat fmt) {
+  // A 1x1 weight in either memory format is the matrix [K][C].
+  return forward(input, weight.contiguous(), true, bias, p, act, fmt);
 }
 
 // The plain loop nest over the same panels: y[n][k][pix] = sum_c panel(k, c) · x[n][c][pix].

@@ -69,7 +69,7 @@ def _pointwise_pack(weight, groups):
 register(Algorithm(
     name="im2col", op="im2col", devices=("cpu",), dtypes=_DTYPES, cost_model=_cost_model("im2col"),
     summary="our im2col into a bounded column buffer, then a GEMM per tile (ATen BLAS); "
-            "1x1 float32 layers on AVX-512: our packed GEMM",
+            "1x1 float32 layers on AVX-512: our packed GEMM (small layers, and modules)",
     constraints="any conv2d; workspace bounded (fastconv.im2col_workspace_bytes)",
     pack_weight=_pointwise_pack, forward_packed=torch.ops.fastconv.pointwise_conv2d_packed,
     packs=_pointwise_gemm_packs))

@@ -11,12 +11,14 @@ from .spec import ConvSpec
 # and 8, NCHW and channels_last, ratios against oneDNN in one run):
 # - 1x1 convs are one GEMM, and a GEMM beats direct's conv tiles there (direct 0.3-1.0x of
 #   oneDNN, im2col 0.5-1.2x): im2col, which calls MKL's sgemm directly (no copy at stride 1).
-#   Our packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) is faster than MKL only on
-#   cached weight panels (1 thread, ResNet-50's 1x1 layers: 168-203 GFLOP/s, 70-82% of the
-#   FMA peak, against MKL's 126-207 on the same matrices; 7x7 planes 168-182 against 126-146);
-#   packing per call costs up to as much as the GEMM at 7x7. So fastconv.nn.Conv2d runs it
-#   at inference (im2col's packed path, fastconv/_cpu.py _pointwise_gemm_packs) and
-#   fastconv.conv2d stays on MKL (dev/cpu/pointwise_gemm.py).
+#   Our packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp) on cached weight panels runs
+#   168-203 GFLOP/s on ResNet-50's 1x1 layers (1 thread, 70-82% of the FMA peak) against MKL's
+#   126-207 on the same matrices (7x7 planes 168-182 against 126-146), so fastconv.nn.Conv2d
+#   runs it at inference (im2col's packed path, fastconv/_cpu.py _pointwise_gemm_packs).
+#   Functional calls on few pixels run it too, each task packing its panel in registers
+#   (im2col.cpp; where, in csrc/blocking.h kGemmAvx512UnpackedMaxPixels): channels_last
+#   layers up to 1568 pixels 0.92-1.51x of oneDNN where MKL took 0.61-0.98x
+#   (dev/cpu/results/gemm1x1).
 # - Stems (input channels not a multiple of 16: the general direct tile) on 7x7/2: direct
 #   1.3-1.9x of oneDNN in NCHW and 0.7-0.8x in NHWC, im2col 0.6-1.1x / 0.6x: direct.
 # - Other dense kxk convs run direct's AVX-512 tiles over a padded copy of the input: 0.8-1.0x

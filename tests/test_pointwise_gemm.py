@@ -1,11 +1,12 @@
 """1x1 layers on our packed AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp, run by
-pointwise_conv2d_packed on cached panels; im2col's functional 1x1 path calls MKL's sgemm
-directly): forward against F.conv2d in float64 over the shapes that exercise its tiles (channel tails of the
-32-wide panels and 8-channel NCHW tiles, pixel tails of the 14-row and 48-pixel tiles,
-reductions longer than one KC block, strides, batches), every layout and activation, on
-every ISA this machine has (other ISAs take im2col's BLAS path); the packed-weight ops
-modules use, the plain loop nest over the same panels, thread-count determinism, and the
-checks of bad input."""
+pointwise_conv2d_packed on cached panels, and by im2col's functional 1x1 path on small
+layers, packing panels per task; larger ones call MKL's sgemm directly): forward against
+F.conv2d in float64 over the shapes that exercise its tiles (channel tails of the 32-wide
+panels and 8-channel NCHW tiles, pixel tails of the 14-row and 48-pixel tiles, reductions
+longer than one KC block, strides, batches, groups of pixel blocks), every layout and
+activation, on every ISA this machine has (other ISAs take im2col's BLAS path); the
+packed-weight ops modules use, the plain loop nest over the same panels, thread-count
+determinism, and the checks of bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,10 @@ CASES = [
     case(2, 32, 9, 9, 64, stride=2, id="stride2"),
     case(1, 24, 10, 7, 24, stride=(2, 3), id="stride23"),
     case(1, 16, 30, 30, 16, id="900px-blocks"),  # several pixel blocks per task split
+    # Functional calls pack panels per task: pixel blocks in groups of 3 (the last one
+    # shorter), each panel packed again per group.
+    case(3, 300, 20, 25, 40, id="pixel-block-groups"),
+    case(2, 48, 14, 14, 64, stride=2, id="stride2-7x7-planes"),  # NCHW strided: packs per task
 ]
 LAYOUTS = ("nchw", "nhwc", "x_nchw_w_cl", "x_cl_w_nchw")
 
@@ -142,17 +147,26 @@ def test_packed_with_padding_falls_back():
 
 
 @pytest.mark.parametrize("layout", ("nchw", "nhwc"))
-def test_one_and_two_threads_identical(layout):
+@pytest.mark.parametrize("cfg", [
+    dict(n=2, c=KC + 40, h=9, w=11, k=72, stride=1),
+    dict(n=3, c=300, h=20, w=25, k=40, stride=1),  # groups of pixel blocks (functional)
+    dict(n=2, c=48, h=14, w=14, k=64, stride=2),  # NCHW strided: per-task packing too
+    # NCHW stride 1 on MKL, one image: the plane cut in two (few channels), or the channels.
+    dict(n=1, c=40, h=12, w=11, k=64, stride=1),
+    dict(n=1, c=40, h=6, w=6, k=160, stride=1),
+], ids=["kc-tail", "pixel-block-groups", "stride2", "one-image-halves", "one-image-channel-halves"])
+def test_one_and_two_threads_identical(layout, cfg):
     """Tasks own whole output tiles and every element is one FMA chain in channel order."""
-    x, w, b = make(dict(n=2, c=KC + 40, h=9, w=11, k=72), layout)
+    x, w, b = make(cfg, layout)
+    s = [cfg["stride"]] * 2
     before = torch.get_num_threads()
     try:
         outs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
             outs.append(ops.pointwise_conv2d_packed(x, ops.pointwise_pack_weight(w), list(w.shape),
-                                                    b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none"))
-            outs.append(ops.im2col_conv2d(x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 1, "none"))
+                                                    b, s, [0, 0, 0, 0], [1, 1], 1, "none"))
+            outs.append(ops.im2col_conv2d(x, w, b, s, [0, 0, 0, 0], [1, 1], 1, "none"))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[2]) and torch.equal(outs[1], outs[3])

@@ -45,7 +45,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--algo", default="auto")
     ap.add_argument("--backward", action="store_true", help="grad_input + grad_weight")
-    ap.add_argument("--filter", default="")
+    ap.add_argument("--filter", nargs="+", default=[], help="layers whose name holds any of these")
     ap.add_argument("--module", action="store_true", help="fastconv.nn.Conv2d vs nn.Conv2d (eval)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,7 +57,7 @@ def main():
             for batch in args.batch:
                 ratios = []
                 for layer in tables.load(suite, batch=batch, layout=layout):
-                    if args.filter and args.filter not in layer.name:
+                    if args.filter and not any(f in layer.name for f in args.filter):
                         continue
                     s = layer.spec
                     mf = torch.channels_last if layout == "nhwc" else torch.contiguous_format

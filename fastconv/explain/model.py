@@ -344,10 +344,12 @@ def im2col_tile(s: ConvSpec, b: dict) -> tuple[int, int, int, bool]:
     kdim = s.Cg * s.R * s.S
     kall = s.C * s.R * s.S
     total = s.N * s.Ho * s.Wo
+    direct = (s.R == 1 and s.S == 1 and s.stride == (1, 1) and tuple(s.padding) == (0, 0, 0, 0))
+    if direct:  # no column buffer: one tile
+        return total, 1, kdim, direct
     tile = min(total, max(b["im2col_min_tile_pixels"], b["im2col_max_workspace_bytes"] // max(1, kall * s.element_size)))
     count = _ceil_div(total, tile)
     tile = _ceil_div(total, count)
-    direct = (s.R == 1 and s.S == 1 and s.stride == (1, 1) and tuple(s.padding) == (0, 0, 0, 0))
     return tile, _ceil_div(total, tile), kdim, direct
 
 
@@ -362,7 +364,17 @@ def model_im2col(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
     # GEMM items (make_items): balanced blocks; the inner block grows until an
     # item holds im2col_item_min_macs. NCHW: channels x pixels, NHWC: pixels x channels.
     even = lambda n, mx: _ceil_div(n, _ceil_div(n, max(1, mx)))  # noqa: E731
-    if s.layout == "nchw":
+    if s.layout == "nchw" and direct:
+        # Whole planes by blocks of channels; a layer of one item is cut in two.
+        plane, ich, ipx = s.Ho * s.Wo, b["im2col_pointwise_item_channels"], s.Ho * s.Wo
+        if s.N * s.groups * _ceil_div(s.Kg, ich) < 2:
+            if s.Kg >= b["im2col_pointwise_split_channels"]:
+                ich = _ceil_div(s.Kg, 2)
+            else:
+                ipx = _ceil_div(plane, 2)
+        ch = even(s.Kg, ich)
+        px = even(plane, max(ipx, _ceil_div(min_macs, ch * kdim)))
+    elif s.layout == "nchw":
         ch = even(s.Kg, ich)
         px = even(P, max(ipx, _ceil_div(min_macs, ch * kdim)))
     else:
@@ -418,7 +430,20 @@ def model_im2col(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
                    + (f"modelled as Goto GEMM MR={b['gemm_mr']} NR={b['gemm_nr']} MC={b['gemm_mc']} "
                       f"KC={b['gemm_kc']} NC={b['gemm_nc']})" if b.get("gemm_pack", 0) else
                       f"modelled as MKL's no-copy kernel, MR={b['gemm_mr']} NR={b['gemm_nr']} KC={b['gemm_kc']})"))
+    if _runs_pointwise_gemm(s, b, isa):
+        m.notes.append("im2col: this 1x1 layer runs our AVX-512 GEMM (csrc/pointwise_gemm_avx512.cpp, "
+                       "panels packed per task), which this model does not describe: the terms above are "
+                       "the BLAS path's")
     return m
+
+
+def _runs_pointwise_gemm(s: ConvSpec, b: dict, isa: str) -> bool:
+    """pointwise_gemm_unpacked_applies (csrc/pointwise_gemm_avx512.cpp): im2col_conv2d runs our GEMM."""
+    strided = tuple(s.stride) != (1, 1)
+    return (kernel_isa(s, isa) == "avx512" and s.groups == 1
+            and s.R == 1 and s.S == 1 and not any(s.padding)
+            and 0 < s.N * s.Ho * s.Wo <= b["gemm_avx512_unpacked_max_pixels"]
+            and (s.layout == "nhwc" or (strided and s.Ho * s.Wo <= b["gemm_avx512_nchw_via_nhwc_max_pixels"])))
 
 
 def direct_plan(s: ConvSpec, b: dict, isa: str = "avx2"):
