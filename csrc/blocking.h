@@ -200,6 +200,24 @@ constexpr int64_t kDepthwiseAvx512ChanMaxS = 64;
 // cost more than they save).
 constexpr int64_t kDepthwiseAvx512NchwRowsMinWidth = 56;
 constexpr int64_t kDepthwiseAvx512NchwRowsMaxTaps = 9;
+// NCHW natively on rows (AVX-512, nchw_slide_tile_avx512): 3x3/5x5/7x7 kernels at
+// stride 1 or 2 on planes at least kDepthwiseAvx512NchwSlideMinWidth x stride
+// output columns wide run on 16-column row vectors, no transposes; narrower
+// planes (a 7-wide row fills 7 of 16 lanes) take the channel-block tiles.
+// Measured (1 thread, vs the tiles): 14-wide stride-1 planes faster on rows
+// (MobileNetV2 b8/b12, ConvNeXt-T stage 3), 14-wide stride-2 outputs (b7)
+// slower, 28-wide stride-2 outputs (b4) faster.
+// Register tile: kDepthwiseAvx512NchwSlideRows output rows x up to
+// kDepthwiseAvx512NchwSlideWidthVecs row vectors; rows of at most 2 vectors
+// take twice the rows, so a tile keeps at least 8 independent FMA chains
+// (4 cycles x 2 ports) and each loaded input vector feeds up to that many rows.
+constexpr int64_t kDepthwiseAvx512NchwSlideMinWidth = 14;
+constexpr int64_t kDepthwiseAvx512NchwSlideRows = 4;
+constexpr int64_t kDepthwiseAvx512NchwSlideWidthVecs = 4;
+// ... tasks of this many output rows of one plane (rounded up to the tile's
+// rows): the (R - 1)-row halo is copied once per task, and rows are 56-112
+// columns (a 32-row task's buffer 11-20 KiB, L1).
+constexpr int64_t kDepthwiseAvx512NchwSlideTaskRows = 32;
 // NCHW backward: planes at most this wide run the NHWC gradient kernels on
 // transposed copies (a 7..28-wide row leaves 16-lane row vectors part empty).
 constexpr int64_t kDepthwiseAvx512NchwBwdMaxWidth = 28;
@@ -329,6 +347,10 @@ constexpr int64_t kGemmPack = 0;
   X(depthwise_avx512_chan_max_s, kDepthwiseAvx512ChanMaxS)                          \
   X(depthwise_avx512_nchw_rows_min_width, kDepthwiseAvx512NchwRowsMinWidth)        \
   X(depthwise_avx512_nchw_rows_max_taps, kDepthwiseAvx512NchwRowsMaxTaps)          \
+  X(depthwise_avx512_nchw_slide_min_width, kDepthwiseAvx512NchwSlideMinWidth)      \
+  X(depthwise_avx512_nchw_slide_rows, kDepthwiseAvx512NchwSlideRows)                \
+  X(depthwise_avx512_nchw_slide_width_vecs, kDepthwiseAvx512NchwSlideWidthVecs)     \
+  X(depthwise_avx512_nchw_slide_task_rows, kDepthwiseAvx512NchwSlideTaskRows)       \
   X(depthwise_avx512_nchw_bwd_max_width, kDepthwiseAvx512NchwBwdMaxWidth)         \
   X(gemm_avx512_panel_width, kGemmAvx512PanelWidth)                                 \
   X(gemm_avx512_nhwc_rows, kGemmAvx512NhwcRows)                                     \

@@ -1116,13 +1116,16 @@ void emit_chan_row(Sink& sink, const Geometry& g, const ChanView& cv, int64_t oh
 }
 
 // The AVX-512 depthwise paths (float32, depthwise.cpp): which one runs.
-enum class DwPath { Rows, ChanRows, CBlock };
+enum class DwPath { Rows, ChanRows, CBlock, NchwSlide };
 
 DwPath depthwise_path(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   if (nest.isa != CpuIsa::Avx512 || g.elem != 4) return DwPath::Rows;
   const int64_t P = get(b, "depthwise_avx512_pixel_tile", blocking::kDepthwiseAvx512PixelTile);
   const int64_t kMaxS = get(b, "depthwise_avx512_chan_max_s", blocking::kDepthwiseAvx512ChanMaxS);
   const int64_t Wo = g.Wo();
+  if (!g.nhwc && (g.R == 3 || g.R == 5 || g.R == 7) && (g.sh == 1 || g.sh == 2) && g.dh == 1 &&
+      Wo >= get(b, "depthwise_avx512_nchw_slide_min_width", blocking::kDepthwiseAvx512NchwSlideMinWidth) * g.sw)
+    return DwPath::NchwSlide;
   if (g.nhwc) {
     const bool cblock = g.R * g.S >= get(b, "depthwise_avx512_nhwc_tile_min_taps", blocking::kDepthwiseAvx512NhwcTileMinTaps) &&
                         Wo >= 2 * P &&
@@ -1206,12 +1209,98 @@ void run_depthwise_cblock(Sink& sink, const Geometry& g, const std::map<std::str
   sink.end_units();
 }
 
+// forward_nchw_slide_avx512: tasks (n, c, block of `nchw_slide_task_rows` output rows,
+// rounded up to the register tile's rows T): the block's input rows, padding
+// rows as zeros, into a 64-byte aligned, zero-padded, stride-phase-split row
+// buffer (operand "column", 16-lane rows); then per multiplier m, tile of T
+// output rows and chunk of up to `nchw_slide_width_vecs` row vectors: per
+// kernel column s, per buffer row b of the tile and vector, one load, and a
+// broadcast weight load per output row that reads row b; then T x NV stores
+// (rows < Ho). The last tile of a plane runs its rows past Ho on zero rows.
+struct NchwSlidePlan { int64_t Lq, row_elems, T, rows_per_task, nrb, NV; };
+
+NchwSlidePlan nchw_slide_plan(const Geometry& g, const std::map<std::string, int64_t>& b) {
+  NchwSlidePlan p;
+  const int64_t Wo = g.Wo(), rows = get(b, "depthwise_avx512_nchw_slide_rows", blocking::kDepthwiseAvx512NchwSlideRows);
+  p.Lq = ceil_div(ceil_div(Wo, 16) * 16 + (g.S - 1) * g.dw / g.sw, 16) * 16;
+  p.row_elems = g.sw * p.Lq;
+  p.T = ceil_div(Wo, 16) <= 2 ? 2 * rows : rows;
+  p.rows_per_task =
+      ceil_div(get(b, "depthwise_avx512_nchw_slide_task_rows", blocking::kDepthwiseAvx512NchwSlideTaskRows), p.T) * p.T;
+  p.nrb = ceil_div(g.Ho(), p.rows_per_task);
+  p.NV = get(b, "depthwise_avx512_nchw_slide_width_vecs", blocking::kDepthwiseAvx512NchwSlideWidthVecs);
+  return p;
+}
+
+template <class Sink>
+void run_depthwise_nchw_slide(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b,
+                              const Nest& nest) {
+  const Layout L(g);
+  const auto sp = nchw_slide_plan(g, b);
+  const int64_t e = g.elem, M = std::max<int64_t>(1, g.K / g.C), Ho = L.Ho, Wo = L.Wo, vb = nest.vb;
+  int64_t unit = 0;
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < g.C; ++c)
+      for (int64_t rb = 0; rb < sp.nrb; ++rb, ++unit) {
+        if (!sink.unit(unit)) continue;
+        const int64_t oh0 = rb * sp.rows_per_task, oh1 = std::min(Ho, oh0 + sp.rows_per_task);
+        const int64_t ihf = oh0 * g.sh - g.pt, nb = (ceil_div(oh1 - oh0, sp.T) * sp.T - 1) * g.sh + g.R;
+        for (int64_t bi = 0; bi < nb; ++bi) {
+          const int64_t ih = ihf + bi;
+          if (ih < 0 || ih >= g.H) { emit_run(sink, vb, kColumn, bi * sp.row_elems, sp.row_elems, e, true); continue; }
+          for (int64_t q = 0; q < g.sw; ++q) {
+            const int64_t dst = bi * sp.row_elems + q * sp.Lq;
+            const int64_t j0 = std::min(sp.Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
+            const int64_t j1 = std::min(sp.Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
+            if (j0 > 0) emit_run(sink, vb, kColumn, dst, j0, e, true);
+            const int64_t src = L.in(n, c, ih, 0) + q - g.pl;
+            if (g.sw == 1) {
+              emit_run(sink, vb, kInput, src + j0, j1 - j0, e, false);
+              emit_run(sink, vb, kColumn, dst + j0, j1 - j0, e, true);
+            } else {
+              for (int64_t j = j0; j < j1; ++j) {
+                sink.access(kInput, src + g.sw * j, e, e, false);
+                sink.access(kColumn, dst + j, e, e, true);
+              }
+            }
+            if (j1 < sp.Lq) emit_run(sink, vb, kColumn, dst + j1, sp.Lq - j1, e, true);
+          }
+        }
+        const int64_t NB = (sp.T - 1) * g.sh + g.R;
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t k = c * M + m;
+          for (int64_t oh = oh0; oh < oh1; oh += sp.T)
+            for (int64_t j = 0; j < Wo; j += 16 * sp.NV) {
+              const int64_t nv = std::min(sp.NV, ceil_div(Wo - j, 16));
+              const int64_t row0 = (oh - oh0) * g.sh * sp.row_elems;
+              for (int64_t s = 0; s < g.S; ++s) {
+                const int64_t off = ((s * g.dw) % g.sw) * sp.Lq + (s * g.dw) / g.sw;
+                for (int64_t bi = 0; bi < NB; ++bi)
+                  for (int64_t v = 0; v < nv; ++v) {
+                    sink.access(kColumn, row0 + bi * sp.row_elems + off + j + 16 * v, e, 16 * e, false);
+                    for (int64_t t = 0; t < sp.T; ++t) {
+                      const int64_t r = bi - g.sh * t;
+                      if (r >= 0 && r < g.R) sink.access(kWeight, L.wt(k, 0, r, s), e, e, false);
+                    }
+                  }
+              }
+              for (int64_t t = 0; t < sp.T && oh + t < oh1; ++t)
+                for (int64_t v = 0; v < nv; ++v)
+                  sink.access(kOutput, L.out(n, k, oh + t, j + 16 * v), e, std::min<int64_t>(16, Wo - j - 16 * v) * e,
+                              true);
+            }
+        }
+      }
+  sink.end_units();
+}
+
 template <class Sink>
 void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   const Layout L(g);
   const auto dp = depthwise_plan(b);
   const int64_t e = g.elem, M = std::max<int64_t>(1, g.K / g.C), RS = g.R * g.S, V8 = dp.vec, vb = nest.vb;
   const DwPath path = depthwise_path(g, b, nest);
+  if (path == DwPath::NchwSlide) return run_depthwise_nchw_slide(sink, g, b, nest);
   if (!g.nhwc && path == DwPath::CBlock) {
     // forward_nchw_cblock_avx512: the weight transposed to [R][S][K] first.
     emit_transpose16(sink, kWeight, 0, RS, g.K, RS, kPackedWeight, 0, g.K, e);
@@ -1406,6 +1495,8 @@ int64_t units_of(const std::string& algo, const Geometry& g, const std::map<std:
         const auto cp = cblock_plan(g, b);
         return g.N * cp.ncb * cp.nrb;
       }
+      case DwPath::NchwSlide:
+        return g.N * g.C * nchw_slide_plan(g, b).nrb;
       case DwPath::ChanRows:
         return g.N * g.Ho() *
                ceil_div(g.K, get(b, "depthwise_avx512_channel_group", blocking::kDepthwiseAvx512ChannelGroup));

@@ -37,6 +37,10 @@
 //    (chan_slide_avx512): each input vector is loaded once per kernel row and
 //    feeds every output of the row tile that uses it. 3x3 NHWC grad_weight
 //    keeps all 9 taps in registers (nhwc_gw3x3_avx512).
+//  * AVX-512 NCHW, 3x3/5x5/7x7 at stride 1-2 on planes at least 14 x stride wide:
+//    natively on rows, 16 output columns per vector, each input-row vector
+//    loaded once per kernel column for every output row that reads it
+//    (forward_nchw_slide_avx512); narrower planes take the channel blocks.
 //
 // depthwise_naive_conv2d below is the plain per-channel loop nest the tuned
 // kernels are checked against (and what they replace).
@@ -323,14 +327,19 @@ void build_phase_rows(const T* plane, int64_t W, int64_t ih_lo, int64_t nrows, c
   }
 }
 
+bool nchw_slide_applies(const ConvParams& p);
+void forward_nchw_slide_avx512(const float* x, const float* w, const float* bias, float* y,
+                               const ConvParams& p, Activation act);
 bool nchw_cblock_applies(const ConvParams& p);
 void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bias, float* y,
                                 const ConvParams& p, Activation act);
 
 template <typename T>
 void forward_nchw(const T* x, const T* w, const T* bias, T* y, const ConvParams& p, Activation act) {
-  if constexpr (std::is_same<T, float>::value)
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_avx512() && nchw_slide_applies(p)) return forward_nchw_slide_avx512(x, w, bias, y, p, act);
     if (use_avx512() && nchw_cblock_applies(p)) return forward_nchw_cblock_avx512(x, w, bias, y, p, act);
+  }
   const int64_t M = p.K / p.C, RS = p.R * p.S;
   const PhaseRows pr = PhaseRows::make(p);
   std::vector<int64_t> tap_off(p.S);
@@ -1193,7 +1202,8 @@ FASTCONV_TARGET_AVX512 void transpose_avx512(const float* src, int64_t src_ld, i
 // touch the border, the copy costs less than the masked border tiles did.
 // Wide stride-1 3x3 planes (MobileNetV2 b1, b3: 112 and 56 wide) stay on the
 // row kernels: their rows fill the vectors, and the tiles' transposes measured
-// as fast at batch 1 and 1.7x slower at batch 8 (b1, 1 thread).
+// as fast at batch 1 and 1.7x slower at batch 8 (b1, 1 thread). (Checked after
+// nchw_slide_applies: this decides only for the kernels that one does not take.)
 bool nchw_cblock_applies(const ConvParams& p) {
   const bool wide_rows = p.stride_h == 1 && p.stride_w == 1 && p.R * p.S <= kDepthwiseAvx512NchwRowsMaxTaps &&
                          p.Wo >= kDepthwiseAvx512NchwRowsMinWidth;
@@ -1287,6 +1297,222 @@ void forward_nchw_cblock_avx512(const float* x, const float* w, const float* bia
   std::vector<float> wp(RS * p.K);
   transpose_avx512(w, RS, p.K, RS, wp.data(), p.K);
   forward_cblock_avx512(x, wp.data(), bias, y, p, act, false);
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// NCHW natively on rows (AVX-512, float32): vectors of 16 output columns, no
+// transposes. A task (n, c, block of kDepthwiseAvx512NchwSlideTaskRows output rows) copies the
+// input rows the block reads into 64-byte aligned, zero-padded,
+// stride-phase-split rows (PhaseRows, 16 lanes), padding rows above and below
+// the image included as zeros, so every register tile is interior.
+// A register tile is T output rows x NV row vectors. It walks its input rows
+// once per kernel column: the vector of input row b, column tap s feeds every
+// output row t of the tile that reads row b (kernel row r = b - SH * t), with
+// w[r][s] broadcast from memory. Per kernel column that is (T - 1) * SH + R
+// loads for T * R FMAs per vector (7x7, T = 4: 10 loads, 28 FMAs), where the
+// tap-list row kernel (rows_taps_avx2) loads once per FMA.
+// The nest, spelled out (forward_nchw_slide_avx512 and nchw_slide_tile_avx512):
+//   for n, c, block of output rows:                       (parallel tasks)
+//     buf[b][q][j] = x[n][c][ih0 + b][sw * j + q - pl]    (0 outside the image)
+//     for m, tile of T output rows (oh = oh0 + t), chunk of NV * 16 columns (ow = j0 + ...):
+//       for s, b, v: xv = buf[b][tap row and offset of s][j0 + 16 v + ...]
+//                    for t with r = b - SH * t in [0, R): acc[t][v] += xv * w[k][r][s]
+//       y[n][k][oh][ow] = act(acc + bias)                 (rows < Ho, columns < Wo)
+// Each output sums its taps in (s, r) order, the same for any thread count.
+// ---------------------------------------------------------------------------
+bool nchw_slide_applies(const ConvParams& p) {
+  return (p.R == 3 || p.R == 5 || p.R == 7) && (p.stride_h == 1 || p.stride_h == 2) && p.dil_h == 1 &&
+         p.Wo >= kDepthwiseAvx512NchwSlideMinWidth * p.stride_w;
+}
+
+#if FASTCONV_X86
+// build_phase_rows of one input row (stride 1 or 2) into 16-aligned phase rows,
+// 16 columns per step with masked loads, the masks computed once per call
+// (measured: the per-row bounds arithmetic and memcpy/fill calls cost half as
+// much as the 7x7 kernel itself; stride 2's strided scalar copy as much as its
+// 3x3 kernel). Stride 2: 16 outputs of a phase from two loads and a permute.
+struct PhaseRowMasks {
+  // Per (phase q, step j / 16): output lanes inside the image, and (stride 2)
+  // the source lanes of the two loads.
+  std::vector<uint16_t> out, lo, hi;
+  PhaseRowMasks(const PhaseRows& pr, int64_t W) {
+    auto lanes = [](int64_t a, int64_t b) {  // lanes i with a <= i < b
+      a = std::clamp<int64_t>(a, 0, 16);
+      b = std::clamp<int64_t>(b, a, 16);
+      return uint16_t(((1u << b) - 1) & ~((1u << a) - 1));
+    };
+    for (int64_t q = 0; q < pr.sw; ++q) {
+      const int64_t j0 = std::min(pr.Lq, std::max<int64_t>(0, ceil_div(pr.pl - q, pr.sw)));
+      const int64_t j1 = std::min(pr.Lq, std::max(j0, floor_div(W - 1 + pr.pl - q, pr.sw) + 1));
+      for (int64_t j = 0; j < pr.Lq; j += 16) {
+        out.push_back(lanes(j0 - j, j1 - j));
+        const int64_t c0 = 2 * j + q - pr.pl;  // stride 2: output lane i reads column c0 + 2i
+        lo.push_back(lanes(-c0, W - c0));
+        hi.push_back(lanes(-c0 - 16, W - c0 - 16));
+      }
+    }
+  }
+};
+
+FASTCONV_TARGET_AVX512 void phase_row_avx512(const float* src, const PhaseRows& pr, const PhaseRowMasks& pm,
+                                             float* dst) {
+  const int64_t steps = pr.Lq / 16;
+  if (pr.sw == 1) {
+    for (int64_t i = 0; i < steps; ++i)
+      _mm512_store_ps(dst + 16 * i, _mm512_maskz_loadu_ps(pm.out[i], src + 16 * i - pr.pl));
+    return;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t q = 0; q < 2; ++q)
+    for (int64_t i = 0; i < steps; ++i) {
+      const int64_t k = q * steps + i;
+      const float* sp = src + 32 * i + q - pr.pl;
+      const __m512 lo = _mm512_maskz_loadu_ps(pm.lo[k], sp), hi = _mm512_maskz_loadu_ps(pm.hi[k], sp + 16);
+      _mm512_store_ps(dst + k * 16, _mm512_maskz_permutex2var_ps(pm.out[k], lo, even, hi));
+    }
+}
+
+// One register tile: output rows t < nrows of T, columns [0, 16 NV) from out
+// (the last vector's lanes in tail). buf: the tile's first input row;
+// row_elems: buffer row stride; tap_off[s]: kernel column s's phase and offset.
+template <int R, int SH, int T, int NV>
+FASTCONV_TARGET_AVX512 __attribute__((noinline)) void nchw_slide_tile_avx512(
+    const float* buf, int64_t row_elems, const int64_t* tap_off, int64_t S, const float* wk, float bias,
+    float* out, int64_t Wo, int64_t nrows, __mmask16 tail, Activation act) {
+  constexpr int NB = (T - 1) * SH + R;
+  __m512 acc[T][NV];
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[t][v] = _mm512_setzero_ps();
+  for (int64_t s = 0; s < S; ++s) {
+    // R weights + T x NV accumulators + NV inputs: at most 27 zmm.
+    __m512 wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_set1_ps(wk[r * S + s]);
+    const float* row = buf + tap_off[s];
+#pragma GCC unroll 32
+    for (int b = 0; b < NB; ++b) {
+      __m512 xv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        xv[v] = _mm512_loadu_ps(row + 16 * v);
+        // One load per vector, kept in a register: GCC otherwise folds it
+        // into each FMA that uses it (up to T loads, measured 2x slower).
+        asm("" : "+v"(xv[v]));
+      }
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        const int r = b - SH * t;
+        if (r >= 0 && r < R)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[t][v] = _mm512_fmadd_ps(xv[v], wv[r], acc[t][v]);
+      }
+      row += row_elems;
+      // Step one pointer; GCC otherwise keeps an address per (row, vector)
+      // live and spills them.
+      asm("" : "+r"(row));
+    }
+  }
+  const __m512 bv = _mm512_set1_ps(bias);
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+    if (t >= nrows) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      store16(out + t * Wo + 16 * v, _mm512_add_ps(acc[t][v], bv), v == NV - 1 ? tail : __mmask16(0xFFFF), act);
+  }
+}
+
+// T output rows from out, every column: chunks of kDepthwiseAvx512NchwSlideWidthVecs
+// vectors, the last one as many vectors as remain.
+template <int R, int SH, int T>
+FASTCONV_TARGET_AVX512 void nchw_slide_rows_avx512(const float* buf, int64_t row_elems, const int64_t* tap_off,
+                                                   int64_t S, const float* wk, float bias, float* out,
+                                                   int64_t Wo, int64_t nrows, Activation act) {
+  constexpr int64_t NVmax = kDepthwiseAvx512NchwSlideWidthVecs;
+  static_assert(NVmax == 4, "update the switch below");
+  for (int64_t j = 0; j < Wo; j += 16 * NVmax) {
+    const int64_t nv = std::min(NVmax, ceil_div(Wo - j, 16));
+    const __mmask16 tail = mask16(std::min<int64_t>(16, Wo - j - 16 * (nv - 1)));
+    switch (nv) {
+      case 1: nchw_slide_tile_avx512<R, SH, T, 1>(buf + j, row_elems, tap_off, S, wk, bias, out + j, Wo, nrows, tail, act); break;
+      case 2: nchw_slide_tile_avx512<R, SH, T, 2>(buf + j, row_elems, tap_off, S, wk, bias, out + j, Wo, nrows, tail, act); break;
+      case 3: nchw_slide_tile_avx512<R, SH, T, 3>(buf + j, row_elems, tap_off, S, wk, bias, out + j, Wo, nrows, tail, act); break;
+      default: nchw_slide_tile_avx512<R, SH, T, 4>(buf + j, row_elems, tap_off, S, wk, bias, out + j, Wo, nrows, tail, act); break;
+    }
+  }
+}
+
+// The output rows [oh0, oh1) of plane k, tiles of T rows (the last one computes
+// T rows from the zero rows below and stores the real ones).
+template <int R, int SH>
+FASTCONV_TARGET_AVX512 void nchw_slide_block_avx512(const float* buf, int64_t row_elems, const int64_t* tap_off,
+                                                    int64_t S, const float* wk, float bias, float* yk,
+                                                    int64_t Wo, int64_t oh0, int64_t oh1, int64_t T,
+                                                    Activation act) {
+  constexpr int T1 = kDepthwiseAvx512NchwSlideRows, T2 = 2 * kDepthwiseAvx512NchwSlideRows;
+  for (int64_t oh = oh0; oh < oh1; oh += T) {
+    const float* b = buf + (oh - oh0) * SH * row_elems;
+    if (T == T2) nchw_slide_rows_avx512<R, SH, T2>(b, row_elems, tap_off, S, wk, bias, yk + oh * Wo, Wo, oh1 - oh, act);
+    else nchw_slide_rows_avx512<R, SH, T1>(b, row_elems, tap_off, S, wk, bias, yk + oh * Wo, Wo, oh1 - oh, act);
+  }
+}
+#endif
+
+void forward_nchw_slide_avx512(const float* x, const float* w, const float* bias, float* y,
+                               const ConvParams& p, Activation act) {
+#if FASTCONV_X86
+  const int64_t M = p.K / p.C, RS = p.R * p.S, SH = p.stride_h;
+  // Lq: 16-lane rows, 64-byte aligned.
+  const int64_t Lq = round_up(round_up(p.Wo, 16) + (p.S - 1) * p.dil_w / p.stride_w, 16);
+  const PhaseRows pr{p.stride_w, p.pad_left, Lq};
+  const PhaseRowMasks pm(pr, p.W);
+  std::vector<int64_t> tap_off(p.S);
+  for (int64_t s = 0; s < p.S; ++s) tap_off[s] = pr.tap_offset(s, p.dil_w);
+  const int64_t T = ceil_div(p.Wo, 16) <= 2 ? 2 * kDepthwiseAvx512NchwSlideRows : kDepthwiseAvx512NchwSlideRows;
+  // Blocks a multiple of T rows, so only a plane's last tile runs past Ho.
+  const int64_t rows_per_task = round_up(kDepthwiseAvx512NchwSlideTaskRows, T);
+  const int64_t nrb = ceil_div(p.Ho, rows_per_task);
+  // Buffer rows of a task: its tiles' input rows, the last tile's full T rows.
+  const int64_t nbuf = (rows_per_task - 1) * SH + p.R;
+  at::parallel_for(0, p.N * p.C * nrb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> store(nbuf * pr.row_elems() + 16);
+    float* buf = reinterpret_cast<float*>(round_up(reinterpret_cast<uintptr_t>(store.data()), 64));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t rb = task % nrb, nc = task / nrb, n = nc / p.C, c = nc % p.C;
+      const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.Ho, oh0 + rows_per_task);
+      const int64_t ihf = oh0 * SH - p.pad_top, nb = (round_up(oh1 - oh0, T) - 1) * SH + p.R;
+      const float* plane = x + nc * p.H * p.W;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t ih = ihf + b;
+        float* row = buf + b * pr.row_elems();
+        if (ih < 0 || ih >= p.H) std::fill(row, row + pr.row_elems(), 0.f);
+        else if (pr.sw <= 2) phase_row_avx512(plane + ih * p.W, pr, pm, row);
+        else build_phase_rows(plane, p.W, ih, 1, pr, row);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t k = c * M + m;
+        const float* wk = w + k * RS;
+        const float bk = bias ? bias[k] : 0.f;
+        float* yk = y + (n * p.K + k) * p.Ho * p.Wo;
+#define FASTCONV_DW_NCHW_SLIDE(R_)                                                                     \
+  if (p.R == R_) {                                                                                     \
+    if (SH == 1) nchw_slide_block_avx512<R_, 1>(buf, pr.row_elems(), tap_off.data(), p.S, wk, bk, yk, p.Wo, oh0, oh1, T, act); \
+    else nchw_slide_block_avx512<R_, 2>(buf, pr.row_elems(), tap_off.data(), p.S, wk, bk, yk, p.Wo, oh0, oh1, T, act); \
+    continue;                                                                                          \
+  }
+        FASTCONV_DW_NCHW_SLIDE(3)
+        FASTCONV_DW_NCHW_SLIDE(5)
+        FASTCONV_DW_NCHW_SLIDE(7)
+#undef FASTCONV_DW_NCHW_SLIDE
+        TORCH_CHECK(false, "forward_nchw_slide_avx512: no kernel for R=", p.R);
+      }
+    }
+  });
+#else
+  TORCH_CHECK(false, "forward_nchw_slide_avx512: not an x86 build");
 #endif
 }
 

@@ -140,6 +140,7 @@ TINY_AVX512 = [
     ("direct", ConvSpec(1, 4, 6, 6, 24, 3, 3, padding=(1, 1, 1, 1))),  # 16-channel general tiles
     ("depthwise", ConvSpec(1, 20, 9, 9, 20, 3, 3, padding=(1, 1, 1, 1), groups=20)),
     ("depthwise", ConvSpec(1, 20, 16, 16, 20, 5, 5, padding=(2, 2, 2, 2), groups=20)),
+    ("depthwise", ConvSpec(1, 6, 11, 30, 12, 5, 5, stride=(2, 1), padding=(2, 2, 2, 2), groups=6)),  # NCHW rows
 ]
 
 

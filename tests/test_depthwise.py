@@ -28,6 +28,16 @@ GEOMETRIES = {
     "k3_narrow": (2, 50, 6, 3, 1, (3, 3), 1, 1, 1),
     "k7_narrow_nopad": (1, 33, 9, 8, 1, (7, 7), 1, 0, 1),
     "k13_s2": (1, 9, 20, 23, 1, (13, 13), 2, 6, 1),
+    # NCHW on row vectors (nchw_slide_tile_avx512, outputs >= 14 x stride wide):
+    # stride 2, rows in 1-4 vectors with a partial last one, a chunk of 4 vectors
+    # plus more, row counts off the register tile, dilated columns, a channel
+    # multiplier, a row stride but no column stride.
+    "k7_s2_wide": (1, 5, 37, 61, 1, (7, 7), 2, 3, 1),
+    "k3_s2_wide": (2, 6, 33, 59, 1, (3, 3), 2, 1, 1),
+    "k5_wide_m2": (1, 3, 19, 35, 2, (5, 5), 1, 2, 1),
+    "k3_nopad_wide": (1, 4, 9, 80, 1, (3, 3), 1, 0, 1),
+    "k7_dilw_wide": (1, 4, 13, 40, 1, (7, 7), 1, (3, 6), (1, 2)),
+    "k3_s2_rect_wide": (1, 3, 11, 57, 1, (3, 5), (2, 1), (1, 2), 1),
     "k31": (1, 5, 33, 35, 1, (31, 31), 1, 15, 1),
     "m2": (2, 6, 10, 11, 2, (3, 3), 1, 1, 1),
     "m3_s2": (2, 5, 11, 12, 3, (3, 3), 2, 1, 1),
@@ -226,7 +236,7 @@ def test_nan_propagates_through_relu(activation, path, layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("geom", ["k3_s2_tail", "k7", "k7_s2", "k3_wide", "rect_asym", "m2"])
+@pytest.mark.parametrize("geom", ["k3_s2_tail", "k7", "k7_s2", "k3_wide", "rect_asym", "m2", "k7_s2_wide"])
 def test_avx512_matches_avx2(geom, layout):
     """The AVX-512 and AVX2 paths sum each output in the same (r, s) order, but
     the NCHW AVX-512 path adds padding zeros instead of skipping taps, and the

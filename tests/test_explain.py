@@ -128,10 +128,13 @@ def test_isa_parameter():
     assert sims["avx2"]["operands"]["input"]["accesses"] > 10 * 64 * 28 * 28
     assert cmodel.direct_blocked_applies(spec, cmodel.blocking(), "avx512")
     assert not cmodel.direct_blocked_applies(spec.with_(dtype=torch.float64), cmodel.blocking(), "avx512")
-    assert cmodel.depthwise_path(ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64),
-                                 cmodel.blocking(), "avx512") == "cblock"
-    assert cmodel.depthwise_path(ConvSpec(1, 64, 56, 56, 64, 3, 3, padding=(1, 1, 1, 1), groups=64),
-                                 cmodel.blocking(), "avx512") == "rows"  # wide stride-1 3x3 rows
+    assert cmodel.depthwise_path(ConvSpec(1, 64, 7, 7, 64, 3, 3, padding=(1, 1, 1, 1), groups=64),
+                                 cmodel.blocking(), "avx512") == "cblock"  # a 7-wide row: 7 of 16 lanes
+    for hw, k in ((28, 3), (56, 3), (14, 7)):  # NCHW on 16-column row vectors
+        assert cmodel.depthwise_path(ConvSpec(1, 64, hw, hw, 64, k, k, padding=(k // 2,) * 4, groups=64),
+                                     cmodel.blocking(), "avx512") == "nchw_slide"
+    assert cmodel.depthwise_path(ConvSpec(1, 64, 56, 56, 64, 3, 3, padding=(2, 2, 2, 2), dilation=(2, 2), groups=64),
+                                 cmodel.blocking(), "avx512") == "rows"  # dilated rows: the tap-list kernel
 
 
 BOTH = ("avx2", "avx512")
@@ -152,6 +155,10 @@ TRACKED = [
     ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64, layout="nhwc"), ("L2", "DRAM"),
      BOTH),
     ("depthwise", ConvSpec(1, 64, 28, 28, 64, 3, 3, padding=(1, 1, 1, 1), groups=64), ("L2", "DRAM"), BOTH),
+    # AVX-512 NCHW on row vectors: 7x7 (two vectors a row), 3x3 stride 2.
+    ("depthwise", ConvSpec(1, 96, 28, 28, 96, 7, 7, padding=(3, 3, 3, 3), groups=96), ("L2", "DRAM"), ("avx512",)),
+    ("depthwise", ConvSpec(1, 64, 56, 56, 64, 3, 3, stride=(2, 2), padding=(1, 1, 1, 1), groups=64), ("L2", "DRAM"),
+     ("avx512",)),
     # AVX-512 channel-block tiles of a 7x7 NHWC layer.
     ("depthwise", ConvSpec(1, 96, 14, 14, 96, 7, 7, padding=(3, 3, 3, 3), groups=96, layout="nhwc"), ("L2", "DRAM"),
      ("avx512",)),

@@ -685,10 +685,14 @@ def _ceil_div(a, b):
 
 def depthwise_path(s: ConvSpec, b: dict, isa: str) -> str:
     """Which depthwise.cpp forward runs: "rows" (the AVX2/portable nests), "chan_rows"
-    (AVX-512 NHWC pixel x channel-vector tiles) or "cblock" (AVX-512 zero-padded
-    channel-block tiles: NCHW through 16x16 transposes, narrow NHWC 7x7 planes)."""
+    (AVX-512 NHWC pixel x channel-vector tiles), "cblock" (AVX-512 zero-padded
+    channel-block tiles: NCHW through 16x16 transposes, narrow NHWC 7x7 planes) or
+    "nchw_slide" (AVX-512 NCHW on 16-column row vectors)."""
     if kernel_isa(s, isa) != "avx512":
         return "rows"
+    if (s.layout == "nchw" and s.R in (3, 5, 7) and s.stride[0] in (1, 2) and s.dilation[0] == 1
+            and s.Wo >= b["depthwise_avx512_nchw_slide_min_width"] * s.stride[1]):
+        return "nchw_slide"
     max_s = b["depthwise_avx512_chan_max_s"]
     if s.layout == "nhwc":
         if (s.R * s.S >= b["depthwise_avx512_nhwc_tile_min_taps"] and s.Wo >= 2 * b["depthwise_avx512_pixel_tile"]
@@ -748,10 +752,64 @@ def model_depthwise_cblock(s: ConvSpec, b: dict) -> Model:
     return m
 
 
+def model_depthwise_nchw_slide(s: ConvSpec, b: dict) -> Model:
+    """forward_nchw_slide_avx512 (cachesim.cpp's run_depthwise_nchw_slide): tasks (n, c,
+    block of output rows) copy the block's input rows, padding rows as zeros, into a
+    zero-padded phase-split row buffer; register tiles of T output rows x up to NV
+    16-column vectors load each buffer row once per kernel column and broadcast one
+    weight per FMA."""
+    g = Geo(s)
+    e, m = g.e, Model("depthwise")
+    sh, sw, R, S = s.stride[0], s.stride[1], s.R, s.S
+    mult = max(1, s.K // s.C)
+    Lq = _ceil_div(_ceil_div(s.Wo, 16) * 16 + (S - 1) * s.dilation[1] // sw, 16) * 16
+    row_elems = sw * Lq
+    rows = b["depthwise_avx512_nchw_slide_rows"]
+    T = 2 * rows if _ceil_div(s.Wo, 16) <= 2 else rows
+    rpt = _ceil_div(b["depthwise_avx512_nchw_slide_task_rows"], T) * T
+    nrb = _ceil_div(s.Ho, rpt)
+    nvmax = b["depthwise_avx512_nchw_slide_width_vecs"]
+    nvecs = _ceil_div(s.Wo, 16)  # row vectors per output row, over all chunks
+    NB = (T - 1) * sh + R
+    buf_rows, img_rows, tiles = 0, 0, 0
+    for rb in range(nrb):
+        oh0, oh1 = rb * rpt, min(s.Ho, (rb + 1) * rpt)
+        nt = _ceil_div(oh1 - oh0, T)
+        nb = (nt * T - 1) * sh + R
+        ihf = oh0 * sh - s.padding[0]
+        buf_rows += nb
+        img_rows += max(0, min(s.H, ihf + nb) - max(0, ihf))
+        tiles += nt
+    # (t, r) pairs of a tile: every output row reads R buffer rows.
+    fmas_per_col = T * R
+    m.l1_bytes = {
+        "input": s.N * s.C * img_rows * s.W * e,
+        "column": s.N * s.C * (buf_rows * row_elems * e + mult * tiles * S * NB * nvecs * 16 * e),
+        "weight": s.N * s.K * tiles * S * fmas_per_col * nvecs * e,
+        "output": g.output,
+    }
+    buf = (rpt - 1) * sh * row_elems * e + R * row_elems * e
+    f_task = buf + mult * rpt * s.Wo * e + min(s.H, rpt * sh + R) * s.W * e
+    m.add("output", "output (first touch)", g.output, INF)
+    m.add("input", "input (first touch)", g.input, INF)
+    m.add("weight", "weights (first touch)", g.weight, INF)
+    m.add("column", "row buffer (first touch)", buf, INF)
+    m.add("column", "row buffer rewritten per task", s.N * s.C * buf_rows * row_elems * e - buf, f_task)
+    m.add("input", "input rows shared by neighbouring row blocks re-read",
+          max(0.0, s.N * s.C * img_rows * s.W * e - g.input), f_task)
+    m.add("weight", "weights re-read per row block", s.N * s.C * nrb * mult * R * S * e - g.weight, f_task)
+    m.notes.append(f"depthwise NCHW (AVX-512 row vectors): tasks of {rpt} output rows of one channel; input rows "
+                   f"copied to a padded buffer of {buf / 1024:.1f} KiB; register tiles of {T} rows x up to "
+                   f"{nvmax}x16 columns")
+    return m
+
+
 def model_depthwise(s: ConvSpec, b: dict, isa: str = "avx2") -> Model:
     path = depthwise_path(s, b, isa)
     if path == "cblock":
         return model_depthwise_cblock(s, b)
+    if path == "nchw_slide":
+        return model_depthwise_nchw_slide(s, b)
     g = Geo(s)
     e, m = g.e, Model("depthwise")
     V = b["depthwise_vec_width"]
