@@ -746,7 +746,7 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
 // direct_blocked_avx512.cpp: float32 on AVX-512 when every lane of a tile is an
 // output channel: dense layers and wide groups (Cg, Kg multiples of 16), or
 // narrow groups (Cg == Kg in {2, 4, 8}) packed gpv = 16 / Kg groups per vector.
-struct BlockedPlan { int64_t lanes, gpv, ocv, GB, CB, OB, Hp, Wp, RB, row_block, tile; };
+struct BlockedPlan { int64_t lanes, gpv, ocv, GB, CB, PS, OB, Hp, Wp, RB, row_block, tile, cin_block; };
 
 bool direct_blocked_applies(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   if (nest.isa != CpuIsa::Avx512 || g.elem != 4) return false;
@@ -764,24 +764,30 @@ BlockedPlan blocked_plan(const Geometry& g, const std::map<std::string, int64_t>
   p.ocv = p.gpv == 1 && kg % (2 * p.lanes) == 0 ? 2 : 1;
   p.GB = g.groups / p.gpv;
   p.CB = g.Cg() * p.gpv;
+  // A pixel of a multiple of 4 lines gets one line more (kDirectBlockedAvx512PixelPad).
+  p.PS = p.CB % (4 * p.lanes) ? p.CB
+         : p.CB + get(b, "direct_blocked_avx512_pixel_pad", blocking::kDirectBlockedAvx512PixelPad);
   p.OB = kg * p.gpv / (p.lanes * p.ocv);
   p.Hp = g.H + g.pt + g.pb;
   p.Wp = g.W + g.pl + g.pr;
-  p.row_block = get(b, "direct_row_block", blocking::kDirectRowBlock);
+  // Near-equal row blocks of at most direct_blocked_avx512_row_block rows.
+  const int64_t rb_max = get(b, "direct_blocked_avx512_row_block", blocking::kDirectBlockedAvx512RowBlock);
+  p.row_block = ceil_div(g.Ho(), ceil_div(g.Ho(), rb_max));
   p.RB = ceil_div(g.Ho(), p.row_block);
+  p.cin_block = std::min(g.Cg(), get(b, "direct_blocked_avx512_cin_block", blocking::kDirectBlockedAvx512CinBlock));
   p.tile = p.ocv == 1 ? get(b, "direct_blocked_avx512_pixel_tile", blocking::kDirectBlockedAvx512PixelTile)
                       : get(b, "direct_blocked_avx512_pixel_tile_pair", blocking::kDirectBlockedAvx512PixelTilePair);
   return p;
 }
 
-// The blocked nest: the input copied once into xt[N][GB][Hp][Wp][CB] (operand
-// "column": zero rows and columns for the padding; NHWC a vector load per 16
-// channels, NCHW a gather of 16 planes), the weights packed to
-// [GB][OB][R][S][Cg][OCV][16]; tasks (n, group block, output block, block of
+// The blocked nest: the input copied once into xt[N][GB][Hp][Wp][PS] (operand
+// "column": CB floats per pixel, zero rows and columns for the padding; NHWC a
+// vector load per 16 channels, NCHW a gather of 16 planes), the weights packed
+// to [GB][OB][R][S][Cg][OCV][16]; tasks (n, group block, output block, block of
 // `row_block` rows), rows split into near-equal tiles of at most `tile`
-// pixels; a tile runs (r, s, c): OCV weight vectors, one broadcast of gpv
-// floats per pixel; then per vector and pixel a store (NHWC) or a 16-lane
-// scatter (NCHW). Units: tasks.
+// pixels; a tile runs (channel block, r, s, c in the block): OCV weight
+// vectors, one broadcast of gpv floats per pixel; then per vector and pixel a
+// store (NHWC) or a 16-lane scatter (NCHW). Units: tasks.
 template <class Sink>
 void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   const Layout L(g);
@@ -791,10 +797,10 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t gb = 0; gb < P.GB; ++gb)
       for (int64_t hp = 0; hp < P.Hp; ++hp) {
-        int64_t o = ((n * P.GB + gb) * P.Hp + hp) * P.Wp * P.CB;
         const int64_t ih = hp - g.pt;
         for (int64_t wp = 0; wp < P.Wp; ++wp)
-          for (int64_t q = 0; q < chunks; ++q, o += lanes) {
+          for (int64_t q = 0; q < chunks; ++q) {
+            const int64_t o = (((n * P.GB + gb) * P.Hp + hp) * P.Wp + wp) * P.PS + q * lanes;
             const int64_t iw = wp - g.pl;
             if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
               if (g.nhwc) {
@@ -822,7 +828,7 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
                 sink.access(kWeight, L.wt(k, c, r, s), e, e, false);
                 sink.access(kPackedWeight, pw, e, e, true);
               }
-  const int64_t w_block = g.R * g.S * Cg * P.ocv * lanes, x_block = P.Hp * P.Wp * P.CB;
+  const int64_t w_block = g.R * g.S * Cg * P.ocv * lanes, x_block = P.Hp * P.Wp * P.PS;
   const int64_t Ho = L.Ho, Wo = L.Wo;
   int64_t unit = 0;
   for (int64_t n = 0; n < g.N; ++n)
@@ -833,19 +839,20 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
           const int64_t xg = (n * P.GB + gb) * x_block, wg = (gb * P.OB + ob) * w_block;
           const int64_t oh1 = std::min(Ho, (rb + 1) * P.row_block);
           for (int64_t oh = rb * P.row_block; oh < oh1; ++oh) {
-            const int64_t xrow = xg + oh * g.sh * P.Wp * P.CB;
+            const int64_t xrow = xg + oh * g.sh * P.Wp * P.PS;
             for (int64_t ow = 0; ow < Wo;) {
               const int64_t left = Wo - ow, np = ceil_div(left, ceil_div(left, P.tile));
-              int64_t w = wg;
-              for (int64_t r = 0; r < g.R; ++r)
-                for (int64_t s = 0; s < g.S; ++s) {
-                  const int64_t xb = xrow + ow * g.sw * P.CB + r * g.dh * P.Wp * P.CB + s * g.dw * P.CB;
-                  for (int64_t c = 0; c < Cg; ++c, w += P.ocv * lanes) {
-                    for (int64_t v = 0; v < P.ocv; ++v) sink.access(kPackedWeight, w + v * lanes, e, lanes * e, false);
-                    for (int64_t p = 0; p < np; ++p)
-                      sink.access(kColumn, xb + p * g.sw * P.CB + c * P.gpv, e, P.gpv * e, false);
+              for (int64_t cb = 0; cb < Cg; cb += P.cin_block)
+                for (int64_t r = 0; r < g.R; ++r)
+                  for (int64_t s = 0; s < g.S; ++s) {
+                    const int64_t xb = xrow + ow * g.sw * P.PS + r * g.dh * P.Wp * P.PS + s * g.dw * P.PS;
+                    for (int64_t c = cb; c < cb + P.cin_block; ++c) {
+                      const int64_t w = wg + ((r * g.S + s) * Cg + c) * P.ocv * lanes;
+                      for (int64_t v = 0; v < P.ocv; ++v) sink.access(kPackedWeight, w + v * lanes, e, lanes * e, false);
+                      for (int64_t p = 0; p < np; ++p)
+                        sink.access(kColumn, xb + p * g.sw * P.PS + c * P.gpv, e, P.gpv * e, false);
+                    }
                   }
-                }
               for (int64_t v = 0; v < P.ocv; ++v) {
                 const int64_t ch0 = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes;
                 for (int64_t p = 0; p < np; ++p) {

@@ -5,9 +5,10 @@
 // reduction is cut into input-channel blocks with partial sums in between; on
 // small planes (7x7, 14x14) and deep layers those costs dominate. Here each task
 // first copies the input rows its output rows read into [rows][W+pads][Cg][GPV]
-// (the padding becomes stored zeros) and the micro-kernel is one plain loop over
-// (r, s, c): OCV weight vectors, PT broadcasts and OCV x PT FMAs per step, no
-// border cases, the whole reduction in registers.
+// (the padding becomes stored zeros; a pixel of 4k lines gets one line more, so
+// a tile's pixels spread over L1's sets) and the micro-kernel is one plain loop
+// over (channel block, r, s, c): OCV weight vectors, PT broadcasts and OCV x PT
+// FMAs per step, no border cases, the whole reduction in registers.
 //
 // GPV (groups per vector) packs narrow groups across lanes: for grouped convs
 // with Cg == Kg in {2, 4, 8}, one zmm holds 16 output channels of GPV = 16 / Kg
@@ -49,7 +50,8 @@ struct Layout {
   int64_t gpv;  // groups per vector: 16 / Kg for narrow groups, else 1
   int64_t ocv;  // output-channel vectors per tile
   int64_t GB;   // blocks of gpv groups
-  int64_t CB;   // floats per padded input pixel of a group block: Cg * gpv
+  int64_t CB;   // input floats per padded pixel of a group block: Cg * gpv
+  int64_t PS;   // floats between packed input pixels: CB, plus a line where CB spans 4k lines
   int64_t OB;   // output blocks (ocv * 16 channels) per group block
 };
 
@@ -60,6 +62,7 @@ Layout layout_of(const ConvParams& p) {
   l.ocv = l.gpv == 1 && kg % (2 * kLanes) == 0 ? 2 : 1;
   l.GB = p.groups / l.gpv;
   l.CB = p.Cg * l.gpv;
+  l.PS = l.CB % (4 * kLanes) ? l.CB : l.CB + blocking::kDirectBlockedAvx512PixelPad;
   l.OB = kg * l.gpv / (kLanes * l.ocv);
   return l;
 }
@@ -84,20 +87,32 @@ struct Problem {
   Activation act;
 };
 
+// Output rows per task: near-equal blocks of at most kDirectBlockedAvx512RowBlock.
+inline int64_t blocked_row_block(int64_t Ho) {
+  return ceil_div(Ho, ceil_div(Ho, blocking::kDirectBlockedAvx512RowBlock));
+}
+
 // Lane l of a narrow-group vector holds channel (l % gpv) * Kg + l / gpv of its block.
 inline int64_t lane_channel(int64_t lane, int64_t gpv) {
   return gpv == 1 ? lane : (lane % gpv) * (kLanes / gpv) + lane / gpv;
 }
 
 #if FASTCONV_X86
+// Zeros in the pixels [wp0, wp1) of a packed row (chunks vectors each, ps floats apart).
+FASTCONV_TARGET_AVX512 void zero_pixels(float* o, int64_t wp0, int64_t wp1, int64_t ps,
+                                        int64_t chunks) {
+  for (int64_t wp = wp0; wp < wp1; ++wp)
+    for (int64_t q = 0; q < chunks; ++q) _mm512_storeu_ps(o + wp * ps + q * kLanes, _mm512_setzero_ps());
+}
+
 // Padded rows [hp0, hp1) of image n, group block gb of src into out
-// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
-// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
+// ([hp][Wp][ps] floats, CB of them a pixel), 16 floats at a time: lane j =
+// c * GPV + gl of a chunk holds channel gl * cg + c of the group block (the identity for GPV = 1); a
 // load (and a permute) for channels_last input, a gather of 16 planes for any
 // other layout. The forward packs the input this way, grad_weight the input and
 // grad_output (whose lanes then match the packed weight's).
-FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
-                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
+FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t ps,
+                                      int64_t Wp, int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
                                       float* out) {
   const Strides4& xs = src.xs;
   alignas(64) int32_t perm[kLanes], offs[kLanes];
@@ -108,33 +123,32 @@ FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t C
   }
   const __m512i to_lanes = _mm512_load_si512(perm);
   const __m512i planes = _mm512_load_si512(offs);
-  const __m512 zero = _mm512_setzero_ps();
   const int64_t chunks = CB / kLanes;
   for (int64_t hp = hp0; hp < hp1; ++hp) {
-    float* o = out + (hp - hp0) * Wp * CB;
+    float* o = out + (hp - hp0) * Wp * ps;
     const int64_t ih = hp - src.pad_top;
     if (ih < 0 || ih >= src.H) {
-      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+      zero_pixels(o, 0, Wp, ps, chunks);
       continue;
     }
     const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
     // Columns [w0, w1) of the padded row hold input; the rest is padding.
     const int64_t w0 = std::min(src.pad_left, Wp), w1 = std::min(src.pad_left + src.W, Wp);
-    for (int64_t i = 0; i < w0 * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-    for (int64_t i = w1 * chunks; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-    o += w0 * CB;
+    zero_pixels(o, 0, w0, ps, chunks);
+    zero_pixels(o, w1, Wp, ps, chunks);
+    o += w0 * ps;
     const float* px = row;
     if (xs.c == 1 && gpv == 1) {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes, _mm512_loadu_ps(px + q * kLanes));
     } else if (xs.c == 1) {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes,
                            _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(px + q * kLanes)));
     } else {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes, _mm512_i32gather_ps(planes, px + q * kLanes * xs.c, 4));
     }
@@ -155,7 +169,12 @@ FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline __m512 broadcast_gr
 
 using Acc = __m512[2][kMaxPT];
 
-// One row tile: PT output pixels x OCV x 16 channels, the whole (r, s, c) reduction.
+// One row tile: PT output pixels x OCV x 16 channels, the whole reduction: blocks
+// of kDirectBlockedAvx512CinBlock input channels, and within one (r, s, c), the
+// block's input lines hot in L1 across the taps. The plain loop nest it tiles:
+//
+//   for cb, r, s, c in block cb, o, pixel p, lane l:
+//     acc[o][p][l] += w[r][s][c][o][l] * xt[oh*sh + r*dh][(ow + p)*sw + s*dw][c][l % GPV]
 template <int GPV, int OCV, int PT>
 FASTCONV_TARGET_AVX512 void blocked_tile_avx512(const Problem& P, const float* xrow,
                                                 const float* w, Acc& out) {
@@ -164,25 +183,29 @@ FASTCONV_TARGET_AVX512 void blocked_tile_avx512(const Problem& P, const float* x
   for (int o = 0; o < OCV; ++o)
 #pragma GCC unroll 32
     for (int p = 0; p < PT; ++p) acc[o][p] = _mm512_setzero_ps();
-  const int64_t pix = P.L.CB;            // floats per padded input pixel
+  const int64_t pix = P.L.PS;            // floats between padded input pixels
   const int64_t xp = P.sw * pix;         // between output pixels
   const int64_t xr = P.dh * P.Wp * pix;  // between kernel rows
   const int64_t xs = P.dw * pix;         // between kernel columns
-  for (int64_t r = 0; r < P.R; ++r)
-    for (int64_t s = 0; s < P.S; ++s) {
-      const float* xb = xrow + r * xr + s * xs;
-      for (int64_t c = 0; c < P.Cg; ++c, w += OCV * kLanes, xb += GPV) {
-        __m512 wv[OCV];
+  const int64_t wc = OCV * kLanes;       // weight floats per input channel
+  const int64_t cbn = std::min<int64_t>(P.Cg, blocking::kDirectBlockedAvx512CinBlock);
+  for (int64_t cb = 0; cb < P.Cg; cb += cbn)
+    for (int64_t r = 0; r < P.R; ++r)
+      for (int64_t s = 0; s < P.S; ++s) {
+        const float* xb = xrow + r * xr + s * xs + cb * GPV;
+        const float* wb = w + ((r * P.S + s) * P.Cg + cb) * wc;
+        for (int64_t c = 0; c < cbn; ++c, wb += wc, xb += GPV) {
+          __m512 wv[OCV];
 #pragma GCC unroll 4
-        for (int o = 0; o < OCV; ++o) wv[o] = _mm512_loadu_ps(w + o * kLanes);
+          for (int o = 0; o < OCV; ++o) wv[o] = _mm512_loadu_ps(wb + o * kLanes);
 #pragma GCC unroll 32
-        for (int p = 0; p < PT; ++p) {
-          const __m512 xv = broadcast_groups<GPV>(xb + p * xp);
+          for (int p = 0; p < PT; ++p) {
+            const __m512 xv = broadcast_groups<GPV>(xb + p * xp);
 #pragma GCC unroll 4
-          for (int o = 0; o < OCV; ++o) acc[o][p] = _mm512_fmadd_ps(wv[o], xv, acc[o][p]);
+            for (int o = 0; o < OCV; ++o) acc[o][p] = _mm512_fmadd_ps(wv[o], xv, acc[o][p]);
+          }
         }
       }
-    }
 #pragma GCC unroll 4
   for (int o = 0; o < OCV; ++o)
 #pragma GCC unroll 32
@@ -254,24 +277,23 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
                                       float* buf) {
   static const auto tiles = make_tiles<GPV, OCV>(std::make_index_sequence<kMaxPT>());
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
-  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
   const Layout& L = P.L;
-  const int64_t RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t rows_per_task = blocked_row_block(P.Ho), RB = ceil_div(P.Ho, rows_per_task);
   const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
   Acc acc;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, n = item / (L.GB * RB);
     const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
     const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
-    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, hp0, hp1, buf);
+    pack_rows(P.x, L.gpv, L.CB, L.PS, P.Wp, n, gb, hp0, hp1, buf);
     for (int64_t ob = 0; ob < L.OB; ++ob) {
       const float* wg = P.wt + (gb * L.OB + ob) * w_block;
       for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
+        const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.PS;
         for (int64_t ow = 0; ow < P.Wo;) {
           // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
           const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
-          tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
+          tiles[np](P, xrow + ow * P.sw * L.PS, wg, acc);
           store_tile(P, acc, np, n, gb, ob, oh, ow);
           ow += np;
         }
@@ -282,11 +304,10 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
 
 template <int GPV, int OCV>
 void run(const Problem& P) {
-  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
-  const int64_t RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t rows_per_task = blocked_row_block(P.Ho), RB = ceil_div(P.Ho, rows_per_task);
   const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
   at::parallel_for(0, P.N * P.L.GB * RB, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(buf_rows * P.Wp * P.L.CB);
+    std::vector<float> buf(buf_rows * P.Wp * P.L.PS);
     run_items<GPV, OCV>(P, begin, end, buf.data());
   });
 }
@@ -437,8 +458,8 @@ FASTCONV_TARGET_AVX512 void gw_image(const GwProblem& P, int64_t n, int64_t gb, 
   const int64_t rows_per_block =
       std::max<int64_t>(1, blocking::kDirectBlockedAvx512GwBlockPixels / std::max<int64_t>(P.Wo, 1));
   {
-    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
-    pack_rows(P.dy, L.gpv, DB, P.Wo, n, gb, 0, P.Ho, dyt);
+    pack_rows(P.x, L.gpv, L.CB, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
+    pack_rows(P.dy, L.gpv, DB, DB, P.Wo, n, gb, 0, P.Ho, dyt);
     for (int64_t oh0 = 0; oh0 < P.Ho; oh0 += rows_per_block) {
       const int64_t rows = std::min(rows_per_block, P.Ho - oh0);
       const float* dyb = dyt + oh0 * P.Wo * DB + ob * OCV * kLanes;

@@ -447,8 +447,11 @@ def direct_blocked_applies(s: ConvSpec, b: dict, isa: str) -> bool:
 
 def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     """direct_blocked_avx512.cpp (cachesim.cpp's run_direct_blocked): the input copied once,
-    zero-padded, to xt[N][GB][Hp][Wp][Cg*gpv]; tasks (n, group block, output block, row
-    block) run near-equal tiles of one row with the whole (r, s, c) reduction in registers."""
+    zero-padded, to xt[N][GB][Hp][Wp][PS] (Cg*gpv floats a pixel, PS one line more where that
+    is a multiple of 4 lines); tasks (n, group block, output block, row block) run near-equal
+    tiles of one row with the whole reduction in registers, over channel blocks of
+    direct_blocked_avx512_cin_block and within one (r, s, c): a block's window lines are read
+    from below once per tile."""
     g = Geo(s)
     e, m = g.e, Model("direct")
     lanes = b["direct_avx512_oc_block"]
@@ -457,7 +460,6 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     GB, CB = s.groups // gpv, s.Cg * gpv
     OB = s.Kg * gpv // (lanes * ocv)
     Hp, Wp = s.H + s.padding[0] + s.padding[1], s.W + s.padding[2] + s.padding[3]
-    RB = b["direct_row_block"]
     PT = b["direct_blocked_avx512_pixel_tile"] if ocv == 1 else b["direct_blocked_avx512_pixel_tile_pair"]
     sw, dw = s.stride[1], s.dilation[1]
     widths, left = [], s.Wo
@@ -468,8 +470,10 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     T = len(widths)
     span = lambda n: min(Wp, (n - 1) * sw + (s.S - 1) * dw + 1)  # noqa: E731  padded columns a tile reads
     row_span = min(Wp, (s.Wo - 1) * sw + (s.S - 1) * dw + 1)
-    pix = CB * e
+    pix = CB * e  # bytes of a pixel that are read (a pad line is never touched)
+    PS = CB if CB % (4 * lanes) else CB + b["direct_blocked_avx512_pixel_pad"]
     xt_gb = Hp * Wp * pix  # one image's group block
+    xt_span = Hp * Wp * PS * e  # the addresses it spans
     xt = s.N * GB * xt_gb
     w_block = s.R * s.S * s.Cg * ocv * lanes * e
     packed = GB * OB * w_block
@@ -482,8 +486,8 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     scat = out_tile if s.layout == "nchw" else 0.0
     f_tile = w_block + win_avg + out_tile
     f_row = T * w_block + s.R * row_span * pix + s.Wo * ocv * lanes * e
-    f_pass = xt_gb + w_block + out_blk  # one output block over an image's group block
-    f_img = GB * (xt_gb + OB * (w_block + out_blk))
+    f_pass = xt_span + w_block + out_blk  # one output block over an image's group block
+    f_img = GB * (xt_span + OB * (w_block + out_blk))
     tiles = s.N * GB * OB * s.Ho * T
     m.l1_bytes = {
         "input": g.input,
