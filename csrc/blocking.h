@@ -83,6 +83,13 @@ constexpr int64_t kDirectBlockedAvx512RowBlock = 8;
 // instead of streaming Cg * R * S floats per pixel from L2 (the weights stream
 // either way).
 constexpr int64_t kDirectBlockedAvx512CinBlock = 16;
+// A task's tiles run over the input channels in passes of whole channel blocks
+// whose packed weights (channels x R x S x OCV x 16 floats) take at most this
+// many bytes: the pass's panel stays in L1 (48 KiB) across the task's tiles with
+// their input windows, and the partial sums wait in memory between passes
+// (3x3 with 2 oc vectors: 16 channels, an 18 KiB panel, 144 FMA steps per
+// partial-sum load and store).
+constexpr int64_t kDirectBlockedAvx512PanelBytes = 24 << 10;
 // Floats added to a packed input pixel whose size is a multiple of 64 floats (4
 // lines): a pixel of 256 channels is 1 KiB, so the same line of the 16 pixels x
 // 3 rows a tile reads fell in 4 of L1's 64 sets (12 ways); with one line more per
@@ -267,6 +274,7 @@ constexpr int64_t kGemmPack = 0;
   X(direct_blocked_min_pixels, kDirectBlockedMinPixels)                             \
   X(direct_blocked_avx512_row_block, kDirectBlockedAvx512RowBlock)                  \
   X(direct_blocked_avx512_cin_block, kDirectBlockedAvx512CinBlock)                  \
+  X(direct_blocked_avx512_panel_bytes, kDirectBlockedAvx512PanelBytes)              \
   X(direct_blocked_avx512_pixel_pad, kDirectBlockedAvx512PixelPad)                  \
   X(direct_blocked_avx512_gw_accumulators, kDirectBlockedAvx512GwAccumulators)      \
   X(direct_blocked_avx512_gw_block_pixels, kDirectBlockedAvx512GwBlockPixels)       \
