@@ -73,8 +73,8 @@ constexpr int64_t kDirectBlockedAvx512PixelTilePair = 14;
 // and fastconv/_heuristics.py's auto does the same for the forward.
 constexpr int64_t kDirectBlockedMinPixels = 128;
 // Output rows per task of those tiles (at most; a plane's rows split into
-// near-equal blocks, 14 -> 7 + 7, so two threads get equal halves of a 14x14
-// image); a task packs the (rows - 1) * stride + R input rows they read, so
+// near-equal blocks, 14 -> 7 + 7, one block more where the task count would be
+// odd, 56 -> 8 x 7, so two threads get equal shares of one image); a task packs the (rows - 1) * stride + R input rows they read, so
 // taller blocks copy fewer rows twice (3x3 stride 1: 10 rows for 8).
 constexpr int64_t kDirectBlockedAvx512RowBlock = 8;
 // The tiles' reduction runs over blocks of this many input channels (one 64-byte

@@ -770,9 +770,12 @@ BlockedPlan blocked_plan(const Geometry& g, const std::map<std::string, int64_t>
   p.OB = kg * p.gpv / (p.lanes * p.ocv);
   p.Hp = g.H + g.pt + g.pb;
   p.Wp = g.W + g.pl + g.pr;
-  // Near-equal row blocks of at most direct_blocked_avx512_row_block rows.
+  // Near-equal row blocks of at most direct_blocked_avx512_row_block rows, one more
+  // where the tasks (N x GB x blocks) would be odd.
   const int64_t rb_max = get(b, "direct_blocked_avx512_row_block", blocking::kDirectBlockedAvx512RowBlock);
-  p.row_block = ceil_div(g.Ho(), ceil_div(g.Ho(), rb_max));
+  int64_t blocks = ceil_div(g.Ho(), rb_max);
+  if (g.N * p.GB * blocks % 2 && blocks < g.Ho()) ++blocks;
+  p.row_block = ceil_div(g.Ho(), blocks);
   p.RB = ceil_div(g.Ho(), p.row_block);
   p.cin_block = std::min(g.Cg(), get(b, "direct_blocked_avx512_cin_block", blocking::kDirectBlockedAvx512CinBlock));
   // Channels per pass: whole blocks whose weights fit direct_blocked_avx512_panel_bytes.

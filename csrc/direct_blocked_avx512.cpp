@@ -93,9 +93,13 @@ struct Problem {
   Activation act;
 };
 
-// Output rows per task: near-equal blocks of at most kDirectBlockedAvx512RowBlock.
-inline int64_t blocked_row_block(int64_t Ho) {
-  return ceil_div(Ho, ceil_div(Ho, blocking::kDirectBlockedAvx512RowBlock));
+// Output rows per task: near-equal blocks of at most kDirectBlockedAvx512RowBlock,
+// one block more where the tasks (planes x blocks) would be odd, so two threads get
+// equal shares (56 rows of one image: 8 x 7, not 7 x 8 split 4 + 3).
+inline int64_t blocked_row_block(int64_t Ho, int64_t planes) {
+  int64_t blocks = ceil_div(Ho, blocking::kDirectBlockedAvx512RowBlock);
+  if (planes * blocks % 2 && blocks < Ho) ++blocks;
+  return ceil_div(Ho, blocks);
 }
 
 // Lane l of a narrow-group vector holds channel (l % gpv) * Kg + l / gpv of its block.
@@ -304,7 +308,8 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
   const bool two_rows = 2 * P.Wo <= pt_max;
   const Layout& L = P.L;
-  const int64_t rows_per_task = blocked_row_block(P.Ho), RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t rows_per_task = blocked_row_block(P.Ho, P.N * L.GB);
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t taps_c = P.R * P.S * OCV * kLanes;  // weight floats per input channel
   for (int64_t item = begin; item < end; ++item) {
     const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, n = item / (L.GB * RB);
@@ -344,7 +349,8 @@ FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t e
 template <int GPV, int OCV>
 void run(const Problem& P) {
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
-  const int64_t rows_per_task = blocked_row_block(P.Ho), RB = ceil_div(P.Ho, rows_per_task);
+  const int64_t rows_per_task = blocked_row_block(P.Ho, P.N * P.L.GB);
+  const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
   const int64_t slots = rows_per_task * ceil_div(P.Wo, pt_max);
   at::parallel_for(0, P.N * P.L.GB * RB, 1, [&](int64_t begin, int64_t end) {

@@ -468,7 +468,10 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     cpass = min(s.Cg, max(1, b["direct_blocked_avx512_panel_bytes"] // per_channel // cbn) * cbn)
     npass = _ceil_div(s.Cg, cpass)
     rb_max = b["direct_blocked_avx512_row_block"]
-    row_block = _ceil_div(s.Ho, _ceil_div(s.Ho, rb_max))
+    blocks = _ceil_div(s.Ho, rb_max)
+    if s.N * GB * blocks % 2 and blocks < s.Ho:  # an even task count (two threads)
+        blocks += 1
+    row_block = _ceil_div(s.Ho, blocks)
     RB = _ceil_div(s.Ho, row_block)
     two_rows = 2 * s.Wo <= PT
     if two_rows:  # a tile of two rows of the whole width (one row for an odd last one)
