@@ -94,10 +94,29 @@ constexpr int64_t kDirectBlockedAvx512PixelTilePair = 14;
 // 49 pixels, 0.6x of im2col's speed); direct's grad_input hands them to im2col,
 // and fastconv/_heuristics.py's auto does the same for the forward.
 constexpr int64_t kDirectBlockedMinPixels = 128;
-// Output rows per task of those tiles; a task packs the (rows - 1) * stride + R
-// input rows they read, so taller blocks copy fewer rows twice (3x3 stride 1:
-// 10 rows for 8).
+// Output rows per task of those tiles (at most; a plane's rows split into
+// near-equal blocks, 14 -> 7 + 7, one block more where the task count would be
+// odd, 56 -> 8 x 7, so two threads get equal shares of one image); a task packs the (rows - 1) * stride + R input rows they read, so
+// taller blocks copy fewer rows twice (3x3 stride 1: 10 rows for 8).
 constexpr int64_t kDirectBlockedAvx512RowBlock = 8;
+// The tiles' reduction runs over blocks of this many input channels (one 64-byte
+// line of a packed pixel), and within a block over (r, s, c): the input lines a
+// tile reads (R rows x its pixels, one line each) stay in L1 across the R x S taps
+// instead of streaming Cg * R * S floats per pixel from L2 (the weights stream
+// either way).
+constexpr int64_t kDirectBlockedAvx512CinBlock = 16;
+// A task's tiles run over the input channels in passes of whole channel blocks
+// whose packed weights (channels x R x S x OCV x 16 floats) take at most this
+// many bytes: the pass's panel stays in L1 (48 KiB) across the task's tiles with
+// their input windows, and the partial sums wait in memory between passes
+// (3x3 with 2 oc vectors: 16 channels, an 18 KiB panel, 144 FMA steps per
+// partial-sum load and store).
+constexpr int64_t kDirectBlockedAvx512PanelBytes = 24 << 10;
+// Floats added to a packed input pixel whose size is a multiple of 64 floats (4
+// lines): a pixel of 256 channels is 1 KiB, so the same line of the 16 pixels x
+// 3 rows a tile reads fell in 4 of L1's 64 sets (12 ways); with one line more per
+// pixel (17 lines) consecutive pixels walk through all the sets.
+constexpr int64_t kDirectBlockedAvx512PixelPad = 16;
 // grad_weight over the same packed operands (grouped layers): a tile keeps at
 // most this many zmm accumulators (taps x channels x oc vectors: 3 x 8 x 1 or
 // 3 x 4 x 2), plus the grad_output vectors and a broadcast, over output-row
@@ -313,6 +332,9 @@ constexpr int64_t kGemmPack = 0;
   X(direct_blocked_avx512_pixel_tile_pair, kDirectBlockedAvx512PixelTilePair)       \
   X(direct_blocked_min_pixels, kDirectBlockedMinPixels)                             \
   X(direct_blocked_avx512_row_block, kDirectBlockedAvx512RowBlock)                  \
+  X(direct_blocked_avx512_cin_block, kDirectBlockedAvx512CinBlock)                  \
+  X(direct_blocked_avx512_panel_bytes, kDirectBlockedAvx512PanelBytes)              \
+  X(direct_blocked_avx512_pixel_pad, kDirectBlockedAvx512PixelPad)                  \
   X(direct_blocked_avx512_gw_accumulators, kDirectBlockedAvx512GwAccumulators)      \
   X(direct_blocked_avx512_gw_block_pixels, kDirectBlockedAvx512GwBlockPixels)       \
   X(direct_cin_block_bytes, kDirectCinBlockBytes)                                   \

@@ -763,7 +763,7 @@ DirectPlan direct_plan(const Geometry& g, const std::map<std::string, int64_t>& 
 // direct_blocked_avx512.cpp: float32 on AVX-512 when every lane of a tile is an
 // output channel: dense layers and wide groups (Cg, Kg multiples of 16), or
 // narrow groups (Cg == Kg in {2, 4, 8}) packed gpv = 16 / Kg groups per vector.
-struct BlockedPlan { int64_t lanes, gpv, ocv, GB, CB, OB, Hp, Wp, RB, row_block, tile; };
+struct BlockedPlan { int64_t lanes, gpv, ocv, GB, CB, PS, OB, Hp, Wp, RB, row_block, tile, cin_block, pass; };
 
 bool direct_blocked_applies(const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   if (nest.isa != CpuIsa::Avx512 || g.elem != 4) return false;
@@ -781,24 +781,40 @@ BlockedPlan blocked_plan(const Geometry& g, const std::map<std::string, int64_t>
   p.ocv = p.gpv == 1 && kg % (2 * p.lanes) == 0 ? 2 : 1;
   p.GB = g.groups / p.gpv;
   p.CB = g.Cg() * p.gpv;
+  // A pixel of a multiple of 4 lines gets one line more (kDirectBlockedAvx512PixelPad).
+  p.PS = p.CB % (4 * p.lanes) ? p.CB
+         : p.CB + get(b, "direct_blocked_avx512_pixel_pad", blocking::kDirectBlockedAvx512PixelPad);
   p.OB = kg * p.gpv / (p.lanes * p.ocv);
   p.Hp = g.H + g.pt + g.pb;
   p.Wp = g.W + g.pl + g.pr;
-  p.row_block = get(b, "direct_row_block", blocking::kDirectRowBlock);
+  // Near-equal row blocks of at most direct_blocked_avx512_row_block rows, one more
+  // where the tasks (N x GB x blocks) would be odd.
+  const int64_t rb_max = get(b, "direct_blocked_avx512_row_block", blocking::kDirectBlockedAvx512RowBlock);
+  int64_t blocks = ceil_div(g.Ho(), rb_max);
+  if (g.N * p.GB * blocks % 2 && blocks < g.Ho()) ++blocks;
+  p.row_block = ceil_div(g.Ho(), blocks);
   p.RB = ceil_div(g.Ho(), p.row_block);
+  p.cin_block = std::min(g.Cg(), get(b, "direct_blocked_avx512_cin_block", blocking::kDirectBlockedAvx512CinBlock));
+  // Channels per pass: whole blocks whose weights fit direct_blocked_avx512_panel_bytes.
+  const int64_t per_channel = g.R * g.S * p.ocv * p.lanes * 4;
+  const int64_t panel = get(b, "direct_blocked_avx512_panel_bytes", blocking::kDirectBlockedAvx512PanelBytes);
+  p.pass = std::min(g.Cg(), std::max<int64_t>(1, panel / per_channel / p.cin_block) * p.cin_block);
   p.tile = p.ocv == 1 ? get(b, "direct_blocked_avx512_pixel_tile", blocking::kDirectBlockedAvx512PixelTile)
                       : get(b, "direct_blocked_avx512_pixel_tile_pair", blocking::kDirectBlockedAvx512PixelTilePair);
   return p;
 }
 
-// The blocked nest: the input copied once into xt[N][GB][Hp][Wp][CB] (operand
-// "column": zero rows and columns for the padding; NHWC a vector load per 16
-// channels, NCHW a gather of 16 planes), the weights packed to
-// [GB][OB][R][S][Cg][OCV][16]; tasks (n, group block, output block, block of
-// `row_block` rows), rows split into near-equal tiles of at most `tile`
-// pixels; a tile runs (r, s, c): OCV weight vectors, one broadcast of gpv
-// floats per pixel; then per vector and pixel a store (NHWC) or a 16-lane
-// scatter (NCHW). Units: tasks.
+// The blocked nest: the input copied once into xt[N][GB][Hp][Wp][PS] (operand
+// "column": CB floats per pixel, zero rows and columns for the padding; NHWC a
+// vector load per 16 channels, NCHW a gather of 16 planes), the weights packed
+// to [GB][OB][Cg/cin_block][R][S][cin_block][OCV][16]; tasks (n, group block,
+// output block, block of `row_block` rows) run passes of `pass` input channels
+// over their rows: rows split into near-equal tiles of at most `tile` pixels
+// (two rows a tile where a row is at most half of one); a tile loads its
+// partial sums (operand "scratch", one slot per tile of the task; not in the
+// first pass), runs (channel block, r, s, c in the block): OCV weight vectors,
+// one broadcast of gpv floats per pixel, and stores them; after the last pass
+// per vector and pixel a store (NHWC) or a 16-lane scatter (NCHW). Units: tasks.
 template <class Sink>
 void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::string, int64_t>& b, const Nest& nest) {
   const Layout L(g);
@@ -808,10 +824,10 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t gb = 0; gb < P.GB; ++gb)
       for (int64_t hp = 0; hp < P.Hp; ++hp) {
-        int64_t o = ((n * P.GB + gb) * P.Hp + hp) * P.Wp * P.CB;
         const int64_t ih = hp - g.pt;
         for (int64_t wp = 0; wp < P.Wp; ++wp)
-          for (int64_t q = 0; q < chunks; ++q, o += lanes) {
+          for (int64_t q = 0; q < chunks; ++q) {
+            const int64_t o = (((n * P.GB + gb) * P.Hp + hp) * P.Wp + wp) * P.PS + q * lanes;
             const int64_t iw = wp - g.pl;
             if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) {
               if (g.nhwc) {
@@ -826,21 +842,56 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
             sink.access(kColumn, o, e, lanes * e, true);
           }
       }
+  const int64_t cbn = P.cin_block;
   int64_t pw = 0;
   for (int64_t gb = 0; gb < P.GB; ++gb)
     for (int64_t ob = 0; ob < P.OB; ++ob)
+      for (int64_t cb = 0; cb < Cg; cb += cbn)
+        for (int64_t r = 0; r < g.R; ++r)
+          for (int64_t s = 0; s < g.S; ++s)
+            for (int64_t c = cb; c < cb + cbn; ++c)
+              for (int64_t v = 0; v < P.ocv; ++v)
+                for (int64_t l = 0; l < lanes; ++l, ++pw) {
+                  const int64_t lc = P.gpv == 1 ? l : (l % P.gpv) * (lanes / P.gpv) + l / P.gpv;
+                  const int64_t k = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes + lc;
+                  sink.access(kWeight, L.wt(k, c, r, s), e, e, false);
+                  sink.access(kPackedWeight, pw, e, e, true);
+                }
+  const int64_t w_block = g.R * g.S * Cg * P.ocv * lanes, x_block = P.Hp * P.Wp * P.PS;
+  const int64_t Ho = L.Ho, Wo = L.Wo, wc = P.ocv * lanes;
+  const int64_t slot = 2 * get(b, "direct_blocked_avx512_pixel_tile_pair", blocking::kDirectBlockedAvx512PixelTilePair) * lanes;
+  const bool two_rows = 2 * Wo <= P.tile;
+  // One tile: rows rows of np pixels from (oh, ow), its sums in scratch slot sl.
+  auto tile = [&](int64_t xg, int64_t wp, int64_t c0, int64_t nb, bool load, bool last, int64_t n, int64_t gb,
+                  int64_t ob, int64_t oh, int64_t ow, int64_t rows, int64_t np, int64_t sl) {
+    const int64_t pt = rows * np;
+    if (load)
+      for (int64_t q = 0; q < P.ocv * pt; ++q) sink.access(kScratch, sl * slot + q * lanes, e, lanes * e, false);
+    int64_t w = wp;
+    for (int64_t bk = 0; bk < nb; ++bk)
       for (int64_t r = 0; r < g.R; ++r)
         for (int64_t s = 0; s < g.S; ++s)
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t v = 0; v < P.ocv; ++v)
-              for (int64_t l = 0; l < lanes; ++l, ++pw) {
-                const int64_t lc = P.gpv == 1 ? l : (l % P.gpv) * (lanes / P.gpv) + l / P.gpv;
-                const int64_t k = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes + lc;
-                sink.access(kWeight, L.wt(k, c, r, s), e, e, false);
-                sink.access(kPackedWeight, pw, e, e, true);
-              }
-  const int64_t w_block = g.R * g.S * Cg * P.ocv * lanes, x_block = P.Hp * P.Wp * P.CB;
-  const int64_t Ho = L.Ho, Wo = L.Wo;
+          for (int64_t c = c0 + bk * cbn; c < c0 + (bk + 1) * cbn; ++c, w += wc) {
+            for (int64_t v = 0; v < P.ocv; ++v) sink.access(kPackedWeight, w + v * lanes, e, lanes * e, false);
+            for (int64_t p = 0; p < pt; ++p) {
+              const int64_t ih = (oh + p / np) * g.sh + r * g.dh, iw = (ow + p % np) * g.sw + s * g.dw;
+              sink.access(kColumn, xg + (ih * P.Wp + iw) * P.PS + c * P.gpv, e, P.gpv * e, false);
+            }
+          }
+    for (int64_t q = 0; q < P.ocv * pt; ++q) sink.access(kScratch, sl * slot + q * lanes, e, lanes * e, true);
+    if (!last) return;
+    for (int64_t v = 0; v < P.ocv; ++v) {
+      const int64_t ch0 = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes;
+      for (int64_t p = 0; p < pt; ++p) {
+        const int64_t y = oh + p / np, x = ow + p % np;
+        if (g.nhwc) {
+          sink.access(kOutput, L.out(n, ch0, y, x), e, lanes * e, true);
+        } else {
+          for (int64_t ch = 0; ch < lanes; ++ch) sink.access(kOutput, L.out(n, ch0 + ch, y, x), e, e, true);
+        }
+      }
+    }
+  };
   int64_t unit = 0;
   for (int64_t n = 0; n < g.N; ++n)
     for (int64_t gb = 0; gb < P.GB; ++gb)
@@ -848,32 +899,22 @@ void run_direct_blocked(Sink& sink, const Geometry& g, const std::map<std::strin
         for (int64_t rb = 0; rb < P.RB; ++rb, ++unit) {
           if (!sink.unit(unit)) continue;
           const int64_t xg = (n * P.GB + gb) * x_block, wg = (gb * P.OB + ob) * w_block;
-          const int64_t oh1 = std::min(Ho, (rb + 1) * P.row_block);
-          for (int64_t oh = rb * P.row_block; oh < oh1; ++oh) {
-            const int64_t xrow = xg + oh * g.sh * P.Wp * P.CB;
-            for (int64_t ow = 0; ow < Wo;) {
-              const int64_t left = Wo - ow, np = ceil_div(left, ceil_div(left, P.tile));
-              int64_t w = wg;
-              for (int64_t r = 0; r < g.R; ++r)
-                for (int64_t s = 0; s < g.S; ++s) {
-                  const int64_t xb = xrow + ow * g.sw * P.CB + r * g.dh * P.Wp * P.CB + s * g.dw * P.CB;
-                  for (int64_t c = 0; c < Cg; ++c, w += P.ocv * lanes) {
-                    for (int64_t v = 0; v < P.ocv; ++v) sink.access(kPackedWeight, w + v * lanes, e, lanes * e, false);
-                    for (int64_t p = 0; p < np; ++p)
-                      sink.access(kColumn, xb + p * g.sw * P.CB + c * P.gpv, e, P.gpv * e, false);
-                  }
-                }
-              for (int64_t v = 0; v < P.ocv; ++v) {
-                const int64_t ch0 = gb * Kg * P.gpv + (ob * P.ocv + v) * lanes;
-                for (int64_t p = 0; p < np; ++p) {
-                  if (g.nhwc) {
-                    sink.access(kOutput, L.out(n, ch0, oh, ow + p), e, lanes * e, true);
-                  } else {
-                    for (int64_t ch = 0; ch < lanes; ++ch) sink.access(kOutput, L.out(n, ch0 + ch, oh, ow + p), e, e, true);
-                  }
-                }
+          const int64_t oh0 = rb * P.row_block, oh1 = std::min(Ho, oh0 + P.row_block);
+          for (int64_t c0 = 0; c0 < Cg; c0 += P.pass) {
+            const int64_t nb = std::min(P.pass, Cg - c0) / cbn, wp = wg + c0 * g.R * g.S * wc;
+            const bool load = c0 > 0, last = c0 + P.pass >= Cg;
+            int64_t sl = 0;
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+              if (two_rows && oh + 1 < oh1) {
+                tile(xg, wp, c0, nb, load, last, n, gb, ob, oh, 0, 2, Wo, sl++);
+                ++oh;
+                continue;
               }
-              ow += np;
+              for (int64_t ow = 0; ow < Wo; ++sl) {
+                const int64_t left = Wo - ow, np = ceil_div(left, ceil_div(left, P.tile));
+                tile(xg, wp, c0, nb, load, last, n, gb, ob, oh, ow, 1, np, sl);
+                ow += np;
+              }
             }
           }
         }

@@ -5,9 +5,10 @@
 // reduction is cut into input-channel blocks with partial sums in between; on
 // small planes (7x7, 14x14) and deep layers those costs dominate. Here each task
 // first copies the input rows its output rows read into [rows][W+pads][Cg][GPV]
-// (the padding becomes stored zeros) and the micro-kernel is one plain loop over
-// (r, s, c): OCV weight vectors, PT broadcasts and OCV x PT FMAs per step, no
-// border cases, the whole reduction in registers.
+// (the padding becomes stored zeros; a pixel of 4k lines gets one line more, so
+// a tile's pixels spread over L1's sets) and the micro-kernel is one plain loop
+// over (channel block, r, s, c): OCV weight vectors, PT broadcasts and OCV x PT
+// FMAs per step, no border cases, the whole reduction in registers.
 //
 // GPV (groups per vector) packs narrow groups across lanes: for grouped convs
 // with Cg == Kg in {2, 4, 8}, one zmm holds 16 output channels of GPV = 16 / Kg
@@ -49,8 +50,11 @@ struct Layout {
   int64_t gpv;  // groups per vector: 16 / Kg for narrow groups, else 1
   int64_t ocv;  // output-channel vectors per tile
   int64_t GB;   // blocks of gpv groups
-  int64_t CB;   // floats per padded input pixel of a group block: Cg * gpv
+  int64_t CB;   // input floats per padded pixel of a group block: Cg * gpv
+  int64_t PS;   // floats between packed input pixels: CB, plus a line where CB spans 4k lines
   int64_t OB;   // output blocks (ocv * 16 channels) per group block
+  int64_t cbn;  // input channels per block of the packed weight: min(Cg, 16)
+  int64_t cpp;  // input channels per pass of the tiles (whole blocks, kDirectBlockedAvx512PanelBytes)
 };
 
 Layout layout_of(const ConvParams& p) {
@@ -60,7 +64,12 @@ Layout layout_of(const ConvParams& p) {
   l.ocv = l.gpv == 1 && kg % (2 * kLanes) == 0 ? 2 : 1;
   l.GB = p.groups / l.gpv;
   l.CB = p.Cg * l.gpv;
+  l.PS = l.CB % (4 * kLanes) ? l.CB : l.CB + blocking::kDirectBlockedAvx512PixelPad;
   l.OB = kg * l.gpv / (kLanes * l.ocv);
+  l.cbn = std::min<int64_t>(p.Cg, blocking::kDirectBlockedAvx512CinBlock);
+  const int64_t per_channel = p.R * p.S * l.ocv * kLanes * int64_t(sizeof(float));
+  l.cpp = std::min(p.Cg, std::max<int64_t>(1, blocking::kDirectBlockedAvx512PanelBytes / per_channel /
+                                                  l.cbn) * l.cbn);
   return l;
 }
 
@@ -77,12 +86,21 @@ struct Problem {
   int64_t N, Cg, R, S, Ho, Wo, Hp, Wp, Kg;
   int64_t sh, sw, dh, dw;
   PackSrc x;          // the input, packed per task into [rows][Wp][Cg][GPV]
-  const float* wt;    // [GB][OB][R][S][Cg][OCV][16], lanes as above
+  const float* wt;    // [GB][OB][Cg/cbn][R][S][cbn][OCV][16], lanes as above
   const float* bias;  // [GB][OB][OCV][16] in channel order, or nullptr
   float* y;
   int64_t yn, yk, yh, yw;
   Activation act;
 };
+
+// Output rows per task: near-equal blocks of at most kDirectBlockedAvx512RowBlock,
+// one block more where the tasks (planes x blocks) would be odd, so two threads get
+// equal shares (56 rows of one image: 8 x 7, not 7 x 8 split 4 + 3).
+inline int64_t blocked_row_block(int64_t Ho, int64_t planes) {
+  int64_t blocks = ceil_div(Ho, blocking::kDirectBlockedAvx512RowBlock);
+  if (planes * blocks % 2 && blocks < Ho) ++blocks;
+  return ceil_div(Ho, blocks);
+}
 
 // Lane l of a narrow-group vector holds channel (l % gpv) * Kg + l / gpv of its block.
 inline int64_t lane_channel(int64_t lane, int64_t gpv) {
@@ -90,14 +108,21 @@ inline int64_t lane_channel(int64_t lane, int64_t gpv) {
 }
 
 #if FASTCONV_X86
+// Zeros in the pixels [wp0, wp1) of a packed row (chunks vectors each, ps floats apart).
+FASTCONV_TARGET_AVX512 void zero_pixels(float* o, int64_t wp0, int64_t wp1, int64_t ps,
+                                        int64_t chunks) {
+  for (int64_t wp = wp0; wp < wp1; ++wp)
+    for (int64_t q = 0; q < chunks; ++q) _mm512_storeu_ps(o + wp * ps + q * kLanes, _mm512_setzero_ps());
+}
+
 // Padded rows [hp0, hp1) of image n, group block gb of src into out
-// ([hp][Wp][CB] floats), 16 floats at a time: lane j = c * GPV + gl of a chunk
-// holds channel gl * cg + c of the group block (the identity for GPV = 1); a
+// ([hp][Wp][ps] floats, CB of them a pixel), 16 floats at a time: lane j =
+// c * GPV + gl of a chunk holds channel gl * cg + c of the group block (the identity for GPV = 1); a
 // load (and a permute) for channels_last input, a gather of 16 planes for any
 // other layout. The forward packs the input this way, grad_weight the input and
 // grad_output (whose lanes then match the packed weight's).
-FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t Wp,
-                                      int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
+FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t CB, int64_t ps,
+                                      int64_t Wp, int64_t n, int64_t gb, int64_t hp0, int64_t hp1,
                                       float* out) {
   const Strides4& xs = src.xs;
   alignas(64) int32_t perm[kLanes], offs[kLanes];
@@ -108,33 +133,32 @@ FASTCONV_TARGET_AVX512 void pack_rows(const PackSrc& src, int64_t gpv, int64_t C
   }
   const __m512i to_lanes = _mm512_load_si512(perm);
   const __m512i planes = _mm512_load_si512(offs);
-  const __m512 zero = _mm512_setzero_ps();
   const int64_t chunks = CB / kLanes;
   for (int64_t hp = hp0; hp < hp1; ++hp) {
-    float* o = out + (hp - hp0) * Wp * CB;
+    float* o = out + (hp - hp0) * Wp * ps;
     const int64_t ih = hp - src.pad_top;
     if (ih < 0 || ih >= src.H) {
-      for (int64_t i = 0; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
+      zero_pixels(o, 0, Wp, ps, chunks);
       continue;
     }
     const float* row = src.x + n * xs.n + gb * CB * xs.c + ih * xs.h;
     // Columns [w0, w1) of the padded row hold input; the rest is padding.
     const int64_t w0 = std::min(src.pad_left, Wp), w1 = std::min(src.pad_left + src.W, Wp);
-    for (int64_t i = 0; i < w0 * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-    for (int64_t i = w1 * chunks; i < Wp * chunks; ++i) _mm512_storeu_ps(o + i * kLanes, zero);
-    o += w0 * CB;
+    zero_pixels(o, 0, w0, ps, chunks);
+    zero_pixels(o, w1, Wp, ps, chunks);
+    o += w0 * ps;
     const float* px = row;
     if (xs.c == 1 && gpv == 1) {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes, _mm512_loadu_ps(px + q * kLanes));
     } else if (xs.c == 1) {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes,
                            _mm512_permutexvar_ps(to_lanes, _mm512_loadu_ps(px + q * kLanes)));
     } else {
-      for (int64_t wp = w0; wp < w1; ++wp, o += CB, px += xs.w)
+      for (int64_t wp = w0; wp < w1; ++wp, o += ps, px += xs.w)
         for (int64_t q = 0; q < chunks; ++q)
           _mm512_storeu_ps(o + q * kLanes, _mm512_i32gather_ps(planes, px + q * kLanes * xs.c, 4));
     }
@@ -153,59 +177,81 @@ FASTCONV_TARGET_AVX512 __attribute__((always_inline)) inline __m512 broadcast_gr
   if constexpr (GPV == 8) return _mm512_broadcast_f32x8(_mm256_loadu_ps(p));
 }
 
-using Acc = __m512[2][kMaxPT];
+// A tile's partial sums between passes: [OCV][PT][16] floats.
+constexpr int64_t kSlot = 2 * kMaxPT2 * kLanes;
+static_assert(kMaxPT <= 2 * kMaxPT2, "a one-vector tile fits a slot");
 
-// One row tile: PT output pixels x OCV x 16 channels, the whole (r, s, c) reduction.
-template <int GPV, int OCV, int PT>
+// One tile: PT output pixels (ROWS rows of PT / ROWS) x OCV x 16 channels over nb
+// blocks of cbn input channels (one pass), starting from the partial sums in part
+// (or zero) and leaving them there. Within a block (r, s, c): its input lines stay
+// in L1 across the taps. The plain loop nest it tiles, over the passes of a task,
+// (pixel p at output row oh + p / (PT/ROWS), column ow + p % (PT/ROWS)):
+//
+//   for cb, r, s, c in block cb, o, pixel p, lane l:
+//     acc[o][p][l] += w[cb][r][s][c][o][l] * xt[oh*sh + r*dh][(ow + p)*sw + s*dw][cb*cbn + c][l % GPV]
+//
+// Two rows per tile where a row is at most half a tile (7x7 planes: 2 x 7 pixels,
+// not 7), so each weight vector loaded feeds twice the FMAs.
+template <int GPV, int OCV, int PT, int ROWS>
 FASTCONV_TARGET_AVX512 void blocked_tile_avx512(const Problem& P, const float* xrow,
-                                                const float* w, Acc& out) {
+                                                const float* w, int64_t nb, float* part,
+                                                bool load) {
+  constexpr int PW = PT / ROWS;  // pixels per row
   __m512 acc[OCV][PT];
 #pragma GCC unroll 4
   for (int o = 0; o < OCV; ++o)
 #pragma GCC unroll 32
-    for (int p = 0; p < PT; ++p) acc[o][p] = _mm512_setzero_ps();
-  const int64_t pix = P.L.CB;            // floats per padded input pixel
+    for (int p = 0; p < PT; ++p)
+      acc[o][p] = load ? _mm512_loadu_ps(part + (o * PT + p) * kLanes) : _mm512_setzero_ps();
+  const int64_t pix = P.L.PS;            // floats between padded input pixels
   const int64_t xp = P.sw * pix;         // between output pixels
   const int64_t xr = P.dh * P.Wp * pix;  // between kernel rows
   const int64_t xs = P.dw * pix;         // between kernel columns
-  for (int64_t r = 0; r < P.R; ++r)
-    for (int64_t s = 0; s < P.S; ++s) {
-      const float* xb = xrow + r * xr + s * xs;
-      for (int64_t c = 0; c < P.Cg; ++c, w += OCV * kLanes, xb += GPV) {
-        __m512 wv[OCV];
+  const int64_t xo = P.sh * P.Wp * pix;  // between the tile's output rows
+  const int64_t cbn = P.L.cbn;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t r = 0; r < P.R; ++r)
+      for (int64_t s = 0; s < P.S; ++s) {
+        const float* xb = xrow + r * xr + s * xs + b * cbn * GPV;
+        for (int64_t c = 0; c < cbn; ++c, w += OCV * kLanes, xb += GPV) {
+          __m512 wv[OCV];
 #pragma GCC unroll 4
-        for (int o = 0; o < OCV; ++o) wv[o] = _mm512_loadu_ps(w + o * kLanes);
+          for (int o = 0; o < OCV; ++o) wv[o] = _mm512_loadu_ps(w + o * kLanes);
 #pragma GCC unroll 32
-        for (int p = 0; p < PT; ++p) {
-          const __m512 xv = broadcast_groups<GPV>(xb + p * xp);
+          for (int p = 0; p < PT; ++p) {
+            const __m512 xv = broadcast_groups<GPV>(xb + (p / PW) * xo + (p % PW) * xp);
 #pragma GCC unroll 4
-          for (int o = 0; o < OCV; ++o) acc[o][p] = _mm512_fmadd_ps(wv[o], xv, acc[o][p]);
+            for (int o = 0; o < OCV; ++o) acc[o][p] = _mm512_fmadd_ps(wv[o], xv, acc[o][p]);
+          }
         }
       }
-    }
 #pragma GCC unroll 4
   for (int o = 0; o < OCV; ++o)
 #pragma GCC unroll 32
-    for (int p = 0; p < PT; ++p) out[o][p] = acc[o][p];
+    for (int p = 0; p < PT; ++p) _mm512_storeu_ps(part + (o * PT + p) * kLanes, acc[o][p]);
 }
 
-using TileFn = void (*)(const Problem&, const float*, const float*, Acc&);
+using TileFn = void (*)(const Problem&, const float*, const float*, int64_t, float*, bool);
 
-template <int GPV, int OCV, size_t... I>
+// Tiles indexed by pixels per row: ROWS rows of W pixels, null past the register budget.
+template <int GPV, int OCV, int ROWS, size_t... I>
 std::array<TileFn, kMaxPT + 1> make_tiles(std::index_sequence<I...>) {
   std::array<TileFn, kMaxPT + 1> t{};
   auto put = [&](auto w) {
     constexpr int W = decltype(w)::value;
-    if constexpr (W <= (OCV == 1 ? kMaxPT : kMaxPT2)) t[W] = &blocked_tile_avx512<GPV, OCV, W>;
+    if constexpr (ROWS * W <= (OCV == 1 ? kMaxPT : kMaxPT2))
+      t[W] = &blocked_tile_avx512<GPV, OCV, ROWS * W, ROWS>;
   };
   (put(std::integral_constant<int, int(I) + 1>{}), ...);
   return t;
 }
 
-// Writes one tile: lanes to channel order, bias, activation (max(0, v) keeps
+// Writes pixels [p0, p0 + np) of a tile of pt (its sums in part) to output row
+// oh from column ow0: lanes to channel order, bias, activation (max(0, v) keeps
 // NaN, as torch.relu does), then the output's layout.
-FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, int64_t n,
-                                       int64_t gb, int64_t ob, int64_t oh, int64_t ow0) {
+FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, const float* part, int64_t pt,
+                                       int64_t p0, int64_t np, int64_t n, int64_t gb,
+                                       int64_t ob, int64_t oh, int64_t ow0) {
   const int64_t gpv = P.L.gpv;
   alignas(64) int32_t perm[kLanes], offs[kLanes];
   for (int ch = 0; ch < kLanes; ++ch) {
@@ -222,7 +268,8 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
     const __m512 b = P.bias ? _mm512_loadu_ps(P.bias + ch0) : zero;
     float* y0 = P.y + n * P.yn + ch0 * P.yk + oh * P.yh + ow0 * P.yw;
     for (int64_t p = 0; p < np; ++p) {
-      __m512 v = gpv == 1 ? acc[o][p] : _mm512_permutexvar_ps(to_channels, acc[o][p]);
+      const __m512 a = _mm512_loadu_ps(part + (o * pt + p0 + p) * kLanes);
+      __m512 v = gpv == 1 ? a : _mm512_permutexvar_ps(to_channels, a);
       v = _mm512_add_ps(v, b);
       float* yp = y0 + p * P.yw;
       if (P.act == Activation::SiLU || P.act == Activation::GELU) {
@@ -245,54 +292,75 @@ FASTCONV_TARGET_AVX512 void store_tile(const Problem& P, Acc& acc, int64_t np, i
 // first packs the padded input rows its block reads into buf (L2-sized), so no
 // padded copy of the whole input is made (on stride-2 layers that copy cost more
 // than the tiles: ResNeXt layer2 s2 NHWC N=8, a 27 MB copy), then runs every
-// output block over them, one block's weights hot across the rows. Group blocks
+// output block over them in passes over the input channels: a pass's weight
+// panel (kDirectBlockedAvx512PanelBytes) stays in L1 across all the task's tiles
+// while their partial sums wait in part, so the weights come from L2 once per
+// pass, not once per tile (256 channels, 3x3: a 288 KiB block per 14-pixel tile).
+// The sums see the channels in the same order whatever the passes. Group blocks
 // innermost: in channels_last the tasks of one row block read (and write) whole
 // cache lines of the same pixels one after another, not 64 bytes of every C * 4
 // per pass over the image.
 template <int GPV, int OCV>
 FASTCONV_TARGET_AVX512 void run_items(const Problem& P, int64_t begin, int64_t end,
-                                      float* buf) {
-  static const auto tiles = make_tiles<GPV, OCV>(std::make_index_sequence<kMaxPT>());
+                                      float* buf, float* part) {
+  static const auto tiles = make_tiles<GPV, OCV, 1>(std::make_index_sequence<kMaxPT>());
+  static const auto pairs = make_tiles<GPV, OCV, 2>(std::make_index_sequence<kMaxPT>());
   constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
-  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
+  const bool two_rows = 2 * P.Wo <= pt_max;
   const Layout& L = P.L;
+  const int64_t rows_per_task = blocked_row_block(P.Ho, P.N * L.GB);
   const int64_t RB = ceil_div(P.Ho, rows_per_task);
-  const int64_t w_block = P.R * P.S * P.Cg * OCV * kLanes;
-  Acc acc;
+  const int64_t taps_c = P.R * P.S * OCV * kLanes;  // weight floats per input channel
   for (int64_t item = begin; item < end; ++item) {
     const int64_t gb = item % L.GB, rb = (item / L.GB) % RB, n = item / (L.GB * RB);
     const int64_t oh0 = rb * rows_per_task, oh1 = std::min(P.Ho, oh0 + rows_per_task);
     const int64_t hp0 = oh0 * P.sh, hp1 = (oh1 - 1) * P.sh + (P.R - 1) * P.dh + 1;
-    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, hp0, hp1, buf);
-    for (int64_t ob = 0; ob < L.OB; ++ob) {
-      const float* wg = P.wt + (gb * L.OB + ob) * w_block;
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.CB;
-        for (int64_t ow = 0; ow < P.Wo;) {
-          // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
-          const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
-          tiles[np](P, xrow + ow * P.sw * L.CB, wg, acc);
-          store_tile(P, acc, np, n, gb, ob, oh, ow);
-          ow += np;
+    pack_rows(P.x, L.gpv, L.CB, L.PS, P.Wp, n, gb, hp0, hp1, buf);
+    for (int64_t ob = 0; ob < L.OB; ++ob)
+      for (int64_t c0 = 0; c0 < P.Cg; c0 += L.cpp) {
+        const float* wp = P.wt + (gb * L.OB + ob) * P.Cg * taps_c + c0 * taps_c;
+        const int64_t nb = std::min(L.cpp, P.Cg - c0) / L.cbn;
+        const bool load = c0 > 0, last = c0 + L.cpp >= P.Cg;
+        float* slot = part;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const float* xrow = buf + (oh * P.sh - hp0) * P.Wp * L.PS + c0 * GPV;
+          if (two_rows && oh + 1 < oh1) {
+            pairs[P.Wo](P, xrow, wp, nb, slot, load);
+            if (last) {
+              store_tile(P, slot, 2 * P.Wo, 0, P.Wo, n, gb, ob, oh, 0);
+              store_tile(P, slot, 2 * P.Wo, P.Wo, P.Wo, n, gb, ob, oh + 1, 0);
+            }
+            ++oh;
+            slot += kSlot;
+            continue;
+          }
+          for (int64_t ow = 0; ow < P.Wo; slot += kSlot) {
+            // Near-equal tiles: 56 -> 19, 19, 18 rather than 24, 24, 8.
+            const int64_t left = P.Wo - ow, np = ceil_div(left, ceil_div(left, pt_max));
+            tiles[np](P, xrow + ow * P.sw * L.PS, wp, nb, slot, load);
+            if (last) store_tile(P, slot, np, 0, np, n, gb, ob, oh, ow);
+            ow += np;
+          }
         }
       }
-    }
   }
 }
 
 template <int GPV, int OCV>
 void run(const Problem& P) {
-  constexpr int64_t rows_per_task = blocking::kDirectBlockedAvx512RowBlock;
+  constexpr int64_t pt_max = OCV == 1 ? kMaxPT : kMaxPT2;
+  const int64_t rows_per_task = blocked_row_block(P.Ho, P.N * P.L.GB);
   const int64_t RB = ceil_div(P.Ho, rows_per_task);
   const int64_t buf_rows = (rows_per_task - 1) * P.sh + (P.R - 1) * P.dh + 1;
+  const int64_t slots = rows_per_task * ceil_div(P.Wo, pt_max);
   at::parallel_for(0, P.N * P.L.GB * RB, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(buf_rows * P.Wp * P.L.CB);
-    run_items<GPV, OCV>(P, begin, end, buf.data());
+    std::vector<float> buf(buf_rows * P.Wp * P.L.PS), part(slots * kSlot);
+    run_items<GPV, OCV>(P, begin, end, buf.data(), part.data());
   });
 }
 
 // Packs the weights of output block ob of group block gb into
-// [R][S][Cg][OCV][16] (lane order), a gather of 16 output channels per
+// [Cg/cbn][R][S][cbn][OCV][16] (lane order; a pass's panel is contiguous), a gather of 16 output channels per
 // (r, s, c); taps says where each (channel, tap) lies in weight (header).
 FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const ConvParams& p,
                                               const Layout& L, const WeightTaps& taps,
@@ -318,15 +386,16 @@ FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const Co
     lanes[v] = _mm512_load_si512(rel);
   }
   const int64_t cs = flip ? ws.n : ws.c;  // between input channels of this problem
-  for (int64_t r = 0; r < p.R; ++r)
-    for (int64_t s = 0; s < p.S; ++s) {
-      const int64_t wr = taps.rows.empty() ? r : taps.rows[r];
-      const int64_t wc = taps.cols.empty() ? s : taps.cols[s];
-      const float* wrs = w + lo + wr * ws.h + wc * ws.w;
-      for (int64_t c = 0; c < p.Cg; ++c)
-        for (int64_t v = 0; v < L.ocv; ++v, o += kLanes)
-          _mm512_storeu_ps(o, _mm512_i32gather_ps(lanes[v], wrs + c * cs, 4));
-    }
+  for (int64_t cb = 0; cb < p.Cg; cb += L.cbn)
+    for (int64_t r = 0; r < p.R; ++r)
+      for (int64_t s = 0; s < p.S; ++s) {
+        const int64_t wr = taps.rows.empty() ? r : taps.rows[r];
+        const int64_t wc = taps.cols.empty() ? s : taps.cols[s];
+        const float* wrs = w + lo + wr * ws.h + wc * ws.w;
+        for (int64_t c = cb; c < cb + L.cbn; ++c)
+          for (int64_t v = 0; v < L.ocv; ++v, o += kLanes)
+            _mm512_storeu_ps(o, _mm512_i32gather_ps(lanes[v], wrs + c * cs, 4));
+      }
 }
 
 // grad_weight over the same packed operands: the input as the forward packs it
@@ -437,8 +506,8 @@ FASTCONV_TARGET_AVX512 void gw_image(const GwProblem& P, int64_t n, int64_t gb, 
   const int64_t rows_per_block =
       std::max<int64_t>(1, blocking::kDirectBlockedAvx512GwBlockPixels / std::max<int64_t>(P.Wo, 1));
   {
-    pack_rows(P.x, L.gpv, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
-    pack_rows(P.dy, L.gpv, DB, P.Wo, n, gb, 0, P.Ho, dyt);
+    pack_rows(P.x, L.gpv, L.CB, L.CB, P.Wp, n, gb, 0, P.Hp, xt);
+    pack_rows(P.dy, L.gpv, DB, DB, P.Wo, n, gb, 0, P.Ho, dyt);
     for (int64_t oh0 = 0; oh0 < P.Ho; oh0 += rows_per_block) {
       const int64_t rows = std::min(rows_per_block, P.Ho - oh0);
       const float* dyb = dyt + oh0 * P.Wo * DB + ob * OCV * kLanes;
@@ -536,7 +605,7 @@ ConvParams weight_params(at::IntArrayRef weight_size, int64_t groups) {
 std::vector<int64_t> direct_blocked_avx512_packed_shape(int64_t K, int64_t Cg, int64_t R,
                                                         int64_t S, int64_t groups) {
   const Layout L = layout_of(weight_params({K, Cg, R, S}, groups));
-  return {L.GB, L.OB, R, S, Cg, L.ocv, kLanes};
+  return {L.GB, L.OB, Cg / L.cbn, R, S, L.cbn, L.ocv * kLanes};
 }
 
 at::Tensor direct_blocked_avx512_pack(const at::Tensor& weight, int64_t groups) {
@@ -567,14 +636,15 @@ at::Tensor direct_blocked_avx512_unpack(const at::Tensor& packed, at::IntArrayRe
   const float* o = packed.data_ptr<float>();
   for (int64_t blk = 0; blk < L.GB * L.OB; ++blk) {
     const int64_t gb = blk / L.OB, ob = blk % L.OB;
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t v = 0; v < L.ocv; ++v)
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
-              w[((k * Cg + c) * R + r) * S + s] = *o++;
-            }
+    for (int64_t cb = 0; cb < Cg; cb += L.cbn)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = cb; c < cb + L.cbn; ++c)
+            for (int64_t v = 0; v < L.ocv; ++v)
+              for (int64_t l = 0; l < kLanes; ++l) {
+                const int64_t k = gb * Kg * L.gpv + (ob * L.ocv + v) * kLanes + lane_channel(l, L.gpv);
+                w[((k * Cg + c) * R + r) * S + s] = *o++;
+              }
   }
   return w_t;
 }
@@ -592,11 +662,12 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight,
   TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
                   out.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d: channel planes too large for the AVX-512 blocked path");
-  // Weights [GB][OB][R][S][Cg][OCV][16] in lane order.
+  // Weights [GB][OB][Cg/cbn][R][S][cbn][OCV][16] in lane order.
   at::Tensor wt_t;
   const float* wt = packed;
   if (wt == nullptr) {
-    wt_t = at::empty({L.GB, L.OB, p.R, p.S, p.Cg, L.ocv, kLanes}, weight.options());
+    wt_t = at::empty(direct_blocked_avx512_packed_shape(p.K, p.Cg, p.R, p.S, p.groups),
+                     weight.options());
     float* dst = wt_t.data_ptr<float>();
     at::parallel_for(0, L.GB * L.OB, 1, [&](int64_t begin, int64_t end) {
       for (int64_t blk = begin; blk < end; ++blk)

@@ -162,7 +162,8 @@ def _fake_direct_pack_blocked(weight, groups):
     kg = k // groups
     gpv = 16 // kg if kg < 16 else 1
     ocv = 2 if gpv == 1 and kg % 32 == 0 else 1
-    return weight.new_empty([groups // gpv, kg * gpv // (16 * ocv), r, s, cg, ocv, 16])
+    cbn = min(cg, _C.blocking()["direct_blocked_avx512_cin_block"])
+    return weight.new_empty([groups // gpv, kg * gpv // (16 * ocv), cg // cbn, r, s, cbn, ocv * 16])
 
 
 @torch.library.register_fake("fastconv::direct_conv2d_blocked_packed")

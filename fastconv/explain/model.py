@@ -472,8 +472,12 @@ def direct_blocked_applies(s: ConvSpec, b: dict, isa: str) -> bool:
 
 def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     """direct_blocked_avx512.cpp (cachesim.cpp's run_direct_blocked): the input copied once,
-    zero-padded, to xt[N][GB][Hp][Wp][Cg*gpv]; tasks (n, group block, output block, row
-    block) run near-equal tiles of one row with the whole (r, s, c) reduction in registers."""
+    zero-padded, to xt[N][GB][Hp][Wp][PS] (Cg*gpv floats a pixel, PS one line more where that
+    is a multiple of 4 lines); tasks (n, group block, output block, row block) run passes over
+    the input channels (whole blocks of direct_blocked_avx512_cin_block whose weight panel fits
+    direct_blocked_avx512_panel_bytes): near-equal tiles of one row (or two rows of a narrow
+    plane) in registers over the pass, partial sums in memory between passes. The panel stays
+    in L1 across a pass's tiles: the weights come from below once per task and pass."""
     g = Geo(s)
     e, m = g.e, Model("direct")
     lanes = b["direct_avx512_oc_block"]
@@ -482,39 +486,67 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     GB, CB = s.groups // gpv, s.Cg * gpv
     OB = s.Kg * gpv // (lanes * ocv)
     Hp, Wp = s.H + s.padding[0] + s.padding[1], s.W + s.padding[2] + s.padding[3]
-    RB = b["direct_row_block"]
     PT = b["direct_blocked_avx512_pixel_tile"] if ocv == 1 else b["direct_blocked_avx512_pixel_tile_pair"]
     sw, dw = s.stride[1], s.dilation[1]
-    widths, left = [], s.Wo
-    while left > 0:  # near-equal tiles: 56 -> 19, 19, 18
-        np_ = _ceil_div(left, _ceil_div(left, PT))
-        widths.append(np_)
-        left -= np_
+    cbn = min(s.Cg, b["direct_blocked_avx512_cin_block"])
+    per_channel = s.R * s.S * ocv * lanes * e
+    cpass = min(s.Cg, max(1, b["direct_blocked_avx512_panel_bytes"] // per_channel // cbn) * cbn)
+    npass = _ceil_div(s.Cg, cpass)
+    rb_max = b["direct_blocked_avx512_row_block"]
+    blocks = _ceil_div(s.Ho, rb_max)
+    if s.N * GB * blocks % 2 and blocks < s.Ho:  # an even task count (two threads)
+        blocks += 1
+    row_block = _ceil_div(s.Ho, blocks)
+    RB = _ceil_div(s.Ho, row_block)
+    two_rows = 2 * s.Wo <= PT
+    if two_rows:  # a tile of two rows of the whole width (one row for an odd last one)
+        widths = [s.Wo]
+        tiles_img = sum(_ceil_div(min(row_block, s.Ho - r0), 2) for r0 in range(0, s.Ho, row_block))
+    else:
+        widths, left = [], s.Wo
+        while left > 0:  # near-equal tiles: 56 -> 19, 19, 18
+            np_ = _ceil_div(left, _ceil_div(left, PT))
+            widths.append(np_)
+            left -= np_
+        tiles_img = s.Ho * len(widths)
     T = len(widths)
+    rows_tile = 2 if two_rows else 1
     span = lambda n: min(Wp, (n - 1) * sw + (s.S - 1) * dw + 1)  # noqa: E731  padded columns a tile reads
     row_span = min(Wp, (s.Wo - 1) * sw + (s.S - 1) * dw + 1)
-    pix = CB * e
+    pix = CB * e  # bytes of a pixel that are read (a pad line is never touched)
+    pixp = cpass * gpv * e  # of those, one pass's
+    PS = CB if CB % (4 * lanes) else CB + b["direct_blocked_avx512_pixel_pad"]
     xt_gb = Hp * Wp * pix  # one image's group block
+    xt_span = Hp * Wp * PS * e  # the addresses it spans
     xt = s.N * GB * xt_gb
     w_block = s.R * s.S * s.Cg * ocv * lanes * e
+    panel = s.R * s.S * cpass * ocv * lanes * e
     packed = GB * OB * w_block
     out_blk = s.Ho * s.Wo * ocv * lanes * e
-    win_avg = s.R * sum(span(w) for w in widths) / T * pix
+    win_rows = (rows_tile - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1
+    win_avg = win_rows * sum(span(w) for w in widths) / T * pixp
+    slot = max(widths) * rows_tile * ocv * lanes * e  # one tile's partial sums
     # A tile's stores: NHWC whole lines; NCHW a short run in each of ocv x 16
     # planes, lines scattered over the sets.
-    out_tile = (ocv * lanes * sum(run_bytes(w * e, e) for w in widths) / T if s.layout == "nchw"
-                else max(widths) * ocv * lanes * e)
+    out_tile = (ocv * lanes * rows_tile * sum(run_bytes(w * e, e) for w in widths) / T if s.layout == "nchw"
+                else max(widths) * rows_tile * ocv * lanes * e)
     scat = out_tile if s.layout == "nchw" else 0.0
-    f_tile = w_block + win_avg + out_tile
-    f_row = T * w_block + s.R * row_span * pix + s.Wo * ocv * lanes * e
-    f_pass = xt_gb + w_block + out_blk  # one output block over an image's group block
-    f_img = GB * (xt_gb + OB * (w_block + out_blk))
-    tiles = s.N * GB * OB * s.Ho * T
+    f_tile = panel + win_avg + slot + out_tile
+    f_row = panel + s.R * row_span * pixp + T * slot + s.Wo * ocv * lanes * e
+    task_rows = min(Hp, (row_block - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1)
+    f_sweep = panel + task_rows * row_span * pixp + row_block * s.Wo * ocv * lanes * e  # one pass of a task
+    f_task = w_block + task_rows * Wp * PS * e + row_block * s.Wo * ocv * lanes * e
+    f_pass = xt_span + w_block + out_blk  # one output block over an image's group block
+    f_img = GB * (xt_span + OB * (w_block + out_blk))
+    tiles = s.N * GB * OB * tiles_img
+    tile_rows = s.N * GB * OB * tiles_img // T  # rows (or row pairs) of tiles
+    win_read = tile_rows * win_rows * sum(span(w) for w in widths) * pix
     m.l1_bytes = {
         "input": g.input,
-        "column": xt + tiles / T * s.R * s.S * s.Cg * s.Wo * gpv * e,
+        "column": xt + win_read,
         "weight": g.weight,
         "packed_weight": packed + tiles * w_block,
+        "scratch": (2 * npass - 1) * s.N * GB * OB * s.Ho * s.Wo * ocv * lanes * e,
         "output": g.output,
     }
     m.add("input", "input read once by the padded copy", g.input, INF)
@@ -523,16 +555,23 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
     m.add("packed_weight", "packed weights written (first touch)", packed, INF)
     m.add("packed_weight", "packed weights first read after packing", packed, xt + packed + g.weight)
     m.add("packed_weight", "packed weights re-read per image", (s.N - 1) * packed, f_img)
-    m.add("packed_weight", "weight block re-read per pixel tile", tiles * w_block - s.N * packed, f_tile, scat)
+    m.add("packed_weight", "weight block re-read per row block", s.N * (RB - 1) * packed, f_task)
+    m.add("packed_weight", "weight panel re-read per pixel tile of a pass", (tiles - s.N * RB * GB * OB) * w_block,
+          f_tile, scat)
+    # Partial sums: a slot per tile of a task (per thread, reused by its next tasks),
+    # written by every pass, read back by the next one a task's pass later.
+    slots = (_ceil_div(row_block, 2) if two_rows else row_block * T) * slot
+    m.add("scratch", "partial-sum slots (first touch)", slots, INF)
+    part = s.N * GB * OB * s.Ho * s.Wo * ocv * lanes * e
+    m.add("scratch", "partial sums read by the next pass", (npass - 1) * part, f_sweep)
     # xt: each row block reads its rows once per output block; rows shared by
     # consecutive output rows, and columns shared by neighbouring tiles, again.
     rows_touched = min(Hp, (s.Ho - 1) * s.stride[0] + (s.R - 1) * s.dilation[0] + 1) * row_span * pix
     for n in range(s.N):  # the copy of every image comes first
         m.add("column", "padded copy first read", GB * rows_touched, xt + packed + g.weight + n * f_img)
     m.add("column", "padded copy re-read per output block", s.N * GB * (OB - 1) * rows_touched, f_pass)
-    rows_read = s.N * GB * OB * s.Ho * s.R * row_span * pix
+    rows_read = tile_rows * win_rows * row_span * pix
     m.add("column", "padded rows re-read per output row", max(0.0, rows_read - s.N * GB * OB * rows_touched), f_row)
-    win_read = s.N * GB * OB * s.Ho * s.R * sum(span(w) for w in widths) * pix
     m.add("column", "tile window columns shared by neighbouring tiles", max(0.0, win_read - rows_read), f_tile, scat)
     m.add("output", "output (first touch)", g.output, INF)
     if s.layout == "nchw":
@@ -543,7 +582,8 @@ def model_direct_blocked(s: ConvSpec, b: dict) -> Model:
               scat, alias_stride=s.Ho * s.Wo * e, alias_count=ocv * lanes)
         _scatter_terms(m, s, widths, ocv * lanes)
     m.notes.append(f"direct (AVX-512, padded channel-blocked input): {ocv}x{lanes} channels x {T} tile(s) of "
-                   f"<= {PT} pixels per row; {gpv} group(s) per vector; weight block {w_block / 1024:.1f} KiB; "
+                   f"<= {PT} pixels per row{' (two rows a tile)' if two_rows else ''}; {gpv} group(s) per vector; "
+                   f"{npass} pass(es) of {cpass} channels, weight panel {panel / 1024:.1f} KiB; "
                    f"padded input {xt / 1024:.0f} KiB")
     return m
 
