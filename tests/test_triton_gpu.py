@@ -456,7 +456,8 @@ def test_native_launch_uses_torchs_current_stream():
                                                      ("triton_depthwise", 64, 64, 64, 3),
                                                      ("triton_grouped", 64, 64, 16, 3)])
 @pytest.mark.parametrize("dtype,cl", [(torch.bfloat16, True), (torch.float32, False)])
-def test_training_steps_run_their_autograd_in_cpp(algo, cin, cout, groups, k, dtype, cl):
+def test_training_steps_run_their_autograd_in_cpp(monkeypatch, algo, cin, cout, groups, k, dtype,
+                                                   cl):
     """A fastconv.nn.Conv2d training step on CUDA: once its plans run natively, the forward
     returns _C.NativeConv's C++ grad_fn and the backward runs the native grad plans (no
     Python); gradients (bias included) match cuDNN's on every step, and after an in-place
@@ -465,6 +466,8 @@ def test_training_steps_run_their_autograd_in_cpp(algo, cin, cout, groups, k, dt
 
     if _common.NATIVE_LAUNCH is None:
         pytest.skip("no native launch here (FASTCONV_DIRECT_LAUNCH=0, triton < 3.5, or no driver)")
+    from fastconv.kernels import _plan
+    monkeypatch.setattr(_plan, "NATIVE_AUTOGRAD", True)
     torch.manual_seed(0)
     fmt = torch.channels_last if cl else torch.contiguous_format
     ref = torch.nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups).cuda().to(dtype)
