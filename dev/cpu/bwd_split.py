@@ -19,19 +19,12 @@ import torch
 import fastconv
 from fastconv.bench import tables
 
-CLOCK = time.thread_time
+import vs_onednn
 
-
-def timeit(fn, min_time=0.02):
-    fn()
-    t0 = CLOCK()
-    fn()
-    dt = CLOCK() - t0
-    n = max(1, int(min_time / max(dt, 1e-7)))
-    t0 = CLOCK()
-    for _ in range(n):
-        fn()
-    return (CLOCK() - t0) / n
+# vs_onednn.py's timer (this directory is on sys.path when run as a script), on the
+# thread's CPU time: 1-thread ratios that hold on a shared machine.
+vs_onednn.CLOCK = time.thread_time
+timeit = vs_onednn.timeit
 
 
 def main():
