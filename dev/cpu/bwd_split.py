@@ -10,7 +10,6 @@ the four times, the two ratios (oneDNN / fastconv) and the GFLOP/s of each of ou
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
