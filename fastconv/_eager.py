@@ -50,7 +50,8 @@ def plain(input, weight, bias) -> bool:
 
 
 def conv2d(kernels, ops, x, weight, bias, stride, padding, dilation, groups, activation):
-    """The op's result from `kernels` = (forward, grad_input, grad_weight); `ops` are the
+    """The op's result from `kernels` = (forward, grad_input, grad_weight[, C++ training
+    call]); `ops` are the
     registered ops, which a double backward or a mode active during backward goes through."""
     if _C.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                  or (bias is not None and bias.requires_grad)):
@@ -81,7 +82,8 @@ class Conv2dFunction(torch.autograd.Function):
         # forward: the registered ops, exactly as the op's own autograd would call them.
         direct = (not _C.is_grad_enabled() and ENABLED
                   and (type(grad) is _Tensor) and _no_observers())
-        g_in, g_w, g_b = _ops.conv_backward(ctx, grad, *(ctx.kernels if direct else ctx.ops))
+        kernels = ctx.kernels[:3] if direct else ctx.ops  # not the C++ autograd's 4th entry
+        g_in, g_w, g_b = _ops.conv_backward(ctx, grad, *kernels)
         return g_in, g_w, g_b, None
 
 

@@ -9,6 +9,7 @@ runs the Triton families' real eager kernels under the interpreter."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 import torch
@@ -81,8 +82,26 @@ def test_taken_without_grad():
     assert calls["fwd"] == 4 and out.grad_fn is None
 
 
+@pytest.fixture(params=[False, True], ids=["3 kernels", "declining C++ autograd"])
+def train_kernel(request):
+    """With a fourth eager kernel, the C++ training call (Triton on CUDA); one that declines
+    (returns None) leaves the call to Conv2dFunction, which must ignore it."""
+    if not request.param:
+        yield False
+        return
+    alg = registry.get(NAME)
+    three = alg.eager_kernels("cpu")
+
+    def train(*args):
+        calls["train"] += 1
+    registry.unregister(NAME)
+    registry.register(dataclasses.replace(alg, eager_kernels=lambda device: (*three, train)))
+    functional.clear_cache()
+    yield True
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_grads_equal_fconv(activation):
+def test_grads_equal_fconv(activation, train_kernel):
     x, w, b = _data(requires_grad=True)
     out = _conv(x, w, b, activation)
     assert type(out.grad_fn).__name__ == "Conv2dFunctionBackward"
@@ -96,6 +115,7 @@ def test_grads_equal_fconv(activation):
     # SiLU/GELU recompute the pre-activation through the same (eager) forward kernel.
     assert calls["fwd"] == (2 if activation in ("silu", "gelu") else 1)
     assert calls["gin"] == calls["gw"] == 1
+    assert calls["train"] == (1 if train_kernel and activation == "none" else 0)
 
 
 def test_only_the_needed_gradients_are_computed():
