@@ -51,8 +51,8 @@ def plain(input, weight, bias) -> bool:
 
 def conv2d(kernels, ops, x, weight, bias, stride, padding, dilation, groups, activation):
     """The op's result from `kernels` = (forward, grad_input, grad_weight[, C++ training
-    call]); `ops` are the
-    registered ops, which a double backward or a mode active during backward goes through."""
+    call]); `ops` are the registered ops, which a double backward or a mode active during
+    backward goes through."""
     if _C.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                  or (bias is not None and bias.requires_grad)):
         if len(kernels) > 3 and activation == "none":  # Triton on CUDA: autograd in C++
