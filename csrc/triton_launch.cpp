@@ -298,7 +298,8 @@ class NativePlan {
       b.channels_last = spec[1].cast<bool>();
       if (pybind11::isinstance<pybind11::int_>(spec[2])) {
         b.dtype_slot = spec[2].cast<int>();
-        TORCH_CHECK(b.dtype_slot >= 0 && b.dtype_slot < 3, "fastconv: dtype slot ", b.dtype_slot);
+        TORCH_CHECK(b.dtype_slot >= 0 && b.dtype_slot < 3 + static_cast<int>(buffers_.size()),
+                    "fastconv: dtype of slot ", b.dtype_slot, " before it exists");
       } else {
         b.dtype = torch::python::detail::py_object_to_dtype(spec[2]);
       }

@@ -745,10 +745,7 @@ class Plan:
         self._tries += 1  # a Launch that is not native after its third call never will be
         if any(launch.native is None for launch, _ in steps.launches):
             return  # not yet: each Launch goes native after its first call's check
-        self.native = _C_native_plan(
-            [b if b[0] == "copy" else (tuple(b[0]), b[1], b[2]) for b in steps.buffers],
-            [(launch.native, list(slots)) for launch, slots in steps.launches], steps.result,
-            list(steps.result_order or ()))
+        self.native = native_plan(steps, [launch.native for launch, _ in steps.launches])
 
 
 def empty_plan(size, channels_last: bool, zeros=False) -> Plan:
@@ -812,9 +809,13 @@ class PlanCache(dict):
         super().__setitem__(key, value)
 
 
-def _C_native_plan(buffers, launches, result, result_order):
-    return importlib.import_module("fastconv._C").NativePlan(buffers, launches, result,
-                                                             result_order)
+def native_plan(steps: Steps, launches: list):
+    """_C.NativePlan of `steps`, each of its Launches run by the _C.NativeLaunch in
+    `launches` (in order)."""
+    return importlib.import_module("fastconv._C").NativePlan(
+        [b if b[0] == "copy" else (tuple(b[0]), b[1], b[2]) for b in steps.buffers],
+        [(native, list(slots)) for native, (_, slots) in zip(launches, steps.launches)],
+        steps.result, list(steps.result_order or ()))
 
 
 # torch.backends.cudnn.allow_tf32 is a module property costing ~0.5 us a read; the getter

@@ -44,7 +44,7 @@ def test_native_plan_checks_slots_and_declines_cpu_tensors():
     launch = _C.NativeLaunch([1, 1, 1], 2, [("tensor", 0), ("tensor", 1), *SCRATCH])
     with pytest.raises(RuntimeError, match="slot 4 of 4"):
         _C.NativePlan([((2, 3), False, 0)], [(launch, [0, 4])], 3)
-    with pytest.raises(RuntimeError, match="dtype slot"):
+    with pytest.raises(RuntimeError, match="dtype of slot 5 before"):
         _C.NativePlan([((2, 3), False, 5)], [(launch, [0, 3])], 3)
     with pytest.raises(RuntimeError, match="channels_last needs 4-D"):
         _C.NativePlan([((2, 3), True, 0)], [(launch, [0, 3])], 3)

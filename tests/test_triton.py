@@ -1349,6 +1349,9 @@ def test_plan_steps_describe_the_python_run(algo, groups, cl, c, hw):
     backward that has them."""
     import importlib
 
+    from fastconv import _C
+    from fastconv.kernels import _plan
+
     mod = importlib.import_module("fastconv.kernels." + algo.split("_", 1)[1])
     fmt = torch.channels_last if cl else torch.contiguous_format
     torch.manual_seed(0)
@@ -1369,5 +1372,10 @@ def test_plan_steps_describe_the_python_run(algo, groups, cl, c, hw):
                 described += 1
                 copies += sum(buf[0] == "copy" for buf in plan.steps.buffers)
                 assert torch.equal(plan.steps.reference(*call), plan.run(*call)), cache
+                # and C++ accepts them (stand-in launches: nothing runs on a CPU)
+                stand_ins = [_C.NativeLaunch([1, 1, 1], len(slots), [("tensor", i) for i in
+                                                                     range(len(slots))])
+                             for _, slots in plan.steps.launches]
+                _plan.native_plan(plan.steps, stand_ins)
     assert described >= 2
     assert copies == {(16, 16): 2, (16, 7): 4}.get((c, hw), 0)
