@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -606,3 +607,32 @@ def test_first_step_dry_run(tmp_path):
     fast = rows[1]
     assert float(fast["first_s"]) > 0 and int(fast["plans"]) > 0 and fast["extra_first_s"]
     assert "| tiny_resnet | tf32 |" in (tmp_path / "first_step.md").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_pages_stops_page_faults_on_repeated_large_outputs():
+    """A conv with a 13 MB output, called again and again: with glibc's defaults every call's
+    output is a fresh mmap (a page fault per 4 KiB page); once keep_freed_pages has run, the
+    calls reuse resident pages (what the CPU bench times)."""
+    code = textwrap.dedent("""
+        import resource, sys, torch, torch.nn.functional as F
+        from fastconv.bench import machine
+        if sys.argv[1] == "keep":
+            print(machine.keep_freed_pages(), file=sys.stderr)
+        x, w = torch.randn(8, 32, 112, 112), torch.randn(32, 1, 3, 3)
+        for _ in range(3):  # warm-up: oneDNN's primitive, the heap's first growth
+            F.conv2d(x, w, None, 1, 1, 1, 32)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            F.conv2d(x, w, None, 1, 1, 1, 32)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    counts = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        counts[mode] = int(out.stdout.split()[-1])
+    pages = 5 * (8 * 32 * 112 * 112 * 4) // 4096
+    assert counts["default"] > pages // 2, counts
+    assert counts["keep"] < pages // 20, counts

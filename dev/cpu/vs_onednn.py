@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from fastconv.bench import tables
+from fastconv.bench import machine, tables
 
 
 # With --threads 1 the clock is the thread's CPU time: time the thread spends
@@ -47,7 +47,11 @@ def main():
     ap.add_argument("--backward", action="store_true", help="grad_input + grad_weight")
     ap.add_argument("--filter", nargs="+", default=[], help="layers whose name holds any of these")
     ap.add_argument("--module", action="store_true", help="fastconv.nn.Conv2d vs nn.Conv2d (eval)")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (default: freed pages kept, as in fastconv bench)")
     args = ap.parse_args()
+    if not args.system_malloc:
+        print("allocator:", machine.keep_freed_pages())
     torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.thread_time if args.threads == 1 else time.perf_counter

@@ -55,6 +55,9 @@ def add_parser(sub):
     p.add_argument("--replot", metavar="DIR", default=None,
                    help="time nothing: rewrite DIR's PNGs and summary.md from DIR/results.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="CPU: leave glibc's malloc as it is (by default freed pages are kept, as "
+                        "jemalloc/tcmalloc do, so large outputs do not page-fault on every call)")
     p.set_defaults(func=run)
     return p
 
@@ -132,6 +135,8 @@ def run(args) -> int:
         return 0
     opts = options_from_args(args)
     output_dir(args.out)
+    if opts.device == "cpu" and not args.system_malloc:
+        machine.keep_freed_pages()
     print("fastconv bench: measuring this machine's ceilings...", file=sys.stderr)
 
     printed = []
