@@ -2,7 +2,8 @@
 # The GPU machine's script, from the repository root: build the extension, run the
 # gpu-marked tests, then the benchmarks. Everything lands under $OUT (default ./gpu_out).
 # STEPS (default "tests bench kbench models ncu"; also "firststep") picks the steps, in that order:
-#   tests   pytest -m gpu (PYTEST_ARGS overrides "-m gpu tests")
+#   tests   pytest -m gpu (PYTEST_ARGS overrides "-m gpu tests"), then the bad-input and
+#           native-launch tests (C++ error paths built with this machine's torch and compiler)
 #   bench   fastconv bench --device cuda --suite all  -> $OUT/bench/
 #   kbench  benchmarks/triton_vs_cudnn.py (kernels vs cuDNN, CUDA-graph time; KBENCH_ARGS)
 #   models  benchmarks/models_gpu.py (converted torchvision models; MODELS_ARGS) -> $OUT/models/
@@ -39,6 +40,11 @@ if has tests; then
   FASTCONV_TUNE=heuristic timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -n ${TEST_PROCS:-12} -p no:cacheprovider \
     --maxfail=30 ${PYTEST_ARGS:--m gpu tests} > "$OUT/gpu_tests.log" 2>&1
   tail -25 "$OUT/gpu_tests.log"
+  # The C++ error paths on this machine's torch and compiler: a bad input must raise, and the
+  # GPU image's build is not the CPU CI's (a crash here is a crash for that user).
+  timeout ${TEST_TIMEOUT:-300} $PY -X faulthandler -m pytest -q -p no:cacheprovider \
+    tests/test_bad_input.py tests/test_native_launch.py > "$OUT/error_paths.log" 2>&1
+  tail -5 "$OUT/error_paths.log"
 fi
 
 if has bench; then

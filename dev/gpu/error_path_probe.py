@@ -1,0 +1,60 @@
+"""Which C++ error paths crash on this machine's torch and compiler.
+
+On the GPU image (torch 2.11, gcc 13.3) a TORCH_CHECK raised from fastconv._C segfaults when
+its message formats an integer (`_C.NativeLaunch([1, 1, 1], 2, [("tensor", 2)])`, a bad
+`padding` to `torch.ops.fastconv.im2col_conv2d`), while messages of strings alone raise
+RuntimeError. This builds a tiny extension with torch.utils.cpp_extension.load_inline, once
+with fastconv's flags (-O3 -fopenmp) and once at -O0, and calls each error path in a fresh
+process, printing a native backtrace on SIGSEGV. If the tiny extension crashes too, the
+cause is the torch/compiler pair, not fastconv's code.
+
+    python dev/gpu/error_path_probe.py            # every build x function, one process each
+"""
+import subprocess
+import sys
+
+SOURCE = r'''
+#include <torch/extension.h>
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
+#include <sstream>
+static void on_segv(int) { void* f[64]; int n = backtrace(f, 64); backtrace_symbols_fd(f, n, 2); _exit(139); }
+void install() { signal(SIGSEGV, on_segv); }
+std::string stream_int(int64_t v) { std::ostringstream s; s << "x " << v; return s.str(); }
+std::string c10_str_int(int64_t v) { return c10::str("x ", v); }
+void check_int(int64_t v) { TORCH_CHECK(v < 0, "bad ", v); }
+void check_str(std::string v) { TORCH_CHECK(false, "bad ", v); }
+void throw_std(int64_t v) { throw std::runtime_error(std::to_string(v)); }
+'''
+FUNCTIONS = ["install", "stream_int", "c10_str_int", "check_int", "check_str", "throw_std"]
+BUILDS = {"fastconv_flags": ["-O3", "-fno-math-errno", "-fopenmp"], "O0": ["-O0"]}
+
+
+def call(build: str, fn: str) -> None:
+    from torch.utils.cpp_extension import load_inline
+
+    mod = load_inline(name=f"error_path_probe_{build}", cpp_sources=SOURCE, functions=FUNCTIONS,
+                      extra_cflags=BUILDS[build],
+                      extra_ldflags=["-fopenmp"] if "-fopenmp" in BUILDS[build] else [])
+    mod.install()
+    try:
+        print("returned", getattr(mod, fn)("s" if fn == "check_str" else 3))
+    except Exception as e:  # what a correct build does for the check_* and throw_* paths
+        print("raised", type(e).__name__, str(e).splitlines()[0][:60])
+
+
+def main() -> None:
+    if len(sys.argv) == 3:
+        return call(*sys.argv[1:])
+    for build in BUILDS:
+        for fn in FUNCTIONS[1:]:
+            r = subprocess.run([sys.executable, __file__, build, fn], capture_output=True,
+                               text=True, timeout=300)
+            print(f"{build:15s} {fn:12s} rc {r.returncode:4d} {r.stdout.strip()[-70:]}")
+            if r.returncode:
+                print("   " + "\n   ".join(r.stderr.splitlines()[-14:]))
+
+
+if __name__ == "__main__":
+    main()
