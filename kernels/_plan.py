@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+import warnings
 from typing import Callable, Mapping
 
 import torch
@@ -745,7 +746,13 @@ class Plan:
         self._tries += 1  # a Launch that is not native after its third call never will be
         if any(launch.native is None for launch, _ in steps.launches):
             return  # not yet: each Launch goes native after its first call's check
-        self.native = native_plan(steps, [launch.native for launch, _ in steps.launches])
+        try:
+            self.native = native_plan(steps, [launch.native for launch, _ in steps.launches])
+        except RuntimeError as e:  # a Steps that C++ refuses is fastconv's bug, not the caller's
+            self._tries = 3
+            warnings.warn(f"fastconv: a kernel plan stays on its Python launch path: its C++ form "
+                          f"was refused ({e}). The results are unaffected; please report this.",
+                          RuntimeWarning, stacklevel=2)
 
 
 def empty_plan(size, channels_last: bool, zeros=False) -> Plan:

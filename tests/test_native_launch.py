@@ -138,3 +138,21 @@ def test_native_conv_double_backward_and_saved_tensor_checks():
         w.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def test_plan_whose_steps_cpp_refuses_stays_in_python(monkeypatch):
+    """A Steps that _C.NativePlan refuses (a fastconv bug, not the caller's) leaves the plan on
+    its Python run with a warning, instead of failing the call that tried to make it native."""
+    from fastconv.kernels import _common, _plan
+
+    class FakeLaunch:  # what Plan._make_native reads: the Launch's C++ form
+        native = _C.NativeLaunch([1, 1, 1], 2, [("tensor", 0), ("tensor", 1)])
+
+    monkeypatch.setattr(_common, "NATIVE_LAUNCH", _C.NativeLaunch)
+    steps = _plan.Steps(buffers=(((2,), False, 0),), launches=((FakeLaunch(), (0, 7)),), result=3)
+    plan = _plan.Plan(lambda a, b: a + b, steps=steps)
+    a, b = torch.randn(2), torch.randn(2)
+    with pytest.warns(RuntimeWarning, match="slot 7 of 4"):
+        torch.testing.assert_close(plan(a, b), a + b)
+    assert plan.native is None
+    torch.testing.assert_close(plan(a, b), a + b)  # no second try, no second warning
