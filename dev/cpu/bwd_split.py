@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -20,9 +19,8 @@ from fastconv.bench import tables
 
 import vs_onednn
 
-# vs_onednn.py's timer (this directory is on sys.path when run as a script), on the
-# thread's CPU time: 1-thread ratios that hold on a shared machine.
-vs_onednn.CLOCK = time.thread_time
+# vs_onednn.py's timer (this directory is on sys.path when run as a script); its clock
+# follows --threads (vs_onednn.use_threads).
 timeit = vs_onednn.timeit
 
 
@@ -36,9 +34,7 @@ def main():
     ap.add_argument("--filter", default="")
     ap.add_argument("--threads", type=int, default=1, help=">1: wall time (needs a quiet machine)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.thread_time if args.threads == 1 else time.perf_counter
+    vs_onednn.use_threads(args.threads)
     torch.manual_seed(0)
     for suite in args.suite:
         for layout in args.layout:

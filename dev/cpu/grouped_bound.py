@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,6 @@ import vs_onednn
 
 # vs_onednn.py's timer (this directory is on sys.path when run as a script), on the
 # thread's CPU time: 1-thread ratios that hold on a shared machine.
-vs_onednn.CLOCK = time.thread_time
 
 
 def timeit(fn, min_time=0.03):
@@ -43,7 +41,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--target", type=float, default=2.0)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    vs_onednn.use_threads(1)
     torch.manual_seed(0)
     isa = fastconv._C.cpu_isa()
     fastconv._C.fma_peak_gflops(isa, 2_000_000)  # warm up (clock ramp)

@@ -24,6 +24,13 @@ from fastconv.bench import machine, tables
 CLOCK = time.perf_counter
 
 
+def use_threads(threads: int) -> None:
+    """torch's thread count, and the clock that goes with it (see CLOCK)."""
+    global CLOCK
+    torch.set_num_threads(threads)
+    CLOCK = time.thread_time if threads == 1 else time.perf_counter
+
+
 def timeit(fn, min_time=0.02):
     fn()
     t0 = CLOCK()
@@ -52,9 +59,7 @@ def main():
     args = ap.parse_args()
     if not args.system_malloc:
         print("allocator:", machine.keep_freed_pages())
-    torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.thread_time if args.threads == 1 else time.perf_counter
+    use_threads(args.threads)
     torch.manual_seed(0)
     for suite in args.suite:
         for layout in args.layout:
