@@ -415,6 +415,27 @@ inline void emit_run(Sink& sink, int64_t vb, int op, int64_t off, int64_t count,
     sink.access(op, off + i, e, std::min(per, count - i) * e, write);
 }
 
+// Phase q of input row `row` (its offset) copied into a depthwise row buffer at `dst`:
+// the columns q, q + sw, ... of the padded row, Lq of them, zeros where out of bounds.
+template <class Sink>
+void emit_row_phase(Sink& sink, const Geometry& g, int64_t vb, int64_t row, int64_t q, int64_t dst,
+                    int64_t Lq, int64_t e) {
+  const int64_t j0 = std::min(Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
+  const int64_t j1 = std::min(Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
+  if (j0 > 0) emit_run(sink, vb, kColumn, dst, j0, e, true);
+  const int64_t src = row + q - g.pl;
+  if (g.sw == 1) {
+    emit_run(sink, vb, kInput, src + j0, j1 - j0, e, false);
+    emit_run(sink, vb, kColumn, dst + j0, j1 - j0, e, true);
+  } else {
+    for (int64_t j = j0; j < j1; ++j) {
+      sink.access(kInput, src + g.sw * j, e, e, false);
+      sink.access(kColumn, dst + j, e, e, true);
+    }
+  }
+  if (j1 < Lq) emit_run(sink, vb, kColumn, dst + j1, Lq - j1, e, true);
+}
+
 // reference.cpp: n, k, oh, ow, c, r, s; one scalar load of input and weight
 // per tap inside the image, one store per output. Units: (n, k).
 template <class Sink>
@@ -1289,23 +1310,8 @@ void run_depthwise_nchw_slide(Sink& sink, const Geometry& g, const std::map<std:
         for (int64_t bi = 0; bi < nb; ++bi) {
           const int64_t ih = ihf + bi;
           if (ih < 0 || ih >= g.H) { emit_run(sink, vb, kColumn, bi * sp.row_elems, sp.row_elems, e, true); continue; }
-          for (int64_t q = 0; q < g.sw; ++q) {
-            const int64_t dst = bi * sp.row_elems + q * sp.Lq;
-            const int64_t j0 = std::min(sp.Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
-            const int64_t j1 = std::min(sp.Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
-            if (j0 > 0) emit_run(sink, vb, kColumn, dst, j0, e, true);
-            const int64_t src = L.in(n, c, ih, 0) + q - g.pl;
-            if (g.sw == 1) {
-              emit_run(sink, vb, kInput, src + j0, j1 - j0, e, false);
-              emit_run(sink, vb, kColumn, dst + j0, j1 - j0, e, true);
-            } else {
-              for (int64_t j = j0; j < j1; ++j) {
-                sink.access(kInput, src + g.sw * j, e, e, false);
-                sink.access(kColumn, dst + j, e, e, true);
-              }
-            }
-            if (j1 < sp.Lq) emit_run(sink, vb, kColumn, dst + j1, sp.Lq - j1, e, true);
-          }
+          for (int64_t q = 0; q < g.sw; ++q)
+            emit_row_phase(sink, g, vb, L.in(n, c, ih, 0), q, bi * sp.row_elems + q * sp.Lq, sp.Lq, e);
         }
         const int64_t NB = (sp.T - 1) * g.sh + g.R;
         for (int64_t m = 0; m < M; ++m) {
@@ -1456,23 +1462,8 @@ void run_depthwise(Sink& sink, const Geometry& g, const std::map<std::string, in
           const int64_t ih_hi = std::min(g.H, (oh1 - 1) * g.sh - g.pt + (g.R - 1) * g.dh + 1);
           const int64_t nrows = std::max<int64_t>(0, ih_hi - ih_lo);
           for (int64_t bi = 0; bi < nrows; ++bi)
-            for (int64_t q = 0; q < g.sw; ++q) {
-              const int64_t dst = (bi * g.sw + q) * Lq;
-              const int64_t j0 = std::min(Lq, std::max<int64_t>(0, ceil_div(g.pl - q, g.sw)));
-              const int64_t j1 = std::min(Lq, std::max(j0, floor_div(g.W - 1 + g.pl - q, g.sw) + 1));
-              if (j0 > 0) emit_run(sink, vb, kColumn, dst, j0, e, true);
-              const int64_t src = L.in(n, c, ih_lo + bi, 0) + q - g.pl;
-              if (g.sw == 1) {
-                emit_run(sink, vb, kInput, src + j0, j1 - j0, e, false);
-                emit_run(sink, vb, kColumn, dst + j0, j1 - j0, e, true);
-              } else {
-                for (int64_t j = j0; j < j1; ++j) {
-                  sink.access(kInput, src + g.sw * j, e, e, false);
-                  sink.access(kColumn, dst + j, e, e, true);
-                }
-              }
-              if (j1 < Lq) emit_run(sink, vb, kColumn, dst + j1, Lq - j1, e, true);
-            }
+            for (int64_t q = 0; q < g.sw; ++q)
+              emit_row_phase(sink, g, vb, L.in(n, c, ih_lo + bi, 0), q, (bi * g.sw + q) * Lq, Lq, e);
           for (int64_t m = 0; m < M; ++m) {
             const int64_t k = c * M + m;
             for (int64_t oh = oh0; oh < oh1;) {
