@@ -1,5 +1,7 @@
 #include "conv_params.h"
 
+#include "check.h"
+
 #include <cmath>
 #include <limits>
 
@@ -27,20 +29,20 @@ bool debug_poison() { return g_poison.load(); }
 ConvParams make_params(const char* op, at::IntArrayRef input_size, at::IntArrayRef weight_size,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                        int64_t groups) {
-  TORCH_CHECK(input_size.size() == 4, op, ": expected 4-D input (N, C, H, W), got ",
+  FASTCONV_CHECK(input_size.size() == 4, op, ": expected 4-D input (N, C, H, W), got ",
               input_size.size(), "-D");
-  TORCH_CHECK(weight_size.size() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
+  FASTCONV_CHECK(weight_size.size() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
               weight_size.size(), "-D");
-  TORCH_CHECK(stride.size() == 2, op, ": stride must have 2 elements, got ", stride.size());
-  TORCH_CHECK(dilation.size() == 2, op, ": dilation must have 2 elements, got ", dilation.size());
-  TORCH_CHECK(padding.size() == 4, op,
+  FASTCONV_CHECK(stride.size() == 2, op, ": stride must have 2 elements, got ", stride.size());
+  FASTCONV_CHECK(dilation.size() == 2, op, ": dilation must have 2 elements, got ", dilation.size());
+  FASTCONV_CHECK(padding.size() == 4, op,
               ": padding must have 4 elements (top, bottom, left, right), got ", padding.size());
-  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
-  for (auto s : stride) TORCH_CHECK(s > 0, op, ": stride must be positive, got ", stride);
-  for (auto d : dilation) TORCH_CHECK(d > 0, op, ": dilation must be positive, got ", dilation);
-  for (auto q : padding) TORCH_CHECK(q >= 0, op, ": padding must be non-negative, got ", padding);
-  for (auto s : input_size) TORCH_CHECK(s >= 0, op, ": negative input size ", input_size);
-  for (auto s : weight_size) TORCH_CHECK(s > 0, op, ": weight sizes must be positive, got ", weight_size);
+  FASTCONV_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  for (auto s : stride) FASTCONV_CHECK(s > 0, op, ": stride must be positive, got ", stride);
+  for (auto d : dilation) FASTCONV_CHECK(d > 0, op, ": dilation must be positive, got ", dilation);
+  for (auto q : padding) FASTCONV_CHECK(q >= 0, op, ": padding must be non-negative, got ", padding);
+  for (auto s : input_size) FASTCONV_CHECK(s >= 0, op, ": negative input size ", input_size);
+  for (auto s : weight_size) FASTCONV_CHECK(s > 0, op, ": weight sizes must be positive, got ", weight_size);
 
   ConvParams p;
   p.N = input_size[0]; p.C = input_size[1]; p.H = input_size[2]; p.W = input_size[3];
@@ -50,9 +52,9 @@ ConvParams make_params(const char* op, at::IntArrayRef input_size, at::IntArrayR
   p.dil_h = dilation[0]; p.dil_w = dilation[1];
   p.groups = groups;
 
-  TORCH_CHECK(p.C % groups == 0, op, ": groups=", groups, " does not divide in_channels=", p.C);
-  TORCH_CHECK(p.K % groups == 0, op, ": groups=", groups, " does not divide out_channels=", p.K);
-  TORCH_CHECK(p.Cg * groups == p.C, op, ": weight expects ", p.Cg * groups,
+  FASTCONV_CHECK(p.C % groups == 0, op, ": groups=", groups, " does not divide in_channels=", p.C);
+  FASTCONV_CHECK(p.K % groups == 0, op, ": groups=", groups, " does not divide out_channels=", p.K);
+  FASTCONV_CHECK(p.Cg * groups == p.C, op, ": weight expects ", p.Cg * groups,
               " input channels (weight.size(1)=", p.Cg, " x groups=", groups, "), input has ", p.C);
 
   // Every size below must fit in int64 before it is formed: a wrapped padded size or
@@ -62,39 +64,39 @@ ConvParams make_params(const char* op, at::IntArrayRef input_size, at::IntArrayR
       mul_add_overflows(p.dil_h, p.R - 1, 1, &eff_r) || mul_add_overflows(p.dil_w, p.S - 1, 1, &eff_s) ||
       add3_overflows(p.H, p.pad_top, p.pad_bottom, &hp) ||
       add3_overflows(p.W, p.pad_left, p.pad_right, &wp);
-  TORCH_CHECK(!overflow, op, ": the padded input (", input_size[2], " + ", padding[0], " + ",
+  FASTCONV_CHECK(!overflow, op, ": the padded input (", input_size[2], " + ", padding[0], " + ",
               padding[1], ", ", input_size[3], " + ", padding[2], " + ", padding[3],
               ") or the dilated kernel (", dilation, " x (", weight_size.slice(2), " - 1) + 1) "
               "does not fit in int64");
-  TORCH_CHECK(eff_r <= hp && eff_s <= wp, op, ": kernel size (", eff_r, ", ", eff_s,
+  FASTCONV_CHECK(eff_r <= hp && eff_s <= wp, op, ": kernel size (", eff_r, ", ", eff_s,
               ") after dilation is larger than the padded input (", hp, ", ", wp, ")");
   p.Ho = (hp - eff_r) / p.stride_h + 1;
   p.Wo = (wp - eff_s) / p.stride_w + 1;
   int64_t numel = 1;
   bool numel_overflow = false;
   for (int64_t d : {p.N, p.K, p.Ho, p.Wo}) numel_overflow |= __builtin_mul_overflow(numel, d, &numel);
-  TORCH_CHECK(!numel_overflow, op, ": the output [", p.N, ", ", p.K, ", ", p.Ho, ", ", p.Wo,
+  FASTCONV_CHECK(!numel_overflow, op, ": the output [", p.N, ", ", p.K, ", ", p.Ho, ", ", p.Wo,
               "] has more elements than int64 can count");
   return p;
 }
 
 void check_float_cpu(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+  FASTCONV_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  FASTCONV_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
               " must be float32 or float64 on the CPU, got ", t.scalar_type());
 }
 
 void check_same(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
                 const at::Tensor& b) {
-  TORCH_CHECK(a.device() == b.device(), op, ": ", name_a, " is on ", a.device(), " but ", name_b,
+  FASTCONV_CHECK(a.device() == b.device(), op, ": ", name_a, " is on ", a.device(), " but ", name_b,
               " is on ", b.device());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", name_a, " is ", a.scalar_type(),
+  FASTCONV_CHECK(a.scalar_type() == b.scalar_type(), op, ": ", name_a, " is ", a.scalar_type(),
               " but ", name_b, " is ", b.scalar_type(), "; they must have the same dtype");
 }
 
 namespace {
 void check_grad_output(const char* op, const at::Tensor& grad_output, const ConvParams& p) {
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
+  FASTCONV_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.N && grad_output.size(1) == p.K &&
                   grad_output.size(2) == p.Ho && grad_output.size(3) == p.Wo,
               op, ": grad_output has shape ", grad_output.sizes(), ", expected [", p.N, ", ", p.K,
               ", ", p.Ho, ", ", p.Wo, "]");
@@ -137,7 +139,7 @@ void check_inputs(const char* op, const at::Tensor& input, const at::Tensor& wei
   check_same(op, "input", input, "weight", weight);
   if (bias.has_value() && bias->defined()) {
     check_same(op, "input", input, "bias", *bias);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == p.K, op, ": bias must have shape (", p.K,
+    FASTCONV_CHECK(bias->dim() == 1 && bias->size(0) == p.K, op, ": bias must have shape (", p.K,
                 ",), got ", bias->sizes());
   }
 }
@@ -164,7 +166,7 @@ Activation parse_activation(const std::string& name) {
   if (name == "relu6") return Activation::ReLU6;
   if (name == "silu") return Activation::SiLU;
   if (name == "gelu") return Activation::GELU;
-  TORCH_CHECK(false, "fastconv: unknown activation '", name,
+  FASTCONV_CHECK(false, "fastconv: unknown activation '", name,
               "'; expected one of none, relu, relu6, silu, gelu");
 }
 
@@ -173,7 +175,7 @@ void bias_activation_(at::Tensor& out, const c10::optional<at::Tensor>& bias, Ac
   if (!has_bias && act == Activation::None) return;
   const int64_t N = out.size(0), K = out.size(1), HW = out.size(2) * out.size(3);
   const bool nhwc = !out.is_contiguous() && out.is_contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(out.is_contiguous() || nhwc, "fastconv: epilogue expects a dense output");
+  FASTCONV_CHECK(out.is_contiguous() || nhwc, "fastconv: epilogue expects a dense output");
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bias_activation_", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();

@@ -1,6 +1,6 @@
 // Shared argument checking and shape logic for every fastconv CPU op.
 // People call the ops directly (torch.ops.fastconv.*), so every check is a
-// TORCH_CHECK with a message, never an assert.
+// FASTCONV_CHECK (check.h) with a message, never an assert.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,5 +1,7 @@
 #include "cpu_features.h"
 
+#include "check.h"
+
 #include <c10/util/Exception.h>
 
 #include <atomic>
@@ -64,7 +66,7 @@ CpuIsa parse_isa(const char* name) {
   if (!std::strcmp(name, "avx512")) return CpuIsa::Avx512;
   if (!std::strcmp(name, "avx2")) return CpuIsa::Avx2;
   if (!std::strcmp(name, "portable")) return CpuIsa::Portable;
-  TORCH_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", name,
+  FASTCONV_CHECK_VALUE(false, "fastconv: unknown CPU ISA '", name,
                     "' (FASTCONV_CPU_ISA / set_max_isa); expected portable, avx2 or avx512");
 }
 

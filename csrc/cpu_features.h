@@ -16,7 +16,7 @@ CpuIsa cpu_isa_supported();
 CpuIsa cpu_isa();
 void set_max_isa(CpuIsa isa);
 const char* isa_name(CpuIsa isa);
-// Parses portable|avx2|avx512; TORCH_CHECKs the name.
+// Parses portable|avx2|avx512; FASTCONV_CHECKs the name.
 CpuIsa parse_isa(const char* name);
 
 inline bool use_avx2_fma() { return cpu_isa() >= CpuIsa::Avx2; }

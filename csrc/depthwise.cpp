@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "blocking.h"
+#include "check.h"
 #include "cpu_features.h"
 #include "ops.h"
 #include "util.h"
@@ -68,7 +69,7 @@ constexpr int64_t kVec = kDepthwiseVecWidth;
 
 
 void check_depthwise(const char* op, const ConvParams& p) {
-  TORCH_CHECK(p.groups == p.C && p.Cg == 1 && p.K % p.C == 0, op,
+  FASTCONV_CHECK(p.groups == p.C && p.Cg == 1 && p.K % p.C == 0, op,
               ": needs a depthwise convolution (groups == in_channels, weight (K, 1, R, S) with K "
               "a multiple of in_channels); got in_channels=",
               p.C, ", groups=", p.groups, ", weight (", p.K, ", ", p.Cg, ", ", p.R, ", ", p.S, ")");
@@ -1090,7 +1091,7 @@ FASTCONV_TARGET_AVX512 void chan_slide_any_avx512(const ChanView& cv, const Nhwc
   FASTCONV_DW_SLIDE(P7, V7, 5)
   FASTCONV_DW_SLIDE(P7, V7, 7)
 #undef FASTCONV_DW_SLIDE
-  TORCH_CHECK(false, "chan_slide_any_avx512: no kernel for S=", g.S, ", stride ", g.sw);
+  FASTCONV_CHECK(false, "chan_slide_any_avx512: no kernel for S=", g.S, ", stride ", g.sw);
 }
 
 // One output row, channels [k0, k1): pixel tiles outer, channel vectors inner,
@@ -1286,7 +1287,7 @@ void forward_cblock_avx512(const float* x, const float* wp, const float* bias, f
     }
   });
 #else
-  TORCH_CHECK(false, "forward_cblock_avx512: not an x86 build");
+  FASTCONV_CHECK(false, "forward_cblock_avx512: not an x86 build");
 #endif
 }
 
@@ -1507,12 +1508,12 @@ void forward_nchw_slide_avx512(const float* x, const float* w, const float* bias
         FASTCONV_DW_NCHW_SLIDE(5)
         FASTCONV_DW_NCHW_SLIDE(7)
 #undef FASTCONV_DW_NCHW_SLIDE
-        TORCH_CHECK(false, "forward_nchw_slide_avx512: no kernel for R=", p.R);
+        FASTCONV_CHECK(false, "forward_nchw_slide_avx512: no kernel for R=", p.R);
       }
     }
   });
 #else
-  TORCH_CHECK(false, "forward_nchw_slide_avx512: not an x86 build");
+  FASTCONV_CHECK(false, "forward_nchw_slide_avx512: not an x86 build");
 #endif
 }
 
@@ -2070,7 +2071,7 @@ void nchw_nhwc_transpose(const float* src, float* dst, int64_t N, int64_t C, int
     }
   });
 #else
-  TORCH_CHECK(false, "nchw_nhwc_transpose: not an x86 build");
+  FASTCONV_CHECK(false, "nchw_nhwc_transpose: not an x86 build");
 #endif
 }
 

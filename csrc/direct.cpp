@@ -31,6 +31,7 @@
 #endif
 
 #include "blocking.h"
+#include "check.h"
 #include "cpu_features.h"
 #include "direct_blocked_avx512.h"
 #include "ops.h"
@@ -766,14 +767,14 @@ void check_packed(const char* op, const at::Tensor& packed, const at::Tensor& in
                   const ConvParams& p) {
   check_same(op, "input", input, "packed_weight", packed);
   const int64_t B = packed.dim() == 6 ? packed.size(5) : 0;
-  TORCH_CHECK(B == kB || (B == kB16 && packed.scalar_type() == at::kFloat), op,
+  FASTCONV_CHECK(B == kB || (B == kB16 && packed.scalar_type() == at::kFloat), op,
               ": packed_weight has shape ", packed.sizes(), ", expected [groups, blocks, C/groups, R, "
               "S, ", int(kB), " or ", int(kB16), " (float32)] (from direct_pack_weight(weight, groups))");
   const std::vector<int64_t> want = {p.groups, ceil_div(p.Kg(), B), p.Cg, p.R, p.S, B};
-  TORCH_CHECK(packed.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
+  FASTCONV_CHECK(packed.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
               packed.sizes(), ", expected ", at::IntArrayRef(want),
               " (from direct_pack_weight(weight, groups))");
-  TORCH_CHECK(packed.is_contiguous(), op, ": packed_weight must be contiguous");
+  FASTCONV_CHECK(packed.is_contiguous(), op, ": packed_weight must be contiguous");
 }
 
 // The engine for weights packed B channels innermost (B = 16: float32 only).
@@ -831,11 +832,11 @@ bool direct_blocked_weight_applies(at::ScalarType dtype, int64_t K, int64_t Cg, 
 at::Tensor direct_pack_blocked_weight(const at::Tensor& weight, int64_t groups) {
   const char* op = "fastconv::direct_pack_blocked_weight";
   check_float_cpu(op, "weight", weight);
-  TORCH_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
+  FASTCONV_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
               weight.dim(), "-D");
-  TORCH_CHECK(groups > 0 && weight.size(0) % groups == 0, op, ": groups=", groups,
+  FASTCONV_CHECK(groups > 0 && weight.size(0) % groups == 0, op, ": groups=", groups,
               " must be positive and divide out_channels=", weight.size(0));
-  TORCH_CHECK(direct_blocked_avx512_weight_applies(weight.size(0), weight.size(1), groups,
+  FASTCONV_CHECK(direct_blocked_avx512_weight_applies(weight.size(0), weight.size(1), groups,
                                                    weight.scalar_type()),
               op, ": the blocked layout needs float32 on AVX-512 and channels per group that are "
               "multiples of 16 (or groups of 2, 4 or 8 channels); got weight ", weight.sizes(),
@@ -854,11 +855,11 @@ at::Tensor direct_conv2d_blocked_packed(const at::Tensor& input, const at::Tenso
   const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
   check_inputs(op, input, packed_weight, bias, p);
   const auto want = direct_blocked_avx512_packed_shape(p.K, p.Cg, p.R, p.S, p.groups);
-  TORCH_CHECK(packed_weight.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
+  FASTCONV_CHECK(packed_weight.sizes() == at::IntArrayRef(want), op, ": packed_weight has shape ",
               packed_weight.sizes(), ", expected ", at::IntArrayRef(want),
               " (from direct_pack_blocked_weight(weight, groups))");
-  TORCH_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous");
-  TORCH_CHECK(packed_weight.scalar_type() == at::kFloat, op, ": packed_weight must be float32");
+  FASTCONV_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous");
+  FASTCONV_CHECK(packed_weight.scalar_type() == at::kFloat, op, ": packed_weight must be float32");
   const auto act = parse_activation(std::string(activation));
   // The packed weight has no memory format of its own: the output follows the input.
   const auto fmt = input.suggest_memory_format();
@@ -881,10 +882,10 @@ int64_t direct_pack_block(at::ScalarType dtype, int64_t Kg) {
 at::Tensor direct_pack_weight(const at::Tensor& weight, int64_t groups) {
   const char* op = "fastconv::direct_pack_weight";
   check_float_cpu(op, "weight", weight);
-  TORCH_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
+  FASTCONV_CHECK(weight.dim() == 4, op, ": expected 4-D weight (K, C/groups, R, S), got ",
               weight.dim(), "-D");
-  TORCH_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
-  TORCH_CHECK(weight.size(0) % groups == 0, op, ": groups=", groups,
+  FASTCONV_CHECK(groups > 0, op, ": groups must be positive, got ", groups);
+  FASTCONV_CHECK(weight.size(0) % groups == 0, op, ": groups=", groups,
               " does not divide out_channels=", weight.size(0));
   const int64_t Kg = weight.size(0) / groups;
   const int64_t B = direct_pack_block(weight.scalar_type(), Kg);

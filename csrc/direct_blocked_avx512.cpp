@@ -33,6 +33,7 @@
 #endif
 
 #include "blocking.h"
+#include "check.h"
 #include "cpu_features.h"
 #include "direct_blocked_avx512.h"
 #include "ops.h"
@@ -377,7 +378,7 @@ FASTCONV_TARGET_AVX512 void pack_weight_block(const at::Tensor& weight, const Co
       lo = std::min(lo, off[v][l]);
       hi = std::max(hi, off[v][l]);
     }
-  TORCH_CHECK(hi - lo < (int64_t(1) << 31), "fastconv::direct_conv2d: weight strides too large "
+  FASTCONV_CHECK(hi - lo < (int64_t(1) << 31), "fastconv::direct_conv2d: weight strides too large "
               "for the AVX-512 blocked path");
   __m512i lanes[2];
   for (int64_t v = 0; v < L.ocv; ++v) {
@@ -659,7 +660,7 @@ void forward_into(const at::Tensor& input, const at::Tensor& weight,
 #if FASTCONV_X86
   const Layout L = layout_of(p);
   const int64_t Hp = p.H + p.pad_top + p.pad_bottom, Wp = p.W + p.pad_left + p.pad_right;
-  TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
+  FASTCONV_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
                   out.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d: channel planes too large for the AVX-512 blocked path");
   // Weights [GB][OB][Cg/cbn][R][S][cbn][OCV][16] in lane order.
@@ -721,7 +722,7 @@ at::Tensor direct_blocked_avx512_forward_packed(const at::Tensor& input, const a
 void direct_blocked_avx512_forward_into(const at::Tensor& input, const at::Tensor& weight,
                                         const ConvParams& p, const WeightTaps& taps,
                                         at::Tensor& out) {
-  TORCH_CHECK(out.sizes() == at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}),
+  FASTCONV_CHECK(out.sizes() == at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}),
               "fastconv::direct_conv2d: output has shape ", out.sizes(), ", expected ",
               at::IntArrayRef({p.N, p.K, p.Ho, p.Wo}));
   forward_into(input, weight, c10::nullopt, p, Activation::None, taps, out);
@@ -731,7 +732,7 @@ at::Tensor direct_blocked_avx512_grad_weight(const at::Tensor& grad_output,
                                              const at::Tensor& input, const ConvParams& p) {
   auto gw = new_output({p.K, p.Cg, p.R, p.S}, input.options(), at::MemoryFormat::Contiguous);
 #if FASTCONV_X86
-  TORCH_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
+  FASTCONV_CHECK(input.stride(1) * (kLanes - 1) < (int64_t(1) << 31) &&
                   grad_output.stride(1) * (kLanes - 1) < (int64_t(1) << 31),
               "fastconv::direct_conv2d_grad_weight: channel planes too large for the AVX-512 "
               "blocked path");

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "check.h"
 #include "cpu_features.h"
 
 namespace fastconv {
@@ -57,10 +58,10 @@ FASTCONV_TARGET_AVX2 double fma_loop_avx2(int64_t iters) {
 
 // Single-thread float32 FMA throughput in GFLOP/s (2 flops per lane per FMA).
 double fma_peak_gflops(const std::string& isa, int64_t iters) {
-  TORCH_CHECK_VALUE(iters > 0, "fma_peak_gflops: iters must be positive, got ", iters);
+  FASTCONV_CHECK_VALUE(iters > 0, "fma_peak_gflops: iters must be positive, got ", iters);
   const CpuIsa want = parse_isa(isa.c_str());
-  TORCH_CHECK_VALUE(want != CpuIsa::Portable, "fma_peak_gflops: isa must be avx2 or avx512");
-  TORCH_CHECK_VALUE(cpu_isa_supported() >= want, "fma_peak_gflops: this CPU has no ", isa);
+  FASTCONV_CHECK_VALUE(want != CpuIsa::Portable, "fma_peak_gflops: isa must be avx2 or avx512");
+  FASTCONV_CHECK_VALUE(cpu_isa_supported() >= want, "fma_peak_gflops: this CPU has no ", isa);
 #if FASTCONV_X86
   const int lanes = want == CpuIsa::Avx512 ? 16 : 8;
   // The thread's CPU time: time spent descheduled by other processes is not counted.

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "blocking.h"
+#include "check.h"
 #include "ops.h"
 #include "pointwise_gemm.h"
 #include "util.h"
@@ -816,7 +817,7 @@ void grad_weight_nhwc(const at::Tensor& dy, const at::Tensor& x, const ConvParam
 int64_t im2col_last_workspace_bytes() { return g_last_workspace_bytes.load(); }
 
 int64_t im2col_workspace_bytes(const ConvParams& p, int64_t element_size) {
-  TORCH_CHECK(element_size > 0, "fastconv.im2col_workspace_bytes: element_size must be positive");
+  FASTCONV_CHECK(element_size > 0, "fastconv.im2col_workspace_bytes: element_size must be positive");
   if (is_pointwise(p)) return 0;
   const Tiling tl = make_tiling(p, element_size);
   return tl.count == 0 ? 0 : col_rows(p) * tl.tile * element_size;
@@ -858,7 +859,7 @@ at::Tensor im2col_conv2d(const at::Tensor& input, const at::Tensor& weight,
 at::Tensor pointwise_pack_weight(const at::Tensor& weight) {
   const char* op = "fastconv::pointwise_pack_weight";
   check_float_cpu(op, "weight", weight);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1, op,
+  FASTCONV_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1, op,
               ": expected a 1x1 weight (K, C, 1, 1), got shape ", weight.sizes());
   return pointwise_pack_panels(weight);
 }
@@ -870,14 +871,14 @@ ConvParams check_pointwise_packed(const char* op, const at::Tensor& input, const
                                   at::IntArrayRef dilation, int64_t groups) {
   const auto p = make_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
   check_inputs(op, input, panels, bias, p);
-  TORCH_CHECK(p.groups == 1 && p.R == 1 && p.S == 1, op,
+  FASTCONV_CHECK(p.groups == 1 && p.R == 1 && p.S == 1, op,
               ": packed panels hold a 1x1 weight of one group, got weight_size ", weight_size,
               " and groups=", groups);
-  TORCH_CHECK(panels.sizes() == at::IntArrayRef(pointwise_panels_shape(p.K, p.C)), op,
+  FASTCONV_CHECK(panels.sizes() == at::IntArrayRef(pointwise_panels_shape(p.K, p.C)), op,
               ": packed_weight has shape ", panels.sizes(), ", expected ",
               at::IntArrayRef(pointwise_panels_shape(p.K, p.C)),
               " (from pointwise_pack_weight(weight))");
-  TORCH_CHECK(panels.is_contiguous(), op, ": packed_weight must be contiguous");
+  FASTCONV_CHECK(panels.is_contiguous(), op, ": packed_weight must be contiguous");
   return p;
 }
 }  // namespace
@@ -908,7 +909,7 @@ at::Tensor pointwise_naive_conv2d(const at::Tensor& input, const at::Tensor& pac
   const char* op = "fastconv::pointwise_naive_conv2d";
   const auto p = check_pointwise_packed(op, input, packed_weight, weight_size, bias, stride,
                                         padding, dilation, groups);
-  TORCH_CHECK(p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0, op,
+  FASTCONV_CHECK(p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0, op,
               ": the pointwise GEMM takes no padding, got ", padding);
   return pointwise_gemm_naive(input, packed_weight, bias, p, parse_activation(std::string(activation)),
                               input.suggest_memory_format());

@@ -46,6 +46,7 @@
 #endif
 
 #include "blocking.h"
+#include "check.h"
 #include "cpu_features.h"
 #include "ops.h"
 #include "pointwise_gemm.h"
@@ -376,7 +377,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, bool plain
     run_nhwc(make_gemm(p, gemm_input(input, p, cl), weight, plain, tmp, b, act));
     out.copy_(tmp);
   } else {
-    TORCH_CHECK(!plain, "fastconv: the NCHW 1x1 GEMM tile needs packed panels");
+    FASTCONV_CHECK(!plain, "fastconv: the NCHW 1x1 GEMM tile needs packed panels");
     run_nchw(make_gemm(p, gemm_input(input, p, fmt), weight, plain, out, b, act));
   }
 #endif

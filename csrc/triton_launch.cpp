@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
+
 namespace fastconv {
 namespace triton_launch {
 namespace {
@@ -98,15 +100,15 @@ void ensure_context(const Driver& d, int device) {
   if (ready_device == device) return;
   CUcontext ctx = nullptr;
   CUresult r = d.ctx_get_current(&ctx);
-  TORCH_CHECK(r == 0, "fastconv: cuCtxGetCurrent failed: ", error_text(d, r));
+  FASTCONV_CHECK(r == 0, "fastconv: cuCtxGetCurrent failed: ", error_text(d, r));
   if (ctx == nullptr) {
     CUdevice dev = 0;
     r = d.device_get(&dev, device);
-    TORCH_CHECK(r == 0, "fastconv: cuDeviceGet(", device, ") failed: ", error_text(d, r));
+    FASTCONV_CHECK(r == 0, "fastconv: cuDeviceGet(", device, ") failed: ", error_text(d, r));
     r = d.primary_ctx_retain(&ctx, dev);
-    TORCH_CHECK(r == 0, "fastconv: cuDevicePrimaryCtxRetain failed: ", error_text(d, r));
+    FASTCONV_CHECK(r == 0, "fastconv: cuDevicePrimaryCtxRetain failed: ", error_text(d, r));
     r = d.ctx_set_current(ctx);
-    TORCH_CHECK(r == 0, "fastconv: cuCtxSetCurrent failed: ", error_text(d, r));
+    FASTCONV_CHECK(r == 0, "fastconv: cuCtxSetCurrent failed: ", error_text(d, r));
   }
   ready_device = device;
 }
@@ -135,7 +137,7 @@ Param scalar_param(const std::string& type, pybind11::handle value) {
              type == "u8" || type == "u16" || type == "u32") {
     // Triton passes every integer narrower than 64 bits as a 32-bit parameter.
     int64_t v = value.cast<int64_t>();
-    TORCH_CHECK(v >= INT32_MIN && v <= static_cast<int64_t>(UINT32_MAX),
+    FASTCONV_CHECK(v >= INT32_MIN && v <= static_cast<int64_t>(UINT32_MAX),
                 "fastconv: scalar ", v, " does not fit the kernel's ", type, " parameter");
     uint32_t u = static_cast<uint32_t>(v);
     p.bytes = 4;
@@ -144,7 +146,7 @@ Param scalar_param(const std::string& type, pybind11::handle value) {
     int64_t v = value.cast<int64_t>();
     std::memcpy(&p.value, &v, 8);
   } else {
-    TORCH_CHECK(false, "fastconv: no native launch for Triton parameter type ", type);
+    FASTCONV_CHECK(false, "fastconv: no native launch for Triton parameter type ", type);
   }
   return p;
 }
@@ -165,10 +167,10 @@ class NativeLaunch {
  public:
   NativeLaunch(std::vector<int64_t> grid, int64_t n_tensors, pybind11::list params)
       : n_tensors_(n_tensors) {
-    TORCH_CHECK(grid.size() == 3, "fastconv: a native launch needs a 3-D grid");
-    TORCH_CHECK(n_tensors >= 1 && n_tensors <= 64, "fastconv: bad tensor count ", n_tensors);
+    FASTCONV_CHECK(grid.size() == 3, "fastconv: a native launch needs a 3-D grid");
+    FASTCONV_CHECK(n_tensors >= 1 && n_tensors <= 64, "fastconv: bad tensor count ", n_tensors);
     for (int i = 0; i < 3; ++i) {
-      TORCH_CHECK(grid[i] >= 0 && grid[i] <= INT32_MAX, "fastconv: grid ", grid, " out of range");
+      FASTCONV_CHECK(grid[i] >= 0 && grid[i] <= INT32_MAX, "fastconv: grid ", grid, " out of range");
       grid_[i] = static_cast<unsigned>(grid[i]);
     }
     for (auto item : params) {
@@ -177,7 +179,7 @@ class NativeLaunch {
       if (kind == "tensor") {
         Param p;
         p.tensor = spec[1].cast<int>();
-        TORCH_CHECK(p.tensor >= 0 && p.tensor < n_tensors, "fastconv: tensor parameter ",
+        FASTCONV_CHECK(p.tensor >= 0 && p.tensor < n_tensors, "fastconv: tensor parameter ",
                     p.tensor, " of ", n_tensors);
         params_.push_back(p);
       } else {
@@ -188,11 +190,11 @@ class NativeLaunch {
 
   void add_variant(int64_t device, std::vector<bool> aligned, std::vector<pybind11::object> dtypes,
                    uint64_t function, int64_t threads, int64_t shared_bytes) {
-    TORCH_CHECK(static_cast<int64_t>(aligned.size()) == n_tensors_ &&
+    FASTCONV_CHECK(static_cast<int64_t>(aligned.size()) == n_tensors_ &&
                     static_cast<int64_t>(dtypes.size()) == n_tensors_,
                 "fastconv: a variant names every tensor's alignment and dtype");
-    TORCH_CHECK(threads > 0 && threads <= 1024, "fastconv: bad block size ", threads);
-    TORCH_CHECK(shared_bytes >= 0 && shared_bytes <= INT32_MAX, "fastconv: bad shared memory size ",
+    FASTCONV_CHECK(threads > 0 && threads <= 1024, "fastconv: bad block size ", threads);
+    FASTCONV_CHECK(shared_bytes >= 0 && shared_bytes <= INT32_MAX, "fastconv: bad shared memory size ",
                 shared_bytes);
     Variant v{static_cast<int>(device), 0, {}, reinterpret_cast<CUfunction>(function),
               static_cast<unsigned>(threads), static_cast<unsigned>(shared_bytes)};
@@ -227,7 +229,7 @@ class NativeLaunch {
     }
     if (hit == nullptr) return false;
     const Driver& d = driver();
-    TORCH_CHECK(d.error.empty(), "fastconv: ", d.error);
+    FASTCONV_CHECK(d.error.empty(), "fastconv: ", d.error);
     ensure_context(d, device.index());
     void* stream = guard->getStreamNativeHandle(guard->getStream(device));
 
@@ -244,7 +246,7 @@ class NativeLaunch {
     if (grid_[0] == 0 || grid_[1] == 0 || grid_[2] == 0) return true;  // Triton skips these too
     CUresult r = d.launch_kernel(hit->function, grid_[0], grid_[1], grid_[2], hit->threads, 1, 1,
                                  hit->shared, stream, args.data(), nullptr);
-    TORCH_CHECK(r == 0, "fastconv: cuLaunchKernel failed: ", error_text(d, r));
+    FASTCONV_CHECK(r == 0, "fastconv: cuLaunchKernel failed: ", error_text(d, r));
     return true;
   }
 
@@ -271,23 +273,23 @@ class NativePlan {
       const int64_t d = result_order_[i];
       const bool fresh = d >= 0 && d < static_cast<int64_t>(result_order_.size()) &&
                          result_inverse_[d] < 0;
-      TORCH_CHECK(fresh, "fastconv: result order ", result_order_, " is not a permutation");
+      FASTCONV_CHECK(fresh, "fastconv: result order ", result_order_, " is not a permutation");
       result_inverse_[d] = static_cast<int64_t>(i);
     }
     for (auto item : buffers) {  // (sizes, channels_last, dtype slot or dtype)
       auto spec = item.cast<pybind11::tuple>();
       Buffer b;
       if (pybind11::isinstance<pybind11::str>(spec[0])) {  // ("copy", slot, dim order)
-        TORCH_CHECK(spec[0].cast<std::string>() == "copy" && spec.size() == 3,
+        FASTCONV_CHECK(spec[0].cast<std::string>() == "copy" && spec.size() == 3,
                     "fastconv: a derived buffer is (\"copy\", slot, order)");
         b.copy_slot = spec[1].cast<int>();
         b.order = spec[2].cast<std::vector<int64_t>>();
-        TORCH_CHECK(b.copy_slot >= 0 && b.copy_slot < 3 + static_cast<int>(buffers_.size()),
+        FASTCONV_CHECK(b.copy_slot >= 0 && b.copy_slot < 3 + static_cast<int>(buffers_.size()),
                     "fastconv: copy of slot ", b.copy_slot, " before it exists");
         b.inverse.assign(b.order.size(), -1);
         for (size_t i = 0; i < b.order.size(); ++i) {
           const int64_t d = b.order[i];
-          TORCH_CHECK(d >= 0 && d < static_cast<int64_t>(b.order.size()) && b.inverse[d] < 0,
+          FASTCONV_CHECK(d >= 0 && d < static_cast<int64_t>(b.order.size()) && b.inverse[d] < 0,
                       "fastconv: copy order ", b.order, " is not a permutation");
           b.inverse[d] = static_cast<int64_t>(i);
         }
@@ -298,12 +300,12 @@ class NativePlan {
       b.channels_last = spec[1].cast<bool>();
       if (pybind11::isinstance<pybind11::int_>(spec[2])) {
         b.dtype_slot = spec[2].cast<int>();
-        TORCH_CHECK(b.dtype_slot >= 0 && b.dtype_slot < 3 + static_cast<int>(buffers_.size()),
+        FASTCONV_CHECK(b.dtype_slot >= 0 && b.dtype_slot < 3 + static_cast<int>(buffers_.size()),
                     "fastconv: dtype of slot ", b.dtype_slot, " before it exists");
       } else {
         b.dtype = torch::python::detail::py_object_to_dtype(spec[2]);
       }
-      TORCH_CHECK(!b.channels_last || b.sizes.size() == 4, "fastconv: channels_last needs 4-D");
+      FASTCONV_CHECK(!b.channels_last || b.sizes.size() == 4, "fastconv: channels_last needs 4-D");
       buffers_.push_back(std::move(b));
     }
     const int n_slots = 3 + static_cast<int>(buffers_.size());
@@ -311,11 +313,11 @@ class NativePlan {
       auto spec = item.cast<pybind11::tuple>();
       Step st{spec[0].cast<std::shared_ptr<NativeLaunch>>(), spec[1].cast<std::vector<int>>()};
       for (int slot : st.slots) {
-        TORCH_CHECK(slot >= 0 && slot < n_slots, "fastconv: slot ", slot, " of ", n_slots);
+        FASTCONV_CHECK(slot >= 0 && slot < n_slots, "fastconv: slot ", slot, " of ", n_slots);
       }
       steps_.push_back(std::move(st));
     }
-    TORCH_CHECK(result >= 0 && result < n_slots && !steps_.empty(), "fastconv: bad native plan");
+    FASTCONV_CHECK(result >= 0 && result < n_slots && !steps_.empty(), "fastconv: bad native plan");
   }
 
   // The output, or nothing (nothing that matters launched) where the Python plan must run.

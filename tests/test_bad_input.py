@@ -2,6 +2,9 @@
 fastconv.conv2d and when the ops are called directly."""
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 import torch
 
@@ -98,3 +101,31 @@ def test_auto_rejects_a_dtype_its_choice_cannot_run(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(TypeError, match=r"algo='auto' chose '\w+'.*bfloat16"):
         fastconv.conv2d(x.bfloat16(), w.bfloat16())
+
+
+def test_cpp_checks_format_messages_without_ostream():
+    """Every check in csrc/ goes through FASTCONV_CHECK (csrc/check.h), whose message is
+    built without std::ostream: on the GPU image an integer put through an ostream from
+    extension code segfaults, so a raw TORCH_CHECK with a number turned a bad input into a
+    crash (dev/gpu/error_path_probe.py)."""
+    csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    offenders = []
+    for path in sorted(csrc.glob("*.[ch]*")):
+        if path.name == "check.h":
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("//")[0]
+            if re.search(r"\bTORCH_CHECK\w*\s*\(|\bc10::str\s*\(|ostringstream|std::cout|std::cerr", code):
+                offenders.append(f"{path.name}:{lineno}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_check_messages_format_numbers_and_shapes():
+    """The hand-built messages still name the numbers: a bad padding and a bad
+    weight shape (list of sizes) as TORCH_CHECK's own formatting would print them."""
+    x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"padding must have 4 elements \(top, bottom, left, right\), got 2"):
+        torch.ops.fastconv.im2col_conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1)
+    with pytest.raises(RuntimeError, match=r"weight sizes must be positive, got \[3, 4, 0, 3\]"):
+        torch.ops.fastconv.im2col_conv2d(x, w[:, :, :0], None, [1, 1], [1, 1, 1, 1], [1, 1], 1)

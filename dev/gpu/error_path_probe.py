@@ -10,6 +10,7 @@ cause is the torch/compiler pair, not fastconv's code.
 
     python dev/gpu/error_path_probe.py            # every build x function, one process each
 """
+import pathlib
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ SOURCE = r'''
 #include <signal.h>
 #include <unistd.h>
 #include <sstream>
+#include "check.h"
 static void on_segv(int) { void* f[64]; int n = backtrace(f, 64); backtrace_symbols_fd(f, n, 2); _exit(139); }
 void install() { signal(SIGSEGV, on_segv); }
 std::string stream_int(int64_t v) { std::ostringstream s; s << "x " << v; return s.str(); }
@@ -26,8 +28,11 @@ std::string c10_str_int(int64_t v) { return c10::str("x ", v); }
 void check_int(int64_t v) { TORCH_CHECK(v < 0, "bad ", v); }
 void check_str(std::string v) { TORCH_CHECK(false, "bad ", v); }
 void throw_std(int64_t v) { throw std::runtime_error(std::to_string(v)); }
+void fastconv_check_int(int64_t v) { FASTCONV_CHECK(v < 0, "bad ", v, " in ", std::vector<int64_t>{v, 2}); }
 '''
-FUNCTIONS = ["install", "stream_int", "c10_str_int", "check_int", "check_str", "throw_std"]
+FUNCTIONS = ["install", "stream_int", "c10_str_int", "check_int", "check_str", "throw_std",
+             "fastconv_check_int"]
+CSRC = str(pathlib.Path(__file__).resolve().parents[2] / "csrc")
 BUILDS = {"fastconv_flags": ["-O3", "-fno-math-errno", "-fopenmp"], "O0": ["-O0"]}
 
 
@@ -35,9 +40,14 @@ def call(build: str, fn: str) -> None:
     from torch.utils.cpp_extension import load_inline
 
     mod = load_inline(name=f"error_path_probe_{build}", cpp_sources=SOURCE, functions=FUNCTIONS,
-                      extra_cflags=BUILDS[build],
+                      extra_cflags=BUILDS[build], extra_include_paths=[CSRC],
                       extra_ldflags=["-fopenmp"] if "-fopenmp" in BUILDS[build] else [])
     mod.install()
+    # Which C++ runtimes the process has mapped: two libstdc++ copies would explain a
+    # crash in number formatting (locale facets from one, stream code from the other).
+    with open("/proc/self/maps") as f:
+        libs = sorted({line.split()[-1] for line in f if "libstdc++" in line or "libc++" in line})
+    print("libstdc++ mapped:", " ".join(libs), file=sys.stderr)
     try:
         print("returned", getattr(mod, fn)("s" if fn == "check_str" else 3))
     except Exception as e:  # what a correct build does for the check_* and throw_* paths
@@ -53,7 +63,10 @@ def main() -> None:
                                text=True, timeout=300)
             print(f"{build:15s} {fn:12s} rc {r.returncode:4d} {r.stdout.strip()[-70:]}")
             if r.returncode:
-                print("   " + "\n   ".join(r.stderr.splitlines()[-14:]))
+                # The top frames (the crash site) and the runtimes the process mapped.
+                lines = r.stderr.splitlines()
+                keep = [l for l in lines if "libstdc++ mapped" in l] + lines[-18:-10]
+                print("   " + "\n   ".join(keep))
 
 
 if __name__ == "__main__":
