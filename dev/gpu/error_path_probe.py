@@ -1,12 +1,15 @@
 """Which C++ error paths crash on this machine's torch and compiler.
 
-On the GPU image (torch 2.11, gcc 13.3) a TORCH_CHECK raised from fastconv._C segfaults when
-its message formats an integer (`_C.NativeLaunch([1, 1, 1], 2, [("tensor", 2)])`, a bad
-`padding` to `torch.ops.fastconv.im2col_conv2d`), while messages of strings alone raise
-RuntimeError. This builds a tiny extension with torch.utils.cpp_extension.load_inline, once
-with fastconv's flags (-O3 -fopenmp) and once at -O0, and calls each error path in a fresh
-process, printing a native backtrace on SIGSEGV. If the tiny extension crashes too, the
-cause is the torch/compiler pair, not fastconv's code.
+On the GPU image (torch 2.11, extensions built by gcc 13.3, the process running the system
+libstdc++.so.6.0.33) inserting an integer into a std::ostream from extension code segfaults
+in the extension's own instance of std::ostream::_M_insert<long>, at -O3 and at -O0 alike
+(NVIDIA H100 run): so TORCH_CHECK, whose c10::str formats each part through an ostream,
+turned a bad input into a crash whenever its message held a number. Strings alone and
+std::to_string work. fastconv's checks go through FASTCONV_CHECK (csrc/check.h), which builds
+the message without an ostream; on that image it raises RuntimeError. This builds a tiny
+extension with torch.utils.cpp_extension.load_inline, with fastconv's flags (-O3 -fopenmp)
+and at -O0, calls each error path in a fresh process, and on SIGSEGV prints the mapped C++
+runtimes and the top native frames.
 
     python dev/gpu/error_path_probe.py            # every build x function, one process each
 """
