@@ -10,11 +10,12 @@ one-row tile) from the width (the weights against L2) in ResNet-50's layer 3/4 s
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 import fastconv
+
+import vs_onednn  # this directory is on sys.path when run as a script
 
 SHAPES = [  # N, C = K, H = W
     (8, 128, 7), (8, 256, 7), (8, 512, 7),
@@ -28,18 +29,12 @@ def gflops(n: int, c: int, h: int) -> float:
     w = torch.randn(c, c, 3, 3)
     run = lambda: fastconv.conv2d(x, w, None, 1, 1, algo="direct")  # noqa: E731
     run()
-    times = []
-    for _ in range(5):
-        t0, k = time.thread_time(), 0
-        while time.thread_time() - t0 < 0.1:
-            run()
-            k += 1
-        times.append((time.thread_time() - t0) / k)
+    times = [vs_onednn.timeit(run, 0.1) for _ in range(5)]
     return 2 * n * c * h * h * c * 9 / min(times) * 1e-9
 
 
 def main():
-    torch.set_num_threads(1)
+    vs_onednn.use_threads(1)  # and the thread-CPU-time clock
     fastconv._C.fma_peak_gflops("avx512", 2_000_000)  # clock ramp
     peak = statistics.median(fastconv._C.fma_peak_gflops("avx512") for _ in range(7))
     print(f"AVX-512 FMA peak, 1 core: {peak:.1f} GFLOP/s")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import fastconv
 from fastconv.bench import tables
+
+import vs_onednn  # this directory is on sys.path when run as a script
 
 
 def gflops(layer, layout: str) -> float:
@@ -28,13 +29,7 @@ def gflops(layer, layout: str) -> float:
     pad = (s.padding[0], s.padding[2])
     run = lambda: fastconv.conv2d(x, w, None, s.stride, pad, algo="direct")  # noqa: E731
     run()
-    times = []
-    for _ in range(7):
-        t0, n = time.thread_time(), 0
-        while time.thread_time() - t0 < 0.1:
-            run()
-            n += 1
-        times.append((time.thread_time() - t0) / n)
+    times = [vs_onednn.timeit(run, 0.1) for _ in range(7)]
     macs = s.N * s.K * s.Ho * s.Wo * (s.C // s.groups) * s.R * s.S
     return 2 * macs / statistics.median(times) * 1e-9
 
@@ -44,7 +39,7 @@ def main():
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--layout", nargs="+", default=["nchw", "nhwc"])
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    vs_onednn.use_threads(1)  # and the thread-CPU-time clock
     assert fastconv._C.cpu_isa() == "avx512", "the direct tiles measured here are AVX-512's"
     fastconv._C.fma_peak_gflops("avx512", 2_000_000)  # clock ramp
     peak = statistics.median(fastconv._C.fma_peak_gflops("avx512") for _ in range(7))
